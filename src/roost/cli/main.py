@@ -1,0 +1,328 @@
+"""The ``roost`` command: argument parsing and dispatch to each subcommand.
+
+Every mistake is a one-line message on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from roost import __version__
+from roost.config import ConfigError, Settings, config_path, load_settings
+
+__all__ = ["main"]
+
+EPILOG_SERVE: Final = """examples:
+  roost serve                      run with /etc/roost/main.cf, logs on stderr
+  roost -c ./var/etc serve         run another instance
+  roost serve --syslog             log to syslog (facility mail), as the systemd unit does
+"""
+EPILOG_CONF: Final = """examples:
+  roost conf -n                    what main.cf sets (like postconf -n)
+  roost conf -d myhostname         the default of one parameter
+  roost conf -x mydestination      the value with $name expanded
+  roost conf -e relayhost=[smtp.example.com]:587
+  roost conf message_size_limit=52428800
+  roost conf -X relayhost          remove a setting
+  roost conf --markdown            the configuration reference (docs/configuration.md)
+"""
+EPILOG_CHECK: Final = """examples:
+  roost check && systemctl reload roost
+  roost check --no-listen          skip the test that listening addresses are free
+"""
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"roost: {message}", file=sys.stderr)
+    return status
+
+
+def _print_problems(problems: Sequence[object]) -> None:
+    for problem in problems:
+        print(f"roost: {problem}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Settings]:
+    path = config_path(args.config)
+    settings, warnings = load_settings(path)
+    _print_problems(warnings)
+    return path, settings
+
+
+# --- subcommands ---------------------------------------------------------------------
+
+
+def cmd_conf(args: argparse.Namespace) -> int:
+    """postconf: show or edit parameters."""
+    from roost.cli.conf import edit_file, load_for_show, markdown_reference, show
+
+    if args.markdown:
+        print(markdown_reference())
+        return 0
+    path = config_path(args.config)
+    assignments = [a for a in args.names if "=" in a]
+    if args.edit or assignments:
+        if len(assignments) != len(args.names):
+            return _fail("conf -e: every argument must be NAME=VALUE")
+        changes: dict[str, str | None] = {}
+        for assignment in assignments:
+            name, _, value = assignment.partition("=")
+            changes[name.strip()] = value.strip()
+        problems = edit_file(path, changes)
+        _print_problems(problems)
+        return 0
+    if args.remove:
+        if not args.names:
+            return _fail("conf -X: name the parameters to remove")
+        _print_problems(edit_file(path, dict.fromkeys(args.names)))
+        return 0
+    settings, problems = load_for_show(path)
+    _print_problems(problems)
+    lines, unknown = show(settings, args.names, only_set=args.n, defaults=args.d, expand=args.x)
+    for line in lines:
+        print(line)
+    for name in unknown:
+        print(f"roost: warning: {name}: unknown parameter", file=sys.stderr)
+    return 1 if unknown else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate configuration and files."""
+    from roost.cli.check import check
+
+    path, settings = _load(args)
+    errors, warnings = check(settings, listeners=not args.no_listen)
+    for warning in warnings:
+        print(f"roost: warning: {warning}", file=sys.stderr)
+    for error in errors:
+        print(f"roost: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    print(f"roost: {path}: configuration OK")
+    return 0
+
+
+def run_daemon(path: Path, settings: Settings, *, syslog: bool, debug: bool) -> int:
+    """Set up logging and run the daemon in this process until it stops."""
+    from roost.daemon.app import Daemon
+    from roost.daemon.logsetup import setup_logging
+    from roost.daemon.sdnotify import Notifier
+
+    maillog = settings.string("maillog_file")
+    setup_logging(
+        syslog_name=settings.string("syslog_name"),
+        facility=settings.string("syslog_facility"),
+        to_syslog=syslog and not maillog,
+        maillog_file=Path(maillog) if maillog else None,
+        debug=debug,
+    )
+    daemon = Daemon(path, settings, Notifier.from_environ())
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(daemon.run())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground."""
+    path, settings = _load(args)
+    return run_daemon(path, settings, syslog=args.syslog, debug=args.verbose)
+
+
+def _control(args: argparse.Namespace, command: str) -> dict[str, object]:
+    from roost.daemon.app import control_socket_path
+    from roost.daemon.control import request
+
+    _, settings = _load(args)
+    return request(control_socket_path(settings), command)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running daemon to re-read main.cf and certificates."""
+    answer = _control(args, "reload")
+    if not answer.get("ok"):
+        return _fail(f"reload failed: {answer.get('error')}")
+    print("roost: reloaded")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Ask the running daemon to stop, and wait until it has."""
+    from roost.daemon.app import control_socket_path
+
+    _, settings = _load(args)
+    _control(args, "stop")
+    socket_path = control_socket_path(settings)
+    deadline = time.monotonic() + settings.seconds("shutdown_grace_time") + 10
+    while socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if socket_path.exists():
+        return _fail("the daemon has not stopped yet")
+    print("roost: stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show whether the daemon runs, and what it serves."""
+    answer = _control(args, "status")
+    print(f"roost: running, pid {answer.get('pid')}, version {answer.get('version')}")
+    print(f"  configuration {answer.get('config')}, up {answer.get('uptime')}s")
+    services = answer.get("services")
+    if isinstance(services, dict):
+        for name, info in services.items():
+            print(f"  {name}: {info}")
+    return 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    """Create a self-signed certificate (like Dovecot's mkcert)."""
+    from roost.tls import generate_selfsigned
+
+    path = config_path(args.config)
+    settings = load_settings(path)[0] if path.exists() else Settings(path=path)
+    hostname = args.hostname or settings.string("myhostname")
+    cert = Path(args.cert) if args.cert else settings.path_of("tls_cert_file")
+    key = Path(args.key) if args.key else settings.path_of("tls_key_file")
+    generate_selfsigned(hostname, cert, key, days=args.days, overwrite=args.force)
+    print(f"roost: created a self-signed certificate for {hostname}: {cert} (key {key})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Create (once) and run the embedded demo instance (``make run``)."""
+    from roost.cli.demo import create_instance, tour
+
+    directory = Path(args.dir).resolve()
+    created = create_instance(directory)
+    path = directory / "etc" / "main.cf"
+    settings, warnings = load_settings(path)
+    _print_problems(warnings)
+    print(tour(directory, settings, created=created), flush=True)
+    return run_daemon(path, settings, syslog=False, debug=args.verbose)
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``roost``."""
+    parser = argparse.ArgumentParser(
+        prog="roost",
+        description="Roost mail server: SMTP, local delivery, IMAP and POP3 in one daemon.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'roost COMMAND --help' for the options and examples of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"roost {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="main.cf, or its directory (default: $ROOST_CONFIG or /etc/roost/main.cf)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_text: str,
+        epilog: str = "",
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.set_defaults(func=func)
+        return command
+
+    conf = add("conf", cmd_conf, "show or edit main.cf parameters, like postconf", EPILOG_CONF)
+    conf.add_argument("-n", action="store_true", help="only parameters set in main.cf")
+    conf.add_argument("-d", action="store_true", help="default values")
+    conf.add_argument("-x", action="store_true", help="expand $name in values")
+    conf.add_argument("-e", dest="edit", action="store_true", help="edit: NAME=VALUE ...")
+    conf.add_argument("-X", dest="remove", action="store_true", help="remove: NAME ...")
+    conf.add_argument("--markdown", action="store_true", help="print the reference in Markdown")
+    conf.add_argument("names", nargs="*", metavar="NAME[=VALUE]")
+
+    check = add("check", cmd_check, "validate the configuration and its files", EPILOG_CHECK)
+    check.add_argument("--no-listen", action="store_true", help="do not test listening addresses")
+
+    serve = add("serve", cmd_serve, "run the daemon in the foreground", EPILOG_SERVE)
+    serve.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    add(
+        "reload",
+        cmd_reload,
+        "re-read main.cf and certificates (like SIGHUP)",
+        "examples:\n  roost reload\n  roost -c ./var/etc reload\n",
+    )
+    add("stop", cmd_stop, "stop the daemon gracefully and wait for it", "examples:\n  roost stop\n")
+    add(
+        "status",
+        cmd_status,
+        "show whether the daemon runs and what it serves",
+        "examples:\n  roost status\n",
+    )
+
+    tls = add(
+        "tls",
+        cmd_tls,
+        "TLS helpers",
+        "examples:\n  roost tls selfsigned\n  roost tls selfsigned --hostname mx.example.com"
+        " --force\n",
+    )
+    tls.add_argument("action", choices=["selfsigned"], help="create a self-signed certificate")
+    tls.add_argument("--hostname", help="the certificate's name (default: $myhostname)")
+    tls.add_argument("--cert", help="certificate file (default: $tls_cert_file)")
+    tls.add_argument("--key", help="key file (default: $tls_key_file)")
+    tls.add_argument("--days", type=int, default=3650, help="validity in days")
+    tls.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    demo = add(
+        "demo",
+        cmd_demo,
+        "create and run the demo instance (make run)",
+        "examples:\n  roost demo --dir ./var\n",
+    )
+    demo.add_argument("--dir", default="var", help="instance directory (default: ./var)")
+    demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``roost`` command; return its exit status."""
+    from roost.daemon.control import ControlError
+    from roost.tls import TLSError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 1
+    except (ControlError, TLSError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

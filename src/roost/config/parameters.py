@@ -1,0 +1,315 @@
+"""The one table of every roost parameter: name, type, default and a one-line doc.
+
+Names, meanings and defaults are Postfix's (postconf(5)) wherever Postfix has the
+parameter, Dovecot's for the IMAP/POP3/auth side (e.g. ``mail_location``), and roost's own
+only where neither has one (marked "roost" in the doc). Defaults are raw text exactly as
+``roost conf -d`` prints them; ``$name`` references in them expand lazily like Postfix's.
+
+Each component adds its parameters to :data:`PARAMETERS` here, so ``docs/configuration.md``
+(generated from this table by ``roost conf --markdown``) never drifts.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from roost.config.types import ParamType
+
+__all__ = ["PARAMETERS", "SERVICES", "DefaultFunction", "Parameter", "system_hostname"]
+
+
+#: A computed default: receives a function that expands another parameter by name.
+DefaultFunction = Callable[[Callable[[str], str]], str]
+
+
+def system_hostname(_expand: Callable[[str], str] | None = None) -> str:
+    """Return this host's fully qualified name, as Postfix's ``myhostname`` default.
+
+    Postfix uses gethostname(); when that has no dot, the canonical name from the
+    resolver is tried, and ``.localdomain`` is appended as a last resort.
+    """
+    name = socket.gethostname()
+    if "." not in name:
+        try:
+            fqdn = socket.getfqdn(name)
+        except OSError:
+            fqdn = name
+        name = fqdn if "." in fqdn else f"{name}.localdomain"
+    return name.lower()
+
+
+def _domain_of_myhostname(expand: Callable[[str], str]) -> str:
+    """Postfix's ``mydomain`` default: ``$myhostname`` minus its first label."""
+    _, _, rest = expand("myhostname").partition(".")
+    return rest or "localdomain"
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One main.cf parameter.
+
+    Attributes:
+        name: the parameter name, e.g. ``myhostname``.
+        type: the value type; the expanded value must parse as this type.
+        default: the default as raw main.cf text (may contain ``$name``), or a function
+            computing it from the system or other parameters (``myhostname``, ``mydomain``).
+        doc: one line for ``docs/configuration.md``.
+        section: the component the parameter belongs to, for grouping in the docs.
+        choices: for STRING and LIST values, the allowed words (case-insensitive).
+        minimum: for INTEGER values, the smallest allowed value.
+        time_unit: for TIME values, the unit of a bare number (Postfix: per parameter).
+    """
+
+    name: str
+    type: ParamType
+    default: str | DefaultFunction
+    doc: str
+    section: str = "general"
+    choices: tuple[str, ...] | None = None
+    minimum: int | None = None
+    time_unit: str = "s"
+
+    def default_text(self, expand: Callable[[str], str]) -> str:
+        """Return the default as main.cf text.
+
+        Args:
+            expand: expands another parameter by name, for computed defaults.
+        """
+        return self.default(expand) if callable(self.default) else self.default
+
+
+S = ParamType.STRING
+I = ParamType.INTEGER  # noqa: E741
+B = ParamType.BOOLEAN
+T = ParamType.TIME
+Z = ParamType.SIZE
+L = ParamType.LIST
+M = ParamType.TABLE
+
+#: The network services roost can run, with their default ports (master.cf's names).
+SERVICES: Final[Mapping[str, int]] = {
+    "smtp": 25,
+    "submission": 587,
+    "submissions": 465,
+    "imap": 143,
+    "imaps": 993,
+    "pop3": 110,
+    "pop3s": 995,
+}
+
+_TABLE: Final[list[Parameter]] = [
+    # --- identity and addressing (Postfix) ---
+    Parameter("myhostname", S, system_hostname, "The fully qualified name of this host."),
+    Parameter(
+        "mydomain",
+        S,
+        _domain_of_myhostname,
+        "The internet domain of this host; default: $myhostname minus its first label.",
+    ),
+    Parameter("myorigin", S, "$myhostname", "The domain locally posted mail appears to come from."),
+    Parameter(
+        "mydestination",
+        L,
+        "$myhostname, localhost.$mydomain, localhost",
+        "Domains delivered locally (to system or passwd-file users and aliases).",
+    ),
+    Parameter(
+        "inet_interfaces",
+        L,
+        "all",
+        "Addresses the network services listen on: all, loopback-only, or addresses.",
+    ),
+    Parameter(
+        "inet_protocols",
+        L,
+        "all",
+        "IP versions to use: all, ipv4, ipv6, or ipv4, ipv6.",
+        choices=("all", "ipv4", "ipv6"),
+    ),
+    Parameter(
+        "mynetworks",
+        L,
+        "",
+        "Trusted client networks (CIDR, or type:table); empty: computed from mynetworks_style.",
+    ),
+    Parameter(
+        "mynetworks_style",
+        S,
+        "host",
+        "How to compute mynetworks when unset: host, subnet or class.",
+        choices=("host", "subnet", "class"),
+    ),
+    Parameter("relay_domains", L, "", "Domains this host relays mail to (besides local ones)."),
+    Parameter("relayhost", S, "", "Next hop for non-local mail: [host]:port, or host (MX lookup)."),
+    Parameter(
+        "recipient_delimiter",
+        S,
+        "",
+        "Characters separating a user name from an address extension (e.g. +).",
+    ),
+    # --- files and directories ---
+    Parameter(
+        "config_directory",
+        S,
+        "/etc/roost",
+        "Directory of main.cf; set from the -c option, not in main.cf.",
+    ),
+    Parameter("queue_directory", S, "/var/spool/roost", "The mail queue (spool) directory."),
+    Parameter(
+        "data_directory",
+        S,
+        "/var/lib/roost",
+        "Writable state: control socket, indexes, throttling and TLS session keys.",
+    ),
+    Parameter("mail_owner", S, "roost", "The unprivileged account the network services run as."),
+    Parameter("message_size_limit", Z, "10240000", "Largest message accepted, in bytes."),
+    Parameter(
+        "alias_maps", M, "hash:/etc/aliases", "Alias tables for local delivery.", section="local"
+    ),
+    Parameter(
+        "alias_database",
+        M,
+        "hash:/etc/aliases",
+        "Alias tables rebuilt by newaliases.",
+        section="local",
+    ),
+    Parameter(
+        "home_mailbox",
+        S,
+        "",
+        "Mailbox relative to home: Maildir/ for Maildir; empty: mail_spool_directory.",
+        section="local",
+    ),
+    Parameter(
+        "mail_spool_directory",
+        S,
+        "/var/mail",
+        "Directory of mbox files named after users.",
+        section="local",
+    ),
+    Parameter(
+        "virtual_mailbox_domains",
+        L,
+        "",
+        "Domains whose recipients are users of the user database (auth_backends).",
+        section="local",
+    ),
+    Parameter(
+        "auth_backends",
+        L,
+        "",
+        "roost: the user database, in order: passwd-file:/path, ldap:/path, pam.",
+        section="auth",
+    ),
+    Parameter(
+        "mail_location",
+        S,
+        "maildir:~/Maildir",
+        "Dovecot: the mailbox store of each user, with %u %n %d %h variables.",
+        section="store",
+    ),
+    # --- logging ---
+    Parameter("syslog_name", S, "roost", "The prefix of program names in log lines."),
+    Parameter("syslog_facility", S, "mail", "The syslog facility of log lines."),
+    Parameter(
+        "maillog_file",
+        S,
+        "",
+        "Write log lines to this file instead of syslog (reopened on reload).",
+    ),
+    # --- TLS (shared, with per-service overrides) ---
+    Parameter(
+        "tls_cert_file",
+        S,
+        "$config_directory/tls/cert.pem",
+        "roost: the PEM certificate (chain) shared by every TLS service.",
+        section="tls",
+    ),
+    Parameter(
+        "tls_key_file",
+        S,
+        "$config_directory/tls/key.pem",
+        "roost: the PEM private key shared by every TLS service.",
+        section="tls",
+    ),
+    Parameter(
+        "smtpd_tls_cert_file",
+        S,
+        "$tls_cert_file",
+        "The SMTP server's certificate.",
+        section="tls",
+    ),
+    Parameter("smtpd_tls_key_file", S, "$tls_key_file", "The SMTP server's key.", section="tls"),
+    Parameter(
+        "imap_tls_cert_file",
+        S,
+        "$tls_cert_file",
+        "roost: the IMAP server's certificate (Dovecot's ssl_cert).",
+        section="tls",
+    ),
+    Parameter(
+        "imap_tls_key_file",
+        S,
+        "$tls_key_file",
+        "roost: the IMAP server's key (Dovecot's ssl_key).",
+        section="tls",
+    ),
+    Parameter(
+        "pop3_tls_cert_file",
+        S,
+        "$tls_cert_file",
+        "roost: the POP3 server's certificate.",
+        section="tls",
+    ),
+    Parameter(
+        "pop3_tls_key_file", S, "$tls_key_file", "roost: the POP3 server's key.", section="tls"
+    ),
+    Parameter(
+        "ssl_min_protocol",
+        S,
+        "TLSv1.2",
+        "Dovecot: the oldest TLS version accepted by every service.",
+        section="tls",
+        choices=("TLSv1.2", "TLSv1.3"),
+    ),
+    Parameter(
+        "tls_selfsigned_auto",
+        B,
+        "yes",
+        "roost: create a self-signed certificate at start when none exists.",
+        section="tls",
+    ),
+    # --- services and lifecycle ---
+    Parameter(
+        "master_service_disable",
+        L,
+        "",
+        "Services not to run (smtp, submission, submissions, imap, imaps, pop3, pop3s).",
+        section="daemon",
+    ),
+    Parameter(
+        "shutdown_grace_time",
+        T,
+        "30s",
+        "roost: how long sessions may finish after SIGTERM before they are closed.",
+        section="daemon",
+    ),
+]
+
+_TABLE.extend(
+    Parameter(
+        f"{service}_service_port",
+        I,
+        str(port),
+        f"roost: TCP port of the {service} service (master.cf's service port).",
+        section="daemon",
+        minimum=0,
+    )
+    for service, port in SERVICES.items()
+)
+
+#: Every parameter by name.
+PARAMETERS: Final[Mapping[str, Parameter]] = {p.name: p for p in _TABLE}

@@ -1,0 +1,186 @@
+"""The daemon's lifecycle: start, reload on SIGHUP, graceful stop on SIGTERM/SIGINT.
+
+``roost serve`` runs :meth:`Daemon.run`. Start-up order: read and validate main.cf, set up
+logging, create the queue and data directories, create a self-signed certificate when none
+exists (``tls_selfsigned_auto``), build TLS contexts, build services in the composition root
+and start them, open the control socket, then tell systemd ``READY=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from roost import __version__
+from roost.config import ConfigError, Settings, load_settings
+from roost.daemon.compose import build_services
+from roost.daemon.control import ControlServer
+from roost.daemon.listeners import service_listeners
+from roost.daemon.logsetup import reopen_logs
+from roost.daemon.sdnotify import Notifier
+from roost.daemon.service import Context, Service
+from roost.daemon.tlscontexts import TLSContexts, tls_files
+from roost.tls import TLSError, generate_selfsigned
+
+__all__ = ["Daemon", "control_socket_path", "prepare_directories"]
+
+log = logging.getLogger("roost.master")
+
+
+def control_socket_path(settings: Settings) -> Path:
+    """Return the control socket's path: ``$data_directory/control.sock``."""
+    return settings.path_of("data_directory") / "control.sock"
+
+
+def prepare_directories(settings: Settings) -> None:
+    """Create ``queue_directory`` (0755) and ``data_directory`` (0700) when missing.
+
+    Raises:
+        OSError: a directory cannot be created.
+    """
+    for name, mode in (("queue_directory", 0o755), ("data_directory", 0o700)):
+        path = settings.path_of(name)
+        if not path.is_dir():
+            path.mkdir(mode=mode, parents=True)
+            log.info("created %s %s", name, path)
+
+
+def ensure_certificate(settings: Settings) -> None:
+    """Create the shared self-signed certificate when ``tls_selfsigned_auto`` and none exists.
+
+    Raises:
+        TLSError: the certificate cannot be written.
+    """
+    cert, key = settings.path_of("tls_cert_file"), settings.path_of("tls_key_file")
+    if not settings.boolean("tls_selfsigned_auto") or cert.exists() or key.exists():
+        return
+    hostname = settings.string("myhostname")
+    try:
+        generate_selfsigned(hostname, cert, key)
+    except OSError as exc:
+        raise TLSError(cert, f"cannot create a self-signed certificate: {exc}") from None
+    log.warning(
+        "created a self-signed certificate for %s in %s (key %s); replace it with a real one",
+        hostname,
+        cert,
+        key,
+    )
+
+
+def tls_services(settings: Settings) -> list[str]:
+    """Return the services whose listeners need a TLS context."""
+    return sorted({listener.service for listener in service_listeners(settings)})
+
+
+class Daemon:
+    """One roost daemon process.
+
+    Args:
+        config: the main.cf path.
+        settings: its validated settings (the CLI loads them first to report errors).
+        notifier: systemd notification, from ``NOTIFY_SOCKET``.
+    """
+
+    def __init__(self, config: Path, settings: Settings, notifier: Notifier) -> None:
+        self.config = config
+        self.settings = settings
+        self.notifier = notifier
+        self.services: list[Service] = []
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._control: ControlServer | None = None
+
+    def _context(self, settings: Settings) -> Context:
+        tls = TLSContexts(settings)
+        tls.preload(tls_services(settings))
+        return Context(settings=settings, tls=tls)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
+        loop = asyncio.get_running_loop()
+        try:
+            prepare_directories(self.settings)
+            ensure_certificate(self.settings)
+            context = self._context(self.settings)
+            self.services = build_services(context)
+            for service in self.services:
+                await service.start()
+            self._control = ControlServer(control_socket_path(self.settings), self._command)
+            await self._control.start()
+        except (OSError, TLSError, ConfigError) as exc:
+            log.critical("%s", exc)
+            await self._shutdown(grace=0)
+            return 1
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        names = ", ".join(s.name for s in self.services) or "no services"
+        log.info("daemon started -- version %s, configuration %s", __version__, self.config)
+        self.notifier.ready(f"serving: {names}")
+        await self._stop.wait()
+        log.info("terminating on signal or stop request")
+        self.notifier.stopping()
+        await self._shutdown(grace=float(self.settings.seconds("shutdown_grace_time")))
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        log.info("daemon stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop gracefully."""
+        self._stop.set()
+
+    async def reload(self) -> Mapping[str, object]:
+        """Re-read main.cf and certificates; keep the old settings if the new ones are bad."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                settings, warnings = load_settings(self.config)
+                for warning in warnings:
+                    log.warning("%s", str(warning).removeprefix("warning: "))
+                ensure_certificate(settings)
+                context = self._context(settings)
+            except (ConfigError, TLSError, OSError) as exc:
+                reason = str(exc).replace("\n", "; ")
+                log.error("reload failed, keeping the running configuration: %s", reason)
+                self.notifier.ready("reload failed: keeping the running configuration")
+                return {"ok": False, "error": reason}
+            self.settings = settings
+            reopen_logs()
+            for service in self.services:
+                await service.reload(context)
+            log.info("reload -- version %s, configuration %s", __version__, self.config)
+            self.notifier.ready("reloaded")
+            return {"ok": True}
+
+    async def _shutdown(self, grace: float) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop(grace)
+            except Exception:  # one broken service must not keep the others running
+                log.exception("error stopping %s", service.name)
+        if self._control is not None:
+            await self._control.close()
+
+    async def _command(self, command: str) -> Mapping[str, object]:
+        if command == "reload":
+            return await self.reload()
+        if command == "stop":
+            self._stop.set()
+            return {"ok": True}
+        cert, _ = tls_files(self.settings, "smtp")
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "config": str(self.config),
+            "uptime": round(time.time() - self.started, 1),
+            "tls_cert_file": str(cert),
+            "services": {s.name: dict(s.status()) for s in self.services},
+        }

@@ -1,0 +1,106 @@
+"""Listening addresses from Postfix's ``inet_interfaces`` and ``inet_protocols``.
+
+See Also: postconf(5) inet_interfaces (``all``, ``loopback-only``, or addresses) and
+inet_protocols (``all``, ``ipv4``, ``ipv6``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from roost.config import SERVICES, Settings
+
+__all__ = ["Listener", "bind_socket", "listen_addresses", "service_listeners"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address and port a service listens on.
+
+    Attributes:
+        service: the service name (``smtp``, ``imaps``, ...).
+        host: an IP address literal (no brackets).
+        port: the TCP port (0 picks a free one, for tests).
+    """
+
+    service: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def ip_versions(settings: Settings) -> tuple[int, ...]:
+    """Return the enabled IP versions from ``inet_protocols``; IPv6 only if the host has it."""
+    words = {word.lower() for word in settings.strings("inet_protocols")}
+    versions: list[int] = []
+    if words & {"all", "ipv4"}:
+        versions.append(4)
+    if words & {"all", "ipv6"} and socket.has_ipv6:
+        versions.append(6)
+    return tuple(versions)
+
+
+def listen_addresses(settings: Settings) -> list[str]:
+    """Resolve ``inet_interfaces`` to IP address literals.
+
+    Raises:
+        ValueError: an entry is neither ``all``, ``loopback-only`` nor an IP address
+            (roost binds addresses, not names, so a typo cannot listen on the wrong host).
+    """
+    versions = ip_versions(settings)
+    words = settings.strings("inet_interfaces")
+    lowered = {word.lower() for word in words}
+    if "all" in lowered:
+        return [a for a, v in (("0.0.0.0", 4), ("::", 6)) if v in versions]
+    if "loopback-only" in lowered:
+        return [a for a, v in (("127.0.0.1", 4), ("::1", 6)) if v in versions]
+    addresses: list[str] = []
+    for word in words:
+        address = ipaddress.ip_address(word.strip("[]"))
+        if address.version in versions:
+            addresses.append(str(address))
+    return addresses
+
+
+def service_listeners(settings: Settings) -> list[Listener]:
+    """Return every (service, address, port) to listen on, honouring per-service overrides.
+
+    Services named in ``master_service_disable`` are left out.
+    """
+    disabled = {word.split("/")[0].lower() for word in settings.strings("master_service_disable")}
+    listeners: list[Listener] = []
+    for service in SERVICES:
+        if service in disabled:
+            continue
+        view = settings.for_service(service)
+        port = view.integer(f"{service}_service_port")
+        listeners.extend(Listener(service, host, port) for host in listen_addresses(view))
+    return listeners
+
+
+def bind_socket(listener: Listener, *, backlog: int = 512) -> socket.socket:
+    """Create, bind and listen a TCP socket (before privileges are dropped).
+
+    IPv6 sockets are IPv6-only so ``0.0.0.0`` and ``::`` can both be bound.
+
+    Raises:
+        OSError: the address is in use or not available.
+    """
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((listener.host, listener.port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

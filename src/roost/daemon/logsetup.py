@@ -1,0 +1,287 @@
+"""Logging like Postfix: one line per event, ``roost/smtpd[PID]: message``.
+
+Every module logs through a logger under ``roost``; the part after ``roost.`` becomes the
+program name after ``syslog_name`` (logger ``roost.smtpd`` logs as ``roost/smtpd``, logger
+``roost`` itself as ``roost/master``), so grep habits, pflogsumm and fail2ban filters
+written for Postfix keep working. Warnings, errors and critical events get Postfix's
+``warning:``, ``error:`` and ``fatal:`` prefixes.
+
+Lines go to syslog (``/dev/log``, read by journald or rsyslog), to ``maillog_file``, or to
+stderr in the foreground. Parameters: ``syslog_name``, ``syslog_facility``,
+``maillog_file`` (Postfix >= 3.4).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Final, TextIO
+
+__all__ = [
+    "close_logging",
+    "program_name",
+    "reopen_logs",
+    "setup_logging",
+]
+
+ROOT_LOGGER: Final = "roost"
+DEFAULT_SYSLOG_ADDRESS: Final = "/dev/log"
+
+#: Postfix's severity words, put before the message. Info and debug lines have none.
+_SEVERITY_PREFIX: Final[dict[int, str]] = {
+    logging.WARNING: "warning: ",
+    logging.ERROR: "error: ",
+    logging.CRITICAL: "fatal: ",
+}
+
+# Control characters (except tab) would let a client's text forge or split log lines;
+# Postfix prints them as "?".
+_UNPRINTABLE: Final = {c: "?" for c in (*range(0x20), 0x7F) if c != 0x09}
+
+_lock = threading.Lock()
+_handlers: list[logging.Handler] = []
+
+
+def program_name(logger_name: str, syslog_name: str = "roost") -> str:
+    """Map a logger name to the program name of its log lines.
+
+    ``"roost"`` is ``"roost/master"``, ``"roost.smtpd"`` is ``"roost/smtpd"``,
+    ``"roost.smtpd.tls"`` is ``"roost/smtpd.tls"``; a logger outside ``roost`` (say
+    ``"asyncio"``) keeps its whole name: ``"roost/asyncio"``.
+
+    Args:
+        logger_name: the ``logging`` logger name.
+        syslog_name: the prefix (Postfix's ``syslog_name``, e.g. ``"postfix-out"``).
+
+    Returns:
+        ``syslog_name + "/" + service``.
+    """
+    if logger_name == ROOT_LOGGER:
+        service = "master"
+    elif logger_name.startswith(ROOT_LOGGER + "."):
+        service = logger_name[len(ROOT_LOGGER) + 1 :]
+    else:
+        service = logger_name
+    return f"{syslog_name}/{service}"
+
+
+class _PostfixFormatter(logging.Formatter):
+    """``[timestamp ]program[pid]: [warning: ]message``, always one line."""
+
+    def __init__(self, syslog_name: str, *, timestamps: bool) -> None:
+        super().__init__()
+        self._syslog_name = syslog_name
+        self._timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message}: {_describe_exception(record.exc_info[1])}"
+        message = message.translate(_UNPRINTABLE)
+        program = program_name(record.name, self._syslog_name)
+        pid = record.process if record.process is not None else os.getpid()
+        prefix = _SEVERITY_PREFIX.get(record.levelno, "")
+        if record.levelno > logging.CRITICAL:
+            prefix = "fatal: "
+        line = f"{program}[{pid}]: {prefix}{message}"
+        if self._timestamps:
+            when = dt.datetime.fromtimestamp(record.created).astimezone()
+            line = f"{when.isoformat(timespec='microseconds')} {line}"
+        return line
+
+
+def _describe_exception(error: BaseException) -> str:
+    """``ValueError: bad (traceback: file.py:12 in f -> other.py:40 in g)`` on one line.
+
+    Dovecot does the same with its backtraces: one line per event, frames joined by ``->``.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " -> ".join(f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in frames)
+    text = "".join(traceback.format_exception_only(error)).strip()
+    return f"{text} (traceback: {where})" if where else text
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """SysLogHandler sending glibc's shape: ``<22>roost/smtpd[PID]: message``, no NUL."""
+
+    append_nul = False
+
+
+class _MaillogHandler(logging.StreamHandler[TextIO]):
+    """Appends lines to ``maillog_file``; :meth:`reopen` after log rotation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Line-buffered: each event reaches the file as it happens.
+        return open(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Open the path again (a rotated file was renamed away); keep the old on failure."""
+        try:
+            stream = self._open()
+        except OSError as error:
+            # Say so in the file still open, in the shape of every other line.
+            self.handle(_reopen_failure(self.path, error))
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        old.close()
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if not self.stream.closed:
+                self.stream.close()  # flushes
+        finally:
+            self.release()
+            super().close()
+
+
+def _reopen_failure(path: Path, error: OSError) -> logging.LogRecord:
+    return logging.LogRecord(
+        ROOT_LOGGER, logging.WARNING, __file__, 0, f"cannot reopen {path}: {error}", None, None
+    )
+
+
+def setup_logging(
+    *,
+    syslog_name: str = "roost",
+    facility: str = "mail",
+    to_syslog: bool,
+    maillog_file: Path | None,
+    debug: bool = False,
+    to_stderr: bool | None = None,
+    syslog_address: str | Path = DEFAULT_SYSLOG_ADDRESS,
+) -> None:
+    """Configure the ``roost`` logger; a second call replaces the first one's handlers.
+
+    Destinations, each with one line per event:
+
+    - syslog (*to_syslog*): datagrams ``<PRI>roost/smtpd[PID]: message`` to
+      *syslog_address*; if it cannot be reached, stderr instead, with a warning.
+    - *maillog_file*: ``2026-11-21T06:00:00.123456+00:00 roost/smtpd[PID]: message``
+      (local time with its offset) appended line-buffered; :func:`reopen_logs` reopens it.
+    - stderr: the same shape as *maillog_file*.
+
+    Records stop at the ``roost`` logger (``propagate`` is turned off) so they are not
+    logged twice by handlers on the root logger.
+
+    Args:
+        syslog_name: the program-name prefix (Postfix's ``syslog_name``).
+        facility: the syslog facility (``syslog_facility``): ``"mail"``, ``"daemon"``,
+            ``"local0"``... ``"local7"`` and the rest of syslog(3)'s names.
+        to_syslog: log to syslog.
+        maillog_file: log to this file (``maillog_file``), or not at all when ``None``.
+        debug: log debug events too; otherwise info and above.
+        to_stderr: log to stderr; by default only when neither syslog nor a file is used
+            (the foreground, ``make run``).
+        syslog_address: the syslog socket path; ``/dev/log`` except in tests.
+
+    Raises:
+        ValueError: *facility* is not a syslog facility name (the message lists them).
+        OSError: *maillog_file* cannot be opened for appending.
+    """
+    facility_code = logging.handlers.SysLogHandler.facility_names.get(facility)
+    if facility_code is None:
+        allowed = ", ".join(sorted(logging.handlers.SysLogHandler.facility_names))
+        raise ValueError(f"unknown syslog facility {facility!r}; use one of: {allowed}")
+    if to_stderr is None:
+        to_stderr = not to_syslog and maillog_file is None
+
+    timestamped = _PostfixFormatter(syslog_name, timestamps=True)
+    handlers: list[logging.Handler] = []
+    fallback_warning: str | None = None
+    if maillog_file is not None:
+        handlers.append(_MaillogHandler(maillog_file))
+    if to_syslog:
+        address = os.fspath(syslog_address)
+        problem = _unreachable(address)
+        if problem is None:
+            # SysLogHandler reconnects by itself if syslog restarts later.
+            syslog = _SyslogHandler(address=address, facility=facility_code)
+            syslog.setFormatter(_PostfixFormatter(syslog_name, timestamps=False))
+            handlers.append(syslog)
+        else:
+            fallback_warning = f"cannot log to syslog at {address}: {problem}; using stderr"
+            to_stderr = True
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        if handler.formatter is None:
+            handler.setFormatter(timestamped)
+
+    logger = logging.getLogger(ROOT_LOGGER)
+    with _lock:
+        old = _replace_handlers(logger, handlers)
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False
+    for handler in old:
+        handler.close()
+    if fallback_warning is not None:
+        logger.warning(fallback_warning)
+
+
+def _unreachable(address: str) -> str | None:
+    """Why the syslog socket cannot be reached, or ``None`` when it can.
+
+    SysLogHandler itself ignores a failed connect (as openlog(3) does), so probe first.
+    """
+    problem = "no socket"
+    for socktype in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # SysLogHandler's order
+        with socket.socket(socket.AF_UNIX, socktype) as probe:
+            try:
+                probe.connect(address)
+            except OSError as error:
+                problem = str(error)
+            else:
+                return None
+    return problem
+
+
+def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> list[logging.Handler]:
+    old = list(_handlers)
+    for handler in old:
+        logger.removeHandler(handler)
+    _handlers[:] = new
+    for handler in new:
+        logger.addHandler(handler)
+    return old
+
+
+def reopen_logs() -> None:
+    """Reopen ``maillog_file`` after log rotation (on SIGHUP or ``roost reload``).
+
+    A file that cannot be reopened is reported on the handler's error path and the old
+    file stays in use. Syslog and stderr need nothing.
+    """
+    with _lock:
+        handlers = list(_handlers)
+    for handler in handlers:
+        if isinstance(handler, _MaillogHandler):
+            handler.reopen()
+
+
+def close_logging() -> None:
+    """Remove and close the handlers :func:`setup_logging` installed; ``roost`` propagates
+    to the root logger again. For a clean exit and for tests."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    with _lock:
+        old = _replace_handlers(logger, [])
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    for handler in old:
+        handler.close()

@@ -1,0 +1,75 @@
+"""What every network service and background worker looks like to the daemon."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from roost.config import Settings
+
+__all__ = ["Context", "Service", "TLSProvider"]
+
+
+class TLSProvider(Protocol):
+    """Gives the current server TLS context of a service; it changes on reload."""
+
+    def server_context(self, service: str) -> ssl.SSLContext:
+        """Return the TLS context for ``service`` (e.g. "smtp", "imaps").
+
+        Raises:
+            roost.tls.TLSError: the service's certificate or key cannot be loaded.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything the composition root hands to a service factory.
+
+    Attributes:
+        settings: the effective main.cf settings (per-service views via ``for_service``).
+        tls: the TLS contexts, current as of the last reload.
+        clock: wall-clock time in seconds since the epoch (injected for tests).
+        extras: objects built once and shared (user database, spool, store), by name.
+    """
+
+    settings: Settings
+    tls: TLSProvider
+    clock: Callable[[], float] = time.time
+    extras: Mapping[str, object] = field(default_factory=dict)
+
+
+class Service(Protocol):
+    """A part of the daemon with a lifecycle: SMTP, IMAP, POP3 listeners, the queue manager.
+
+    The daemon calls ``start`` once, ``reload`` on SIGHUP with new settings (already
+    validated), and ``stop`` once at shutdown.
+    """
+
+    @property
+    def name(self) -> str:
+        """A short name for logs and ``roost status`` ("smtp", "qmgr", ...)."""
+        ...
+
+    async def start(self) -> None:
+        """Start serving (listeners are open when this returns).
+
+        Raises:
+            OSError: a listener cannot be opened; the daemon exits with the error.
+        """
+        ...
+
+    async def reload(self, context: Context) -> None:
+        """Adopt new settings and TLS contexts without dropping established sessions."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let sessions finish for up to ``grace`` seconds, then close."""
+        ...
+
+    def status(self) -> Mapping[str, object]:
+        """Return a small JSON-able summary for ``roost status``."""
+        ...

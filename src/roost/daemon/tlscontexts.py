@@ -1,0 +1,71 @@
+"""Server TLS contexts per service, built from main.cf and rebuilt on reload.
+
+Which parameters each service reads: ``smtpd_tls_cert_file``/``smtpd_tls_key_file`` for
+smtp, submission and submissions (Postfix's names); ``imap_tls_*`` for imap and imaps;
+``pop3_tls_*`` for pop3 and pop3s. They all default to ``$tls_cert_file``/``$tls_key_file``,
+and per-service overrides (``submission/smtpd_tls_cert_file = ...``) apply.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Final
+
+from roost.config import Settings
+from roost.tls import make_server_context
+
+__all__ = ["TLSContexts", "tls_files"]
+
+_PREFIX: Final = {
+    "smtp": "smtpd",
+    "submission": "smtpd",
+    "submissions": "smtpd",
+    "imap": "imap",
+    "imaps": "imap",
+    "pop3": "pop3",
+    "pop3s": "pop3",
+}
+
+
+def tls_files(settings: Settings, service: str) -> tuple[Path, Path]:
+    """Return (certificate file, key file) of ``service`` after overrides."""
+    view = settings.for_service(service)
+    prefix = _PREFIX.get(service, "smtpd")
+    return view.path_of(f"{prefix}_tls_cert_file"), view.path_of(f"{prefix}_tls_key_file")
+
+
+class TLSContexts:
+    """The :class:`roost.daemon.service.TLSProvider` of the daemon.
+
+    Contexts are built on first use and shared between services using the same files.
+    A reload makes a new instance; sessions keep the context they started with.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._contexts: dict[tuple[Path, Path], ssl.SSLContext] = {}
+
+    def server_context(self, service: str) -> ssl.SSLContext:
+        """Return the server context of ``service``.
+
+        Raises:
+            roost.tls.TLSError: a file is missing, unreadable or the pair does not match.
+        """
+        files = tls_files(self._settings, service)
+        context = self._contexts.get(files)
+        if context is None:
+            context = make_server_context(
+                *files, min_version=self._settings.string("ssl_min_protocol")
+            )
+            self._contexts[files] = context
+        return context
+
+    def preload(self, services: list[str]) -> None:
+        """Build every service's context now so a bad file fails start-up or reload.
+
+        Raises:
+            roost.tls.TLSError: as :meth:`server_context`.
+        """
+        for service in services:
+            self.server_context(service)

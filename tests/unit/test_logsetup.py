@@ -1,0 +1,231 @@
+"""Tests for roost.daemon.logsetup: Postfix-shaped lines to a file, stderr and syslog."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from roost.daemon.logsetup import close_logging, program_name, reopen_logs, setup_logging
+
+PID = os.getpid()
+# "2026-11-21T06:00:00.123456+01:00 roost/smtpd[123]: message"
+LINE = re.compile(
+    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d) "
+    r"(?P<program>[\w./-]+)\[(?P<pid>\d+)\]: (?P<message>.*)"
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Leave the ``roost`` logger as other tests expect it (propagating, no handlers)."""
+    yield
+    close_logging()
+
+
+@pytest.fixture
+def syslog_receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = tmp_path / "log"
+    if len(os.fsencode(path)) >= 108:
+        pytest.skip("tmp_path too long for an AF_UNIX socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(os.fspath(path))
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def parsed(path: Path) -> list[re.Match[str]]:
+    lines = path.read_text().splitlines()
+    matches = [LINE.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    return [m for m in matches if m]
+
+
+@pytest.mark.parametrize(
+    ("logger", "syslog_name", "program"),
+    [
+        ("roost", "roost", "roost/master"),
+        ("roost.smtpd", "roost", "roost/smtpd"),
+        ("roost.imap", "roost", "roost/imap"),
+        ("roost.smtpd.tls", "roost", "roost/smtpd.tls"),
+        ("roost.smtp", "postfix-out", "postfix-out/smtp"),
+        ("roosty", "roost", "roost/roosty"),
+        ("asyncio", "roost", "roost/asyncio"),
+    ],
+)
+def test_program_name(logger: str, syslog_name: str, program: str) -> None:
+    assert program_name(logger, syslog_name) == program
+
+
+def test_maillog_file_lines(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    before = dt.datetime.now().astimezone()
+    logging.getLogger("roost.smtpd").info("connect from %s[%s]", "client.example", "192.0.2.1")
+    logging.getLogger("roost").info("daemon started")
+    logging.getLogger("roost.smtpd").debug("not shown without debug")
+    after = dt.datetime.now().astimezone()
+
+    first, second = parsed(maillog)
+    assert first["program"] == "roost/smtpd"
+    assert first["pid"] == str(PID)
+    assert first["message"] == "connect from client.example[192.0.2.1]"
+    assert (second["program"], second["message"]) == ("roost/master", "daemon started")
+    when = dt.datetime.fromisoformat(first["time"])
+    assert when.utcoffset() == before.utcoffset()
+    assert before - dt.timedelta(seconds=1) <= when <= after
+
+
+def test_severity_prefixes(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog, debug=True)
+    log = logging.getLogger("roost.smtpd")
+    log.debug("a debug line")
+    log.info("an info line")
+    log.warning("hostname nowhere.example does not resolve to address 192.0.2.1")
+    log.error("queue file write error")
+    log.critical("out of disk space")
+    assert [m["message"] for m in parsed(maillog)] == [
+        "a debug line",
+        "an info line",
+        "warning: hostname nowhere.example does not resolve to address 192.0.2.1",
+        "error: queue file write error",
+        "fatal: out of disk space",
+    ]
+
+
+def test_one_line_per_event_even_with_newlines_and_exceptions(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    # A client's text must not start a forged line of its own.
+    log.info("bad command: %s", "NOOP\r\nroost/smtpd[1]: warning: forged")
+    try:
+        raise ValueError("broken\nvalue")
+    except ValueError:
+        log.exception("while handling %s", "DATA")
+
+    injected, failure = parsed(maillog)
+    assert injected["message"] == "bad command: NOOP??roost/smtpd[1]: warning: forged"
+    assert failure["message"].startswith("error: while handling DATA: ValueError: broken?value")
+    assert "(traceback: " in failure["message"]
+    assert "test_logsetup.py:" in failure["message"]
+
+
+def test_setup_twice_replaces_handlers(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    setup_logging(to_syslog=False, maillog_file=first)
+    setup_logging(to_syslog=False, maillog_file=second)
+    setup_logging(to_syslog=False, maillog_file=second)
+    logging.getLogger("roost.pop3").info("once")
+    assert first.read_text() == ""
+    assert [m["message"] for m in parsed(second)] == ["once"]
+    assert len(logging.getLogger("roost").handlers) == 1
+
+
+def test_reopen_after_rotation(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    log.info("before rotation")
+    maillog.rename(tmp_path / "maillog.1")
+    log.info("still to the old file")
+    reopen_logs()
+    log.info("after rotation")
+    assert [m["message"] for m in parsed(tmp_path / "maillog.1")] == [
+        "before rotation",
+        "still to the old file",
+    ]
+    assert [m["message"] for m in parsed(maillog)] == ["after rotation"]
+
+
+def test_failed_reopen_keeps_old_file(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    maillog = directory / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    directory.rename(tmp_path / "gone")  # the path cannot be created again
+    reopen_logs()
+    logging.getLogger("roost.smtpd").info("goes on")
+    messages = [m["message"] for m in parsed(tmp_path / "gone" / "maillog")]
+    assert messages[0].startswith(f"warning: cannot reopen {maillog}: ")
+    assert messages[1:] == ["goes on"]
+
+
+def test_stderr_in_the_foreground(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging(to_syslog=False, maillog_file=None)
+    logging.getLogger("roost.imap").warning("disconnected for inactivity")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    match = LINE.fullmatch(err[0])
+    assert match
+    assert match["program"] == "roost/imap"
+    assert match["message"] == "warning: disconnected for inactivity"
+
+
+def test_no_stderr_when_logging_to_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(to_syslog=False, maillog_file=tmp_path / "maillog")
+    logging.getLogger("roost").info("quiet")
+    assert capsys.readouterr().err == ""
+
+
+def test_does_not_propagate_to_root(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    setup_logging(to_syslog=False, maillog_file=tmp_path / "maillog")
+    logging.getLogger("roost.smtpd").warning("only once")
+    assert caplog.records == []
+    close_logging()
+    logging.getLogger("roost.smtpd").warning("to the root again")
+    assert [r.getMessage() for r in caplog.records] == ["to the root again"]
+
+
+def test_syslog_receiver(syslog_receiver: tuple[socket.socket, Path]) -> None:
+    sock, path = syslog_receiver
+    setup_logging(to_syslog=True, maillog_file=None, syslog_address=path)
+    logging.getLogger("roost.smtpd").info("hello")
+    logging.getLogger("roost.smtpd").warning("careful")
+    logging.getLogger("roost").error("bad")
+    assert sock.recv(4096) == f"<22>roost/smtpd[{PID}]: hello".encode()  # mail=2, info=6
+    assert sock.recv(4096) == f"<20>roost/smtpd[{PID}]: warning: careful".encode()
+    assert sock.recv(4096) == f"<19>roost/master[{PID}]: error: bad".encode()
+
+
+def test_syslog_facility_and_name(syslog_receiver: tuple[socket.socket, Path]) -> None:
+    sock, path = syslog_receiver
+    setup_logging(
+        syslog_name="postfix-out",
+        facility="local3",
+        to_syslog=True,
+        maillog_file=None,
+        syslog_address=path,
+    )
+    logging.getLogger("roost.smtp").critical("cannot bind")
+    # local3=19, crit=2: 19*8+2
+    assert sock.recv(4096) == f"<154>postfix-out/smtp[{PID}]: fatal: cannot bind".encode()
+
+
+def test_missing_syslog_socket_falls_back_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-log"
+    setup_logging(to_syslog=True, maillog_file=None, syslog_address=missing)
+    logging.getLogger("roost.smtpd").info("still logged")
+    err = [LINE.fullmatch(line) for line in capsys.readouterr().err.splitlines()]
+    warning = f"warning: cannot log to syslog at {missing}: [Errno 2] No such file or directory"
+    assert [(m["program"], m["message"]) for m in err if m] == [
+        ("roost/master", f"{warning}; using stderr"),
+        ("roost/smtpd", "still logged"),
+    ]
+
+
+def test_unknown_facility() -> None:
+    with pytest.raises(ValueError, match=r"'maill'.*local7"):
+        setup_logging(facility="maill", to_syslog=True, maillog_file=None)
