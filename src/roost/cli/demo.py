@@ -70,7 +70,7 @@ def create_instance(directory: Path) -> bool:
     Raises:
         OSError: a file cannot be written.
     """
-    from passlib.hash import sha512_crypt
+    from roost.auth.passwdfile import hash_password
 
     main_cf = directory / "etc" / "main.cf"
     if main_cf.exists():
@@ -81,7 +81,7 @@ def create_instance(directory: Path) -> bool:
     _write(directory / "demo.password", password + "\n", 0o600)
     home = directory / "mail" / "demo"
     user_line = (
-        f"demo:{{SHA512-CRYPT}}{sha512_crypt.hash(password)}:{os.getuid()}:{os.getgid()}"
+        f"demo:{hash_password(password, 'SHA512-CRYPT')}:{os.getuid()}:{os.getgid()}"
         f"::{home}::userdb_mail=maildir:~/Maildir\n"
     )
     _write(directory / "etc" / "users", user_line, 0o600)

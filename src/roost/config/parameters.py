@@ -18,7 +18,14 @@ from typing import Final
 
 from roost.config.types import ParamType
 
-__all__ = ["PARAMETERS", "SERVICES", "DefaultFunction", "Parameter", "system_hostname"]
+__all__ = [
+    "PARAMETERS",
+    "SERVICES",
+    "SERVICE_DEFAULTS",
+    "DefaultFunction",
+    "Parameter",
+    "system_hostname",
+]
 
 
 #: A computed default: receives a function that expands another parameter by name.
@@ -298,6 +305,150 @@ _TABLE: Final[list[Parameter]] = [
         section="daemon",
     ),
 ]
+
+
+def _smtpd(name: str, kind: ParamType, default: str, doc: str, **extra: object) -> Parameter:
+    return Parameter(name, kind, default, doc, section="smtpd", **extra)  # type: ignore[arg-type]
+
+
+_TABLE.extend(
+    [
+        Parameter("mail_name", S, "roost", "The mail system name in the SMTP greeting."),
+        _smtpd(
+            "smtpd_banner", S, "$myhostname ESMTP $mail_name", "Text after 220 in the greeting."
+        ),
+        _smtpd("smtpd_timeout", T, "300s", "Idle time before a silent SMTP client is dropped."),
+        _smtpd("smtpd_recipient_limit", I, "1000", "Recipients accepted per message.", minimum=1),
+        _smtpd(
+            "smtpd_soft_error_limit",
+            I,
+            "10",
+            "Errors after which each reply waits smtpd_error_sleep_time.",
+            minimum=0,
+        ),
+        _smtpd(
+            "smtpd_hard_error_limit",
+            I,
+            "20",
+            "Errors after which the client is dropped.",
+            minimum=1,
+        ),
+        _smtpd("smtpd_error_sleep_time", T, "1s", "The tarpit delay after the soft limit."),
+        _smtpd(
+            "smtpd_junk_command_limit",
+            I,
+            "100",
+            "NOOP, VRFY, RSET commands before they count as errors.",
+            minimum=1,
+        ),
+        _smtpd(
+            "smtpd_client_connection_count_limit",
+            I,
+            "50",
+            "Simultaneous connections per client address (0: no limit).",
+            minimum=0,
+        ),
+        _smtpd(
+            "smtpd_client_connection_rate_limit",
+            I,
+            "0",
+            "New connections per client address per anvil_rate_time_unit (0: no limit).",
+            minimum=0,
+        ),
+        _smtpd("anvil_rate_time_unit", T, "60s", "The time unit of the rate limits."),
+        _smtpd(
+            "smtpd_client_event_limit_exceptions",
+            L,
+            "$mynetworks",
+            "Clients exempt from the connection limits (networks or type:table).",
+        ),
+        _smtpd("smtpd_sasl_auth_enable", B, "no", "Offer SMTP AUTH (submission services: yes)."),
+        _smtpd(
+            "smtpd_auth_required",
+            B,
+            "no",
+            "roost: MAIL needs AUTH first (RFC 6409; submission services: yes).",
+        ),
+        _smtpd(
+            "smtpd_tls_security_level",
+            S,
+            "may",
+            "none, may (offer STARTTLS) or encrypt (require it; submission: encrypt).",
+            choices=("none", "may", "encrypt"),
+        ),
+        _smtpd(
+            "smtpd_tls_wrappermode",
+            B,
+            "no",
+            "Implicit TLS from the first byte (RFC 8314; submissions: yes).",
+        ),
+        _smtpd("smtpd_tls_auth_only", B, "yes", "Offer and accept AUTH only over TLS."),
+        _smtpd(
+            "smtpd_forbid_bare_newline",
+            S,
+            "normalize",
+            "Bare <LF> in DATA: normalize (store as CRLF) or reject; never ends the data.",
+            choices=("normalize", "reject"),
+        ),
+        _smtpd(
+            "hopcount_limit", I, "50", "Received: headers after which mail is refused.", minimum=1
+        ),
+        _smtpd(
+            "header_size_limit",
+            Z,
+            "102400",
+            "Header bytes examined for Received:, Message-ID: and Date: (the rest is body).",
+        ),
+        _smtpd("smtpd_client_restrictions", L, "", "Restrictions on the client (at RCPT time)."),
+        _smtpd("smtpd_helo_restrictions", L, "", "Restrictions on HELO/EHLO (at RCPT time)."),
+        _smtpd("smtpd_sender_restrictions", L, "", "Restrictions on MAIL FROM (at RCPT time)."),
+        _smtpd(
+            "smtpd_relay_restrictions",
+            L,
+            "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
+            "Relay control at RCPT time; one of the two lists must refuse other destinations.",
+        ),
+        _smtpd("smtpd_recipient_restrictions", L, "", "Further restrictions at RCPT time."),
+        _smtpd(
+            "smtpd_reject_unlisted_recipient",
+            B,
+            "yes",
+            "Refuse unknown local and virtual recipients at RCPT (550 5.1.1).",
+        ),
+        _smtpd(
+            "smtpd_sender_login_maps",
+            M,
+            "",
+            "Tables: sender address -> logins allowed to use it (reject_sender_login_mismatch).",
+        ),
+        _smtpd("disable_vrfy_command", B, "no", "Refuse VRFY (502) instead of answering 252."),
+        _smtpd("smtpd_helo_required", B, "no", "MAIL needs HELO or EHLO first."),
+        _smtpd(
+            "strict_rfc821_envelopes",
+            B,
+            "no",
+            "Refuse MAIL FROM/RCPT TO addresses without <> or with extra text.",
+        ),
+        _smtpd("smtputf8_enable", B, "yes", "Offer SMTPUTF8 (RFC 6531)."),
+    ]
+)
+
+#: master.cf-like defaults of one service; ``service/name`` lines in main.cf override them
+#: (and they override main.cf's global values, as master.cf's ``-o`` does).
+SERVICE_DEFAULTS: Final[Mapping[str, Mapping[str, str]]] = {
+    "submission": {
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_auth_required": "yes",
+        "smtpd_reject_unlisted_recipient": "no",
+    },
+    "submissions": {
+        "smtpd_tls_wrappermode": "yes",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_auth_required": "yes",
+        "smtpd_reject_unlisted_recipient": "no",
+    },
+}
 
 _TABLE.extend(
     Parameter(

@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 
 from roost.config.expand import ExpansionError, expand, references
 from roost.config.maincf import Entry, Problem, parse_main_cf
-from roost.config.parameters import PARAMETERS, SERVICES, Parameter
+from roost.config.parameters import PARAMETERS, SERVICE_DEFAULTS, SERVICES, Parameter
 from roost.config.types import (
     ParamType,
     parse_boolean,
@@ -103,6 +103,10 @@ class Settings:
         """Tell whether main.cf (or this service's override) sets ``name``."""
         return name in self._set
 
+    def service_default(self, name: str) -> str | None:
+        """Return this service's master.cf-like default of ``name``, if it has one."""
+        return SERVICE_DEFAULTS.get(self.service or "", {}).get(name)
+
     def entry(self, name: str) -> Entry | None:
         """Return the main.cf entry that sets ``name``, or None for a default."""
         return self._set.get(name)
@@ -110,8 +114,14 @@ class Settings:
     def raw(self, name: str) -> str:
         """Return the unexpanded value: the setting, else the table's default, else ""."""
         entry = self._set.get(name)
-        if entry is not None:
+        if entry is not None and (self.service is None or "/" in entry.name):
             return entry.value
+        if self.service is not None:
+            service_default = SERVICE_DEFAULTS.get(self.service, {}).get(name)
+            if service_default is not None:
+                return service_default
+            if entry is not None:
+                return entry.value
         if name == "config_directory" and self.path is not None:
             return str(self.path.parent)
         parameter = PARAMETERS.get(name)
