@@ -37,6 +37,24 @@ def _check_directory(name: str, path: Path) -> list[str]:
     return []
 
 
+def _check_services(settings: Settings) -> list[str]:
+    """Build each service's configuration as the daemon would, without starting it."""
+    from roost.auth.factory import check_user_database
+    from roost.daemon.service import Context
+    from roost.daemon.tlscontexts import TLSContexts
+    from roost.smtp.server import check_smtp
+
+    problems = check_user_database(settings)
+    if problems:
+        return problems
+    from roost.auth.factory import build_user_database
+
+    context = Context(
+        settings=settings, tls=TLSContexts(settings), users=build_user_database(settings)
+    )
+    return check_smtp(settings, context)
+
+
 def _check_tables(settings: Settings) -> tuple[list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
@@ -106,6 +124,7 @@ def check(settings: Settings, *, listeners: bool = True) -> tuple[list[str], lis
             continue
         for problem in check_certificate(*files):
             (warnings if "expires in" in problem else errors).append(problem)
+    errors += _check_services(settings)
     table_errors, table_warnings = _check_tables(settings)
     errors += table_errors
     warnings += table_warnings

@@ -46,6 +46,7 @@ queue_directory = {directory}/spool
 data_directory = {directory}/lib
 mail_owner = {getpass.getuser()}
 auth_backends = passwd-file:$config_directory/users
+auth_default_realm = $mydomain
 mail_location = maildir:~/Maildir
 alias_maps = texthash:$config_directory/aliases
 alias_database = $alias_maps
@@ -81,7 +82,7 @@ def create_instance(directory: Path) -> bool:
     _write(directory / "demo.password", password + "\n", 0o600)
     home = directory / "mail" / "demo"
     user_line = (
-        f"demo:{hash_password(password, 'SHA512-CRYPT')}:{os.getuid()}:{os.getgid()}"
+        f"demo@{DEMO_DOMAIN}:{hash_password(password, 'SHA512-CRYPT')}::"
         f"::{home}::userdb_mail=maildir:~/Maildir\n"
     )
     _write(directory / "etc" / "users", user_line, 0o600)

@@ -212,6 +212,13 @@ _TABLE: Final[list[Parameter]] = [
         section="auth",
     ),
     Parameter(
+        "auth_default_realm",
+        S,
+        "",
+        "Dovecot: the domain added to logins given without one (alice -> alice@realm).",
+        section="auth",
+    ),
+    Parameter(
         "mail_location",
         S,
         "maildir:~/Maildir",
@@ -294,7 +301,7 @@ _TABLE: Final[list[Parameter]] = [
         "master_service_disable",
         L,
         "",
-        "Services not to run (smtp, submission, submissions, imap, imaps, pop3, pop3s).",
+        "Services not to run (smtp, submission, submissions, imap, imaps, pop3, pop3s, qmgr).",
         section="daemon",
     ),
     Parameter(
@@ -430,6 +437,60 @@ _TABLE.extend(
             "Refuse MAIL FROM/RCPT TO addresses without <> or with extra text.",
         ),
         _smtpd("smtputf8_enable", B, "yes", "Offer SMTPUTF8 (RFC 6531)."),
+        _smtpd(
+            "smtpd_peername_lookup",
+            B,
+            "yes",
+            "Look up the client's name (reverse DNS, forward-confirmed) for logs and Received.",
+        ),
+    ]
+)
+
+
+def _qmgr(name: str, kind: ParamType, default: str, doc: str, **extra: object) -> Parameter:
+    return Parameter(name, kind, default, doc, section="queue", **extra)  # type: ignore[arg-type]
+
+
+_TABLE.extend(
+    [
+        _qmgr("minimal_backoff_time", T, "300s", "The first wait before retrying deferred mail."),
+        _qmgr("maximal_backoff_time", T, "4000s", "The longest wait between delivery attempts."),
+        _qmgr("queue_run_delay", T, "300s", "How often the deferred queue is scanned."),
+        _qmgr(
+            "maximal_queue_lifetime",
+            T,
+            "5d",
+            "Undeliverable mail is returned after this long.",
+            time_unit="d",
+        ),
+        _qmgr(
+            "bounce_queue_lifetime",
+            T,
+            "5d",
+            "The same for bounces (null sender); they are then discarded.",
+            time_unit="d",
+        ),
+        _qmgr(
+            "delay_warning_time",
+            T,
+            "0h",
+            "Warn the sender of mail delayed this long (0: never).",
+            time_unit="h",
+        ),
+        _qmgr(
+            "2bounce_notice_recipient",
+            S,
+            "postmaster",
+            "Who gets undeliverable bounces (double bounces).",
+        ),
+        _qmgr("bounce_size_limit", Z, "50000", "The largest original returned whole in a bounce."),
+        _qmgr(
+            "default_process_limit",
+            I,
+            "100",
+            "Messages delivered at the same time.",
+            minimum=1,
+        ),
     ]
 )
 
@@ -460,6 +521,117 @@ _TABLE.extend(
         minimum=0,
     )
     for service, port in SERVICES.items()
+)
+
+# --- local delivery: aliases, .forward, |command, /file, mailbox writers (local) ---
+_TABLE.extend(
+    [
+        Parameter(
+            "allow_mail_to_commands",
+            L,
+            "alias, forward",
+            "Where |command targets are allowed: alias, forward, include.",
+            section="local",
+            choices=("alias", "forward", "include"),
+        ),
+        Parameter(
+            "allow_mail_to_files",
+            L,
+            "alias, forward",
+            "Where /file targets are allowed: alias, forward, include.",
+            section="local",
+            choices=("alias", "forward", "include"),
+        ),
+        Parameter(
+            "forward_path",
+            S,
+            "$home/.forward${recipient_delimiter}${extension}, $home/.forward",
+            "The .forward files to try; $user $home $shell $recipient $local $domain "
+            "$extension $recipient_delimiter expand per recipient.",
+            section="local",
+        ),
+        Parameter(
+            "default_privs",
+            S,
+            "nobody",
+            "The account for |command and /file deliveries of root-owned aliases.",
+            section="local",
+        ),
+        Parameter(
+            "mailbox_size_limit",
+            Z,
+            "51200000",
+            "Largest mbox file or Maildir message file, in bytes; 0: no limit.",
+            section="local",
+        ),
+        Parameter(
+            "command_time_limit",
+            T,
+            "1000s",
+            "Time limit of a |command delivery.",
+            section="local",
+        ),
+        Parameter(
+            "lda_mailbox_autocreate",
+            B,
+            "no",
+            "Dovecot: create a missing Maildir++ folder; no: deliver to INBOX instead.",
+            section="local",
+        ),
+        Parameter(
+            "mailbox_delivery_lock",
+            L,
+            "fcntl, dotlock",
+            "Locks taken on mbox files: fcntl, flock, dotlock.",
+            section="local",
+            choices=("fcntl", "flock", "dotlock"),
+        ),
+        Parameter(
+            "deliver_lock_attempts",
+            I,
+            "20",
+            "Attempts to lock an mbox file before deferring.",
+            section="local",
+            minimum=1,
+        ),
+        Parameter(
+            "deliver_lock_delay",
+            T,
+            "1s",
+            "Time between attempts to lock an mbox file.",
+            section="local",
+        ),
+        Parameter(
+            "stale_lock_time",
+            T,
+            "500s",
+            "Age after which an mbox dotlock (MBOX.lock) is removed.",
+            section="local",
+        ),
+        Parameter(
+            "propagate_unmatched_extensions",
+            L,
+            "canonical, virtual",
+            "Where an unmatched address extension is kept: canonical, virtual, alias, "
+            "forward, include, generic.",
+            section="local",
+            choices=("canonical", "virtual", "alias", "forward", "include", "generic"),
+        ),
+        Parameter(
+            "expand_owner_alias",
+            B,
+            "no",
+            "Send errors for an alias with an owner-NAME alias to that alias's value.",
+            section="local",
+        ),
+        Parameter(
+            "owner_request_special",
+            B,
+            "yes",
+            "Use owner-NAME aliases for errors; never split owner-NAME or NAME-request.",
+            section="local",
+        ),
+    ]
 )
 
 #: Every parameter by name.

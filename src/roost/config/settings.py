@@ -271,6 +271,10 @@ class Settings:
     def _problem(self, entry: Entry, reason: str, *, warning: bool = False) -> Problem:
         return Problem(str(self.path or ""), entry.line, entry.name, reason, warning)
 
+    def error(self, name: str, reason: str) -> ConfigError:
+        """Return a ConfigError about ``name`` located at its main.cf line (or default)."""
+        return self._error(name, reason)
+
     def _error(self, name: str, reason: str) -> ConfigError:
         entry = self._set.get(name)
         if entry is not None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from roost import __version__
+from roost.auth.factory import build_user_database
+from roost.auth.throttle import Throttle
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.compose import build_services
 from roost.daemon.control import ControlServer
@@ -25,6 +28,8 @@ from roost.daemon.logsetup import reopen_logs
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, tls_files
+from roost.queue.errors import SpoolError
+from roost.queue.spool import Spool
 from roost.tls import TLSError, generate_selfsigned
 
 __all__ = ["Daemon", "control_socket_path", "prepare_directories"]
@@ -72,6 +77,14 @@ def ensure_certificate(settings: Settings) -> None:
     )
 
 
+def raise_file_limit() -> None:
+    """Raise the soft open-files limit to the hard one (up to 65536): one per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def tls_services(settings: Settings) -> list[str]:
     """Return the services whose listeners need a TLS context."""
     return sorted({listener.service for listener in service_listeners(settings)})
@@ -95,26 +108,40 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._control: ControlServer | None = None
+        self.spool: Spool | None = None
+        self.throttle = Throttle()
 
     def _context(self, settings: Settings) -> Context:
         tls = TLSContexts(settings)
         tls.preload(tls_services(settings))
-        return Context(settings=settings, tls=tls)
+        return Context(
+            settings=settings,
+            tls=tls,
+            spool=self.spool,
+            users=build_user_database(settings),
+            throttle=self.throttle,
+        )
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
         loop = asyncio.get_running_loop()
         try:
+            raise_file_limit()
             prepare_directories(self.settings)
             ensure_certificate(self.settings)
+            self._control = ControlServer(control_socket_path(self.settings), self._command)
+            await self._control.start()
+            self.spool = Spool(self.settings.path_of("queue_directory"))
+            await self.spool.start()
+            report = await self.spool.recover()
+            if report.removed or report.requeued or report.corrupt:
+                log.info("queue recovery: %s", report)
             context = self._context(self.settings)
             self.services = build_services(context)
             for service in self.services:
                 await service.start()
-            self._control = ControlServer(control_socket_path(self.settings), self._command)
-            await self._control.start()
-        except (OSError, TLSError, ConfigError) as exc:
-            log.critical("%s", exc)
+        except (OSError, TLSError, ConfigError, SpoolError) as exc:
+            log.critical("%s", str(exc).replace("\n", "; "))
             await self._shutdown(grace=0)
             return 1
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -167,6 +194,8 @@ class Daemon:
                 log.exception("error stopping %s", service.name)
         if self._control is not None:
             await self._control.close()
+        if self.spool is not None:
+            await self.spool.close()
 
     async def _command(self, command: str) -> Mapping[str, object]:
         if command == "reload":

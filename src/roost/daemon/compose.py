@@ -10,13 +10,15 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from roost.daemon.service import Context, Service
+from roost.queue.service import build_queue_service
+from roost.smtp.server import build_smtp_service
 
 __all__ = ["FACTORIES", "build_services"]
 
 ServiceFactory = Callable[[Context], Service | None]
 
 #: Factories in start order (workers before the listeners that feed them).
-FACTORIES: Final[list[ServiceFactory]] = []
+FACTORIES: Final[list[ServiceFactory]] = [build_queue_service, build_smtp_service]
 
 
 def build_services(

@@ -8,7 +8,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from roost.auth.throttle import Throttle
+from roost.auth.users import UserDatabase
 from roost.config import Settings
+from roost.queue.spool import Spool
 
 __all__ = ["Context", "Service", "TLSProvider"]
 
@@ -33,13 +36,17 @@ class Context:
         settings: the effective main.cf settings (per-service views via ``for_service``).
         tls: the TLS contexts, current as of the last reload.
         clock: wall-clock time in seconds since the epoch (injected for tests).
-        extras: objects built once and shared (user database, spool, store), by name.
+        spool: the mail queue, shared by the SMTP server and the queue manager.
+        users: the user database (``auth_backends``), None when none is configured.
+        throttle: failed-login throttling shared by SMTP, IMAP and POP3.
     """
 
     settings: Settings
     tls: TLSProvider
     clock: Callable[[], float] = time.time
-    extras: Mapping[str, object] = field(default_factory=dict)
+    spool: Spool | None = None
+    users: UserDatabase | None = None
+    throttle: Throttle = field(default_factory=Throttle)
 
 
 class Service(Protocol):

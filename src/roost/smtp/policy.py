@@ -30,6 +30,7 @@ from roost.address import (
     is_valid_hostname,
 )
 from roost.config.lookup import LookupTable
+from roost.delivery.router import Destination, RecipientStatus
 from roost.smtp import reply
 from roost.smtp.reply import Reply, parse_reply
 
@@ -88,23 +89,6 @@ class Action(enum.Enum):
     DUNNO = "dunno"
     REJECT = "reject"
     DEFER = "defer"
-
-
-class Destination(enum.Enum):
-    """Which address class a recipient domain is in (Postfix ADDRESS_CLASS_README)."""
-
-    LOCAL = "local"  # mydestination
-    VIRTUAL = "virtual"  # virtual_mailbox_domains
-    RELAY = "relay"  # relay_domains
-    OTHER = "other"  # needs relay permission
-
-
-class RecipientStatus(enum.Enum):
-    """The user database's answer about a recipient in a local or virtual domain."""
-
-    KNOWN = "known"
-    UNKNOWN = "unknown"
-    TEMPFAIL = "tempfail"
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,15 +67,12 @@ def parse_reply(text: str) -> Reply | None:
 
 
 def with_enhanced_code(line: str) -> str:
-    """Give a reply line from aiosmtpd's own loop an enhanced code (our table first)."""
+    """Replace a reply of aiosmtpd's own command loop by ours, with its enhanced code."""
     replacement = AIOSMTPD_REPLIES.get(line)
     if replacement is not None:
         return str(replacement)
     if line.startswith('500 Error: command "'):
         return str(UNKNOWN_COMMAND)
-    if _REPLY_RE.fullmatch(line) and not re.match(r"\d{3}[ -][245]\.", line):
-        code = int(line[:3])
-        return f"{line[:3]} {code // 100}.0.0 {line[4:]}"
     return line
 
 

@@ -1,0 +1,1 @@
+"""Routing and delivery: local (aliases, .forward, Maildir, mbox, pipes) and outbound SMTP."""

@@ -1,0 +1,476 @@
+"""The local and virtual transports: aliases, ``.forward``, then a mailbox, a file or a pipe.
+
+For a recipient in a local domain (``mydestination``), Postfix local(8)'s order: the alias
+of the whole local part, then of the user; the user's ``.forward``; the mailbox. A user is
+a user of the user database (``auth_backends``) or a system account. For a recipient in a
+virtual mailbox domain the user database alone answers and the mail goes to the mailbox.
+
+Where the mailbox is:
+
+- ``home_mailbox`` set (Postfix): ``Maildir/`` (trailing slash) is a Maildir under the
+  home, anything else an mbox file under the home;
+- otherwise ``mail_location`` (Dovecot syntax, ``%u %n %d %h`` and ``~``), from the user
+  database's ``userdb_mail`` field or the global parameter: ``maildir:PATH`` or
+  ``mbox:PATH:INBOX=FILE`` (the INBOX file gets the mail). This is what IMAP and POP3
+  serve, so delivery and reading always agree.
+
+Addresses in other domains that aliases or ``.forward`` lead to are queued again as a new
+message (same content, ``Delivered-To:`` added for loop detection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pwd
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.address import AddressError, parse_mailbox, split_extension
+from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
+from roost.delivery.aliases import (
+    AddressTarget,
+    CommandTarget,
+    Expansion,
+    FileTarget,
+    Forward,
+    Target,
+    expand_recipient,
+)
+from roost.delivery.aliasfile import AliasMaps
+from roost.delivery.command import CommandEnvironment, deliver_command
+from roost.delivery.errors import DeliveryError
+from roost.delivery.forward import find_forward, forward_paths, read_include
+from roost.delivery.headers import delivered_to_addresses, delivery_headers
+from roost.delivery.maildir import deliver_maildir
+from roost.delivery.mbox import deliver_mbox
+from roost.delivery.router import Destination, Router
+from roost.queue.envelope import Envelope, Recipient, WithProtocol
+from roost.queue.errors import SpoolError
+from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
+from roost.queue.spool import Spool
+
+__all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox"]
+
+log = logging.getLogger("roost.local")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalConfig:
+    """The local delivery parameters (postconf(5) and Dovecot names)."""
+
+    hostname: str
+    home_mailbox: str = ""
+    mail_spool_directory: str = "/var/mail"
+    mail_location: str = "maildir:~/Maildir"
+    recipient_delimiter: str = ""
+    forward_path: str = "$home/.forward${recipient_delimiter}${extension}, $home/.forward"
+    allow_mail_to_commands: tuple[str, ...] = ("alias", "forward")
+    allow_mail_to_files: tuple[str, ...] = ("alias", "forward")
+    propagate_unmatched_extensions: tuple[str, ...] = ("canonical", "virtual")
+    owner_request_special: bool = True
+    expand_owner_alias: bool = False
+    default_privs: str = "nobody"
+    mailbox_size_limit: int = 51200000
+    command_time_limit: float = 1000.0
+    autocreate_folder: bool = False
+    lock_timeout: float = 20.0
+    lock_delay: float = 1.0
+    stale_lock_time: float = 500.0
+    locks: tuple[str, ...] = ("fcntl", "dotlock")
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """Where one user's mail goes.
+
+    Attributes:
+        kind: ``maildir`` or ``mbox``.
+        path: the Maildir directory or the mbox file.
+        uid: the owner of created files (None: the daemon's user).
+        gid: their group.
+        quota_bytes: the user's quota (0: none).
+    """
+
+    kind: str
+    path: Path
+    uid: int | None = None
+    gid: int | None = None
+    quota_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    name: str
+    home: str
+    uid: int | None
+    gid: int | None
+    shell: str = "/bin/sh"
+    user: User | None = None
+
+
+def resolve_mailbox(account: _Account, config: LocalConfig, domain: str) -> Mailbox:
+    """Choose the mailbox of an account (see the module docstring).
+
+    Raises:
+        DeliveryError: the account has no home where one is needed (4.3.0, as Postfix).
+    """
+    quota = account.user.quota_bytes or 0 if account.user is not None else 0
+    if config.home_mailbox and account.user is None:
+        if not account.home:
+            raise DeliveryError(True, "4.3.0", f"no home directory for user {account.name}")
+        path = Path(account.home) / config.home_mailbox
+        kind = "maildir" if config.home_mailbox.endswith("/") else "mbox"
+        return Mailbox(kind, path, account.uid, account.gid, quota)
+    if account.user is not None and account.user.mail_location:
+        location = account.user.mail_location
+    else:
+        local = account.name.partition("@")[0]
+        location = expand_mail_location(
+            config.mail_location, f"{local}@{domain}" if domain else local, domain, account.home
+        )
+    kind, _, rest = location.partition(":")
+    kind = kind.lower()
+    if kind == "maildir":
+        return Mailbox("maildir", Path(rest.split(":")[0]), account.uid, account.gid, quota)
+    if kind == "mbox":
+        inbox = [opt[6:] for opt in rest.split(":")[1:] if opt.upper().startswith("INBOX=")]
+        path = Path(inbox[0]) if inbox else Path(config.mail_spool_directory) / account.name
+        return Mailbox("mbox", path, account.uid, account.gid, quota)
+    raise DeliveryError(True, "4.3.5", f"unsupported mail_location {location!r}")
+
+
+def _system_account(name: str) -> _Account | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return _Account(entry.pw_name, entry.pw_dir, entry.pw_uid, entry.pw_gid, entry.pw_shell)
+
+
+@dataclass(slots=True)
+class LocalTransport:
+    """Delivers local and virtual recipients (the ``local`` and ``virtual`` transports).
+
+    Args:
+        config: the parameters.
+        router: tells local domains.
+        aliases: ``alias_maps``.
+        users: the user database (None: system accounts only).
+        spool: for re-queuing forwarded mail.
+        system_accounts: finds a system account (``pwd`` by default).
+    """
+
+    config: LocalConfig
+    router: Router
+    aliases: AliasMaps
+    users: UserDatabase | None
+    spool: Spool
+    system_accounts: Callable[[str], _Account | None] = _system_account
+    name: str = "local"
+
+    async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
+        """Deliver each recipient of the job; one result each."""
+        header = await asyncio.to_thread(_read_header, job)
+        seen_delivered_to = delivered_to_addresses(header)
+        results: list[RecipientResult] = []
+        for index, recipient in job.recipients:
+            try:
+                results.append(await self._one(job, index, recipient, seen_delivered_to))
+            except DeliveryError as exc:
+                status = Outcome.DEFERRED if exc.temporary else Outcome.BOUNCED
+                results.append(RecipientResult(index, status, exc.dsn, exc.text, "local"))
+        return results
+
+    async def _one(
+        self,
+        job: DeliveryJob,
+        index: int,
+        recipient: Recipient,
+        seen: Collection[str],
+    ) -> RecipientResult:
+        try:
+            address = parse_mailbox(recipient.address, smtputf8=True)
+        except AddressError as exc:
+            return RecipientResult(index, Outcome.BOUNCED, "5.1.3", str(exc), "local")
+        domain = address.domain_key if address.domain else ""
+        if self.router.destination(address) is Destination.VIRTUAL:
+            account = await self._virtual_account(f"{address.local_part}@{domain}")
+            if account is None:
+                return _unknown(index, address.local_part, "virtual")
+            target = AddressTarget(
+                f"{address.local_part}@{domain}", True, address.local_part, None, domain
+            )
+            await self._to_mailbox(job, target, account, domain)
+            return RecipientResult(index, Outcome.SENT, "2.0.0", "delivered to mailbox", "virtual")
+        expansion = await self._expand(recipient.address, seen)
+        return await self._deliver_expansion(job, index, expansion, domain)
+
+    async def _expand(self, address: str, seen: Collection[str]) -> Expansion:
+        domain = address.rpartition("@")[2].lower() if "@" in address else ""
+
+        def user_exists(name: str) -> bool:
+            return self._account_sync(name, domain) is not None
+
+        def lookup_forward(user: str, extension: str | None) -> Forward | None:
+            account = self._account_sync(user, domain)
+            if account is None or account.user is not None or not account.home:
+                return None  # .forward is for system accounts
+            paths = forward_paths(
+                self.config.forward_path,
+                user=account.name,
+                home=account.home,
+                shell=account.shell,
+                extension=extension,
+                delimiter=self.config.recipient_delimiter,
+            )
+            found = find_forward(paths, uid=account.uid or 0, home=Path(account.home))
+            for warning in found.warnings:
+                log.warning("%s", warning)
+            return found.forward
+
+        def is_local(domain: str) -> bool:
+            try:
+                probe = parse_mailbox(f"x@{domain}") if domain else None
+            except AddressError:
+                return False
+            return probe is None or self.router.destination(probe) is Destination.LOCAL
+
+        return await asyncio.to_thread(
+            expand_recipient,
+            address,
+            lookup_alias=self.aliases.lookup,
+            read_include=read_include,
+            is_local_domain=is_local,
+            lookup_forward=lookup_forward,
+            user_exists=user_exists,
+            recipient_delimiter=self.config.recipient_delimiter,
+            propagate_unmatched_extensions=self.config.propagate_unmatched_extensions,
+            allow_mail_to_commands=self.config.allow_mail_to_commands,
+            allow_mail_to_files=self.config.allow_mail_to_files,
+            owner_request_special=self.config.owner_request_special,
+            expand_owner_alias=self.config.expand_owner_alias,
+            delivered_to=seen,
+        )
+
+    async def _deliver_expansion(
+        self, job: DeliveryJob, index: int, expansion: Expansion, domain: str
+    ) -> RecipientResult:
+        for warning in expansion.warnings:
+            log.warning("%s: %s", job.queue_id, warning)
+        temporary: list[str] = []
+        permanent: list[tuple[str, str]] = []
+        for failure in expansion.failures:
+            if failure.temporary:
+                temporary.append(failure.text)
+            else:
+                permanent.append((failure.dsn, failure.text))
+        delivered: list[str] = []
+        remote: list[AddressTarget] = []
+        for target in expansion.targets:
+            try:
+                if isinstance(target, AddressTarget) and not target.is_local:
+                    remote.append(target)
+                    continue
+                delivered.append(await self._target(job, target, domain))
+            except DeliveryError as exc:
+                (
+                    temporary.append(exc.text)
+                    if exc.temporary
+                    else permanent.append((exc.dsn, exc.text))
+                )
+        if remote:
+            try:
+                delivered.append(await self._forward(job, remote))
+            except SpoolError as exc:
+                temporary.append(f"cannot queue forwarded mail: {exc}")
+        if temporary:
+            return RecipientResult(index, Outcome.DEFERRED, "4.3.0", "; ".join(temporary), "local")
+        if permanent:
+            dsn, text = permanent[0]
+            return RecipientResult(index, Outcome.BOUNCED, dsn, text, "local")
+        return RecipientResult(
+            index, Outcome.SENT, "2.0.0", ", ".join(delivered) or "delivered", "local"
+        )
+
+    async def _target(self, job: DeliveryJob, target: Target, domain: str) -> str:
+        envelope = job.envelope
+        prepend = delivery_headers(
+            envelope.envelope_sender,
+            target.delivered_to,
+            original_recipient=target.original_recipient,
+        )
+        if isinstance(target, AddressTarget):
+            account = await self._local_account(target.user, domain)
+            if account is None:
+                raise DeliveryError(False, "5.1.1", f'unknown user: "{target.user}"')
+            return await self._to_mailbox(job, target, account, domain)
+        if isinstance(target, FileTarget):
+            path = Path(target.path)
+            if target.is_maildir:
+                await asyncio.to_thread(self._maildir, path, job, prepend, None, None, 0, None)
+                return f"delivered to maildir {path}"
+            await asyncio.to_thread(self._mbox, path, job, prepend, None, None)
+            return f"delivered to file: {path}"
+        assert isinstance(target, CommandTarget)
+        account = self.system_accounts(self.config.default_privs)
+        uid = account.uid if account is not None else None
+        gid = account.gid if account is not None else None
+        local = target.delivered_to.partition("@")[0]
+        base, extension = split_extension(local, self.config.recipient_delimiter)
+        environment = CommandEnvironment(
+            sender=envelope.envelope_sender,
+            recipient=target.delivered_to,
+            original_recipient=target.original_recipient,
+            local=local,
+            extension=extension or "",
+            domain=target.delivered_to.partition("@")[2],
+            user=account.name if account else base,
+            home=account.home if account else "/",
+        )
+        with job.open_content() as message:
+            result = await deliver_command(
+                target.command,
+                message,
+                environment=environment,
+                prepend=prepend,
+                uid=uid,
+                gid=gid,
+                time_limit=self.config.command_time_limit,
+            )
+        del result
+        return f"delivered to command: {target.command}"
+
+    async def _to_mailbox(
+        self, job: DeliveryJob, target: AddressTarget, account: _Account, domain: str
+    ) -> str:
+        mailbox = resolve_mailbox(account, self.config, domain)
+        prepend = delivery_headers(
+            job.envelope.envelope_sender,
+            target.delivered_to,
+            original_recipient=target.original_recipient,
+        )
+        folder = None
+        if target.extension and mailbox.kind == "maildir":
+            folder = target.extension
+        if mailbox.kind == "maildir":
+            await asyncio.to_thread(
+                self._maildir,
+                mailbox.path,
+                job,
+                prepend,
+                mailbox.uid,
+                mailbox.gid,
+                mailbox.quota_bytes,
+                folder,
+            )
+            return "delivered to maildir"
+        await asyncio.to_thread(self._mbox, mailbox.path, job, prepend, mailbox.uid, mailbox.gid)
+        return "delivered to mailbox"
+
+    def _maildir(
+        self,
+        path: Path,
+        job: DeliveryJob,
+        prepend: bytes,
+        uid: int | None,
+        gid: int | None,
+        quota: int,
+        folder: str | None,
+    ) -> None:
+        with job.open_content() as message:
+            deliver_maildir(
+                path,
+                message,
+                prepend=prepend,
+                folder=folder if folder and (path / f".{folder}").is_dir() else None,
+                uid=uid,
+                gid=gid,
+                quota_bytes=quota,
+                size_limit=self.config.mailbox_size_limit,
+                autocreate_folder=self.config.autocreate_folder,
+                hostname=self.config.hostname,
+            )
+
+    def _mbox(
+        self, path: Path, job: DeliveryJob, prepend: bytes, uid: int | None, gid: int | None
+    ) -> None:
+        with job.open_content() as message:
+            deliver_mbox(
+                path,
+                message,
+                envelope_sender=job.envelope.envelope_sender,
+                prepend=prepend,
+                uid=uid,
+                gid=gid,
+                lock_timeout=self.config.lock_timeout,
+                lock_delay=self.config.lock_delay,
+                stale_lock_time=self.config.stale_lock_time,
+                locks=self.config.locks,
+                size_limit=self.config.mailbox_size_limit,
+                arrival_time=job.envelope.arrival_time,
+            )
+
+    async def _forward(self, job: DeliveryJob, targets: Sequence[AddressTarget]) -> str:
+        envelope = job.envelope
+        sender = targets[0].owner or envelope.envelope_sender
+        prepend = f"Delivered-To: {targets[0].delivered_to}\r\n".encode()
+        content = await asyncio.to_thread(_read_all, job)
+        new = Envelope(
+            envelope_sender=sender,
+            recipients=tuple(Recipient(t.address) for t in targets),
+            arrival_time=envelope.arrival_time,
+            protocol=WithProtocol.LOCAL,
+            smtputf8=envelope.smtputf8,
+            body_type=envelope.body_type,
+        )
+        queue_id = await self.spool.enqueue(new, prepend + content)
+        return f"forwarded as {queue_id}"
+
+    async def _virtual_account(self, address: str) -> _Account | None:
+        if self.users is None:
+            return None
+        try:
+            user = await self.users.lookup(address)
+        except UserBackendError as exc:
+            raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
+        if user is None:
+            return None
+        return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
+
+    async def _local_account(self, name: str, domain: str) -> _Account | None:
+        return await asyncio.to_thread(self._account_sync, name, domain)
+
+    def _account_sync(self, name: str, domain: str) -> _Account | None:
+        """A local user: the user database (``name@domain``, then ``name``), else an account.
+
+        Raises:
+            DeliveryError: the user database failed (4.3.0).
+        """
+        if self.users is not None:
+            try:
+                user = self.users.lookup_sync(f"{name}@{domain}" if domain else name)
+                if user is None and domain:
+                    user = self.users.lookup_sync(name)
+            except UserBackendError as exc:
+                raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
+            if user is not None:
+                return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
+        return self.system_accounts(name.lower())
+
+
+def _unknown(index: int, user: str, relay: str) -> RecipientResult:
+    return RecipientResult(index, Outcome.BOUNCED, "5.1.1", f'unknown user: "{user}"', relay)
+
+
+def _read_header(job: DeliveryJob) -> bytes:
+    with job.open_content() as handle:
+        data = handle.read(256 * 1024)
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def _read_all(job: DeliveryJob) -> bytes:
+    with job.open_content() as handle:
+        return handle.read()

@@ -1,0 +1,349 @@
+"""Maildir delivery, as Dovecot's LDA writes it.
+
+A message is written under ``tmp/`` with a unique name, fsynced, linked (or renamed) into
+``new/`` with its sizes in the name, and ``new/`` is fsynced; a failure at any step leaves
+nothing behind in ``tmp/`` or ``new/``. File names look like::
+
+    1700000000.M123456P4242Q1.mx.example.com,S=2042,W=2091
+
+``S=`` is the file size in bytes; ``W=`` the "virtual" size with each LF counted as CRLF
+(what IMAP ``RFC822.SIZE`` reports), so readers need not open the file. In the host name,
+``/`` is written ``\\057`` and ``:`` ``\\072``.
+
+Blocking (writes and fsyncs): call from a worker thread (``asyncio.to_thread``).
+
+See Also: the Maildir specification (cr.yp.to/proto/maildir.html), Maildir++ (Courier:
+``.Folder`` subfolders, ``maildirfolder``, ``maildirsize``), Dovecot's maildir format
+("Filename extensions"), Postfix local(8) "MAILBOX DELIVERY" (``mailbox_size_limit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import re
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Final
+
+from roost.delivery._stream import MessageReadError, MessageSource, UnixConverter, with_prepend
+from roost.delivery.errors import DeliveryError, QuotaExceeded
+
+__all__ = [
+    "deliver_maildir",
+    "ensure_maildir",
+    "maildir_usage",
+    "unique_name",
+]
+
+_SUBDIRS: Final = ("cur", "new", "tmp")
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+_SIZE_IN_NAME: Final = re.compile(r",S=(\d+)")
+#: link() errors after which rename() is tried instead (file systems without hard links).
+_NO_LINK: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS})
+
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+def unique_name(hostname: str | None = None, now: float | None = None) -> str:
+    """Return a new Maildir base name ``<secs>.M<usecs>P<pid>Q<counter>.<host>``.
+
+    Args:
+        hostname: the host name to embed (None: ``socket.gethostname()``); ``/`` and
+            ``:`` are escaped as ``\\057`` and ``\\072`` (Dovecot).
+        now: the time in seconds (None: now).
+
+    Returns:
+        The name, without the ``,S=...,W=...`` sizes.
+    """
+    moment = time.time() if now is None else now
+    seconds = int(moment)
+    micros = int((moment - seconds) * 1_000_000)
+    with _counter_lock:
+        number = next(_counter)
+    host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
+    return f"{seconds}.M{micros}P{os.getpid()}Q{number}.{host}"
+
+
+def _mkdir(path: Path, uid: int | None, gid: int | None) -> bool:
+    """Create one directory with mode 0700; return False when it exists already."""
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        return False
+    os.chmod(path, _DIR_MODE)
+    if uid is not None or gid is not None:
+        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_maildir(
+    maildir: Path, *, uid: int | None = None, gid: int | None = None, folder: bool = False
+) -> None:
+    """Create a Maildir (and missing parents) with ``cur``, ``new`` and ``tmp``, mode 0700.
+
+    Args:
+        maildir: the Maildir (or Maildir++ folder) directory.
+        uid, gid: the owner to give to what is created (None: leave as created).
+        folder: also create the Maildir++ ``maildirfolder`` marker file.
+
+    Raises:
+        OSError: a directory cannot be created or given its owner.
+    """
+    missing: list[Path] = []
+    probe = maildir
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        _mkdir(directory, uid, gid)
+    created = [sub for sub in _SUBDIRS if _mkdir(maildir / sub, uid, gid)]
+    if folder and not (maildir / "maildirfolder").exists():
+        fd = os.open(maildir / "maildirfolder", os.O_WRONLY | os.O_CREAT, _FILE_MODE)
+        try:
+            if uid is not None or gid is not None:
+                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        finally:
+            os.close(fd)
+        created.append("maildirfolder")
+    if created:
+        _fsync_dir(maildir)
+    for directory in missing[1:]:
+        _fsync_dir(directory)
+
+
+def maildir_usage(maildir: Path) -> int:
+    """Return the bytes a Maildir holds, for quota checks.
+
+    From Maildir++ ``maildirsize`` when present (the sum of its ``bytes count`` lines
+    after the quota definition), else the sizes of the files in ``cur/`` and ``new/`` of
+    the Maildir and its ``.Folder`` subfolders (``S=`` from the name when present).
+
+    Raises:
+        OSError: a directory cannot be read.
+    """
+    try:
+        text = (maildir / "maildirsize").read_text("ascii", "replace")
+    except FileNotFoundError:
+        pass
+    else:
+        total = 0
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if fields and re.fullmatch(r"-?\d+", fields[0]):
+                total += int(fields[0])
+        return max(total, 0)
+    folders = [maildir]
+    with os.scandir(maildir) as entries:
+        folders += [
+            Path(e.path)
+            for e in entries
+            if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir()
+        ]
+    total = 0
+    for folder in folders:
+        for sub in ("cur", "new"):
+            try:
+                with os.scandir(folder / sub) as entries:
+                    for entry in entries:
+                        match = _SIZE_IN_NAME.search(entry.name)
+                        if match is not None:
+                            total += int(match.group(1))
+                        else:
+                            with contextlib.suppress(FileNotFoundError):  # expunged
+                                total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _check_folder(folder: str) -> None:
+    if (
+        not folder
+        or folder.startswith(".")
+        or folder.endswith(".")
+        or ".." in folder
+        or "/" in folder
+        or "\x00" in folder
+        or folder.lower() == "inbox"
+    ):
+        raise ValueError(f"bad Maildir++ folder name {folder!r}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def deliver_maildir(
+    maildir: Path,
+    message: MessageSource,
+    *,
+    prepend: bytes = b"",
+    folder: str | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    quota_bytes: int = 0,
+    quota_temporary: bool = False,
+    size_limit: int = 0,
+    autocreate_folder: bool = False,
+    hostname: str | None = None,
+) -> Path:
+    """Deliver one message into a Maildir.
+
+    The message (CRLF line endings, as spooled) is streamed into ``tmp/`` with LF endings,
+    ``prepend`` first; the file is fsynced, linked into ``new/`` (renamed where hard links
+    are not supported) and ``new/`` is fsynced. Missing Maildir directories are created
+    (mode 0700, owned by ``uid``/``gid``).
+
+    Args:
+        maildir: the Maildir (e.g. ``~alice/Maildir``).
+        message: the message, an open binary file (read from its position) or bytes.
+        prepend: header lines to put first, CRLF endings
+            (:func:`roost.delivery.headers.delivery_headers`).
+        folder: a Maildir++ folder (``"Lists.roost"`` is ``.Lists.roost/``), as named on
+            disk (modified UTF-7 already applied); None: the INBOX.
+        uid, gid: owner for created directories and the message file (None: unchanged;
+            changing it needs root).
+        quota_bytes: the Maildir++ quota in bytes (0: none); see :func:`maildir_usage`.
+        quota_temporary: over quota defers (4.2.2) instead of bouncing (5.2.2), like
+            Dovecot's ``quota_full_tempfail``.
+        size_limit: the largest message file in bytes (Postfix ``mailbox_size_limit``;
+            0: none).
+        autocreate_folder: create a missing ``folder`` (Dovecot
+            ``lda_mailbox_autocreate``); when false, a missing folder means the INBOX.
+        hostname: the host name in the file name (None: ``socket.gethostname()``).
+
+    Returns:
+        The path of the new message file in ``new/``.
+
+    Raises:
+        QuotaExceeded: the Maildir is over ``quota_bytes`` (5.2.2, or 4.2.2) or the message
+            is larger than ``size_limit`` (5.2.2).
+        DeliveryError: any other failure: ENOSPC (4.3.1), EDQUOT (4.2.2), other OS errors
+            (4.3.0), reading the message (4.3.0). Nothing is left in ``tmp/`` or ``new/``.
+        ValueError: ``folder`` is not a valid folder name.
+        Exception: anything else ``message.read()`` raises, after the same clean-up.
+    """
+    if folder is not None:
+        _check_folder(folder)
+    action = f"cannot deliver to maildir {maildir}"
+    try:
+        ensure_maildir(maildir, uid=uid, gid=gid)
+        target = maildir
+        if folder is not None:
+            candidate = maildir / f".{folder}"
+            if autocreate_folder:
+                ensure_maildir(candidate, uid=uid, gid=gid, folder=True)
+                target = candidate
+            elif (candidate / "new").is_dir():
+                target = candidate
+        used = maildir_usage(maildir) if quota_bytes > 0 else 0
+        if quota_bytes > 0 and used >= quota_bytes:
+            raise QuotaExceeded(
+                f"mailbox full: {maildir} uses {used} of {quota_bytes} bytes",
+                temporary=quota_temporary,
+            )
+    except OSError as exc:
+        raise DeliveryError.from_os_error(exc, action) from exc
+    base, fd, tmp_path = _create_tmp(target, hostname)
+    linked: Path | None = None
+    try:
+        try:
+            if uid is not None or gid is not None:
+                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            converter = UnixConverter()
+            for data in with_prepend(prepend, message):
+                out = converter.feed(data)
+                if size_limit and converter.size > size_limit:
+                    raise QuotaExceeded(
+                        f"message larger than the mailbox size limit ({size_limit} bytes)"
+                    )
+                _write_all(fd, out)
+            _write_all(fd, converter.finish())
+            if size_limit and converter.size > size_limit:
+                raise QuotaExceeded(
+                    f"message larger than the mailbox size limit ({size_limit} bytes)"
+                )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        size = converter.size
+        if quota_bytes > 0 and used + size > quota_bytes:
+            raise QuotaExceeded(
+                f"mailbox full: {maildir} has no room for {size} bytes (quota {quota_bytes})",
+                temporary=quota_temporary,
+            )
+        final = target / "new" / f"{base},S={size},W={size + converter.newlines}"
+        try:
+            os.link(tmp_path, final)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            os.rename(tmp_path, final)
+        linked = final
+        _fsync_dir(target / "new")
+    except BaseException as exc:
+        for leftover in (tmp_path, linked):
+            if leftover is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        if isinstance(exc, MessageReadError):
+            raise DeliveryError(True, "4.3.0", f"error reading message: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise DeliveryError.from_os_error(exc, action) from exc
+        raise
+    # Already gone when renamed; a failure leaves a stray link that Maildir readers clean
+    # up after 36 hours, and the message is delivered all the same.
+    with contextlib.suppress(OSError):
+        os.unlink(tmp_path)
+    _update_maildirsize(maildir, size)
+    return final
+
+
+def _create_tmp(target: Path, hostname: str | None) -> tuple[str, int, Path]:
+    """Create a new file in ``tmp/``; return (base name, descriptor, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _attempt in range(10):
+        base = unique_name(hostname)
+        path = target / "tmp" / base
+        try:
+            fd = os.open(path, flags, _FILE_MODE)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DeliveryError.from_os_error(exc, f"cannot create {path}") from exc
+        return base, fd, path
+    raise DeliveryError(True, "4.3.0", f"cannot create a unique file in {target / 'tmp'}")
+
+
+def _update_maildirsize(maildir: Path, size: int) -> None:
+    """Append ``size 1`` to Maildir++ ``maildirsize`` when the file exists."""
+    try:
+        fd = os.open(maildir / "maildirsize", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, f"{size} 1\n".encode())
+    except OSError:
+        pass  # the next full recalculation fixes it
+    finally:
+        os.close(fd)

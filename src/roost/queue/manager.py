@@ -1,0 +1,529 @@
+"""The queue manager: takes each queued message to its transports, retries, bounces.
+
+Like Postfix's qmgr(8): new mail is picked up the moment the spool commits it (the spool's
+``on_commit`` hook, no polling); at start-up everything in ``incoming/`` (including what a
+crash left in ``active/``, which the spool's recovery moved back) and ``deferred/`` is
+taken up. A message being delivered sits in ``active/``; afterwards it is removed when
+every recipient is final (delivered or bounced), or moved to ``deferred/`` with its
+recipients' states, reasons and next tries written durably in the same step.
+
+Each recipient's route comes from the router (local, virtual, relay, other) and each
+route's transport is injected: local delivery, and outbound SMTP when it exists. A route
+without a transport defers with a clear reason. Bounces and other DSNs are new messages
+from the null sender (:mod:`roost.queue.bounce`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from roost.address import AddressError, parse_mailbox
+from roost.delivery.router import Destination, Router
+from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
+from roost.queue.directory import QueueName
+from roost.queue.envelope import Envelope, Recipient, RecipientState, WithProtocol
+from roost.queue.errors import SpoolError
+from roost.queue.schedule import RetryPolicy
+from roost.queue.spool import Spool
+
+__all__ = [
+    "DeliveryJob",
+    "Outcome",
+    "QueueManager",
+    "RecipientResult",
+    "Transport",
+]
+
+log = logging.getLogger("roost.qmgr")
+
+
+class Outcome:
+    """What a transport did with one recipient (Postfix's ``status=``)."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """A transport's result for one recipient.
+
+    Attributes:
+        index: the recipient's index in the envelope.
+        status: :class:`Outcome` value.
+        dsn: the RFC 3463 code, e.g. ``2.0.0``, ``4.4.1``, ``5.1.1``.
+        reason: the text for logs, ``mailq`` and DSNs (``delivered to maildir``).
+        relay: the next hop for the log (``local``, ``mx.example[192.0.2.1]:25``).
+        remote_reply: True when ``reason`` is a remote SMTP server's reply.
+    """
+
+    index: int
+    status: str
+    dsn: str
+    reason: str
+    relay: str = "none"
+    remote_reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """The recipients of one message handed to one transport.
+
+    Attributes:
+        queue_id: the message.
+        envelope: its envelope.
+        recipients: (index, recipient) pairs for this transport.
+        open_content: opens the message content (a new binary file each call).
+        content_size: the content's size in bytes.
+    """
+
+    queue_id: str
+    envelope: Envelope
+    recipients: tuple[tuple[int, Recipient], ...]
+    open_content: Callable[[], BinaryIO]
+    content_size: int
+
+
+class Transport(Protocol):
+    """Delivers recipients of one message: local delivery, outbound SMTP."""
+
+    @property
+    def name(self) -> str:
+        """The transport name for logs (``local``, ``virtual``, ``smtp``)."""
+        ...
+
+    async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
+        """Deliver; return one result per recipient of the job (never raises for them)."""
+        ...
+
+
+class QueueManager:
+    """The ``qmgr`` service (see the module docstring).
+
+    Args:
+        spool: the queue.
+        router: classifies recipients.
+        transports: a transport per destination class (missing ones defer).
+        retry: the retry schedule.
+        hostname: ``myhostname``, for DSNs.
+        double_bounce_recipient: ``2bounce_notice_recipient`` (postmaster).
+        bounce_size_limit: ``bounce_size_limit`` in bytes.
+        concurrency: messages delivered at the same time.
+        clock: wall-clock seconds.
+    """
+
+    name = "qmgr"
+
+    def __init__(
+        self,
+        spool: Spool,
+        router: Router,
+        transports: Mapping[Destination, Transport],
+        retry: RetryPolicy,
+        *,
+        hostname: str,
+        double_bounce_recipient: str = "postmaster",
+        bounce_size_limit: int = 50000,
+        concurrency: int = 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.router = router
+        self.transports = transports
+        self.retry = retry
+        self.hostname = hostname
+        self.double_bounce_recipient = double_bounce_recipient
+        self.bounce_size_limit = bounce_size_limit
+        self.clock = clock
+        self._ready: asyncio.Queue[tuple[str, QueueName]] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._forced: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._scanner: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.delivered = 0
+        self.deferred = 0
+        self.bounced = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take up what is queued, then follow new commits."""
+        self.spool.set_on_commit(self.notify)
+        for queue_id in await self.spool.scan(QueueName.INCOMING):
+            self._enqueue(queue_id, QueueName.INCOMING)
+        await self._scan_deferred()
+        self._runner = asyncio.create_task(self._run(), name="qmgr")
+        self._scanner = asyncio.create_task(self._scan_loop(), name="qmgr-scan")
+
+    async def reconfigure(
+        self, router: Router, transports: Mapping[Destination, Transport], retry: RetryPolicy
+    ) -> None:
+        """Adopt new routing, transports and retry settings."""
+        self.router, self.transports, self.retry = router, transports, retry
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking up mail; let deliveries in progress finish (up to ``grace``)."""
+        self._stopping = True
+        self.spool.set_on_commit(None)
+        for task in (self._runner, self._scanner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(grace, 0.1))
+
+    def status(self) -> Mapping[str, object]:
+        """Counters for ``roost status``."""
+        return {
+            "active": len(self._tasks),
+            "waiting": self._ready.qsize(),
+            "scheduled": len(self._timers),
+            "delivered": self.delivered,
+            "deferred": self.deferred,
+            "bounced": self.bounced,
+        }
+
+    def notify(self, queue_id: str) -> None:
+        """The spool committed a new message (called in the event loop thread)."""
+        if not self._stopping:
+            self._enqueue(queue_id, QueueName.INCOMING)
+
+    def flush(self) -> None:
+        """Try every deferred message now (``roost queue flush``, ``postqueue -f``)."""
+        for queue_id, timer in list(self._timers.items()):
+            timer.cancel()
+            del self._timers[queue_id]
+            self._enqueue(queue_id, QueueName.DEFERRED, force=True)
+
+    # --- scheduling -------------------------------------------------------------------
+
+    def _enqueue(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
+        if queue_id in self._queued:
+            return
+        self._queued.add(queue_id)
+        self._ready.put_nowait((queue_id, queue))
+        if force:
+            self._forced.add(queue_id)
+
+    def _schedule(self, queue_id: str, when: float) -> None:
+        old = self._timers.pop(queue_id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, when - self.clock())
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._timers.pop(queue_id, None)
+            self._enqueue(queue_id, QueueName.DEFERRED)
+
+        self._timers[queue_id] = loop.call_later(delay, due)
+
+    async def _scan_deferred(self) -> None:
+        for queue_id in await self.spool.scan(QueueName.DEFERRED):
+            if queue_id in self._timers or queue_id in self._queued:
+                continue
+            try:
+                envelope = await self.spool.load_envelope(queue_id, QueueName.DEFERRED)
+            except SpoolError as exc:
+                log.warning("%s: cannot read the envelope: %s", queue_id, exc)
+                continue
+            self._schedule(queue_id, _next_try(envelope))
+
+    async def _scan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry.queue_run_delay)
+            with contextlib.suppress(SpoolError):
+                await self._scan_deferred()
+
+    async def _run(self) -> None:
+        while True:
+            queue_id, queue = await self._ready.get()
+            await self._slots.acquire()
+            task = asyncio.create_task(self._guarded(queue_id, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, queue_id: str, queue: QueueName) -> None:
+        try:
+            await self.process(queue_id, queue, force=queue_id in self._forced)
+        except Exception:
+            log.exception("%s: unexpected error; the message stays queued", queue_id)
+        finally:
+            self._forced.discard(queue_id)
+            self._queued.discard(queue_id)
+            self._slots.release()
+
+    # --- one message ------------------------------------------------------------------
+
+    async def process(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
+        """Deliver what is due of one message, then remove, defer or bounce it.
+
+        Args:
+            queue_id: the message.
+            queue: where it is now (incoming or deferred).
+            force: try every deferred recipient now (queue flush).
+        """
+        try:
+            if queue is not QueueName.ACTIVE:
+                await self.spool.move(queue_id, queue, QueueName.ACTIVE)
+            envelope = await self.spool.load_envelope(queue_id, QueueName.ACTIVE)
+        except SpoolError as exc:
+            log.warning("%s: cannot take up the message: %s", queue_id, exc)
+            return
+        started = self.clock()
+        due = [
+            (index, recipient)
+            for index, recipient in enumerate(envelope.recipients)
+            if not recipient.is_final
+            and (force or recipient.next_try is None or recipient.next_try <= started)
+        ]
+        results = await self._deliver(queue_id, envelope, due)
+        envelope = self._apply(queue_id, envelope, results, started)
+        envelope = self._expire(queue_id, envelope)
+        await self._notifications(queue_id, envelope, results)
+        if envelope.is_done:
+            await self.spool.remove(queue_id, QueueName.ACTIVE)
+            log.info("%s: removed", queue_id)
+            return
+        await self.spool.move(queue_id, QueueName.ACTIVE, QueueName.DEFERRED, envelope=envelope)
+        if not self._stopping:
+            self._schedule(queue_id, _next_try(envelope))
+
+    async def _deliver(
+        self, queue_id: str, envelope: Envelope, due: Sequence[tuple[int, Recipient]]
+    ) -> list[RecipientResult]:
+        groups: dict[Destination, list[tuple[int, Recipient]]] = {}
+        results: list[RecipientResult] = []
+        for index, recipient in due:
+            try:
+                address = parse_mailbox(recipient.address, smtputf8=True)
+            except AddressError as exc:
+                results.append(
+                    RecipientResult(index, Outcome.BOUNCED, "5.1.3", f"bad address: {exc}")
+                )
+                continue
+            groups.setdefault(self.router.destination(address), []).append((index, recipient))
+        content_path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
+        for destination, recipients in groups.items():
+            transport = self.transports.get(destination)
+            if transport is None:
+                reason = f"no transport for {destination.value} destinations yet"
+                results += [
+                    RecipientResult(index, Outcome.DEFERRED, "4.3.5", reason)
+                    for index, _ in recipients
+                ]
+                continue
+            job = DeliveryJob(
+                queue_id=queue_id,
+                envelope=envelope,
+                recipients=tuple(recipients),
+                open_content=lambda: open(content_path, "rb"),  # noqa: SIM115
+                content_size=envelope.size,
+            )
+            try:
+                results += await transport.deliver(job)
+            except Exception as exc:  # a transport bug must not lose the message
+                log.exception("%s: transport %s failed", queue_id, transport.name)
+                results += [
+                    RecipientResult(index, Outcome.DEFERRED, "4.3.0", f"internal error: {exc}")
+                    for index, _ in recipients
+                ]
+        return results
+
+    def _apply(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        results: Sequence[RecipientResult],
+        started: float,
+    ) -> Envelope:
+        now = self.clock()
+        for result in results:
+            recipient = envelope.recipients[result.index]
+            attempts = recipient.attempts + 1
+            if result.status == Outcome.SENT:
+                state, next_try = RecipientState.DELIVERED, None
+                self.delivered += 1
+            elif result.status == Outcome.BOUNCED:
+                state, next_try = RecipientState.BOUNCED, None
+                self.bounced += 1
+            else:
+                state, next_try = RecipientState.DEFERRED, self.retry.next_try(attempts, now)
+                self.deferred += 1
+            envelope = envelope.replace_recipient(
+                result.index,
+                dataclasses.replace(
+                    recipient,
+                    state=state,
+                    reason=result.reason,
+                    next_try=next_try,
+                    attempts=attempts,
+                    dsn_status=result.dsn,
+                ),
+            )
+            before = started - envelope.arrival_time
+            log.info(
+                "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
+                queue_id,
+                recipient.address,
+                result.relay,
+                _pretty(now - envelope.arrival_time),
+                _pretty(before),
+                _pretty(now - started),
+                result.dsn,
+                result.status,
+                result.reason,
+            )
+        return envelope
+
+    def _expire(self, queue_id: str, envelope: Envelope) -> Envelope:
+        now = self.clock()
+        if not self.retry.expired(
+            envelope.arrival_time, now, null_sender=envelope.envelope_sender == ""
+        ):
+            return envelope
+        for index, recipient in enumerate(envelope.recipients):
+            if recipient.state is RecipientState.DEFERRED:
+                reason = f"message expired after {_age(envelope, now)}: {recipient.reason}"
+                status = "5" + (recipient.dsn_status or "4.4.7")[1:]
+                envelope = envelope.replace_recipient(
+                    index,
+                    dataclasses.replace(
+                        recipient,
+                        state=RecipientState.BOUNCED,
+                        reason=reason,
+                        dsn_status=status,
+                        next_try=None,
+                    ),
+                )
+                log.info(
+                    "%s: to=<%s>, status=expired, returned to sender (%s)",
+                    queue_id,
+                    recipient.address,
+                    recipient.reason,
+                )
+                self.bounced += 1
+        return envelope
+
+    async def _notifications(
+        self, queue_id: str, envelope: Envelope, results: Sequence[RecipientResult]
+    ) -> None:
+        by_index = {result.index: result for result in results}
+        failed: list[DsnRecipient] = []
+        delivered: list[DsnRecipient] = []
+        for index, recipient in enumerate(envelope.recipients):
+            result = by_index.get(index)
+            just_bounced = recipient.state is RecipientState.BOUNCED and (
+                result is not None or (recipient.reason or "").startswith("message expired")
+            )
+            if just_bounced and wants_dsn(recipient, Action.FAILED):
+                failed.append(_dsn_line(recipient, Action.FAILED, result))
+            elif (
+                result is not None
+                and result.status == Outcome.SENT
+                and wants_dsn(recipient, Action.DELIVERED)
+            ):
+                delivered.append(_dsn_line(recipient, Action.DELIVERED, result))
+        for lines, kind in ((failed, "non-delivery"), (delivered, "delivery status")):
+            if not lines:
+                continue
+            to = envelope.envelope_sender
+            if to == "":
+                if kind != "non-delivery" or all(
+                    line.recipient.address.lower().startswith(self.double_bounce_recipient)
+                    for line in lines
+                ):
+                    log.info("%s: discarding a notice about a bounce to <>", queue_id)
+                    continue
+                to = self.double_bounce_recipient
+            await self._send_dsn(queue_id, envelope, lines, to, kind)
+
+    async def _send_dsn(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        lines: list[DsnRecipient],
+        to: str,
+        kind: str,
+    ) -> None:
+        try:
+            path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
+            original = await asyncio.to_thread(_read_limited, path, self.bounce_size_limit + 1)
+            message = build_dsn(
+                envelope=envelope,
+                recipients=lines,
+                original=original,
+                hostname=self.hostname,
+                now=self.clock(),
+                bounce_size_limit=self.bounce_size_limit,
+                to=to,
+            )
+            dsn_envelope = Envelope(
+                envelope_sender="",
+                recipients=(Recipient(to),),
+                arrival_time=self.clock(),
+                protocol=WithProtocol.LOCAL,
+            )
+            new_id = await self.spool.enqueue(dsn_envelope, message)
+        except (SpoolError, OSError) as exc:
+            log.error("%s: cannot queue the %s notification: %s", queue_id, kind, exc)
+            return
+        log.info("%s: sender %s notification: %s", queue_id, kind, new_id)
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(limit)
+
+
+def _dsn_line(recipient: Recipient, action: Action, result: RecipientResult | None) -> DsnRecipient:
+    status = recipient.dsn_status or ("2.0.0" if action is Action.DELIVERED else "5.0.0")
+    diagnostic = recipient.reason or ""
+    return DsnRecipient(
+        recipient=recipient,
+        action=action,
+        status=status,
+        diagnostic=diagnostic,
+        remote_mta=None,
+        smtp_reply=bool(result and result.remote_reply),
+    )
+
+
+def _pretty(seconds: float) -> str:
+    """Postfix's delay format: ``0.12``, ``0`` below 5 ms, whole seconds from 10 s."""
+    if seconds < 0.005:
+        return "0"
+    if seconds < 10:
+        return f"{seconds:.2f}".rstrip("0").rstrip(".")
+    return f"{seconds:.0f}"
+
+
+def _next_try(envelope: Envelope) -> float:
+    tries = [r.next_try for r in envelope.recipients if not r.is_final and r.next_try is not None]
+    return min(tries) if tries else 0.0
+
+
+def _age(envelope: Envelope, now: float) -> str:
+    seconds = int(now - envelope.arrival_time)
+    if seconds >= 86400:
+        return f"{seconds // 86400} days"
+    if seconds >= 3600:
+        return f"{seconds // 3600} hours"
+    return f"{seconds} seconds"

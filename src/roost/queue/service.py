@@ -1,0 +1,135 @@
+"""The queue manager as a daemon service: built from settings, reloaded with them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from roost.config import ConfigError, Settings, TableError
+from roost.daemon.service import Context
+from roost.delivery.aliasfile import AliasMaps, open_alias_maps
+from roost.delivery.local import LocalConfig, LocalTransport
+from roost.delivery.router import Destination, Router, router_from_settings
+from roost.queue.manager import QueueManager, Transport
+from roost.queue.schedule import RetryPolicy
+
+__all__ = ["QueueService", "build_queue_service", "local_config", "open_aliases"]
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry schedule from the ``*_backoff_time`` and ``*_lifetime`` parameters."""
+    return RetryPolicy(
+        minimal_backoff=settings.seconds("minimal_backoff_time"),
+        maximal_backoff=settings.seconds("maximal_backoff_time"),
+        queue_run_delay=settings.seconds("queue_run_delay"),
+        maximal_lifetime=settings.seconds("maximal_queue_lifetime"),
+        bounce_lifetime=settings.seconds("bounce_queue_lifetime"),
+        delay_warning=settings.seconds("delay_warning_time"),
+    )
+
+
+def local_config(settings: Settings) -> LocalConfig:
+    """The local transport's parameters."""
+    return LocalConfig(
+        hostname=settings.string("myhostname"),
+        home_mailbox=settings.string("home_mailbox"),
+        mail_spool_directory=settings.string("mail_spool_directory"),
+        mail_location=settings.string("mail_location"),
+        recipient_delimiter=settings.string("recipient_delimiter"),
+        forward_path=settings.raw("forward_path"),
+        allow_mail_to_commands=settings.strings("allow_mail_to_commands"),
+        allow_mail_to_files=settings.strings("allow_mail_to_files"),
+        propagate_unmatched_extensions=settings.strings("propagate_unmatched_extensions"),
+        owner_request_special=settings.boolean("owner_request_special"),
+        expand_owner_alias=settings.boolean("expand_owner_alias"),
+        default_privs=settings.string("default_privs"),
+        mailbox_size_limit=settings.size("mailbox_size_limit"),
+        command_time_limit=float(settings.seconds("command_time_limit")),
+        autocreate_folder=settings.boolean("lda_mailbox_autocreate"),
+        lock_timeout=float(settings.seconds("deliver_lock_delay"))
+        * settings.integer("deliver_lock_attempts"),
+        lock_delay=float(settings.seconds("deliver_lock_delay")),
+        stale_lock_time=float(settings.seconds("stale_lock_time")),
+        locks=settings.strings("mailbox_delivery_lock"),
+    )
+
+
+def open_aliases(settings: Settings) -> AliasMaps:
+    """Open ``alias_maps``; a missing default /etc/aliases is an empty table.
+
+    Raises:
+        ConfigError: a table cannot be opened, naming alias_maps.
+    """
+    refs = list(settings.tables("alias_maps"))
+    try:
+        return open_alias_maps(refs)
+    except TableError as exc:
+        if not settings.is_set("alias_maps") and "No such file" in str(exc):
+            return open_alias_maps([])
+        raise settings.error("alias_maps", str(exc)) from None
+
+
+def _transports(local: LocalTransport) -> Mapping[Destination, Transport]:
+    return {Destination.LOCAL: local, Destination.VIRTUAL: local}
+
+
+class QueueService:
+    """The ``qmgr`` service around :class:`QueueManager`."""
+
+    name = "qmgr"
+
+    def __init__(self, context: Context) -> None:
+        if context.spool is None:
+            raise ConfigError([])
+        self.router, local = self._build(context)
+        settings = context.settings
+        self.manager = QueueManager(
+            context.spool,
+            self.router,
+            _transports(local),
+            retry_policy(settings),
+            hostname=settings.string("myhostname"),
+            double_bounce_recipient=settings.string("2bounce_notice_recipient"),
+            bounce_size_limit=settings.size("bounce_size_limit"),
+            concurrency=settings.integer("default_process_limit"),
+            clock=context.clock,
+        )
+
+    @staticmethod
+    def _build(context: Context) -> tuple[Router, LocalTransport]:
+        settings = context.settings
+        aliases = open_aliases(settings)
+        router = router_from_settings(
+            settings, context.users, lambda name: aliases.lookup(name) is not None
+        )
+        assert context.spool is not None
+        local = LocalTransport(
+            local_config(settings), router, aliases, context.users, context.spool
+        )
+        return router, local
+
+    async def start(self) -> None:
+        """Take up the queue."""
+        await self.manager.start()
+
+    async def reload(self, context: Context) -> None:
+        """Rebuild routing and transports from the new settings."""
+        self.router, local = self._build(context)
+        await self.manager.reconfigure(
+            self.router, _transports(local), retry_policy(context.settings)
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Let deliveries in progress finish."""
+        await self.manager.stop(grace)
+
+    def status(self) -> Mapping[str, object]:
+        """Queue counters."""
+        return self.manager.status()
+
+
+def build_queue_service(context: Context) -> QueueService | None:
+    """The composition root's factory; ``master_service_disable = qmgr`` leaves mail queued."""
+    disabled = {w.split("/")[0].lower() for w in context.settings.strings("master_service_disable")}
+    if context.spool is None or "qmgr" in disabled:
+        return None
+    return QueueService(context)

@@ -1,0 +1,532 @@
+"""The asyncio face of the spool: durable accept with group commit, and async queue access.
+
+The SMTP server streams a message into a :class:`MessageWriter` and awaits
+:meth:`MessageWriter.commit` before it answers ``250``; the queue manager learns of the new
+message through ``on_commit`` and reads it with :meth:`Spool.load_envelope` and
+:meth:`Spool.open_content`. All disk I/O runs in worker threads, never on the event loop.
+
+Group commit: every change (commit, envelope update, move, remove) becomes a job in one
+queue. A single committer thread takes *all* jobs waiting at that moment as one batch,
+writes their files, flushes them, renames, and fsyncs each touched directory once; then
+every caller of the batch is answered. While one batch is on disk the next one gathers, so
+batches grow with the load and the number of fsyncs per message falls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import enum
+import functools
+import logging
+import os
+from collections.abc import Callable
+from types import TracebackType
+from typing import BinaryIO, Final, TypeAlias, TypeVar
+
+from roost.queue.directory import (
+    QueueDirectory,
+    QueueName,
+    RecoveryReport,
+    SyncMethod,
+    _CommitJob,
+    _DiscardJob,
+    _Job,
+    _MoveJob,
+    _RemoveJob,
+    _UpdateJob,
+    _write_all,
+    encode_envelope,
+)
+from roost.queue.envelope import Envelope
+from roost.queue.errors import SpoolError, SpoolErrorKind
+from roost.queue.queue_id import QueueIdGenerator, is_queue_id
+
+__all__ = ["MessageWriter", "OnCommit", "Spool"]
+
+logger = logging.getLogger("roost.queue")
+
+#: Called with the queue ID of each newly committed message, in the event loop thread.
+OnCommit: TypeAlias = Callable[[str], None]
+
+#: Default bytes a :class:`MessageWriter` buffers before writing to its file.
+DEFAULT_BUFFER_SIZE: Final = 256 * 1024
+_T = TypeVar("_T")
+
+
+class Spool:
+    """The mail queue's storage: one per daemon (or per sendmail process), in one loop.
+
+    Use it as an async context manager (``async with Spool(path) as spool:``), or call
+    :meth:`start` and :meth:`close`.
+
+    Args:
+        queue_directory: the queue directory (Postfix parameter ``queue_directory``).
+        on_commit: called in the event loop thread with the queue ID of every message
+            committed through this spool, once it is durable; the queue manager's wake-up.
+            Exceptions it raises are logged and otherwise ignored.
+        group_commit: batch concurrent changes so they share fsyncs (the default). False
+            runs each change on its own (up to ``io_threads`` at a time): only for
+            comparison in benchmarks.
+        sync_method: how a batch makes new files durable (see :class:`SyncMethod`).
+        io_threads: threads for message writes and reads.
+        max_batch: most jobs in one batch.
+        buffer_size: bytes a :class:`MessageWriter` keeps in memory before it writes to
+            disk; a writer's memory stays near this whatever the message size.
+        queue_ids: makes queue IDs; a :class:`QueueIdGenerator` by default.
+    """
+
+    def __init__(
+        self,
+        queue_directory: str | os.PathLike[str],
+        *,
+        on_commit: OnCommit | None = None,
+        group_commit: bool = True,
+        sync_method: SyncMethod = SyncMethod.FSYNC,
+        io_threads: int = 4,
+        max_batch: int = 1024,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        queue_ids: Callable[[], str] | None = None,
+    ) -> None:
+        if io_threads < 1 or max_batch < 1 or buffer_size < 1:
+            raise ValueError("io_threads, max_batch and buffer_size must be positive")
+        self.directory = QueueDirectory(queue_directory, sync_method)
+        self.buffer_size = buffer_size
+        self._on_commit = on_commit
+        self._queue_ids: Callable[[], str] = queue_ids or QueueIdGenerator()
+        self._max_batch = max_batch if group_commit else 1
+        self._max_committers = 1 if group_commit else io_threads
+        self._io = concurrent.futures.ThreadPoolExecutor(io_threads, "roost-spool-io")
+        self._commit_pool = concurrent.futures.ThreadPoolExecutor(
+            self._max_committers, "roost-spool-commit"
+        )
+        self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
+        self._committers: set[asyncio.Task[None]] = set()
+        self._running_committers = 0  # counted by the loops themselves: no done-callback lag
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the queue directory and its queues if missing.
+
+        Raises:
+            SpoolError: a directory cannot be created.
+        """
+        await self._in_thread(self.directory.create)
+
+    async def close(self) -> None:
+        """Wait for the changes in progress, then stop the worker threads.
+
+        Messages still being written (neither committed nor aborted) stay on disk as
+        uncommitted files for :meth:`recover` to delete.
+        """
+        self._closed = True
+        while self._committers:
+            await asyncio.gather(*self._committers, return_exceptions=True)
+        self._io.shutdown(wait=False)
+        self._commit_pool.shutdown(wait=False)
+        self.directory.close()
+
+    async def __aenter__(self) -> Spool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def set_on_commit(self, on_commit: OnCommit | None) -> None:
+        """Install (or with None remove) the commit callback; see the ``on_commit`` argument.
+
+        The queue manager calls this when it starts, since the daemon builds the spool
+        for the SMTP server first.
+        """
+        self._on_commit = on_commit
+
+    # -- accepting mail --------------------------------------------------------------------
+
+    def new_message(self, queue: QueueName = QueueName.INCOMING) -> MessageWriter:
+        """Start a new message; its queue ID is known at once (for the Received header).
+
+        Args:
+            queue: INCOMING for the SMTP server; MAILDROP for sendmail(1) while the daemon
+                is down.
+
+        Returns:
+            A writer: :meth:`MessageWriter.write` the content, then
+            :meth:`MessageWriter.commit` or :meth:`MessageWriter.abort`. Best used as
+            ``async with spool.new_message() as writer:`` (aborts unless committed).
+        """
+        self._check_open()
+        return MessageWriter(self, QueueName(queue), self._queue_ids())
+
+    async def enqueue(
+        self, envelope: Envelope, content: bytes, queue: QueueName = QueueName.INCOMING
+    ) -> str:
+        """Store a whole message durably; return once it is committed.
+
+        Args:
+            envelope: the envelope; ``queue_id`` and ``size`` are filled in.
+            content: the message exactly as received, CRLF line ends, Received header
+                included.
+            queue: as for :meth:`new_message`.
+
+        Returns:
+            The new message's queue ID.
+
+        Raises:
+            SpoolError: nothing was stored (see :class:`SpoolErrorKind` for the reply).
+            ValueError: ``envelope.queue_id`` is set already.
+        """
+        async with self.new_message(queue) as writer:
+            await writer.write(content)
+            return await writer.commit(envelope)
+
+    # -- the queue manager's side ----------------------------------------------------------
+
+    async def scan(self, queue: QueueName) -> list[str]:
+        """List the committed messages in ``queue``, oldest first (by queue ID).
+
+        Raises:
+            SpoolError: the directory cannot be read.
+        """
+        return await self._in_thread(self.directory.scan, queue)
+
+    async def load_envelope(self, queue_id: str, queue: QueueName) -> Envelope:
+        """Read a message's envelope; a corrupt one is moved to ``corrupt/`` (warning).
+
+        Raises:
+            SpoolError: NOT_FOUND, CORRUPT, or an I/O failure.
+        """
+        return await self._in_thread(self.directory.load_envelope, queue_id, queue)
+
+    async def open_content(self, queue_id: str, queue: QueueName) -> BinaryIO:
+        """Open a message's content for reading; read it from a thread, or in chunks.
+
+        Raises:
+            SpoolError: NOT_FOUND, or an I/O failure.
+        """
+        return await self._in_thread(self.directory.open_content, queue_id, queue)
+
+    async def update_envelope(self, queue_id: str, envelope: Envelope, queue: QueueName) -> None:
+        """Durably replace a message's envelope (temp, fsync, rename over, fsync dir).
+
+        Raises:
+            ValueError: ``envelope.queue_id`` is not ``queue_id``.
+            SpoolError: NOT_FOUND, or an I/O failure (the old envelope stays in force).
+        """
+        if envelope.queue_id != queue_id:
+            raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {queue_id!r}")
+        _check_queue_id(queue_id)
+        await self._submit(_UpdateJob(queue, queue_id, encode_envelope(envelope)))
+
+    async def move(
+        self,
+        queue_id: str,
+        from_queue: QueueName,
+        to_queue: QueueName,
+        *,
+        envelope: Envelope | None = None,
+    ) -> None:
+        """Move a message to another queue durably, content first and envelope last.
+
+        Args:
+            queue_id: the message.
+            from_queue: where it is.
+            to_queue: where it goes.
+            envelope: if given, stored as the message's new envelope in the same step
+                (e.g. recipient states when moving ``active`` to ``deferred``).
+
+        Raises:
+            ValueError: the queues are equal, or ``envelope.queue_id`` is wrong.
+            SpoolError: NOT_FOUND, or an I/O failure (the message is then whole in one of
+                the two queues).
+        """
+        _check_queue_id(queue_id)
+        if envelope is not None and envelope.queue_id != queue_id:
+            raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {queue_id!r}")
+        data = None if envelope is None else encode_envelope(envelope)
+        await self._submit(_MoveJob(QueueName(from_queue), QueueName(to_queue), queue_id, data))
+
+    async def remove(self, queue_id: str, queue: QueueName) -> None:
+        """Delete a message durably: envelope first, then content.
+
+        Raises:
+            SpoolError: NOT_FOUND, or an I/O failure.
+        """
+        _check_queue_id(queue_id)
+        await self._submit(_RemoveJob(QueueName(queue), queue_id))
+
+    async def recover(self, *, orphan_age: float = 0.0) -> RecoveryReport:
+        """Clean up after a crash; call once at start-up, before the queue manager runs.
+
+        See :meth:`QueueDirectory.recover` and docs/spool.md, "Crash recovery".
+
+        Args:
+            orphan_age: minimum age in seconds of uncommitted files to delete.
+
+        Raises:
+            SpoolError: a queue cannot be read or requeued.
+        """
+        return await self._in_thread(
+            functools.partial(self.directory.recover, orphan_age=orphan_age)
+        )
+
+    # -- machinery -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the spool is closed")
+
+    async def _in_thread(self, function: Callable[..., _T], *args: object) -> _T:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, function, *args)
+
+    async def _submit(self, job: _Job) -> None:
+        """Queue ``job`` for the next batch and wait until it is durable.
+
+        Cancelling the wait before the batch starts withdraws the job (a commit's files
+        are deleted); after, the job completes regardless and ``on_commit`` still fires.
+
+        Raises:
+            SpoolError: the job failed; whatever it wrote has been removed.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._pending.append((job, waiter))
+        if self._running_committers < self._max_committers:
+            self._running_committers += 1
+            task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
+            self._committers.add(task)
+            task.add_done_callback(self._committers.discard)
+        await waiter
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[_Job, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch = [
+                    self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))
+                ]
+                jobs: list[_Job] = []
+                for job, waiter in batch:
+                    if not waiter.cancelled():
+                        jobs.append(job)
+                    elif isinstance(job, _CommitJob):
+                        jobs.append(_DiscardJob(job))
+                running = loop.run_in_executor(self._commit_pool, self.directory.run_batch, jobs)
+                try:
+                    await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    # The batch goes on in its thread: wait for it, so that its callers
+                    # hear the truth and on_commit fires for what it committed.
+                    with contextlib.suppress(BaseException):
+                        await running
+                    if running.done() and not running.cancelled() and not running.exception():
+                        self._answer(batch)
+                        batch = []
+                    raise
+                self._answer(batch)
+                batch = []
+        except BaseException as exc:  # cancelled at loop shutdown, or a bug
+            failure = SpoolError(f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR)
+            for _, waiter in [*batch, *self._pending]:
+                if not waiter.done():
+                    waiter.set_exception(failure)
+            self._pending.clear()
+            raise
+        finally:
+            self._running_committers -= 1
+
+    def _answer(self, batch: list[tuple[_Job, asyncio.Future[None]]]) -> None:
+        for job, waiter in batch:
+            if isinstance(job, _CommitJob) and job.committed and job.error is None:
+                self._notify(job.queue_id)
+            if waiter.done():
+                continue
+            if job.error is not None:
+                waiter.set_exception(job.error)
+            else:
+                waiter.set_result(None)
+
+    def _notify(self, queue_id: str) -> None:
+        if self._on_commit is None:
+            return
+        try:
+            self._on_commit(queue_id)
+        except Exception:
+            logger.exception("%s: on_commit callback failed", queue_id)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    FAILED = "failed"  # a write failed: only abort() is allowed
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class MessageWriter:
+    """Streams one new message into the spool; made by :meth:`Spool.new_message`.
+
+    Content goes to the uncommitted file ``<queue>/<queue_id>`` in ``buffer_size`` pieces,
+    so memory stays bounded whatever the message size. Nothing is a message until
+    :meth:`commit` returns. Not for concurrent use: await each call before the next.
+    """
+
+    __slots__ = ("_buffer", "_fd", "_flush", "_queue", "_queue_id", "_size", "_spool", "_state")
+
+    def __init__(self, spool: Spool, queue: QueueName, queue_id: str) -> None:
+        self._spool = spool
+        self._queue = queue
+        self._queue_id = queue_id
+        self._buffer = bytearray()
+        self._size = 0
+        self._fd: int | None = None
+        self._flush: concurrent.futures.Future[None] | None = None
+        self._state = _State.OPEN
+
+    @property
+    def queue_id(self) -> str:
+        """The message's queue ID, fixed from the start (for the Received header's ``id``)."""
+        return self._queue_id
+
+    @property
+    def queue(self) -> QueueName:
+        """The queue the message is committed into."""
+        return self._queue
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append ``chunk`` to the content; writes to disk (in a thread) when the buffer
+        is full.
+
+        Raises:
+            SpoolError: the write failed (e.g. ENOSPC, or EFBIG past a file size limit);
+                the writer is then unusable, call :meth:`abort`.
+            RuntimeError: the writer is committed, aborted, failed, or busy.
+        """
+        self._require(_State.OPEN)
+        self._buffer += chunk
+        self._size += memoryview(chunk).nbytes
+        if len(self._buffer) < self._spool.buffer_size:
+            return
+        data, self._buffer = self._buffer, bytearray()
+        self._flush = self._spool._io.submit(self._write_sync, data)
+        try:
+            await asyncio.wrap_future(self._flush)
+        except BaseException:
+            self._state = _State.FAILED
+            raise
+
+    def _write_sync(self, data: bytearray) -> None:
+        directory = self._spool.directory
+        if self._fd is None:
+            self._fd = directory.create_content(self._queue, self._queue_id)
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            action = f"write {self._queue}/"
+            raise SpoolError.from_os_error(exc, action, queue_id=self._queue_id) from exc
+
+    async def commit(self, envelope: Envelope) -> str:
+        """Make the message durable and visible; return after the envelope's rename and the
+        directory fsync (the moment the SMTP server may answer ``250``).
+
+        Args:
+            envelope: the envelope; ``queue_id`` (must be ``""`` or this writer's) and
+                ``size`` are filled in.
+
+        Returns:
+            The queue ID.
+
+        Raises:
+            SpoolError: the commit failed and its files are gone (e.g. INSUFFICIENT_STORAGE:
+                answer ``452 4.3.1``).
+            ValueError: ``envelope.queue_id`` names another message.
+            RuntimeError: the writer is not open.
+        """
+        self._require(_State.OPEN)
+        if envelope.queue_id not in ("", self._queue_id):
+            raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
+        stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        job = _CommitJob(
+            self._queue, self._queue_id, self._fd, self._buffer, encode_envelope(stored)
+        )
+        self._fd = None
+        self._buffer = bytearray()
+        self._state = _State.COMMITTING
+        try:
+            await self._spool._submit(job)
+        except BaseException:
+            self._state = _State.ABORTED  # the committer has removed the files
+            raise
+        self._state = _State.COMMITTED
+        return self._queue_id
+
+    async def abort(self) -> None:
+        """Discard the message: delete its uncommitted file. A no-op once committed,
+        committing or aborted; never raises :class:`SpoolError` (failures are logged)."""
+        if self._state not in (_State.OPEN, _State.FAILED):
+            return
+        self._state = _State.ABORTED
+        self._buffer = bytearray()
+        if self._flush is not None and not self._flush.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wrap_future(self._flush)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            path = self._spool.directory.content_path(self._queue, self._queue_id)
+            await asyncio.get_running_loop().run_in_executor(
+                self._spool._io, _discard_content, path, fd
+            )
+
+    async def __aenter__(self) -> MessageWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.abort()
+
+    def _require(self, state: _State) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"message {self._queue_id} is {self._state.value}")
+        if self._flush is not None and not self._flush.done():
+            raise RuntimeError(f"message {self._queue_id}: a write() is still in progress")
+
+
+def _discard_content(path: os.PathLike[str], fd: int) -> None:
+    """Unlink an uncommitted content file, then close it (holding its lock until then)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("cannot remove %s: %s", path, exc.strerror)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _check_queue_id(queue_id: str) -> None:
+    if not is_queue_id(queue_id):
+        raise ValueError(f"not a queue ID: {queue_id!r}")

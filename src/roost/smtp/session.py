@@ -1,0 +1,965 @@
+"""One SMTP server session on aiosmtpd: ESMTP, STARTTLS, AUTH, policy and durable enqueue.
+
+aiosmtpd's ``SMTP`` protocol reads command lines, enforces the command line length, runs
+STARTTLS (discarding plaintext pipelined after it, RFC 3207 §4.2) and the idle timeout.
+This subclass replaces every command handler: replies come from :mod:`roost.smtp.reply`
+with RFC 3463 codes, addresses are parsed by :mod:`roost.address`, recipients go through
+the Postfix-style :class:`roost.smtp.policy.Policy`, AUTH uses the shared sans-IO SASL
+code, and DATA is read in large chunks through :class:`roost.smtp.data.DataDecoder`
+straight into the spool, which fsyncs before the ``250``.
+
+Error accounting is Postfix's: every 4xx/5xx reply counts; past
+``smtpd_soft_error_limit`` each reply waits ``smtpd_error_sleep_time``; at
+``smtpd_hard_error_limit`` the session ends with 421.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+import aiosmtpd.smtp
+from aiosmtpd.smtp import SMTP
+
+from roost.address import (
+    Address,
+    AddressError,
+    NullPath,
+    decode_xtext,
+    parse_esmtp_params,
+    parse_path,
+    split_command_argument,
+)
+from roost.auth.sasl import (
+    Challenge,
+    Credentials,
+    EncryptionRequiredError,
+    SASLCancelled,
+    SASLError,
+    UnknownMechanismError,
+    advertised_mechanisms,
+    decode_response,
+    encode_challenge,
+    start_mechanism,
+)
+from roost.auth.throttle import Throttle
+from roost.auth.users import FailureReason, UserDatabase
+from roost.delivery.router import Router
+from roost.queue.envelope import BodyType, Envelope, Notify, Recipient, Ret, WithProtocol
+from roost.queue.errors import SpoolError, SpoolErrorKind
+from roost.queue.spool import MessageWriter, Spool
+from roost.smtp import reply
+from roost.smtp.anvil import Anvil
+from roost.smtp.data import DataDecoder
+from roost.smtp.policy import Facts, Policy
+from roost.smtp.received import header_facts, message_id, received_header
+from roost.smtp.reply import Reply, with_enhanced_code
+from roost.tls import describe_tls
+
+__all__ = ["SMTPSession", "SessionConfig", "Shared"]
+
+# Our error limits replace aiosmtpd's fixed budget of five unknown commands.
+aiosmtpd.smtp.BOGUS_LIMIT = 1 << 30
+
+_DATA_CHUNK: Final = 256 * 1024
+_JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """One SMTP service's settings, resolved once per (re)load.
+
+    Attributes are the values of the main.cf parameters of the same names for this
+    service (``smtp``, ``submission`` or ``submissions``).
+    """
+
+    service: str
+    hostname: str
+    banner: str
+    mail_name: str
+    message_size_limit: int
+    recipient_limit: int
+    timeout: float
+    soft_error_limit: int
+    hard_error_limit: int
+    error_sleep_time: float
+    junk_command_limit: int
+    sasl_enabled: bool
+    auth_required: bool
+    tls_level: str
+    tls_auth_only: bool
+    wrappermode: bool
+    normalize_bare_lf: bool
+    hopcount_limit: int
+    header_size_limit: int
+    disable_vrfy: bool
+    helo_required: bool
+    strict_envelopes: bool
+    smtputf8: bool
+    submission: bool
+    peername_lookup: bool = True
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+
+    @property
+    def log_name(self) -> str:
+        """The logger of this service: ``roost.smtpd`` or ``roost.submission/smtpd``."""
+        return "roost.smtpd" if self.service == "smtp" else f"roost.{self.service}/smtpd"
+
+
+@dataclass(slots=True)
+class Shared:
+    """What every session of a service shares (built by the composition root).
+
+    Attributes:
+        config: the service's settings.
+        policy: the restriction lists.
+        router: address classes and recipient existence.
+        spool: the durable queue.
+        users: the user database for AUTH (None: no backends).
+        throttle: failed-login throttling shared by every protocol.
+        anvil: per-client connection limits.
+        tls_context: returns the current server TLS context (or raises).
+        sessions: the open sessions, for graceful stop.
+        clock: wall-clock seconds.
+    """
+
+    config: SessionConfig
+    policy: Policy
+    router: Router
+    spool: Spool
+    users: UserDatabase | None
+    throttle: Throttle
+    anvil: Anvil
+    tls_context: Callable[[], Any]
+    sessions: set[SMTPSession] = field(default_factory=set)
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(slots=True)
+class _Transaction:
+    sender: Address | NullPath
+    size_hint: int | None = None
+    body_type: BodyType | None = None
+    smtputf8: bool = False
+    ret: Ret | None = None
+    envid: str | None = None
+    recipients: list[Recipient] = field(default_factory=list)
+    rejected: int = 0
+
+
+class SMTPSession(SMTP):
+    """The protocol object of one SMTP connection."""
+
+    _SYNTAX: ClassVar[Mapping[str, Reply]] = {
+        "HELO": reply.SYNTAX_HELO,
+        "EHLO": reply.SYNTAX_EHLO,
+    }
+
+    def __init__(self, shared: Shared) -> None:
+        config = shared.config
+        hostname, _, ident = config.banner.partition(" ")
+        super().__init__(
+            None,
+            data_size_limit=None,
+            enable_SMTPUTF8=True,
+            hostname=hostname or config.hostname,
+            ident=ident or config.mail_name,
+            tls_context=None,
+            timeout=config.timeout,
+            auth_require_tls=False,
+        )
+        self.shared = shared
+        self.config = config
+        self.log = logging.getLogger(config.log_name)
+        self.client_address = "unknown"
+        self.client_name = "unknown"
+        self.helo: str | None = None
+        self.esmtp = False
+        self.tls_info: str | None = None
+        self.sasl_method: str | None = None
+        self.sasl_username: str | None = None
+        self.transaction: _Transaction | None = None
+        self.errors = 0
+        self.junk = 0
+        self.commands: Counter[str] = Counter()
+        self.commands_ok: Counter[str] = Counter()
+        self._admitted = False
+        self._closing = False
+
+    # --- connection lifecycle --------------------------------------------------------
+
+    @property
+    def client(self) -> str:
+        """``name[address]`` as in Postfix's log lines."""
+        return f"{self.client_name}[{self.client_address}]"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Account the connection, refuse it over the per-client limits, else greet."""
+        if self._admitted:  # STARTTLS: aiosmtpd re-enters with the TLS transport
+            super().connection_made(transport)
+            self._note_tls(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self.client_address = str(peer[0]) if peer else "unknown"
+        if self.client_address.startswith("::ffff:"):
+            self.client_address = self.client_address[7:]
+        verdict = self.shared.anvil.connect(self.client_address)
+        if not verdict.allowed:
+            refusal = reply.TOO_MANY_CONNECTIONS
+            text = refusal.text.format(client=self.client_address)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(
+                f"{refusal.code} {refusal.enhanced} {self.hostname} {text}\r\n".encode()
+            )
+            self.log.warning(
+                "%s: too many connections (%s limit) from %s",
+                self.client,
+                verdict.reason,
+                self.client_address,
+            )
+            transport.close()
+            return
+        self._admitted = True
+        self.shared.sessions.add(self)
+        super().connection_made(transport)
+        if self.config.wrappermode:
+            self._note_tls(transport)
+
+    async def _handle_client(self) -> None:
+        """Look up the client's name before the greeting, as Postfix's smtpd does."""
+        if self.config.peername_lookup and self.client_address != "unknown":
+            self.client_name = await client_name(self.client_address)
+        self.log.info("connect from %s", self.client)
+        await super()._handle_client()
+
+    def _note_tls(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls_info = describe_tls(ssl_object)
+            self.log.info(
+                "Anonymous TLS connection established from %s: %s", self.client, self.tls_info
+            )
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Log Postfix's ``disconnect from`` line with the command counts."""
+        if not self._admitted:
+            return
+        if self.session is not None and self._handler_coroutine is not None:
+            super().connection_lost(error)
+        self.shared.sessions.discard(self)
+        self.shared.anvil.disconnect(self.client_address)
+        counts = []
+        for name in self.commands:
+            ok, total = self.commands_ok[name], self.commands[name]
+            counts.append(f"{name.lower()}={ok}" if ok == total else f"{name.lower()}={ok}/{total}")
+        ok_all, total_all = sum(self.commands_ok.values()), sum(self.commands.values())
+        commands = f"{ok_all}" if ok_all == total_all else f"{ok_all}/{total_all}"
+        self.log.info(
+            "disconnect from %s %s", self.client, " ".join([*counts, f"commands={commands}"])
+        )
+
+    def _timeout_cb(self) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+            self.log.info("timeout after %s from %s", self._last_command(), self.client)
+            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _last_command(self) -> str:
+        return next(reversed(self.commands), "CONNECT") if self.commands else "CONNECT"
+
+    async def shutdown(self) -> None:
+        """Say 421 and close (graceful stop after the grace period)."""
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send(f"421 4.3.2 {self.hostname} Service shutting down")
+            self.transport.close()
+
+    # --- replies and error accounting --------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply; count errors, tarpit past the soft limit, drop at the hard limit."""
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        text = with_enhanced_code(text)
+        code = text[:3]
+        if code[:1] in ("4", "5") and not text.startswith("421"):
+            self.errors += 1
+            if self.errors > self.config.soft_error_limit:
+                await asyncio.sleep(self.config.error_sleep_time)
+            if self.errors >= self.config.hard_error_limit:
+                await self._send(text)
+                self.log.warning(
+                    "too many errors after %s from %s", self._last_command(), self.client
+                )
+                await self._send(f"421 4.7.0 {self.hostname} Error: too many errors")
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await self._send(text)
+
+    async def _send(self, text: str) -> None:
+        self._writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
+        await self._writer.drain()
+
+    async def reply(self, answer: Reply | str, command: str | None = None) -> None:
+        """Send ``answer`` and count ``command`` as successful when it is 2xx/3xx."""
+        text = str(answer)
+        if command is not None and text[:1] in ("2", "3"):
+            self.commands_ok[command] += 1
+        await self.push(text)
+
+    def _count(self, command: str) -> None:
+        self.commands[command] += 1
+
+    async def _junk(self, command: str) -> None:
+        self.junk += 1
+        if self.junk > self.config.junk_command_limit:
+            self.errors += 1
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Log an unexpected error and answer 451 (the session goes on)."""
+        self.log.error("%s: unexpected error: %s: %s", self.client, type(error).__name__, error)
+        return str(Reply(451, "4.3.0", "Error: internal error, try again later"))
+
+    # --- HELO / EHLO -------------------------------------------------------------------
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        """RFC 5321 §4.1.1.1."""
+        await self._greet("HELO", hostname)
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        """RFC 5321 §4.1.1.1 with the ESMTP extensions we offer."""
+        await self._greet("EHLO", hostname)
+
+    async def _greet(self, command: str, hostname: str | None) -> None:
+        self._count(command)
+        if not hostname or " " in hostname.strip():
+            await self.reply(self._SYNTAX[command])
+            return
+        self.helo = hostname.strip()
+        self.transaction = None
+        self.esmtp = command == "EHLO"
+        assert self.session is not None
+        self.session.host_name = self.helo
+        self.session.extended_smtp = self.esmtp
+        if not self.esmtp:
+            await self.reply(f"250 {self.hostname}", command)
+            return
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.config.message_size_limit}"]
+        if not self.config.disable_vrfy:
+            lines.append("VRFY")
+        if self._starttls_offered():
+            lines.append("STARTTLS")
+        mechanisms = self._mechanisms()
+        if mechanisms:
+            lines.append("AUTH " + " ".join(mechanisms))
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+        if self.config.smtputf8:
+            lines.append("SMTPUTF8")
+        # aiosmtpd sizes the MAIL command line limit from what EHLO offered
+        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10 + 140
+        self.command_size_limits["RCPT"] = self.command_size_limit + 140
+        await self.reply(reply.multiline(250, lines), command)
+
+    def _starttls_offered(self) -> bool:
+        return self.tls_info is None and self.config.tls_level != "none"
+
+    def _mechanisms(self) -> tuple[str, ...]:
+        if not self.config.sasl_enabled or self.shared.users is None:
+            return ()
+        if self.sasl_username is not None:
+            return ()
+        secured = self.tls_info is not None
+        return advertised_mechanisms(
+            secured=secured,
+            allow_plaintext=not self.config.tls_auth_only,
+            enabled=self.config.mechanisms,
+        )
+
+    # --- STARTTLS (RFC 3207) ------------------------------------------------------------
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        """Start TLS with the service's current certificate."""
+        self._count("STARTTLS")
+        if arg:
+            await self.reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self.tls_info is not None:
+            await self.reply(reply.TLS_ALREADY)
+            return
+        if self.config.tls_level == "none":
+            await self.reply(reply.UNKNOWN_COMMAND)
+            return
+        try:
+            self.tls_context = self.shared.tls_context()
+        except Exception as exc:  # a certificate that cannot be loaded: a local problem
+            self.log.warning("cannot start TLS: %s", exc)
+            await self.reply(reply.TLS_UNAVAILABLE)
+            return
+        self.commands_ok["STARTTLS"] += 1
+        # RFC 3207 §4.2: forget everything learned before TLS
+        self.helo = None
+        self.esmtp = False
+        self.transaction = None
+        await super().smtp_STARTTLS(arg)
+
+    # --- AUTH (RFC 4954) ----------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        """SASL PLAIN and LOGIN through the shared sans-IO mechanisms."""
+        self._count("AUTH")
+        users = self.shared.users
+        if not self.config.sasl_enabled or users is None:
+            await self.reply(reply.AUTH_NOT_ENABLED)
+            return
+        if not self.esmtp:
+            await self.reply(reply.NEED_HELO)
+            return
+        if self.sasl_username is not None:
+            await self.reply(reply.AUTH_ALREADY)
+            return
+        if self.transaction is not None:
+            await self.reply(reply.AUTH_DURING_MAIL)
+            return
+        if not arg:
+            await self.reply(reply.SYNTAX_AUTH)
+            return
+        throttle = self.shared.throttle
+        if throttle.refused(self.client_address):
+            self.log.warning("%s: SASL authentication refused: too many failures", self.client)
+            await self._send(f"421 4.7.0 {self.hostname} Error: too many authentication failures")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        name, _, initial_text = arg.strip().partition(" ")
+        name = name.upper()
+        try:
+            mechanism = start_mechanism(
+                name,
+                secured=self.tls_info is not None,
+                allow_plaintext=not self.config.tls_auth_only,
+                enabled=self.config.mechanisms,
+            )
+        except EncryptionRequiredError:
+            await self.reply(reply.AUTH_NEEDS_TLS)
+            return
+        except UnknownMechanismError:
+            await self.reply(reply.AUTH_UNKNOWN_MECHANISM)
+            return
+        try:
+            response = (
+                decode_response(initial_text.encode(), initial=True) if initial_text else None
+            )
+            while True:
+                step = mechanism.receive(response)
+                if isinstance(step, Credentials):
+                    break
+                assert isinstance(step, Challenge)
+                await self._send("334 " + encode_challenge(step.data).decode("ascii"))
+                line = await self._reader.readline()
+                if not line:
+                    return
+                response = decode_response(line.rstrip(b"\r\n"))
+        except SASLCancelled:
+            await self.reply(reply.AUTH_CANCELLED)
+            return
+        except SASLError as exc:
+            self.log.warning("%s: SASL %s authentication failed: %s", self.client, name, exc)
+            await self.reply(reply.AUTH_BAD_BASE64 if "base64" in str(exc) else reply.AUTH_FAILED)
+            return
+        await self._verify(name, step, users)
+
+    async def _verify(self, mechanism: str, credentials: Credentials, users: UserDatabase) -> None:
+        throttle = self.shared.throttle
+        delay = throttle.delay_for(self.client_address, credentials.authcid)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        result = await users.verify(
+            credentials.authcid, credentials.password, remote_address=self.client_address
+        )
+        if result.ok and result.user is not None:
+            throttle.record_success(self.client_address, credentials.authcid)
+            self.sasl_method = mechanism
+            self.sasl_username = result.user.login
+            self.log.info(
+                "%s: sasl_method=%s, sasl_username=%s", self.client, mechanism, self.sasl_username
+            )
+            await self.reply(reply.AUTH_OK, "AUTH")
+            return
+        if result.failure is FailureReason.BACKEND_ERROR:
+            self.log.warning(
+                "%s: SASL %s authentication failed: temporary failure", self.client, mechanism
+            )
+            await self.reply(reply.AUTH_TEMP_FAILED)
+            return
+        throttle.record_failure(self.client_address, credentials.authcid)
+        reason = (
+            {
+                FailureReason.DISABLED: "account disabled",
+            }.get(result.failure, "authentication failure")
+            if result.failure
+            else "authentication failure"
+        )
+        self.log.warning(
+            "%s: SASL %s authentication failed: %s, sasl_username=%s",
+            self.client,
+            mechanism,
+            reason,
+            credentials.authcid,
+        )
+        await self.reply(reply.AUTH_FAILED)
+
+    # --- MAIL (RFC 5321 §4.1.1.2, RFC 1870, 6152, 3461, 6531) -----------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """Start a mail transaction."""
+        self._count("MAIL")
+        config = self.config
+        if self.helo is None and (config.helo_required or self.tls_info is not None):
+            await self.reply(reply.NEED_HELO)
+            return
+        if self.transaction is not None:
+            await self.reply(reply.NESTED_MAIL)
+            return
+        if config.tls_level == "encrypt" and self.tls_info is None:
+            await self.reply(reply.TLS_REQUIRED)
+            return
+        if config.auth_required and self.sasl_username is None:
+            await self.reply(reply.AUTH_REQUIRED)
+            return
+        if not arg or arg[:5].upper() != "FROM:":
+            await self.reply(reply.SYNTAX_MAIL)
+            return
+        try:
+            path_text, params_text = split_command_argument(arg[5:].strip())
+        except AddressError:
+            await self.reply(reply.BAD_SENDER_SYNTAX)
+            return
+        try:
+            params = parse_esmtp_params(params_text, smtputf8=config.smtputf8)
+        except AddressError:
+            await self.reply(reply.SYNTAX_MAIL)
+            return
+        smtputf8 = "SMTPUTF8" in params and config.smtputf8
+        try:
+            sender = parse_path(
+                path_text,
+                allow_null=True,
+                smtputf8=smtputf8,
+                strict=config.strict_envelopes,
+                enforce_length_limits=False,
+            )
+        except AddressError as exc:
+            answer = reply.SMTPUTF8_REQUIRED if exc.reply_code == 553 else reply.BAD_SENDER_SYNTAX
+            await self.reply(answer)
+            return
+        transaction = _Transaction(sender, smtputf8=smtputf8)
+        problem = self._mail_parameters(params, transaction)
+        if problem is not None:
+            await self.reply(problem)
+            return
+        self.transaction = transaction
+        await self.reply(reply.MAIL_OK, "MAIL")
+
+    def _mail_parameters(
+        self, params: Mapping[str, str | None], transaction: _Transaction
+    ) -> Reply | None:
+        for keyword, value in params.items():
+            if keyword == "SIZE":
+                if value is None or not value.isdigit():
+                    return _bad_value("SIZE")
+                transaction.size_hint = int(value)
+                if transaction.size_hint > self.config.message_size_limit:
+                    return reply.SIZE_EXCEEDED
+            elif keyword == "BODY":
+                body = (value or "").upper()
+                if body not in ("7BIT", "8BITMIME"):
+                    return _bad_value("BODY")
+                transaction.body_type = BodyType(body)
+            elif keyword == "SMTPUTF8":
+                if value is not None or not self.config.smtputf8:
+                    return _bad_value("SMTPUTF8")
+            elif keyword == "RET":
+                ret = (value or "").upper()
+                if ret not in ("FULL", "HDRS"):
+                    return _bad_value("RET")
+                transaction.ret = Ret(ret)
+            elif keyword == "ENVID":
+                try:
+                    envid = decode_xtext(value or "")
+                except AddressError:
+                    return _bad_value("ENVID")
+                if not envid or len(envid) > 100 or not envid.isascii():
+                    return _bad_value("ENVID")
+                transaction.envid = envid
+            elif keyword == "AUTH":
+                continue  # RFC 4954 §5: accepted, not trusted
+            else:
+                return Reply(555, "5.5.4", f"Unsupported option: {keyword}")
+        return None
+
+    # --- RCPT (RFC 5321 §4.1.1.3, RFC 3461 §4.1-4.2) ---------------------------------------
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """Add a recipient after the policy accepts it."""
+        self._count("RCPT")
+        transaction = self.transaction
+        if transaction is None:
+            await self.reply(reply.NEED_MAIL)
+            return
+        if not arg or arg[:3].upper() != "TO:":
+            await self.reply(reply.SYNTAX_RCPT)
+            return
+        try:
+            path_text, params_text = split_command_argument(arg[3:].strip())
+            params = parse_esmtp_params(params_text, smtputf8=transaction.smtputf8)
+            recipient = parse_path(
+                path_text,
+                allow_null=False,
+                smtputf8=transaction.smtputf8,
+                strict=self.config.strict_envelopes,
+            )
+        except AddressError as exc:
+            answer = (
+                reply.SMTPUTF8_REQUIRED if exc.reply_code == 553 else reply.BAD_RECIPIENT_SYNTAX
+            )
+            await self.reply(answer)
+            return
+        notify: tuple[Notify, ...] | None = None
+        orcpt: str | None = None
+        for keyword, value in params.items():
+            if keyword == "NOTIFY":
+                words = [w.upper() for w in (value or "").split(",")]
+                if (
+                    not all(w in Notify.__members__ for w in words)
+                    or ("NEVER" in words and len(words) > 1)
+                    or len(set(words)) != len(words)
+                ):
+                    await self.reply(_bad_value("NOTIFY"))
+                    return
+                notify = tuple(Notify(w) for w in words)
+            elif keyword == "ORCPT":
+                kind, sep, encoded = (value or "").partition(";")
+                try:
+                    decoded = decode_xtext(encoded)
+                except AddressError:
+                    decoded = ""
+                if not sep or not kind or not decoded:
+                    await self.reply(_bad_value("ORCPT"))
+                    return
+                orcpt = f"{kind.lower()};{decoded}"
+            else:
+                await self.reply(Reply(555, "5.5.4", f"Unsupported option: {keyword}"))
+                return
+        if len(transaction.recipients) >= self.config.recipient_limit:
+            await self.reply(reply.TOO_MANY_RECIPIENTS)
+            return
+        facts = Facts(
+            client_address=self.client_address,
+            client_name=self.client_name,
+            helo=self.helo,
+            sender=transaction.sender,
+            recipient=recipient,
+            sasl_username=self.sasl_username,
+            destination=self.shared.router.destination(recipient),
+        )
+        decision = await self.shared.policy.check_recipient(facts)
+        if not decision.accepted:
+            assert decision.reply is not None
+            transaction.rejected += 1
+            self.log.info(
+                "NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+                self.client,
+                decision.reply,
+                transaction.sender,
+                recipient,
+                "ESMTP" if self.esmtp else "SMTP",
+                self.helo or "",
+            )
+            await self.reply(decision.reply)
+            return
+        transaction.recipients.append(Recipient(str(recipient), orcpt=orcpt, notify=notify))
+        await self.reply(reply.RCPT_OK, "RCPT")
+
+    # --- DATA (RFC 5321 §4.1.1.4) ---------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """Receive the message into the spool; answer 250 only once it is durable."""
+        self._count("DATA")
+        transaction = self.transaction
+        if arg:
+            await self.reply(Reply(501, "5.5.4", "Syntax: DATA"))
+            return
+        if transaction is None:
+            await self.reply(reply.NEED_MAIL)
+            return
+        if not transaction.recipients:
+            await self.reply(reply.NO_VALID_RECIPIENTS if transaction.rejected else reply.NEED_RCPT)
+            return
+        writer = self.shared.spool.new_message()
+        try:
+            answer = await self._receive(transaction, writer)
+        finally:
+            await writer.abort()  # a no-op once committed
+        self.transaction = None
+        await self.reply(answer, "DATA")
+
+    async def _receive(self, transaction: _Transaction, writer: MessageWriter) -> Reply:
+        await self._send(reply.START_DATA)
+        decoder = DataDecoder(normalize_bare_lf=self.config.normalize_bare_lf)
+        header = bytearray()
+        in_header = True
+        size = 0
+        too_big = False
+        write_failed: SpoolError | None = None
+        hops = 0
+        has_id: bytes | None = None
+        has_date = False
+        now = self.shared.clock()
+        received = self._received(transaction, writer.queue_id, now)
+        limit = self.config.message_size_limit
+
+        async def store(chunk: bytes) -> None:
+            nonlocal write_failed
+            if write_failed is None and not too_big:
+                try:
+                    await writer.write(chunk)
+                except SpoolError as exc:
+                    write_failed = exc
+
+        while not decoder.done:
+            data = await self._reader.read(_DATA_CHUNK)
+            if not data:
+                raise ConnectionResetError("connection lost in DATA")
+            self._reset_timeout()
+            content = decoder.feed(data)
+            if not content:
+                continue
+            size += len(content)
+            if size > limit and not too_big:
+                too_big = True
+            if too_big:
+                continue
+            if in_header:
+                header += content
+                end = _end_of_header(header)
+                if end < 0 and len(header) <= self.config.header_size_limit and not decoder.done:
+                    continue
+                cut = end if end >= 0 else len(header)
+                block, rest = bytes(header[:cut]), bytes(header[cut:])
+                hops, has_id, has_date = header_facts(block)
+                added = self._added_headers(has_id, has_date, writer.queue_id, now)
+                await store(received + block + added + rest)
+                in_header = False
+                header.clear()
+            else:
+                await store(content)
+        if decoder.leftover:
+            _unread(self._reader, decoder.leftover)
+        if in_header and not too_big:  # the message was all header, or empty
+            block = bytes(header)
+            hops, has_id, has_date = header_facts(block)
+            await store(
+                received + block + self._added_headers(has_id, has_date, writer.queue_id, now)
+            )
+        if too_big:
+            self.log.warning("%s: message too large: %d bytes (limit %d)", self.client, size, limit)
+            return reply.SIZE_EXCEEDED
+        if decoder.saw_bare_lf and not self.config.normalize_bare_lf:
+            self.log.warning("%s: bare <LF> received in DATA", self.client)
+            return reply.BARE_NEWLINE
+        if hops > self.config.hopcount_limit:
+            self.log.warning("%s: too many hops (%d Received headers)", self.client, hops)
+            return reply.MAIL_LOOP
+        if write_failed is not None:
+            return self._spool_failure(write_failed)
+        envelope = self._envelope(transaction, now)
+        try:
+            queue_id = await writer.commit(envelope)
+        except SpoolError as exc:
+            return self._spool_failure(exc)
+        self._log_queued(queue_id, transaction, size, has_id, writer)
+        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    def _spool_failure(self, error: SpoolError) -> Reply:
+        self.log.error("%s: queue file write error: %s", self.client, error)
+        if error.kind is SpoolErrorKind.INSUFFICIENT_STORAGE:
+            return reply.STORAGE_FULL
+        return reply.QUEUE_ERROR
+
+    def _protocol(self) -> WithProtocol:
+        if not self.esmtp:
+            return WithProtocol.SMTP
+        name = "ESMTP" + ("S" if self.tls_info else "") + ("A" if self.sasl_username else "")
+        return WithProtocol(name)
+
+    def _received(self, transaction: _Transaction, queue_id: str, now: float) -> bytes:
+        only = transaction.recipients[0].address if len(transaction.recipients) == 1 else None
+        protocol = str(self._protocol())
+        if transaction.smtputf8:
+            protocol = protocol.replace("ESMTP", "UTF8SMTP")
+        return received_header(
+            helo=self.helo,
+            client_name=self.client_name,
+            client_address=self.client_address,
+            hostname=self.config.hostname,
+            mail_name=self.config.mail_name,
+            protocol=protocol,
+            queue_id=queue_id,
+            recipient=only,
+            tls=self.tls_info,
+            now=now,
+        )
+
+    def _added_headers(
+        self, has_id: bytes | None, has_date: bool, queue_id: str, now: float
+    ) -> bytes:
+        """Message-ID and Date for submission when missing (RFC 6409 §8.2-8.3)."""
+        if not self.config.submission:
+            return b""
+        added = b""
+        if has_id is None:
+            added += f"Message-ID: {message_id(queue_id, self.config.hostname, now)}\r\n".encode()
+        if not has_date:
+            added += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()
+        return added
+
+    def _envelope(self, transaction: _Transaction, now: float) -> Envelope:
+        return Envelope(
+            envelope_sender=str(transaction.sender),
+            recipients=tuple(transaction.recipients),
+            arrival_time=now,
+            protocol=self._protocol(),
+            body_type=transaction.body_type,
+            smtputf8=transaction.smtputf8,
+            ret=transaction.ret,
+            envid=transaction.envid,
+            client_address=self.client_address if self.client_address != "unknown" else None,
+            client_hostname=self.client_name if self.client_name != "unknown" else None,
+            helo_name=self.helo,
+            sasl_method=self.sasl_method,
+            sasl_username=self.sasl_username,
+        )
+
+    def _log_queued(
+        self,
+        queue_id: str,
+        transaction: _Transaction,
+        size: int,
+        found_id: bytes | None,
+        writer: MessageWriter,
+    ) -> None:
+        sasl = (
+            f", sasl_method={self.sasl_method}, sasl_username={self.sasl_username}"
+            if self.sasl_username
+            else ""
+        )
+        self.log.info("%s: client=%s%s", queue_id, self.client, sasl)
+        shown_id = (
+            found_id.decode("utf-8", "replace")
+            if found_id is not None
+            else message_id(queue_id, self.config.hostname)
+        )
+        logging.getLogger("roost.cleanup").info("%s: message-id=%s", queue_id, shown_id)
+        logging.getLogger("roost.qmgr").info(
+            "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
+            queue_id,
+            transaction.sender,
+            writer.size,
+            len(transaction.recipients),
+        )
+
+    # --- the rest ------------------------------------------------------------------------
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        """Abort the transaction (RFC 5321 §4.1.1.5)."""
+        self._count("RSET")
+        await self._junk("RSET")
+        if arg:
+            await self.reply(Reply(501, "5.5.4", "Syntax: RSET"))
+            return
+        self.transaction = None
+        await self.reply(reply.OK, "RSET")
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        """RFC 5321 §4.1.1.9."""
+        self._count("NOOP")
+        await self._junk("NOOP")
+        await self.reply(reply.OK, "NOOP")
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        """Say goodbye and close (RFC 5321 §4.1.1.10)."""
+        self._count("QUIT")
+        if arg:
+            await self.reply(Reply(501, "5.5.4", "Syntax: QUIT"))
+            return
+        await self.reply(reply.CLOSING, "QUIT")
+        if self.transport is not None:
+            self.transport.close()
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        """252: cannot verify, but will accept (RFC 5321 §3.5.3), or 502 when disabled."""
+        self._count("VRFY")
+        await self._junk("VRFY")
+        if self.config.disable_vrfy:
+            await self.reply(reply.VRFY_DISABLED)
+            return
+        if not arg:
+            await self.reply(Reply(501, "5.5.4", "Syntax: VRFY address"))
+            return
+        await self.reply(Reply(252, "2.0.0", arg.strip()), "VRFY")
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        """EXPN discloses lists: refused, as Postfix does by default."""
+        self._count("EXPN")
+        await self.reply(reply.EXPN_DISABLED)
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        """A short pointer."""
+        self._count("HELP")
+        await self._junk("HELP")
+        await self.reply(reply.HELP, "HELP")
+
+
+async def client_name(address: str, timeout: float = 5.0) -> str:
+    """Return the forward-confirmed reverse name of ``address``, or ``unknown``.
+
+    Postfix's ``client_name``: the PTR name counts only when it resolves back to the
+    address (FCrDNS); anything else, including a timeout, is ``unknown``.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        name, _ = await asyncio.wait_for(
+            loop.getnameinfo((address, 0), socket.NI_NAMEREQD), timeout
+        )
+        infos = await asyncio.wait_for(loop.getaddrinfo(name, None), timeout)
+    except (OSError, TimeoutError, UnicodeError):
+        return "unknown"
+    if any(info[4][0] == address for info in infos):
+        return name.rstrip(".").lower()
+    return "unknown"
+
+
+def _bad_value(parameter: str) -> Reply:
+    return Reply(501, "5.5.4", f"Bad {parameter} parameter value")
+
+
+def _end_of_header(header: bytes | bytearray) -> int:
+    """Return the offset just after the header block's last line, or -1 if not complete."""
+    if header.startswith(b"\r\n"):
+        return 0
+    end = header.find(b"\r\n\r\n")
+    return end + 2 if end >= 0 else -1
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Give back bytes read past the end of DATA (pipelined commands, RFC 2920)."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    buffer[0:0] = data

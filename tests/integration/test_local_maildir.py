@@ -1,0 +1,208 @@
+"""Maildir delivery on a real file system (tmp_path)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from roost.delivery.errors import DeliveryError, QuotaExceeded
+from roost.delivery.headers import delivery_headers
+from roost.delivery.maildir import deliver_maildir, maildir_usage, unique_name
+
+MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
+NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,]+),S=(\d+),W=(\d+)")
+IS_ROOT = os.geteuid() == 0
+
+
+class FailingReader(io.RawIOBase):
+    """A message whose read() fails after ``good`` bytes."""
+
+    def __init__(self, data: bytes, good: int, error: BaseException) -> None:
+        self.data = data
+        self.good = good
+        self.error = error
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.position >= self.good:
+            raise self.error
+        end = min(self.good, self.position + (size if size > 0 else self.good))
+        chunk = self.data[self.position : end]
+        self.position = end
+        return chunk
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_delivery_creates_the_maildir_and_names_the_file(tmp_path: Path) -> None:
+    maildir = tmp_path / "home" / "alice" / "Maildir"
+    prepend = delivery_headers("bob@example.org", "alice@example.com")
+    path = deliver_maildir(maildir, MESSAGE, prepend=prepend, hostname="mx.example.com")
+
+    for sub in ("cur", "new", "tmp"):
+        assert stat.S_IMODE((maildir / sub).stat().st_mode) == 0o700
+    assert stat.S_IMODE(maildir.stat().st_mode) == 0o700
+    assert path.parent == maildir / "new"
+    assert entries(maildir / "tmp") == [] and entries(maildir / "cur") == []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    content = path.read_bytes()
+    assert content == (
+        b"Return-Path: <bob@example.org>\nDelivered-To: alice@example.com\n"
+        b"Subject: hello\nFrom: bob@example.org\n\nline one\nline two\n"
+    )
+    match = NAME.fullmatch(path.name)
+    assert match is not None, path.name
+    assert int(match.group(3)) == os.getpid()
+    assert match.group(5) == "mx.example.com"
+    assert int(match.group(6)) == len(content) == path.stat().st_size
+    assert int(match.group(7)) == len(content) + content.count(b"\n")
+
+
+def test_streams_from_a_file_and_keeps_bare_cr(tmp_path: Path) -> None:
+    spool = tmp_path / "spool-file"
+    body = b"A: b\r\n\r\n" + b"x" * 200_000 + b"\rbare cr\r\n" * 3
+    spool.write_bytes(body)
+    with spool.open("rb") as handle:
+        path = deliver_maildir(tmp_path / "Maildir", handle)
+    assert path.read_bytes() == body.replace(b"\r\n", b"\n")
+    assert b"\rbare cr\n" in path.read_bytes()
+
+
+def test_hostname_is_escaped() -> None:
+    name = unique_name("weird/host:name", now=1700000000.25)
+    assert name.startswith("1700000000.M250000P")
+    assert name.endswith(".weird\\057host\\072name")
+
+
+def test_names_are_unique_across_threads(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda i: deliver_maildir(maildir, MESSAGE), range(64)))
+    assert len({p.name for p in paths}) == 64
+    assert len(entries(maildir / "new")) == 64
+
+
+def test_folder_autocreate_and_fallback_to_inbox(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    inbox = deliver_maildir(maildir, MESSAGE, folder="Lists.roost")
+    assert inbox.parent == maildir / "new"
+    assert not (maildir / ".Lists.roost").exists()
+
+    path = deliver_maildir(maildir, MESSAGE, folder="Lists.roost", autocreate_folder=True)
+    folder = maildir / ".Lists.roost"
+    assert path.parent == folder / "new"
+    assert (folder / "maildirfolder").is_file()
+    assert stat.S_IMODE((folder / "tmp").stat().st_mode) == 0o700
+
+    again = deliver_maildir(maildir, MESSAGE, folder="Lists.roost")
+    assert again.parent == folder / "new"
+    with pytest.raises(ValueError, match="bad Maildir"):
+        deliver_maildir(maildir, MESSAGE, folder="../escape")
+
+
+def test_quota_from_file_sizes(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    first = deliver_maildir(maildir, MESSAGE)
+    used = maildir_usage(maildir)
+    assert used == first.stat().st_size
+    with pytest.raises(QuotaExceeded) as caught:
+        deliver_maildir(maildir, MESSAGE, quota_bytes=used + 10)
+    assert (caught.value.dsn, caught.value.temporary) == ("5.2.2", False)
+    assert entries(maildir / "tmp") == []
+    assert len(entries(maildir / "new")) == 1
+    with pytest.raises(QuotaExceeded) as caught:
+        deliver_maildir(maildir, MESSAGE, quota_bytes=used, quota_temporary=True)
+    assert caught.value.dsn == "4.2.2"
+    deliver_maildir(maildir, MESSAGE, quota_bytes=used * 3)
+    assert len(entries(maildir / "new")) == 2
+
+
+def test_quota_from_maildirsize_which_is_updated(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, b"")  # creates the Maildir
+    (maildir / "maildirsize").write_text("1000S\n900 3\n50 1\n")
+    path = deliver_maildir(maildir, b"x" * 40, quota_bytes=1000)
+    assert path.name.endswith(",S=40,W=40")
+    assert (maildir / "maildirsize").read_text() == "1000S\n900 3\n50 1\n40 1\n"
+    assert maildir_usage(maildir) == 990
+    with pytest.raises(QuotaExceeded):
+        deliver_maildir(maildir, b"y" * 40, quota_bytes=1000)
+    assert len(entries(maildir / "new")) == 2
+    assert entries(maildir / "tmp") == []
+    assert (maildir / "maildirsize").read_text().endswith("\n40 1\n")
+
+
+def test_mailbox_size_limit_per_message(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    with pytest.raises(QuotaExceeded, match="size limit"):
+        deliver_maildir(maildir, b"z\r\n" * 1000, size_limit=100)
+    assert entries(maildir / "tmp") == [] and entries(maildir / "new") == []
+
+
+def test_read_error_mid_message_leaves_nothing(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    data = b"Subject: x\r\n\r\n" + b"y" * 300_000
+    reader = FailingReader(data, 100_000, OSError(5, "Input/output error"))
+    with pytest.raises(DeliveryError) as caught:
+        deliver_maildir(maildir, reader)  # type: ignore[arg-type]
+    assert reader.position == 100_000  # really failed mid-way
+    assert caught.value.temporary and caught.value.dsn == "4.3.0"
+    assert "error reading message: Input/output error" in caught.value.text
+    assert entries(maildir / "tmp") == [] and entries(maildir / "new") == []
+
+
+def test_other_exception_mid_message_propagates_and_cleans_up(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    reader = FailingReader(b"a" * 200_000, 70_000, RuntimeError("spool vanished"))
+    with pytest.raises(RuntimeError, match="spool vanished"):
+        deliver_maildir(maildir, reader)  # type: ignore[arg-type]
+    assert entries(maildir / "tmp") == [] and entries(maildir / "new") == []
+
+
+def test_new_not_a_directory_fails_temporarily_and_cleans_tmp(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new").write_text("not a directory")
+    with pytest.raises(DeliveryError) as caught:
+        deliver_maildir(maildir, MESSAGE)
+    assert caught.value.temporary
+    assert entries(maildir / "tmp") == []
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root ignores directory permissions")
+def test_read_only_new_fails_temporarily_and_cleans_tmp(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    before = entries(maildir / "new")
+    (maildir / "new").chmod(0o500)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            deliver_maildir(maildir, MESSAGE)
+    finally:
+        (maildir / "new").chmod(0o700)
+    assert caught.value.temporary and caught.value.dsn == "4.3.0"
+    assert "Permission denied" in caught.value.text
+    assert entries(maildir / "tmp") == []
+    assert entries(maildir / "new") == before
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="changing owners needs root")
+def test_owner_of_created_maildir_and_message(tmp_path: Path) -> None:
+    maildir = tmp_path / "vmail" / "example.com" / "alice"
+    path = deliver_maildir(maildir, MESSAGE, uid=65534, gid=65534)
+    for item in (maildir.parent, maildir, maildir / "new", maildir / "tmp", path):
+        info = item.stat()
+        assert (info.st_uid, info.st_gid) == (65534, 65534), item
