@@ -188,9 +188,7 @@ def test_submission_requires_tls_then_auth(instance: Instance) -> None:
     content = instance.content(queue_id)
     assert b"with ESMTPSA id" in content
     assert b"(using TLSv1.3 with cipher" in content
-    assert (
-        b"Message-ID: <" in content and f".{queue_id}@mx.roost.test>".encode() in content
-    )
+    assert b"Message-ID: <" in content and f".{queue_id}@mx.roost.test>".encode() in content
     assert b"\r\nDate: " in content
     log = instance.log()
     assert "roost/submission/smtpd" in log
