@@ -19,6 +19,7 @@ class NotifySocket:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path.unlink(missing_ok=True)
         self.sock.bind(str(path))
 
     def wait_for(self, field: str, timeout: float = 30.0) -> dict[str, str]:
@@ -46,7 +47,7 @@ class RoostDaemon:
         self.notify = NotifySocket(config.parent / "notify.sock")
         self.log = config.parent / "daemon.log"
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **(extra_env or {})}
-        self._log_file = self.log.open("wb")
+        self._log_file = self.log.open("ab")
         self.process = subprocess.Popen(
             [*ROOST, "-c", str(config), "serve"],
             stdout=self._log_file,

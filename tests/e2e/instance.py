@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,36 @@ class Instance:
             "127.0.0.1", self.ports[service], source_address=(source, 0), timeout=30
         )
 
+    def maildir(self, user: str, domain: str = "virtual.test") -> Path:
+        """The Maildir of a virtual user (mail_location of the instance)."""
+        return self.directory / "mail" / domain / user / "Maildir"
+
+    def delivered(self, user: str, domain: str = "virtual.test", folder: str = "") -> list[Path]:
+        """Files in the user's Maildir new/ (or a folder's), sorted."""
+        base = self.maildir(user, domain)
+        new = (base / f".{folder}" if folder else base) / "new"
+        if not new.is_dir():
+            return []
+        # by delivery time: Maildir names do not sort (the microseconds are not padded)
+        return sorted(new.iterdir(), key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+    def wait_delivered(
+        self,
+        user: str,
+        count: int,
+        *,
+        domain: str = "virtual.test",
+        folder: str = "",
+        timeout: float = 30.0,
+    ) -> list[Path]:
+        """Wait (bounded) until the user's Maildir holds ``count`` new messages."""
+        deadline = time.monotonic() + timeout
+        while True:
+            files = self.delivered(user, domain, folder)
+            if len(files) >= count or time.monotonic() > deadline:
+                return files
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.daemon.log_text()
 
@@ -72,6 +103,9 @@ def start_instance(directory: Path, extra: str = "") -> Instance:
     from roost.auth.passwdfile import hash_password
 
     directory.mkdir(parents=True, exist_ok=True)
+    aliases = directory / "aliases"
+    if not aliases.exists():
+        aliases.write_text("postmaster: alice@virtual.test\n")
     users = directory / "users"
     users.write_text(
         "".join(f"{name}:{hash_password(pw, 'SHA256-CRYPT')}::::::\n" for name, pw in USERS.items())
@@ -90,6 +124,9 @@ def start_instance(directory: Path, extra: str = "") -> Instance:
         f"auth_backends = passwd-file:{users}\n"
         "auth_default_realm = virtual.test\n"
         "smtpd_peername_lookup = no\n"
+        f"mail_location = maildir:{directory}/mail/%d/%n/Maildir\n"
+        f"alias_maps = hash:{directory}/aliases\n"
+        "alias_database = $alias_maps\n"
         f"{port_lines}{extra}"
     )
     daemon = RoostDaemon(main_cf)

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -207,9 +208,12 @@ async def _feed(
         await stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
         pass  # EPIPE: Postfix accepts it; the exit status decides
+    except RuntimeError:
+        if not stdin.is_closing():  # uvloop reports a write after EPIPE this way
+            raise
     finally:
         stdin.close()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
             await stdin.wait_closed()
 
 
@@ -224,6 +228,20 @@ async def _collect(stdout: asyncio.StreamReader, kept: bytearray, limit: int) ->
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _child_setup(uid: int | None, gid: int | None, groups: list[int] | None) -> Callable[[], None]:
+    """Return the function the child runs before exec: umask 077, then drop to uid/gid."""
+
+    def setup() -> None:
+        os.umask(0o077)
+        if gid is not None:
+            os.setgid(gid)
+            os.setgroups(groups or [])
+        if uid is not None:
+            os.setuid(uid)
+
+    return setup
 
 
 async def deliver_command(
@@ -290,10 +308,8 @@ async def deliver_command(
             cwd=str(cwd) if cwd is not None else "/",
             start_new_session=True,
             close_fds=True,
-            user=run_uid,
-            group=run_gid,
-            extra_groups=run_groups,
-            umask=0o077,
+            # preexec_fn rather than user=/group=/umask=: uvloop supports only this form
+            preexec_fn=_child_setup(run_uid, run_gid, run_groups),
         )
     except OSError as exc:
         raise DeliveryError(

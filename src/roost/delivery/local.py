@@ -195,17 +195,21 @@ class LocalTransport:
         except AddressError as exc:
             return RecipientResult(index, Outcome.BOUNCED, "5.1.3", str(exc), "local")
         domain = address.domain_key if address.domain else ""
+        original = _orcpt_address(recipient)
         if self.router.destination(address) is Destination.VIRTUAL:
+            base, extension = split_extension(address.local_part, self.config.recipient_delimiter)
             account = await self._virtual_account(f"{address.local_part}@{domain}")
+            if account is None and extension is not None:
+                account = await self._virtual_account(f"{base}@{domain}")
+            else:
+                base, extension = address.local_part, None
             if account is None:
                 return _unknown(index, address.local_part, "virtual")
-            target = AddressTarget(
-                f"{address.local_part}@{domain}", True, address.local_part, None, domain
-            )
-            await self._to_mailbox(job, target, account, domain)
-            return RecipientResult(index, Outcome.SENT, "2.0.0", "delivered to mailbox", "virtual")
+            target = AddressTarget(f"{address.local_part}@{domain}", True, base, extension, domain)
+            where = await self._to_mailbox(job, target, account, domain, original)
+            return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
         expansion = await self._expand(recipient.address, seen)
-        return await self._deliver_expansion(job, index, expansion, domain)
+        return await self._deliver_expansion(job, index, expansion, domain, original)
 
     async def _expand(self, address: str, seen: Collection[str]) -> Expansion:
         domain = address.rpartition("@")[2].lower() if "@" in address else ""
@@ -255,7 +259,12 @@ class LocalTransport:
         )
 
     async def _deliver_expansion(
-        self, job: DeliveryJob, index: int, expansion: Expansion, domain: str
+        self,
+        job: DeliveryJob,
+        index: int,
+        expansion: Expansion,
+        domain: str,
+        original: str | None,
     ) -> RecipientResult:
         for warning in expansion.warnings:
             log.warning("%s: %s", job.queue_id, warning)
@@ -273,7 +282,7 @@ class LocalTransport:
                 if isinstance(target, AddressTarget) and not target.is_local:
                     remote.append(target)
                     continue
-                delivered.append(await self._target(job, target, domain))
+                delivered.append(await self._target(job, target, domain, original))
             except DeliveryError as exc:
                 (
                     temporary.append(exc.text)
@@ -282,7 +291,7 @@ class LocalTransport:
                 )
         if remote:
             try:
-                delivered.append(await self._forward(job, remote))
+                delivered.append(await self._forward(job, remote, original))
             except SpoolError as exc:
                 temporary.append(f"cannot queue forwarded mail: {exc}")
         if temporary:
@@ -294,18 +303,20 @@ class LocalTransport:
             index, Outcome.SENT, "2.0.0", ", ".join(delivered) or "delivered", "local"
         )
 
-    async def _target(self, job: DeliveryJob, target: Target, domain: str) -> str:
+    async def _target(
+        self, job: DeliveryJob, target: Target, domain: str, original: str | None
+    ) -> str:
         envelope = job.envelope
         prepend = delivery_headers(
             envelope.envelope_sender,
             target.delivered_to,
-            original_recipient=target.original_recipient,
+            original_recipient=original or target.original_recipient,
         )
         if isinstance(target, AddressTarget):
             account = await self._local_account(target.user, domain)
             if account is None:
                 raise DeliveryError(False, "5.1.1", f'unknown user: "{target.user}"')
-            return await self._to_mailbox(job, target, account, domain)
+            return await self._to_mailbox(job, target, account, domain, original)
         if isinstance(target, FileTarget):
             path = Path(target.path)
             if target.is_maildir:
@@ -343,13 +354,18 @@ class LocalTransport:
         return f"delivered to command: {target.command}"
 
     async def _to_mailbox(
-        self, job: DeliveryJob, target: AddressTarget, account: _Account, domain: str
+        self,
+        job: DeliveryJob,
+        target: AddressTarget,
+        account: _Account,
+        domain: str,
+        original: str | None,
     ) -> str:
         mailbox = resolve_mailbox(account, self.config, domain)
         prepend = delivery_headers(
             job.envelope.envelope_sender,
             target.delivered_to,
-            original_recipient=target.original_recipient,
+            original_recipient=original or target.original_recipient,
         )
         folder = None
         if target.extension and mailbox.kind == "maildir":
@@ -412,14 +428,19 @@ class LocalTransport:
                 arrival_time=job.envelope.arrival_time,
             )
 
-    async def _forward(self, job: DeliveryJob, targets: Sequence[AddressTarget]) -> str:
+    async def _forward(
+        self, job: DeliveryJob, targets: Sequence[AddressTarget], original: str | None
+    ) -> str:
         envelope = job.envelope
         sender = targets[0].owner or envelope.envelope_sender
         prepend = f"Delivered-To: {targets[0].delivered_to}\r\n".encode()
         content = await asyncio.to_thread(_read_all, job)
         new = Envelope(
             envelope_sender=sender,
-            recipients=tuple(Recipient(t.address) for t in targets),
+            recipients=tuple(
+                Recipient(t.address, orcpt=f"rfc822;{original or t.original_recipient}")
+                for t in targets
+            ),
             arrival_time=envelope.arrival_time,
             protocol=WithProtocol.LOCAL,
             smtputf8=envelope.smtputf8,
@@ -458,6 +479,14 @@ class LocalTransport:
             if user is not None:
                 return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
         return self.system_accounts(name.lower())
+
+
+def _orcpt_address(recipient: Recipient) -> str | None:
+    """The address part of an ``rfc822;`` ORCPT (the recipient before forwarding)."""
+    if recipient.orcpt is None:
+        return None
+    kind, _, address = recipient.orcpt.partition(";")
+    return address if kind.lower() == "rfc822" and address else None
 
 
 def _unknown(index: int, user: str, relay: str) -> RecipientResult:
