@@ -6,9 +6,9 @@ import email
 import email.policy
 import shutil
 import signal
+import smtplib
 import tempfile
 import time
-import smtplib
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -226,6 +226,5 @@ def test_restart_in_the_middle_of_a_batch_delivers_each_message_once(tmp_path: P
 
 
 def test_smtplib_is_not_confused_by_pipelined_bounces(instance: Instance) -> None:
-    with pytest.raises(smtplib.SMTPRecipientsRefused):
-        with instance.smtp() as client:
-            client.sendmail("a@example.org", ["ghost@virtual.test"], "Subject: x\r\n\r\nx\r\n")
+    with pytest.raises(smtplib.SMTPRecipientsRefused), instance.smtp() as client:
+        client.sendmail("a@example.org", ["ghost@virtual.test"], "Subject: x\r\n\r\nx\r\n")
