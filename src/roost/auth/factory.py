@@ -3,26 +3,73 @@
 ``auth_backends`` lists backends in lookup order:
 
 - ``passwd-file:/path``: a Dovecot passwd-file (``roost.auth.passwdfile``).
+- ``ldap:/path``: an LDAP directory or Active Directory described by a Postfix
+  ldap_table(5)-style file (``roost.auth.ldap``).
+- ``pam``: system users, passwords checked by the PAM service ``auth_pam_service``, users
+  from the passwd database with a uid of at least ``first_valid_uid``; ``user@domain``
+  logins with a ``mydestination`` domain are the system user ``user``
+  (``roost.auth.pam``).
 
-LDAP (``ldap:/etc/roost/ldap.cf``) and PAM (``pam``) plug in here too.
+Importing this module registers the ``ldap:`` lookup table type (through
+``roost.auth.ldap``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
+from roost.auth.ldap import LdapBackend, load_ldap_config
+from roost.auth.pam import PamBackend
 from roost.auth.passwdfile import PasswdFileBackend
 from roost.auth.users import UserBackend, UserBackendError, UserDatabase
 from roost.config import ConfigError, Settings
 
 __all__ = ["build_user_database", "check_user_database"]
 
+logger = logging.getLogger(__name__)
+
+_EXPECTED = "expected passwd-file:/path, ldap:/path or pam"
+
+
+def _pam_backend(settings: Settings, realm: str | None) -> PamBackend:
+    local_domains = [
+        word for word in settings.strings("mydestination") if ":" not in word and "/" not in word
+    ]
+    try:
+        return PamBackend(
+            settings.string("auth_pam_service"),
+            default_domain=realm or settings.string("myorigin") or None,
+            local_domains=local_domains,
+            first_valid_uid=settings.integer("first_valid_uid"),
+        )
+    except ValueError as exc:
+        raise settings.error("auth_pam_service", str(exc)) from None
+
+
+def _ldap_backend(settings: Settings, path: str, realm: str | None) -> LdapBackend:
+    try:
+        config, warnings = load_ldap_config(Path(path))
+    except ConfigError as exc:
+        unreadable = [p for p in exc.problems if not p.line and not p.name]
+        if unreadable:  # the file itself: point at the main.cf line that names it
+            raise settings.error("auth_backends", f"ldap:{unreadable[0]}") from None
+        raise
+    for warning in warnings:
+        logger.warning("%s", warning)
+    try:
+        return LdapBackend(config, default_domain=realm)
+    except ValueError as exc:
+        raise settings.error("auth_backends", str(exc)) from None
+
 
 def build_user_database(settings: Settings) -> UserDatabase | None:
     """Return the user database, or None when ``auth_backends`` is empty.
 
     Raises:
-        ConfigError: an unknown backend type or a malformed entry, naming the line.
+        ConfigError: an unknown backend type or a malformed entry, naming the main.cf
+            line; or an error in an LDAP configuration file, naming that file's line.
     """
     backends: list[UserBackend] = []
     realm = settings.string("auth_default_realm") or None
@@ -30,18 +77,23 @@ def build_user_database(settings: Settings) -> UserDatabase | None:
         kind, _, argument = word.partition(":")
         if kind == "passwd-file" and argument:
             backends.append(PasswdFileBackend(Path(argument), default_domain=realm))
+        elif kind == "ldap" and argument:
+            backends.append(_ldap_backend(settings, argument, realm))
+        elif word == "pam":
+            backends.append(_pam_backend(settings, realm))
         else:
-            raise settings.error(
-                "auth_backends",
-                f"unknown backend {word!r} (expected passwd-file:/path)",
-            )
+            raise settings.error("auth_backends", f"unknown backend {word!r} ({_EXPECTED})")
     if not backends:
         return None
     return UserDatabase(backends, default_realm=realm)
 
 
 def check_user_database(settings: Settings) -> list[str]:
-    """Return problems with the configured backends (for ``roost check``)."""
+    """Return problems with the configured backends (for ``roost check``).
+
+    Checks files only, never the network: an LDAP server that is down at boot must not
+    stop the daemon from starting (``ExecStartPre=roost check``).
+    """
     try:
         database = build_user_database(settings)
     except ConfigError as exc:
@@ -55,4 +107,13 @@ def check_user_database(settings: Settings) -> list[str]:
                 problems.append(str(exc))
                 continue
             problems.extend(str(p) for p in backend.problems)
+        elif (
+            isinstance(backend, PamBackend)
+            and not os.path.exists(backend.service_file)
+            and not os.path.exists("/etc/pam.conf")
+        ):
+            problems.append(
+                f"{backend.service_file}: missing (install etc/pam.d/roost there);"
+                " PAM would use /etc/pam.d/other"
+            )
     return problems

@@ -17,6 +17,7 @@ Further types (``ldap:``) register a factory with :func:`register_table_type`.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -59,6 +60,8 @@ TableFactory = Callable[[str, str], LookupTable]
 """Builds a table from (type, name); raises TableError."""
 
 _FACTORIES: dict[str, TableFactory] = {}
+#: Table types whose module registers them when first needed.
+_PLUGINS: Final = {"ldap": "roost.auth.ldap"}
 
 
 def register_table_type(kind: str, factory: TableFactory) -> None:
@@ -81,6 +84,9 @@ def open_table(ref: str) -> LookupTable:
     if not colon or not name:
         raise TableError(f"{ref}: expected type:name")
     factory = _FACTORIES.get(kind)
+    if factory is None and kind in _PLUGINS:
+        importlib.import_module(_PLUGINS[kind])  # registers itself
+        factory = _FACTORIES.get(kind)
     if factory is None:
         raise TableError(f"{ref}: unknown table type {kind!r} (known: {', '.join(table_types())})")
     return factory(kind, name)

@@ -634,5 +634,26 @@ _TABLE.extend(
     ]
 )
 
+# --- auth: the pam backend (roost.auth.pam) ---
+_TABLE.extend(
+    [
+        Parameter(
+            "auth_pam_service",
+            S,
+            "roost",
+            "roost: the PAM service of the pam backend (/etc/pam.d/roost), like Dovecot's.",
+            section="auth",
+        ),
+        Parameter(
+            "first_valid_uid",
+            I,
+            "500",
+            "Dovecot: system users (pam backend) with a smaller uid are not mail users.",
+            section="auth",
+            minimum=0,
+        ),
+    ]
+)
+
 #: Every parameter by name.
 PARAMETERS: Final[Mapping[str, Parameter]] = {p.name: p for p in _TABLE}
