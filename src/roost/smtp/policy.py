@@ -44,6 +44,7 @@ __all__ = [
     "PolicyChecks",
     "RecipientStatus",
     "Restriction",
+    "TableLookupError",
     "parse_restrictions",
 ]
 
@@ -164,8 +165,23 @@ class PolicyChecks(Protocol):
         """Return the logins that own a sender address (``smtpd_sender_login_maps``).
 
         None means the maps do not know the address.
+
+        Raises:
+            TableLookupError: a table could not answer (the reply is 451 4.3.0).
         """
         ...
+
+    async def lookup(self, table: LookupTable, key: str) -> str | None:
+        """Look ``key`` up in an access table, off the event loop when it does I/O.
+
+        Raises:
+            TableLookupError: the table could not answer (LDAP down, ...).
+        """
+        ...
+
+
+class TableLookupError(Exception):
+    """A lookup table could not answer: the restriction defers (451 4.3.0)."""
 
 
 def parse_restrictions(words: Sequence[str]) -> tuple[Restriction, ...]:
@@ -346,8 +362,12 @@ class Policy:
         return self._refuse(base, prefix, "reject_unlisted_recipient")
 
     async def _login_mismatch(self, sender: Address, facts: Facts, rule: str) -> Decision:
-        owners = await self.checks.sender_owners(sender)
         prefix = _bracket(str(sender))
+        try:
+            owners = await self.checks.sender_owners(sender)
+        except TableLookupError:
+            base = Reply(451, "4.3.0", "Sender address rejected: Temporary lookup failure")
+            return self._refuse(base, prefix, rule)
         if facts.sasl_username is None:
             if owners:
                 return self._refuse(reply.SENDER_NOT_LOGGED_IN, prefix, rule)
@@ -389,7 +409,11 @@ class Policy:
             keys = _address_keys(facts.recipient)
             what = "Recipient address"
         for key in keys:
-            value = table.lookup(key)
+            try:
+                value = await self.checks.lookup(table, key)
+            except TableLookupError:
+                base = Reply(451, "4.3.0", f"{what} rejected: Temporary lookup failure")
+                return self._refuse(base, self._subject(facts, what), str(restriction))
             if value is not None:
                 return await self._access_result(value, facts, what, str(restriction))
         return Decision(Action.DUNNO)

@@ -19,18 +19,26 @@ from typing import Final
 
 from roost.address import Address
 from roost.config import ConfigError, Settings, TableError, open_table
-from roost.config.lookup import LookupTable
+from roost.config.lookup import CidrTable, DictTable, LookupTable, RegexpTable, StaticTable
 from roost.daemon.listeners import Listener, bind_socket, service_listeners
 from roost.daemon.service import Context
 from roost.delivery.router import RecipientStatus, Router, router_from_settings
 from roost.smtp.anvil import Anvil
 from roost.smtp.mynetworks import NetworkMatcher, mynetworks_from
-from roost.smtp.policy import LISTS, Policy, blocks_relaying, parse_restrictions
+from roost.smtp.policy import (
+    LISTS,
+    Policy,
+    TableLookupError,
+    blocks_relaying,
+    parse_restrictions,
+)
 from roost.smtp.session import SessionConfig, Shared, SMTPSession
 
 __all__ = ["SMTP_SERVICES", "SMTPService", "build_router", "build_shared", "session_config"]
 
 SMTP_SERVICES: Final = ("smtp", "submission", "submissions")
+#: Tables held in memory: looked up on the event loop; others (LDAP) in a thread.
+IN_MEMORY_TABLES: Final = (DictTable, StaticTable, CidrTable, RegexpTable)
 log = logging.getLogger("roost.smtpd")
 
 
@@ -105,10 +113,19 @@ class _Checks:
     async def sender_owners(self, sender: Address) -> tuple[str, ...] | None:
         for table in self.login_maps:
             for key in (f"{sender.local_part}@{sender.domain}", f"@{sender.domain}"):
-                value = table.lookup(key)
+                value = await self.lookup(table, key)
                 if value is not None:
                     return tuple(v.strip() for v in value.replace(",", " ").split())
         return None
+
+    async def lookup(self, table: LookupTable, key: str) -> str | None:
+        if isinstance(table, IN_MEMORY_TABLES):
+            return table.lookup(key)
+        try:
+            return await asyncio.to_thread(table.lookup, key)
+        except Exception as exc:  # a remote table (LDAP) that could not answer
+            log.warning("%s: lookup of %s failed: %s", table.ref, key, exc)
+            raise TableLookupError(str(exc)) from None
 
 
 def _open_tables(settings: Settings, name: str, refs: list[str]) -> dict[str, LookupTable]:
