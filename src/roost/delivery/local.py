@@ -51,7 +51,7 @@ from roost.queue.errors import SpoolError
 from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
 from roost.queue.spool import Spool
 
-__all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox"]
+__all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox", "user_mailbox"]
 
 log = logging.getLogger("roost.local")
 
@@ -139,6 +139,17 @@ def resolve_mailbox(account: _Account, config: LocalConfig, domain: str) -> Mail
         path = Path(inbox[0]) if inbox else Path(config.mail_spool_directory) / account.name
         return Mailbox("mbox", path, account.uid, account.gid, quota)
     raise DeliveryError(True, "4.3.5", f"unsupported mail_location {location!r}")
+
+
+def user_mailbox(user: User, config: LocalConfig) -> Mailbox:
+    """Where a user of the user database keeps mail: the one answer for delivery, IMAP, POP3.
+
+    Raises:
+        DeliveryError: the location cannot be used (no home where one is needed, or an
+            unsupported ``mail_location`` kind).
+    """
+    account = _Account(user.login, user.home or "", user.uid, user.gid, user=user)
+    return resolve_mailbox(account, config, user.domain)
 
 
 def _system_account(name: str) -> _Account | None:

@@ -1,0 +1,122 @@
+"""In-process change notification: "mailbox X changed, sync it".
+
+Every write through the store (append, flags, expunge, copy into, create/delete/rename)
+publishes the mailbox directory; local delivery calls :func:`notify_delivery` after it
+renames a message into ``new/``. IMAP sessions that have the mailbox selected (IDLE or
+not) subscribe and learn at once instead of polling.
+
+The bus knows nothing of asyncio: callbacks are plain functions, called in the
+publishing thread after the change is on disk. They must be quick and must not block; an
+asyncio server passes something like ``lambda path: loop.call_soon_threadsafe(event.set)``.
+A callback that raises is logged and does not stop the others.
+
+Changes made by other processes (Dovecot, procmail, another roost) are not published;
+sessions still find them on their next ``sync()`` (e.g. an IDLE poll every few seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+__all__ = ["DEFAULT_BUS", "ChangeBus", "ChangeCallback", "Subscription", "notify_delivery"]
+
+logger = logging.getLogger("roost.store")
+
+#: Called with the mailbox directory that changed.
+ChangeCallback = Callable[[Path], None]
+
+
+def _key(path: Path | str) -> str:
+    return os.path.realpath(path)
+
+
+class Subscription:
+    """A registered callback; :meth:`cancel` removes it (idempotent)."""
+
+    __slots__ = ("_bus", "_key", "callback", "owner")
+
+    def __init__(self, bus: ChangeBus, key: str, callback: ChangeCallback, owner: object) -> None:
+        self._bus = bus
+        self._key = key
+        self.callback = callback
+        self.owner = owner
+
+    def cancel(self) -> None:
+        """Stop receiving notifications."""
+        self._bus._remove(self._key, self)
+
+
+class ChangeBus:
+    """A thread-safe registry: mailbox directory -> callbacks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscriptions: dict[str, list[Subscription]] = {}
+
+    def subscribe(
+        self, mailbox_path: Path, callback: ChangeCallback, *, owner: object = None
+    ) -> Subscription:
+        """Call ``callback(mailbox_path)`` whenever that mailbox changes.
+
+        Args:
+            mailbox_path: the mailbox's Maildir directory (the Maildir root for INBOX).
+            callback: a quick, non-blocking function.
+            owner: changes published with ``origin=owner`` skip this callback (a
+                session need not be woken by its own writes).
+        """
+        key = _key(mailbox_path)
+        subscription = Subscription(self, key, callback, owner)
+        with self._lock:
+            self._subscriptions.setdefault(key, []).append(subscription)
+        return subscription
+
+    def _remove(self, key: str, subscription: Subscription) -> None:
+        with self._lock:
+            subscriptions = self._subscriptions.get(key)
+            if subscriptions is None:
+                return
+            try:
+                subscriptions.remove(subscription)
+            except ValueError:
+                return
+            if not subscriptions:
+                del self._subscriptions[key]
+
+    def publish(self, mailbox_path: Path, *, origin: object = None) -> None:
+        """Tell every subscriber of ``mailbox_path`` (except ``origin``'s) that it changed."""
+        key = _key(mailbox_path)
+        with self._lock:
+            targets = list(self._subscriptions.get(key, ()))
+        path = Path(key)
+        for subscription in targets:
+            if origin is not None and subscription.owner is origin:
+                continue
+            try:
+                subscription.callback(path)
+            except Exception:
+                logger.exception("change callback for %s failed", key)
+
+    def subscriber_count(self, mailbox_path: Path) -> int:
+        """How many callbacks watch ``mailbox_path`` (for tests and metrics)."""
+        with self._lock:
+            return len(self._subscriptions.get(_key(mailbox_path), ()))
+
+
+#: The process-wide bus the daemon's store, IMAP, POP3 and local delivery share.
+DEFAULT_BUS: Final = ChangeBus()
+
+
+def notify_delivery(maildir_path: Path, *, bus: ChangeBus = DEFAULT_BUS) -> None:
+    """Announce that a message was delivered into ``maildir_path``'s ``new/``.
+
+    Args:
+        maildir_path: the Maildir (folder) directory delivered into, e.g. ``~/Maildir``
+            for INBOX or ``~/Maildir/.Lists`` for a folder.
+        bus: the bus to publish on.
+    """
+    bus.publish(maildir_path)

@@ -1,0 +1,276 @@
+"""Dot-locks as Dovecot makes them: ``<file>.lock`` created with ``O_EXCL``.
+
+Dovecot serialises every change of a Maildir (new UIDs, flag renames, expunges, the
+keywords file) by holding ``dovecot-uidlist.lock``; it writes ``<pid>:<hostname>`` into
+it and treats it as stale when that process is gone (same host) or when the file is older
+than the stale timeout (120 s for the uidlist). Files that are replaced as a whole
+(``dovecot-keywords``, ``subscriptions``) are written into their ``.lock`` file, which is
+then renamed over the file (Dovecot's ``file_dotlock_replace``).
+
+Within one process the file lock is re-entrant per thread: a thread already holding it
+(e.g. copying from a mailbox into itself through two objects) does not wait for itself;
+other threads wait on a thread lock instead of polling the file.
+
+See Also: Dovecot ``lib/file-dotlock.c`` and "Maildir Mailbox Format" (locking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from roost.store.errors import LockTimeout
+
+__all__ = [
+    "UIDLIST_LOCK_STALE_SECONDS",
+    "dotlock",
+    "replace_file",
+]
+
+#: Dovecot's ``MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT``: seconds before a lock is overridden.
+UIDLIST_LOCK_STALE_SECONDS: Final = 120.0
+#: How long to wait for a lock before giving up (Dovecot: stale timeout + 2 s).
+DEFAULT_TIMEOUT_SECONDS: Final = UIDLIST_LOCK_STALE_SECONDS + 2.0
+_MAX_POLL_SECONDS: Final = 0.1
+_HOSTNAME: Final = socket.gethostname()
+
+
+@dataclass(slots=True)
+class _Held:
+    thread_lock: threading.RLock
+    depth: int = 0
+    inode: int = 0
+
+
+_registry: Final[dict[str, _Held]] = {}
+_registry_lock = threading.Lock()
+
+
+def _forget_locks_after_fork() -> None:
+    """A forked child holds none of its parent's locks (whatever thread held them)."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def _entry(lock_path: str) -> _Held:
+    with _registry_lock:
+        held = _registry.get(lock_path)
+        if held is None:
+            held = _registry[lock_path] = _Held(threading.RLock())
+        return held
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(lock_path: str, stale_seconds: float, *, own_pid_is_stale: bool) -> bool:
+    """Tell whether an existing lock file may be overridden (and remove it if so)."""
+    try:
+        st = os.stat(lock_path)
+        with open(lock_path, "rb") as handle:
+            content = handle.read(256)
+    except FileNotFoundError:
+        return True
+    stale = time.time() - st.st_mtime > stale_seconds
+    pid_text, sep, host = content.decode("ascii", "replace").strip().partition(":")
+    if not stale and sep and host == _HOSTNAME and pid_text.isdigit():
+        pid = int(pid_text)
+        # Our own pid without our registry holding it: a leftover of an earlier process.
+        stale = own_pid_is_stale if pid == os.getpid() else not _pid_alive(pid)
+    if not stale:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(lock_path).st_ino == st.st_ino:
+            os.unlink(lock_path)
+    return True
+
+
+def _create_exclusive(
+    lock_path: str,
+    *,
+    timeout: float,
+    stale_seconds: float,
+    mode: int,
+    own_pid_is_stale: bool,
+    content: bytes,
+) -> int:
+    """Create ``lock_path`` with O_EXCL, waiting for (or overriding) another holder.
+
+    Returns:
+        The open descriptor (positioned after ``content``).
+
+    Raises:
+        LockTimeout: still held by a live process after ``timeout`` seconds.
+        OSError: e.g. ENOENT when the directory is gone.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    while True:
+        try:
+            fd = os.open(lock_path, flags, mode)
+        except FileExistsError:
+            if _is_stale(lock_path, stale_seconds, own_pid_is_stale=own_pid_is_stale):
+                continue
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timeout waiting for {lock_path}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_POLL_SECONDS)
+            continue
+        try:
+            if content:
+                os.write(fd, content)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            raise
+        return fd
+
+
+@contextlib.contextmanager
+def dotlock(
+    path: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    stale_seconds: float = UIDLIST_LOCK_STALE_SECONDS,
+    mode: int = 0o600,
+    chown: Callable[[int], None] | None = None,
+) -> Iterator[None]:
+    """Hold ``<path>.lock`` (Dovecot's ``file_dotlock_create``) for the ``with`` block.
+
+    Args:
+        path: the file being protected, e.g. ``<mailbox>/dovecot-uidlist``.
+        timeout: seconds to wait for another holder.
+        stale_seconds: a lock file older than this is overridden.
+        mode: permission bits for the lock file.
+        chown: called with the new lock file's descriptor (ownership for root callers).
+
+    Raises:
+        LockTimeout: the lock stayed held by a live process for ``timeout`` seconds.
+        OSError: creating the lock file failed (ENOENT: the mailbox directory is gone).
+    """
+    lock_path = os.fspath(path) + ".lock"
+    held = _entry(lock_path)
+    if not held.thread_lock.acquire(timeout=timeout):
+        raise LockTimeout(f"timeout waiting for {lock_path}")
+    try:
+        if held.depth == 0:
+            content = f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
+            fd = _create_exclusive(
+                lock_path,
+                timeout=timeout,
+                stale_seconds=stale_seconds,
+                mode=mode,
+                own_pid_is_stale=True,
+                content=content,
+            )
+            try:
+                if chown is not None:
+                    chown(fd)
+                held.inode = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0:
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(lock_path).st_ino == held.inode:
+                        os.unlink(lock_path)
+    finally:
+        held.thread_lock.release()
+
+
+def replace_file(
+    path: Path,
+    content: Callable[[], bytes | None],
+    *,
+    fsync: bool,
+    mode: int = 0o600,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    stale_seconds: float = 30.0,
+    chown: Callable[[int], None] | None = None,
+    before_rename: Callable[[int], None] | None = None,
+) -> bool:
+    """Write new content into ``<path>.lock`` and rename it over ``path`` (atomic replace).
+
+    This is Dovecot's ``file_dotlock_open`` + ``file_dotlock_replace``: the lock file is
+    the temporary file, so a concurrent writer waits for it.
+
+    Args:
+        path: the file to replace.
+        content: called once the lock is held (read the old file in it); returns the
+            new content, or None to leave the file as it is.
+        fsync: ``fsync`` the data before the rename.
+        mode: permission bits of the new file.
+        timeout: seconds to wait for a concurrent writer.
+        stale_seconds: a lock file older than this is overridden (Dovecot: 30 s for
+            subscriptions, 120 s for dovecot-keywords).
+        chown: called with the new file's descriptor.
+        before_rename: called with the descriptor after writing (e.g. to set the mtime).
+
+    Returns:
+        True if the file was replaced, False if ``content`` returned None.
+
+    Raises:
+        LockTimeout: another writer held the lock for ``timeout`` seconds.
+        OSError: writing or renaming failed.
+    """
+    lock_path = os.fspath(path) + ".lock"
+    held = _entry(lock_path)
+    if not held.thread_lock.acquire(timeout=timeout):
+        raise LockTimeout(f"timeout waiting for {lock_path}")
+    try:
+        fd = _create_exclusive(
+            lock_path,
+            timeout=timeout,
+            stale_seconds=stale_seconds,
+            mode=mode,
+            own_pid_is_stale=False,
+            content=b"",
+        )
+        try:
+            data = content()
+            if data is None:
+                os.unlink(lock_path)
+                return False
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if chown is not None:
+                chown(fd)
+            if before_rename is not None:
+                before_rename(fd)
+            if fsync:
+                os.fsync(fd)
+            os.rename(lock_path, path)
+            return True
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        held.thread_lock.release()

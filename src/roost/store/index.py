@@ -1,0 +1,429 @@
+"""The per-mailbox index: an SQLite file (WAL mode) that makes a warm open fast.
+
+The Maildir stays the truth; the index remembers what was seen there so that nothing has
+to be listed, stat()ed or read again while nothing changed:
+
+- ``state``: one row: UIDVALIDITY, next UID, HIGHESTMODSEQ (RFC 7162), the first UID
+  nobody has seen as ``\\Recent`` yet, and the stamps (directory mtimes, uidlist and
+  keywords ``inode:size:mtime``) of the disk state last synced; totals kept by triggers.
+- ``messages``: one row per message: UID, base and current file name, flags (IMAP
+  names, space separated), sizes, dates, MODSEQ.
+- ``expunged``: (UID, MODSEQ, base name) of every expunge, for QRESYNC ``VANISHED``
+  (RFC 7162 §3.2.5) and to recognise a file restored after its expunge.
+- ``cache``: opaque per-message blobs the IMAP server parses once (ENVELOPE,
+  BODYSTRUCTURE...).
+
+MODSEQ values start at the time of the index's creation in microseconds, so an index that
+is lost and rebuilt still never goes back below a HIGHESTMODSEQ a client may have cached;
+``modseq_floor`` tells how far back the expunge history reaches.
+
+Several processes and threads may use one index: writers use ``BEGIN IMMEDIATE`` under
+the mailbox's ``dovecot-uidlist.lock``; readers see consistent snapshots (WAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["INDEX_NAME", "Index", "IndexState", "Row", "decode_flags", "encode_flags"]
+
+logger = logging.getLogger("roost.store")
+
+INDEX_NAME: Final = "roost.index.sqlite"
+_SCHEMA_VERSION: Final = 2
+_CHUNK: Final = 500
+
+_SCHEMA: Final = (
+    """
+CREATE TABLE state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    uid_validity INTEGER NOT NULL,
+    uid_next INTEGER NOT NULL,
+    highest_modseq INTEGER NOT NULL,
+    modseq_floor INTEGER NOT NULL,
+    first_recent_uid INTEGER NOT NULL,
+    new_mtime_ns INTEGER NOT NULL DEFAULT 0,
+    cur_mtime_ns INTEGER NOT NULL DEFAULT 0,
+    uidlist_stamp TEXT NOT NULL DEFAULT '',
+    keywords_stamp TEXT NOT NULL DEFAULT '',
+    synced_at_ns INTEGER NOT NULL DEFAULT 0,
+    messages INTEGER NOT NULL DEFAULT 0,
+    total_size INTEGER NOT NULL DEFAULT 0,
+    total_vsize INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0,
+    uidlist_stale INTEGER NOT NULL DEFAULT 0
+)
+""",
+    """
+CREATE TABLE messages (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL UNIQUE,
+    subdir TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    vsize INTEGER NOT NULL,
+    internal_date REAL NOT NULL,
+    save_date REAL NOT NULL,
+    modseq INTEGER NOT NULL,
+    pop3_uidl TEXT NOT NULL DEFAULT ''
+)
+""",
+    "CREATE INDEX messages_modseq ON messages (modseq)",
+    "CREATE INDEX messages_in_new ON messages (uid) WHERE subdir = 'new'",
+    "CREATE TABLE expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL, base TEXT)",
+    "CREATE INDEX expunged_modseq ON expunged (modseq)",
+    "CREATE INDEX expunged_base ON expunged (base)",
+    """
+CREATE TABLE cache (
+    uid INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (uid, field)
+) WITHOUT ROWID
+""",
+    """
+CREATE TRIGGER messages_added AFTER INSERT ON messages BEGIN
+    UPDATE state SET messages = messages + 1, total_size = total_size + NEW.size,
+        total_vsize = total_vsize + NEW.vsize;
+END
+""",
+    """
+CREATE TRIGGER messages_removed AFTER DELETE ON messages BEGIN
+    UPDATE state SET messages = messages - 1, total_size = total_size - OLD.size,
+        total_vsize = total_vsize - OLD.vsize;
+    DELETE FROM cache WHERE uid = OLD.uid;
+END
+""",
+)
+
+_ROW_COLUMNS: Final = (
+    "uid, base, subdir, filename, flags, size, vsize, internal_date, save_date, modseq, pop3_uidl"
+)
+
+#: A ``messages`` row: uid, base, subdir, filename, flags text, size, vsize,
+#: internal_date, save_date, modseq, pop3_uidl.
+Row = tuple[int, str, str, str, str, int, int, float, float, int, str]
+
+_flag_sets: dict[str, frozenset[str]] = {"": frozenset()}
+
+
+def encode_flags(flags: Iterable[str]) -> str:
+    """Flags as stored: sorted, space separated (keywords are atoms: no spaces)."""
+    return " ".join(sorted(flags))
+
+
+def decode_flags(text: str) -> frozenset[str]:
+    """The inverse of :func:`encode_flags`; equal texts share one frozenset."""
+    flags = _flag_sets.get(text)
+    if flags is None:
+        flags = frozenset(text.split(" "))
+        if len(_flag_sets) < 4096:
+            _flag_sets[text] = flags
+    return flags
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    """The ``state`` row (see the module docs); sizes in bytes, times in nanoseconds."""
+
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    modseq_floor: int
+    first_recent_uid: int
+    new_mtime_ns: int
+    cur_mtime_ns: int
+    uidlist_stamp: str
+    keywords_stamp: str
+    synced_at_ns: int
+    messages: int
+    total_size: int
+    total_vsize: int
+    generation: int
+    uidlist_stale: int
+
+
+class Index:
+    """An open index file.
+
+    Args:
+        path: the SQLite file (created, with its schema, when missing; recreated when
+            unreadable or of another schema version).
+        fsync: ``synchronous=FULL`` (every commit durable) instead of ``NORMAL``.
+        file_mode: permission bits of a new file.
+        chown: called with the path of a new file (ownership).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or created at all.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        file_mode: int = 0o600,
+        chown: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._file_mode = file_mode
+        self._chown = chown
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            logger.warning("%s: unreadable index (%s), rebuilding it", path, exc)
+            self._remove_files()
+            self.db = self._connect()
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def _connect(self) -> sqlite3.Connection:
+        created = False
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
+            os.close(fd)
+            created = True
+            if self._chown is not None:
+                self._chown(os.fspath(self.path))
+        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            if db.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                db.execute("BEGIN IMMEDIATE")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version == _SCHEMA_VERSION:  # another process was faster
+                    db.execute("COMMIT")
+                    return db
+                if not created and version != 0:
+                    logger.info("%s: index schema %d, rebuilding it", self.path, version)
+                for kind, name in db.execute(
+                    "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')"
+                    " AND name NOT LIKE 'sqlite_%'"
+                ).fetchall():
+                    db.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same snapshot."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    def state(self) -> IndexState | None:
+        """Return the state row, or None for a new (empty) index."""
+        row = self.db.execute(
+            "SELECT uid_validity, uid_next, highest_modseq, modseq_floor, first_recent_uid,"
+            " new_mtime_ns, cur_mtime_ns, uidlist_stamp, keywords_stamp, synced_at_ns,"
+            " messages, total_size, total_vsize, generation, uidlist_stale FROM state WHERE id = 1"
+        ).fetchone()
+        return None if row is None else IndexState(*row)
+
+    def reset(self, uid_validity: int, uid_next: int) -> None:
+        """Forget every message (new UIDVALIDITY); MODSEQ keeps growing. In a write txn."""
+        db = self.db
+        old = self.state()
+        floor = max(old.highest_modseq if old else 0, time.time_ns() // 1000)
+        db.execute("DELETE FROM messages")
+        db.execute("DELETE FROM expunged")
+        db.execute("DELETE FROM cache")
+        db.execute("DELETE FROM state")
+        db.execute(
+            "INSERT INTO state (id, uid_validity, uid_next, highest_modseq, modseq_floor,"
+            " first_recent_uid, generation) VALUES (1, ?, ?, ?, ?, 1, ?)",
+            (uid_validity, uid_next, floor, floor, (old.generation + 1) if old else 1),
+        )
+
+    def set_state(self, **values: int | str) -> None:
+        """Update state columns (names as in :class:`IndexState`). In a write txn."""
+        columns = ", ".join(f"{name} = ?" for name in values)
+        self.db.execute(f"UPDATE state SET {columns} WHERE id = 1", tuple(values.values()))
+
+    def next_modseq(self) -> int:
+        """Increment and return HIGHESTMODSEQ. In a write txn."""
+        row = self.db.execute(
+            "UPDATE state SET highest_modseq = highest_modseq + 1 WHERE id = 1"
+            " RETURNING highest_modseq"
+        ).fetchone()
+        modseq: int = row[0]
+        return modseq
+
+    def filenames(self, subdir: str) -> set[str]:
+        """The file names of the messages last seen in ``subdir``."""
+        query = "SELECT filename FROM messages WHERE subdir = ?"
+        return {name for (name,) in self.db.execute(query, (subdir,))}
+
+    def all_rows(self) -> list[Row]:
+        """Every message, in UID order."""
+        rows: list[Row] = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM messages ORDER BY uid"
+        ).fetchall()
+        return rows
+
+    def rows_since(self, modseq: int) -> list[Row]:
+        """Messages whose MODSEQ is above ``modseq``, in UID order."""
+        rows: list[Row] = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
+        ).fetchall()
+        return rows
+
+    def rows_for(self, uids: Sequence[int]) -> list[Row]:
+        """The rows of those ``uids`` that exist, in UID order."""
+        rows: list[Row] = []
+        for start in range(0, len(uids), _CHUNK):
+            chunk = uids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows.extend(
+                self.db.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM messages WHERE uid IN ({marks})", chunk
+                ).fetchall()
+            )
+        rows.sort()
+        return rows
+
+    def locations(self, subdir: str) -> dict[str, tuple[int, str, str]]:
+        """base -> (uid, filename, flags) of the messages last seen in ``subdir``."""
+        query = "SELECT base, uid, filename, flags FROM messages WHERE subdir = ?"
+        return {
+            base: (uid, name, flags) for base, uid, name, flags in self.db.execute(query, (subdir,))
+        }
+
+    def has_new(self) -> bool:
+        """True if some message was last seen in ``new/``."""
+        return (
+            self.db.execute("SELECT 1 FROM messages WHERE subdir = 'new' LIMIT 1").fetchone()
+            is not None
+        )
+
+    def expunged_since(self, modseq: int) -> list[int]:
+        """UIDs expunged with a MODSEQ above ``modseq``, ascending."""
+        return [
+            uid
+            for (uid,) in self.db.execute(
+                "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
+            )
+        ]
+
+    def _chunked(
+        self, query: str, values: Sequence[int] | Sequence[str]
+    ) -> list[tuple[int | str, ...]]:
+        out: list[tuple[int | str, ...]] = []
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            out.extend(self.db.execute(query.format(marks=",".join("?" * len(chunk))), chunk))
+        return out
+
+    def uids_of_bases(self, bases: Sequence[str]) -> dict[str, int]:
+        """base -> UID for those ``bases`` the index knows."""
+        query = "SELECT base, uid FROM messages WHERE base IN ({marks})"
+        return {str(base): int(uid) for base, uid in self._chunked(query, bases)}
+
+    def existing_uids(self, uids: Sequence[int]) -> set[int]:
+        """Those ``uids`` that are live messages."""
+        query = "SELECT uid FROM messages WHERE uid IN ({marks})"
+        return {int(uid) for (uid,) in self._chunked(query, uids)}
+
+    def expunged_uids(self, uids: Sequence[int]) -> set[int]:
+        """Those ``uids`` that were expunged (as far as the history reaches)."""
+        query = "SELECT uid FROM expunged WHERE uid IN ({marks})"
+        return {int(uid) for (uid,) in self._chunked(query, uids)}
+
+    def insert(self, rows: Iterable[Row]) -> None:
+        """Add messages. In a write txn."""
+        self.db.executemany(
+            f"INSERT INTO messages ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+        )
+
+    def move(self, uid: int, subdir: str, filename: str) -> None:
+        """Record a new file name without a flag change (e.g. ``new/`` -> ``cur/``)."""
+        self.db.execute(
+            "UPDATE messages SET subdir = ?, filename = ? WHERE uid = ?", (subdir, filename, uid)
+        )
+
+    def set_flags(self, uid: int, subdir: str, filename: str, flags: str, modseq: int) -> None:
+        """Record new flags (and the file name that carries them). In a write txn."""
+        self.db.execute(
+            "UPDATE messages SET subdir = ?, filename = ?, flags = ?, modseq = ? WHERE uid = ?",
+            (subdir, filename, flags, modseq, uid),
+        )
+
+    def expunge(self, uids: Sequence[int], modseq: int) -> None:
+        """Remove messages and remember their expunge MODSEQ and base. In a write txn."""
+        for start in range(0, len(uids), _CHUNK):
+            chunk = uids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(
+                "INSERT OR REPLACE INTO expunged (uid, modseq, base)"
+                f" SELECT uid, ?, base FROM messages WHERE uid IN ({marks})",
+                (modseq, *chunk),
+            )
+            self.db.execute(f"DELETE FROM messages WHERE uid IN ({marks})", chunk)
+        self.db.execute(
+            "UPDATE state SET uidlist_stale = uidlist_stale + ? WHERE id = 1", (len(uids),)
+        )
+
+    def expunged_bases(self, bases: Sequence[str]) -> set[str]:
+        """Those ``bases`` that belonged to expunged messages."""
+        query = "SELECT base FROM expunged WHERE base IN ({marks})"
+        return {str(base) for (base,) in self._chunked(query, bases)}
+
+    def deleted(self) -> list[tuple[int, str, str]]:
+        """(uid, subdir, filename) of the messages flagged ``\\Deleted``."""
+        rows: list[tuple[int, str, str]] = self.db.execute(
+            "SELECT uid, subdir, filename FROM messages WHERE instr(flags, '\\Deleted') > 0"
+            " ORDER BY uid"
+        ).fetchall()
+        return rows
+
+    def cache_get(self, uid: int, field: str) -> bytes | None:
+        """The cached blob ``field`` of message ``uid``, or None."""
+        row = self.db.execute(
+            "SELECT value FROM cache WHERE uid = ? AND field = ?", (uid, field)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def cache_put(self, uid: int, field: str, value: bytes) -> None:
+        """Store a blob for a message that exists (ignored otherwise)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO cache (uid, field, value)"
+            " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE uid = ?)",
+            (uid, field, value, uid),
+        )
