@@ -50,6 +50,7 @@ from roost.queue.envelope import Envelope, Recipient, WithProtocol
 from roost.queue.errors import SpoolError
 from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
 from roost.queue.spool import Spool
+from roost.store.bus import notify_delivery
 
 __all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox", "user_mailbox"]
 
@@ -407,7 +408,7 @@ class LocalTransport:
         folder: str | None,
     ) -> None:
         with job.open_content() as message:
-            deliver_maildir(
+            written = deliver_maildir(
                 path,
                 message,
                 prepend=prepend,
@@ -419,6 +420,7 @@ class LocalTransport:
                 autocreate_folder=self.config.autocreate_folder,
                 hostname=self.config.hostname,
             )
+        notify_delivery(written.parent.parent)  # IMAP IDLE and POP3 learn at once
 
     def _mbox(
         self, path: Path, job: DeliveryJob, prepend: bytes, uid: int | None, gid: int | None
