@@ -73,6 +73,7 @@ class Spool:
             comparison in benchmarks.
         sync_method: how a batch makes new files durable (see :class:`SyncMethod`).
         io_threads: threads for message writes and reads.
+        flush_threads: threads that flush the files of one batch together.
         max_batch: most jobs in one batch.
         buffer_size: bytes a :class:`MessageWriter` keeps in memory before it writes to
             disk; a writer's memory stays near this whatever the message size.
@@ -87,13 +88,14 @@ class Spool:
         group_commit: bool = True,
         sync_method: SyncMethod = SyncMethod.FSYNC,
         io_threads: int = 4,
+        flush_threads: int = 8,
         max_batch: int = 1024,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         queue_ids: Callable[[], str] | None = None,
     ) -> None:
-        if io_threads < 1 or max_batch < 1 or buffer_size < 1:
-            raise ValueError("io_threads, max_batch and buffer_size must be positive")
-        self.directory = QueueDirectory(queue_directory, sync_method)
+        if min(io_threads, flush_threads, max_batch, buffer_size) < 1:
+            raise ValueError("io_threads, flush_threads, max_batch, buffer_size must be >= 1")
+        self.directory = QueueDirectory(queue_directory, sync_method, flush_threads=flush_threads)
         self.buffer_size = buffer_size
         self._on_commit = on_commit
         self._queue_ids: Callable[[], str] = queue_ids or QueueIdGenerator()

@@ -1,0 +1,249 @@
+"""Start-up recovery: every state a crash can leave on disk is resolved without losing a
+committed message and without delivering an uncommitted one (docs/spool.md)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from roost.queue import (
+    Envelope,
+    QueueDirectory,
+    QueueIdGenerator,
+    QueueName,
+    Recipient,
+    RecipientState,
+    RecoveryReport,
+    Spool,
+    WithProtocol,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+MESSAGE = b"Subject: recovery\r\n\r\nbody\r\n"
+
+
+def envelope() -> Envelope:
+    return Envelope("a@example.org", (Recipient("b@example.net"),), 1e9, WithProtocol.ESMTP)
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Path:
+    path = tmp_path / "queue"
+    QueueDirectory(path).create()
+    return path
+
+
+def commit(queue: Path, where: QueueName = QueueName.INCOMING) -> str:
+    """Commit a message through the synchronous API; return its queue ID."""
+    queue_id = QueueIdGenerator()()
+    with QueueDirectory(queue) as directory:
+        stored = Envelope(
+            "a@example.org",
+            (Recipient("b@example.net"),),
+            1e9,
+            WithProtocol.ESMTP,
+            queue_id=queue_id,
+            size=len(MESSAGE),
+        )
+        directory.commit(where, queue_id, MESSAGE, stored)
+    return queue_id
+
+
+def age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+async def recover(queue: Path, orphan_age: float = 0.0) -> RecoveryReport:
+    async with Spool(queue) as spool:
+        return await spool.recover(orphan_age=orphan_age)
+
+
+async def test_a_clean_queue_is_left_alone(queue: Path) -> None:
+    kept = [
+        commit(queue, where)
+        for where in (QueueName.INCOMING, QueueName.DEFERRED, QueueName.HOLD, QueueName.MAILDROP)
+    ]
+    before = files(queue)
+    assert await recover(queue) == RecoveryReport()
+    assert files(queue) == before and len(kept) == 4
+
+
+async def test_temp_files_are_deleted(queue: Path) -> None:
+    queue_id = commit(queue)
+    (queue / "incoming" / "4Wk3nB0h2Fz1x.env.tmp").write_text('{"v": 1, "queue_')
+    (queue / "deferred" / f"{queue_id}.env.tmp").write_text("{}")
+    report = await recover(queue)
+    assert sorted(report.removed) == [
+        "deferred/" + queue_id + ".env.tmp",
+        "incoming/4Wk3nB0h2Fz1x.env.tmp",
+    ]
+    assert files(queue) == [f"incoming/{queue_id}", f"incoming/{queue_id}.env"]
+
+
+async def test_content_without_envelope_is_garbage_never_a_message(queue: Path) -> None:
+    orphan = queue / "incoming" / "4Wk3nB0h2Fz1x"
+    orphan.write_bytes(MESSAGE)
+    async with Spool(queue) as spool:
+        assert await spool.scan(QueueName.INCOMING) == []  # never delivered
+        report = await spool.recover()
+    assert report.removed == ("incoming/4Wk3nB0h2Fz1x",)
+    assert files(queue) == []
+
+
+async def test_orphans_younger_than_orphan_age_are_kept(queue: Path) -> None:
+    young = queue / "maildrop" / "4Wk3nB0h2Fz1x"
+    old = queue / "maildrop" / "4Wk3nB0h2Fz1y"
+    young.write_bytes(b"x")
+    old.write_bytes(b"x")
+    age(old, 7200)
+    report = await recover(queue, orphan_age=3600)
+    assert report.removed == ("maildrop/4Wk3nB0h2Fz1y",)
+    assert files(queue) == ["maildrop/4Wk3nB0h2Fz1x"]
+
+
+async def test_a_file_locked_by_a_live_writer_is_kept(queue: Path) -> None:
+    path = queue / "maildrop" / "4Wk3nB0h2Fz1x"
+    with path.open("wb") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # what another process's MessageWriter holds
+        assert await recover(queue) == RecoveryReport()
+    assert files(queue) == ["maildrop/4Wk3nB0h2Fz1x"]
+
+
+async def test_a_message_being_written_by_this_process_is_kept(queue: Path) -> None:
+    async with Spool(queue, buffer_size=16) as spool:
+        async with spool.new_message() as writer:
+            await writer.write(MESSAGE)  # flushed: the locked file exists
+            assert (queue / "incoming" / writer.queue_id).exists()
+            assert (await spool.recover()).removed == ()
+            queue_id = await writer.commit(envelope())
+        assert await spool.scan(QueueName.INCOMING) == [queue_id]
+
+
+async def test_envelope_without_content_goes_to_corrupt(
+    queue: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue_id = commit(queue, QueueName.DEFERRED)
+    (queue / "deferred" / queue_id).unlink()
+    with caplog.at_level(logging.WARNING, logger="roost.queue"):
+        report = await recover(queue)
+    assert report.corrupt == (queue_id,)
+    assert files(queue) == [f"corrupt/{queue_id}.env"]
+    assert "envelope without content" in caplog.text
+
+
+async def test_active_messages_return_to_incoming_with_their_state(queue: Path) -> None:
+    first = commit(queue, QueueName.ACTIVE)
+    second = commit(queue, QueueName.ACTIVE)
+    async with Spool(queue) as spool:
+        loaded = await spool.load_envelope(first, QueueName.ACTIVE)
+        done = loaded.replace_recipient(
+            0, Recipient("b@example.net", state=RecipientState.DELIVERED)
+        )
+        await spool.update_envelope(first, done, QueueName.ACTIVE)
+        report = await spool.recover()
+        assert report.requeued == (first, second)
+        assert await spool.scan(QueueName.ACTIVE) == []
+        assert await spool.scan(QueueName.INCOMING) == [first, second]
+        assert await spool.load_envelope(first, QueueName.INCOMING) == done  # not redelivered
+        with await spool.open_content(second, QueueName.INCOMING) as content:
+            assert content.read() == MESSAGE
+
+
+async def test_move_interrupted_after_linking_the_content(queue: Path) -> None:
+    # link(incoming/ID, active/ID) done; rename of the envelope not: still in incoming.
+    queue_id = commit(queue)
+    os.link(queue / "incoming" / queue_id, queue / "active" / queue_id)
+    report = await recover(queue)
+    assert report.removed == (f"active/{queue_id}",)
+    assert files(queue) == [f"incoming/{queue_id}", f"incoming/{queue_id}.env"]
+
+
+async def test_move_interrupted_after_the_envelope_rename(queue: Path) -> None:
+    # The envelope is in deferred/ with its content; the old link in active/ remains.
+    queue_id = commit(queue, QueueName.ACTIVE)
+    os.link(queue / "active" / queue_id, queue / "deferred" / queue_id)
+    os.rename(queue / "active" / f"{queue_id}.env", queue / "deferred" / f"{queue_id}.env")
+    report = await recover(queue)
+    assert report.removed == (f"active/{queue_id}",)
+    assert report.requeued == ()
+    assert files(queue) == [f"deferred/{queue_id}", f"deferred/{queue_id}.env"]
+    async with Spool(queue) as spool:
+        with await spool.open_content(queue_id, QueueName.DEFERRED) as content:
+            assert content.read() == MESSAGE
+
+
+async def test_a_move_can_be_redone_over_a_leftover_link(queue: Path) -> None:
+    queue_id = commit(queue)
+    (queue / "active" / queue_id).write_bytes(b"stale link from an interrupted move")
+    async with Spool(queue) as spool:
+        await spool.move(queue_id, QueueName.INCOMING, QueueName.ACTIVE)
+        with await spool.open_content(queue_id, QueueName.ACTIVE) as content:
+            assert content.read() == MESSAGE
+
+
+async def test_update_interrupted_before_its_rename_keeps_the_old_envelope(queue: Path) -> None:
+    queue_id = commit(queue, QueueName.DEFERRED)
+    original = (queue / "deferred" / f"{queue_id}.env").read_bytes()
+    (queue / "deferred" / f"{queue_id}.env.tmp").write_bytes(original[:25])
+    await recover(queue)
+    assert (queue / "deferred" / f"{queue_id}.env").read_bytes() == original
+    assert files(queue) == [f"deferred/{queue_id}", f"deferred/{queue_id}.env"]
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from roost.queue import Spool
+
+    async def main():
+        async with Spool(sys.argv[1], buffer_size=4096) as spool:
+            writer = spool.new_message()
+            for _ in range(100):
+                await writer.write(b"x" * 1000)
+            print(writer.queue_id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # the daemon dies mid-DATA
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_writer_killed_mid_message_leaves_only_garbage(queue: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(queue)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    queue_id = child.stdout.strip()
+    assert (queue / "incoming" / queue_id).stat().st_size > 0
+    async with Spool(queue) as spool:
+        assert await spool.scan(QueueName.INCOMING) == []
+        report = await spool.recover()
+    assert report.removed == (f"incoming/{queue_id}",)
+    assert files(queue) == []
+
+
+async def test_recovered_envelopes_are_still_valid_json(queue: Path) -> None:
+    queue_id = commit(queue, QueueName.ACTIVE)
+    await recover(queue)
+    document = json.loads((queue / "incoming" / f"{queue_id}.env").read_bytes())
+    assert document["v"] == 1 and document["queue_id"] == queue_id
