@@ -36,9 +36,9 @@ from pathlib import Path
 from types import TracebackType
 
 from ldap3 import ANONYMOUS, SIMPLE, Connection, Server
-from tests.conftest import free_port
 
 from roost.tls import generate_selfsigned
+from tests.conftest import free_port
 
 SUFFIX = "dc=roost,dc=test"
 ROOT_DN = f"cn=admin,{SUFFIX}"

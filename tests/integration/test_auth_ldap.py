@@ -17,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from roost.auth.ldap import LdapBackend, LdapError, parse_ldap_config
+from roost.auth.users import FailureReason, UserBackendError, UserDatabase
+from roost.config import load_settings, open_table
 from tests.conftest import require_program
 from tests.integration.slapd import (
     PEOPLE,
@@ -27,10 +31,6 @@ from tests.integration.slapd import (
     Slapd,
     person,
 )
-
-from roost.auth.ldap import LdapBackend, LdapError, parse_ldap_config
-from roost.auth.users import FailureReason, UserBackendError, UserDatabase
-from roost.config import load_settings, open_table
 
 ALICE_PW = "Alice-Pa55 word"
 BOB_PW = "pässwörd-ß-€"

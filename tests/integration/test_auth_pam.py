@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import ROOT, require_program
 
 from roost.auth.pam import PamBackend
 from roost.auth.schemes import hash_password
 from roost.auth.users import FailureReason, UserDatabase
+from tests.conftest import ROOT, require_program
 
 PASSWORD = "Pam-Test pässword 42"
 
