@@ -33,6 +33,22 @@ EPILOG_CONF: Final = """examples:
   roost conf -X relayhost          remove a setting
   roost conf --markdown            the configuration reference (docs/configuration.md)
 """
+EPILOG_QUEUE: Final = """examples:
+  roost queue list                 like mailq; --json like postqueue -j
+  roost queue flush                retry deferred mail now (postqueue -f)
+  roost queue delete ID... | ALL   like postsuper -d; - reads IDs from stdin
+  roost queue hold ALL deferred    like postsuper -h; release (-H), requeue (-r)
+  roost queue show ID              like postcat -q
+  roost queue shape --queue hold   like qshape
+"""
+EPILOG_SENDMAIL: Final = """examples:
+  printf 'Subject: hi\\n\\nhello\\n' | roost sendmail -i alice@example.com
+  roost sendmail -t -i < message.eml
+  ln -s "$(command -v roost)" /usr/sbin/sendmail   (also mailq, newaliases)
+
+options: -t, -i/-oi, -f SENDER, -F NAME, -bs, -bp, -bi, -q, -v, -N, -R, -V, -B;
+-o*, -G, -U, -c, -m, -x ignored like Postfix (docs/queue.md)
+"""
 EPILOG_CHECK: Final = """examples:
   roost check && systemctl reload roost
   roost check --no-listen          skip the test that listening addresses are free
@@ -211,6 +227,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_daemon(path, settings, syslog=False, debug=args.verbose)
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    """The mail queue: list, flush, delete, hold, release, requeue, show, shape."""
+    from roost.cli import queue
+    from roost.queue.errors import SpoolError
+
+    _, settings = _load(args)
+    action: str = args.action
+    try:
+        if action == "list":
+            return queue.run_list(settings, as_json=args.json)
+        if action == "flush":
+            status = queue.run_flush(settings)
+            if status == 0:
+                print("roost: queue flush requested")
+            return status
+        if action == "show":
+            return queue.run_show(
+                settings,
+                args.queue_id,
+                envelope_only=args.envelope,
+                header_only=args.header,
+                body_only=args.body,
+            )
+        if action == "shape":
+            return queue.run_shape(settings, queues=args.queue or (), by_sender=args.sender)
+        return queue.run_change(settings, action, args.ids, queues=args.queue or ())
+    except SpoolError as exc:
+        return _fail(str(exc))
+
+
+def cmd_newaliases(args: argparse.Namespace) -> int:
+    """newaliases: check the alias files and make a running daemon reload them."""
+    from roost.cli.sendmail import newaliases
+
+    _, settings = _load(args)
+    return newaliases(settings, args.tables or None)
+
+
+def cmd_sendmail(args: argparse.Namespace) -> int:
+    """sendmail: local submission (normally dispatched before argparse; see main)."""
+    from roost.cli.sendmail import sendmail_main
+
+    return sendmail_main(args.arguments, config=args.config)
+
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -299,7 +360,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", default="var", help="instance directory (default: ./var)")
     demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_queue_commands(add)
+
+    sendmail = add(
+        "sendmail",
+        cmd_sendmail,
+        "submit a message from standard input, like sendmail(1); also run as 'sendmail'",
+        EPILOG_SENDMAIL,
+    )
+    sendmail.add_argument("arguments", nargs=argparse.REMAINDER, help="sendmail options")
+
+    aliases = add(
+        "newaliases",
+        cmd_newaliases,
+        "check the alias files and make the daemon reload them; also run as 'newaliases'",
+        "examples:\n  roost newaliases\n  roost newaliases texthash:/etc/roost/aliases\n",
+    )
+    aliases.add_argument("tables", nargs="*", metavar="TYPE:FILE", help="default: alias_database")
     return parser
+
+
+def _add_queue_commands(
+    add: Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser],
+) -> None:
+    queue = add(
+        "queue", cmd_queue, "list and manage the mail queue (mailq, postsuper...)", EPILOG_QUEUE
+    )
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", required=True)
+    queue_names = ["maildrop", "incoming", "active", "deferred", "hold", "corrupt"]
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=help_text, description=help_text)
+
+    listing = action("list", "list the queue like mailq (postqueue -p)")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per message (postqueue -j)"
+    )
+    action("flush", "retry deferred mail now (postqueue -f)")
+    for name, text in (
+        ("delete", "delete messages (postsuper -d)"),
+        ("hold", "put messages on hold (postsuper -h)"),
+        ("release", "release messages from hold (postsuper -H)"),
+        ("requeue", "requeue messages and retry them now (postsuper -r)"),
+    ):
+        change = action(name, text)
+        change.add_argument("ids", nargs="+", metavar="ID", help="queue IDs, ALL, or - (stdin)")
+        change.add_argument("--queue", action="append", choices=queue_names, help="only this queue")
+    show = action("show", "print a queued message with its envelope (postcat -q)")
+    show.add_argument("queue_id", metavar="ID")
+    show.add_argument("-e", "--envelope", action="store_true", help="the envelope only")
+    show.add_argument("--header", action="store_true", help="the message header only")
+    show.add_argument("-b", "--body", action="store_true", help="the message body only")
+    shape = action("shape", "counts by domain and age, like qshape (default: deferred)")
+    shape.add_argument("--queue", action="append", choices=queue_names, help="queue(s) to count")
+    shape.add_argument("-s", "--sender", action="store_true", help="count sender domains")
+
+
+#: Program names roost answers to like Postfix's sendmail does: name -> sendmail mode.
+PERSONALITIES: Final = {"sendmail": "enqueue", "mailq": "mailq", "newaliases": "newaliases"}
+
+
+def _sendmail_arguments(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
+    """Find ``roost [-c CONFIG] sendmail ARGS...``: return (CONFIG, ARGS), else None.
+
+    sendmail's options (``-t``, ``-oi``, ``-fsender``) are not argparse's, so this
+    subcommand is recognised before argparse sees the line.
+    """
+    config: str | None = None
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in ("-c", "--config") and index + 1 < len(argv):
+            config, index = argv[index + 1], index + 2
+        elif word.startswith("--config="):
+            config, index = word.partition("=")[2], index + 1
+        elif word.startswith("-c") and len(word) > 2:
+            config, index = word[2:], index + 1
+        else:
+            break
+    if index < len(argv) and argv[index] == "sendmail" and argv[index + 1 :] != ["--help"]:
+        return config, list(argv[index + 1 :])
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,6 +448,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from roost.daemon.control import ControlError
     from roost.tls import TLSError
 
+    if argv is None:
+        personality = Path(sys.argv[0]).name
+        if personality in PERSONALITIES:
+            from roost.cli import sendmail
+
+            return sendmail.run(sys.argv[1:], mode=PERSONALITIES[personality])
+        argv = sys.argv[1:]
+    submission = _sendmail_arguments(argv)
+    if submission is not None:
+        from roost.cli.sendmail import sendmail_main
+
+        return sendmail_main(submission[1], config=submission[0])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -2,8 +2,9 @@
 
 ``roost serve`` runs :meth:`Daemon.run`. Start-up order: read and validate main.cf, set up
 logging, create the queue and data directories, create a self-signed certificate when none
-exists (``tls_selfsigned_auto``), build TLS contexts, build services in the composition root
-and start them, open the control socket, then tell systemd ``READY=1``.
+exists (``tls_selfsigned_auto``), build TLS contexts, recover the queue and pick up what
+sendmail(1) left in ``maildrop/``, build services in the composition root and start them,
+open the control socket, then tell systemd ``READY=1``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, tls_files
 from roost.queue.errors import SpoolError
+from roost.queue.manager import QueueManager
+from roost.queue.pickup import Pickup
+from roost.queue.queue_id import is_queue_id
+from roost.queue.service import QueueService
 from roost.queue.spool import Spool
 from roost.tls import TLSError, generate_selfsigned
 
@@ -109,6 +114,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._control: ControlServer | None = None
         self.spool: Spool | None = None
+        self.pickup: Pickup | None = None
         self.throttle = Throttle()
 
     def _context(self, settings: Settings) -> Context:
@@ -136,10 +142,18 @@ class Daemon:
             report = await self.spool.recover()
             if report.removed or report.requeued or report.corrupt:
                 log.info("queue recovery: %s", report)
+            self.pickup = Pickup(
+                self.spool,
+                hostname=self.settings.string("myhostname"),
+                mail_name=self.settings.string("mail_name"),
+                notify=self._notify_queue_manager,
+            )
+            await self.pickup.run()  # before the queue manager takes up incoming/
             context = self._context(self.settings)
             self.services = build_services(context)
             for service in self.services:
                 await service.start()
+            self.pickup.start()
         except (OSError, TLSError, ConfigError, SpoolError) as exc:
             log.critical("%s", str(exc).replace("\n", "; "))
             await self._shutdown(grace=0)
@@ -180,6 +194,10 @@ class Daemon:
                 return {"ok": False, "error": reason}
             self.settings = settings
             reopen_logs()
+            if self.pickup is not None:
+                self.pickup.reconfigure(
+                    hostname=settings.string("myhostname"), mail_name=settings.string("mail_name")
+                )
             for service in self.services:
                 await service.reload(context)
             log.info("reload -- version %s, configuration %s", __version__, self.config)
@@ -187,6 +205,8 @@ class Daemon:
             return {"ok": True}
 
     async def _shutdown(self, grace: float) -> None:
+        if self.pickup is not None:
+            await self.pickup.stop()
         for service in reversed(self.services):
             try:
                 await service.stop(grace)
@@ -197,12 +217,48 @@ class Daemon:
         if self.spool is not None:
             await self.spool.close()
 
+    def _queue_manager(self) -> QueueManager | None:
+        for service in self.services:
+            if isinstance(service, QueueService):
+                return service.manager
+        return None
+
+    def _notify_queue_manager(self, queue_id: str) -> None:
+        manager = self._queue_manager()
+        if manager is not None:
+            manager.notify(queue_id)
+
+    async def _queue_command(self, word: str, arguments: list[str]) -> Mapping[str, object]:
+        """The queue's control commands: pickup, flush, notify ID..., forget ID..."""
+        if word == "pickup":
+            if self.pickup is None:
+                return {"ok": False, "error": "the daemon is starting"}
+            return {"ok": True, "picked_up": await self.pickup.run()}
+        manager = self._queue_manager()
+        if manager is None:
+            return {"ok": False, "error": "the queue manager is not running"}
+        queue_ids = [a for a in arguments if is_queue_id(a)]
+        if word == "flush":
+            if self.pickup is not None:
+                await self.pickup.run()
+            manager.flush()
+        elif word == "notify":
+            for queue_id in queue_ids:
+                manager.notify(queue_id)
+        elif word == "forget":  # deleted or held: their retry timers must not fire
+            for queue_id in queue_ids:
+                manager.forget(queue_id)
+        return {"ok": True}
+
     async def _command(self, command: str) -> Mapping[str, object]:
+        word, *arguments = command.split(" ")
         if command == "reload":
             return await self.reload()
         if command == "stop":
             self._stop.set()
             return {"ok": True}
+        if word in ("pickup", "flush", "notify", "forget"):
+            return await self._queue_command(word, arguments)
         cert, _ = tls_files(self.settings, "smtp")
         return {
             "ok": True,

@@ -1,9 +1,17 @@
 """The control socket: ``roost reload``, ``roost stop`` and ``roost status`` talk to the daemon.
 
 A Unix stream socket ``control.sock`` in ``data_directory``, mode 0600 (only the owner, or
-root, may use it). One request per connection: the client sends a command word and a
-newline (``status``, ``reload``, ``stop``); the daemon answers one JSON object and a newline,
-``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+root, may use it). One request per connection: the client sends a command word, maybe
+arguments separated by spaces, and a newline; the daemon answers one JSON object and a
+newline, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. The words:
+
+* ``status``, ``reload``, ``stop``: the daemon itself;
+* ``pickup``: take what sendmail(1) left in ``maildrop/`` now (Postfix's postdrop kick);
+* ``flush``: retry deferred mail now (``roost queue flush``, ``postqueue -f``);
+* ``notify ID...``: these messages were put into ``incoming/`` (``roost queue release``,
+  ``requeue``): deliver them;
+* ``forget ID...``: these messages left ``deferred/`` (``roost queue delete``, ``hold``):
+  drop their retry timers.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from typing import Final
 
 __all__ = ["COMMANDS", "ControlError", "ControlServer", "request"]
 
-COMMANDS: Final = ("status", "reload", "stop")
-_MAX_REQUEST: Final = 256
+COMMANDS: Final = ("status", "reload", "stop", "pickup", "flush", "notify", "forget")
+_MAX_REQUEST: Final = 4096  # a command word and up to a few hundred queue IDs
 
 Handler = Callable[[str], Awaitable[Mapping[str, object]]]
 
@@ -34,7 +42,8 @@ class ControlServer:
 
     Args:
         path: the socket's file name.
-        handler: called with the command word; returns the JSON answer.
+        handler: called with the command word (lower case) and its arguments, separated
+            by single spaces; returns the JSON answer.
     """
 
     def __init__(self, path: Path, handler: Handler) -> None:
@@ -71,14 +80,16 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=10)
-            command = line[:_MAX_REQUEST].decode("ascii", "replace").strip().lower()
+            text = line[:_MAX_REQUEST].decode("ascii", "replace").strip()
+            word, _, arguments = text.partition(" ")
+            command = word.lower()
             if command not in COMMANDS:
                 answer: Mapping[str, object] = {
                     "ok": False,
                     "error": f"unknown command {command!r} (known: {', '.join(COMMANDS)})",
                 }
-            else:
-                answer = await self._handler(command)
+            else:  # arguments (queue IDs) keep their case
+                answer = await self._handler(f"{command} {arguments.strip()}".strip())
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):

@@ -205,6 +205,12 @@ class QueueManager:
         if not self._stopping:
             self._enqueue(queue_id, QueueName.INCOMING)
 
+    def forget(self, queue_id: str) -> None:
+        """Drop the retry timer of a message that left ``deferred/`` (deleted or held)."""
+        timer = self._timers.pop(queue_id, None)
+        if timer is not None:
+            timer.cancel()
+
     def flush(self) -> None:
         """Try every deferred message now (``roost queue flush``, ``postqueue -f``)."""
         for queue_id, timer in list(self._timers.items()):
