@@ -112,11 +112,11 @@ class Router:
                 for name in dict.fromkeys((local.lower(), base.lower())):
                     if self.alias_exists(name) or self.system_users(name):
                         return RecipientStatus.KNOWN
-                if await self._user_exists(base, address.domain):
+                if await self._user_exists(base, address.domain_key):
                     return RecipientStatus.KNOWN
                 return RecipientStatus.UNKNOWN
             if destination is Destination.VIRTUAL:
-                if await self._user_exists(base, address.domain, bare=False):
+                if await self._user_exists(base, address.domain_key, bare=False):
                     return RecipientStatus.KNOWN
                 return RecipientStatus.UNKNOWN
         except UserBackendError:

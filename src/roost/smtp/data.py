@@ -54,6 +54,8 @@ class DataDecoder:
         if self.done:
             self.leftover += data
             return b""
+        if not data:
+            return b""
         buf = self._pending + data
         self._pending = b""
         out: list[bytes] = []

@@ -260,6 +260,9 @@ class Policy:
         lists: restriction list name -> parsed restrictions.
         tables: opened access tables by their ``type:name``.
         checks: the injected outside-world checks.
+        reject_unlisted: ``smtpd_reject_unlisted_recipient``: refuse unknown local and
+            virtual recipients after the lists (an explicit ``reject_unlisted_recipient``
+            in a list applies regardless).
     """
 
     def __init__(
@@ -267,10 +270,13 @@ class Policy:
         lists: Mapping[str, tuple[Restriction, ...]],
         tables: Mapping[str, LookupTable],
         checks: PolicyChecks,
+        *,
+        reject_unlisted: bool = True,
     ) -> None:
         self.lists = lists
         self.tables = tables
         self.checks = checks
+        self.reject_unlisted = reject_unlisted
 
     async def check_recipient(self, facts: Facts) -> Decision:
         """Evaluate every list for one RCPT TO, then the implicit unlisted-recipient check."""
@@ -278,9 +284,10 @@ class Policy:
             decision = await self._evaluate(self.lists.get(list_name, ()), facts, what)
             if not decision.accepted:
                 return decision
-        if facts.recipient is not None and facts.destination in (
-            Destination.LOCAL,
-            Destination.VIRTUAL,
+        if (
+            self.reject_unlisted
+            and facts.recipient is not None
+            and facts.destination in (Destination.LOCAL, Destination.VIRTUAL)
         ):
             return await self._unlisted(facts)
         return Decision(Action.DUNNO)
@@ -434,7 +441,8 @@ class Policy:
             return self._refuse(base, subject, rule)
         parsed = parse_reply(value)
         if parsed is not None and parsed.code >= 400:
-            return self._refuse(parsed, subject, rule)
+            text = f"{what} rejected: {parsed.text}" if parsed.text else f"{what} rejected"
+            return self._refuse(Reply(parsed.code, parsed.enhanced, text), subject, rule)
         if word.lower() in _SIMPLE:  # a restriction as the table's result
             return await self._apply(Restriction(word.lower()), facts, what)
         return Decision(Action.DUNNO, restriction=rule)

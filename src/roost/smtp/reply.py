@@ -71,6 +71,8 @@ def with_enhanced_code(line: str) -> str:
     replacement = AIOSMTPD_REPLIES.get(line)
     if replacement is not None:
         return str(replacement)
+    if line == '500 Error: command "" not recognized':
+        return str(BAD_SYNTAX)
     if line.startswith('500 Error: command "'):
         return str(UNKNOWN_COMMAND)
     return line
@@ -174,6 +176,7 @@ AIOSMTPD_REPLIES: Final[dict[str, Reply]] = {
     "500 Error: strict ASCII mode": NON_ASCII_COMMAND,
     "501 Syntax: STARTTLS": Reply(501, "5.5.4", "Syntax: STARTTLS"),
     "454 TLS not available": TLS_UNAVAILABLE,
+    "220 Ready to start TLS": READY_TLS,
     "530 Must issue a STARTTLS command first": TLS_REQUIRED,
     "554 Command refused due to lack of security": Reply(554, "5.7.0", "Error: TLS required"),
 }

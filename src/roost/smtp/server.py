@@ -173,7 +173,12 @@ def build_shared(settings: Settings, service: str, context: Context, router: Rou
         ).values()
     )
     checks = _Checks(mynetworks, router, login_maps)
-    policy = Policy(lists, tables, checks)
+    policy = Policy(
+        lists,
+        tables,
+        checks,
+        reject_unlisted=view.boolean("smtpd_reject_unlisted_recipient"),
+    )
     anvil = Anvil(
         count_limit=view.integer("smtpd_client_connection_count_limit"),
         rate_limit=view.integer("smtpd_client_connection_rate_limit"),

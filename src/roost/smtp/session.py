@@ -16,6 +16,7 @@ Error accounting is Postfix's: every 4xx/5xx reply counts; past
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import logging
@@ -24,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
@@ -176,6 +177,8 @@ class SMTPSession(SMTP):
             timeout=config.timeout,
             auth_require_tls=False,
         )
+        # aiosmtpd keeps these limits in a class-level dict; each session needs its own
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         self.shared = shared
         self.config = config
         self.log = logging.getLogger(config.log_name)
@@ -215,8 +218,7 @@ class SMTPSession(SMTP):
         if not verdict.allowed:
             refusal = reply.TOO_MANY_CONNECTIONS
             text = refusal.text.format(client=self.client_address)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(
+            cast(asyncio.WriteTransport, transport).write(
                 f"{refusal.code} {refusal.enhanced} {self.hostname} {text}\r\n".encode()
             )
             self.log.warning(
@@ -266,10 +268,20 @@ class SMTPSession(SMTP):
             "disconnect from %s %s", self.client, " ".join([*counts, f"commands={commands}"])
         )
 
+    def eof_received(self) -> bool | None:
+        """The client half-closed (``nc -q``): answer what it sent, then close.
+
+        aiosmtpd cancels the command loop here; Postfix answers every command already
+        received, so only the stream gets its end-of-file.
+        """
+        self._reader.feed_eof()
+        return self.tls_info is None  # keep the socket open to write the replies
+
     def _timeout_cb(self) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             self.log.info("timeout after %s from %s", self._last_command(), self.client)
-            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+            transport = cast(asyncio.WriteTransport, self.transport)
+            transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _last_command(self) -> str:
@@ -285,24 +297,31 @@ class SMTPSession(SMTP):
     # --- replies and error accounting --------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply; count errors, tarpit past the soft limit, drop at the hard limit."""
+        """Send a reply; count errors, tarpit past the soft limit, drop at the hard limit.
+
+        Like Postfix's smtpd: past ``smtpd_soft_error_limit`` every reply waits
+        ``smtpd_error_sleep_time`` (the wait does not count against the idle timeout).
+        """
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         text = with_enhanced_code(text)
-        code = text[:3]
-        if code[:1] in ("4", "5") and not text.startswith("421"):
+        if text[:1] in ("4", "5") and not text.startswith("421"):
             self.errors += 1
-            if self.errors > self.config.soft_error_limit:
-                await asyncio.sleep(self.config.error_sleep_time)
-            if self.errors >= self.config.hard_error_limit:
-                await self._send(text)
-                self.log.warning(
-                    "too many errors after %s from %s", self._last_command(), self.client
-                )
-                await self._send(f"421 4.7.0 {self.hostname} Error: too many errors")
-                if self.transport is not None:
-                    self.transport.close()
-                return
+        if self.errors > self.config.soft_error_limit:
+            await asyncio.sleep(self.config.error_sleep_time)
+            self._reset_timeout()
         await self._send(text)
+        await self._enforce_hard_limit()
+
+    async def _enforce_hard_limit(self) -> None:
+        if self.errors < self.config.hard_error_limit or self._closing:
+            return
+        self._closing = True
+        self.log.warning("too many errors after %s from %s", self._last_command(), self.client)
+        await self._send(f"421 4.7.0 {self.hostname} Error: too many errors")
+        if self.transport is not None:
+            self.transport.close()
 
     async def _send(self, text: str) -> None:
         self._writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
@@ -319,12 +338,22 @@ class SMTPSession(SMTP):
         self.commands[command] += 1
 
     async def _junk(self, command: str) -> None:
+        """NOOP, VRFY, RSET, HELP past ``smtpd_junk_command_limit`` count as errors."""
         self.junk += 1
         if self.junk > self.config.junk_command_limit:
             self.errors += 1
 
     async def handle_exception(self, error: Exception) -> str:
-        """Log an unexpected error and answer 451 (the session goes on)."""
+        """Log an unexpected error and answer 451 (the session goes on).
+
+        The end of the client's input (after a half-close) ends the session instead.
+        """
+        if isinstance(error, asyncio.IncompleteReadError):
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+            await asyncio.sleep(0)  # let connection_lost end the command loop
+            return ""
         self.log.error("%s: unexpected error: %s: %s", self.client, type(error).__name__, error)
         return str(Reply(451, "4.3.0", "Error: internal error, try again later"))
 
@@ -340,7 +369,14 @@ class SMTPSession(SMTP):
 
     async def _greet(self, command: str, hostname: str | None) -> None:
         self._count(command)
-        if not hostname or " " in hostname.strip():
+        if hostname and "\x00" in hostname:
+            await self.reply(reply.NUL_IN_COMMAND)
+            return
+        if (
+            not hostname
+            or " " in hostname.strip()
+            or any(ord(char) < 32 or ord(char) == 127 for char in hostname.strip())
+        ):
             await self.reply(self._SYNTAX[command])
             return
         self.helo = hostname.strip()
@@ -775,7 +811,7 @@ class SMTPSession(SMTP):
         if decoder.saw_bare_lf and not self.config.normalize_bare_lf:
             self.log.warning("%s: bare <LF> received in DATA", self.client)
             return reply.BARE_NEWLINE
-        if hops > self.config.hopcount_limit:
+        if hops + 1 > self.config.hopcount_limit:  # with the Received header we add
             self.log.warning("%s: too many hops (%d Received headers)", self.client, hops)
             return reply.MAIL_LOOP
         if write_failed is not None:
