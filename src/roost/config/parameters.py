@@ -655,5 +655,119 @@ _TABLE.extend(
     ]
 )
 
+# --- IMAP (roost.imap): Dovecot's names where Dovecot has the setting ---
+_TABLE.extend(
+    [
+        Parameter(
+            "disable_plaintext_auth",
+            B,
+            "yes",
+            "Dovecot: refuse plaintext logins (IMAP LOGIN, POP3 USER/PASS, SASL PLAIN/LOGIN)"
+            " unless the connection is TLS or from this host's own address.",
+            section="auth",
+        ),
+        Parameter(
+            "login_greeting",
+            S,
+            "roost ready.",
+            "Dovecot: the text of the IMAP greeting (* OK [CAPABILITY ...] text).",
+            section="imap",
+        ),
+        Parameter(
+            "imap_max_line_length",
+            Z,
+            "64k",
+            "Dovecot: longest IMAP command line, and longest literal outside APPEND.",
+            section="imap",
+        ),
+        Parameter(
+            "imap_append_size_limit",
+            Z,
+            "50M",
+            "roost: largest message APPEND accepts (advertised as APPENDLIMIT, RFC 7889).",
+            section="imap",
+        ),
+        Parameter(
+            "imap_client_timeout",
+            T,
+            "30m",
+            "roost: idle time after which a logged-in IMAP client is disconnected (RFC 9051"
+            " §5.4: at least 30 minutes); before login the limit is 3 minutes at most.",
+            section="imap",
+        ),
+        Parameter(
+            "imap_idle_notify_interval",
+            T,
+            "2m",
+            "Dovecot: how often an IDLE client gets '* OK Still here'.",
+            section="imap",
+        ),
+        Parameter(
+            "mailbox_idle_check_interval",
+            T,
+            "5s",
+            "Dovecot: how often IDLE looks for changes made by other programs (roost's own"
+            " deliveries and sessions wake IDLE at once).",
+            section="imap",
+        ),
+        Parameter(
+            "mail_max_userip_connections",
+            I,
+            "10",
+            "Dovecot: IMAP sessions one user may have open from one address (0: no limit).",
+            section="imap",
+            minimum=0,
+        ),
+        Parameter(
+            "imap_client_connection_count_limit",
+            I,
+            "50",
+            "roost: simultaneous IMAP connections per client address (0: no limit).",
+            section="imap",
+            minimum=0,
+        ),
+        Parameter(
+            "imap_capability",
+            S,
+            "",
+            "Dovecot: the capabilities shown after login; '+NAME ...' adds to roost's list.",
+            section="imap",
+        ),
+        Parameter(
+            "imap_id_send",
+            S,
+            "name *",
+            "Dovecot: the ID fields sent to clients, as pairs; * is roost's value (name,"
+            " version, vendor, os, os-version).",
+            section="imap",
+        ),
+        Parameter(
+            "imap_id_log",
+            S,
+            "",
+            "Dovecot: the client ID fields to log (* for all).",
+            section="imap",
+        ),
+        Parameter(
+            "imap_logout_format",
+            S,
+            "in=%i out=%o deleted=%{deleted} expunged=%{expunged} trashed=%{trashed}"
+            " hdr_count=%{fetch_hdr_count} hdr_bytes=%{fetch_hdr_bytes}"
+            " body_count=%{fetch_body_count} body_bytes=%{fetch_body_bytes}",
+            "Dovecot: what the 'Disconnected' line of an IMAP session reports.",
+            section="imap",
+        ),
+        Parameter(
+            "special_use_folders",
+            S,
+            "Drafts=\\Drafts, Sent=\\Sent, Trash=\\Trash, Junk=\\Junk, Archive=\\Archive",
+            "roost: mailboxes created and subscribed at IMAP login, NAME=\\Attribute"
+            " (RFC 6154), comma-separated; empty: none (Dovecot: auto = subscribe).",
+            section="imap",
+        ),
+    ]
+)
+
+
 #: Every parameter by name.
 PARAMETERS: Final[Mapping[str, Parameter]] = {p.name: p for p in _TABLE}

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from roost.daemon.service import Context, Service
+from roost.imap.server import build_imap_service
 from roost.queue.service import build_queue_service
 from roost.smtp.server import build_smtp_service
 
@@ -18,7 +19,11 @@ __all__ = ["FACTORIES", "build_services"]
 ServiceFactory = Callable[[Context], Service | None]
 
 #: Factories in start order (workers before the listeners that feed them).
-FACTORIES: Final[list[ServiceFactory]] = [build_queue_service, build_smtp_service]
+FACTORIES: Final[list[ServiceFactory]] = [
+    build_queue_service,
+    build_smtp_service,
+    build_imap_service,
+]
 
 
 def build_services(

@@ -1,0 +1,285 @@
+"""The IMAP service: listeners for imap (143, STARTTLS) and imaps (993, implicit TLS).
+
+One :class:`IMAPService` runs both listeners. Each has its own resolved settings
+(``imap/name = value`` and ``imaps/name = value`` overrides apply); both share the user
+database, the failed-login throttle, the connection counts (per client address and per
+user and address) and a pool of worker threads for store calls. A reload builds new
+settings for new connections; sessions in progress keep theirs.
+
+Where a user's mail lives is local delivery's answer (``roost.delivery.local.user_mailbox``),
+so delivery and IMAP always agree: ``maildir:`` locations are served; ``mbox:`` ones get
+``NO [UNAVAILABLE]`` at login for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import ssl
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+from roost import __version__
+from roost.auth.users import User
+from roost.config import ConfigError, Settings
+from roost.daemon.listeners import Listener, bind_socket, service_listeners
+from roost.daemon.service import Context
+from roost.imap.mailboxes import parse_special_use
+from roost.imap.session import (
+    IMAPSession,
+    Registry,
+    SessionConfig,
+    Shared,
+    StoreOpener,
+    StoreUnavailable,
+    UserStore,
+)
+from roost.store import MailStore
+
+__all__ = [
+    "IMAP_SERVICES",
+    "STORE_THREADS",
+    "IMAPService",
+    "build_imap_service",
+    "check_imap",
+    "parse_id_send",
+    "session_config",
+    "store_opener",
+]
+
+IMAP_SERVICES: Final = ("imap", "imaps")
+STORE_THREADS: Final = 64
+"""Worker threads for store calls, shared by every IMAP session."""
+log = logging.getLogger("roost.imap-login")
+
+
+def parse_id_send(text: str, version: str) -> tuple[tuple[str, str | None], ...]:
+    """Parse Dovecot's ``imap_id_send``: ``name * version *`` or ``"support-url" "https://..."``.
+
+    Pairs of a field and a value; the value ``*`` means roost's own (``name``,
+    ``version``, ``vendor``, ``os``, ``os-version``); ``NIL`` means NIL. Double quotes
+    group words.
+
+    Raises:
+        ValueError: an odd number of words, or ``*`` for a field roost has no value for.
+    """
+    words = shlex.split(text)
+    if len(words) % 2:
+        raise ValueError("expected pairs of a field name and a value")
+    defaults = {
+        "name": "roost",
+        "version": version,
+        "vendor": "roost",
+        "os": os.uname().sysname,
+        "os-version": os.uname().release,
+    }
+    pairs: list[tuple[str, str | None]] = []
+    for name, value in zip(words[::2], words[1::2], strict=True):
+        if value == "*":
+            if name.lower() not in defaults:
+                raise ValueError(f"no default value for ID field {name!r}")
+            pairs.append((name, defaults[name.lower()]))
+        else:
+            pairs.append((name, None if value.upper() == "NIL" else value))
+    return tuple(pairs)
+
+
+def session_config(settings: Settings, service: str) -> SessionConfig:
+    """Resolve one service's settings into a :class:`SessionConfig`.
+
+    Raises:
+        ConfigError: ``imap_id_send`` or ``special_use_folders`` cannot be read.
+    """
+    view = settings.for_service(service)
+    try:
+        id_send = parse_id_send(view.string("imap_id_send"), __version__)
+    except ValueError as exc:
+        raise view.error("imap_id_send", str(exc)) from None
+    try:
+        special_use = parse_special_use(view.string("special_use_folders"))
+    except ValueError as exc:
+        raise view.error("special_use_folders", str(exc)) from None
+    return SessionConfig(
+        service=service,
+        greeting=view.string("login_greeting"),
+        max_line_length=max(view.size("imap_max_line_length"), 1024),
+        append_limit=max(view.size("imap_append_size_limit"), 1),
+        client_timeout=float(view.seconds("imap_client_timeout")),
+        idle_notify_interval=float(max(view.seconds("imap_idle_notify_interval"), 1)),
+        idle_check_interval=float(max(view.seconds("mailbox_idle_check_interval"), 1)),
+        max_userip_connections=view.integer("mail_max_userip_connections"),
+        disable_plaintext_auth=view.boolean("disable_plaintext_auth"),
+        capability=view.string("imap_capability"),
+        id_send=id_send,
+        id_log=frozenset(word.lower() for word in view.string("imap_id_log").split()),
+        logout_format=view.string("imap_logout_format"),
+        special_use=special_use,
+    )
+
+
+def store_opener(settings: Settings) -> StoreOpener:
+    """Open a user's Maildir++ store where local delivery puts their mail."""
+    from roost.delivery.errors import DeliveryError
+    from roost.delivery.local import user_mailbox
+    from roost.queue.service import local_config
+
+    config = local_config(settings)
+
+    def open_store(user: User) -> UserStore:
+        try:
+            mailbox = user_mailbox(user, config)
+        except DeliveryError as exc:
+            raise StoreUnavailable(exc.text) from None
+        if mailbox.kind != "maildir":
+            raise StoreUnavailable(f"{mailbox.kind} mailboxes ({mailbox.path}) are not served")
+        return MailStore(
+            mailbox.path,
+            uid=mailbox.uid,
+            gid=mailbox.gid,
+            quota=mailbox.quota_bytes or None,
+        )
+
+    return open_store
+
+
+class IMAPService:
+    """Both IMAP listeners of the daemon (see the module docstring)."""
+
+    name = "imap"
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._listeners = [
+            listener
+            for listener in service_listeners(context.settings)
+            if listener.service in IMAP_SERVICES
+        ]
+        self._registry = Registry()
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="imap-store")
+        self._servers: list[asyncio.AbstractServer] = []
+        self._shared: dict[str, Shared] = {}
+        self._build(context)
+
+    def _build(self, context: Context) -> None:
+        opener = store_opener(context.settings)
+        shared: dict[str, Shared] = {}
+        for service in IMAP_SERVICES:
+            view = context.settings.for_service(service)
+
+            def tls_context(service: str = service) -> ssl.SSLContext:
+                return self._context.tls.server_context(service)
+
+            shared[service] = Shared(
+                config=session_config(context.settings, service),
+                users=context.users,
+                throttle=context.throttle,
+                tls_context=tls_context,
+                open_store=opener,
+                registry=self._registry,
+                executor=self._executor,
+                ip_connection_limit=view.integer("imap_client_connection_count_limit"),
+            )
+        self._context = context
+        self._shared = shared
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The addresses this service listens on."""
+        return self._listeners
+
+    def _front_context(self, service: str) -> ssl.SSLContext:
+        """An implicit-TLS context that switches to the current certificate per handshake."""
+        front = self._context.tls.server_context(service)
+        wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        wrapper.minimum_version = front.minimum_version
+
+        def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            sock.context = self._context.tls.server_context(service)
+
+        wrapper.sni_callback = pick
+        return wrapper
+
+    def _session(self, service: str) -> IMAPSession:
+        return IMAPSession(self._shared[service])
+
+    async def start(self) -> None:
+        """Open every listener.
+
+        Raises:
+            OSError: an address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            try:
+                sock = bind_socket(listener)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+                ) from None
+            service = listener.service
+            ssl_context = self._front_context(service) if service == "imaps" else None
+            server = await loop.create_server(
+                lambda service=service: self._session(service),
+                sock=sock,
+                ssl=ssl_context,
+            )
+            self._servers.append(server)
+            log.info("%s: listening on %s", service, listener)
+
+    async def reload(self, context: Context) -> None:
+        """Adopt new settings for new connections (bad ones are logged and ignored)."""
+        try:
+            self._build(context)
+        except ConfigError as exc:
+            log.error("reload: keeping the IMAP settings: %s", str(exc).replace("\n", "; "))
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; end idle sessions with ``* BYE``; give busy ones ``grace`` seconds."""
+        for server in self._servers:
+            server.close()
+        sessions = set(self._registry.sessions)
+        for session in sessions:
+            session.shutdown()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(not s.done for s in sessions):
+            await asyncio.sleep(0.05)
+        for session in sessions:
+            if not session.done:
+                session.abort()
+        deadline = time.monotonic() + 2.0  # let aborted sessions close their mailboxes
+        while time.monotonic() < deadline and any(not s.done for s in sessions):
+            await asyncio.sleep(0.05)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> Mapping[str, object]:
+        """Listeners and open sessions."""
+        return {
+            "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
+            "sessions": len(self._registry.sessions),
+        }
+
+
+def build_imap_service(context: Context) -> IMAPService | None:
+    """The composition root's factory: None when imap and imaps are both disabled."""
+    service = IMAPService(context)
+    if not service.listeners:
+        service._executor.shutdown(wait=False)
+        return None
+    return service
+
+
+def check_imap(settings: Settings) -> list[str]:
+    """Validate the IMAP services' settings (for ``roost check``)."""
+    try:
+        for service in IMAP_SERVICES:
+            session_config(settings, service)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []

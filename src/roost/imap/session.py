@@ -1,0 +1,1850 @@
+"""One IMAP server connection: the asyncio side of :class:`roost.imap.connection.Connection`.
+
+:class:`IMAPSession` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
+one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in, events
+out), dispatching each command through :data:`HANDLERS`, one explicit table. Every store
+call (file I/O, SQLite) runs in a worker thread, one call at a time per session, so the
+event loop never blocks and one session's changes stay in order.
+
+What the session adds to the sans-IO core:
+
+* authentication: ``LOGIN`` and ``AUTHENTICATE`` (SASL PLAIN/LOGIN, SASL-IR) through the
+  shared user database and the failed-login :class:`~roost.auth.throttle.Throttle`;
+  plaintext authentication only on secured connections (TLS, or the same address on
+  both ends as Dovecot counts it) unless ``disable_plaintext_auth = no``; STARTTLS
+  discards whatever the client pipelined behind it (CVE-2011-0411);
+* the selected mailbox: :class:`~roost.imap.selected.SelectedMailbox` keeps the client's
+  view; the store is synced after every command and untagged updates go out where RFC
+  9051 §7.5.1 allows them; IDLE (RFC 2177) wakes on the store's change bus and polls
+  every ``mailbox_idle_check_interval`` for changes by other programs;
+* limits: line and literal sizes, ``mail_max_userip_connections``, too many invalid
+  commands (``* BYE``), inactivity (``imap_client_timeout``; 3 minutes before login);
+* logs in Dovecot's shapes (``imap-login: Login: user=<...>, method=PLAIN, rip=...``,
+  ``imap(user): Disconnected: Logged out in=... out=...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import functools
+import logging
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Final, Protocol, TypeVar, cast
+
+from roost.auth.sasl import (
+    AuthzidRejected,
+    Challenge,
+    Credentials,
+    EncryptionRequiredError,
+    SASLCancelled,
+    SASLError,
+    UnknownMechanismError,
+    advertised_mechanisms,
+    decode_response,
+    encode_challenge,
+    start_mechanism,
+)
+from roost.auth.throttle import Throttle
+from roost.auth.users import FailureReason, User, UserDatabase
+from roost.imap.commands import (
+    SEEN,
+    Append,
+    Authenticate,
+    Capability,
+    Check,
+    Close,
+    Command,
+    Compress,
+    Copy,
+    Create,
+    Delete,
+    Enable,
+    Examine,
+    Expunge,
+    Fetch,
+    FetchAttribute,
+    FetchBody,
+    GetQuota,
+    GetQuotaRoot,
+    Id,
+    Idle,
+    List,
+    Login,
+    Logout,
+    Lsub,
+    Move,
+    Namespace,
+    Noop,
+    Rename,
+    Search,
+    SearchReturn,
+    Select,
+    SelectCommand,
+    SetQuota,
+    StartTLS,
+    Status,
+    Store,
+    StoreMode,
+    Subscribe,
+    UidExpunge,
+    Unselect,
+    Unsubscribe,
+)
+from roost.imap.connection import (
+    NEED_DATA,
+    AuthenticateResponse,
+    BadCommand,
+    Connection,
+    ConnectionClosed,
+    ContinuationNeeded,
+    IdleDone,
+    LineTooLong,
+    State,
+)
+from roost.imap.errors import store_error_response
+from roost.imap.fetch import (
+    FetchPlan,
+    FetchTarget,
+    SearchTarget,
+    fetch_batch,
+    has_modseq,
+    search_messages,
+    substitute_saved,
+)
+from roost.imap.mailboxes import (
+    DELIMITER,
+    ListEntry,
+    canonical_pattern,
+    list_entries,
+    list_root,
+    lsub_entries,
+    name_from_client,
+    name_to_client,
+)
+from roost.imap.response import (
+    AUTHENTICATIONFAILED,
+    AUTHORIZATIONFAILED,
+    CANNOT,
+    CLOSED,
+    CONTINUE_LITERAL,
+    EXPUNGEISSUED,
+    NONEXISTENT,
+    NOPERM,
+    PRIVACYREQUIRED,
+    READ_ONLY,
+    READ_WRITE,
+    SERVERBUG,
+    UNAVAILABLE,
+    UNKNOWN_CTE,
+    USEATTR,
+    CapabilityResponse,
+    ContinuationResponse,
+    EnabledResponse,
+    ESearchResponse,
+    ExistsResponse,
+    FetchResponse,
+    IdResponse,
+    ListResponse,
+    LsubResponse,
+    MailboxStatusResponse,
+    NamespaceResponse,
+    QuotaResponse,
+    QuotaRootResponse,
+    RecentResponse,
+    Response,
+    ResponseCode,
+    SearchResponse,
+    TaggedResponse,
+    UidItem,
+    UntaggedResponse,
+    VanishedResponse,
+)
+from roost.imap.selected import SelectedMailbox, UpdateMode
+from roost.imap.sequence import SequenceSet
+from roost.store import (
+    Changes,
+    MailboxInfo,
+    MailboxNotFound,
+    MailboxProtocol,
+    MailboxStatus,
+    MailStoreProtocol,
+    MessageInfo,
+    StoreError,
+    StoreFlagsResult,
+)
+from roost.store import StoreMode as StoreFlagMode
+
+__all__ = [
+    "HANDLERS",
+    "IMAPSession",
+    "Registry",
+    "SessionConfig",
+    "Shared",
+    "StoreOpener",
+    "StoreUnavailable",
+    "UserStore",
+    "format_logout",
+]
+
+log_login = logging.getLogger("roost.imap-login")
+log_imap = logging.getLogger("roost.imap")
+
+_T = TypeVar("_T")
+
+LOGIN_TIMEOUT: Final = 180.0
+"""Seconds a client may stay silent before logging in (Dovecot: 3 minutes)."""
+MAX_BAD_COMMANDS: Final = 20
+"""Invalid commands after which the session ends (Dovecot's CLIENT_MAX_BAD_COMMANDS)."""
+_READ_HIGH_WATER: Final = 1024 * 1024
+_QUOTA_ROOT: Final = "User quota"
+_POST_LOGIN_CAPABILITIES: Final = (
+    "NAMESPACE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "CHILDREN",
+    "SPECIAL-USE",
+    "CREATE-SPECIAL-USE",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "ESEARCH",
+    "SEARCHRES",
+    "CONDSTORE",
+    "QRESYNC",
+    "UTF8=ACCEPT",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "STATUS=SIZE",
+    "BINARY",
+    "MULTIAPPEND",
+)
+_ENABLEABLE: Final = {
+    "CONDSTORE": "CONDSTORE",
+    "QRESYNC": "QRESYNC",
+    "UTF8=ACCEPT": "UTF8=ACCEPT",
+    "IMAP4REV2": "IMAP4rev2",
+}
+
+
+# --- configuration and shared state -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """One IMAP service's settings (``imap`` or ``imaps``), resolved once per (re)load.
+
+    Attributes:
+        service: ``imap`` (143, STARTTLS) or ``imaps`` (993, implicit TLS).
+        greeting: the greeting text (Dovecot ``login_greeting``).
+        max_line_length: longest command line and non-APPEND literal, octets
+            (Dovecot ``imap_max_line_length``).
+        append_limit: largest APPEND message, octets (APPENDLIMIT, RFC 7889).
+        client_timeout: seconds of silence after login before the session ends.
+        idle_notify_interval: seconds between ``* OK Still here`` during IDLE.
+        idle_check_interval: seconds between polls of the mailbox during IDLE.
+        max_userip_connections: sessions one user may have from one address.
+        disable_plaintext_auth: refuse LOGIN and PLAIN/LOGIN on unsecured connections.
+        capability: Dovecot's ``imap_capability`` (empty: the default list; ``+X Y``:
+            the default plus X and Y; otherwise the whole post-login list).
+        id_send: the ``ID`` response fields (value ``None`` for NIL).
+        id_log: client ``ID`` fields to log (``*`` for all).
+        logout_format: Dovecot's ``imap_logout_format``.
+        special_use: mailboxes created at login: name -> special-use attribute.
+        mechanisms: SASL mechanisms offered.
+    """
+
+    service: str = "imap"
+    greeting: str = "roost ready."
+    max_line_length: int = 65536
+    append_limit: int = 50 * 1024 * 1024
+    client_timeout: float = 1800.0
+    idle_notify_interval: float = 120.0
+    idle_check_interval: float = 5.0
+    max_userip_connections: int = 10
+    disable_plaintext_auth: bool = True
+    capability: str = ""
+    id_send: tuple[tuple[str, str | None], ...] = (("name", "roost"),)
+    id_log: frozenset[str] = frozenset()
+    logout_format: str = "in=%i out=%o"
+    special_use: Mapping[str, str] = field(default_factory=dict)
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+
+    @property
+    def implicit_tls(self) -> bool:
+        """TLS from the first octet (``imaps``)."""
+        return self.service == "imaps"
+
+
+class UserStore(MailStoreProtocol, Protocol):
+    """What the session needs of a user's mail store beyond the shared protocol."""
+
+    @property
+    def quota(self) -> int | None:
+        """The quota in octets, ``None`` for none."""
+
+    def quota_usage(self) -> int:
+        """Octets stored in all mailboxes."""
+
+
+class StoreUnavailable(Exception):
+    """The user's mail cannot be served (no usable ``mail_location``): ``NO [UNAVAILABLE]``."""
+
+
+StoreOpener = Callable[[User], UserStore]
+"""Opens a user's store (blocking; run in a worker thread); raises StoreUnavailable."""
+
+
+class Registry:
+    """The sessions of the IMAP service and their counts (used on the event loop only)."""
+
+    def __init__(self) -> None:
+        self.sessions: set[IMAPSession] = set()
+        self.per_ip: dict[str, int] = {}
+        self.per_user_ip: dict[tuple[str, str], int] = {}
+
+    def add(self, session: IMAPSession, address: str) -> int:
+        """Count a new connection; returns the connections from that address now."""
+        self.sessions.add(session)
+        self.per_ip[address] = self.per_ip.get(address, 0) + 1
+        return self.per_ip[address]
+
+    def remove(self, session: IMAPSession, address: str) -> None:
+        """Forget a connection (idempotent per session)."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            _decrement(self.per_ip, address)
+
+    def add_user(self, key: tuple[str, str], limit: int) -> bool:
+        """Count a login of ``(user, address)``; False when ``limit`` is reached."""
+        count = self.per_user_ip.get(key, 0)
+        if limit and count >= limit:
+            return False
+        self.per_user_ip[key] = count + 1
+        return True
+
+    def remove_user(self, key: tuple[str, str]) -> None:
+        """Forget a login."""
+        _decrement(self.per_user_ip, key)
+
+
+_K = TypeVar("_K")
+
+
+def _decrement(counts: dict[_K, int], key: _K) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+@dataclass(slots=True)
+class Shared:
+    """What the sessions of one service share (built by the composition root).
+
+    Attributes:
+        config: the service's settings.
+        users: the user database (``None``: nobody can log in).
+        throttle: failed-login throttling shared by every protocol.
+        tls_context: returns the current server TLS context (or raises).
+        open_store: opens a user's mail store (blocking).
+        registry: connection counts across ``imap`` and ``imaps``.
+        executor: where store calls run.
+        ip_connection_limit: connections per client address (0: no limit).
+    """
+
+    config: SessionConfig
+    users: UserDatabase | None
+    throttle: Throttle
+    tls_context: Callable[[], ssl.SSLContext]
+    open_store: StoreOpener
+    registry: Registry
+    executor: Executor
+    ip_connection_limit: int = 0
+
+
+# --- the logout line ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stats:
+    """Counters for Dovecot's ``imap_logout_format`` variables."""
+
+    deleted: int = 0
+    expunged: int = 0
+    trashed: int = 0
+    fetch_hdr_count: int = 0
+    fetch_hdr_bytes: int = 0
+    fetch_body_count: int = 0
+    fetch_body_bytes: int = 0
+
+
+_FORMAT_VARIABLE: Final = re.compile(r"%(?:\{([a-z_]+)\}|([a-zA-Z%]))")
+
+
+def format_logout(template: str, values: Mapping[str, int]) -> str:
+    """Expand Dovecot's ``imap_logout_format``: ``%i``/``%{input}``, ``%o``/``%{output}``,
+    ``%{deleted}``, ``%{expunged}``, ``%{trashed}``, ``%{fetch_hdr_count}``... Unknown
+    variables expand to nothing, ``%%`` to ``%``."""
+    short = {"i": "input", "o": "output"}
+
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1) or short.get(match.group(2), "")
+        if match.group(2) == "%":
+            return "%"
+        value = values.get(name)
+        return "" if value is None else str(value)
+
+    return _FORMAT_VARIABLE.sub(expand, template)
+
+
+# --- control flow ---------------------------------------------------------------------------
+
+
+class _Disconnect(Exception):
+    """End the session: ``bye`` (if any) is sent first; ``reason`` goes to the log."""
+
+    def __init__(self, reason: str, bye: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.bye = bye
+
+
+class _Bad(Exception):
+    """The command is invalid in a way the grammar cannot see: ``tag BAD text``."""
+
+
+Handler = Callable[["IMAPSession", Command], Awaitable[TaggedResponse | None]]
+
+
+# --- the session ------------------------------------------------------------------------------
+
+
+class IMAPSession(asyncio.Protocol):
+    """One client connection (see the module documentation)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.config = shared.config
+        config = self.config
+        self.conn = Connection(
+            max_line_size=config.max_line_length,
+            max_literal_size=config.max_line_length,
+            max_append_size=config.append_limit,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.tls = config.implicit_tls
+        self.remote_ip = ""
+        self.local_ip = ""
+        self.session_id = secrets.token_urlsafe(9)
+        self.started = time.monotonic()
+        self.user: User | None = None
+        self.mail: UserStore | None = None
+        self.selected: SelectedMailbox | None = None
+        self.enabled: set[str] = set()
+        self.stats = _Stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._incoming: list[bytes] = []
+        self._incoming_size = 0
+        self._reading_paused = False
+        self._wakeup = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._changed = asyncio.Event()
+        self._eof = False
+        self._lost = False
+        self._stopping = False
+        self._out: list[bytes] = []
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._login_in = 0
+        self._login_out = 0
+        self._bad_commands = 0
+        self._auth_attempts = 0
+        self._auth_method = ""
+        self._auth_login = ""
+        self._auth_disallowed = ""
+        self._idle_tag: str | None = None
+        self._userip: tuple[str, str] | None = None
+        self._counted = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.remote_ip = _plain_ip(str(peer[0]))
+        self.local_ip = _plain_ip(str(sock[0]))
+        registry = self.shared.registry
+        count = registry.add(self, self.remote_ip)
+        self._counted = True
+        limit = self.shared.ip_connection_limit
+        if limit and count > limit:
+            log_login.warning(
+                "Disconnected: Too many connections from %s (limit %d): rip=%s, lip=%s",
+                self.remote_ip,
+                limit,
+                self.remote_ip,
+                self.local_ip,
+            )
+            self.transport.write(b"* BYE Too many connections from your address.\r\n")
+            self.transport.close()
+            registry.remove(self, self.remote_ip)
+            self._counted = False
+            return
+        self._task = self._loop.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.append(data)
+        self._incoming_size += len(data)
+        self._bytes_in += len(data)
+        if self._incoming_size > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wakeup.set()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wakeup.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wakeup.set()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- daemon control ------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Ask the session to end with ``* BYE`` at its next chance (between commands)."""
+        self._stopping = True
+        self._wakeup.set()
+
+    def abort(self) -> None:
+        """Close the connection at once (the grace time is over)."""
+        if self.transport is not None and not self._lost:
+            with contextlib.suppress(Exception):
+                self.transport.write(b"* BYE Server shutting down.\r\n")
+            self.transport.abort()
+
+    @property
+    def done(self) -> bool:
+        """Whether the session has ended."""
+        return self._task is None or self._task.done()
+
+    # --- properties ----------------------------------------------------------------------
+
+    @property
+    def secured(self) -> bool:
+        """TLS, or both ends on the same address (Dovecot's "secured")."""
+        return self.tls or (bool(self.remote_ip) and self.remote_ip == self.local_ip)
+
+    @property
+    def mode(self) -> UpdateMode:
+        """What the client enabled, for rendering updates."""
+        return UpdateMode(
+            condstore="CONDSTORE" in self.enabled,
+            qresync="QRESYNC" in self.enabled,
+            rev2="IMAP4rev2" in self.enabled,
+        )
+
+    @property
+    def utf8(self) -> bool:
+        """UTF8=ACCEPT is enabled."""
+        return self.conn.utf8
+
+    def capabilities(self) -> tuple[str, ...]:
+        """The capability list for the current state (RFC 9051 §7.2.2)."""
+        caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.conn.state is State.NOT_AUTHENTICATED:
+            if not self.tls:
+                caps.append("STARTTLS")
+            allowed = advertised_mechanisms(
+                secured=self.secured,
+                allow_plaintext=not self.config.disable_plaintext_auth,
+                enabled=self.config.mechanisms,
+            )
+            if not allowed or (self.config.disable_plaintext_auth and not self.secured):
+                caps.append("LOGINDISABLED")
+            caps += [f"AUTH={name}" for name in allowed]
+            return tuple(caps)
+        post = [*_POST_LOGIN_CAPABILITIES, f"APPENDLIMIT={self.config.append_limit}"]
+        custom = self.config.capability.split()
+        if custom and not custom[0].startswith("+"):
+            return tuple(custom)
+        return tuple(caps + post + [word.lstrip("+") for word in custom if word.lstrip("+")])
+
+    def _log_fields(self, *, method: bool = True, mpid: bool = False) -> str:
+        fields = [f"user=<{self._auth_login}>"]
+        if method and self._auth_method:
+            fields.append(f"method={self._auth_method}")
+        fields += [f"rip={self.remote_ip}", f"lip={self.local_ip}"]
+        if mpid:
+            fields.append(f"mpid={os.getpid()}")
+        if self.tls:
+            fields.append("TLS")
+        elif self.secured:
+            fields.append("secured")
+        fields.append(f"session=<{self.session_id}>")
+        return ", ".join(fields)
+
+    @property
+    def _prefix(self) -> str:
+        return f"imap({self.user.login if self.user else ''})"
+
+    # --- I/O -------------------------------------------------------------------------------
+
+    def _queue(self, response: Response | bytes) -> None:
+        self._out.append(response if isinstance(response, bytes) else bytes(response))
+
+    def _queue_all(self, responses: Iterable[Response]) -> None:
+        for response in responses:
+            self._queue(response)
+
+    async def _flush(self) -> None:
+        transport = self.transport
+        if self._out and transport is not None and not self._lost:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._bytes_out += len(data)
+            transport.write(data)
+        else:
+            self._out.clear()
+        if not self._writable.is_set():
+            try:
+                await asyncio.wait_for(self._writable.wait(), self.config.client_timeout)
+            except TimeoutError:
+                raise _Disconnect("Disconnected for inactivity (output buffer full)") from None
+        if self._lost:
+            raise _Disconnect("Connection closed")
+
+    async def _wait_input(self, timeout: float, *, changed: bool = False) -> bool:
+        """Wait for input (or EOF), a stop request or, with ``changed``, a mailbox change.
+
+        Returns:
+            True when there is input (or EOF); False when only the mailbox changed or
+            the timeout passed.
+        """
+        deadline = time.monotonic() + timeout
+        while not (self._incoming or self._eof or self._lost):
+            if self._stopping:
+                raise _Disconnect("Server shutting down", "Server shutting down.")
+            if changed and self._changed.is_set():
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wakeup.clear()
+            waiters = [asyncio.ensure_future(self._wakeup.wait())]
+            if changed:
+                waiters.append(asyncio.ensure_future(self._changed.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return True
+
+    def _take_input(self) -> bytes:
+        data = b"".join(self._incoming)
+        self._incoming.clear()
+        self._incoming_size = 0
+        if self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def _receive(self) -> bytes:
+        """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile."""
+        if self._idle_tag is None:
+            authenticated = self.conn.state is not State.NOT_AUTHENTICATED
+            timeout = self.config.client_timeout
+            if not authenticated:
+                timeout = min(timeout, LOGIN_TIMEOUT)
+            if not await self._wait_input(timeout):
+                reason = (
+                    "Inactivity"
+                    if not authenticated
+                    else f"Inactivity - no input for {timeout:.0f} secs"
+                )
+                raise _Disconnect(reason, "Disconnected for inactivity.")
+            return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
+        # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers.
+        config = self.config
+        now = time.monotonic()
+        next_notify = now + config.idle_notify_interval
+        next_check = now + config.idle_check_interval
+        while True:
+            wait = max(0.0, min(next_notify, next_check) - time.monotonic())
+            if await self._wait_input(wait, changed=self.selected is not None):
+                if not self._incoming:
+                    return b""
+                return self._take_input()
+            now = time.monotonic()
+            if self._changed.is_set() or now >= next_check:
+                self._changed.clear()
+                next_check = now + config.idle_check_interval
+                await self._sync_selected(allow_expunge=True)
+            if now >= next_notify:
+                self._queue(UntaggedResponse("OK", "Still here"))
+                next_notify = now + config.idle_notify_interval
+            await self._flush()
+
+    async def _call(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run a blocking store call in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.shared.executor, functools.partial(function, *args))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reason = "Connection closed"
+        try:
+            caps = ResponseCode.capability(self.capabilities())
+            self._queue(UntaggedResponse("OK", self.config.greeting, caps))
+            await self._events()
+        except _Disconnect as stop:
+            reason = stop.reason
+            if stop.bye is not None:
+                self._queue(UntaggedResponse("BYE", stop.bye))
+        except Exception:
+            log_imap.exception("%s: session failed", self._prefix)
+            reason = "Internal error"
+            self._queue(UntaggedResponse("BYE", "Internal error occurred."))
+        finally:
+            await self._finish(reason)
+
+    async def _events(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                if self._stopping and self._idle_tag is None:
+                    raise _Disconnect("Server shutting down", "Server shutting down.")
+                conn.receive_data(await self._receive())
+                continue
+            match event:
+                case ConnectionClosed():
+                    raise _Disconnect("Connection closed")
+                case ContinuationNeeded():
+                    self._queue(CONTINUE_LITERAL)
+                case BadCommand() | LineTooLong():
+                    self._queue(event.response())
+                    self._idle_tag = None  # a line other than DONE ends IDLE too
+                    self._count_bad()
+                case IdleDone(tag=tag):
+                    self._idle_tag = None
+                    await self._sync_selected(allow_expunge=True)
+                    self._queue(TaggedResponse(tag, "OK", "Idle completed."))
+                case AuthenticateResponse():
+                    pass  # only read inside AUTHENTICATE
+                case Command():
+                    await self._execute(event)
+
+    def _count_bad(self) -> None:
+        self._bad_commands += 1
+        if self._bad_commands >= MAX_BAD_COMMANDS:
+            raise _Disconnect("Too many invalid IMAP commands", "Too many invalid IMAP commands.")
+
+    async def _execute(self, command: Command) -> None:
+        handler = HANDLERS.get(type(command))
+        tag = command.tag
+        tagged: TaggedResponse | None
+        if handler is None:
+            tagged = TaggedResponse(tag, "BAD", "Unknown command.")
+        else:
+            try:
+                tagged = await handler(self, command)
+            except _Bad as bad:
+                tagged = TaggedResponse(tag, "BAD", str(bad))
+            except StoreError as error:
+                if not isinstance(error, MailboxNotFound):
+                    log_imap.warning("%s: %s: %s", self._prefix, type(command).__name__, error)
+                tagged = store_error_response(tag, error)
+            except _Disconnect:
+                raise
+            except Exception:
+                log_imap.exception("%s: %s failed", self._prefix, type(command).__name__.upper())
+                tagged = TaggedResponse(
+                    tag,
+                    "NO",
+                    "Internal error occurred. Refer to server log for more information.",
+                    SERVERBUG,
+                )
+        if self.selected is not None and not isinstance(command, Logout):
+            allow = _allows_expunge(command, qresync="QRESYNC" in self.enabled)
+            await self._sync_selected(allow_expunge=allow)
+        if tagged is not None:
+            self._queue(tagged)
+            if tagged.status == "BAD":
+                self._count_bad()
+
+    async def _sync_selected(self, *, allow_expunge: bool) -> None:
+        """Sync the selected mailbox and queue the updates the client may get now."""
+        selected = self.selected
+        if selected is None:
+            return
+        try:
+            changes, uid_next, modseq, keywords = await self._call(_sync, selected.mailbox)
+        except MailboxNotFound:
+            raise _Disconnect("Mailbox was deleted", "Mailbox has been deleted.") from None
+        except StoreError as error:
+            log_imap.warning("%s: sync of %s failed: %s", self._prefix, selected.name, error)
+            return
+        if changes.uid_validity_changed:
+            raise _Disconnect("Mailbox UIDVALIDITY changed", "Mailbox UIDVALIDITY changed.")
+        selected.apply(changes, uid_next=uid_next, highest_modseq=modseq, keywords=keywords)
+        self._queue_all(selected.take_updates(self.mode, allow_expunge=allow_expunge))
+
+    async def _finish(self, reason: str) -> None:
+        with contextlib.suppress(_Disconnect):
+            await self._flush()
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+        selected, self.selected = self.selected, None
+        if selected is not None:
+            with contextlib.suppress(Exception):
+                await self._call(selected.mailbox.close)
+        if self._counted:
+            self.shared.registry.remove(self, self.remote_ip)
+        if self._userip is not None:
+            self.shared.registry.remove_user(self._userip)
+        if self.user is None:
+            seconds = int(time.monotonic() - self.started)
+            if self._auth_attempts:
+                summary = f"auth failed, {self._auth_attempts} attempts in {seconds} secs"
+            elif self._auth_disallowed:
+                summary = f"tried to use disallowed {self._auth_disallowed} auth"
+            else:
+                summary = f"no auth attempts in {seconds} secs"
+            plain = reason in ("Connection closed", "Logged out")
+            what = "Disconnected" if plain else f"Disconnected: {reason}"
+            log_login.info("%s (%s): %s", what, summary, self._log_fields())
+            return
+        values = dataclasses.asdict(self.stats)
+        values["input"] = self._bytes_in - self._login_in
+        values["output"] = self._bytes_out - self._login_out
+        line = format_logout(self.config.logout_format, values)
+        log_imap.info("%s: Disconnected: %s %s", self._prefix, reason, line)
+
+    # --- any state (RFC 9051 §6.1) ---------------------------------------------------------
+
+    async def capability(self, command: Capability) -> TaggedResponse:
+        """CAPABILITY (RFC 9051 §6.1.1)."""
+        self._queue(CapabilityResponse(self.capabilities()))
+        text = "Pre-login capabilities listed, post-login capabilities have more."
+        return TaggedResponse(
+            command.tag, "OK", text if self.user is None else "Capability completed."
+        )
+
+    async def noop(self, command: Noop | Check) -> TaggedResponse:
+        """NOOP and CHECK (RFC 9051 §6.1.2; CHECK is a NOOP, RFC 3501 §6.4.1)."""
+        name = "NOOP" if isinstance(command, Noop) else "Check"
+        return TaggedResponse(command.tag, "OK", f"{name.capitalize()} completed.")
+
+    async def logout(self, command: Logout) -> TaggedResponse | None:
+        """LOGOUT (RFC 9051 §6.1.3): BYE, tagged OK, close."""
+        self.conn.state = State.LOGOUT
+        self._queue(UntaggedResponse("BYE", "Logging out"))
+        self._queue(TaggedResponse(command.tag, "OK", "Logout completed."))
+        raise _Disconnect("Logged out")
+
+    async def identify(self, command: Id) -> TaggedResponse:
+        """ID (RFC 2971): log what the client says, answer with ``imap_id_send``."""
+        wanted = self.config.id_log
+        if wanted and command.parameters:
+            shown = [
+                f"{name}={value}"
+                for name, value in command.parameters
+                if "*" in wanted or name.lower() in wanted
+            ]
+            if shown:
+                logger = log_imap if self.user is not None else log_login
+                prefix = f"{self._prefix}: " if self.user is not None else ""
+                logger.info(
+                    "%sID sent: %s: %s", prefix, ", ".join(shown), self._log_fields(method=False)
+                )
+        self._queue(IdResponse(self.config.id_send or None))
+        return TaggedResponse(command.tag, "OK", "ID completed.")
+
+    # --- not authenticated (RFC 9051 §6.2) -------------------------------------------------
+
+    async def starttls(self, command: StartTLS) -> TaggedResponse | None:
+        """STARTTLS (RFC 9051 §6.2.1); plaintext pipelined behind it is discarded."""
+        if self.tls:
+            return TaggedResponse(command.tag, "BAD", "TLS is already active.")
+        try:
+            context = self.shared.tls_context()
+        except Exception as error:  # a certificate that cannot be loaded: a local problem
+            log_login.warning("cannot start TLS: %s", error)
+            return TaggedResponse(command.tag, "NO", "TLS initialization failed.", UNAVAILABLE)
+        transport = self.transport
+        loop = self._loop
+        assert transport is not None and loop is not None
+        # Nothing may be awaited from here until start_tls() has paused reading.
+        self._queue(TaggedResponse(command.tag, "OK", "Begin TLS negotiation now."))
+        data = b"".join(self._out)
+        self._out.clear()
+        self._bytes_out += len(data)
+        transport.write(data)
+        self.conn.take_unprocessed()
+        self._take_input()
+        try:
+            new_transport = await loop.start_tls(transport, self, context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as error:
+            raise _Disconnect(f"TLS handshake failed: {error}") from None
+        if new_transport is None:
+            raise _Disconnect("TLS handshake failed")
+        self.transport = new_transport
+        self.tls = True
+        return None
+
+    async def login(self, command: Login) -> TaggedResponse:
+        """LOGIN (RFC 9051 §6.2.3): a plaintext password, like SASL PLAIN."""
+        if self.config.disable_plaintext_auth and not self.secured:
+            self._auth_disallowed = "plaintext"
+            return TaggedResponse(
+                command.tag,
+                "NO",
+                "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+                PRIVACYREQUIRED,
+            )
+        self._auth_method = "PLAIN"
+        return await self._authenticated(command.tag, command.user, command.password)
+
+    async def authenticate(self, command: Authenticate) -> TaggedResponse:
+        """AUTHENTICATE (RFC 9051 §6.2.2, SASL-IR RFC 4959) with the shared mechanisms."""
+        tag = command.tag
+        try:
+            mechanism = start_mechanism(
+                command.mechanism,
+                secured=self.secured,
+                allow_plaintext=not self.config.disable_plaintext_auth,
+                enabled=self.config.mechanisms,
+            )
+        except EncryptionRequiredError:
+            self._auth_disallowed = "plaintext"
+            return TaggedResponse(
+                tag,
+                "NO",
+                "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+                PRIVACYREQUIRED,
+            )
+        except UnknownMechanismError:
+            return TaggedResponse(tag, "NO", "Unsupported authentication mechanism.")
+        self._auth_method = command.mechanism
+        started = False
+        try:
+            response = (
+                None
+                if command.initial_response is None
+                else decode_response(command.initial_response, initial=True)
+            )
+            while True:
+                step = mechanism.receive(response)
+                if isinstance(step, Credentials):
+                    break
+                assert isinstance(step, Challenge)
+                if not started:
+                    self.conn.start_authenticate()
+                    started = True
+                text = encode_challenge(step.data).decode("ascii")
+                self._queue(ContinuationResponse(text))
+                await self._flush()
+                line = await self._auth_line()
+                if line is None:
+                    return TaggedResponse(tag, "BAD", "Authentication response too long.")
+                response = decode_response(line)
+        except SASLCancelled:
+            return TaggedResponse(tag, "BAD", "Authentication aborted by client.")
+        except AuthzidRejected:
+            self._auth_attempts += 1
+            return TaggedResponse(tag, "NO", "Authorization failed.", AUTHORIZATIONFAILED)
+        except SASLError as error:
+            return TaggedResponse(tag, "BAD", f"Authentication failed: {error.reason}.")
+        finally:
+            if started:
+                self.conn.end_authenticate()
+        return await self._authenticated(tag, step.authcid, step.password)
+
+    async def _auth_line(self) -> bytes | None:
+        """The next line of the SASL exchange; ``None`` when it was too long."""
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                self.conn.receive_data(await self._receive())
+                continue
+            if isinstance(event, AuthenticateResponse):
+                return event.line
+            if isinstance(event, LineTooLong):
+                return None
+            if isinstance(event, ConnectionClosed):
+                raise _Disconnect("Connection closed")
+
+    async def _authenticated(self, tag: str, login: str, password: str) -> TaggedResponse:
+        """Verify a login and password and enter the authenticated state."""
+        shared = self.shared
+        users = shared.users
+        self._auth_login = login
+        if users is None:
+            return TaggedResponse(tag, "NO", "Authentication unavailable.", UNAVAILABLE)
+        throttle = shared.throttle
+        if throttle.refused(self.remote_ip):
+            self._queue(TaggedResponse(tag, "NO", "Too many failed login attempts.", UNAVAILABLE))
+            raise _Disconnect(
+                "Too many failed login attempts", "Too many failed login attempts, try later."
+            )
+        delay = throttle.delay_for(self.remote_ip, login)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._auth_attempts += 1
+        result = await users.verify(login, password, remote_address=self.remote_ip)
+        if not result.ok or result.user is None:
+            if result.failure is FailureReason.BACKEND_ERROR:
+                log_login.warning("auth: %s: %s", login, result.message)
+                return TaggedResponse(tag, "NO", "Temporary authentication failure.", UNAVAILABLE)
+            throttle.record_failure(self.remote_ip, login)
+            return TaggedResponse(tag, "NO", "Authentication failed.", AUTHENTICATIONFAILED)
+        throttle.record_success(self.remote_ip, login)
+        user = result.user
+        self._auth_login = user.login
+        key = (user.login.lower(), self.remote_ip)
+        limit = self.config.max_userip_connections
+        if not shared.registry.add_user(key, limit):
+            log_login.info(
+                "Maximum number of connections from user+IP exceeded "
+                "(mail_max_userip_connections=%d): %s",
+                limit,
+                self._log_fields(),
+            )
+            return TaggedResponse(
+                tag,
+                "NO",
+                "Maximum number of connections from user+IP exceeded "
+                f"(mail_max_userip_connections={limit})",
+                UNAVAILABLE,
+            )
+        try:
+            store = await self._call(shared.open_store, user)
+        except (StoreUnavailable, StoreError) as error:
+            shared.registry.remove_user(key)
+            log_imap.error("imap(%s): cannot open the mail store: %s", user.login, error)
+            return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
+        self._userip = key
+        if self.config.special_use:
+            try:
+                created = await self._call(_ensure_special_use, store, self.config.special_use)
+            except (StoreError, ValueError) as error:
+                log_imap.warning("imap(%s): special-use mailboxes: %s", user.login, error)
+            else:
+                if created:
+                    log_imap.info("imap(%s): created %s", user.login, ", ".join(created))
+        self.user = user
+        self.mail = store
+        self.conn.state = State.AUTHENTICATED
+        self._login_in = self._bytes_in
+        self._login_out = self._bytes_out
+        log_login.info("Login: %s", self._log_fields(mpid=True))
+        caps = ResponseCode.capability(self.capabilities())
+        return TaggedResponse(tag, "OK", "Logged in", caps)
+
+    # --- authenticated (RFC 9051 §6.3) -------------------------------------------------------
+
+    def _store(self) -> UserStore:
+        assert self.mail is not None
+        return self.mail
+
+    def _name(self, name: str) -> str:
+        return name_from_client(name, utf8=self.utf8)
+
+    def _wire(self, name: str) -> str:
+        return name_to_client(name, utf8=self.utf8)
+
+    async def enable(self, command: Enable) -> TaggedResponse:
+        """ENABLE (RFC 5161): CONDSTORE, QRESYNC, UTF8=ACCEPT, IMAP4rev2."""
+        newly: list[str] = []
+        for name in command.capabilities:
+            canonical = _ENABLEABLE.get(name.upper())
+            if canonical is None or canonical in self.enabled:
+                continue
+            self.enabled.add(canonical)
+            newly.append(canonical)
+            if canonical == "QRESYNC":
+                self.enabled.add("CONDSTORE")
+            if canonical == "UTF8=ACCEPT":
+                self.conn.utf8 = True
+        self._queue(EnabledResponse(tuple(newly)))
+        return TaggedResponse(command.tag, "OK", "Enabled.")
+
+    def _enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1)."""
+        self.enabled.add("CONDSTORE")
+
+    async def select(self, command: SelectCommand) -> TaggedResponse:
+        """SELECT and EXAMINE (RFC 9051 §6.3.2-3; CONDSTORE and QRESYNC, RFC 7162)."""
+        tag = command.tag
+        if self.selected is not None:
+            await self._deselect()
+            self._queue(UntaggedResponse("OK", "Previous mailbox closed.", CLOSED))
+        qresync = command.qresync
+        if qresync is not None and "QRESYNC" not in self.enabled:
+            raise _Bad("QRESYNC has not been enabled.")
+        if command.condstore:
+            self._enable_condstore()
+        name = self._name(command.mailbox)
+        readonly = command.read_only
+        opened = await self._call(
+            _open_mailbox,
+            self._store(),
+            name,
+            readonly,
+            qresync.mod_seq if qresync is not None else None,
+            self._changed_callback(),
+        )
+        if qresync is not None and qresync.uid_validity != opened.mailbox.uid_validity:
+            opened = dataclasses.replace(opened, vanished=None)
+        selected = SelectedMailbox(
+            name,
+            opened.mailbox,
+            readonly=readonly,
+            messages=opened.messages,
+            recent=opened.recent,
+            keywords=opened.keywords,
+            uid_validity=opened.uid_validity,
+            uid_next=opened.uid_next,
+            highest_modseq=opened.highest_modseq,
+        )
+        mode = self.mode
+        self._queue_all(selected.flags_response()[:1])
+        self._queue(ExistsResponse(len(selected)))
+        if not mode.rev2:
+            self._queue(RecentResponse(len(selected.recent)))
+            unseen = next(
+                (
+                    n
+                    for n, uid in enumerate(selected.uids, 1)
+                    if SEEN not in selected.infos[uid].flags
+                ),
+                None,
+            )
+            if unseen is not None:
+                self._queue(
+                    UntaggedResponse("OK", "First unseen.", ResponseCode("UNSEEN", b"%d" % unseen))
+                )
+        self._queue_all(selected.flags_response()[1:])
+        self._queue(
+            UntaggedResponse("OK", "UIDs valid", ResponseCode.uid_validity(selected.uid_validity))
+        )
+        self._queue(
+            UntaggedResponse("OK", "Predicted next UID", ResponseCode.uid_next(selected.uid_next))
+        )
+        self._queue(
+            UntaggedResponse("OK", "Highest", ResponseCode.highest_mod_seq(selected.highest_modseq))
+        )
+        if mode.rev2:
+            self._queue(ListResponse(self._wire(name), DELIMITER))
+        self.selected = selected
+        self.conn.state = State.SELECTED
+        self._changed.clear()
+        if qresync is not None and opened.vanished is not None:
+            known = qresync.known_uids
+            gone = [
+                uid
+                for uid in opened.vanished
+                if known is None or known.contains(uid, max(uid, selected.max_uid))
+            ]
+            if gone:
+                self._queue(VanishedResponse(SequenceSet.of(gone), earlier=True))
+            for number, uid in enumerate(selected.uids, 1):
+                if selected.infos[uid].modseq > qresync.mod_seq:
+                    self._queue(FetchResponse(number, selected.flag_items(uid, mode)))
+        code = READ_ONLY if readonly else READ_WRITE
+        verb = "Examine" if isinstance(command, Examine) else "Select"
+        return TaggedResponse(tag, "OK", f"{verb} completed.", code)
+
+    def _changed_callback(self) -> Callable[[object], None]:
+        loop = self._loop
+        changed = self._changed
+
+        def notify(_path: object) -> None:
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(changed.set)
+
+        return notify
+
+    async def _deselect(self) -> None:
+        selected, self.selected = self.selected, None
+        self.conn.state = State.AUTHENTICATED
+        if selected is not None:
+            await self._call(selected.mailbox.close)
+        self._changed.clear()
+
+    async def create(self, command: Create) -> TaggedResponse:
+        """CREATE (RFC 9051 §6.3.4; CREATE-SPECIAL-USE, RFC 6154 §3)."""
+        if len(command.special_use) > 1:
+            return TaggedResponse(
+                command.tag, "NO", "Only one special-use attribute per mailbox.", USEATTR
+            )
+        name = self._name(command.mailbox)
+        special = command.special_use[0] if command.special_use else None
+        await self._call(self._store().create, name, special)
+        return TaggedResponse(command.tag, "OK", "Create completed.")
+
+    async def delete(self, command: Delete) -> TaggedResponse:
+        """DELETE (RFC 9051 §6.3.5); the selected mailbox is closed first."""
+        name = self._name(command.mailbox)
+        if self.selected is not None and self.selected.name == name:
+            await self._deselect()
+            self._queue(UntaggedResponse("OK", "Mailbox closed.", CLOSED))
+        await self._call(self._store().delete, name)
+        return TaggedResponse(command.tag, "OK", "Delete completed.")
+
+    async def rename(self, command: Rename) -> TaggedResponse:
+        """RENAME (RFC 9051 §6.3.6); renaming INBOX moves its messages."""
+        old = self._name(command.mailbox)
+        new = self._name(command.new_mailbox)
+        store = self._store()
+        await self._call(store.rename, old, new)
+        selected = self.selected
+        if (
+            selected is not None
+            and old != "INBOX"
+            and (selected.name == old or selected.name.startswith(old + DELIMITER))
+        ):
+            await self._reopen(new + selected.name[len(old) :])
+        return TaggedResponse(command.tag, "OK", "Rename completed.")
+
+    async def _reopen(self, name: str) -> None:
+        """Follow the selected mailbox to its new name after RENAME."""
+        selected = self.selected
+        assert selected is not None
+        await self._call(selected.mailbox.close)
+        opened = await self._call(
+            _open_mailbox, self._store(), name, selected.readonly, None, self._changed_callback()
+        )
+        known = set(selected.infos)
+        now = {info.uid: info for info in opened.messages}
+        selected.mailbox = opened.mailbox
+        selected.name = name
+        changes = Changes(
+            added=tuple(info for uid, info in now.items() if uid not in known),
+            expunged=tuple(sorted(known - now.keys())),
+        )
+        selected.apply(changes, uid_next=opened.uid_next, highest_modseq=opened.highest_modseq)
+
+    async def subscribe(self, command: Subscribe | Unsubscribe) -> TaggedResponse:
+        """SUBSCRIBE and UNSUBSCRIBE (RFC 9051 §6.3.7-8)."""
+        name = self._name(command.mailbox)
+        store = self._store()
+        if isinstance(command, Subscribe):
+            await self._call(store.subscribe, name)
+            return TaggedResponse(command.tag, "OK", "Subscribe completed.")
+        await self._call(store.unsubscribe, name)
+        return TaggedResponse(command.tag, "OK", "Unsubscribe completed.")
+
+    async def list_mailboxes(self, command: List) -> TaggedResponse:
+        """LIST with LIST-EXTENDED, SPECIAL-USE and LIST-STATUS (RFC 9051 §6.3.9)."""
+        tag = command.tag
+        reference = self._name(command.reference)
+        if command.patterns == ("",) and not command.extended:
+            self._queue(ListResponse(self._wire(list_root(reference)), DELIMITER, ("\\Noselect",)))
+            return TaggedResponse(tag, "OK", "List completed.")
+        patterns = [canonical_pattern(reference, self._name(p)) for p in command.patterns if p]
+        statuses = "STATUS" in command.return_options
+        infos, subscriptions = await self._call(_list_data, self._store())
+        entries = list_entries(command, infos, subscriptions, patterns)
+        status: dict[str, MailboxStatus] = {}
+        if statuses:
+            names = [entry.name for entry in entries if entry.selectable]
+            status = await self._call(_statuses, self._store(), names)
+        for entry in entries:
+            self._queue(self._list_response(entry, ListResponse))
+            if entry.name in status:
+                self._queue(
+                    self._status_response(entry.name, command.status_items, status[entry.name])
+                )
+        return TaggedResponse(tag, "OK", "List completed.")
+
+    def _list_response(self, entry: ListEntry, kind: type[ListResponse]) -> ListResponse:
+        return kind(self._wire(entry.name), DELIMITER, entry.attributes, entry.child_info)
+
+    async def lsub(self, command: Lsub) -> TaggedResponse:
+        """LSUB (RFC 3501 §6.3.9)."""
+        reference = self._name(command.reference)
+        if not command.pattern:
+            self._queue(LsubResponse(self._wire(list_root(reference)), DELIMITER, ("\\Noselect",)))
+            return TaggedResponse(command.tag, "OK", "Lsub completed.")
+        pattern = canonical_pattern(reference, self._name(command.pattern))
+        infos, subscriptions = await self._call(_list_data, self._store())
+        for entry in lsub_entries(infos, subscriptions, pattern):
+            self._queue(self._list_response(entry, LsubResponse))
+        return TaggedResponse(command.tag, "OK", "Lsub completed.")
+
+    async def namespace(self, command: Namespace) -> TaggedResponse:
+        """NAMESPACE (RFC 2342): one personal namespace, ``""`` with ``.``."""
+        self._queue(NamespaceResponse((("", DELIMITER),)))
+        return TaggedResponse(command.tag, "OK", "Namespace completed.")
+
+    async def status(self, command: Status) -> TaggedResponse:
+        """STATUS (RFC 9051 §6.3.11; HIGHESTMODSEQ RFC 7162, SIZE RFC 8438, APPENDLIMIT)."""
+        name = self._name(command.mailbox)
+        if "HIGHESTMODSEQ" in command.items:
+            self._enable_condstore()
+        found = await self._call(self._store().status, name)
+        self._queue(self._status_response(name, command.items, found))
+        return TaggedResponse(command.tag, "OK", "Status completed.")
+
+    def _status_response(
+        self, name: str, items: Sequence[str], status: MailboxStatus
+    ) -> MailboxStatusResponse:
+        values: dict[str, int] = {
+            "MESSAGES": status.messages,
+            "RECENT": status.recent,
+            "UIDNEXT": status.uid_next,
+            "UIDVALIDITY": status.uid_validity,
+            "UNSEEN": status.unseen,
+            "DELETED": status.deleted,
+            "SIZE": status.size,
+            "HIGHESTMODSEQ": status.highest_modseq,
+            "APPENDLIMIT": self.config.append_limit,
+        }
+        shown = tuple((item, values[item]) for item in items if item in values)
+        return MailboxStatusResponse(self._wire(name), shown)
+
+    async def append(self, command: Append) -> TaggedResponse:
+        """APPEND and MULTIAPPEND (RFC 9051 §6.3.12, RFC 3502) with APPENDUID (RFC 4315)."""
+        tag = command.tag
+        if any(not message.data for message in command.messages):
+            return TaggedResponse(tag, "NO", "Can't save a zero byte message.", CANNOT)
+        name = self._name(command.mailbox)
+        try:
+            uid_validity, uids = await self._call(_append, self._store(), name, command)
+        except StoreError as error:
+            return store_error_response(tag, error, missing_target=True)
+        except ValueError as error:
+            return TaggedResponse(tag, "NO", f"Invalid flag: {error}", CANNOT)
+        code = ResponseCode.append_uid(uid_validity, SequenceSet.of(uids))
+        return TaggedResponse(tag, "OK", "Append completed.", code)
+
+    async def idle(self, command: Idle) -> None:
+        """IDLE (RFC 2177): ``+ idling``, then updates until ``DONE``."""
+        self._queue(ContinuationResponse("idling"))
+        self.conn.start_idle(command.tag)
+        self._idle_tag = command.tag
+
+    async def get_quota_root(self, command: GetQuotaRoot) -> TaggedResponse:
+        """GETQUOTAROOT (RFC 9208 §4.3): one root, ``User quota``, for all mailboxes."""
+        name = self._name(command.mailbox)
+        store = self._store()
+        await self._call(store.status, name)  # the mailbox must exist
+        if store.quota is None:
+            self._queue(QuotaRootResponse(self._wire(name)))
+            return TaggedResponse(command.tag, "OK", "Getquotaroot completed.")
+        self._queue(QuotaRootResponse(self._wire(name), (_QUOTA_ROOT,)))
+        self._queue(await self._quota_response())
+        return TaggedResponse(command.tag, "OK", "Getquotaroot completed.")
+
+    async def get_quota(self, command: GetQuota) -> TaggedResponse:
+        """GETQUOTA (RFC 9208 §4.2)."""
+        if command.root != _QUOTA_ROOT or self._store().quota is None:
+            return TaggedResponse(command.tag, "NO", "Quota root does not exist.", NONEXISTENT)
+        self._queue(await self._quota_response())
+        return TaggedResponse(command.tag, "OK", "Getquota completed.")
+
+    async def _quota_response(self) -> QuotaResponse:
+        store = self._store()
+        used = await self._call(store.quota_usage)
+        limit = store.quota or 0
+        return QuotaResponse(_QUOTA_ROOT, (("STORAGE", (used + 1023) // 1024, limit // 1024),))
+
+    async def set_quota(self, command: SetQuota) -> TaggedResponse:
+        """SETQUOTA (RFC 9208 §4.1): quotas come from the user database."""
+        return TaggedResponse(command.tag, "NO", "Permission denied.", NOPERM)
+
+    async def compress(self, command: Compress) -> TaggedResponse:
+        """COMPRESS (RFC 4978) is not offered."""
+        return TaggedResponse(command.tag, "BAD", "COMPRESS is not supported.")
+
+    # --- selected (RFC 9051 §6.4) ---------------------------------------------------------
+
+    def _selected(self) -> SelectedMailbox:
+        assert self.selected is not None
+        return self.selected
+
+    def _resolve(self, sequence_set: SequenceSet, *, uid: bool) -> list[int]:
+        try:
+            return self._selected().resolve(sequence_set, uid=uid)
+        except ValueError:
+            raise _Bad("Invalid messageset") from None
+
+    async def close(self, command: Close) -> TaggedResponse:
+        """CLOSE (RFC 9051 §6.4.1): expunge silently (read-write only) and deselect."""
+        selected = self._selected()
+        if not selected.readonly:
+            expunged = await self._call(selected.mailbox.expunge)
+            self.stats.expunged += len(expunged)
+        await self._deselect()
+        return TaggedResponse(command.tag, "OK", "Close completed.")
+
+    async def unselect(self, command: Unselect) -> TaggedResponse:
+        """UNSELECT (RFC 3691): deselect without expunging."""
+        await self._deselect()
+        return TaggedResponse(command.tag, "OK", "Unselect completed.")
+
+    async def expunge(self, command: Expunge | UidExpunge) -> TaggedResponse:
+        """EXPUNGE and UID EXPUNGE (RFC 9051 §6.4.3, UIDPLUS RFC 4315 §2.1)."""
+        selected = self._selected()
+        if selected.readonly:
+            return TaggedResponse(command.tag, "NO", "Mailbox is read-only.", READ_ONLY)
+        uids = None
+        if isinstance(command, UidExpunge):
+            uids = self._resolve(command.sequence_set, uid=True)
+            if not uids:
+                return TaggedResponse(command.tag, "OK", "Expunge completed.")
+        expunged = await self._call(selected.mailbox.expunge, uids)
+        self.stats.expunged += len(expunged)
+        self._queue_all(selected.remove(expunged, self.mode))
+        return TaggedResponse(command.tag, "OK", "Expunge completed.")
+
+    async def search(self, command: Search) -> TaggedResponse:
+        """SEARCH and UID SEARCH (RFC 9051 §6.4.4; ESEARCH RFC 4731, SEARCHRES RFC 5182)."""
+        selected = self._selected()
+        key = substitute_saved(command.key, selected.saved or ())
+        uses_modseq = has_modseq(key)
+        if uses_modseq:
+            self._enable_condstore()
+        mode = self.mode
+        targets = [
+            SearchTarget(number, selected.infos[uid], frozenset(selected.flags(uid, _REV1)))
+            for number, uid in enumerate(selected.uids, 1)
+        ]
+        zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
+        found = await self._call(
+            functools.partial(
+                search_messages,
+                selected.mailbox,
+                targets,
+                key,
+                max_uid=selected.max_uid,
+                zone=zone,
+            )
+        )
+        numbers = [target.info.uid if command.uid else target.msn for target in found]
+        mod_seq = max((t.info.modseq for t in found), default=None) if uses_modseq else None
+        options = command.return_options
+        if options is None and mode.rev2:
+            options = frozenset({SearchReturn.ALL})
+        if options is None:
+            self._queue(SearchResponse(tuple(numbers), mod_seq))
+            return TaggedResponse(command.tag, "OK", "Search completed.")
+        wanted = options - {SearchReturn.SAVE}
+        if SearchReturn.SAVE in options:
+            kept = found
+            if wanted and not wanted & {SearchReturn.ALL, SearchReturn.COUNT}:
+                # RFC 5182 §2.4: SAVE with MIN and/or MAX saves just those.
+                ends = []
+                if found and SearchReturn.MIN in wanted:
+                    ends.append(found[0])
+                if found and SearchReturn.MAX in wanted:
+                    ends.append(found[-1])
+                kept = ends
+            selected.saved = sorted({target.info.uid for target in kept})
+        if not wanted:
+            return TaggedResponse(command.tag, "OK", "Search completed.")
+        self._queue(
+            ESearchResponse(
+                command.tag,
+                uid=command.uid,
+                minimum=min(numbers) if numbers and SearchReturn.MIN in wanted else None,
+                maximum=max(numbers) if numbers and SearchReturn.MAX in wanted else None,
+                count=len(numbers) if SearchReturn.COUNT in wanted else None,
+                all=SequenceSet.of(numbers) if numbers and SearchReturn.ALL in wanted else None,
+                mod_seq=mod_seq if numbers else None,
+            )
+        )
+        return TaggedResponse(command.tag, "OK", "Search completed.")
+
+    async def fetch(self, command: Fetch) -> TaggedResponse:
+        """FETCH and UID FETCH (RFC 9051 §6.4.5; CONDSTORE/QRESYNC RFC 7162)."""
+        tag = command.tag
+        selected = self._selected()
+        uids = self._resolve(command.sequence_set, uid=command.uid)
+        items = command.items
+        changed_since = command.changed_since
+        if changed_since is not None or FetchAttribute.MODSEQ in items:
+            self._enable_condstore()
+        mode = self.mode
+        if command.vanished:
+            if "QRESYNC" not in self.enabled or changed_since is None:
+                raise _Bad("VANISHED needs QRESYNC enabled and CHANGEDSINCE.")
+            expunged = await self._call(selected.mailbox.expunged_since, changed_since)
+            gone = [
+                uid
+                for uid in expunged
+                if command.sequence_set.contains(uid, max(uid, selected.max_uid))
+            ]
+            if gone:
+                self._queue(VanishedResponse(SequenceSet.of(gone), earlier=True))
+        if changed_since is not None:
+            uids = [uid for uid in uids if selected.infos[uid].modseq > changed_since]
+        seen_now: set[int] = set()
+        if not selected.readonly and any(_sets_seen(item) for item in items):
+            unseen = [
+                uid
+                for uid in uids
+                if SEEN not in selected.infos[uid].flags and not selected.is_expunged(uid)
+            ]
+            if unseen:
+                result: StoreFlagsResult = await self._call(
+                    selected.mailbox.store_flags, unseen, (SEEN,), StoreFlagMode.ADD
+                )
+                seen_now = set(selected.update_flags(result.updated))
+        plan = FetchPlan(
+            items,
+            uid=command.uid or mode.qresync,
+            modseq=changed_since is not None or (mode.condstore and bool(seen_now)),
+        )
+        targets = [
+            FetchTarget(
+                selected.msn(uid) or 0,
+                selected.infos[uid],
+                selected.flags(uid, mode),
+                add_flags=uid in seen_now,
+            )
+            for uid in uids
+        ]
+        missing: list[int] = []
+        unknown_cte = False
+        position = 0
+        while position < len(targets):
+            batch = await self._call(
+                fetch_batch, selected.mailbox, targets[position : position + 200], plan
+            )
+            position += batch.done
+            missing += batch.missing
+            unknown_cte = unknown_cte or batch.unknown_cte
+            stats = self.stats
+            stats.fetch_hdr_count += batch.header_count
+            stats.fetch_hdr_bytes += batch.header_octets
+            stats.fetch_body_count += batch.body_count
+            stats.fetch_body_bytes += batch.body_octets
+            self._out.extend(batch.responses)
+            await self._flush()
+        if unknown_cte:
+            return TaggedResponse(tag, "NO", "Unknown Content-Transfer-Encoding.", UNKNOWN_CTE)
+        if missing:
+            return TaggedResponse(
+                tag, "NO", "Some of the requested messages no longer exist.", EXPUNGEISSUED
+            )
+        return TaggedResponse(tag, "OK", "Fetch completed.")
+
+    async def store_flags(self, command: Store) -> TaggedResponse:
+        """STORE and UID STORE (RFC 9051 §6.4.6; UNCHANGEDSINCE, RFC 7162 §3.1.3)."""
+        tag = command.tag
+        selected = self._selected()
+        if selected.readonly:
+            return TaggedResponse(tag, "NO", "Mailbox is read-only.", READ_ONLY)
+        uids = self._resolve(command.sequence_set, uid=command.uid)
+        if command.unchanged_since is not None:
+            self._enable_condstore()
+        mode = self.mode
+        before = {uid: selected.infos[uid] for uid in uids}
+        try:
+            result: StoreFlagsResult = await self._call(
+                selected.mailbox.store_flags,
+                uids,
+                command.flags,
+                _STORE_MODES[command.mode],
+                command.unchanged_since,
+            )
+        except ValueError as error:
+            raise _Bad(f"Invalid flags: {error}") from None
+        updated = selected.update_flags(result.updated)
+        if "\\Deleted" in command.flags and command.mode is not StoreMode.REMOVE:
+            self.stats.deleted += sum(1 for uid in updated if "\\Deleted" not in before[uid].flags)
+        for uid in updated:
+            number = selected.msn(uid)
+            if number is None:
+                continue
+            changed_modseq = selected.infos[uid].modseq != before[uid].modseq
+            if command.silent and not (mode.condstore and changed_modseq):
+                continue
+            items = selected.flag_items(uid, mode, flags=not command.silent)
+            if command.uid and not mode.qresync:
+                items = (UidItem(uid), *items)
+            self._queue(FetchResponse(number, items))
+        if result.failed:
+            numbers = (
+                result.failed
+                if command.uid
+                else [n for n in (selected.msn(uid) for uid in result.failed) if n is not None]
+            )
+            code = ResponseCode.modified(SequenceSet.of(numbers))
+            return TaggedResponse(tag, "OK", "Conditional store failed.", code)
+        return TaggedResponse(tag, "OK", "Store completed.")
+
+    async def copy(self, command: Copy | Move) -> TaggedResponse:
+        """COPY and MOVE (RFC 9051 §6.4.7-8, RFC 6851) with COPYUID (RFC 4315)."""
+        tag = command.tag
+        selected = self._selected()
+        move = isinstance(command, Move)
+        if move and selected.readonly:
+            return TaggedResponse(tag, "NO", "Mailbox is read-only.", READ_ONLY)
+        uids = [
+            uid
+            for uid in self._resolve(command.sequence_set, uid=command.uid)
+            if not selected.is_expunged(uid)
+        ]
+        target = self._name(command.mailbox)
+        verb = "Move" if move else "Copy"
+        if not uids:
+            if command.uid:
+                return TaggedResponse(tag, "OK", "No messages found.")
+            return TaggedResponse(tag, "OK", f"{verb} completed.")
+        try:
+            uid_validity, pairs = await self._call(
+                _copy, self._store(), selected.mailbox, uids, target, move
+            )
+        except StoreError as error:
+            return store_error_response(tag, error, missing_target=True)
+        if self.config.special_use.get(target) == "\\Trash":
+            self.stats.trashed += len(pairs)
+        if not pairs:
+            return TaggedResponse(
+                tag, "NO", "Some of the requested messages no longer exist.", EXPUNGEISSUED
+            )
+        code = ResponseCode.copy_uid(
+            uid_validity,
+            _ordered_set([old for old, _ in pairs]),
+            _ordered_set([new for _, new in pairs]),
+        )
+        if not move:
+            return TaggedResponse(tag, "OK", "Copy completed.", code)
+        self._queue(UntaggedResponse("OK", "Moved UIDs.", code))
+        self.stats.expunged += len(pairs)
+        self._queue_all(selected.remove([old for old, _ in pairs], self.mode))
+        return TaggedResponse(tag, "OK", "Move completed.")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+_REV1: Final = UpdateMode()
+_STORE_MODES: Final = {
+    StoreMode.ADD: StoreFlagMode.ADD,
+    StoreMode.REMOVE: StoreFlagMode.REMOVE,
+    StoreMode.REPLACE: StoreFlagMode.REPLACE,
+}
+
+
+def _plain_ip(address: str) -> str:
+    """``::ffff:192.0.2.1`` as ``192.0.2.1``; other addresses as they are."""
+    return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
+def _allows_expunge(command: Command, *, qresync: bool) -> bool:
+    """Whether EXPUNGE may be sent after ``command`` (RFC 9051 §7.5.1, RFC 3501 §7.4.1).
+
+    Never while answering FETCH, STORE or SEARCH. The RFC allows it during their UID
+    forms; roost sends it there only as ``VANISHED`` to QRESYNC clients (no message
+    numbers to confuse, and their mod-sequence bookkeeping needs the expunges early,
+    RFC 5162 erratum 1810). Other clients get it with their next other command.
+    """
+    if not isinstance(command, Fetch | Store | Search):
+        return True
+    return command.uid and qresync
+
+
+def _sets_seen(item: object) -> bool:
+    if isinstance(item, FetchBody):
+        return item.sets_seen
+    return item in (FetchAttribute.RFC822, FetchAttribute.RFC822_TEXT)
+
+
+def _ordered_set(numbers: Sequence[int]) -> SequenceSet:
+    """A set listing ``numbers`` in their order (COPYUID pairs source and target by order)."""
+    ranges: list[tuple[int | None, int | None]] = []
+    for number in numbers:
+        if ranges:
+            first, last = ranges[-1]
+            if last is not None and number == last + 1:
+                ranges[-1] = (first, number)
+                continue
+        ranges.append((number, number))
+    return SequenceSet(tuple(ranges))
+
+
+# --- store work (worker threads) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    mailbox: MailboxProtocol
+    messages: list[MessageInfo]
+    recent: frozenset[int]
+    keywords: list[str]
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    vanished: list[int] | None
+
+
+def _open_mailbox(
+    store: UserStore,
+    name: str,
+    readonly: bool,
+    since: int | None,
+    callback: Callable[[object], None],
+) -> _Opened:
+    mailbox = store.open(name, readonly=readonly)
+    try:
+        mailbox.watch(callback)
+        return _Opened(
+            mailbox,
+            mailbox.messages(),
+            mailbox.recent,
+            mailbox.keywords(),
+            mailbox.uid_validity,
+            mailbox.uid_next,
+            mailbox.highest_modseq,
+            None if since is None else mailbox.expunged_since(since),
+        )
+    except BaseException:
+        mailbox.close()
+        raise
+
+
+def _sync(mailbox: MailboxProtocol) -> tuple[Changes, int, int, list[str] | None]:
+    changes = mailbox.sync()
+    keywords = mailbox.keywords() if changes.flags or changes.added else None
+    return changes, mailbox.uid_next, mailbox.highest_modseq, keywords
+
+
+def _ensure_special_use(store: UserStore, names: Mapping[str, str]) -> list[str]:
+    return store.ensure_special_use(names, subscribe=True)
+
+
+def _list_data(store: UserStore) -> tuple[list[MailboxInfo], list[str]]:
+    return store.list_mailboxes(), store.subscriptions()
+
+
+def _statuses(store: UserStore, names: Iterable[str]) -> dict[str, MailboxStatus]:
+    found: dict[str, MailboxStatus] = {}
+    for name in names:
+        try:
+            found[name] = store.status(name)
+        except StoreError:
+            continue
+    return found
+
+
+def _append(store: UserStore, name: str, command: Append) -> tuple[int, list[int]]:
+    mailbox = store.open(name)
+    try:
+        uids: list[int] = []
+        try:
+            for message in command.messages:
+                date = message.date_time.timestamp() if message.date_time else None
+                uids.append(mailbox.append(message.data, message.flags, date))
+        except BaseException:
+            if uids:  # MULTIAPPEND is all or nothing (RFC 3502 §6.3.11)
+                with contextlib.suppress(Exception):
+                    mailbox.sync()
+                    mailbox.store_flags(uids, ("\\Deleted",), StoreFlagMode.ADD)
+                    mailbox.expunge(uids)
+            raise
+        return mailbox.uid_validity, uids
+    finally:
+        mailbox.close()
+
+
+def _copy(
+    store: UserStore, source: MailboxProtocol, uids: list[int], target: str, move: bool
+) -> tuple[int, list[tuple[int, int]]]:
+    destination = store.open(target)
+    try:
+        pairs = source.move(uids, destination) if move else source.copy(uids, destination)
+        return destination.uid_validity, pairs
+    finally:
+        destination.close()
+
+
+# --- the dispatch table -------------------------------------------------------------------------
+
+
+_C = TypeVar("_C", bound=Command)
+
+
+def _entry(
+    kind: type[_C], handler: Callable[[IMAPSession, _C], Awaitable[TaggedResponse | None]]
+) -> tuple[type[Command], Handler]:
+    return kind, cast(Handler, handler)
+
+
+HANDLERS: Final[Mapping[type[Command], Handler]] = dict(
+    [
+        # any state
+        _entry(Capability, IMAPSession.capability),
+        _entry(Noop, IMAPSession.noop),
+        _entry(Logout, IMAPSession.logout),
+        _entry(Id, IMAPSession.identify),
+        # not authenticated
+        _entry(StartTLS, IMAPSession.starttls),
+        _entry(Login, IMAPSession.login),
+        _entry(Authenticate, IMAPSession.authenticate),
+        # authenticated
+        _entry(Enable, IMAPSession.enable),
+        _entry(Select, IMAPSession.select),
+        _entry(Examine, IMAPSession.select),
+        _entry(Create, IMAPSession.create),
+        _entry(Delete, IMAPSession.delete),
+        _entry(Rename, IMAPSession.rename),
+        _entry(Subscribe, IMAPSession.subscribe),
+        _entry(Unsubscribe, IMAPSession.subscribe),
+        _entry(List, IMAPSession.list_mailboxes),
+        _entry(Lsub, IMAPSession.lsub),
+        _entry(Namespace, IMAPSession.namespace),
+        _entry(Status, IMAPSession.status),
+        _entry(Append, IMAPSession.append),
+        _entry(Idle, IMAPSession.idle),
+        _entry(GetQuota, IMAPSession.get_quota),
+        _entry(GetQuotaRoot, IMAPSession.get_quota_root),
+        _entry(SetQuota, IMAPSession.set_quota),
+        _entry(Compress, IMAPSession.compress),
+        # selected
+        _entry(Check, IMAPSession.noop),
+        _entry(Close, IMAPSession.close),
+        _entry(Unselect, IMAPSession.unselect),
+        _entry(Expunge, IMAPSession.expunge),
+        _entry(UidExpunge, IMAPSession.expunge),
+        _entry(Search, IMAPSession.search),
+        _entry(Fetch, IMAPSession.fetch),
+        _entry(Store, IMAPSession.store_flags),
+        _entry(Copy, IMAPSession.copy),
+        _entry(Move, IMAPSession.copy),
+    ]
+)
+"""Command type -> handler; ``UID`` forms share their command's type (``command.uid``)."""
