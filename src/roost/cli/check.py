@@ -39,20 +39,19 @@ def _check_directory(name: str, path: Path) -> list[str]:
 
 def _check_services(settings: Settings) -> list[str]:
     """Build each service's configuration as the daemon would, without starting it."""
-    from roost.auth.factory import check_user_database
+    from roost.auth.factory import build_user_database, check_user_database
     from roost.daemon.service import Context
     from roost.daemon.tlscontexts import TLSContexts
+    from roost.imap.server import check_imap
     from roost.smtp.server import check_smtp
 
     problems = check_user_database(settings)
     if problems:
         return problems
-    from roost.auth.factory import build_user_database
-
     context = Context(
         settings=settings, tls=TLSContexts(settings), users=build_user_database(settings)
     )
-    return check_smtp(settings, context)
+    return check_smtp(settings, context) + check_imap(settings)
 
 
 def _check_tables(settings: Settings) -> tuple[list[str], list[str]]:

@@ -212,6 +212,28 @@ _TABLE: Final[list[Parameter]] = [
         section="auth",
     ),
     Parameter(
+        "auth_failure_delay_max",
+        T,
+        "15s",
+        "roost: the longest delay before answering a client that keeps failing to log in.",
+        section="auth",
+    ),
+    Parameter(
+        "auth_failure_refuse_after",
+        I,
+        "10",
+        "roost: failed logins per client address in auth_failure_window before refusal.",
+        section="auth",
+        minimum=1,
+    ),
+    Parameter(
+        "auth_failure_window",
+        T,
+        "300s",
+        "roost: how long failed logins are remembered (SMTP, IMAP and POP3 together).",
+        section="auth",
+    ),
+    Parameter(
         "auth_default_realm",
         S,
         "",

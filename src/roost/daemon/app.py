@@ -115,7 +115,11 @@ class Daemon:
         self._control: ControlServer | None = None
         self.spool: Spool | None = None
         self.pickup: Pickup | None = None
-        self.throttle = Throttle()
+        self.throttle = Throttle(
+            max_delay=float(settings.seconds("auth_failure_delay_max")),
+            refuse_after=settings.integer("auth_failure_refuse_after"),
+            window=float(settings.seconds("auth_failure_window")),
+        )
 
     def _context(self, settings: Settings) -> Context:
         tls = TLSContexts(settings)
