@@ -50,6 +50,8 @@ def write_instance(directory: Path, extra: str = "") -> Path:
     main_cf.write_text(
         "myhostname = mx.roost.test\n"
         "inet_interfaces = 127.0.0.1\n"
+        "dns_nameservers = 127.0.0.1:1\n"
+        "dns_lookup_timeout = 1s\n"
         f"queue_directory = {directory}/spool\n"
         f"data_directory = {directory}/lib\n"
         f"{ports}\n{extra}"

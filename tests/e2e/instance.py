@@ -124,6 +124,9 @@ def start_instance(directory: Path, extra: str = "") -> Instance:
         f"auth_backends = passwd-file:{users}\n"
         "auth_default_realm = virtual.test\n"
         "smtpd_peername_lookup = no\n"
+        # no DNS server: outbound mail (bounces to example.org) stays deferred at once
+        "dns_nameservers = 127.0.0.1:1\n"
+        "dns_lookup_timeout = 1s\n"
         f"mail_location = maildir:{directory}/mail/%d/%n/Maildir\n"
         f"alias_maps = hash:{directory}/aliases\n"
         "alias_database = $alias_maps\n"

@@ -791,5 +791,174 @@ _TABLE.extend(
 )
 
 
+# --- outbound SMTP: the smtp transport (roost.delivery.smtp) ---
+def _smtp(name: str, kind: ParamType, default: str, doc: str, **extra: object) -> Parameter:
+    return Parameter(name, kind, default, doc, section="smtp", **extra)  # type: ignore[arg-type]
+
+
+_TABLE.extend(
+    [
+        _smtp(
+            "transport_maps",
+            M,
+            "",
+            "Per-recipient routes: smtp:[host]:port, smtp:host, error:text, retry:text, "
+            "discard:text (keys: address, domain, .parent, *).",
+        ),
+        _smtp(
+            "smtp_tcp_port",
+            S,
+            "25",
+            "The port (number or smtp, submission, submissions) of MX hosts and of next hops "
+            "given without one.",
+        ),
+        _smtp(
+            "dns_nameservers",
+            L,
+            "",
+            "roost: DNS servers as address or address:port ([v6]:port), instead of "
+            "/etc/resolv.conf.",
+        ),
+        _smtp(
+            "dns_lookup_timeout",
+            T,
+            "10s",
+            "roost: how long one DNS lookup may take before it is a temporary failure.",
+        ),
+        _smtp("smtp_connect_timeout", T, "30s", "Time limit of the TCP connection."),
+        _smtp("smtp_helo_timeout", T, "300s", "Time limit of the greeting and EHLO/HELO replies."),
+        _smtp("smtp_starttls_timeout", T, "300s", "Time limit of STARTTLS and its handshake."),
+        _smtp("smtp_mail_timeout", T, "300s", "Time limit of the MAIL FROM reply."),
+        _smtp("smtp_rcpt_timeout", T, "300s", "Time limit of each RCPT TO reply."),
+        _smtp("smtp_data_init_timeout", T, "120s", "Time limit of the DATA reply."),
+        _smtp("smtp_data_xfer_timeout", T, "180s", "Time limit of sending the message content."),
+        _smtp(
+            "smtp_data_done_timeout",
+            T,
+            "600s",
+            "Time limit of the reply to the end of the content.",
+        ),
+        _smtp("smtp_rset_timeout", T, "20s", "Time limit of the RSET reply."),
+        _smtp("smtp_quit_timeout", T, "300s", "Time limit of the QUIT reply."),
+        _smtp("smtp_helo_name", S, "$myhostname", "The name sent with EHLO and HELO."),
+        _smtp("smtp_bind_address", S, "", "The local IPv4 address of outbound connections."),
+        _smtp("smtp_bind_address6", S, "", "The local IPv6 address of outbound connections."),
+        _smtp(
+            "smtp_tls_security_level",
+            S,
+            "may",
+            "none, may (opportunistic STARTTLS), encrypt (required), verify (certificate "
+            "checked against the MX name) or secure (against the next-hop domain).",
+            choices=("none", "may", "encrypt", "verify", "secure"),
+        ),
+        _smtp(
+            "smtp_tls_CAfile",
+            S,
+            "",
+            "Trusted CA certificates (PEM) for verify/secure; empty: the system's.",
+        ),
+        _smtp("smtp_tls_CApath", S, "", "A directory of trusted CA certificates (c_rehash)."),
+        _smtp(
+            "smtp_sasl_auth_enable", B, "no", "Authenticate to servers listed in the password maps."
+        ),
+        _smtp(
+            "smtp_sasl_password_maps",
+            M,
+            "",
+            "Tables: [host]:port, [host], host or next-hop domain -> user:password.",
+        ),
+        _smtp(
+            "smtp_sasl_security_options",
+            L,
+            "noplaintext, noanonymous",
+            "SASL restrictions without TLS: noplaintext keeps PLAIN/LOGIN passwords off "
+            "unencrypted sessions.",
+            choices=("noplaintext", "noanonymous", "noactive", "nodictionary", "mutual_auth"),
+        ),
+        _smtp(
+            "smtp_sasl_tls_security_options",
+            L,
+            "noanonymous",
+            "SASL restrictions over TLS (roost default: PLAIN and LOGIN allowed).",
+            choices=("noplaintext", "noanonymous", "noactive", "nodictionary", "mutual_auth"),
+        ),
+        _smtp(
+            "smtp_skip_5xx_greeting",
+            B,
+            "yes",
+            "Treat a 5xx greeting as temporary and try the next MX (no: bounce).",
+        ),
+        _smtp(
+            "smtp_mx_address_limit",
+            I,
+            "5",
+            "Addresses tried per delivery (all MX hosts together; 0: no limit).",
+            minimum=0,
+        ),
+        _smtp(
+            "smtp_mx_session_limit",
+            I,
+            "2",
+            "Sessions that got past the greeting per delivery before giving up (0: no limit).",
+            minimum=0,
+        ),
+        _smtp(
+            "default_destination_concurrency_limit",
+            I,
+            "20",
+            "Parallel deliveries to one destination (next hop).",
+            minimum=1,
+        ),
+        _smtp(
+            "smtp_destination_concurrency_limit",
+            I,
+            "$default_destination_concurrency_limit",
+            "Parallel SMTP sessions to one destination.",
+            minimum=1,
+        ),
+        _smtp(
+            "default_destination_recipient_limit",
+            I,
+            "50",
+            "Recipients per delivery request (per SMTP transaction).",
+            minimum=1,
+        ),
+        _smtp(
+            "smtp_destination_recipient_limit",
+            I,
+            "$default_destination_recipient_limit",
+            "Recipients per SMTP transaction.",
+            minimum=1,
+        ),
+        _smtp(
+            "default_destination_concurrency_failed_cohort_limit",
+            I,
+            "1",
+            "Consecutive failed connection attempts after which a destination is dead "
+            "(its mail deferred at once for minimal_backoff_time).",
+            minimum=1,
+        ),
+        _smtp(
+            "smtp_destination_concurrency_failed_cohort_limit",
+            I,
+            "$default_destination_concurrency_failed_cohort_limit",
+            "The same for the smtp transport.",
+            minimum=1,
+        ),
+        _smtp(
+            "smtp_connection_cache_time_limit",
+            T,
+            "2s",
+            "How long an idle SMTP connection is kept for the next message (0: never).",
+        ),
+        _smtp(
+            "smtp_connection_reuse_time_limit",
+            T,
+            "300s",
+            "How long one SMTP connection may be reused.",
+        ),
+    ]
+)
+
 #: Every parameter by name.
 PARAMETERS: Final[Mapping[str, Parameter]] = {p.name: p for p in _TABLE}

@@ -9,6 +9,7 @@ from roost.daemon.service import Context
 from roost.delivery.aliasfile import AliasMaps, open_alias_maps
 from roost.delivery.local import LocalConfig, LocalTransport
 from roost.delivery.router import Destination, Router, router_from_settings
+from roost.delivery.smtp import SmtpTransport, smtp_transport_from_settings
 from roost.queue.manager import QueueManager, Transport
 from roost.queue.schedule import RetryPolicy
 
@@ -68,8 +69,13 @@ def open_aliases(settings: Settings) -> AliasMaps:
         raise settings.error("alias_maps", str(exc)) from None
 
 
-def _transports(local: LocalTransport) -> Mapping[Destination, Transport]:
-    return {Destination.LOCAL: local, Destination.VIRTUAL: local}
+def _transports(local: LocalTransport, smtp: SmtpTransport) -> Mapping[Destination, Transport]:
+    return {
+        Destination.LOCAL: local,
+        Destination.VIRTUAL: local,
+        Destination.RELAY: smtp,
+        Destination.OTHER: smtp,
+    }
 
 
 class QueueService:
@@ -80,12 +86,12 @@ class QueueService:
     def __init__(self, context: Context) -> None:
         if context.spool is None:
             raise ConfigError([])
-        self.router, local = self._build(context)
+        self.router, local, self.smtp = self._build(context)
         settings = context.settings
         self.manager = QueueManager(
             context.spool,
             self.router,
-            _transports(local),
+            _transports(local, self.smtp),
             retry_policy(settings),
             hostname=settings.string("myhostname"),
             double_bounce_recipient=settings.string("2bounce_notice_recipient"),
@@ -95,7 +101,7 @@ class QueueService:
         )
 
     @staticmethod
-    def _build(context: Context) -> tuple[Router, LocalTransport]:
+    def _build(context: Context) -> tuple[Router, LocalTransport, SmtpTransport]:
         settings = context.settings
         aliases = open_aliases(settings)
         router = router_from_settings(
@@ -105,7 +111,7 @@ class QueueService:
         local = LocalTransport(
             local_config(settings), router, aliases, context.users, context.spool
         )
-        return router, local
+        return router, local, smtp_transport_from_settings(settings)
 
     async def start(self) -> None:
         """Take up the queue."""
@@ -113,14 +119,17 @@ class QueueService:
 
     async def reload(self, context: Context) -> None:
         """Rebuild routing and transports from the new settings."""
-        self.router, local = self._build(context)
+        old_smtp = self.smtp
+        self.router, local, self.smtp = self._build(context)
         await self.manager.reconfigure(
-            self.router, _transports(local), retry_policy(context.settings)
+            self.router, _transports(local, self.smtp), retry_policy(context.settings)
         )
+        await old_smtp.close()
 
     async def stop(self, grace: float) -> None:
         """Let deliveries in progress finish."""
         await self.manager.stop(grace)
+        await self.smtp.close()
 
     def status(self) -> Mapping[str, object]:
         """Queue counters."""

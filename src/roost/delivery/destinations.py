@@ -1,0 +1,188 @@
+"""Per-destination scheduling for the smtp transport, like Postfix's qmgr and scache.
+
+A destination is a next hop as the route names it (``example.org``, ``[relay]:587``):
+
+- :class:`DeadDestinations` (pure): after ``*_destination_concurrency_failed_cohort_limit``
+  consecutive deliveries that could not connect to any server of a destination, it is
+  *dead*: its mail is deferred at once ("delivery temporarily suspended") for
+  ``minimal_backoff_time`` while other destinations flow; a flush revives it.
+- :func:`split_recipients` (pure): ``*_destination_recipient_limit`` recipients per
+  transaction.
+- :class:`DestinationSlots`: ``*_destination_concurrency_limit`` deliveries at a time per
+  destination.
+- :class:`ConnectionCache`: idle connections kept ``smtp_connection_cache_time_limit``
+  for the next message to the same destination (Postfix's scache).
+
+See Also: Postfix qmgr(8) "dead destination", SCHEDULER_README, CONNECTION_CACHE_README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = ["ConnectionCache", "DeadDestinations", "DestinationSlots", "split_recipients"]
+
+T = TypeVar("T")
+
+
+def split_recipients(items: Sequence[T], limit: int) -> list[Sequence[T]]:
+    """Cut ``items`` into pieces of at most ``limit`` (``limit`` < 1: one piece)."""
+    if limit < 1 or len(items) <= limit:
+        return [items] if items else []
+    return [items[start : start + limit] for start in range(0, len(items), limit)]
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    dead_until: float = 0.0
+    dsn: str = "4.4.1"
+    reason: str = ""
+
+
+class DeadDestinations:
+    """Which destinations are dead, from the outcome of each delivery (no I/O).
+
+    Args:
+        failure_limit: consecutive failed deliveries that make a destination dead
+            (Postfix ``default_destination_concurrency_failed_cohort_limit``).
+        dead_time: seconds a dead destination stays suspended (``minimal_backoff_time``,
+            as Postfix's qmgr).
+    """
+
+    def __init__(self, failure_limit: int = 1, dead_time: float = 300.0) -> None:
+        self.failure_limit = max(1, failure_limit)
+        self.dead_time = dead_time
+        self._health: dict[str, _Health] = {}
+
+    def failed(self, key: str, dsn: str, reason: str, now: float) -> bool:
+        """A delivery to ``key`` could not connect to any server; True if it is now dead."""
+        health = self._health.setdefault(key, _Health())
+        health.failures += 1
+        health.dsn, health.reason = dsn, reason
+        if health.failures >= self.failure_limit:
+            health.dead_until = now + self.dead_time
+            return True
+        return False
+
+    def succeeded(self, key: str) -> None:
+        """A delivery to ``key`` reached a server: it is alive."""
+        self._health.pop(key, None)
+
+    def suspended(self, key: str, now: float) -> tuple[str, str] | None:
+        """(dsn, reason) when ``key`` is dead at ``now``, else None."""
+        health = self._health.get(key)
+        if health is None or health.dead_until <= now:
+            return None
+        return health.dsn, f"delivery temporarily suspended: {health.reason}"
+
+    def revive(self, key: str) -> None:
+        """Forget that ``key`` is dead (a queue flush tries dead destinations too)."""
+        health = self._health.get(key)
+        if health is not None:
+            health.dead_until = 0.0
+
+
+class DestinationSlots:
+    """At most ``limit`` concurrent deliveries per destination.
+
+    Args:
+        limit: ``smtp_destination_concurrency_limit``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        """Hold one of ``key``'s slots for the ``async with`` block."""
+        semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(self.limit))
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                del self._semaphores[key]
+
+    def waiting_or_active(self, key: str) -> int:
+        """Deliveries to ``key`` in progress or waiting for a slot."""
+        return self._users.get(key, 0)
+
+
+class ConnectionCache(Generic[T]):
+    """Idle connections per destination, each closed after ``idle_time`` unused.
+
+    Args:
+        idle_time: seconds an idle connection is kept (0: none are kept).
+        close: closes a connection politely (QUIT); errors are the callee's to swallow.
+        per_key: at most this many idle connections per destination.
+    """
+
+    def __init__(
+        self, idle_time: float, close: Callable[[T], Coroutine[Any, Any, None]], per_key: int = 20
+    ) -> None:
+        self.idle_time = idle_time
+        self._close = close
+        self.per_key = per_key
+        self._idle: dict[str, list[tuple[T, asyncio.TimerHandle]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def put(self, key: str, connection: T) -> None:
+        """Keep ``connection`` for the next delivery to ``key`` (or close it)."""
+        entries = self._idle.setdefault(key, [])
+        if self.idle_time <= 0 or len(entries) >= self.per_key:
+            if not entries:
+                del self._idle[key]
+            self._spawn_close(connection)
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.idle_time, self._expire, key, connection)
+        entries.append((connection, timer))
+
+    def take(self, key: str) -> T | None:
+        """The most recently used idle connection to ``key``, or None."""
+        entries = self._idle.get(key)
+        if not entries:
+            return None
+        connection, timer = entries.pop()
+        timer.cancel()
+        if not entries:
+            del self._idle[key]
+        return connection
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._idle.values())
+
+    def _expire(self, key: str, connection: T) -> None:
+        entries = self._idle.get(key, [])
+        for position, (candidate, _) in enumerate(entries):
+            if candidate is connection:
+                del entries[position]
+                break
+        if not entries:
+            self._idle.pop(key, None)
+        self._spawn_close(connection)
+
+    def _spawn_close(self, connection: T) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(connection))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_all(self, timeout: float | None = None) -> None:
+        """Close every idle connection; wait up to ``timeout`` for the closes in progress."""
+        for entries in self._idle.values():
+            for connection, timer in entries:
+                timer.cancel()
+                self._spawn_close(connection)
+        self._idle.clear()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout)
