@@ -114,7 +114,7 @@ or by hand:
   printf 'HELO me\\r\\nMAIL FROM:<you@example.org>\\r\\nRCPT TO:<{address}>\\r\\nDATA\\r\\n\
 Subject: hello\\r\\n\\r\\nHi!\\r\\n.\\r\\nQUIT\\r\\n' | nc 127.0.0.1 {smtp}
 Read it:
-  curl -k {login} 'imaps://127.0.0.1:{imaps}/INBOX;MAILINDEX=1'
+  curl -k {login} 'imaps://127.0.0.1:{imaps}/INBOX;UID=1'
   curl -k {login} pop3s://127.0.0.1:{pop3s}/1
   mutt -f imaps://demo@127.0.0.1:{imaps}/INBOX
 Manage it:
