@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, require_program
 
 
@@ -17,12 +19,20 @@ def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
 
 
-def test_unit_verifies_cleanly(tmp_path: Path) -> None:
-    text = (ROOT / "etc/roost.service").read_text()
+@pytest.mark.parametrize("unit", ["roost.service", "roost-vmail.service"])
+def test_unit_verifies_cleanly(tmp_path: Path, unit: str) -> None:
+    text = (ROOT / "etc" / unit).read_text()
     assert "Type=notify" in text and "ExecReload=" in text
     result = verify(text, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and result.stdout == ""
+
+
+def test_virtual_user_unit_runs_without_root() -> None:
+    text = (ROOT / "etc/roost-vmail.service").read_text()
+    assert "User=vmail" in text
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in text
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in text
 
 
 def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:

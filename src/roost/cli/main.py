@@ -377,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n  roost newaliases\n  roost newaliases texthash:/etc/roost/aliases\n",
     )
     aliases.add_argument("tables", nargs="*", metavar="TYPE:FILE", help="default: alias_database")
+
+    from roost.cli.users import add_user_commands
+
+    add_user_commands(sub)
     return parser
 
 
