@@ -43,6 +43,7 @@ def _check_services(settings: Settings) -> list[str]:
     from roost.daemon.service import Context
     from roost.daemon.tlscontexts import TLSContexts
     from roost.imap.server import check_imap
+    from roost.pop3.server import check_pop3
     from roost.smtp.server import check_smtp
 
     problems = check_user_database(settings)
@@ -51,7 +52,7 @@ def _check_services(settings: Settings) -> list[str]:
     context = Context(
         settings=settings, tls=TLSContexts(settings), users=build_user_database(settings)
     )
-    return check_smtp(settings, context) + check_imap(settings)
+    return check_smtp(settings, context) + check_imap(settings) + check_pop3(settings)
 
 
 def _check_tables(settings: Settings) -> tuple[list[str], list[str]]:

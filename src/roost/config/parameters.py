@@ -960,5 +960,50 @@ _TABLE.extend(
     ]
 )
 
+# --- POP3 (roost.pop3): Dovecot's names where Dovecot has the setting ---
+_TABLE.extend(
+    [
+        Parameter(
+            "pop3_uidl_format",
+            S,
+            "%08Xu%08Xv",
+            "Dovecot: how POP3 UIDLs are made: %u UID, %v UIDVALIDITY, %f/%g Maildir base"
+            " name; 0, width and X (hex) as Dovecot; a dovecot-uidlist P field wins.",
+            section="pop3",
+        ),
+        Parameter(
+            "pop3_lock_session",
+            B,
+            "yes",
+            "Dovecot (default no there): one POP3 session per mailbox, others get -ERR"
+            " [IN-USE] (dovecot-pop3-session.lock; delivery and IMAP are not blocked).",
+            section="pop3",
+        ),
+        Parameter(
+            "pop3_no_flag_updates",
+            B,
+            "no",
+            "Dovecot: no changes but deletions: RETR does not set \\Seen and new mail keeps"
+            " \\Recent for IMAP.",
+            section="pop3",
+        ),
+        Parameter(
+            "pop3_client_timeout",
+            T,
+            "10m",
+            "roost: idle time after which a logged-in POP3 client is disconnected (RFC 1939"
+            " §3: at least 10 minutes); before login the limit is 3 minutes at most.",
+            section="pop3",
+        ),
+        Parameter(
+            "pop3_logout_format",
+            S,
+            "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s",
+            "Dovecot: what the 'Disconnected' line of a POP3 session reports.",
+            section="pop3",
+        ),
+    ]
+)
+
 #: Every parameter by name.
 PARAMETERS: Final[Mapping[str, Parameter]] = {p.name: p for p in _TABLE}

@@ -11,6 +11,7 @@ from typing import Final
 
 from roost.daemon.service import Context, Service
 from roost.imap.server import build_imap_service
+from roost.pop3.server import build_pop3_service
 from roost.queue.service import build_queue_service
 from roost.smtp.server import build_smtp_service
 
@@ -23,6 +24,7 @@ FACTORIES: Final[list[ServiceFactory]] = [
     build_queue_service,
     build_smtp_service,
     build_imap_service,
+    build_pop3_service,
 ]
 
 

@@ -1,0 +1,708 @@
+"""POP3, side by side: roost against a separate Dovecot pop3 instance on the same machine.
+
+Workloads (``--quick``: 10x fewer messages, 3 s of short sessions):
+
+- ``4k``: one session retrieves 1,000 messages of 4 KB (RETR 1..N, one at a time, as
+  fetchmail does), then QUIT (which records ``\\Seen`` on all of them in both servers).
+- ``1m``: the same with 100 messages of 1 MB.
+- ``short``: short sessions (connect, USER/PASS, STAT, QUIT) from ``--concurrency``
+  clients in parallel for ``--seconds``; each client rotates over 4 users (10 messages
+  each) so the POP3 session lock of one session never delays the next.
+
+Each run gets a *fresh* server and mail directory: the messages are written into the
+users' ``new/`` (the same bytes for both servers, LF line ends, some lines starting with
+"."), the server starts, an untimed first session (USER/PASS, STAT, QUIT) lets it index
+the new mail (moving it to ``cur/``), then the timed session runs. Runs alternate (roost,
+dovecot, roost, ...); the table gives medians, msg/s and MB/s of the RETR loop, the QUIT
+time, the server CPU per message, and the ratio roost/Dovecot (of the medians, and the
+median of the ratios of the runs done next to each other).
+
+Both servers as shipped, plain TCP on 127.0.0.1, passwords in a passwd-file as {PLAIN}
+(no hashing cost on either side), ``pop3_lock_session = yes`` on both (roost's default;
+Dovecot's is no). Dovecot is a *separate* instance with its own configuration, base_dir
+and state under ``--dir`` (never ``/etc/dovecot`` or the system instance); its master
+must start as root. roost runs a snapshot of ``src/roost`` (others may edit the tree).
+Server CPU comes from /proc: roost's daemon process; Dovecot's master and every process
+below it, with the children it reaped (login and pop3 processes exit after a session).
+
+Usage (as root)::
+
+    .venv/bin/python bench/pop3_bench.py [--quick] [--rounds 5] [--workloads 4k,1m,short]
+        [--servers roost,dovecot] [--concurrency 16] [--seconds 10] [--dir /var/tmp]
+        [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import common
+
+DOMAIN = "bench.test"
+PASSWORD = "bench"
+VMAIL_UID = 5000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Load:
+    """One workload: ``messages`` of ``size`` octets per user, or short sessions."""
+
+    name: str
+    kind: str  # "retr" or "short"
+    messages: int
+    size: int
+
+    def describe(self, args: argparse.Namespace) -> str:
+        if self.kind == "short":
+            return f"{args.concurrency} clients x {args.seconds:g} s, login+STAT+QUIT"
+        size = f"{self.size // 2**20} MB" if self.size >= 2**20 else f"{self.size // 1024} KB"
+        return f"{self.messages} x {size}"
+
+
+LOADS = {
+    load.name: load
+    for load in (
+        Load("4k", "retr", 1000, 4096),
+        Load("1m", "retr", 100, 2**20),
+        Load("short", "short", 10, 2048),
+    )
+}
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def make_message(number: int, size: int) -> bytes:
+    """A text message of about ``size`` octets, LF line ends, some lines starting with '.'."""
+    head = (
+        f"Return-Path: <sender@example.org>\n"
+        f"From: Sender <sender@example.org>\n"
+        f"To: user@{DOMAIN}\n"
+        f"Subject: benchmark message {number}\n"
+        f"Message-ID: <{number}.bench@example.org>\n"
+        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=us-ascii\n\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n"
+    dotted = b".A line that starts with a dot, so the server has to stuff it for POP3.\n"
+    lines = [head]
+    total = len(head)
+    index = 0
+    while total < size:
+        chunk = dotted if index % 40 == 39 else line
+        lines.append(chunk)
+        total += len(chunk)
+        index += 1
+    return b"".join(lines)[:size].rstrip(b"\n") + b"\n"
+
+
+def fill_maildir(maildir: Path, count: int, size: int) -> int:
+    """Write ``count`` messages into ``maildir/new``; returns the octets written."""
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    total = 0
+    for number in range(1, count + 1):
+        data = make_message(number, size)
+        (maildir / "new" / f"1700000000.M{number:06d}P1.bench").write_bytes(data)
+        total += len(data)
+    return total
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+class Server:
+    """A POP3 server in ``directory`` with ``users`` (local parts)."""
+
+    name = "server"
+
+    def __init__(self, directory: Path, users: Sequence[str]) -> None:
+        self.directory = directory
+        self.users = list(users)
+        self.port = common.free_port()
+
+    def login(self, user: str) -> str:
+        raise NotImplementedError
+
+    def maildir(self, user: str) -> Path:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        raise NotImplementedError
+
+    def own_mail(self) -> None:
+        """Give the mail files to whoever the server reads them as."""
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def wait_for_greeting(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=2) as sock,
+        ):
+            if sock.recv(512).startswith(b"+OK"):
+                sock.sendall(b"QUIT\r\n")
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no POP3 greeting on port {port}")
+        time.sleep(0.1)
+
+
+class RoostServer(Server):
+    """``roost serve`` with only the pop3 service; readiness by NOTIFY_SOCKET (READY=1)."""
+
+    name = "roost"
+    python_path: Path | None = None
+
+    def __init__(self, directory: Path, users: Sequence[str]) -> None:
+        super().__init__(directory, users)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def login(self, user: str) -> str:
+        return f"{user}@{DOMAIN}"
+
+    def maildir(self, user: str) -> Path:
+        return self.directory / "mail" / DOMAIN / user / "Maildir"
+
+    def setup(self) -> None:
+        d = self.directory
+        d.mkdir(parents=True)
+        (d / "users").write_text(
+            "".join(f"{user}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
+        )
+        (d / "aliases").write_text("")
+        (d / "main.cf").write_text(
+            textwrap.dedent(f"""\
+                # roost POP3 benchmark instance (bench/pop3_bench.py)
+                myhostname = roost-bench.localdomain
+                mydestination =
+                virtual_mailbox_domains = {DOMAIN}
+                inet_interfaces = 127.0.0.1
+                queue_directory = {d}/spool
+                data_directory = {d}/lib
+                auth_backends = passwd-file:{d}/users
+                auth_default_realm = {DOMAIN}
+                mail_location = maildir:{d}/mail/%d/%n/Maildir
+                alias_maps = hash:{d}/aliases
+                alias_database = $alias_maps
+                maillog_file = {d}/maillog
+                shutdown_grace_time = 2s
+                mail_max_userip_connections = 1000
+                pop3_service_port = {self.port}
+                master_service_disable = smtp, submission, submissions, imap, imaps, pop3s, qmgr
+                """)
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        notify_path = self.directory / "notify.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        try:
+            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+            if self.python_path is not None:
+                env["PYTHONPATH"] = str(self.python_path)
+            command = [sys.executable, "-m", "roost", "-c", str(self.directory / "main.cf")]
+            with open(self.directory / "daemon.out", "ab") as out:
+                self.process = subprocess.Popen(
+                    [*command, "serve"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+                )
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    log = (self.directory / "daemon.out").read_text(errors="replace")
+                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
+                notify.settimeout(min(remaining, 0.5))
+                with contextlib.suppress(TimeoutError):
+                    if "READY=1" in notify.recv(65536).decode().splitlines():
+                        return
+        finally:
+            notify.close()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return common.process_cpu_seconds(self.process.pid)
+
+
+DOVECOT_CONF = """\
+# Dovecot POP3 benchmark instance (bench/pop3_bench.py); not the system instance
+instance_name = dovecot-pop3bench-{tag}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 100
+mail_location = maildir:~/Maildir
+mail_max_userip_connections = 1000
+pop3_lock_session = yes
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={uid} home={d}/home/%u
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+  process_limit = 2000
+}}
+service pop3 {{
+  process_limit = 2000
+}}
+service anvil {{
+  client_limit = 5000
+}}
+service auth {{
+  client_limit = 5000
+}}
+default_client_limit = 5000
+"""
+
+
+class DovecotServer(Server):
+    """A separate Dovecot instance (own config, base_dir, state, log) serving POP3 only."""
+
+    name = "dovecot"
+
+    def login(self, user: str) -> str:
+        return user
+
+    def maildir(self, user: str) -> Path:
+        return self.directory / "home" / user / "Maildir"
+
+    def setup(self) -> None:
+        d = self.directory
+        for sub in ("run", "state", "home"):
+            (d / sub).mkdir(parents=True)
+        d.chmod(0o755)  # the auth process reads the users file as "dovecot"
+        (d / "users").write_text(
+            "".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
+        )
+        (d / "dovecot.conf").write_text(
+            DOVECOT_CONF.format(d=d, port=self.port, uid=VMAIL_UID, tag=d.name)
+        )
+
+    def own_mail(self) -> None:
+        subprocess.run(["chown", "-R", f"{VMAIL_UID}:{VMAIL_UID}", str(self.directory / "home")])
+
+    def _dovecot(self, *args: str) -> int:
+        """Run ``dovecot -c CONFIG ARGS``; its output goes to ``dovecot.out`` (a pipe would
+        stay open in the daemon that the master leaves behind)."""
+        program = common.find_program("dovecot") or "dovecot"
+        with open(self.directory / "dovecot.out", "ab") as out:
+            return subprocess.run(
+                [program, "-c", str(self.directory / "dovecot.conf"), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=60,
+            ).returncode
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.directory / "run" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> None:
+        if self._dovecot() != 0:
+            output = (self.directory / "dovecot.out").read_text(errors="replace")
+            raise RuntimeError(f"dovecot did not start: {output[-2000:]}")
+        wait_for_greeting(self.port)
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        self._dovecot("stop")
+        deadline = time.monotonic() + 30
+        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        pid = self.master_pid()
+        return 0.0 if pid is None else common.tree_cpu_seconds(pid)
+
+
+def dovecot_usable() -> str | None:
+    """Why the Dovecot side cannot run here, or None when it can."""
+    if common.find_program("dovecot") is None:
+        return "dovecot is not installed (apt-get install dovecot-pop3d)"
+    if os.geteuid() != 0:
+        return "Dovecot's master must start as root: run the benchmark as root"
+    return None
+
+
+# --- a small POP3 client ------------------------------------------------------------------------
+
+
+class Client:
+    """A blocking POP3 client that reads multi-line responses in big chunks.
+
+    The same client measures both servers; it finds the terminator with ``bytes.find``
+    instead of reading line by line (poplib would be the bottleneck for 1 MB messages).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = bytearray()
+        self.greeting = self._line()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 18)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.buffer += data
+
+    def _line(self) -> bytes:
+        start = 0
+        while True:
+            end = self.buffer.find(b"\r\n", start)
+            if end >= 0:
+                line = bytes(self.buffer[:end])
+                del self.buffer[: end + 2]
+                return line
+            start = max(len(self.buffer) - 1, 0)
+            self._fill()
+
+    def command(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        status = self._line()
+        if not status.startswith(b"+OK"):
+            raise RuntimeError(f"{line.split()[0]}: {status!r}")
+        return status
+
+    def multiline(self, line: str) -> int:
+        """Send a command with a multi-line answer; return the octets of the body."""
+        self.command(line)
+        start = 0
+        while True:
+            if self.buffer.startswith(b".\r\n"):
+                del self.buffer[:3]
+                return 0
+            end = self.buffer.find(b"\r\n.\r\n", start)
+            if end >= 0:
+                del self.buffer[: end + 5]
+                return end + 2
+            start = max(len(self.buffer) - 4, 0)
+            self._fill()
+
+    def login(self, user: str) -> int:
+        self.command(f"USER {user}")
+        self.command(f"PASS {PASSWORD}")
+        return int(self.command("STAT").split()[1])
+
+    def quit(self) -> None:
+        self.command("QUIT")
+        self.sock.close()
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of one server on one workload."""
+
+    server: str
+    workload: str
+    round: int
+    count: int  # messages retrieved, or sessions completed
+    octets: int  # message octets retrieved (on the wire, stuffing included)
+    seconds: float  # the RETR loop, or the whole short-session window
+    quit_seconds: float
+    first_session_seconds: float
+    cpu_seconds: float
+    load_before: float
+    errors: int = 0
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.octets / 2**20 / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu_seconds / self.count if self.count else float("nan")
+
+
+def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> Server:
+    directory = Path(tempfile.mkdtemp(prefix=f"pop3-{kind}-{label}-", dir=base))
+    directory.rmdir()  # setup() creates it
+    if kind == "roost":
+        return RoostServer(directory, users)
+    return DovecotServer(directory, users)
+
+
+def users_for(load: Load, args: argparse.Namespace) -> list[str]:
+    if load.kind == "short":
+        return [f"bench{i}" for i in range(1, args.concurrency * 4 + 1)]
+    return ["bench1"]
+
+
+def run_once(kind: str, load: Load, round_: int, args: argparse.Namespace, base: Path) -> Run:
+    users = users_for(load, args)
+    server = make_server(kind, base, load.name, users)
+    try:
+        server.setup()
+        for user in users:
+            fill_maildir(server.maildir(user), load.messages, load.size)
+        server.own_mail()
+        server.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        for user in users:  # untimed: the server indexes the new mail
+            client = Client(server.port)
+            client.login(server.login(user))
+            client.quit()
+        first = (time.monotonic() - started) / len(users)
+        if load.kind == "short":
+            return short_sessions(server, load, round_, args, first)
+        return retrieve(server, load, round_, first)
+    finally:
+        server.stop()
+        server.remove()
+
+
+def retrieve(server: Server, load: Load, round_: int, first: float) -> Run:
+    client = Client(server.port)
+    count = client.login(server.login("bench1"))
+    assert count == load.messages, count
+    load_before = common.load_average()
+    cpu_before = server.cpu_seconds()
+    started = time.monotonic()
+    octets = 0
+    for msg in range(1, count + 1):
+        octets += client.multiline(f"RETR {msg}")
+    retrieved = time.monotonic()
+    client.quit()
+    done = time.monotonic()
+    return Run(
+        server=server.name,
+        workload=load.name,
+        round=round_,
+        count=count,
+        octets=octets,
+        seconds=retrieved - started,
+        quit_seconds=done - retrieved,
+        first_session_seconds=first,
+        cpu_seconds=server.cpu_seconds() - cpu_before,
+        load_before=load_before,
+    )
+
+
+def short_sessions(
+    server: Server, load: Load, round_: int, args: argparse.Namespace, first: float
+) -> Run:
+    stop_at = 0.0
+    counts = [0] * args.concurrency
+    errors = [0] * args.concurrency
+    latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
+    barrier = threading.Barrier(args.concurrency + 1)
+
+    def worker(index: int) -> None:
+        mine = [server.login(f"bench{index * 4 + k + 1}") for k in range(4)]
+        barrier.wait()
+        turn = 0
+        while time.monotonic() < stop_at:
+            began = time.monotonic()
+            try:
+                client = Client(server.port)
+                client.login(mine[turn % 4])
+                client.quit()
+            except (OSError, RuntimeError):
+                errors[index] += 1
+            else:
+                counts[index] += 1
+                latencies[index].append(time.monotonic() - began)
+            turn += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    load_before = common.load_average()
+    cpu_before = server.cpu_seconds()
+    started = time.monotonic()
+    stop_at = started + args.seconds
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    every = sorted(latency for per in latencies for latency in per)
+    extra = {}
+    if every:
+        extra = {
+            "p50_ms": 1000 * every[len(every) // 2],
+            "p99_ms": 1000 * every[min(len(every) - 1, int(len(every) * 0.99))],
+        }
+    return Run(
+        server=server.name,
+        workload=load.name,
+        round=round_,
+        count=sum(counts),
+        octets=0,
+        seconds=elapsed,
+        quit_seconds=0.0,
+        first_session_seconds=first,
+        cpu_seconds=server.cpu_seconds() - cpu_before,
+        load_before=load_before,
+        errors=sum(errors),
+        extra=extra,
+    )
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def table(runs: Sequence[Run], loads: Sequence[Load], args: argparse.Namespace) -> str:
+    lines = [
+        "| workload | server | runs | rate median (min-max) | MB/s | QUIT ms | first session ms "
+        "| CPU ms/unit | ratio roost/dovecot (of medians; median of pairs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for load in loads:
+        mine = [run for run in runs if run.workload == load.name and not run.note]
+        base = {run.round: run for run in mine if run.server == "dovecot"}
+        base_rate = common.median(run.rate for run in base.values())
+        unit = "sessions/s" if load.kind == "short" else "msg/s"
+        for name in ("roost", "dovecot"):
+            own = [run for run in mine if run.server == name]
+            if not own:
+                continue
+            rates = [run.rate for run in own]
+            rate = common.median(rates)
+            ratio = ""
+            if name == "roost" and base:
+                pairs = [run.rate / base[run.round].rate for run in own if run.round in base]
+                ratio = f"{rate / base_rate:.2f}x; {common.median(pairs):.2f}x"
+            mbps = quit_ms = "-"
+            if load.kind == "retr":
+                mbps = f"{common.median(run.megabytes_per_second for run in own):.1f}"
+                quit_ms = f"{1000 * common.median(run.quit_seconds for run in own):.0f}"
+            first_ms = 1000 * common.median(run.first_session_seconds for run in own)
+            errors = sum(run.errors for run in own)
+            note = f" ({errors} errors)" if errors else ""
+            lines.append(
+                f"| {load.name} ({load.describe(args)}) | {name} | {len(own)} | "
+                f"{rate:.0f} {unit} ({common.spread(rates)}){note} | {mbps} | {quit_ms} | "
+                f"{first_ms:.0f} | {common.median(run.cpu_ms for run in own):.2f} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10x fewer messages, 3 s windows")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workloads", default="4k,1m,short")
+    parser.add_argument("--servers", default="roost,dovecot")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--live", action="store_true", help="run src/roost, not a snapshot")
+    args = parser.parse_args()
+    loads = [LOADS[name] for name in args.workloads.split(",")]
+    if args.quick:
+        loads = [
+            load
+            if load.kind == "short"
+            else Load(load.name, load.kind, load.messages // 10, load.size)
+            for load in loads
+        ]
+        args.seconds = min(args.seconds, 3.0)
+    servers = args.servers.split(",")
+    if "dovecot" in servers and (why := dovecot_usable()) is not None:
+        sys.exit(f"cannot run Dovecot: {why}")
+    base = Path(tempfile.mkdtemp(prefix="pop3-bench-", dir=args.dir))
+    base.chmod(0o755)
+    if not args.live:
+        RoostServer.python_path = common.snapshot_source(base)
+    machine = common.machine_description(base)
+    dovecot = common.find_program("dovecot")
+    if dovecot:
+        version = subprocess.run([dovecot, "--version"], capture_output=True, text=True)
+        machine["dovecot"] = version.stdout.strip()
+    print(json.dumps(machine, indent=1))
+    runs: list[Run] = []
+    try:
+        for load in loads:
+            for round_ in range(1, args.rounds + 1):
+                for kind in servers:
+                    run = run_once(kind, load, round_, args, base)
+                    runs.append(run)
+                    extra = " ".join(f"{k}={v:.1f}" for k, v in run.extra.items())
+                    print(
+                        f"{load.name} round {round_} {kind}: {run.rate:.0f}/s"
+                        f" {run.megabytes_per_second:.1f} MB/s"
+                        f" quit={run.quit_seconds * 1000:.0f}ms cpu={run.cpu_ms:.2f}ms/unit"
+                        f" errors={run.errors} load={run.load_before:.2f} {extra}",
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(table(runs, loads, args))
+    if args.json is not None:
+        data = {"machine": machine, "runs": [asdict(run) for run in runs]}
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

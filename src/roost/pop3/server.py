@@ -1,0 +1,270 @@
+"""The POP3 service: listeners for pop3 (110, STLS) and pop3s (995, implicit TLS).
+
+One :class:`POP3Service` runs both listeners. Each has its own resolved settings
+(``pop3/name = value`` and ``pop3s/name = value`` overrides apply); both share the user
+database, the failed-login throttle, the logins per user and address, and a pool of
+worker threads for store calls. A reload builds new settings for new connections; sessions
+in progress keep theirs.
+
+Where a user's mail lives is local delivery's answer (``roost.delivery.local.user_mailbox``),
+so delivery, IMAP and POP3 always agree: ``maildir:`` locations are served (INBOX, through
+:mod:`roost.pop3.storedrop`); ``mbox:`` ones get ``-ERR [SYS/PERM]`` at login for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Final
+
+from roost.auth.users import User
+from roost.config import ConfigError, Settings
+from roost.daemon.listeners import Listener, bind_socket, service_listeners
+from roost.daemon.service import Context
+from roost.pop3.session import (
+    MaildropOpener,
+    POP3Session,
+    Registry,
+    SessionConfig,
+    SessionMaildrop,
+    Shared,
+)
+from roost.pop3.state import ServerSettings
+from roost.pop3.storedrop import MaildropPlace, UidlFormat, open_maildrop
+from roost.store import MailStore, StoreError
+
+__all__ = [
+    "POP3_SERVICES",
+    "STORE_THREADS",
+    "POP3Service",
+    "build_pop3_service",
+    "check_pop3",
+    "maildrop_opener",
+    "session_config",
+]
+
+POP3_SERVICES: Final = ("pop3", "pop3s")
+STORE_THREADS: Final = 32
+"""Worker threads for store calls, shared by every POP3 session."""
+log = logging.getLogger("roost.pop3-login")
+
+
+def session_config(settings: Settings, service: str) -> SessionConfig:
+    """Resolve one service's settings into a :class:`SessionConfig`.
+
+    Raises:
+        ConfigError: ``pop3_uidl_format`` cannot be used.
+    """
+    view = settings.for_service(service)
+    uidl_format(settings, service)  # validated here so a bad value fails start and reload
+    return SessionConfig(
+        service=service,
+        protocol=ServerSettings(
+            implementation="roost",
+            greeting=view.string("login_greeting"),
+            tls_available=True,  # the daemon refuses to start without the TLS files
+            disable_plaintext_auth=view.boolean("disable_plaintext_auth"),
+        ),
+        client_timeout=float(max(view.seconds("pop3_client_timeout"), 1)),
+        max_userip_connections=view.integer("mail_max_userip_connections"),
+        mark_seen=not view.boolean("pop3_no_flag_updates"),
+        logout_format=view.string("pop3_logout_format"),
+    )
+
+
+def uidl_format(settings: Settings, service: str) -> UidlFormat:
+    """Parse ``pop3_uidl_format``.
+
+    Raises:
+        ConfigError: an unsupported variable, or none that tells messages apart.
+    """
+    view = settings.for_service(service)
+    try:
+        return UidlFormat.parse(view.string("pop3_uidl_format"))
+    except ValueError as exc:
+        raise view.error("pop3_uidl_format", str(exc)) from None
+
+
+def maildrop_opener(settings: Settings, service: str, executor: Executor) -> MaildropOpener:
+    """Open and lock a user's INBOX where local delivery puts their mail.
+
+    Raises:
+        ConfigError: ``pop3_uidl_format`` cannot be used.
+    """
+    from roost.delivery.errors import DeliveryError
+    from roost.delivery.local import user_mailbox
+    from roost.queue.service import local_config
+
+    config = local_config(settings)
+    view = settings.for_service(service)
+    lock_session = view.boolean("pop3_lock_session")
+    readonly = view.boolean("pop3_no_flag_updates")
+    uidls = uidl_format(settings, service)
+
+    async def open_user_maildrop(user: User) -> SessionMaildrop:
+        try:
+            mailbox = user_mailbox(user, config)
+        except DeliveryError as exc:
+            raise StoreError(exc.text, temporary=exc.temporary) from None
+        if mailbox.kind != "maildir":
+            raise StoreError(
+                f"{mailbox.kind} mailboxes ({mailbox.path}) are not supported by POP3 yet",
+                temporary=False,
+            )
+
+        def open_store() -> MailStore:
+            return MailStore(
+                mailbox.path,
+                uid=mailbox.uid,
+                gid=mailbox.gid,
+                quota=mailbox.quota_bytes or None,
+            )
+
+        place = MaildropPlace(open_store, mailbox.path, mailbox.uid, mailbox.gid)
+        return await open_maildrop(
+            place,
+            executor=executor,
+            lock_session=lock_session,
+            readonly=readonly,
+            uidl_format=uidls,
+        )
+
+    return open_user_maildrop
+
+
+class POP3Service:
+    """Both POP3 listeners of the daemon (see the module docstring)."""
+
+    name = "pop3"
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._listeners = [
+            listener
+            for listener in service_listeners(context.settings)
+            if listener.service in POP3_SERVICES
+        ]
+        self._registry = Registry()
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pop3-store")
+        self._servers: list[asyncio.AbstractServer] = []
+        self._shared: dict[str, Shared] = {}
+        self._build(context)
+
+    def _build(self, context: Context) -> None:
+        shared: dict[str, Shared] = {}
+        for service in POP3_SERVICES:
+
+            def tls_context(service: str = service) -> ssl.SSLContext:
+                return self._context.tls.server_context(service)
+
+            shared[service] = Shared(
+                config=session_config(context.settings, service),
+                users=context.users,
+                throttle=context.throttle,
+                tls_context=tls_context,
+                open_maildrop=maildrop_opener(context.settings, service, self._executor),
+                registry=self._registry,
+            )
+        self._context = context
+        self._shared = shared
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The addresses this service listens on."""
+        return self._listeners
+
+    def _front_context(self, service: str) -> ssl.SSLContext:
+        """An implicit-TLS context that switches to the current certificate per handshake."""
+        front = self._context.tls.server_context(service)
+        wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        wrapper.minimum_version = front.minimum_version
+
+        def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            sock.context = self._context.tls.server_context(service)
+
+        wrapper.sni_callback = pick
+        return wrapper
+
+    def _session(self, service: str) -> POP3Session:
+        return POP3Session(self._shared[service])
+
+    async def start(self) -> None:
+        """Open every listener.
+
+        Raises:
+            OSError: an address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            try:
+                sock = bind_socket(listener)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+                ) from None
+            service = listener.service
+            ssl_context = self._front_context(service) if service == "pop3s" else None
+
+            def factory(service: str = service) -> POP3Session:
+                return self._session(service)
+
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context)
+            self._servers.append(server)
+            log.info("%s: listening on %s", service, listener)
+
+    async def reload(self, context: Context) -> None:
+        """Adopt new settings for new connections."""
+        self._build(context)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; end waiting sessions with ``-ERR [SYS/TEMP]`` (nothing is
+        deleted without QUIT); give busy ones ``grace`` seconds, then close them."""
+        for server in self._servers:
+            server.close()
+        sessions = set(self._registry.sessions)
+        for session in sessions:
+            session.shutdown()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(not s.done for s in sessions):
+            await asyncio.sleep(0.05)
+        for session in sessions:
+            if not session.done:
+                session.abort()
+        # Aborted sessions still close their maildrops (session locks) in the executor.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(not s.done for s in sessions):
+            await asyncio.sleep(0.05)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> Mapping[str, object]:
+        """Listeners and open sessions."""
+        return {
+            "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
+            "sessions": len(self._registry.sessions),
+        }
+
+
+def build_pop3_service(context: Context) -> POP3Service | None:
+    """The composition root's factory: None when pop3 and pop3s are both disabled."""
+    service = POP3Service(context)
+    if not service.listeners:
+        service._executor.shutdown(wait=False)
+        return None
+    return service
+
+
+def check_pop3(settings: Settings) -> list[str]:
+    """Validate the POP3 services' settings (for ``roost check``)."""
+    try:
+        for service in POP3_SERVICES:
+            session_config(settings, service)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []

@@ -1,0 +1,768 @@
+"""One POP3 server connection: the asyncio side of :class:`roost.pop3.state.ServerState`.
+
+:class:`POP3Session` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
+one task per connection runs the loop of :mod:`roost.pop3.state` (octets in, actions
+out). Replies are collected and written in one go before the session waits for input, so
+pipelined commands (RFC 2449 ``PIPELINING``) get their replies in one segment.
+
+What the session adds to the sans-IO core:
+
+* authentication (USER/PASS, AUTH PLAIN/LOGIN with an initial response) through the
+  shared user database and the failed-login :class:`~roost.auth.throttle.Throttle`: a
+  client with recent failures waits before its next attempt is answered (Dovecot's auth
+  penalty), a wrong password is ``-ERR [AUTH]``, a refused client or an unavailable user
+  database ``-ERR [SYS/TEMP]``. Plaintext logins are refused on an unsecured connection
+  (``disable_plaintext_auth``; the same address on both ends counts as secured, as in
+  Dovecot). STLS discards whatever the client pipelined behind it (CVE-2011-0411);
+* the maildrop (:class:`SessionMaildrop`, :mod:`roost.pop3.storedrop` over the store):
+  opened and locked at login (``-ERR [IN-USE]`` while another session holds it), read
+  by RETR/TOP, and changed only at the end: the messages retrieved get ``\\Seen`` however
+  the session ends (unless ``pop3_no_flag_updates``), the ones marked by DELE are deleted
+  only by QUIT (the UPDATE state, RFC 1939 §6); a dropped connection deletes nothing;
+* limits: line length and bad commands (the protocol layer), ``mail_max_userip_connections``
+  (sessions per user and client address), inactivity (``pop3_client_timeout``, at least
+  10 minutes by RFC 1939 §3; 3 minutes before login, as Dovecot's login process);
+* logs in Dovecot's shapes: ``pop3-login: Login: user=<alice>, method=PLAIN, rip=...,
+  lip=..., mpid=..., TLS, session=<...>`` and ``pop3(alice): Disconnected: Logged out
+  top=0/0, retr=1/1432, del=1/1, size=1432`` (``pop3_logout_format``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol, cast
+
+from roost.auth.throttle import Throttle
+from roost.auth.users import User, UserDatabase
+from roost.pop3 import render
+from roost.pop3.errors import store_failure
+from roost.pop3.maildrop import Maildrop
+from roost.pop3.protocol import ConnectionClosed, NeedData, Quit, Rset
+from roost.pop3.render import Failure, RespCode
+from roost.pop3.state import (
+    Close,
+    Pop3State,
+    Retrieve,
+    Send,
+    ServerSettings,
+    ServerState,
+    StartTls,
+    Update,
+    VerifyLogin,
+)
+from roost.store import LockTimeout, MessageNotFound, StoreError
+
+__all__ = [
+    "DEFAULT_LOGOUT_FORMAT",
+    "LOGIN_TIMEOUT",
+    "MaildropOpener",
+    "POP3Session",
+    "Registry",
+    "SessionConfig",
+    "SessionMaildrop",
+    "Shared",
+    "format_logout",
+]
+
+log_login = logging.getLogger("roost.pop3-login")
+log_pop3 = logging.getLogger("roost.pop3")
+
+LOGIN_TIMEOUT: Final = 180.0
+"""Seconds a client may stay silent before logging in (Dovecot's login processes: 3 min)."""
+DEFAULT_LOGOUT_FORMAT: Final = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
+"""Dovecot's default ``pop3_logout_format``."""
+_READ_HIGH_WATER: Final = 256 * 1024
+"""Octets of unprocessed input after which reading pauses."""
+_WRITE_CHUNK: Final = 256 * 1024
+"""Octets of queued output after which a RETR writes and waits for the client."""
+_TERMINATOR_SIZE: Final = len(b".\r\n")
+_TLS_HANDSHAKE_TIMEOUT: Final = 60.0
+
+
+# --- what the session is given ------------------------------------------------------------
+
+
+class SessionMaildrop(Maildrop, Protocol):
+    """A :class:`~roost.pop3.maildrop.Maildrop` that can also record ``\\Seen``."""
+
+    async def mark_seen(self, uids: Sequence[int]) -> None:
+        """Add ``\\Seen`` to these messages (those retrieved by RETR).
+
+        Raises:
+            roost.store.errors.StoreError: the store failed.
+        """
+        ...
+
+
+MaildropOpener = Callable[[User], Awaitable[SessionMaildrop]]
+"""Opens (and locks) a user's maildrop after a successful login.
+
+Raises:
+    LockTimeout: another POP3 session holds it (``-ERR [IN-USE]``).
+    StoreError: it cannot be opened (``-ERR [SYS/TEMP]`` or ``[SYS/PERM]``).
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """One POP3 service's settings (``pop3`` or ``pop3s``), resolved once per (re)load.
+
+    Attributes:
+        service: ``pop3`` (110, STLS) or ``pop3s`` (995, implicit TLS).
+        protocol: what the protocol layer needs (greeting, TLS, plaintext policy...).
+        client_timeout: seconds of silence after login before the session ends
+            (``pop3_client_timeout``).
+        max_userip_connections: sessions one user may have from one address; 0: no limit
+            (Dovecot ``mail_max_userip_connections``, counted per protocol).
+        mark_seen: RETR sets ``\\Seen`` (not ``pop3_no_flag_updates``).
+        logout_format: Dovecot's ``pop3_logout_format``.
+    """
+
+    service: str = "pop3"
+    protocol: ServerSettings = field(default_factory=ServerSettings)
+    client_timeout: float = 600.0
+    max_userip_connections: int = 10
+    mark_seen: bool = True
+    logout_format: str = DEFAULT_LOGOUT_FORMAT
+
+    @property
+    def implicit_tls(self) -> bool:
+        """TLS from the first octet (``pop3s``)."""
+        return self.service == "pop3s"
+
+
+class Registry:
+    """The sessions of the POP3 service and the logins per user and address.
+
+    Used on the event loop only.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: set[POP3Session] = set()
+        self.per_user_ip: dict[tuple[str, str], int] = {}
+
+    def add_user(self, key: tuple[str, str], limit: int) -> bool:
+        """Count a login of ``(user, address)``; False when ``limit`` (not 0) is reached."""
+        count = self.per_user_ip.get(key, 0)
+        if limit and count >= limit:
+            return False
+        self.per_user_ip[key] = count + 1
+        return True
+
+    def remove_user(self, key: tuple[str, str]) -> None:
+        """Forget a login."""
+        left = self.per_user_ip.get(key, 0) - 1
+        if left > 0:
+            self.per_user_ip[key] = left
+        else:
+            self.per_user_ip.pop(key, None)
+
+
+@dataclass(slots=True)
+class Shared:
+    """What the sessions of one service share (built by the service).
+
+    Attributes:
+        config: the service's settings.
+        users: the user database (``None``: nobody can log in).
+        throttle: failed-login throttling shared by every protocol.
+        tls_context: returns the current server TLS context (or raises).
+        open_maildrop: opens and locks a user's maildrop.
+        registry: sessions and logins across ``pop3`` and ``pop3s``.
+    """
+
+    config: SessionConfig
+    users: UserDatabase | None
+    throttle: Throttle
+    tls_context: Callable[[], ssl.SSLContext]
+    open_maildrop: MaildropOpener
+    registry: Registry
+
+
+# --- the logout line ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stats:
+    """Counters for Dovecot's ``pop3_logout_format`` variables."""
+
+    top_count: int = 0
+    top_bytes: int = 0
+    retr_count: int = 0
+    retr_bytes: int = 0
+    deleted_count: int = 0
+    deleted_bytes: int = 0
+    message_count: int = 0
+    message_bytes: int = 0
+
+
+_FORMAT_VARIABLE: Final = re.compile(r"%(?:\{([a-z_]+)\}|(.))", re.DOTALL)
+_SHORT_NAMES: Final = {
+    "t": "top_count",
+    "p": "top_bytes",
+    "r": "retr_count",
+    "b": "retr_bytes",
+    "d": "deleted_count",
+    "m": "message_count",
+    "s": "message_bytes",
+    "i": "input",
+    "o": "output",
+    "u": "uidl_change",
+}
+
+
+def format_logout(template: str, values: Mapping[str, int | str]) -> str:
+    """Expand Dovecot's ``pop3_logout_format``.
+
+    Variables: ``%t`` top_count, ``%p`` top_bytes, ``%r`` retr_count, ``%b`` retr_bytes,
+    ``%d`` deleted_count, ``%m`` message_count, ``%s`` message_bytes, ``%i`` input,
+    ``%o`` output, and long names ``%{deleted_bytes}``, ``%{session}``...
+    Unknown variables (and ``%u``, uidl_change) expand to nothing, ``%%`` to ``%``.
+    """
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(2) == "%":
+            return "%"
+        name = match.group(1) or _SHORT_NAMES.get(match.group(2), "")
+        value = values.get(name)
+        return "" if value is None else str(value)
+
+    return _FORMAT_VARIABLE.sub(expand, template)
+
+
+# --- control flow -------------------------------------------------------------------------
+
+
+class _Disconnect(Exception):
+    """End the session: ``reply`` (if any) is sent first; ``reason`` goes to the log."""
+
+    def __init__(self, reason: str, reply: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+
+
+_TIMED_OUT: Final = object()
+"""What the idle timer wakes a waiting session with."""
+_ORDERLY: Final = frozenset({"Logged out", "Too many bad commands"})
+"""End reasons Dovecot logs as ``Disconnected: <reason>`` (others stand alone, e.g.
+``Disconnected for inactivity top=...`` or ``Connection closed top=...``)."""
+_SHUTTING_DOWN: Final = render.err("Server shutting down.", RespCode.SYS_TEMP)
+_INACTIVITY: Final = render.err("Disconnected for inactivity.")
+
+
+def _plain_ip(address: str) -> str:
+    """``::ffff:192.0.2.1`` -> ``192.0.2.1``; other addresses as they are."""
+    return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
+# --- the session --------------------------------------------------------------------------
+
+
+class POP3Session(asyncio.Protocol):
+    """One client connection (see the module documentation)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.config = shared.config
+        self.transport: asyncio.Transport | None = None
+        self.tls = self.config.implicit_tls
+        self.remote_ip = ""
+        self.local_ip = ""
+        self.session_id = secrets.token_urlsafe(9)
+        self.started = time.monotonic()
+        self.user: User | None = None
+        self.stats = _Stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._maildrop: SessionMaildrop | None = None
+        self._seen: set[int] = set()
+        self._incoming: list[bytes] = []
+        self._incoming_size = 0
+        self._reading_paused = False
+        self._waiter: asyncio.Future[object] | None = None
+        self._deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._lost = False
+        self._stopping = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._login_in = 0
+        self._login_out = 0
+        self._auth_attempts = 0
+        self._auth_method = ""
+        self._auth_login = ""
+        self._userip: tuple[str, str] | None = None
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.remote_ip = _plain_ip(str(peer[0]))
+        self.local_ip = _plain_ip(str(sock[0]))
+        self.shared.registry.sessions.add(self)
+        self._task = self._loop.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.append(data)
+        self._incoming_size += len(data)
+        self._bytes_in += len(data)
+        if self._incoming_size > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake()
+        # Keep a TCP transport open: a client may send "QUIT" and shut down its side
+        # before reading the replies. (TLS transports ignore the answer, and warn.)
+        return None if self.tls else True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def _wake(self, why: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(why)
+
+    def _idle_check(self) -> None:
+        """The idle timer fired: time out a session still waiting, or wait on."""
+        loop = self._loop
+        assert loop is not None
+        if self._waiter is None:
+            self._idle_timer = None  # busy: the next wait starts a timer again
+        elif loop.time() >= self._deadline:
+            self._idle_timer = None
+            self._wake(_TIMED_OUT)
+        else:
+            self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+
+    # --- daemon control -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Ask the session to end with ``-ERR [SYS/TEMP]`` when it next waits for input.
+
+        Nothing is deleted: the session did not get QUIT.
+        """
+        self._stopping = True
+        self._wake()
+
+    def abort(self) -> None:
+        """Close the connection at once (the grace time is over)."""
+        if self.transport is not None and not self._lost:
+            with contextlib.suppress(Exception):
+                self.transport.write(_SHUTTING_DOWN)
+            self.transport.abort()
+
+    @property
+    def done(self) -> bool:
+        """Whether the session has ended."""
+        return self._task is None or self._task.done()
+
+    # --- logging --------------------------------------------------------------------------
+
+    @property
+    def secured(self) -> bool:
+        """TLS, or both ends on the same address (Dovecot's "secured")."""
+        return self.tls or (bool(self.remote_ip) and self.remote_ip == self.local_ip)
+
+    def _log_fields(self, *, mpid: bool = False) -> str:
+        fields = [f"user=<{self._auth_login}>"]
+        if self._auth_method:
+            fields.append(f"method={self._auth_method}")
+        fields += [f"rip={self.remote_ip}", f"lip={self.local_ip}"]
+        if mpid:
+            fields.append(f"mpid={os.getpid()}")
+        if self.tls:
+            fields.append("TLS")
+        elif self.secured:
+            fields.append("secured")
+        fields.append(f"session=<{self.session_id}>")
+        return ", ".join(fields)
+
+    @property
+    def _prefix(self) -> str:
+        return f"pop3({self.user.login if self.user else self._auth_login})"
+
+    # --- I/O --------------------------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._out_size += len(data)
+
+    async def _flush(self) -> None:
+        """Write what is queued; wait while the client does not read (flow control)."""
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._out_size = 0
+            transport = self.transport
+            if transport is not None and not self._lost:
+                self._bytes_out += len(data)
+                transport.write(data)
+        if not self._writable.is_set():
+            try:
+                async with asyncio.timeout(self.config.client_timeout):
+                    await self._writable.wait()
+            except TimeoutError:
+                raise _Disconnect("Disconnected for inactivity in reading our output") from None
+        if self._lost:
+            raise _Disconnect("Connection closed")
+
+    async def _receive(self) -> bytes:
+        """The next octets from the client; ``b""`` when it closed its side."""
+        if not (self._incoming or self._eof or self._lost or self._stopping):
+            loop = self._loop
+            assert loop is not None
+            timeout = self.config.client_timeout
+            if self.user is None:
+                timeout = min(timeout, LOGIN_TIMEOUT)
+            # One timer per session, moved only when it fires early: no timer churn for
+            # every command of a busy session.
+            self._deadline = loop.time() + timeout
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+            waiter = self._waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            if waiter.result() is _TIMED_OUT:
+                raise _Disconnect("Disconnected for inactivity", _INACTIVITY)
+        if self._stopping and not self._incoming:
+            raise _Disconnect("Server shutting down", _SHUTTING_DOWN)
+        if not self._incoming:
+            return b""
+        data = b"".join(self._incoming) if len(self._incoming) > 1 else self._incoming[0]
+        self._incoming.clear()
+        self._incoming_size = 0
+        if self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reason = "Connection closed"
+        server = ServerState(
+            self.config.protocol,
+            tls_active=self.tls,
+            secure_channel=bool(self.remote_ip) and self.remote_ip == self.local_ip,
+        )
+        try:
+            self._queue(server.greeting())
+            reason = await self._events(server)
+        except _Disconnect as stop:
+            reason = stop.reason
+            self._queue(stop.reply)
+        except Exception:
+            log_pop3.exception("%s: session failed", self._prefix)
+            reason = "Internal error"
+            self._queue(render.err("Internal error occurred.", RespCode.SYS_TEMP))
+        finally:
+            await self._finish(reason)
+
+    async def _events(self, server: ServerState) -> str:
+        """Run the conversation; returns the reason it ended (for the log)."""
+        connection = server.connection
+        while True:
+            event = connection.next_event()
+            if isinstance(event, NeedData):
+                await self._flush()
+                server.receive_data(await self._receive())
+                continue
+            if isinstance(event, Rset) and server.state is Pop3State.TRANSACTION:
+                self._seen.clear()  # as Dovecot: RSET also forgets what RETR would mark
+            action = server.handle(event)
+            if isinstance(action, Send):
+                self._queue(action.data)
+            elif isinstance(action, Retrieve):
+                await self._retrieve(action)
+            elif isinstance(action, VerifyLogin):
+                await self._login(server, action)
+            elif isinstance(action, StartTls):
+                await self._start_tls(server, action)
+            elif isinstance(action, Update):
+                await self._update(server, action)
+                return "Logged out"
+            else:
+                assert isinstance(action, Close)
+                self._queue(action.data)
+                if isinstance(event, Quit):
+                    return "Logged out"
+                if isinstance(event, ConnectionClosed):
+                    return "Connection closed"
+                return "Too many bad commands"
+
+    # --- STLS (RFC 2595 §4) -----------------------------------------------------------------
+
+    async def _start_tls(self, server: ServerState, action: StartTls) -> None:
+        try:
+            context = self.shared.tls_context()
+        except Exception as error:  # a certificate that cannot be loaded: a local problem
+            log_login.warning("cannot start TLS: %s", error)
+            raise _Disconnect(
+                "TLS initialization failed",
+                render.err("TLS initialization failed.", RespCode.SYS_TEMP),
+            ) from None
+        transport, loop = self.transport, self._loop
+        assert transport is not None and loop is not None
+        # Nothing may be awaited from here until start_tls() has paused reading: any
+        # plaintext the client sent behind STLS is discarded, never read as if encrypted.
+        self._queue(action.data)
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        self._bytes_out += len(data)
+        transport.write(data)
+        self._incoming.clear()
+        self._incoming_size = 0
+        try:
+            new_transport = await loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as error:
+            raise _Disconnect(f"TLS handshake failed: {error}") from None
+        if new_transport is None:
+            raise _Disconnect("TLS handshake failed")
+        self.transport = new_transport
+        self._reading_paused = False
+        self.tls = True
+        discarded = server.tls_established()
+        if discarded:
+            log_login.info(
+                "discarded %d octets sent before the TLS handshake: %s",
+                len(discarded),
+                self._log_fields(),
+            )
+
+    # --- login (RFC 1939 §7 USER/PASS, RFC 5034 AUTH) ---------------------------------------
+
+    async def _login(self, server: ServerState, action: VerifyLogin) -> None:
+        shared = self.shared
+        credentials = action.credentials
+        login = credentials.authcid
+        # Dovecot's pop3-login turns USER/PASS into SASL PLAIN, and logs it as such.
+        self._auth_method = "PLAIN" if action.mechanism == "USER" else action.mechanism
+        self._auth_login = login
+        users = shared.users
+        if users is None:
+            self._queue(server.login_failed(Failure.AUTH_UNAVAILABLE).data)
+            return
+        throttle = shared.throttle
+        if throttle.refused(self.remote_ip):
+            server.login_failed(Failure.AUTH_UNAVAILABLE)
+            raise _Disconnect(
+                "Too many failed login attempts",
+                render.err("Too many failed login attempts, try later.", RespCode.SYS_TEMP),
+            )
+        delay = throttle.delay_for(self.remote_ip, login)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._auth_attempts += 1
+        result = await users.verify(login, credentials.password, remote_address=self.remote_ip)
+        user = result.user
+        if result.failure is not None or user is None:
+            if result.failure is not None and result.failure.temporary:
+                log_login.warning("auth: %s: %s", login, result.message)
+                self._queue(server.login_failed(Failure.AUTH_UNAVAILABLE).data)
+            else:
+                throttle.record_failure(self.remote_ip, login)
+                self._queue(server.login_failed(Failure.AUTH_FAILED).data)
+            return
+        throttle.record_success(self.remote_ip, login)
+        self._auth_login = user.login
+        key = (user.login.lower(), self.remote_ip)
+        limit = self.config.max_userip_connections
+        if not shared.registry.add_user(key, limit):
+            text = (
+                "Maximum number of connections from user+IP exceeded "
+                f"(mail_max_userip_connections={limit})"
+            )
+            log_login.info("%s: %s", text, self._log_fields())
+            server.login_failed(Failure.AUTH_UNAVAILABLE)
+            self._queue(render.err(text, RespCode.SYS_TEMP))
+            return
+        try:
+            maildrop = await shared.open_maildrop(user)
+        except LockTimeout:
+            shared.registry.remove_user(key)
+            log_login.info("Maildrop in use by another POP3 session: %s", self._log_fields())
+            self._queue(server.login_failed(Failure.IN_USE).data)
+            return
+        except StoreError as error:
+            shared.registry.remove_user(key)
+            log_pop3.error("pop3(%s): cannot open the maildrop: %s", user.login, error)
+            self._queue(server.login_failed(store_failure(error)).data)
+            return
+        try:
+            reply = server.login_succeeded(maildrop.messages)
+        except ValueError as error:
+            shared.registry.remove_user(key)
+            await maildrop.close()
+            log_pop3.error("pop3(%s): invalid maildrop listing: %s", user.login, error)
+            self._queue(server.login_failed(Failure.TEMPORARY).data)
+            return
+        self._userip = key
+        self.user = user
+        self._maildrop = maildrop
+        self.stats.message_count = len(maildrop.messages)
+        self.stats.message_bytes = sum(message.size for message in maildrop.messages)
+        self._login_in = self._bytes_in
+        self._login_out = self._bytes_out
+        log_login.info("Login: %s", self._log_fields(mpid=True))
+        self._queue(reply.data)
+
+    # --- RETR and TOP (RFC 1939 §5, §7) -----------------------------------------------------
+
+    async def _retrieve(self, action: Retrieve) -> None:
+        maildrop = self._maildrop
+        assert maildrop is not None
+        try:
+            message = await maildrop.read(action.uid)
+        except MessageNotFound:
+            self._queue(render.err(f"Message {action.msg} expunged."))
+            return
+        except StoreError as error:
+            log_pop3.warning("%s: cannot read UID %d: %s", self._prefix, action.uid, error)
+            self._queue(render.failure(store_failure(error)))
+            return
+        sent = 0
+        for piece in action.response(message):
+            sent += len(piece)
+            self._queue(piece)
+            if self._out_size >= _WRITE_CHUNK:
+                await self._flush()
+        sent -= _TERMINATOR_SIZE  # as Dovecot's retr_bytes/top_bytes: all but ".\r\n"
+        stats = self.stats
+        if action.body_lines is None:
+            stats.retr_count += 1
+            stats.retr_bytes += sent
+            if self.config.mark_seen:
+                self._seen.add(action.uid)
+        else:
+            stats.top_count += 1
+            stats.top_bytes += sent
+
+    # --- QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6) --------------------------------
+
+    async def _update(self, server: ServerState, action: Update) -> None:
+        maildrop = self._maildrop
+        assert maildrop is not None
+        deleted = set(action.uids)
+        await self._mark_seen(self._seen - deleted)
+        failure: Failure | None = None
+        try:
+            await maildrop.delete(action.uids)
+        except StoreError as error:
+            log_pop3.error("%s: deleting messages failed: %s", self._prefix, error)
+            failure = store_failure(error)
+        else:
+            view = server.maildrop
+            sizes = {m.uid: m.size for m in view.messages} if view is not None else {}
+            self.stats.deleted_count = len(action.uids)
+            self.stats.deleted_bytes = sum(sizes.get(uid, 0) for uid in action.uids)
+        # The lock goes before the sign-off (RFC 1939 §6): a client that reconnects at
+        # once finds the maildrop free.
+        await self._close_maildrop()
+        self._queue(server.update_finished(failure).data)
+
+    async def _mark_seen(self, uids: set[int]) -> None:
+        self._seen.clear()
+        maildrop = self._maildrop
+        if not uids or maildrop is None:
+            return
+        try:
+            await maildrop.mark_seen(sorted(uids))
+        except StoreError as error:
+            log_pop3.warning("%s: cannot set \\Seen: %s", self._prefix, error)
+
+    # --- the end ------------------------------------------------------------------------------
+
+    async def _close_maildrop(self) -> None:
+        """Record ``\\Seen`` for the messages retrieved, close the maildrop, free its lock."""
+        maildrop = self._maildrop
+        if maildrop is None:
+            return
+        await self._mark_seen(set(self._seen))
+        self._maildrop = None
+        try:
+            await maildrop.close()
+        except Exception as error:
+            log_pop3.warning("%s: closing the maildrop failed: %s", self._prefix, error)
+
+    async def _finish(self, reason: str) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        with contextlib.suppress(_Disconnect):
+            await self._flush()
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+        await self._close_maildrop()  # without QUIT: \Seen is kept, nothing is deleted
+        registry = self.shared.registry
+        registry.sessions.discard(self)
+        if self._userip is not None:
+            registry.remove_user(self._userip)
+            self._userip = None
+        if self.user is None:
+            seconds = int(time.monotonic() - self.started)
+            if self._auth_attempts:
+                summary = f"auth failed, {self._auth_attempts} attempts in {seconds} secs"
+            else:
+                summary = f"no auth attempts in {seconds} secs"
+            what = "Disconnected" if reason == "Connection closed" else f"Disconnected: {reason}"
+            log_login.info("%s (%s): %s", what, summary, self._log_fields())
+            return
+        stats = self.stats
+        values: dict[str, int | str] = {
+            "top_count": stats.top_count,
+            "top_bytes": stats.top_bytes,
+            "retr_count": stats.retr_count,
+            "retr_bytes": stats.retr_bytes,
+            "deleted_count": stats.deleted_count,
+            "deleted_bytes": stats.deleted_bytes,
+            "message_count": stats.message_count,
+            "message_bytes": stats.message_bytes,
+            "input": self._bytes_in - self._login_in,
+            "output": self._bytes_out - self._login_out,
+            "session": self.session_id,
+        }
+        line = format_logout(self.config.logout_format, values)
+        # As Dovecot: "Disconnected: " before the reasons of an orderly end only.
+        what = f"Disconnected: {reason}" if reason in _ORDERLY else reason
+        log_pop3.info("%s: %s %s", self._prefix, what, line)
