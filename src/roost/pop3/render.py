@@ -32,6 +32,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final, TypeAlias
 
@@ -72,6 +73,9 @@ TERMINATOR: Final = b".\r\n"
 
 
 # --- status lines -------------------------------------------------------------------------
+
+
+_DOT_AFTER_LF: Final = re.compile(rb"\n\.")
 
 
 class RespCode(enum.Enum):
@@ -297,13 +301,15 @@ class MultilineEncoder:
     def _emit(self, data: bytes) -> bytes:
         if not data:
             return b""
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        data = data.replace(b"\n", b"\r\n")  # CRLF on the wire whatever the file holds
         if self._remaining is not None:
             data = self._truncate(data)
             if not data:
                 return b""
         self.octets += len(data)
-        stuffed = data.replace(b"\n.", b"\n..")
+        stuffed = _DOT_AFTER_LF.sub(b"\n..", data)  # faster than bytes.replace here
         if self._line_start and stuffed.startswith(b"."):
             stuffed = b"." + stuffed
         self._line_start = stuffed.endswith(b"\n")
