@@ -117,7 +117,7 @@ def test_the_same_user_database_answers_every_protocol(instance: Instance) -> No
         reply = client.read()
     assert reply.startswith("b OK")
     client.close()
-    took, reply = pop3_login(instance, "bob's secret")  # wrong for alice
+    _, reply = pop3_login(instance, "bob's secret")  # wrong for alice
     assert reply.startswith("-ERR [AUTH]")
 
 
