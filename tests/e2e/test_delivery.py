@@ -49,13 +49,14 @@ def send(
     body: str = "hello",
     sender: str = "sender@example.org",
     rcpt_options: list[str] | None = None,
+    source: str = "127.0.0.1",
 ) -> str:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Subject"] = body
     message.set_content(body)
-    with instance.smtp() as client:
+    with instance.smtp(source=source) as client:
         client.ehlo("client.example")
         client.mail(sender)
         for address in to:
@@ -228,3 +229,37 @@ def test_restart_in_the_middle_of_a_batch_delivers_each_message_once(tmp_path: P
 def test_smtplib_is_not_confused_by_pipelined_bounces(instance: Instance) -> None:
     with pytest.raises(smtplib.SMTPRecipientsRefused), instance.smtp() as client:
         client.sendmail("a@example.org", ["ghost@virtual.test"], "Subject: x\r\n\r\nx\r\n")
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
+    warned = start_instance(
+        tmp_path,
+        "delay_warning_time = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 1s\n"
+        "queue_run_delay = 1s\n",
+    )
+    try:
+        queue_id = send(
+            warned,
+            ["friend@remote.example"],
+            "slow",
+            sender="alice@virtual.test",
+            source="127.0.0.2",  # mynetworks: may relay
+        )
+        [path] = warned.wait_delivered("alice", 1)
+        report = read(path)
+        assert report["Subject"] == "Delayed Mail (still being retried)"
+        _, status, attached = report.iter_parts()
+        per_message, per_recipient = status.get_payload()
+        assert per_message["X-Roost-Queue-ID"] == queue_id
+        assert per_recipient["Final-Recipient"] == "rfc822; friend@remote.example"
+        assert per_recipient["Action"] == "delayed"
+        assert per_recipient["Status"].startswith("4.")
+        assert "Will-Retry-Until" in per_recipient
+        assert attached.get_content_type() == "text/rfc822-headers"
+        deadline = time.monotonic() + 4  # several more attempts: still one warning
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(warned.delivered("alice")) == 1
+        assert warned.log().count(f"{queue_id}: sender delay notification: ") == 1
+    finally:
+        warned.daemon.stop()

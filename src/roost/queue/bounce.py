@@ -184,8 +184,8 @@ def build_dsn(
             )
         per_recipient += block
     full = envelope.ret is not Ret.HDRS and len(original) <= bounce_size_limit
-    if action is Action.DELIVERED:
-        full = False
+    if action in (Action.DELIVERED, Action.DELAYED):
+        full = False  # only a bounce returns the whole message
     attached_type = "message/rfc822" if full else "text/rfc822-headers"
     attached = original if full else _header_block(original)
     head = [

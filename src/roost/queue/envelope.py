@@ -235,6 +235,7 @@ class Envelope:
         helo_name: the EHLO/HELO argument (Postfix ``helo_name``), or None.
         sasl_method: the SASL mechanism of a successful AUTH (Postfix ``sasl_method``).
         sasl_username: the authenticated user name (Postfix ``sasl_username``).
+        delay_warned: a "delayed" DSN was sent (``delay_warning_time``); sent only once.
 
     Raises:
         EnvelopeError: a field has a bad value; ``field`` names it.
@@ -255,6 +256,7 @@ class Envelope:
     helo_name: str | None = None
     sasl_method: str | None = None
     sasl_username: str | None = None
+    delay_warned: bool = False
 
     def __post_init__(self) -> None:
         _check_text("envelope_sender", self.envelope_sender)
@@ -286,6 +288,8 @@ class Envelope:
                 ) from None
         for name in ("client_hostname", "helo_name", "sasl_method", "sasl_username"):
             _check_optional_text(name, getattr(self, name))
+        if not isinstance(self.delay_warned, bool):
+            raise EnvelopeError("delay_warned", "must be true or false")
 
     def replace_recipient(self, index: int, recipient: Recipient) -> Envelope:
         """Return a copy with ``recipients[index]`` replaced.
@@ -325,6 +329,8 @@ class Envelope:
             "sasl_method": self.sasl_method,
             "sasl_username": self.sasl_username,
         }
+        if self.delay_warned:  # optional: older readers ignore it
+            document["delay_warned"] = True
         return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
     @classmethod
@@ -379,6 +385,7 @@ class Envelope:
             helo_name=fields.optional("helo_name", str),
             sasl_method=fields.optional("sasl_method", str),
             sasl_username=fields.optional("sasl_username", str),
+            delay_warned=fields.optional("delay_warned", bool) or False,
         )
 
 

@@ -304,6 +304,7 @@ class QueueManager:
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, envelope, results)
+        envelope = await self._delay_warning(queue_id, envelope)
         if envelope.is_done:
             await self.spool.remove(queue_id, QueueName.ACTIVE)
             log.info("%s: removed", queue_id)
@@ -461,6 +462,35 @@ class QueueManager:
                 to = self.double_bounce_recipient
             await self._send_dsn(queue_id, envelope, lines, to, kind)
 
+    async def _delay_warning(self, queue_id: str, envelope: Envelope) -> Envelope:
+        """Send one "delayed" DSN once the message is ``delay_warning_time`` old."""
+        now = self.clock()
+        if envelope.is_done or not self.retry.wants_delay_warning(
+            envelope.arrival_time, now, already_sent=envelope.delay_warned
+        ):
+            return envelope
+        lines = [
+            DsnRecipient(
+                recipient=recipient,
+                action=Action.DELAYED,
+                status=recipient.dsn_status or "4.0.0",
+                diagnostic=recipient.reason or "delivery temporarily suspended",
+            )
+            for recipient in envelope.recipients
+            if recipient.state is RecipientState.DEFERRED and wants_dsn(recipient, Action.DELAYED)
+        ]
+        if lines and envelope.envelope_sender:
+            lifetime = self.retry.maximal_lifetime
+            await self._send_dsn(
+                queue_id,
+                envelope,
+                lines,
+                envelope.envelope_sender,
+                "delay",
+                will_retry_until=envelope.arrival_time + lifetime,
+            )
+        return dataclasses.replace(envelope, delay_warned=True)
+
     async def _send_dsn(
         self,
         queue_id: str,
@@ -468,6 +498,8 @@ class QueueManager:
         lines: list[DsnRecipient],
         to: str,
         kind: str,
+        *,
+        will_retry_until: float | None = None,
     ) -> None:
         try:
             path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
@@ -479,6 +511,7 @@ class QueueManager:
                 hostname=self.hostname,
                 now=self.clock(),
                 bounce_size_limit=self.bounce_size_limit,
+                will_retry_until=will_retry_until,
                 to=to,
             )
             dsn_envelope = Envelope(
