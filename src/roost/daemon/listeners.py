@@ -9,10 +9,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Final
 
 from roost.config import SERVICES, Settings
 
-__all__ = ["Listener", "bind_socket", "listen_addresses", "service_listeners"]
+__all__ = ["LISTEN_BACKLOG", "Listener", "bind_socket", "listen_addresses", "service_listeners"]
+
+#: The listen(2) backlog of every service socket (asyncio's default of 100 makes bursts of
+#: new connections wait for SYN retransmits). Pass it to create_server too: it listens again.
+LISTEN_BACKLOG: Final = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,7 @@ def service_listeners(settings: Settings) -> list[Listener]:
     return listeners
 
 
-def bind_socket(listener: Listener, *, backlog: int = 512) -> socket.socket:
+def bind_socket(listener: Listener, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """Create, bind and listen a TCP socket (before privileges are dropped).
 
     IPv6 sockets are IPv6-only so ``0.0.0.0`` and ``::`` can both be bound.

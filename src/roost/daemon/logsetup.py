@@ -229,10 +229,42 @@ def setup_logging(
         old = _replace_handlers(logger, handlers)
         logger.setLevel(logging.DEBUG if debug else logging.INFO)
         logger.propagate = False
+        _route_library_loggers()
     for handler in old:
         handler.close()
     if fallback_warning is not None:
         logger.warning(fallback_warning)
+
+
+#: Libraries whose records go through roost's handlers (one line, control characters
+#: escaped) instead of Python's raw last-resort stderr output.
+_LIBRARY_LOGGERS: Final = ("asyncio", "mail.log", "ldap3")
+
+
+def _route_library_loggers() -> None:
+    """Send library warnings through the ``roost`` logger; drop their chatter.
+
+    aiosmtpd's ``mail.log`` repeats what roost/smtpd logs, with client bytes unescaped, so
+    only its errors are kept.
+    """
+    for name in _LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.addHandler(_Forward(f"{ROOT_LOGGER}.{name}"))
+        library.setLevel(logging.ERROR if name == "mail.log" else logging.WARNING)
+        library.propagate = False
+
+
+class _Forward(logging.Handler):
+    """Re-log a library's record on a ``roost.*`` logger (same level, message and args)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = logging.getLogger(target)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.name = self.target.name
+        self.target.handle(record)
 
 
 def _unreachable(address: str) -> str | None:

@@ -26,7 +26,7 @@ from typing import Final
 from roost import __version__
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
-from roost.daemon.listeners import Listener, bind_socket, service_listeners
+from roost.daemon.listeners import LISTEN_BACKLOG, Listener, bind_socket, service_listeners
 from roost.daemon.service import Context
 from roost.imap.mailboxes import parse_special_use
 from roost.imap.session import (
@@ -226,6 +226,7 @@ class IMAPService:
                 lambda service=service: self._session(service),
                 sock=sock,
                 ssl=ssl_context,
+                backlog=LISTEN_BACKLOG,
             )
             self._servers.append(server)
             log.info("%s: listening on %s", service, listener)

@@ -23,7 +23,7 @@ from typing import Final
 
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
-from roost.daemon.listeners import Listener, bind_socket, service_listeners
+from roost.daemon.listeners import LISTEN_BACKLOG, Listener, bind_socket, service_listeners
 from roost.daemon.service import Context
 from roost.pop3.session import (
     MaildropOpener,
@@ -212,7 +212,9 @@ class POP3Service:
             def factory(service: str = service) -> POP3Session:
                 return self._session(service)
 
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context)
+            server = await loop.create_server(
+                factory, sock=sock, ssl=ssl_context, backlog=LISTEN_BACKLOG
+            )
             self._servers.append(server)
             log.info("%s: listening on %s", service, listener)
 

@@ -148,6 +148,7 @@ class QueueManager:
         self._queued: set[str] = set()
         self._forced: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timer_queues: dict[str, QueueName] = {}  # where each timed message waits
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -208,6 +209,7 @@ class QueueManager:
     def forget(self, queue_id: str) -> None:
         """Drop the retry timer of a message that left ``deferred/`` (deleted or held)."""
         timer = self._timers.pop(queue_id, None)
+        self._timer_queues.pop(queue_id, None)
         if timer is not None:
             timer.cancel()
 
@@ -216,7 +218,8 @@ class QueueManager:
         for queue_id, timer in list(self._timers.items()):
             timer.cancel()
             del self._timers[queue_id]
-            self._enqueue(queue_id, QueueName.DEFERRED, force=True)
+            queue = self._timer_queues.pop(queue_id, QueueName.DEFERRED)
+            self._enqueue(queue_id, queue, force=True)
 
     # --- scheduling -------------------------------------------------------------------
 
@@ -228,7 +231,7 @@ class QueueManager:
         if force:
             self._forced.add(queue_id)
 
-    def _schedule(self, queue_id: str, when: float) -> None:
+    def _schedule(self, queue_id: str, when: float, queue: QueueName = QueueName.DEFERRED) -> None:
         old = self._timers.pop(queue_id, None)
         if old is not None:
             old.cancel()
@@ -237,7 +240,10 @@ class QueueManager:
 
         def due() -> None:
             self._timers.pop(queue_id, None)
-            self._enqueue(queue_id, QueueName.DEFERRED)
+            self._timer_queues.pop(queue_id, None)
+            self._enqueue(queue_id, queue)
+
+        self._timer_queues[queue_id] = queue
 
         self._timers[queue_id] = loop.call_later(delay, due)
 
@@ -305,11 +311,20 @@ class QueueManager:
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, envelope, results)
         envelope = await self._delay_warning(queue_id, envelope)
-        if envelope.is_done:
-            await self.spool.remove(queue_id, QueueName.ACTIVE)
-            log.info("%s: removed", queue_id)
+        try:
+            if envelope.is_done:
+                await self.spool.remove(queue_id, QueueName.ACTIVE)
+                log.info("%s: removed", queue_id)
+                return
+            await self.spool.move(queue_id, QueueName.ACTIVE, QueueName.DEFERRED, envelope=envelope)
+        except SpoolError as exc:
+            # e.g. a full queue disk: the message stays in active/ (its old envelope, so
+            # what was delivered may be delivered again) and is tried again later
+            log.warning("%s: cannot update the queue file: %s; retrying later", queue_id, exc)
+            if not self._stopping:
+                retry_at = self.clock() + self.retry.minimal_backoff
+                self._schedule(queue_id, retry_at, QueueName.ACTIVE)
             return
-        await self.spool.move(queue_id, QueueName.ACTIVE, QueueName.DEFERRED, envelope=envelope)
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
 

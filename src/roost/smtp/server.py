@@ -20,7 +20,7 @@ from typing import Final
 from roost.address import Address
 from roost.config import ConfigError, Settings, TableError, open_table
 from roost.config.lookup import CidrTable, DictTable, LookupTable, RegexpTable, StaticTable
-from roost.daemon.listeners import Listener, bind_socket, service_listeners
+from roost.daemon.listeners import LISTEN_BACKLOG, Listener, bind_socket, service_listeners
 from roost.daemon.service import Context
 from roost.delivery.router import RecipientStatus, Router, router_from_settings
 from roost.smtp.anvil import Anvil
@@ -267,6 +267,7 @@ class SMTPService:
                 lambda service=service: SMTPSession(self._shared[service]),
                 sock=sock,
                 ssl=ssl_context,
+                backlog=LISTEN_BACKLOG,
             )
             self._servers.append(server)
             log.info("%s: listening on %s", service, listener)

@@ -196,6 +196,8 @@ class SMTPSession(SMTP):
         self.commands_ok: Counter[str] = Counter()
         self._admitted = False
         self._closing = False
+        self._data_finished = asyncio.Event()
+        self._data_finished.set()
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -287,8 +289,16 @@ class SMTPSession(SMTP):
     def _last_command(self) -> str:
         return next(reversed(self.commands), "CONNECT") if self.commands else "CONNECT"
 
-    async def shutdown(self) -> None:
-        """Say 421 and close (graceful stop after the grace period)."""
+    async def shutdown(self, data_grace: float = 60.0) -> None:
+        """Say 421 and close (graceful stop after the grace period).
+
+        A message being received or committed is finished and answered first (up to
+        ``data_grace`` seconds): a 421 for a message the queue keeps would make the client
+        send it again.
+        """
+        if not self._data_finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._data_finished.wait(), data_grace)
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send(f"421 4.3.2 {self.hostname} Service shutting down")
@@ -348,6 +358,13 @@ class SMTPSession(SMTP):
 
         The end of the client's input (after a half-close) ends the session instead.
         """
+        if isinstance(error, aiosmtpd.smtp.TLSSetupException):
+            cause = error.__cause__
+            reason = f"{type(cause).__name__}: {cause}" if cause is not None else "handshake failed"
+            self.log.warning(
+                "SSL_accept error from %s: TLS handshake failed: %s", self.client, reason
+            )
+            return ""  # aiosmtpd closes the connection
         if isinstance(error, asyncio.IncompleteReadError):
             self._closing = True
             if self.transport is not None:
@@ -740,12 +757,16 @@ class SMTPSession(SMTP):
             await self.reply(reply.NO_VALID_RECIPIENTS if transaction.rejected else reply.NEED_RCPT)
             return
         writer = self.shared.spool.new_message()
+        self._data_finished.clear()
         try:
-            answer = await self._receive(transaction, writer)
+            try:
+                answer = await self._receive(transaction, writer)
+            finally:
+                await writer.abort()  # a no-op once committed
+            self.transaction = None
+            await self.reply(answer, "DATA")
         finally:
-            await writer.abort()  # a no-op once committed
-        self.transaction = None
-        await self.reply(answer, "DATA")
+            self._data_finished.set()
 
     async def _receive(self, transaction: _Transaction, writer: MessageWriter) -> Reply:
         await self._send(reply.START_DATA)
