@@ -1,0 +1,1133 @@
+"""Shared machinery of the side-by-side benchmarks (bench/smtp_ingest.py, bench/local_delivery.py).
+
+Each run gets a *fresh* server instance in a new directory (queue, Maildir, logs), so no run
+inherits a big directory from the one before (BENCHMARKING pitfall: a Maildir that once held
+20,000 files makes later runs ~40 % slower on ext4):
+
+- :class:`RoostInstance`: ``roost -c DIR/main.cf serve`` with a passwd-file user
+  ``user@bench.test``, Maildir delivery, loopback only. ``deliver=False`` sets
+  ``master_service_disable = qmgr``: mail is accepted (durably, before the ``250``) and left
+  in ``incoming/``.
+- :class:`PostfixInstance`: a *separate* Postfix instance (own ``config_directory``,
+  ``queue_directory`` and ``data_directory``; never ``/etc/postfix``) on a loopback port,
+  virtual(8) Maildir delivery for ``bench.test`` and ``error:`` default transports, so
+  nothing leaves the machine and no DNS query is made. ``deliver=False`` keeps the queue
+  manager running but puts every message on hold (``header_checks = static:HOLD``):
+  cleanup(8) still writes and fsyncs the queue file before smtpd answers ``250``, then
+  renames it into ``hold/`` instead of waking the queue manager. (Disabling Postfix's qmgr
+  instead makes every cleanup(8) sleep after a failed trigger: 20 msg/s, not a fair
+  comparison.)
+
+Server CPU is read from ``/proc``: for roost the daemon process (all its threads); for
+Postfix the master and every process below it, plus what the master has reaped from exited
+children (``cutime + cstime``), so smtpd/cleanup processes that exit during a run count.
+
+Load is generated with ``smtp-source`` (Debian's ``postfix`` package, ``/usr/sbin``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DOMAIN = "bench.test"
+RECIPIENT = f"user@{DOMAIN}"
+SENDER = "sender@example.com"
+CLIENT_HELO = "client.example"
+#: numeric owner of the mail Postfix's virtual(8) delivers (need not exist as a user)
+VMAIL_UID = 5000
+
+
+# --- tools and the machine -------------------------------------------------------------------
+
+
+def find_program(name: str, *extra_dirs: str) -> str | None:
+    """Return the path of ``name`` on PATH, in /usr/sbin, or in ``extra_dirs``; else None."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", *extra_dirs])
+    return shutil.which(name, path=path)
+
+
+def smtp_source() -> str:
+    """Return the path of ``smtp-source``; exit with a hint when it is missing."""
+    found = find_program("smtp-source")
+    if found is None:
+        sys.exit("smtp-source not found: apt-get install postfix (it ships in /usr/sbin)")
+    return found
+
+
+def postfix_usable() -> str | None:
+    """Return why the Postfix side cannot run here, or None when it can."""
+    if find_program("postfix") is None:
+        return "postfix is not installed (apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "Postfix's master must start as root: run the benchmark as root"
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "there is no 'postfix' user (install Debian's postfix package)"
+    return None
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def filesystem_of(path: Path) -> str:
+    """Return ``fstype device`` of the mount holding ``path`` (from /proc/mounts)."""
+    best, found = "", "unknown"
+    resolved = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            device, mount_point, fstype, *_ = line.split()
+            inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best):
+                best, found = mount_point, f"{fstype} {device} on {mount_point}"
+    return found
+
+
+def load_average() -> float:
+    """The 1-minute load average (other work on a shared machine shows here)."""
+    return os.getloadavg()[0]
+
+
+def source_fingerprint(package: Path) -> str:
+    """A short hash of every ``*.py`` under ``package``: which roost code was measured."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def snapshot_source(base: Path) -> Path:
+    """Copy ``src/roost`` under ``base`` and return the directory to put on PYTHONPATH.
+
+    Others may edit the tree while a long benchmark runs: every run then uses the same
+    code, the one of this moment.
+    """
+    target = Path(tempfile.mkdtemp(prefix="roost-src-", dir=base))
+    shutil.copytree(
+        ROOT / "src" / "roost", target / "roost", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return target
+
+
+def use_roost_source(base: Path, *, snapshot: bool, source: Path | None = None) -> str:
+    """Make :class:`RoostInstance` run a snapshot of src/roost, the tree itself, or
+    ``source`` (a directory holding a ``roost`` package); return a description with the
+    code's fingerprint."""
+    package = ROOT / "src" / "roost"
+    if source is not None:
+        RoostInstance.python_path = source.resolve()
+        RoostInstance.keep_python_path = True
+        return f"{source / 'roost'} (given), {source_fingerprint(source / 'roost')}"
+    if not snapshot:
+        return f"{package} (live tree) {source_fingerprint(package)}"
+    RoostInstance.python_path = snapshot_source(base)
+    copy = RoostInstance.python_path / "roost"
+    return f"snapshot {copy} of {package}, {source_fingerprint(copy)}"
+
+
+def drop_roost_snapshot() -> None:
+    if RoostInstance.python_path is not None and not RoostInstance.keep_python_path:
+        shutil.rmtree(RoostInstance.python_path, ignore_errors=True)
+        RoostInstance.python_path = None
+
+
+def machine_description(base: Path) -> dict[str, str]:
+    """What the figures depend on: CPU, cores, kernel, file system, versions."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    postfix = "not installed"
+    postconf = find_program("postconf")
+    if postconf:
+        result = subprocess.run(
+            [postconf, "-d", "-h", "mail_version"], capture_output=True, text=True, check=False
+        )
+        postfix = result.stdout.strip() or postfix
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": sys.version.split()[0],
+        "postfix": postfix,
+        "filesystem": filesystem_of(base),
+        "load_1min_at_start": f"{load_average():.2f}",
+    }
+
+
+def _os_name() -> str:
+    with contextlib.suppress(OSError), open("/etc/os-release") as release:
+        for line in release:
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
+def warn_if_tmpfs(base: Path) -> None:
+    """fsync is free on tmpfs: durable-acceptance figures would mean nothing there."""
+    if filesystem_of(base).startswith("tmpfs"):
+        print(
+            f"warning: {base} is on tmpfs; fsync costs nothing there. Use --dir on a real disk.",
+            file=sys.stderr,
+        )
+
+
+# --- CPU accounting from /proc -------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces: split after the last ')'
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads), plus cutime + cstime if asked."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # after "pid (comm) ": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children[int(fields[1])].append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU of a process tree, including children already exited and reaped.
+
+    A process that exits adds its whole CPU time to its parent's ``cutime``/``cstime`` when
+    the parent reaps it, so summing utime + stime + cutime + cstime over the live processes
+    counts every process of the tree once.
+    """
+    return sum(process_cpu_seconds(pid, reaped_children=True) for pid in descendants(root))
+
+
+# --- directory counting --------------------------------------------------------------------
+
+
+def count_files(directory: Path, *, suffix: str = "", recursive: bool = False) -> int:
+    """Count regular files (ending in ``suffix``) in ``directory``; 0 if it is missing."""
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        total += count_files(Path(entry.path), suffix=suffix, recursive=True)
+                elif entry.name.endswith(suffix):
+                    total += 1
+    except FileNotFoundError:
+        return 0
+    return total
+
+
+def count_names(directory: Path) -> int:
+    """Count the entries of ``directory`` (cheaper than :func:`count_files`); 0 if missing."""
+    try:
+        return len(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+
+
+# --- server instances ----------------------------------------------------------------------
+
+
+class Instance:
+    """A mail server instance set up in its own directory; see the module docs."""
+
+    name = "server"
+
+    def __init__(self, directory: Path, *, deliver: bool) -> None:
+        self.directory = directory
+        self.deliver = deliver
+        self.port = free_port()
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server's processes (seconds)."""
+        raise NotImplementedError
+
+    def queue_counts(self) -> dict[str, int]:
+        """Messages in each queue that matters right now."""
+        raise NotImplementedError
+
+    def maildir_new(self) -> Path:
+        """The recipient's Maildir ``new/``."""
+        raise NotImplementedError
+
+    def profile_pid(self) -> int | None:
+        """The process to profile with py-spy (None: not a Python server)."""
+        return None
+
+    def take_trace(self) -> dict[str, Any] | None:
+        """Timings from inside the server (roost's ``trace`` patch), once stopped."""
+        return None
+
+    def accepted(self) -> int:
+        """Messages accepted and still queued or already delivered."""
+        return sum(self.queue_counts().values()) + count_names(self.maildir_new())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+#: What-if variants of the roost daemon, to measure a proposed src/ change before anyone
+#: makes it: each is Python run in the daemon process before ``roost serve`` starts.
+#: ``--servers roost:syncfs+nolog`` combines them. Experiments only, never for production.
+ROOST_PATCHES: Mapping[str, str] = {
+    # the spool's flush: one syncfs(2) per batch instead of fdatasync per file
+    "syncfs": """
+import roost.queue.spool as _spool
+from roost.queue.directory import SyncMethod as _SyncMethod
+_spool_init = _spool.Spool.__init__
+def _patched_spool_init(self, *args, **kwargs):
+    _spool_init(self, *args, **{**kwargs, "sync_method": _SyncMethod.SYNCFS})
+_spool.Spool.__init__ = _patched_spool_init
+""",
+    # no batching: every commit on its own, 32 at a time in 32 threads (like 32 cleanups)
+    "nobatch": """
+import roost.queue.spool as _spool
+_spool_init = _spool.Spool.__init__
+def _patched_spool_init(self, *args, **kwargs):
+    _spool_init(self, *args, **{**kwargs, "group_commit": False, "io_threads": 32})
+_spool.Spool.__init__ = _patched_spool_init
+""",
+    # write each new message's files in the spool's I/O threads *before* it joins a batch
+    # (what QueueDirectory.prepare_job's docstring intends), so the single committer thread
+    # only flushes, renames and fsyncs the directory
+    "earlyprepare": """
+import asyncio as _asyncio
+import roost.queue.spool as _spool
+from roost.queue.directory import _CommitJob
+_spool_submit = _spool.Spool._submit
+async def _early_submit(self, job):
+    if isinstance(job, _CommitJob) and not job.prepared:
+        loop = _asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._io, self.directory.prepare_job, job):
+            raise job.error
+    await _spool_submit(self, job)
+_spool.Spool._submit = _early_submit
+""",
+    # cost model of a one-file queue entry (Postfix's layout: envelope records and content
+    # in one file): a new message is one file created, written, flushed and renamed, not
+    # two. ACCEPT-ONLY SIMULATION: the content goes into the envelope file, which nothing
+    # can read back; run it only with the queue manager off.
+    "onefile": """
+import os as _os
+import roost.queue.directory as _qdir
+_commit_prepare = _qdir._CommitJob.prepare
+def _one_file_prepare(self, qd):
+    if self._content_fd is not None:
+        return _commit_prepare(self, qd)
+    fd = _os.open(
+        qd.temp_path(self.queue, self.queue_id),
+        _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC | _os.O_CLOEXEC,
+        0o600,
+    )
+    _qdir._write_all(fd, bytes(self._tail) + self._envelope)
+    self._tail = b""
+    self._envelope_fd = fd
+    self.sync_fds.append(fd)
+_qdir._CommitJob.prepare = _one_file_prepare
+""",
+    # what logging costs: only warnings and errors are logged
+    "nolog": """
+import logging as _logging
+import roost.daemon.logsetup as _logsetup
+_setup_logging = _logsetup.setup_logging
+def _patched_setup_logging(**kwargs):
+    _setup_logging(**kwargs)
+    _logging.getLogger("roost").setLevel(_logging.WARNING)
+_logsetup.setup_logging = _patched_setup_logging
+""",
+    # aiosmtpd's SMTP.__init__ runs inspect.getmembers(self) (every attribute, properties
+    # included) for each connection, only to find auth_* methods: look the names up once
+    # per class instead
+    "fastinit": """
+import inspect as _inspect
+import types as _types
+import aiosmtpd.smtp as _aiosmtpd_smtp
+_auth_names = {}
+def _getmembers(obj, predicate=None):
+    kind = type(obj)
+    names = _auth_names.get(kind)
+    if names is None:
+        names = _auth_names[kind] = [n for n in dir(kind) if n.startswith("auth_")]
+    return [(name, getattr(obj, name)) for name in names]
+_aiosmtpd_smtp.inspect = _types.SimpleNamespace(
+    getmembers=_getmembers, signature=_inspect.signature
+)
+""",
+    # diagnostics, not a change: time commits, spool batches, DATA, and the event loop's
+    # lag (how late a 10 ms timer fires); written to $ROOST_BENCH_TRACE at exit
+    "trace": """
+import asyncio as _asyncio
+import atexit as _atexit
+import json as _json
+import os as _os
+import time as _time
+import roost.daemon.app as _app
+import roost.queue.directory as _directory
+import roost.queue.spool as _spool
+import roost.smtp.session as _session
+_trace = {
+    "data": [], "commit": [], "batch": [], "batch_size": [], "prepare": [], "prepare_cpu": [],
+    "flush": [], "lag": [],
+}
+def _timed_coroutine(owner, name, key):
+    original = getattr(owner, name)
+    async def timed(*args, **kwargs):
+        started = _time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _trace[key].append(_time.perf_counter() - started)
+    setattr(owner, name, timed)
+_timed_coroutine(_spool.MessageWriter, "commit", "commit")
+_timed_coroutine(_session.SMTPSession, "smtp_DATA", "data")
+_run_batch = _directory.QueueDirectory.run_batch
+def _timed_run_batch(self, jobs):
+    started = _time.perf_counter()
+    try:
+        return _run_batch(self, jobs)
+    finally:
+        _trace["batch"].append(_time.perf_counter() - started)
+        _trace["batch_size"].append(len(jobs))
+        for job in jobs:
+            _trace.setdefault("jobs " + type(job).__name__.strip("_"), []).append(1)
+_directory.QueueDirectory.run_batch = _timed_run_batch
+def _timed_function(owner, name, key):
+    original = getattr(owner, name)
+    def timed(*args, **kwargs):
+        started = _time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _trace[key].append(_time.perf_counter() - started)
+    setattr(owner, name, timed)
+_prepare_job = _directory.QueueDirectory.prepare_job
+def _timed_prepare_job(self, job):
+    started, cpu = _time.perf_counter(), _time.thread_time()
+    try:
+        return _prepare_job(self, job)
+    finally:
+        _trace["prepare"].append(_time.perf_counter() - started)
+        _trace["prepare_cpu"].append(_time.thread_time() - cpu)
+_directory.QueueDirectory.prepare_job = _timed_prepare_job
+_timed_function(_directory.QueueDirectory, "_flush_files", "flush")
+_daemon_run = _app.Daemon.run
+async def _traced_daemon_run(self):
+    async def lag():
+        while True:
+            started = _time.perf_counter()
+            await _asyncio.sleep(0.01)
+            _trace["lag"].append(_time.perf_counter() - started - 0.01)
+    task = _asyncio.get_running_loop().create_task(lag())
+    try:
+        return await _daemon_run(self)
+    finally:
+        task.cancel()
+_app.Daemon.run = _traced_daemon_run
+def _write_trace():
+    with open(_os.environ["ROOST_BENCH_TRACE"], "w") as out:
+        _json.dump(_trace, out)
+_atexit.register(_write_trace)
+""",
+    # GIL hand-over: a thread back from a system call waits up to the switch interval
+    # (5 ms) for the event loop thread to let go; 0.5 ms shows how much that costs
+    "switch": """
+import sys as _sys
+_sys.setswitchinterval(0.0005)
+""",
+    # listeners with SO_REUSEPORT, so that several daemons share one port (``roost:w2``)
+    "reuseport": """
+import socket as _socket
+import roost.daemon.listeners as _listeners
+import roost.smtp.server as _smtp_server
+_bind_socket = _listeners.bind_socket
+def _bind_reuseport(listener, *, backlog=512):
+    family = _socket.AF_INET6 if ":" in listener.host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+    sock.bind((listener.host, listener.port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+_listeners.bind_socket = _bind_reuseport
+_smtp_server.bind_socket = _bind_reuseport
+""",
+    # recipient lookups in the loop instead of a thread hop (the passwd-file is cached)
+    "inlinelookup": """
+import roost.auth.users as _users
+async def _lookup(self, name):
+    return self.lookup_sync(name)
+_users.UserDatabase.lookup = _lookup
+""",
+}
+
+
+class RoostInstance(Instance):
+    """``roost serve`` in ``directory``; readiness through a NOTIFY_SOCKET (READY=1).
+
+    Args:
+        directory: created; holds main.cf, users, spool, Maildirs, maillog.
+        deliver: run the queue manager (local delivery); False disables it (accept only).
+        patches: keys of :data:`ROOST_PATCHES` (what-if experiments); empty for roost as is.
+        workers: what-if: this many daemons on the same port (``SO_REUSEPORT``) and the same
+            queue directory, each with its own event loop; only the first runs a queue
+            manager. For acceptance only (the others do not wake the queue manager).
+    """
+
+    name = "roost"
+
+    #: where ``roost`` is imported from (see :func:`snapshot_source`); None: the venv's
+    python_path: Path | None = None
+    keep_python_path = False
+
+    def __init__(
+        self, directory: Path, *, deliver: bool, patches: Sequence[str] = (), workers: int = 1
+    ) -> None:
+        super().__init__(directory, deliver=deliver)
+        self.patches = tuple(patches) + (("reuseport",) if workers > 1 else ())
+        self.workers = workers
+        self.trace_path = directory.parent / f"{directory.name}.trace.json"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def setup(self) -> None:
+        from roost.auth.passwdfile import hash_password
+
+        d = self.directory
+        d.mkdir(parents=True)
+        (d / "users").write_text(f"{RECIPIENT}:{hash_password('bench', 'SHA256-CRYPT')}::::::\n")
+        (d / "aliases").write_text(f"postmaster: {RECIPIENT}\n")
+        for worker in range(self.workers):
+            disabled = ["submission", "submissions", "imap", "imaps", "pop3", "pop3s"]
+            if not self.deliver or worker > 0:
+                disabled.append("qmgr")
+            self._config(worker).write_text(
+                textwrap.dedent(f"""\
+                    # roost benchmark instance (bench/common.py)
+                    myhostname = roost-bench.localdomain
+                    mydestination =
+                    virtual_mailbox_domains = {DOMAIN}
+                    inet_interfaces = 127.0.0.1
+                    mynetworks = 127.0.0.0/8
+                    queue_directory = {d}/spool
+                    data_directory = {d}/lib{worker or ""}
+                    auth_backends = passwd-file:{d}/users
+                    auth_default_realm = {DOMAIN}
+                    smtpd_peername_lookup = no
+                    mail_location = maildir:{d}/mail/%d/%n/Maildir
+                    alias_maps = hash:{d}/aliases
+                    alias_database = $alias_maps
+                    maillog_file = {d}/maillog
+                    shutdown_grace_time = 2s
+                    smtp_service_port = {self.port}
+                    master_service_disable = {", ".join(disabled)}
+                    """)
+            )
+
+    def _config(self, worker: int) -> Path:
+        return self.directory / f"main{worker or ''}.cf"
+
+    def _command(self, worker: int) -> list[str]:
+        config = str(self._config(worker))
+        if not self.patches:
+            return [sys.executable, "-m", "roost", "-c", config, "serve"]
+        code = "".join(ROOST_PATCHES[name] for name in self.patches)
+        code += "import sys\nfrom roost.cli.main import main\n"
+        code += f"sys.argv = ['roost', '-c', {config!r}, 'serve']\nsys.exit(main())\n"
+        return [sys.executable, "-c", code]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for worker in range(self.workers):
+            self._start_one(worker, timeout)
+
+    def _start_one(self, worker: int, timeout: float) -> None:
+        notify_path = self.directory / f"notify{worker}.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        try:
+            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+            env["ROOST_BENCH_TRACE"] = f"{self.trace_path}.{worker}"
+            if self.python_path is not None:
+                env["PYTHONPATH"] = str(self.python_path)
+            with open(self.directory / "daemon.out", "ab") as out:
+                process = subprocess.Popen(
+                    self._command(worker), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+                )
+            self.processes.append(process)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or process.poll() is not None:
+                    log = (self.directory / "daemon.out").read_text(errors="replace")
+                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
+                notify.settimeout(min(remaining, 0.5))
+                with contextlib.suppress(TimeoutError):
+                    if "READY=1" in notify.recv(65536).decode().splitlines():
+                        return
+        finally:
+            notify.close()
+
+    def stop(self) -> None:
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        for process in running:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(p.pid) for p in self.processes)
+
+    def profile_pid(self) -> int | None:
+        return self.processes[0].pid if self.processes else None
+
+    def queue_counts(self) -> dict[str, int]:
+        spool = self.directory / "spool"
+        return {
+            queue: count_files(spool / queue, suffix=".env")
+            for queue in ("incoming", "active", "deferred")
+        }
+
+    def maildir_new(self) -> Path:
+        return self.directory / "mail" / DOMAIN / "user" / "Maildir" / "new"
+
+    def take_trace(self) -> dict[str, Any] | None:
+        """The ``trace`` patch's figures after :meth:`stop` (None without it), summarized."""
+        raw: dict[str, list[float]] = collections.defaultdict(list)
+        for worker in range(self.workers):
+            path = Path(f"{self.trace_path}.{worker}")
+            try:
+                for key, values in json.loads(path.read_text()).items():
+                    raw[key] += values
+                path.unlink()
+            except (OSError, ValueError):
+                continue
+        if not raw:
+            return None
+        summary: dict[str, Any] = {}
+        for key, values in raw.items():
+            if not values:
+                continue
+            ordered = sorted(values)
+            pick = [ordered[min(int(len(ordered) * q), len(ordered) - 1)] for q in (0.5, 0.9, 0.99)]
+            scale = 1 if key == "batch_size" or key.startswith("jobs ") else 1000  # s to ms
+            summary[key] = {
+                "n": len(values),
+                "mean": scale * statistics.fmean(values),
+                "p50": scale * pick[0],
+                "p90": scale * pick[1],
+                "p99": scale * pick[2],
+                "max": scale * ordered[-1],
+            }
+        return summary
+
+
+class PostfixInstance(Instance):
+    """A separate Postfix instance in ``directory`` (config, queue, data, mail, maillog).
+
+    Follows the reference recipe: ``inet_interfaces = 127.0.0.1``, no DNS, virtual(8)
+    Maildir delivery for ``bench.test``, ``error:`` for everything else.
+
+    Args:
+        directory: created; ``etc/``, ``spool/``, ``data/``, ``mail/``, ``maillog``.
+        deliver: deliver into the Maildir; False holds every message (accept only).
+    """
+
+    name = "postfix"
+
+    def __init__(self, directory: Path, *, deliver: bool) -> None:
+        super().__init__(directory, deliver=deliver)
+        self.conf = directory / "etc"
+        self.queue = directory / "spool"
+
+    def setup(self) -> None:
+        d = self.directory
+        data, mail = d / "data", d / "mail"
+        for path in (self.conf, self.queue, data, mail / DOMAIN):
+            path.mkdir(parents=True)
+        os.chown(mail, VMAIL_UID, VMAIL_UID)
+        os.chown(mail / DOMAIN, VMAIL_UID, VMAIL_UID)
+        shutil.chown(data, "postfix")
+        hold = "" if self.deliver else "header_checks = static:HOLD\n"
+        (self.conf / "main.cf").write_text(
+            textwrap.dedent(f"""\
+                # Postfix benchmark instance (bench/common.py); not the system instance
+                compatibility_level = 3.6
+                config_directory = {self.conf}
+                queue_directory = {self.queue}
+                data_directory = {data}
+                multi_instance_name = postfix-bench
+                myhostname = postfix-bench.localdomain
+                mydomain = localdomain
+                myorigin = $myhostname
+                mydestination =
+                inet_interfaces = 127.0.0.1
+                inet_protocols = ipv4
+                mynetworks = 127.0.0.0/8
+                smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+                biff = no
+                append_dot_mydomain = no
+                disable_dns_lookups = yes
+                smtp_dns_support_level = disabled
+                smtp_host_lookup = native
+                smtpd_peername_lookup = no
+                maillog_file = {d}/maillog
+                maillog_file_prefixes = {d}
+                alias_maps =
+                alias_database =
+                local_recipient_maps =
+                virtual_mailbox_domains = {DOMAIN}
+                virtual_mailbox_base = {mail}
+                virtual_mailbox_maps = texthash:{self.conf}/vmailbox
+                virtual_uid_maps = static:{VMAIL_UID}
+                virtual_gid_maps = static:{VMAIL_UID}
+                virtual_minimum_uid = 100
+                virtual_mailbox_limit = 0
+                message_size_limit = 52428800
+                default_transport = error:postfix-bench: outbound disabled
+                relay_transport = error:postfix-bench: outbound disabled
+                """)
+            + hold
+        )
+        (self.conf / "vmailbox").write_text(f"{RECIPIENT} {DOMAIN}/user/\n")
+        (self.conf / "master.cf").write_text(_POSTFIX_MASTER_CF.format(port=self.port))
+
+    def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [find_program("postfix") or "postfix", "-c", str(self.conf), *args]
+        script = find_program("script")
+        if script is not None and args[:1] == ("start",):
+            # postfix reports start-up errors only to a tty or syslog: give it a tty
+            command = [script, "-qec", " ".join(command), "/dev/null"]
+        return subprocess.run(command, capture_output=True, text=True, check=check)
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self, timeout: float = 30.0) -> None:
+        started = self._postfix("start", check=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                if sock.recv(512).startswith(b"220"):
+                    return
+            time.sleep(0.1)
+        log = (self.directory / "maillog").read_text(errors="replace") if started else ""
+        raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}{log[-2000:]}")
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        self._postfix("stop", check=False)
+        deadline = time.monotonic() + 30
+        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        pid = self.master_pid()
+        assert pid is not None, "postfix is not running"
+        return tree_cpu_seconds(pid)
+
+    def queue_counts(self) -> dict[str, int]:
+        queues = ("incoming", "active", "deferred") + (() if self.deliver else ("hold",))
+        return {queue: count_files(self.queue / queue, recursive=True) for queue in queues}
+
+    def maildir_new(self) -> Path:
+        return self.directory / "mail" / DOMAIN / "user" / "new"
+
+
+# the reference recipe's master.cf, without the services these benchmarks never use
+_POSTFIX_MASTER_CF = """\
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instance:
+    """``kind``: ``roost``, ``roost:PATCH[+PATCH...]`` or ``postfix``.
+
+    A PATCH is a key of :data:`ROOST_PATCHES`, or ``wN``: N daemons sharing the port.
+    """
+    if ":" in str(base.resolve()):
+        raise ValueError(f"{base}: no ':' please, it separates mail_location's fields")
+    # no ':' in the path: it separates the fields of mail_location (maildir:PATH:...)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    directory = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=base))
+    directory.rmdir()  # setup() creates it
+    if kind == "postfix":
+        return PostfixInstance(directory, deliver=deliver)
+    name, _, patch_text = kind.partition(":")
+    patches = patch_text.split("+") if patch_text else []
+    workers = [int(p[1:]) for p in patches if p[:1] == "w" and p[1:].isdigit()]
+    patches = [p for p in patches if not (p[:1] == "w" and p[1:].isdigit())]
+    if name != "roost" or any(patch not in ROOST_PATCHES for patch in patches):
+        raise ValueError(f"unknown server {kind!r} (patches: {', '.join(ROOST_PATCHES)}, wN)")
+    return RoostInstance(directory, deliver=deliver, patches=patches, workers=max(workers or [1]))
+
+
+# --- load generation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One smtp-source load: ``sessions`` in parallel, ``messages`` in all, ``size`` bytes."""
+
+    name: str
+    sessions: int
+    messages: int
+    size: int
+
+    def scaled(self, divisor: int) -> Workload:
+        return Workload(self.name, self.sessions, max(self.messages // divisor, 1), self.size)
+
+    def describe(self) -> str:
+        size = f"{self.size // 1024} KB" if self.size % 1024 == 0 else f"{self.size} B"
+        return f"{self.sessions} x {self.messages} x {size}"
+
+
+def smtp_source_command(port: int, workload: Workload) -> list[str]:
+    """smtp-source: one connection per message (no -d), HELO, one recipient, no pipelining.
+
+    ``-m`` is the total number of messages, spread over ``-s`` parallel sessions; ``-l`` is
+    the body size (smtp-source adds a few header lines).
+    """
+    return [
+        smtp_source(),
+        "-s",
+        str(workload.sessions),
+        "-m",
+        str(workload.messages),
+        "-l",
+        str(workload.size),
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        "-M",
+        CLIENT_HELO,
+        f"127.0.0.1:{port}",
+    ]
+
+
+# --- sampling, profiling, statistics -------------------------------------------------------
+
+
+class Sampler:
+    """Call ``probe`` every ``interval`` seconds in a thread; keep ``(seconds, value)``."""
+
+    def __init__(self, probe: Callable[[], dict[str, int]], interval: float = 1.0) -> None:
+        self.probe = probe
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = 0.0
+
+    def start(self, started: float) -> None:
+        self._started = started
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.samples.append((time.monotonic() - self._started, self.probe()))
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Profiler:
+    """``py-spy record`` attached to a running process, raw (collapsed) stacks per thread."""
+
+    def __init__(self, pid: int, output: Path, *, rate: int = 100, idle: bool = False) -> None:
+        spy = find_program("py-spy", str(Path(sys.executable).parent))
+        if spy is None:
+            raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
+        command = [spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads"]
+        command += ["-o", str(output), *(["--idle"] if idle else [])]
+        self.output = output
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    def stop(self) -> None:
+        """Stop recording (py-spy writes its file on SIGINT)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def summarize_profile(raw: Path, top: int = 15) -> str:
+    """Per thread: samples, and the functions with most self and total samples."""
+    threads: collections.Counter[str] = collections.Counter()
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    with open(raw) as lines:
+        for line in lines:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            thread, *frames = stack.split(";")
+            thread = thread.split(":")[-1].strip() or thread
+            threads[thread] += count
+            if frames:
+                own[thread][frames[-1]] += count
+            for frame in dict.fromkeys(frames):
+                total[thread][frame] += count
+    all_samples = sum(threads.values()) or 1
+    out = [f"{raw}: {all_samples} samples", "", "## MainThread by activity"]
+    out += [f"  {share:5.1f} %  {name}" for name, share in categorize_thread(raw)]
+    for thread, samples in threads.most_common():
+        out.append(f"\n## {thread}: {samples} samples ({100 * samples / all_samples:.1f} %)")
+        out.append("   self%  total%  function")
+        ranked = sorted(total[thread], key=lambda f: (own[thread][f], total[thread][f]))
+        for frame in list(reversed(ranked))[:top]:
+            self_share = 100 * own[thread][frame] / samples
+            total_share = 100 * total[thread][frame] / samples
+            out.append(f"  {self_share:5.1f}  {total_share:6.1f}  {frame}")
+    return "\n".join(out)
+
+
+#: Where the event loop thread's time goes, by the first rule whose text is in a sample's
+#: stack (rules in this order; frames as py-spy prints them).
+MAIN_THREAD_CATEGORIES: Sequence[tuple[str, tuple[str, ...]]] = (
+    ("logging (records, format, write to maillog)", ("(logging/", "logsetup.py")),
+    ("socket writes of replies (StreamWriter.write)", ("StreamWriter.write",)),
+    ("session object per connection (SMTP.__init__)", ("SMTP.__init__", "SMTPSession.__init__")),
+    ("RCPT (parse, policy, user lookup)", ("smtp_RCPT",)),
+    ("MAIL (parse)", ("smtp_MAIL",)),
+    ("DATA (decode, Received, spool write, commit)", ("smtp_DATA",)),
+    ("HELO, QUIT", ("smtp_HELO", "smtp_EHLO", "smtp_QUIT")),
+    ("connect/disconnect bookkeeping", ("connection_made", "connection_lost")),
+    ("aiosmtpd command loop (read line, dispatch)", ("_handle_client",)),
+    ("spool committer task (in the loop)", ("_commit_loop", "Spool._answer")),
+    ("event loop itself (uvloop C code: accept, recv, epoll, callbacks)", ("",)),
+)
+
+
+def categorize_thread(raw: Path, thread_name: str = "MainThread") -> list[tuple[str, float]]:
+    """Share of ``thread_name``'s samples per :data:`MAIN_THREAD_CATEGORIES` entry."""
+    counts: collections.Counter[str] = collections.Counter()
+    with open(raw) as lines:
+        for line in lines:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not count_text.isdigit() or thread_name not in stack.split(";", 1)[0]:
+                continue
+            for name, needles in MAIN_THREAD_CATEGORIES:
+                if any(needle in stack for needle in needles):
+                    counts[name] += int(count_text)
+                    break
+    total = sum(counts.values()) or 1
+    return [(name, 100 * counts[name] / total) for name, _ in MAIN_THREAD_CATEGORIES]
+
+
+def trace_lines(trace: Mapping[str, Mapping[str, float]]) -> str:
+    """The ``trace`` patch's summary, one line per measured thing (ms; batch size in jobs)."""
+    names = {
+        "data": "DATA command to 250 (ms)",
+        "commit": "MessageWriter.commit (ms)",
+        "batch": "spool run_batch (ms)",
+        "batch_size": "jobs per batch",
+        "prepare": "  prepare (1 job: create+write, ms)",
+        "prepare_cpu": "  ... of which its thread's CPU",
+        "flush": "  flush files (1 batch, ms)",
+        "lag": "event loop lag (ms)",
+    }
+    return "\n".join(
+        f"    {key:<34} n={v['n']:.0f}"
+        if key.startswith("jobs ")
+        else f"    {names.get(key, key):<34} n={v['n']:<7.0f} mean {v['mean']:7.2f}"
+        f"  p50 {v['p50']:7.2f}  p90 {v['p90']:7.2f}  p99 {v['p99']:7.2f}  max {v['max']:8.2f}"
+        for key, v in trace.items()
+    )
+
+
+def median(values: Iterable[float]) -> float:
+    items = list(values)
+    return statistics.median(items) if items else float("nan")
+
+
+def spread(values: Sequence[float]) -> str:
+    """``min-max`` of a few values, for the reader to judge the noise."""
+    return f"{min(values):.0f}-{max(values):.0f}" if values else "-"
+
+
+@dataclass
+class RunRecord:
+    """One run of one server on one workload."""
+
+    server: str
+    workload: str
+    round: int
+    messages: int
+    seconds: float
+    cpu_seconds: float
+    load_before: float
+    ok: bool = True
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return 1000 * self.cpu_seconds / self.messages if self.messages else float("nan")
+
+
+def alternating(servers: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """A B A B ...: every round runs each server once, in the same order."""
+    return [(round_, server) for round_ in range(1, rounds + 1) for server in servers]
+
+
+def write_json(path: Path, machine: Mapping[str, str], records: Sequence[RunRecord]) -> None:
+    data = {"machine": dict(machine), "runs": [asdict(r) for r in records]}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"results written to {path}")
+
+
+def comparison_table(
+    records: Sequence[RunRecord],
+    workloads: Sequence[Workload],
+    servers: Sequence[str],
+    *,
+    baseline: str | None = None,
+    targets: Mapping[str, float] | None = None,
+) -> str:
+    """A Markdown table: medians per server, ratios to ``baseline`` (of medians and of pairs).
+
+    The pairwise ratio takes each round's run against the baseline's run of the same round
+    (neighbours in time), then the median of those ratios. The baseline is ``postfix`` when
+    it ran, else the first server; ``targets`` (minimum ratios) are judged against Postfix.
+    """
+    if baseline is None:
+        baseline = "postfix" if "postfix" in servers else servers[0]
+    if baseline != "postfix":
+        targets = None
+    lines = [
+        "| workload | server | runs | msg/s median (min-max) | CPU ms/msg | ratio msg/s to "
+        f"{baseline} (of medians; median of pairs) | CPU ratio | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for workload in workloads:
+        mine = [r for r in records if r.workload == workload.name and r.ok]
+        base = {r.round: r for r in mine if r.server == baseline}
+        base_rate = median(r.rate for r in base.values())
+        base_cpu = median(r.cpu_ms_per_message for r in base.values())
+        for server in servers:
+            runs = [r for r in mine if r.server == server]
+            if not runs:
+                continue
+            rates = [r.rate for r in runs]
+            rate, cpu = median(rates), median(r.cpu_ms_per_message for r in runs)
+            ratio = cpu_ratio = target = ""
+            if server != baseline and base:
+                pairs = [r.rate / base[r.round].rate for r in runs if r.round in base]
+                ratio = f"{rate / base_rate:.2f}x; {median(pairs):.2f}x"
+                cpu_ratio = f"{cpu / base_cpu:.2f}x"
+                wanted = (targets or {}).get(workload.name)
+                if wanted is not None:
+                    verdict = "met" if rate / base_rate >= wanted else "NOT met"
+                    target = f">= {wanted:.1f}x: {verdict}"
+            lines.append(
+                f"| {workload.name} ({workload.describe()}) | {server} | {len(runs)} | "
+                f"{rate:.0f} ({spread(rates)}) | {cpu:.2f} | {ratio} | {cpu_ratio} | {target} |"
+            )
+    return "\n".join(lines)
