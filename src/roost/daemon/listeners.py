@@ -6,14 +6,25 @@ inet_protocols (``all``, ``ipv4``, ``ipv6``).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from roost.config import SERVICES, Settings
 
-__all__ = ["LISTEN_BACKLOG", "Listener", "bind_socket", "listen_addresses", "service_listeners"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "Listener",
+    "bind_socket",
+    "front_context",
+    "listen_addresses",
+    "open_server",
+    "service_listeners",
+]
 
 #: The listen(2) backlog of every service socket (asyncio's default of 100 makes bursts of
 #: new connections wait for SYN retransmits). Pass it to create_server too: it listens again.
@@ -109,3 +120,51 @@ def bind_socket(listener: Listener, *, backlog: int = LISTEN_BACKLOG) -> socket.
         sock.close()
         raise
     return sock
+
+
+def front_context(current: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """An implicit-TLS listener context that takes the current certificate per handshake.
+
+    The listening socket keeps this context for its whole life; its ``sni_callback`` (run
+    for every ClientHello, with or without SNI) switches the connection to ``current()``,
+    so a reload's new certificate serves new connections on 465, 993 and 995 too.
+    """
+    wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    wrapper.minimum_version = current().minimum_version
+
+    def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        sock.context = current()
+
+    wrapper.sni_callback = pick
+    return wrapper
+
+
+async def open_server(
+    listener: Listener,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    implicit_tls: Callable[[], ssl.SSLContext] | None = None,
+) -> asyncio.AbstractServer:
+    """Bind ``listener`` and serve it with ``protocol_factory``.
+
+    Args:
+        listener: the address, port and service.
+        protocol_factory: makes the session of each connection.
+        implicit_tls: the service's current TLS context, for implicit-TLS services.
+
+    Raises:
+        OSError: the address cannot be bound; the message names the service and address.
+    """
+    try:
+        sock = bind_socket(listener)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+        ) from None
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        protocol_factory,
+        sock=sock,
+        ssl=front_context(implicit_tls) if implicit_tls is not None else None,
+        backlog=LISTEN_BACKLOG,  # create_server listens again: keep our backlog
+    )

@@ -19,11 +19,12 @@ import ssl
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from typing import Final
 
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
-from roost.daemon.listeners import LISTEN_BACKLOG, Listener, bind_socket, service_listeners
+from roost.daemon.listeners import Listener, open_server, service_listeners
 from roost.daemon.service import Context
 from roost.pop3.session import (
     MaildropOpener,
@@ -177,18 +178,6 @@ class POP3Service:
         """The addresses this service listens on."""
         return self._listeners
 
-    def _front_context(self, service: str) -> ssl.SSLContext:
-        """An implicit-TLS context that switches to the current certificate per handshake."""
-        front = self._context.tls.server_context(service)
-        wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        wrapper.minimum_version = front.minimum_version
-
-        def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-            sock.context = self._context.tls.server_context(service)
-
-        wrapper.sni_callback = pick
-        return wrapper
-
     def _session(self, service: str) -> POP3Session:
         return POP3Session(self._shared[service])
 
@@ -198,22 +187,13 @@ class POP3Service:
         Raises:
             OSError: an address cannot be bound.
         """
-        loop = asyncio.get_running_loop()
         for listener in self._listeners:
-            try:
-                sock = bind_socket(listener)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
-                ) from None
             service = listener.service
-            ssl_context = self._front_context(service) if service == "pop3s" else None
-
-            def factory(service: str = service) -> POP3Session:
-                return self._session(service)
-
-            server = await loop.create_server(
-                factory, sock=sock, ssl=ssl_context, backlog=LISTEN_BACKLOG
+            implicit = (
+                partial(self._context.tls.server_context, service) if service == "pop3s" else None
+            )
+            server = await open_server(
+                listener, partial(self._session, service), implicit_tls=implicit
             )
             self._servers.append(server)
             log.info("%s: listening on %s", service, listener)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from roost.address import Address
 from roost.config import ConfigError, Settings, TableError, open_table
 from roost.config.lookup import CidrTable, DictTable, LookupTable, RegexpTable, StaticTable
-from roost.daemon.listeners import LISTEN_BACKLOG, Listener, bind_socket, service_listeners
+from roost.daemon.listeners import Listener, open_server, service_listeners
 from roost.daemon.service import Context
 from roost.delivery.router import RecipientStatus, Router, router_from_settings
 from roost.smtp.anvil import Anvil
@@ -233,17 +233,8 @@ class SMTPService:
         """The addresses this service listens on (ports resolved after start)."""
         return self._listeners
 
-    def _front_context(self, service: str) -> ssl.SSLContext:
-        """An implicit-TLS context that switches to the current certificate per handshake."""
-        front = self._context.tls.server_context(service)
-        wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        wrapper.minimum_version = front.minimum_version
-
-        def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-            sock.context = self._context.tls.server_context(service)
-
-        wrapper.sni_callback = pick
-        return wrapper
+    def _session(self, service: str) -> SMTPSession:
+        return SMTPSession(self._shared[service])
 
     async def start(self) -> None:
         """Open every listener.
@@ -251,23 +242,15 @@ class SMTPService:
         Raises:
             OSError: an address cannot be bound.
         """
-        loop = asyncio.get_running_loop()
         for listener in self._listeners:
-            try:
-                sock = bind_socket(listener)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
-                ) from None
             service = listener.service
-            ssl_context = None
-            if self._shared[service].config.wrappermode:
-                ssl_context = self._front_context(service)
-            server = await loop.create_server(
-                lambda service=service: SMTPSession(self._shared[service]),
-                sock=sock,
-                ssl=ssl_context,
-                backlog=LISTEN_BACKLOG,
+            implicit = (
+                partial(self._context.tls.server_context, service)
+                if self._shared[service].config.wrappermode
+                else None
+            )
+            server = await open_server(
+                listener, partial(self._session, service), implicit_tls=implicit
             )
             self._servers.append(server)
             log.info("%s: listening on %s", service, listener)
