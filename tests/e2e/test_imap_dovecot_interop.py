@@ -27,7 +27,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,10 +217,10 @@ def carol_maildir(instance_dir: Path) -> Path:
 # --- what a client sees -----------------------------------------------------------------------
 
 
-def ok(result: tuple[str, list[object]]) -> list[object]:
+def ok(result: tuple[str, Sequence[Any]]) -> list[Any]:
     typ, data = result
     assert typ == "OK", data
-    return data
+    return list(data)
 
 
 def mailbox_names(lines: list[object]) -> list[str]:
@@ -245,6 +245,12 @@ def untagged_number(client: imaplib.IMAP4, name: str) -> int:
     return int(data[0])
 
 
+def fetch_item(pattern: bytes, line: bytes) -> bytes:
+    found = re.search(pattern, line)
+    assert found is not None, (pattern, line)
+    return found.group(1)
+
+
 def mailbox_state(client: imaplib.IMAP4, name: str) -> dict[str, Any]:
     """UIDVALIDITY, UIDNEXT and per UID: flags, size, internal date (as a time stamp),
     a hash of the message bytes."""
@@ -255,10 +261,10 @@ def mailbox_state(client: imaplib.IMAP4, name: str) -> dict[str, Any]:
     for line in ok(client.uid("FETCH", "1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)")):
         if not isinstance(line, bytes):
             continue
-        uid = int(re.search(rb"UID (\d+)", line).group(1))  # type: ignore[union-attr]
-        flags = re.search(rb"FLAGS \(([^)]*)\)", line).group(1).decode().split()  # type: ignore[union-attr]
-        size = int(re.search(rb"RFC822\.SIZE (\d+)", line).group(1))  # type: ignore[union-attr]
-        text = re.search(rb'INTERNALDATE "([^"]+)"', line).group(1).decode()  # type: ignore[union-attr]
+        uid = int(fetch_item(rb"UID (\d+)", line))
+        flags = fetch_item(rb"FLAGS \(([^)]*)\)", line).decode().split()
+        size = int(fetch_item(rb"RFC822\.SIZE (\d+)", line))
+        text = fetch_item(rb'INTERNALDATE "([^"]+)"', line).decode()
         # the same instant; " 1-Feb-2024" and "01-Feb-2024" are both RFC 9051's date-time
         date = datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
         data = ok(client.uid("FETCH", str(uid), "(BODY.PEEK[])"))
