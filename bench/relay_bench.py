@@ -33,14 +33,21 @@ included); the sink's and smtp-source's CPU is not counted. A run fails if the s
 fewer or more messages than were sent, or nothing new for ``--stall`` seconds after
 smtp-source is done; the failure names the first deferral or bounce in the server's log.
 
+``--mode drain`` measures the relay alone: smtp-source first fills the queue while nothing
+is relayed (roost without its queue manager, Postfix holding every message), then the queue
+is released (roost restarted with its queue manager; ``postsuper -H ALL`` and ``postqueue
+-f``) and the rate is taken from the sink's first message to its last. The fill phase's
+rate and CPU per message are printed too (accept-only, for comparison).
+
 Usage (as root, so that Postfix's master can start)::
 
     .venv/bin/python bench/relay_bench.py [--quick] [--rounds 3] [--messages N]
-        [--servers roost,postfix] [--limit 20] [--dir /var/tmp] [--json out.json]
-        [--profile DIR]   # one extra roost run under py-spy (not counted)
+        [--mode e2e|drain] [--servers roost,postfix] [--limit 20] [--dir /var/tmp]
+        [--json out.json] [--profile DIR]   # one extra roost run under py-spy (not counted)
 
-``--quick``: 2,000 messages. ``--servers roost:nolog`` runs a what-if variant of the daemon
-(``ROOST_PATCHES`` in common.py).
+``--quick``: 2,000 messages (the default is 20,000). ``--servers roost:PATCH[+PATCH]`` runs
+a what-if variant of the daemon: ``ROOST_PATCHES`` in common.py (``trace`` prints timings
+from inside the daemon) and :data:`RELAY_PATCHES` below.
 """
 
 from __future__ import annotations
