@@ -13,6 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ROOST = [sys.executable, "-m", "roost"]
 
+# Daemons the tests start as root keep root (their files are in root's tmp_path); the
+# privilege separation tests (tests/e2e/test_privsep.py) take this out of their daemon's
+# environment to run it as a real mail_owner.
+STAY_ROOT_ENV = "ROOST_STAY_ROOT"
+os.environ.setdefault(STAY_ROOT_ENV, "1")
+
 
 def require_program(name: str) -> str:
     """Return the path of a program the test needs.

@@ -23,9 +23,11 @@ Privileges: ``pam_unix`` reads /etc/shadow, which only root can read; as any oth
 it can check only that user's own password (through ``unix_chkpwd``), so every other
 check fails. In roost's process model (docs/architecture.md, "Process model and
 privileges") PAM checks run in the small privileged helper process, while the network
-services run as ``mail_owner``. The helper is not written yet: for now this backend calls
-PAM in the worker thread of the process it is in, which works when that process runs as
-root and logs a warning otherwise.
+services run as ``mail_owner``: after the drop the daemon installs the helper's check
+with :func:`use_privileged_check` and every backend sends its checks there
+(docs/privsep.md). Without a helper (started as root with ``ROOST_STAY_ROOT=1``, or as an
+ordinary user) PAM runs in the worker thread of this process, with a warning when that
+process is not root.
 
 See Also: Dovecot's ``passdb pam`` and ``userdb passwd`` documentation; pam(3),
 pam_authenticate(3), pam_acct_mgmt(3); python-pam.
@@ -38,7 +40,7 @@ import os
 import pwd
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Final
 
@@ -46,7 +48,7 @@ import pam
 
 from roost.auth.users import FailureReason, User, VerifyResult
 
-__all__ = ["DEFAULT_FIRST_VALID_UID", "DEFAULT_SERVICE", "PamBackend"]
+__all__ = ["DEFAULT_FIRST_VALID_UID", "DEFAULT_SERVICE", "PamBackend", "use_privileged_check"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,22 @@ _DISABLED_CODES: Final = frozenset(
     }
 )
 _UNKNOWN_USER_CODE: Final = 10  # PAM_USER_UNKNOWN
+
+#: (service, user, password) -> (accepted, PAM code, reason text).
+PrivilegedCheck = Callable[[str, str, str], tuple[bool, int, str]]
+_privileged_check: PrivilegedCheck | None = None
+
+
+def use_privileged_check(check: PrivilegedCheck | None) -> None:
+    """Send every PAM check of this process to ``check`` (the privileged helper's client).
+
+    Called once by the daemon when it drops root (:mod:`roost.daemon.privileges`); None
+    goes back to calling PAM in this process.
+    """
+    global _privileged_check
+    _privileged_check = check
+
+
 # Everything else (PAM_CRED_INSUFFICIENT 8: not allowed to read /etc/shadow,
 # PAM_AUTHINFO_UNAVAIL 9: a network source is down, PAM_SERVICE_ERR, PAM_SYSTEM_ERR,
 # PAM_BUF_ERR, PAM_CONV_ERR, PAM_ABORT, ...) is temporary: BACKEND_ERROR.
@@ -194,24 +212,13 @@ class PamBackend:
             )
         if "\x00" in password:
             return VerifyResult.fail(FailureReason.BAD_PASSWORD, f"{user.login}: NUL in password")
-        self._warn_if_unprivileged()
         try:
-            authenticator = pam.PamAuthenticator()
-            accepted = authenticator.authenticate(
-                user.login,
-                password,
-                service=self._service,
-                resetcreds=False,
-                encoding="utf-8",
-            )
+            accepted, code, text = self._check(user.login, password)
         except Exception as exc:  # python-pam raises ValueError, OSError, TypeError
             return VerifyResult.fail(
                 FailureReason.BACKEND_ERROR,
                 f"{self._name}: PAM failed for {user.login}: {type(exc).__name__}",
             )
-        code = int(authenticator.code)
-        reason = authenticator.reason
-        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
         if accepted and code == _PAM_SUCCESS:
             return VerifyResult.success(user)
         detail = f"{self._name}: {user.login}: {text} (PAM code {code})"
@@ -222,6 +229,20 @@ class PamBackend:
         if code == _UNKNOWN_USER_CODE:
             return VerifyResult.fail(FailureReason.UNKNOWN_USER, detail)
         return VerifyResult.fail(FailureReason.BACKEND_ERROR, detail)
+
+    def _check(self, login: str, password: str) -> tuple[bool, int, str]:
+        """Run PAM (through the privileged helper when there is one)."""
+        check = _privileged_check
+        if check is not None:
+            return check(self._service, login, password)
+        self._warn_if_unprivileged()
+        authenticator = pam.PamAuthenticator()
+        accepted = authenticator.authenticate(
+            login, password, service=self._service, resetcreds=False, encoding="utf-8"
+        )
+        reason = authenticator.reason
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        return bool(accepted), int(authenticator.code), text
 
     def _warn_if_unprivileged(self) -> None:
         if os.geteuid() == 0 or self._warned_unprivileged.is_set():

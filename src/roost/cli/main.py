@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -219,6 +220,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from roost.cli.demo import create_instance, tour
 
     directory = Path(args.dir).resolve()
+    if os.geteuid() == 0:  # the demo's files belong to whoever runs it: no mail_owner drop
+        from roost.daemon.privileges import STAY_ROOT_ENV
+
+        os.environ.setdefault(STAY_ROOT_ENV, "1")
     created = create_instance(directory)
     path = directory / "etc" / "main.cf"
     settings, warnings = load_settings(path)

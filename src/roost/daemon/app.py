@@ -2,9 +2,11 @@
 
 ``roost serve`` runs :meth:`Daemon.run`. Start-up order: read and validate main.cf, set up
 logging, create the queue and data directories, create a self-signed certificate when none
-exists (``tls_selfsigned_auto``), build TLS contexts, recover the queue and pick up what
-sendmail(1) left in ``maildrop/``, build services in the composition root and start them,
-open the control socket, then tell systemd ``READY=1``.
+exists (``tls_selfsigned_auto``); started as root, bind the listeners, start the
+privileged helper and become ``mail_owner`` (:mod:`roost.daemon.privileges`; before
+anything network-facing runs and before any worker fork); then build TLS contexts, recover
+the queue and pick up what sendmail(1) left in ``maildrop/``, build services in the
+composition root and start them, open the control socket, and tell systemd ``READY=1``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from roost.daemon.compose import build_services
 from roost.daemon.control import ControlServer
 from roost.daemon.listeners import service_listeners
 from roost.daemon.logsetup import reopen_logs
+from roost.daemon.privhelper import tls_loader
+from roost.daemon.privileges import PrivilegeError, Separation, separate_privileges
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, tls_files
@@ -115,6 +119,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self.spool: Spool | None = None
         self.pickup: Pickup | None = None
+        self.privsep: Separation | None = None
         self.throttle = Throttle(
             max_delay=float(settings.seconds("auth_failure_delay_max")),
             refuse_after=settings.integer("auth_failure_refuse_after"),
@@ -122,7 +127,8 @@ class Daemon:
         )
 
     def _context(self, settings: Settings) -> Context:
-        tls = TLSContexts(settings)
+        privsep = self.privsep
+        tls = TLSContexts(settings, tls_loader(privsep.helper) if privsep else None)
         tls.preload(tls_services(settings))
         return Context(
             settings=settings,
@@ -130,6 +136,7 @@ class Daemon:
             spool=self.spool,
             users=build_user_database(settings),
             throttle=self.throttle,
+            system_delivery=privsep.delivery if privsep else None,
         )
 
     async def run(self) -> int:
@@ -139,6 +146,9 @@ class Daemon:
             raise_file_limit()
             prepare_directories(self.settings)
             ensure_certificate(self.settings)
+            # -- privilege separation: as root, before any service or worker starts --
+            self.privsep = separate_privileges(self.config, self.settings, self.notifier)
+            # -- from here on: mail_owner (when started as root) --
             self._control = ControlServer(control_socket_path(self.settings), self._command)
             await self._control.start()
             self.spool = Spool(self.settings.path_of("queue_directory"))
@@ -158,7 +168,7 @@ class Daemon:
             for service in self.services:
                 await service.start()
             self.pickup.start()
-        except (OSError, TLSError, ConfigError, SpoolError) as exc:
+        except (OSError, TLSError, ConfigError, SpoolError, PrivilegeError) as exc:
             log.critical("%s", str(exc).replace("\n", "; "))
             await self._shutdown(grace=0)
             return 1
@@ -220,6 +230,8 @@ class Daemon:
             await self._control.close()
         if self.spool is not None:
             await self.spool.close()
+        if self.privsep is not None:
+            self.privsep.close()
 
     def _queue_manager(self) -> QueueManager | None:
         for service in self.services:

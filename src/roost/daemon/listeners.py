@@ -18,6 +18,7 @@ from roost.config import SERVICES, Settings
 
 __all__ = [
     "LISTEN_BACKLOG",
+    "PREBOUND",
     "Listener",
     "bind_socket",
     "front_context",
@@ -29,6 +30,10 @@ __all__ = [
 #: The listen(2) backlog of every service socket (asyncio's default of 100 makes bursts of
 #: new connections wait for SYN retransmits). Pass it to create_server too: it listens again.
 LISTEN_BACKLOG: Final = 512
+
+#: Sockets bound as root before the privilege drop (roost.daemon.privileges.prebind);
+#: :func:`open_server` takes a listener's socket from here before binding a new one.
+PREBOUND: Final[dict[Listener, socket.socket]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,7 @@ async def open_server(
         OSError: the address cannot be bound; the message names the service and address.
     """
     try:
-        sock = bind_socket(listener)
+        sock = PREBOUND.pop(listener, None) or bind_socket(listener)
     except OSError as exc:
         raise OSError(
             exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"

@@ -49,6 +49,7 @@ class Notifier:
         """
         self._address: str | bytes | None = None
         self._socket: socket.socket | None = None
+        self._connected = False
         self._warned = False
         if not address:
             return
@@ -143,15 +144,35 @@ class Notifier:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._socket.settimeout(_SEND_TIMEOUT)
-            self._socket.sendto(data, self._address)
+            if self._connected:
+                self._socket.send(data)
+            else:
+                self._socket.sendto(data, self._address)
         except OSError as error:
             self._warn(f"cannot notify systemd at {self._describe_address()}: {error}")
+
+    def connect(self) -> None:
+        """Connect the socket now (as root, before the privilege drop): later sends need no
+        permission on the socket's path, which may be in a directory only root can enter.
+
+        A failure is logged once; sends then keep trying ``sendto`` as before.
+        """
+        if self._address is None:
+            return
+        try:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._socket.settimeout(_SEND_TIMEOUT)
+            self._socket.connect(self._address)
+            self._connected = True
+        except OSError as error:
+            self._warn(f"cannot connect to systemd at {self._describe_address()}: {error}")
 
     def close(self) -> None:
         """Close the socket; a later send opens a new one."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+            self._connected = False
 
     def _describe_address(self) -> str:
         if isinstance(self._address, bytes):

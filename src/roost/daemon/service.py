@@ -11,6 +11,7 @@ from typing import Protocol
 from roost.auth.throttle import Throttle
 from roost.auth.users import UserDatabase
 from roost.config import Settings
+from roost.delivery.privileged import SystemDelivery
 from roost.queue.spool import Spool
 
 __all__ = ["Context", "Service", "TLSProvider"]
@@ -39,6 +40,8 @@ class Context:
         spool: the mail queue, shared by the SMTP server and the queue manager.
         users: the user database (``auth_backends``), None when none is configured.
         throttle: failed-login throttling shared by SMTP, IMAP and POP3.
+        system_delivery: deliveries as system users through the privileged helper (None:
+            the daemon writes itself; docs/privsep.md).
     """
 
     settings: Settings
@@ -47,6 +50,7 @@ class Context:
     spool: Spool | None = None
     users: UserDatabase | None = None
     throttle: Throttle = field(default_factory=Throttle)
+    system_delivery: SystemDelivery | None = None
 
 
 class Service(Protocol):

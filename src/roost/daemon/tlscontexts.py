@@ -9,13 +9,22 @@ and per-service overrides (``submission/smtpd_tls_cert_file = ...``) apply.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from roost.config import Settings
 from roost.tls import make_server_context
 
-__all__ = ["TLSContexts", "tls_files"]
+__all__ = ["ContextLoader", "TLSContexts", "tls_files"]
+
+#: (certificate file, key file, ``ssl_min_protocol``) -> a server context.
+ContextLoader = Callable[[Path, Path, str], ssl.SSLContext]
+
+
+def _load(cert: Path, key: Path, min_version: str) -> ssl.SSLContext:
+    return make_server_context(cert, key, min_version=min_version)
+
 
 _PREFIX: Final = {
     "smtp": "smtpd",
@@ -40,10 +49,17 @@ class TLSContexts:
 
     Contexts are built on first use and shared between services using the same files.
     A reload makes a new instance; sessions keep the context they started with.
+
+    Args:
+        settings: the settings naming the files.
+        loader: builds a context from (certificate, key, ``ssl_min_protocol``); after the
+            privilege drop the daemon passes one that reads the files through the
+            privileged helper (:func:`roost.daemon.privhelper.tls_loader`).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loader: ContextLoader | None = None) -> None:
         self._settings = settings
+        self._loader = loader or _load
         self._contexts: dict[tuple[Path, Path], ssl.SSLContext] = {}
 
     def server_context(self, service: str) -> ssl.SSLContext:
@@ -55,9 +71,7 @@ class TLSContexts:
         files = tls_files(self._settings, service)
         context = self._contexts.get(files)
         if context is None:
-            context = make_server_context(
-                *files, min_version=self._settings.string("ssl_min_protocol")
-            )
+            context = self._loader(*files, self._settings.string("ssl_min_protocol"))
             self._contexts[files] = context
         return context
 

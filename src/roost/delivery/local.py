@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pwd
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from roost.delivery.forward import find_forward, forward_paths, read_include
 from roost.delivery.headers import delivered_to_addresses, delivery_headers
 from roost.delivery.maildir import deliver_maildir
 from roost.delivery.mbox import deliver_mbox
+from roost.delivery.privileged import SystemDelivery
 from roost.delivery.router import Destination, Router
 from roost.queue.envelope import Envelope, Recipient, WithProtocol
 from roost.queue.errors import SpoolError
@@ -172,6 +174,10 @@ class LocalTransport:
         users: the user database (None: system accounts only).
         spool: for re-queuing forwarded mail.
         system_accounts: finds a system account (``pwd`` by default).
+        system_delivery: the privileged helper's deliveries (docs/privsep.md): when set,
+            every write, command and ``.forward`` read for another uid than the
+            daemon's goes there, with that user's rights (``/file`` and ``|command``
+            with the rights Postfix local(8) gives them, ``default_privs`` for aliases).
     """
 
     config: LocalConfig
@@ -181,6 +187,19 @@ class LocalTransport:
     spool: Spool
     system_accounts: Callable[[str], _Account | None] = _system_account
     name: str = "local"
+    system_delivery: SystemDelivery | None = None
+
+    def _as_user(self, uid: int | None) -> SystemDelivery | None:
+        """The privileged helper when ``uid`` is not the daemon's own (one indirection)."""
+        if self.system_delivery is None or uid is None or uid == os.geteuid():
+            return None
+        return self.system_delivery
+
+    def _rights(self, source_user: str | None) -> _Account | None:
+        """Whose rights a ``|command`` or ``/file`` target runs with (Postfix local(8)
+        "DELIVERY RIGHTS"): the user whose ``.forward`` listed it, else ``default_privs``."""
+        account = self.system_accounts(source_user) if source_user else None
+        return account or self.system_accounts(self.config.default_privs)
 
     async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
         """Deliver each recipient of the job; one result each."""
@@ -241,7 +260,11 @@ class LocalTransport:
                 extension=extension,
                 delimiter=self.config.recipient_delimiter,
             )
-            found = find_forward(paths, uid=account.uid or 0, home=Path(account.home))
+            helper = self._as_user(account.uid)
+            if helper is not None and account.uid is not None:
+                found = helper.forward(paths, uid=account.uid)
+            else:
+                found = find_forward(paths, uid=account.uid or 0, home=Path(account.home))
             for warning in found.warnings:
                 log.warning("%s", warning)
             return found.forward
@@ -329,15 +352,18 @@ class LocalTransport:
             if account is None:
                 raise DeliveryError(False, "5.1.1", f'unknown user: "{target.user}"')
             return await self._to_mailbox(job, target, account, domain, original)
+        source_user = target.source.user if target.source is not None else None
         if isinstance(target, FileTarget):
             path = Path(target.path)
+            rights = self._rights(source_user) if self.system_delivery is not None else None
+            uid = rights.uid if rights is not None else None
             if target.is_maildir:
-                await asyncio.to_thread(self._maildir, path, job, prepend, None, None, 0, None)
+                await asyncio.to_thread(self._maildir, path, job, prepend, uid, None, 0, None)
                 return f"delivered to maildir {path}"
-            await asyncio.to_thread(self._mbox, path, job, prepend, None, None)
+            await asyncio.to_thread(self._mbox, path, job, prepend, uid, None)
             return f"delivered to file: {path}"
         assert isinstance(target, CommandTarget)
-        account = self.system_accounts(self.config.default_privs)
+        account = self._rights(source_user)
         uid = account.uid if account is not None else None
         gid = account.gid if account is not None else None
         local = target.delivered_to.partition("@")[0]
@@ -352,6 +378,19 @@ class LocalTransport:
             user=account.name if account else base,
             home=account.home if account else "/",
         )
+        helper = self._as_user(uid)
+        if helper is not None and uid is not None:
+            with job.open_content() as message:
+                await asyncio.to_thread(
+                    helper.command,
+                    target.command,
+                    message,
+                    uid=uid,
+                    environment=environment,
+                    prepend=prepend,
+                    time_limit=self.config.command_time_limit,
+                )
+            return f"delivered to command: {target.command}"
         with job.open_content() as message:
             result = await deliver_command(
                 target.command,
@@ -407,7 +446,22 @@ class LocalTransport:
         quota: int,
         folder: str | None,
     ) -> None:
+        helper = self._as_user(uid)
         with job.open_content() as message:
+            if helper is not None and uid is not None:
+                written = helper.maildir(
+                    path,
+                    message,
+                    uid=uid,
+                    prepend=prepend,
+                    folder=folder,
+                    quota_bytes=quota,
+                    size_limit=self.config.mailbox_size_limit,
+                    autocreate_folder=self.config.autocreate_folder,
+                    hostname=self.config.hostname,
+                )
+                notify_delivery(written.parent.parent)
+                return
             written = deliver_maildir(
                 path,
                 message,
@@ -425,7 +479,23 @@ class LocalTransport:
     def _mbox(
         self, path: Path, job: DeliveryJob, prepend: bytes, uid: int | None, gid: int | None
     ) -> None:
+        helper = self._as_user(uid)
         with job.open_content() as message:
+            if helper is not None and uid is not None:
+                helper.mbox(
+                    path,
+                    message,
+                    uid=uid,
+                    envelope_sender=job.envelope.envelope_sender,
+                    prepend=prepend,
+                    lock_timeout=self.config.lock_timeout,
+                    lock_delay=self.config.lock_delay,
+                    stale_lock_time=self.config.stale_lock_time,
+                    locks=self.config.locks,
+                    size_limit=self.config.mailbox_size_limit,
+                    arrival_time=job.envelope.arrival_time,
+                )
+                return
             deliver_mbox(
                 path,
                 message,

@@ -111,6 +111,7 @@ class QueueService:
         local = LocalTransport(
             local_config(settings), router, aliases, context.users, context.spool
         )
+        local.system_delivery = context.system_delivery
         return router, local, smtp_transport_from_settings(settings)
 
     async def start(self) -> None:
