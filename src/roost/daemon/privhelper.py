@@ -438,6 +438,8 @@ def start_helper(config: Path) -> HelperClient:
             ],
             pass_fds=[helpers.fileno()],
             stdin=subprocess.DEVNULL,
+            # the helper imports the same roost as the daemon, however that was started
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
             close_fds=True,
         )
     except OSError:

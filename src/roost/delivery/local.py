@@ -250,8 +250,10 @@ class LocalTransport:
 
         def lookup_forward(user: str, extension: str | None) -> Forward | None:
             account = self._account_sync(user, domain)
-            if account is None or account.user is not None or not account.home:
-                return None  # .forward is for system accounts
+            entry = account.user if account is not None else None
+            virtual = entry is not None and not entry.backend.startswith("pam:")
+            if account is None or virtual or not account.home:
+                return None  # .forward is for system accounts (PAM users are ones)
             paths = forward_paths(
                 self.config.forward_path,
                 user=account.name,

@@ -195,6 +195,10 @@ class IMAPService:
     def _session(self, service: str) -> IMAPSession:
         return IMAPSession(self._shared[service])
 
+    def _current_tls(self, service: str) -> ssl.SSLContext:
+        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
+        return self._context.tls.server_context(service)
+
     async def start(self) -> None:
         """Open every listener.
 
@@ -203,9 +207,7 @@ class IMAPService:
         """
         for listener in self._listeners:
             service = listener.service
-            implicit = (
-                partial(self._context.tls.server_context, service) if service == "imaps" else None
-            )
+            implicit = partial(self._current_tls, service) if service == "imaps" else None
             server = await open_server(
                 listener, partial(self._session, service), implicit_tls=implicit
             )

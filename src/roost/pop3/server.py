@@ -181,6 +181,10 @@ class POP3Service:
     def _session(self, service: str) -> POP3Session:
         return POP3Session(self._shared[service])
 
+    def _current_tls(self, service: str) -> ssl.SSLContext:
+        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
+        return self._context.tls.server_context(service)
+
     async def start(self) -> None:
         """Open every listener.
 
@@ -189,9 +193,7 @@ class POP3Service:
         """
         for listener in self._listeners:
             service = listener.service
-            implicit = (
-                partial(self._context.tls.server_context, service) if service == "pop3s" else None
-            )
+            implicit = partial(self._current_tls, service) if service == "pop3s" else None
             server = await open_server(
                 listener, partial(self._session, service), implicit_tls=implicit
             )

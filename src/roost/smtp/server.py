@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,6 +237,10 @@ class SMTPService:
     def _session(self, service: str) -> SMTPSession:
         return SMTPSession(self._shared[service])
 
+    def _current_tls(self, service: str) -> ssl.SSLContext:
+        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
+        return self._context.tls.server_context(service)
+
     async def start(self) -> None:
         """Open every listener.
 
@@ -245,7 +250,7 @@ class SMTPService:
         for listener in self._listeners:
             service = listener.service
             implicit = (
-                partial(self._context.tls.server_context, service)
+                partial(self._current_tls, service)
                 if self._shared[service].config.wrappermode
                 else None
             )
