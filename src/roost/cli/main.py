@@ -232,6 +232,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_daemon(path, settings, syslog=False, debug=args.verbose)
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Prepare the host: mail_owner, directories, main.cf, certificate, sendmail links."""
+    from roost.cli.setup import SetupError, setup
+
+    try:
+        report = setup(
+            config_path(args.config),
+            destdir=Path(args.destdir).absolute() if args.destdir else None,
+            prefix=Path(args.prefix),
+            roost=Path(args.roost) if args.roost else None,
+            mail_owner=args.mail_owner,
+            hostname=args.hostname,
+            force_links=args.force_links,
+        )
+    except (SetupError, ConfigError, OSError) as exc:
+        return _fail(str(exc))
+    for line in report.changed:
+        print(f"roost setup: {line}")
+    if not report.changed:
+        print("roost setup: nothing to do, everything is in place")
+    for line in report.warnings:
+        print(f"roost setup: warning: {line}", file=sys.stderr)
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     """The mail queue: list, flush, delete, hold, release, requeue, show, shape."""
     from roost.cli import queue
@@ -324,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = add("check", cmd_check, "validate the configuration and its files", EPILOG_CHECK)
     check.add_argument("--no-listen", action="store_true", help="do not test listening addresses")
+
+    setup = add(
+        "setup",
+        cmd_setup,
+        "prepare the host: mail_owner, directories, main.cf, certificate, sendmail links",
+        "examples:\n"
+        "  roost setup                      as root, after installing (make install runs it)\n"
+        "  roost setup --destdir /tmp/stage a staged install\n",
+    )
+    setup.add_argument("--destdir", help="put every file under this directory (staged install)")
+    setup.add_argument("--prefix", default="/usr", help="links go into PREFIX/sbin (default /usr)")
+    setup.add_argument("--roost", help="the roost program the links point to (default: this one)")
+    setup.add_argument("--mail-owner", help="mail_owner of a new main.cf (default roost)")
+    setup.add_argument("--hostname", help="myhostname of a new main.cf (default: the FQDN)")
+    setup.add_argument(
+        "--force-links", action="store_true", help="replace another sendmail/mailq/newaliases"
+    )
 
     serve = add("serve", cmd_serve, "run the daemon in the foreground", EPILOG_SERVE)
     serve.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")

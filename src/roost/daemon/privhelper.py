@@ -549,6 +549,7 @@ def become(account: Account, extra_groups: Sequence[int] = ()) -> None:
     os.setresuid(account.uid, account.uid, account.uid)
     if os.geteuid() == 0 or os.getegid() == 0:  # pragma: no cover - the kernel said yes
         raise Refused("could not drop root")
+    os.umask(0o077)
     os.chdir("/")
 
 
