@@ -623,6 +623,9 @@ class _Handler:
         }
 
     def tls(self, request: Mapping[str, object]) -> dict[str, object]:
+        info = os.stat(self.config)
+        if info.st_uid != 0 or info.st_mode & 0o022:  # mail_owner must not name the files
+            raise Refused(f"{self.config} is writable by a user other than root: not trusted")
         settings, _ = load_settings(self.config)  # the configuration as of this reload
         allowed = {str(settings.path_of("tls_cert_file")), str(settings.path_of("tls_key_file"))}
         for service in SERVICES:
