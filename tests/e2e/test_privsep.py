@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from roost.config import SERVICES
-from tests.conftest import ROOT, STAY_ROOT_ENV, free_port
+from tests.conftest import ROOST, ROOT, STAY_ROOT_ENV, free_port
 from tests.e2e.daemon import NotifySocket
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, setuid)")
@@ -411,3 +411,20 @@ def test_helper_refuses_uid_0_symlinks_and_paths_outside_home(
     written = Path(str(reply["written"]))
     assert written.stat().st_uid == alice.pw_uid
     assert written.read_bytes() == b"Subject: x\n\nbody\n"
+
+
+def test_roots_sendmail_reaches_a_daemon_running_as_mail_owner(
+    daemon: RootDaemon, accounts: Accounts
+) -> None:
+    alice = accounts.users["alice"]
+    result = subprocess.run(
+        [*ROOST, "-c", str(daemon.config), "sendmail", f"{alice.pw_name}@localhost"],
+        input=b"Subject: from cron\n\nroot's cron job\n",
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: new_files(alice.pw_dir), "root's sendmail mail", daemon)
+    (message,) = new_files(alice.pw_dir)
+    assert b"root's cron job" in message.read_bytes()
+    assert list((daemon.base / "spool" / "maildrop").iterdir()) == []

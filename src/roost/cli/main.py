@@ -260,9 +260,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     """The mail queue: list, flush, delete, hold, release, requeue, show, shape."""
     from roost.cli import queue
+    from roost.daemon.privileges import become_queue_owner
     from roost.queue.errors import SpoolError
 
     _, settings = _load(args)
+    become_queue_owner(settings)  # root's changes stay readable by mail_owner
     action: str = args.action
     try:
         if action == "list":

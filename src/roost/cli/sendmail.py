@@ -526,6 +526,9 @@ class Submitter:
         if self.limit and len(content) > self.limit:
             raise SendmailError(f"message file too big (limit {self.limit} bytes)", EX_DATAERR)
         queue_directory = self.settings.path_of("queue_directory")
+        from roost.daemon.privileges import become_queue_owner
+
+        become_queue_owner(self.settings)  # root's mail must stay readable by mail_owner
         try:
             with QueueDirectory(queue_directory) as directory:
                 if not directory.queue_path(QueueName.MAILDROP).is_dir():

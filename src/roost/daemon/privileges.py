@@ -30,18 +30,21 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from roost.config import Settings
 from roost.daemon import listeners
-from roost.daemon.privhelper import HelperClient, HelperDelivery, pam_check, start_helper
-from roost.daemon.sdnotify import Notifier
+
+if TYPE_CHECKING:  # the helper's modules are heavy; sendmail(1) needs none of them
+    from roost.daemon.privhelper import HelperClient, HelperDelivery
+    from roost.daemon.sdnotify import Notifier
 
 __all__ = [
     "STAY_ROOT_ENV",
     "Account",
     "PrivilegeError",
     "Separation",
+    "become_queue_owner",
     "drop_to",
     "mail_owner_account",
     "own_directories",
@@ -106,6 +109,29 @@ def default_privs_account(settings: Settings) -> Account:
     if privs.name == settings.string("mail_owner"):
         raise PrivilegeError(f"default_privs = {privs.name}: must not be mail_owner")
     return privs
+
+
+def become_queue_owner(settings: Settings) -> None:
+    """Root's ``sendmail`` and ``roost queue``: write the queue as the queue's owner.
+
+    The daemon runs as ``mail_owner`` and must be able to read and move what root's
+    cron jobs and mail(1) leave in ``maildrop/`` (Postfix has its setgid postdrop for
+    this). Only the effective ids change, so the real uid still names the sender. Does
+    nothing unless running as root with a queue owned by another user.
+
+    Raises:
+        OSError: the ids cannot be changed.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        info = settings.path_of("queue_directory").stat()
+    except OSError:
+        return
+    if info.st_uid == 0:
+        return
+    os.setegid(info.st_gid)
+    os.seteuid(info.st_uid)
 
 
 def own_directories(settings: Settings, owner: Account) -> None:
@@ -186,6 +212,8 @@ class Separation:
     @property
     def delivery(self) -> HelperDelivery:
         """Deliveries as system users, through the helper."""
+        from roost.daemon.privhelper import HelperDelivery
+
         return HelperDelivery(self.helper)
 
     def close(self) -> None:
@@ -210,6 +238,8 @@ def separate_privileges(
     if environ.get(STAY_ROOT_ENV) == "1":
         log.warning("%s=1: staying root, no privilege separation", STAY_ROOT_ENV)
         return None
+    from roost.daemon.privhelper import pam_check, start_helper
+
     owner = mail_owner_account(settings)
     default_privs_account(settings)
     own_directories(settings, owner)
