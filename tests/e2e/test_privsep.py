@@ -8,6 +8,8 @@ root: skipped otherwise (CI runs as root).
 
 from __future__ import annotations
 
+import base64
+import grp
 import os
 import pwd
 import secrets
@@ -428,3 +430,48 @@ def test_roots_sendmail_reaches_a_daemon_running_as_mail_owner(
     (message,) = new_files(alice.pw_dir)
     assert b"root's cron job" in message.read_bytes()
     assert list((daemon.base / "spool" / "maildrop").iterdir()) == []
+
+
+def test_the_helper_exits_when_the_daemon_is_killed(daemon: RootDaemon) -> None:
+    helper = daemon.helper_pid()
+    daemon.process.kill()
+    daemon.process.wait()
+    proc = Path(f"/proc/{helper}")
+    wait_for(
+        lambda: not proc.exists() or "\nState:\tZ" in (proc / "status").read_text(),
+        "the helper's exit",
+        daemon,
+    )
+
+
+def test_helper_appends_to_a_spool_mbox_with_the_spool_group(
+    helper: object, accounts: Accounts, base: Path
+) -> None:
+    from roost.daemon.privhelper import HelperClient
+
+    assert isinstance(helper, HelperClient)
+    mail = grp.getgrnam("mail")
+    spool = base / "spool"  # like Debian's /var/mail: root:mail 2775
+    spool.mkdir()
+    os.chown(spool, 0, mail.gr_gid)
+    spool.chmod(0o2775)
+    alice = accounts.users["alice"]
+    message = base / "message"
+    message.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    with message.open("rb") as handle:
+        helper.call(
+            {
+                "op": "mbox",
+                "uid": alice.pw_uid,
+                "path": f"{spool}/{alice.pw_name}",
+                "envelope_sender": "s@example.org",
+                "prepend": base64.b64encode(b"Delivered-To: a@localhost\r\n").decode(),
+            },
+            [handle.fileno()],
+        )
+    mbox = spool / alice.pw_name
+    info = mbox.stat()
+    assert (info.st_uid, info.st_gid) == (alice.pw_uid, mail.gr_gid)
+    text = mbox.read_text()
+    assert text.startswith("From s@example.org ")
+    assert "Delivered-To: a@localhost\nSubject: x\n\nbody\n" in text
