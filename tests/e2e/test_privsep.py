@@ -134,7 +134,13 @@ class RootDaemon:
         self.ports = {service: free_port() for service in SERVICES}
         etc = base / "etc"
         etc.mkdir(exist_ok=True)
-        (etc / "aliases").write_text(f"postmaster: {accounts.users['alice'].pw_name}\n")
+        out = base / "out"  # where default_privs (nobody) may write
+        out.mkdir(mode=0o777, exist_ok=True)
+        out.chmod(0o1777)
+        (etc / "aliases").write_text(
+            f"postmaster: {accounts.users['alice'].pw_name}\n"
+            f'piper: "|/usr/bin/id -u > {out}/piper"\n'
+        )
         self.config = etc / "main.cf"
         ports = "".join(f"{s}_service_port = {p}\n" for s, p in self.ports.items())
         self.config.write_text(
@@ -302,6 +308,15 @@ def test_forward_is_read_and_its_command_run_as_the_user(
     assert new_files(bob.pw_dir) == []  # the .forward replaced the mailbox
 
 
+def test_alias_command_runs_as_default_privs(daemon: RootDaemon) -> None:
+    out = daemon.base / "out" / "piper"
+    daemon.send("piper@localhost")
+    wait_for(lambda: out.exists() and out.read_text().strip(), "the alias command", daemon)
+    nobody = pwd.getpwnam("nobody")
+    assert out.read_text().strip() == str(nobody.pw_uid)
+    assert out.stat().st_uid == nobody.pw_uid
+
+
 def test_pam_login_goes_through_the_helper(daemon: RootDaemon, accounts: Accounts) -> None:
     alice = accounts.users["alice"]
     context = ssl.create_default_context()
@@ -401,6 +416,13 @@ def test_helper_refuses_uid_0_symlinks_and_paths_outside_home(
     with message.open("rb") as handle, pytest.raises(Refused, match="uid 0"):
         helper.call({"op": "command", "uid": 0, "command": "id", "environment": {}},
                     [handle.fileno()])  # fmt: skip
+    with message.open("rb") as handle, pytest.raises(Refused, match="no alias file"):
+        helper.call(  # a command that no alias file and no .forward of alice asks for
+            {"op": "command", "uid": alice.pw_uid, "command": "touch /tmp/pwned-rp",
+             "environment": {}},
+            [handle.fileno()],
+        )  # fmt: skip
+    assert not Path("/tmp/pwned-rp").exists()
     with pytest.raises(Refused, match="first_valid_uid"):
         helper.call({"op": "pam", "service": "login", "user": "root", "password": "x"})
     with pytest.raises(Refused, match="not a TLS file"):

@@ -720,6 +720,10 @@ class _Handler:
         command = request.get("command")
         if not isinstance(command, str) or not command or "\x00" in command:
             raise Refused("bad command")
+        if not self.command_listed(command, account):
+            raise Refused(
+                f"command {command!r} is in no alias file and no .forward of {account.name}"
+            )
         env = request.get("environment")
         if not isinstance(env, dict) or not all(
             isinstance(v, str) for k, v in env.items() if k != "extra"
@@ -742,6 +746,54 @@ class _Handler:
             )
         )
         return {"ok": True, "output": result.output}
+
+    def command_listed(self, command: str, account: Account) -> bool:
+        """Whether ``command`` is written in a file that may ask for it: an ``alias_maps``
+        file (or an ``:include:`` file it names), or ``account``'s own ``~/.forward*``.
+
+        A daemon taken over cannot run commands of its choosing as a user this way. Alias
+        maps that are not files (``ldap:``) cannot be searched: with one of those, any
+        command is allowed for ``default_privs`` (logged).
+        """
+        settings, _ = load_settings(self.config)
+        texts: list[str] = []
+        unsearchable = False
+        for ref in settings.tables("alias_maps"):
+            name = ref.partition(":")[2]
+            if not name.startswith("/"):
+                unsearchable = True
+                continue
+            text = _read_owned(Path(name), None)
+            texts.append(text)
+            for include in re.findall(r":include:\s*(/[^\s,]+)", text):
+                texts.append(_read_owned(Path(include), None))
+        if account.home.startswith("/") and os.path.normpath(account.home) != "/":
+            try:
+                names = os.listdir(account.home)
+            except OSError:
+                names = []
+            for name in names:
+                if name.startswith(".forward"):
+                    texts.append(_read_owned(Path(account.home) / name, account.uid))
+        if any(command in text for text in texts):
+            return True
+        if unsearchable and account.name == settings.string("default_privs"):
+            log.warning("command %r allowed unchecked: alias_maps has non-file maps", command)
+            return True
+        return False
+
+
+def _read_owned(path: Path, uid: int | None) -> str:
+    """The text of a regular file (not a link) owned by root or ``uid``; "" otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in (0, uid):
+            return ""
+        return handle.read(4 * 1024 * 1024).decode("utf-8", "replace")
 
 
 def _int(request: Mapping[str, object], key: str) -> int:
