@@ -127,9 +127,15 @@ def accounts(base: Path) -> Iterator[Accounts]:
 
 
 class RootDaemon:
-    """``roost serve`` started as root without ROOST_STAY_ROOT."""
+    """``roost serve`` started as root without ROOST_STAY_ROOT (or as ``as_user``)."""
 
-    def __init__(self, base: Path, accounts: Accounts, extra: str = "") -> None:
+    def __init__(
+        self,
+        base: Path,
+        accounts: Accounts,
+        extra: str = "",
+        as_user: pwd.struct_passwd | None = None,
+    ) -> None:
         self.base = base
         self.ports = {service: free_port() for service in SERVICES}
         etc = base / "etc"
@@ -163,6 +169,13 @@ class RootDaemon:
         )
         self.notify = NotifySocket(base / "notify.sock")
         self.log = base / "daemon.log"
+        ids: dict[str, object] = {}
+        if as_user is not None:  # an ordinary user's instance: its files are its own
+            for path in (etc, base / "spool", base / "lib"):
+                path.mkdir(exist_ok=True)
+                os.chown(path, as_user.pw_uid, as_user.pw_gid)
+            self.notify.path.chmod(0o777)
+            ids = {"user": as_user.pw_uid, "group": as_user.pw_gid, "extra_groups": []}
         command, env = python_command()
         environment = {k: v for k, v in os.environ.items() if k != STAY_ROOT_ENV}
         environment.update(env, NOTIFY_SOCKET=str(self.notify.path))
@@ -173,6 +186,7 @@ class RootDaemon:
                 stderr=subprocess.STDOUT,
                 env=environment,
                 cwd="/",
+                **ids,  # type: ignore[arg-type]
             )
 
     def wait_ready(self) -> None:
@@ -360,6 +374,20 @@ def test_reload_reads_a_root_only_key_through_the_helper(daemon: RootDaemon) -> 
     after = _served_certificate(daemon.ports["submissions"])
     assert after != before
     assert b"renewed.privsep.test" in after
+
+
+def test_started_as_an_ordinary_user_nothing_changes(base: Path, accounts: Accounts) -> None:
+    owner = accounts.owner
+    daemon = RootDaemon(base, accounts, as_user=owner)
+    try:
+        daemon.wait_ready()
+        assert ids(daemon.process.pid)[0] == [owner.pw_uid] * 4
+        assert children(daemon.process.pid) == []  # no privileged helper
+        assert "privileged helper" not in daemon.log_text()
+        daemon.send("postmaster@localhost")  # alice's home is not ours: deferred, kept
+        wait_for(lambda: "status=deferred" in daemon.log_text(), "the deferral", daemon)
+    finally:
+        daemon.stop()
 
 
 def test_root_as_mail_owner_is_refused(base: Path, accounts: Accounts) -> None:
