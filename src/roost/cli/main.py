@@ -140,6 +140,16 @@ def run_daemon(path: Path, settings: Settings, *, syslog: bool, debug: bool) -> 
         debug=debug,
     )
     daemon = Daemon(path, settings, Notifier.from_environ())
+    # The synchronous phase: directories, certificate, listening sockets, TLS keys.
+    if status := daemon.prepare():
+        return status
+    # ---- privilege drop point -------------------------------------------------------
+    # Here, and only here: fork the privileged helper, then drop privileges (the
+    # "harden" work, roost.daemon.privileges). Sockets are bound and keys read above;
+    # no event loop and no thread exist yet; the worker processes are forked below, so
+    # they start unprivileged.
+    # ----------------------------------------------------------------------------------
+    daemon.fork_workers()
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
         import uvloop

@@ -1,15 +1,27 @@
 """The daemon's lifecycle: start, reload on SIGHUP, graceful stop on SIGTERM/SIGINT.
 
-``roost serve`` runs :meth:`Daemon.run`. Start-up order: read and validate main.cf, set up
-logging, create the queue and data directories, create a self-signed certificate when none
-exists (``tls_selfsigned_auto``), build TLS contexts, recover the queue and pick up what
-sendmail(1) left in ``maildrop/``, build services in the composition root and start them,
-open the control socket, then tell systemd ``READY=1``.
+``roost serve`` runs, in this order (see docs/architecture.md, "Process model and
+privileges"):
+
+1. :meth:`Daemon.prepare`, synchronous, before any event loop or thread exists: read and
+   validate main.cf (the CLI did), raise the open-files limit, create the queue and data
+   directories, create a self-signed certificate when none exists
+   (``tls_selfsigned_auto``), refuse to start when another daemon answers on the control
+   socket, bind every listening socket and load the TLS keys;
+2. the privilege drop point (``roost.daemon.privileges``: fork the privileged helper, then
+   drop privileges; marked in :func:`roost.cli.main.run_daemon`);
+3. :meth:`Daemon.fork_workers`: with ``worker_processes`` above 1, fork the fork server that
+   forks the worker processes (:mod:`roost.daemon.workers`);
+4. :meth:`Daemon.run` on the event loop: open the control socket, recover the queue and
+   pick up what sendmail(1) left in ``maildrop/``, build the services in the composition
+   root and start them (with workers: the queue manager here, the listeners in every
+   worker), then tell systemd ``READY=1``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -22,13 +34,14 @@ from roost import __version__
 from roost.auth.factory import build_user_database
 from roost.auth.throttle import Throttle
 from roost.config import ConfigError, Settings, load_settings
-from roost.daemon.compose import build_services
-from roost.daemon.control import ControlServer
-from roost.daemon.listeners import service_listeners
+from roost.daemon.compose import FACTORIES, MASTER_FACTORIES, build_services
+from roost.daemon.control import ControlServer, daemon_running
+from roost.daemon.listeners import BOUND, bind_all, service_listeners
 from roost.daemon.logsetup import reopen_logs
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, tls_files
+from roost.daemon.workers import Forker, WorkerPool, run_worker, worker_count
 from roost.queue.errors import SpoolError
 from roost.queue.manager import QueueManager
 from roost.queue.pickup import Pickup
@@ -107,6 +120,7 @@ class Daemon:
     def __init__(self, config: Path, settings: Settings, notifier: Notifier) -> None:
         self.config = config
         self.settings = settings
+        self.settings_at_start = settings
         self.notifier = notifier
         self.services: list[Service] = []
         self.started = time.time()
@@ -120,10 +134,16 @@ class Daemon:
             refuse_after=settings.integer("auth_failure_refuse_after"),
             window=float(settings.seconds("auth_failure_window")),
         )
+        self.worker_processes = 1
+        self._prepared = False
+        self._tls: TLSContexts | None = None
+        self._forker: Forker | None = None
+        self.pool: WorkerPool | None = None
 
-    def _context(self, settings: Settings) -> Context:
-        tls = TLSContexts(settings)
-        tls.preload(tls_services(settings))
+    def _context(self, settings: Settings, tls: TLSContexts | None = None) -> Context:
+        if tls is None:
+            tls = TLSContexts(settings)
+            tls.preload(tls_services(settings))
         return Context(
             settings=settings,
             tls=tls,
@@ -132,13 +152,53 @@ class Daemon:
             throttle=self.throttle,
         )
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
-        loop = asyncio.get_running_loop()
+    def prepare(self) -> int:
+        """The synchronous part of the start, before any event loop or thread exists.
+
+        Creates the directories and the self-signed certificate, binds every listening
+        socket (:data:`roost.daemon.listeners.BOUND`) and loads the TLS keys: what needs
+        root when started as root. Errors are logged.
+
+        Returns:
+            0, or the exit status 1 after an error.
+        """
         try:
+            self.worker_processes = worker_count(self.settings)
             raise_file_limit()
             prepare_directories(self.settings)
             ensure_certificate(self.settings)
+            control = control_socket_path(self.settings)
+            if daemon_running(control):
+                raise OSError(f"{control}: another roost daemon is running")
+            bind_all(self.settings)
+            self._tls = TLSContexts(self.settings)
+            self._tls.preload(tls_services(self.settings))
+        except (OSError, TLSError, ConfigError) as exc:
+            log.critical("%s", str(exc).replace("\n", "; "))
+            _close_bound()
+            return 1
+        self._prepared = True
+        return 0
+
+    def fork_workers(self) -> None:
+        """Fork the fork server of the worker processes when ``worker_processes`` > 1.
+
+        Call after :meth:`prepare` (and after privileges are dropped), before the event
+        loop starts. The master then closes its copies of the listening sockets: only the
+        workers accept.
+        """
+        if self.worker_processes <= 1 or self._tls is None:
+            return
+        worker_main = functools.partial(run_worker, self.config, self.settings, self._tls)
+        self._forker = Forker.start(worker_main)
+        _close_bound()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
+        loop = asyncio.get_running_loop()
+        if not self._prepared and self.prepare():
+            return 1
+        try:
             self._control = ControlServer(control_socket_path(self.settings), self._command)
             await self._control.start()
             self.spool = Spool(self.settings.path_of("queue_directory"))
@@ -153,10 +213,16 @@ class Daemon:
                 notify=self._notify_queue_manager,
             )
             await self.pickup.run()  # before the queue manager takes up incoming/
-            context = self._context(self.settings)
-            self.services = build_services(context)
+            context = self._context(self.settings, self._tls)
+            factories = MASTER_FACTORIES if self._forker is not None else FACTORIES
+            self.services = build_services(context, factories)
             for service in self.services:
                 await service.start()
+            if self._forker is not None:
+                self.pool = WorkerPool(
+                    self._forker, self.worker_processes, self.throttle, self._notify_queue_manager
+                )
+                await self.pool.start()
             self.pickup.start()
         except (OSError, TLSError, ConfigError, SpoolError) as exc:
             log.critical("%s", str(exc).replace("\n", "; "))
@@ -166,6 +232,8 @@ class Daemon:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         names = ", ".join(s.name for s in self.services) or "no services"
+        if self.pool is not None:
+            names += f"; {self.worker_processes} worker processes"
         log.info("daemon started -- version %s, configuration %s", __version__, self.config)
         self.notifier.ready(f"serving: {names}")
         await self._stop.wait()
@@ -204,13 +272,22 @@ class Daemon:
                 )
             for service in self.services:
                 await service.reload(context)
+            errors = await self.pool.reload() if self.pool is not None else []
+            for error in errors:
+                log.error("reload failed in %s", error)
+            if worker_count_text(settings) != worker_count_text(self.settings_at_start):
+                log.warning("worker_processes: a change takes effect at the next start")
             log.info("reload -- version %s, configuration %s", __version__, self.config)
             self.notifier.ready("reloaded")
+            if errors:
+                return {"ok": False, "error": "; ".join(errors)}
             return {"ok": True}
 
     async def _shutdown(self, grace: float) -> None:
         if self.pickup is not None:
             await self.pickup.stop()
+        if self.pool is not None:
+            await self.pool.stop(grace)
         for service in reversed(self.services):
             try:
                 await service.stop(grace)
@@ -220,6 +297,10 @@ class Daemon:
             await self._control.close()
         if self.spool is not None:
             await self.spool.close()
+        if self._forker is not None:
+            self._forker.close()
+            self._forker = None
+        _close_bound()
 
     def _queue_manager(self) -> QueueManager | None:
         for service in self.services:
@@ -264,12 +345,49 @@ class Daemon:
         if word in ("pickup", "flush", "notify", "forget"):
             return await self._queue_command(word, arguments)
         cert, _ = tls_files(self.settings, "smtp")
-        return {
+        services: dict[str, object] = {s.name: dict(s.status()) for s in self.services}
+        answer: dict[str, object] = {
             "ok": True,
             "pid": os.getpid(),
             "version": __version__,
             "config": str(self.config),
             "uptime": round(time.time() - self.started, 1),
             "tls_cert_file": str(cert),
-            "services": {s.name: dict(s.status()) for s in self.services},
+            "services": services,
         }
+        if self.pool is not None:
+            workers = await self.pool.status()
+            answer["workers"] = workers
+            services.update(merge_worker_status(workers))
+        return answer
+
+
+def worker_count_text(settings: Settings) -> str:
+    """The ``worker_processes`` value as written (to notice a change on reload)."""
+    return settings.string("worker_processes").strip().lower()
+
+
+def merge_worker_status(workers: list[Mapping[str, object]]) -> dict[str, object]:
+    """The services of every worker as one: numbers summed, other values from the first."""
+    merged: dict[str, dict[str, object]] = {}
+    for worker in workers:
+        services = worker.get("services")
+        if not isinstance(services, dict):
+            continue
+        for name, status in services.items():
+            if not isinstance(status, dict):
+                continue
+            into = merged.setdefault(str(name), {})
+            for key, value in status.items():
+                old = into.get(key)
+                if isinstance(value, int) and isinstance(old, int):
+                    into[key] = old + value
+                elif old is None:
+                    into[key] = value
+    return dict(merged)
+
+
+def _close_bound() -> None:
+    for sock in BOUND.values():
+        sock.close()
+    BOUND.clear()

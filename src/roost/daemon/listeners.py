@@ -17,8 +17,10 @@ from typing import Final
 from roost.config import SERVICES, Settings
 
 __all__ = [
+    "BOUND",
     "LISTEN_BACKLOG",
     "Listener",
+    "bind_all",
     "bind_socket",
     "front_context",
     "listen_addresses",
@@ -122,6 +124,30 @@ def bind_socket(listener: Listener, *, backlog: int = LISTEN_BACKLOG) -> socket.
     return sock
 
 
+#: Sockets bound before the event loop starts (and before privileges are dropped and
+#: worker processes forked), by listener; :func:`open_server` takes them from here.
+BOUND: Final[dict[Listener, socket.socket]] = {}
+
+
+def bind_all(settings: Settings) -> None:
+    """Bind every listener of ``settings`` into :data:`BOUND` (sockets already there stay).
+
+    Port 0 (tests) is bound once and the same socket serves every worker process.
+
+    Raises:
+        OSError: an address cannot be bound; the message names the service and address.
+    """
+    for listener in service_listeners(settings):
+        if listener in BOUND:
+            continue
+        try:
+            BOUND[listener] = bind_socket(listener)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+            ) from None
+
+
 def front_context(current: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
     """An implicit-TLS listener context that takes the current certificate per handshake.
 
@@ -155,12 +181,14 @@ async def open_server(
     Raises:
         OSError: the address cannot be bound; the message names the service and address.
     """
-    try:
-        sock = bind_socket(listener)
-    except OSError as exc:
-        raise OSError(
-            exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
-        ) from None
+    sock = BOUND.pop(listener, None)
+    if sock is None:
+        try:
+            sock = bind_socket(listener)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+            ) from None
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         protocol_factory,
