@@ -257,6 +257,7 @@ class Daemon:
                 settings, warnings = load_settings(self.config)
                 for warning in warnings:
                     log.warning("%s", str(warning).removeprefix("warning: "))
+                worker_count(settings)
                 ensure_certificate(settings)
                 context = self._context(settings)
             except (ConfigError, TLSError, OSError) as exc:

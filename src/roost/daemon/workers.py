@@ -24,15 +24,20 @@ JSON lines). Worker to master:
 
 * ``ready``: the worker's services listen;
 * ``commit {id}``: a message is in ``incoming/``: wake the queue manager;
-* ``throttle {e}``, ``anvil {e}``, ``count {n, k, d}``, ``bus {p}``: shared state (the
-  failed-login throttle, SMTP connection counts and rates, IMAP/POP3 connection counts,
-  mailbox change notifications), forwarded by the master to every other worker;
+* ``throttle {e}``, ``anvil {e}``, ``count {n, k, d}``: the shared counters (the
+  failed-login throttle, SMTP connection counts and rates, IMAP/POP3 connection counts).
+  Workers send these straight to each other too (:class:`Mesh`, datagrams), so they take
+  effect before the client sees the answer; the master keeps each worker's share, to bring
+  a new worker up to date and to take back the counts of a worker that died;
+* ``bus {p}``: a mailbox changed (IMAP IDLE): the master forwards it to the other workers
+  and publishes it to its own subscribers; the master's own deliveries go to every worker;
 * ``status {id, services}``, ``reloaded {id, ok}``: answers.
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
-``status {id}``, ``reload {id}``, ``stop {grace}``. A worker stops when the channel reaches
-end of stream (the master is gone), and the fork server kills the workers when the master
-dies (``PR_SET_PDEATHSIG``).
+``status {id}``, ``reload {id}``, ``stop {grace}``. When the master dies, the fork server and
+the workers are killed at once (``PR_SET_PDEATHSIG`` with SIGKILL; a worker also exits when
+its channel ends without a ``stop``): a worker must not go on committing messages while a
+restarted master recovers the queue.
 """
 
 from __future__ import annotations
@@ -213,7 +218,10 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the master
-            _set_parent_death_signal(signal.SIGTERM)
+            # The master (and so the fork server) died: go at once, like the rest of the
+            # daemon. A worker that went on committing messages while a restarted master
+            # recovers the queue could lose one it had answered 250 for.
+            _set_parent_death_signal(signal.SIGKILL)
             if os.getppid() == 1:  # the fork server died meanwhile
                 os._exit(1)
             status = worker_main(index, child_end)
@@ -231,6 +239,96 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
 
 
 # --- a worker process --------------------------------------------------------------------
+
+
+class Mesh(asyncio.DatagramProtocol):
+    """Direct datagrams between the workers: the shared counters' events.
+
+    Each worker binds ``$data_directory/worker-N.sock`` (the directory is mode 0700: only the
+    daemon's user can send) and sends every throttle, anvil and count event straight to the
+    other workers' sockets, synchronously, before the session answers its client. So a
+    client that saw the answer and connects again, whichever worker takes the new
+    connection, is judged with the event counted: the datagram is queued on that worker
+    before the new connection exists, and its loop reads ready sockets in the order they
+    became ready. (A relay through the master would leave a race: the master's loop must run
+    in between.) Events to a worker that is being replaced are dropped; the master's
+    snapshot brings the new one up to date.
+
+    Args:
+        directory: where the sockets are (``data_directory``).
+        index: this worker's number.
+        count: how many workers there are.
+        handler: called with every message received.
+    """
+
+    def __init__(
+        self, directory: Path, index: int, count: int, handler: Callable[[Message], None]
+    ) -> None:
+        self.path = directory / f"worker-{index}.sock"
+        self.peers = [str(directory / f"worker-{i}.sock") for i in range(count) if i != index]
+        self._handler = handler
+        self._in: socket.socket | None = None
+        self._out: socket.socket | None = None
+        self._dropped = 0
+
+    def open(self) -> bool:
+        """Bind this worker's socket (before the event loop serves anything)."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.bind(str(self.path))
+            sock.setblocking(False)
+        except OSError as exc:
+            worker_log.warning(
+                "%s: cannot bind (%s): this worker does not share throttle and connection"
+                " counts with the others",
+                self.path,
+                exc.strerror or exc,
+            )
+            return False
+        self._in = sock
+        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._out.setblocking(False)
+        return True
+
+    async def start(self) -> None:
+        """Start receiving on the running loop."""
+        if self._in is not None:
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=self._in)
+
+    def send(self, message: Message) -> None:
+        """Send to every other worker now (never blocks; a full receiver drops it)."""
+        if self._out is None:
+            return
+        data = json.dumps(message, separators=(",", ":")).encode()
+        for peer in self.peers:
+            try:
+                self._out.sendto(data, peer)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass  # that worker is being replaced
+            except OSError as exc:  # BlockingIOError: its queue is full
+                self._dropped += 1
+                if self._dropped in (1, 1000, 1000000):
+                    worker_log.warning("%s: events dropped (%d): %s", peer, self._dropped, exc)
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        """Apply a peer's event."""
+        try:
+            message = json.loads(data)
+            if isinstance(message, dict):
+                self._handler(message)
+        except Exception:
+            worker_log.exception("worker event %.80r", data)
+
+    def close(self) -> None:
+        """Close both sockets and remove this worker's socket file."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def run_worker(
@@ -275,17 +373,23 @@ class Worker:
         self.counts: dict[str, SharedCounts] = {}
         self._stop = asyncio.Event()
         self._grace = float(settings.seconds("shutdown_grace_time"))
-        self._channel = Channel(sock, self._message, on_close=self._stop.set)
+        self._channel = Channel(sock, self._message, on_close=self._master_gone)
+        self._stopping = False
+        self.mesh = Mesh(
+            settings.path_of("data_directory"), index, worker_count(settings), self._message
+        )
 
     async def run(self) -> int:
         """Serve until ``stop``, SIGTERM/SIGINT or the master's end; return the status."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        if self.mesh.open():
+            await self.mesh.start()
         await self._channel.start()
         channel = self._channel
-        self.throttle.on_event = lambda event: channel.send({"t": "throttle", "e": list(event)})
-        anvil.PEERS.emit = lambda event: channel.send({"t": "anvil", "e": event})
+        self.throttle.on_event = lambda event: self._share({"t": "throttle", "e": list(event)})
+        anvil.PEERS.emit = lambda event: self._share({"t": "anvil", "e": event})
 
         def relay(key: str) -> None:  # store threads publish too
             message: Message = {"t": "bus", "p": key}
@@ -310,8 +414,17 @@ class Worker:
             return 1
         channel.send({"t": "ready", "pid": os.getpid()})
         await self._stop.wait()
+        self._stopping = True
         await self._shutdown(self._grace)
         return 0
+
+    def _master_gone(self) -> None:
+        if not self._stopping and not self._stop.is_set():
+            # the master died (or closed the channel): no graceful stop (see _spawn)
+            worker_log.error("worker %d: the master has gone: exiting", self.index)
+            logging.shutdown()
+            os._exit(1)
+        self._stop.set()
 
     def _context(self, settings: Settings) -> Context:
         return Context(
@@ -322,8 +435,14 @@ class Worker:
             throttle=self.throttle,
         )
 
+    def _share(self, message: Message) -> None:
+        """A shared-counter event: to the other workers now, and to the master (which
+        keeps every worker's share for new workers and takes back a dead worker's)."""
+        self.mesh.send(message)
+        self._channel.send(message)
+
     def _emit_count(self, name: str, key: Hashable, delta: int) -> None:
-        self._channel.send({"t": "count", "n": name, "k": key, "d": delta})
+        self._share({"t": "count", "n": name, "k": key, "d": delta})
 
     async def _shutdown(self, grace: float) -> None:
         for service in reversed(self.services):
@@ -333,6 +452,7 @@ class Worker:
                 worker_log.exception("error stopping %s", service.name)
         if self.spool is not None:
             await self.spool.close()
+        self.mesh.close()
         await self._channel.close()
 
     def _message(self, message: Message) -> None:
@@ -578,18 +698,15 @@ class WorkerPool:
         elif kind == "bus":
             self.broadcast(message, handle)
             DEFAULT_BUS.publish_relayed(str(message["p"]))
-        elif kind == "throttle":
+        elif kind == "throttle":  # the workers have it already (Mesh): keep count only
             self.throttle.apply(_throttle_event(message["e"]))
-            self.broadcast(message, handle)
         elif kind == "anvil":
             self._account_anvil(handle, list(message["e"]))  # type: ignore[call-overload]
-            self.broadcast(message, handle)
         elif kind == "count":
             key = (str(message["n"]), decode_key(message["k"]))
             handle.counts[key] = handle.counts.get(key, 0) + int(message["d"])  # type: ignore[call-overload]
             if not handle.counts[key]:
                 del handle.counts[key]
-            self.broadcast(message, handle)
         elif kind == "ready":
             handle.ready.set()
             worker_log.debug("worker %d ready, pid %s", handle.index, message.get("pid"))
