@@ -207,6 +207,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(services, dict):
         for name, info in services.items():
             print(f"  {name}: {info}")
+    workers = answer.get("workers")
+    if isinstance(workers, list):
+        for worker in workers:
+            if isinstance(worker, dict):
+                print(
+                    f"  worker {worker.get('index')}: pid {worker.get('pid')},"
+                    f" up {worker.get('uptime')}s"
+                )
     return 0
 
 

@@ -173,6 +173,10 @@ class Daemon:
             bind_all(self.settings)
             self._tls = TLSContexts(self.settings)
             self._tls.preload(tls_services(self.settings))
+            if self.worker_processes > 1:
+                problems = check_worker_services(self.settings, self._tls)
+                if problems:  # fail here, not in every worker again and again
+                    raise OSError("; ".join(problems))
         except (OSError, TLSError, ConfigError) as exc:
             log.critical("%s", str(exc).replace("\n", "; "))
             _close_bound()
@@ -361,6 +365,17 @@ class Daemon:
             answer["workers"] = workers
             services.update(merge_worker_status(workers))
         return answer
+
+
+def check_worker_services(settings: Settings, tls: TLSContexts) -> list[str]:
+    """Build the workers' services' configuration as they will, without starting them
+    (what ``roost check`` does; the user database is left for the workers to open)."""
+    from roost.imap.server import check_imap
+    from roost.pop3.server import check_pop3
+    from roost.smtp.server import check_smtp
+
+    context = Context(settings=settings, tls=tls)
+    return check_smtp(settings, context) + check_imap(settings) + check_pop3(settings)
 
 
 def worker_count_text(settings: Settings) -> str:

@@ -43,6 +43,7 @@ restarted master recovers the queue.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -241,6 +242,22 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
 # --- a worker process --------------------------------------------------------------------
 
 
+class _Link:
+    """This worker's connected datagram socket to one other worker, and what waits for it."""
+
+    __slots__ = ("path", "pending", "sock", "waiting")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.waiting = False
+
+
+#: Events kept for a worker whose queue is full before they are dropped.
+_MAX_PENDING: Final = 200_000
+
+
 class Mesh(asyncio.DatagramProtocol):
     """Direct datagrams between the workers: the shared counters' events.
 
@@ -251,8 +268,9 @@ class Mesh(asyncio.DatagramProtocol):
     connection, is judged with the event counted: the datagram is queued on that worker
     before the new connection exists, and its loop reads ready sockets in the order they
     became ready. (A relay through the master would leave a race: the master's loop must run
-    in between.) Events to a worker that is being replaced are dropped; the master's
-    snapshot brings the new one up to date.
+    in between.) When a worker's queue is full (a burst of thousands of connections closing),
+    events wait in order and go when it has room. Events to a worker that is being replaced
+    are dropped; the master's snapshot brings the new one up to date.
 
     Args:
         directory: where the sockets are (``data_directory``).
@@ -265,11 +283,14 @@ class Mesh(asyncio.DatagramProtocol):
         self, directory: Path, index: int, count: int, handler: Callable[[Message], None]
     ) -> None:
         self.path = directory / f"worker-{index}.sock"
-        self.peers = [str(directory / f"worker-{i}.sock") for i in range(count) if i != index]
+        self.links = [
+            _Link(str(directory / f"worker-{i}.sock")) for i in range(count) if i != index
+        ]
         self._handler = handler
         self._in: socket.socket | None = None
-        self._out: socket.socket | None = None
+        self._inode = 0
         self._dropped = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> bool:
         """Bind this worker's socket (before the event loop serves anything)."""
@@ -280,6 +301,7 @@ class Mesh(asyncio.DatagramProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind(str(self.path))
             sock.setblocking(False)
+            self._inode = os.stat(self.path).st_ino
         except OSError as exc:
             worker_log.warning(
                 "%s: cannot bind (%s): this worker does not share throttle and connection"
@@ -289,29 +311,79 @@ class Mesh(asyncio.DatagramProtocol):
             )
             return False
         self._in = sock
-        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._out.setblocking(False)
         return True
 
     async def start(self) -> None:
         """Start receiving on the running loop."""
+        self._loop = asyncio.get_running_loop()
         if self._in is not None:
-            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=self._in)
+            await self._loop.create_datagram_endpoint(lambda: self, sock=self._in)
 
     def send(self, message: Message) -> None:
-        """Send to every other worker now (never blocks; a full receiver drops it)."""
-        if self._out is None:
+        """Send to every other worker now (never blocks; waits in order when one is full)."""
+        if self._in is None:
             return
         data = json.dumps(message, separators=(",", ":")).encode()
-        for peer in self.peers:
+        for link in self.links:
+            if link.pending:
+                self._queue(link, data)
+                continue
+            sock = self._connected(link)
+            if sock is None:
+                continue
             try:
-                self._out.sendto(data, peer)
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass  # that worker is being replaced
-            except OSError as exc:  # BlockingIOError: its queue is full
-                self._dropped += 1
-                if self._dropped in (1, 1000, 1000000):
-                    worker_log.warning("%s: events dropped (%d): %s", peer, self._dropped, exc)
+                sock.send(data)
+            except BlockingIOError:
+                self._queue(link, data)
+            except OSError:  # that worker is being replaced
+                self._disconnect(link)
+
+    def _connected(self, link: _Link) -> socket.socket | None:
+        if link.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(link.path)
+            except OSError:
+                sock.close()
+                return None
+            link.sock = sock
+        return link.sock
+
+    def _disconnect(self, link: _Link) -> None:
+        if link.sock is not None:
+            if link.waiting and self._loop is not None:
+                self._loop.remove_writer(link.sock.fileno())
+            link.sock.close()
+        link.sock = None
+        link.waiting = False
+        link.pending.clear()
+
+    def _queue(self, link: _Link, data: bytes) -> None:
+        if len(link.pending) >= _MAX_PENDING:
+            self._dropped += 1
+            if self._dropped in (1, 1000, 1000000):
+                worker_log.warning("%s: %d events dropped: queue full", link.path, self._dropped)
+            return
+        link.pending.append(data)
+        if not link.waiting and link.sock is not None and self._loop is not None:
+            link.waiting = True
+            self._loop.add_writer(link.sock.fileno(), self._flush, link)
+
+    def _flush(self, link: _Link) -> None:
+        sock = link.sock
+        while link.pending and sock is not None:
+            try:
+                sock.send(link.pending[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._disconnect(link)
+                return
+            link.pending.popleft()
+        if link.waiting and sock is not None and self._loop is not None:
+            self._loop.remove_writer(sock.fileno())
+        link.waiting = False
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         """Apply a peer's event."""
@@ -323,12 +395,12 @@ class Mesh(asyncio.DatagramProtocol):
             worker_log.exception("worker event %.80r", data)
 
     def close(self) -> None:
-        """Close both sockets and remove this worker's socket file."""
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        """Close the links and remove this worker's socket file (if it is still ours)."""
+        for link in self.links:
+            self._disconnect(link)
+        with contextlib.suppress(OSError):
+            if self._inode and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
 
 
 def run_worker(
@@ -561,6 +633,8 @@ class WorkerPool:
         self._anvil_arrivals: list[list[object]] = []
         self._last_start: dict[int, float] = {}
         self._all_gone = asyncio.Event()
+        self._starting = False
+        self._failed_start = False
 
     async def start(self, timeout: float = 60.0) -> None:
         """Fork every worker and wait until each listens.
@@ -577,18 +651,22 @@ class WorkerPool:
             loop.call_soon_threadsafe(self.broadcast, message, None)
 
         DEFAULT_BUS.relay = relay
+        self._starting = True
         for index in range(self.count):
             self._spawn(index)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.workers) == self.count and all(
-                h.ready.is_set() for h in self.workers.values()
-            ):
-                return
-            if self._exited or self._forker_gone.is_set():
-                break
-            await asyncio.sleep(0.02)
-        raise OSError(errno.ECHILD, "the worker processes did not start")
+        try:
+            while time.monotonic() < deadline:
+                if len(self.workers) == self.count and all(
+                    h.ready.is_set() for h in self.workers.values()
+                ):
+                    return
+                if self._failed_start or self._forker_gone.is_set():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            self._starting = False
+        raise OSError(errno.ECHILD, "the worker processes did not start (see above)")
 
     def _spawn(self, index: int) -> None:
         self._last_start[index] = time.monotonic()
@@ -666,7 +744,9 @@ class WorkerPool:
                 self.broadcast({"t": "count", "n": name, "k": key, "d": -value}, handle)
         if not self.workers:
             self._all_gone.set()
-        if self._stopping or self._forker_gone.is_set():
+        if self._starting and not handle.ready.is_set():
+            self._failed_start = True  # the start fails; no restart loop
+        if self._stopping or self._forker_gone.is_set() or self._failed_start:
             return
         loop = asyncio.get_running_loop()
         age = time.monotonic() - self._last_start.get(handle.index, 0.0)
