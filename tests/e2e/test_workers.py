@@ -359,3 +359,46 @@ def test_bad_worker_processes_value_stops_the_start(tmp_path: Path) -> None:
     result = roost_cli(main_cf, "serve")
     assert result.returncode != 0
     assert "worker_processes" in result.stderr
+
+
+def test_reload_with_new_listening_ports_replaces_the_workers(tmp_path: Path) -> None:
+    from tests.e2e.instance import free_port
+
+    running = start_instance(tmp_path, TWO + "shutdown_grace_time = 5s\n")
+    try:
+        old_pids = worker_pids(running)
+        main_cf = running.directory / "main.cf"
+        old_port, new_port = running.ports["pop3"], free_port()
+        held = running.smtp()  # a transaction in progress in an old worker
+        held.ehlo()
+        held.mail("bob@example.org")
+        held.rcpt("alice@virtual.test")
+        main_cf.write_text(
+            main_cf.read_text().replace(
+                f"pop3_service_port = {old_port}", f"pop3_service_port = {new_port}"
+            )
+        )
+        assert roost_cli(main_cf, "reload").returncode == 0
+        wait_for(lambda: not set(worker_pids(running)) & set(old_pids), "new workers")
+        new_pids = worker_pids(running)
+        assert len(new_pids) == 2
+        served = set()
+        for _ in range(100):
+            client = poplib.POP3("127.0.0.1", new_port, timeout=30)
+            served.add(serving_pid(client.sock, new_pids))
+            client.quit()
+            if len(served) == 2:
+                break
+        assert served == set(new_pids)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_port), 5)
+        # the old worker lets the transaction in progress finish
+        assert held.data(b"Subject: held\r\n\r\nacross the reload\r\n")[0] == 250
+        held.quit()
+        wait_for(lambda: len(running.delivered("alice")) == 1, "the held message")
+        for pid in old_pids:
+            wait_for(lambda pid=pid: not alive(pid), f"old worker {pid} to exit")  # type: ignore[misc]
+        with socket.create_connection(("127.0.0.1", running.ports["smtp"]), 30) as smtp:
+            assert smtp.recv(512).startswith(b"220 ")
+    finally:
+        running.daemon.stop()

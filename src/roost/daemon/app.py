@@ -21,11 +21,11 @@ privileges"):
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,12 +36,12 @@ from roost.auth.throttle import Throttle
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.compose import FACTORIES, MASTER_FACTORIES, build_services
 from roost.daemon.control import ControlServer, daemon_running
-from roost.daemon.listeners import BOUND, bind_all, service_listeners
+from roost.daemon.listeners import BOUND, Listener, bind_all, bind_socket, service_listeners
 from roost.daemon.logsetup import reopen_logs
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, tls_files
-from roost.daemon.workers import Forker, WorkerPool, run_worker, worker_count
+from roost.daemon.workers import Forker, WorkerMain, WorkerPool, worker_count
 from roost.queue.errors import SpoolError
 from roost.queue.manager import QueueManager
 from roost.queue.pickup import Pickup
@@ -139,6 +139,7 @@ class Daemon:
         self._tls: TLSContexts | None = None
         self._forker: Forker | None = None
         self.pool: WorkerPool | None = None
+        self._listeners: set[Listener] = set()
 
     def _context(self, settings: Settings, tls: TLSContexts | None = None) -> Context:
         if tls is None:
@@ -171,6 +172,7 @@ class Daemon:
             if daemon_running(control):
                 raise OSError(f"{control}: another roost daemon is running")
             bind_all(self.settings)
+            self._listeners = set(service_listeners(self.settings))
             self._tls = TLSContexts(self.settings)
             self._tls.preload(tls_services(self.settings))
             if self.worker_processes > 1:
@@ -193,8 +195,7 @@ class Daemon:
         """
         if self.worker_processes <= 1 or self._tls is None:
             return
-        worker_main = functools.partial(run_worker, self.config, self.settings, self._tls)
-        self._forker = Forker.start(worker_main)
+        self._forker = Forker.start(WorkerMain(self.config, self.settings, self._tls))
         _close_bound()
 
     async def run(self) -> int:
@@ -264,6 +265,14 @@ class Daemon:
                 worker_count(settings)
                 ensure_certificate(settings)
                 context = self._context(settings)
+                added: dict[Listener, socket.socket] = {}
+                removed: list[Listener] = []
+                if self._forker is not None:
+                    assert isinstance(context.tls, TLSContexts)
+                    problems = check_worker_services(settings, context.tls)
+                    if problems:
+                        raise OSError("; ".join(problems))
+                    added, removed = self._bind_changes(settings)
             except (ConfigError, TLSError, OSError) as exc:
                 reason = str(exc).replace("\n", "; ")
                 log.error("reload failed, keeping the running configuration: %s", reason)
@@ -277,7 +286,28 @@ class Daemon:
                 )
             for service in self.services:
                 await service.reload(context)
-            errors = await self.pool.reload() if self.pool is not None else []
+            errors: list[str] = []
+            new_listeners = set(service_listeners(settings))
+            if self.pool is not None and self._forker is not None and (added or removed):
+                # new listening addresses: the fork server takes the new sockets and
+                # settings, and every worker is replaced (the old ones finish their sessions)
+                self._forker.change_listeners(added, removed)
+                for sock in added.values():
+                    sock.close()
+                self._listeners = new_listeners
+                log.info(
+                    "listening addresses changed (%d new, %d gone): replacing the workers",
+                    len(added),
+                    len(removed),
+                )
+                self.pool.replace(float(settings.seconds("shutdown_grace_time")))
+            elif self.pool is not None:
+                errors = await self.pool.reload()
+            elif new_listeners != self._listeners:
+                log.warning(
+                    "listening addresses changed: they take effect at the next start"
+                    " (worker_processes = 1)"
+                )
             for error in errors:
                 log.error("reload failed in %s", error)
             if worker_count_text(settings) != worker_count_text(self.settings_at_start):
@@ -287,6 +317,31 @@ class Daemon:
             if errors:
                 return {"ok": False, "error": "; ".join(errors)}
             return {"ok": True}
+
+    def _bind_changes(
+        self, settings: Settings
+    ) -> tuple[dict[Listener, socket.socket], list[Listener]]:
+        """Bind the listeners ``settings`` adds; list those it drops.
+
+        Raises:
+            OSError: a new address cannot be bound (nothing stays bound).
+        """
+        wanted = set(service_listeners(settings))
+        added: dict[Listener, socket.socket] = {}
+        try:
+            for listener in sorted(wanted - self._listeners, key=str):
+                try:
+                    added[listener] = bind_socket(listener)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno,
+                        f"{listener.service} on {listener}: cannot listen: {exc.strerror}",
+                    ) from None
+        except OSError:
+            for sock in added.values():
+                sock.close()
+            raise
+        return added, sorted(self._listeners - wanted, key=str)
 
     async def _shutdown(self, grace: float) -> None:
         if self.pickup is not None:

@@ -66,7 +66,7 @@ from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message
 from roost.daemon.compose import WORKER_FACTORIES, build_services
-from roost.daemon.listeners import service_listeners
+from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.service import Context, Service
 from roost.daemon.shared import SharedCounts, decode_key, share_registry
 from roost.daemon.tlscontexts import TLSContexts
@@ -75,7 +75,7 @@ from roost.smtp import anvil
 from roost.store.bus import DEFAULT_BUS
 from roost.tls import TLSError
 
-__all__ = ["Forker", "WorkerPool", "run_worker", "worker_count"]
+__all__ = ["Forker", "Mesh", "WorkerMain", "WorkerPool", "run_worker", "worker_count"]
 
 log = logging.getLogger("roost.master")
 worker_log = logging.getLogger("roost.worker")
@@ -114,7 +114,36 @@ def _set_parent_death_signal(signum: int) -> None:
 # --- the fork server ---------------------------------------------------------------------
 
 
-WorkerMain = Callable[[int, socket.socket], int]
+class WorkerMain:
+    """What the fork server runs in each new worker: the settings and TLS contexts new
+    workers start with (replaced when a reload changes the listeners).
+
+    Args:
+        config: the main.cf path.
+        settings: its settings, validated by the master.
+        tls: the TLS contexts the master loaded.
+    """
+
+    def __init__(self, config: Path, settings: Settings, tls: TLSContexts) -> None:
+        self.config = config
+        self.settings = settings
+        self.tls = tls
+
+    def __call__(self, index: int, sock: socket.socket) -> int:
+        """Run worker ``index`` in this (new) process; return its exit status."""
+        return run_worker(self.config, self.settings, self.tls, index, sock)
+
+    def reconfigure(self) -> None:
+        """Re-read main.cf and the certificates for the workers forked from now on (the
+        master validated them just before; on an error the old ones stay)."""
+        try:
+            settings, _ = load_settings(self.config)
+            tls = TLSContexts(settings)
+            tls.preload(sorted({listener.service for listener in service_listeners(settings)}))
+        except (ConfigError, TLSError, OSError) as exc:
+            log.error("fork server: keeping the old settings: %s", str(exc).replace("\n", "; "))
+            return
+        self.settings, self.tls = settings, tls
 
 
 class Forker:
@@ -156,6 +185,19 @@ class Forker:
         """Ask for a new worker with this index (answered by a ``spawned`` report)."""
         self.sock.send(json.dumps({"t": "spawn", "index": index}).encode())
 
+    def change_listeners(
+        self, added: Mapping[Listener, socket.socket], removed: list[Listener]
+    ) -> None:
+        """Hand the fork server new listening sockets and the ones to close, and have it
+        re-read main.cf, for the workers it forks from now on."""
+        request = {
+            "t": "listeners",
+            "add": [[lst.service, lst.host, lst.port] for lst in added],
+            "remove": [[lst.service, lst.host, lst.port] for lst in removed],
+        }
+        fds = [sock.fileno() for sock in added.values()]
+        socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
+
     def close(self) -> None:
         """Tell the fork server to exit (end of stream) and reap it."""
         self.sock.close()
@@ -182,14 +224,33 @@ def _forker_main(sock: socket.socket, worker_main: WorkerMain) -> int:
                     os.read(wake_r, 4096)
                 _reap(sock)
             if sock.fileno() in readable:
-                data = sock.recv(65536)
+                data, fds, _, _ = socket.recv_fds(sock, 65536, 256)
                 if not data:
                     return 0
                 request = json.loads(data)
                 if request.get("t") == "spawn":
                     _spawn(sock, int(request["index"]), worker_main, (wake_r, wake_w))
+                elif request.get("t") == "listeners":
+                    _change_listeners(request, fds)
+                    worker_main.reconfigure()
+                else:
+                    for fd in fds:
+                        os.close(fd)
     finally:
         signal.set_wakeup_fd(-1)
+
+
+def _change_listeners(request: Mapping[str, list[list[object]]], fds: list[int]) -> None:
+    """Take the new listening sockets into BOUND and close the removed ones (fork server)."""
+    for service, host, port in request.get("remove", []):
+        sock = BOUND.pop(Listener(str(service), str(host), int(port)), None)  # type: ignore[call-overload]
+        if sock is not None:
+            sock.close()
+    for (service, host, port), fd in zip(request.get("add", []), fds, strict=False):
+        old = BOUND.pop(Listener(str(service), str(host), int(port)), None)  # type: ignore[call-overload]
+        if old is not None:
+            old.close()
+        BOUND[Listener(str(service), str(host), int(port))] = socket.socket(fileno=fd)  # type: ignore[call-overload]
 
 
 def _reap(sock: socket.socket) -> None:
@@ -590,7 +651,7 @@ def _throttle_event(raw: object) -> ThrottleEvent:
 # --- the master's side -------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Handle:
     """The master's view of one worker."""
 
@@ -601,6 +662,7 @@ class _Handle:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     anvil_active: dict[tuple[str, str], int] = field(default_factory=dict)
     counts: dict[tuple[str, Hashable], int] = field(default_factory=dict)
+    retiring: bool = False
 
 
 class WorkerPool:
@@ -635,6 +697,7 @@ class WorkerPool:
         self._all_gone = asyncio.Event()
         self._starting = False
         self._failed_start = False
+        self._retiring: set[_Handle] = set()
 
     async def start(self, timeout: float = 60.0) -> None:
         """Fork every worker and wait until each listens.
@@ -742,8 +805,12 @@ class WorkerPool:
         for (name, key), value in handle.counts.items():
             if value:
                 self.broadcast({"t": "count", "n": name, "k": key, "d": -value}, handle)
-        if not self.workers:
+        if handle.retiring:
+            self._retiring.discard(handle)
+        if not self.workers and not self._retiring:
             self._all_gone.set()
+        if handle.retiring:
+            return  # replaced already
         if self._starting and not handle.ready.is_set():
             self._failed_start = True  # the start fails; no restart loop
         if self._stopping or self._forker_gone.is_set() or self._failed_start:
@@ -866,15 +933,26 @@ class WorkerPool:
                 errors.append(f"worker {handle.index}: {answer.get('error')}")
         return errors
 
+    def replace(self, grace: float) -> None:
+        """Replace every worker by a new one (forked with what the fork server has now);
+        the old ones stop accepting at once and let their sessions finish for ``grace``
+        seconds. Used when a reload changes the listening addresses."""
+        for handle in list(self.workers.values()):
+            handle.retiring = True
+            self._retiring.add(handle)
+            handle.channel.send({"t": "stop", "grace": grace})
+            del self.workers[handle.index]
+            self._spawn(handle.index)
+
     async def stop(self, grace: float) -> None:
         """Stop every worker gracefully: ``grace`` seconds for sessions, then SIGKILL."""
         self._stopping = True
         self.broadcast({"t": "stop", "grace": grace}, None)
-        if self.workers:
+        if self.workers or self._retiring:
             self._all_gone.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_gone.wait(), grace + 10.0)
-        for handle in list(self.workers.values()):
+        for handle in [*self.workers.values(), *self._retiring]:
             log.warning("roost worker %d pid %d did not stop: killing it", handle.index, handle.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handle.pid, signal.SIGKILL)
