@@ -167,6 +167,9 @@ class Forker:
                 and its end of the channel; returns the exit status.
         """
         master_end, forker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with contextlib.suppress(ImportError):  # the workers' loop: import it once, shared
+            import uvloop  # noqa: F401
+        gc.collect()
         gc.freeze()  # what exists now stays in pages shared by every worker
         pid = os.fork()
         if pid == 0:  # the fork server
