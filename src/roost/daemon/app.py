@@ -193,8 +193,8 @@ class Daemon:
         loop starts. The master then closes its copies of the listening sockets: only the
         workers accept.
         """
-        if self.worker_processes <= 1 or self._tls is None:
-            return
+        if self.worker_processes <= 1 or self._tls is None or not BOUND:
+            return  # one process, or nothing to listen on: no workers
         self._forker = Forker.start(WorkerMain(self.config, self.settings, self._tls))
         _close_bound()
 

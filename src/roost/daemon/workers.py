@@ -520,9 +520,6 @@ class Worker:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        if self.mesh.open():
-            await self.mesh.start()
-        await self._channel.start()
         channel = self._channel
         self.throttle.on_event = lambda event: self._share({"t": "throttle", "e": list(event)})
         anvil.PEERS.emit = lambda event: self._share({"t": "anvil", "e": event})
@@ -542,6 +539,10 @@ class Worker:
             for service in self.services:
                 for table in share_registry(service, self._emit_count):
                     self.counts[table.name] = table
+            # the shared tables exist: now take the master's snapshot and the peers' events
+            if self.mesh.open():
+                await self.mesh.start()
+            await channel.start()
             for service in self.services:
                 await service.start()
         except (OSError, TLSError, ConfigError) as exc:
@@ -692,7 +693,6 @@ class WorkerPool:
         self.workers: dict[int, _Handle] = {}
         self._stopping = False
         self._forker_gone = asyncio.Event()
-        self._exited: dict[int, int] = {}  # pid -> wait status, until its channel closes
         self._requests: dict[int, asyncio.Future[Message]] = {}
         self._request_ids = 0
         self._anvil_arrivals: list[list[object]] = []
