@@ -402,3 +402,15 @@ def test_reload_with_new_listening_ports_replaces_the_workers(tmp_path: Path) ->
             assert smtp.recv(512).startswith(b"220 ")
     finally:
         running.daemon.stop()
+
+
+def test_the_daemon_stops_with_an_error_when_the_fork_server_dies(tmp_path: Path) -> None:
+    running = start_instance(tmp_path, TWO + "shutdown_grace_time = 2s\n")
+    pids = worker_pids(running)
+    (forker,) = children(running.daemon.process.pid)
+    os.kill(forker, signal.SIGKILL)  # the workers die with it (PR_SET_PDEATHSIG)
+    assert running.daemon.process.wait(60) == 1  # systemd's Restart=on-failure takes over
+    running.daemon.stop()
+    for pid in pids:
+        wait_for(lambda pid=pid: not alive(pid), f"worker {pid} to exit")  # type: ignore[misc]
+    assert "fatal: the fork server exited" in running.daemon.log_text()

@@ -140,6 +140,7 @@ class Daemon:
         self._forker: Forker | None = None
         self.pool: WorkerPool | None = None
         self._listeners: set[Listener] = set()
+        self._failed = False
 
     def _context(self, settings: Settings, tls: TLSContexts | None = None) -> Context:
         if tls is None:
@@ -225,7 +226,11 @@ class Daemon:
                 await service.start()
             if self._forker is not None:
                 self.pool = WorkerPool(
-                    self._forker, self.worker_processes, self.throttle, self._notify_queue_manager
+                    self._forker,
+                    self.worker_processes,
+                    self.throttle,
+                    self._notify_queue_manager,
+                    on_fatal=self._fatal,
                 )
                 await self.pool.start()
             self.pickup.start()
@@ -248,10 +253,15 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         log.info("daemon stopped")
-        return 0
+        return 1 if self._failed else 0
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop gracefully."""
+        self._stop.set()
+
+    def _fatal(self) -> None:
+        """Stop and exit non-zero (the fork server and with it every worker died)."""
+        self._failed = True
         self._stop.set()
 
     async def reload(self) -> Mapping[str, object]:

@@ -677,6 +677,8 @@ class WorkerPool:
         count: how many workers.
         throttle: the master's replica of the failed-login throttle (for new workers).
         on_commit: wakes the queue manager for a queue ID a worker committed.
+        on_fatal: called when the fork server died (the workers died with it): the daemon
+            stops and exits non-zero, so that systemd restarts it whole.
     """
 
     def __init__(
@@ -685,8 +687,10 @@ class WorkerPool:
         count: int,
         throttle: Throttle,
         on_commit: Callable[[str], None],
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.forker = forker
+        self.on_fatal = on_fatal
         self.count = count
         self.throttle = throttle
         self.on_commit = on_commit
@@ -752,7 +756,9 @@ class WorkerPool:
             asyncio.get_running_loop().remove_reader(self.forker.sock.fileno())
             self._forker_gone.set()
             if not self._stopping:
-                log.error("fatal: the fork server exited: workers will not be replaced")
+                log.critical("fatal: the fork server exited: stopping")
+                if self.on_fatal is not None:
+                    self.on_fatal()
             return
         report = json.loads(data)
         if report.get("t") == "spawned" and fds:
