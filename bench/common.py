@@ -535,6 +535,9 @@ class RoostInstance(Instance):
         workers: what-if: this many daemons on the same port (``SO_REUSEPORT``) and the same
             queue directory, each with its own event loop; only the first runs a queue
             manager. For acceptance only (the others do not wake the queue manager).
+            Each of these daemons runs with ``worker_processes = 1``.
+        worker_processes: the ``worker_processes`` parameter (``roost:pN`` / ``roost:pauto``
+            in ``--servers``); None leaves the default (``auto``).
     """
 
     name = "roost"
@@ -544,9 +547,18 @@ class RoostInstance(Instance):
     keep_python_path = False
 
     def __init__(
-        self, directory: Path, *, deliver: bool, patches: Sequence[str] = (), workers: int = 1
+        self,
+        directory: Path,
+        *,
+        deliver: bool,
+        patches: Sequence[str] = (),
+        workers: int = 1,
+        worker_processes: str | None = None,
     ) -> None:
         super().__init__(directory, deliver=deliver)
+        if workers > 1:
+            worker_processes = "1"
+        self.worker_processes = worker_processes
         self.patches = tuple(patches) + (("reuseport",) if workers > 1 else ())
         self.workers = workers
         self.trace_path = directory.parent / f"{directory.name}.trace.json"
@@ -585,6 +597,9 @@ class RoostInstance(Instance):
                     master_service_disable = {", ".join(disabled)}
                     """)
             )
+            if self.worker_processes is not None:
+                with self._config(worker).open("a") as config:
+                    config.write(f"worker_processes = {self.worker_processes}\n")
 
     def _config(self, worker: int) -> Path:
         return self.directory / f"main{worker or ''}.cf"
@@ -641,7 +656,8 @@ class RoostInstance(Instance):
                 process.wait()
 
     def cpu_seconds(self) -> float:
-        return sum(process_cpu_seconds(p.pid) for p in self.processes)
+        # the master, its fork server and worker processes
+        return sum(tree_cpu_seconds(p.pid) for p in self.processes)
 
     def profile_pid(self) -> int | None:
         return self.processes[0].pid if self.processes else None
@@ -848,9 +864,19 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
     patches = patch_text.split("+") if patch_text else []
     workers = [int(p[1:]) for p in patches if p[:1] == "w" and p[1:].isdigit()]
     patches = [p for p in patches if not (p[:1] == "w" and p[1:].isdigit())]
+    processes = [p[1:] for p in patches if p[:1] == "p" and (p[1:].isdigit() or p == "pauto")]
+    patches = [p for p in patches if p[1:] not in processes or p[:1] != "p"]
     if name != "roost" or any(patch not in ROOST_PATCHES for patch in patches):
-        raise ValueError(f"unknown server {kind!r} (patches: {', '.join(ROOST_PATCHES)}, wN)")
-    return RoostInstance(directory, deliver=deliver, patches=patches, workers=max(workers or [1]))
+        raise ValueError(
+            f"unknown server {kind!r} (patches: {', '.join(ROOST_PATCHES)}, wN, pN, pauto)"
+        )
+    return RoostInstance(
+        directory,
+        deliver=deliver,
+        patches=patches,
+        workers=max(workers or [1]),
+        worker_processes=processes[-1] if processes else None,
+    )
 
 
 # --- load generation -----------------------------------------------------------------------

@@ -278,6 +278,9 @@ class RoostServer(Server):
                 master_service_disable = smtp, submission, submissions, imaps, pop3, pop3s, qmgr
                 """)
         )
+        if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
+            with (d / "main.cf").open("a") as config:
+                config.write(f"worker_processes = {processes}\n")
 
     def start(self, timeout: float = 60.0) -> None:
         notify_path = self.directory / "notify.sock"

@@ -236,6 +236,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: the helper, the fork server and the workers."""
+    found = []
+    todo = [pid]
+    while todo:
+        below = children(todo.pop())
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
 def ids(pid: int) -> tuple[list[int], list[int], list[int]]:
     """(Uid, Gid, Groups) of /proc/PID/status: real, effective, saved, filesystem ids."""
     fields = {}
@@ -279,9 +290,10 @@ def test_network_processes_run_as_mail_owner_and_the_helper_as_root(
     assert 0 not in groups
     helper = daemon.helper_pid()
     assert ids(helper)[0] == [0, 0, 0, 0]
-    # every other process of the daemon (workers, if any) runs as mail_owner too
-    for pid in children(daemon.process.pid):
-        if pid != helper:
+    # every other process of the daemon (the fork server and the workers) is mail_owner's
+    helpers = {helper, *descendants(helper)}  # its per-request children are root too
+    for pid in descendants(daemon.process.pid):
+        if pid not in helpers:
             assert ids(pid)[0] == [owner.pw_uid] * 4, pid
     # what it created is mail_owner's, private
     for name in ("spool", "lib"):
@@ -382,7 +394,9 @@ def test_started_as_an_ordinary_user_nothing_changes(base: Path, accounts: Accou
     try:
         daemon.wait_ready()
         assert ids(daemon.process.pid)[0] == [owner.pw_uid] * 4
-        assert children(daemon.process.pid) == []  # no privileged helper
+        # no privileged helper: every process below (fork server, workers) is the user's
+        below = descendants(daemon.process.pid)
+        assert all(ids(pid)[0] == [owner.pw_uid] * 4 for pid in below), below
         assert "privileged helper" not in daemon.log_text()
         daemon.send("postmaster@localhost")  # alice's home is not ours: deferred, kept
         wait_for(lambda: "status=deferred" in daemon.log_text(), "the deferral", daemon)

@@ -10,6 +10,7 @@ and whether its body is intact.
 from __future__ import annotations
 
 import collections
+import contextlib
 import email
 import email.policy
 import hashlib
@@ -462,25 +463,51 @@ def wait_drained(queue_directory: Path, timeout: float = 60.0) -> SpoolAudit:
 # --- the daemon process ---------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon's fork server and worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS (status), Pss and Rss (smaps_rollup) of a process, in KiB."""
+    """VmRSS (status), Pss and Rss (smaps_rollup) in KiB, summed over the daemon's processes
+    (``pid`` and its descendants: with worker processes the sessions live there)."""
     figures: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:", "Threads:")):
-            name, value = line.split(":", 1)
-            figures[name] = int(value.split()[0])
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(("Pss:", "Rss:")):
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+            with contextlib.suppress(FileNotFoundError):  # kernels before 4.14
+                lines += Path(f"/proc/{member}/smaps_rollup").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited meanwhile
+        for line in lines:
+            if line.startswith(("VmRSS:", "VmHWM:", "Threads:", "Pss:", "Rss:")):
                 name, value = line.split(":", 1)
-                figures[name] = int(value.split()[0])
-    except FileNotFoundError:  # kernels before 4.14
-        pass
+                figures[name] = figures.get(name, 0) + int(value.split()[0])
     return figures
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open file descriptors of the daemon's processes together."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += len(os.listdir(f"/proc/{member}/fd"))
+    return total
 
 
 def log_problems(text: str) -> list[str]:

@@ -26,6 +26,12 @@ A real user who mistyped keeps a short, decaying delay on that address.
 Memory is bounded: entries are dropped ``window`` seconds after their last failure, and
 beyond ``max_keys`` tracked keys the one with the oldest failure is evicted.
 
+With worker processes (``worker_processes``) each process keeps a replica: every local
+:meth:`Throttle.record_failure` and :meth:`Throttle.record_success` is also handed to
+:attr:`Throttle.on_event` as a :data:`ThrottleEvent`, which the daemon sends through the
+master to the other processes, where :meth:`Throttle.apply` replays it with its original
+time (``time.monotonic`` is one clock for every process of the host).
+
 Usage in a protocol session (``sleep`` is the protocol's own)::
 
     if throttle.refused(peer):
@@ -49,9 +55,13 @@ from typing import Final
 
 from roost.auth._net import parse_ip
 
-__all__ = ["Throttle"]
+__all__ = ["Throttle", "ThrottleEvent"]
 
 _MAX_EXPONENT: Final = 62
+
+#: ``(kind, address, login, at)``: kind ``"failure"`` or ``"success"``, the client address,
+#: the login name or None, and the clock time of the event in seconds.
+ThrottleEvent = tuple[str, str, str | None, float]
 
 
 @dataclass(slots=True)
@@ -106,6 +116,8 @@ class Throttle:
         self._ipv6_prefix = ipv6_prefix
         # Keyed by ("ip", address) / ("login", name); ordered by last failure, oldest first.
         self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
+        #: Called with every local failure and success (worker processes share them).
+        self.on_event: Callable[[ThrottleEvent], None] | None = None
 
     def __len__(self) -> int:
         """The number of tracked keys (addresses plus login names)."""
@@ -139,18 +151,52 @@ class Throttle:
         """Count one failed attempt (a wrong password or unknown user, not a backend error)
         for the address and, when given, the login name."""
         now = self._clock()
-        self._prune(now)
-        self._bump(self._address_key(address), now)
-        if login is not None:
-            self._bump(("login", login.lower()), now)
-        while len(self._records) > self._max_keys:
-            self._records.popitem(last=False)
+        self._failure(address, login, now)
+        if self.on_event is not None:
+            self.on_event(("failure", address, login, now))
 
     def record_success(self, address: str, login: str | None = None) -> None:
         """Note a successful login: forget the login name's failures (see the module
         docstring for why the address's are kept)."""
         if login is not None:
             self._records.pop(("login", login.lower()), None)
+            if self.on_event is not None:
+                self.on_event(("success", address, login, self._clock()))
+
+    def apply(self, event: ThrottleEvent) -> None:
+        """Replay an event recorded by another process (not handed to :attr:`on_event`).
+
+        Raises:
+            ValueError: the event's kind is neither ``"failure"`` nor ``"success"``.
+        """
+        kind, address, login, at = event
+        if kind == "failure":
+            self._failure(address, login, at)
+        elif kind == "success":
+            if login is not None:
+                self._records.pop(("login", login.lower()), None)
+        else:
+            raise ValueError(f"unknown throttle event {kind!r}")
+
+    def snapshot(self) -> list[tuple[str, str, int, float]]:
+        """Every live record as ``(kind, key, failures, last_failure)``, oldest first (for a
+        new worker process; see :meth:`restore`)."""
+        self._prune(self._clock())
+        return [(k, v, r.failures, r.last_failure) for (k, v), r in self._records.items()]
+
+    def restore(self, records: list[tuple[str, str, int, float]]) -> None:
+        """Take over the records of :meth:`snapshot` (replacing those with the same key)."""
+        for kind, value, failures, last_failure in records:
+            self._records[(kind, value)] = _Record(int(failures), float(last_failure))
+            self._records.move_to_end((kind, value))
+
+    def _failure(self, address: str, login: str | None, now: float) -> None:
+        self._prune(now)
+        self._bump(self._address_key(address), now)
+        if login is not None:
+            self._bump(("login", login.lower()), now)
+        while len(self._records) > self._max_keys:
+            self._records.popitem(last=False)
 
     # --- internals ---------------------------------------------------------------------
 

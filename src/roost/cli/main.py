@@ -141,6 +141,15 @@ def run_daemon(path: Path, settings: Settings, *, syslog: bool, debug: bool) -> 
         debug=debug,
     )
     daemon = Daemon(path, settings, Notifier.from_environ())
+    # The synchronous phase: directories, certificate, listening sockets, TLS keys.
+    if status := daemon.prepare():
+        return status
+    # The privilege drop point: started as root, start the privileged helper and become
+    # mail_owner. Sockets are bound and keys read above; no event loop and no thread exist
+    # yet; the workers are forked below, so they start unprivileged.
+    if status := daemon.drop_privileges():
+        return status
+    daemon.fork_workers()
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
         import uvloop
@@ -198,6 +207,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(services, dict):
         for name, info in services.items():
             print(f"  {name}: {info}")
+    workers = answer.get("workers")
+    if isinstance(workers, list):
+        for worker in workers:
+            if isinstance(worker, dict):
+                print(
+                    f"  worker {worker.get('index')}: pid {worker.get('pid')},"
+                    f" up {worker.get('uptime')}s"
+                )
     return 0
 
 

@@ -333,6 +333,14 @@ _TABLE: Final[list[Parameter]] = [
         "roost: how long sessions may finish after SIGTERM before they are closed.",
         section="daemon",
     ),
+    Parameter(
+        "worker_processes",
+        S,
+        "auto",
+        "roost (nginx's name): processes serving the network services (SMTP, IMAP, POP3)"
+        " beside the master; auto: one per CPU; 1: the master serves them itself.",
+        section="daemon",
+    ),
 ]
 
 

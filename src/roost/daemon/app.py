@@ -1,12 +1,22 @@
 """The daemon's lifecycle: start, reload on SIGHUP, graceful stop on SIGTERM/SIGINT.
 
-``roost serve`` runs :meth:`Daemon.run`. Start-up order: read and validate main.cf, set up
-logging, create the queue and data directories, create a self-signed certificate when none
-exists (``tls_selfsigned_auto``); started as root, bind the listeners, start the
-privileged helper and become ``mail_owner`` (:mod:`roost.daemon.privileges`; before
-anything network-facing runs and before any worker fork); then build TLS contexts, recover
-the queue and pick up what sendmail(1) left in ``maildrop/``, build services in the
-composition root and start them, open the control socket, and tell systemd ``READY=1``.
+``roost serve`` runs, in this order (see docs/architecture.md, "Process model and
+privileges"):
+
+1. :meth:`Daemon.prepare`, synchronous, before any event loop or thread exists: read and
+   validate main.cf (the CLI did), raise the open-files limit, create the queue and data
+   directories, create a self-signed certificate when none exists
+   (``tls_selfsigned_auto``), refuse to start when another daemon answers on the control
+   socket, bind every listening socket and load the TLS keys;
+2. :meth:`Daemon.drop_privileges`, the privilege drop point: started as root, start the
+   privileged helper and become ``mail_owner`` (:mod:`roost.daemon.privileges`); called by
+   :func:`roost.cli.main.run_daemon` between steps 1 and 3;
+3. :meth:`Daemon.fork_workers`: with ``worker_processes`` above 1, fork the fork server that
+   forks the worker processes (:mod:`roost.daemon.workers`);
+4. :meth:`Daemon.run` on the event loop: open the control socket, recover the queue and
+   pick up what sendmail(1) left in ``maildrop/``, build the services in the composition
+   root and start them (with workers: the queue manager here, the listeners in every
+   worker), then tell systemd ``READY=1``.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,15 +35,16 @@ from roost import __version__
 from roost.auth.factory import build_user_database
 from roost.auth.throttle import Throttle
 from roost.config import ConfigError, Settings, load_settings
-from roost.daemon.compose import build_services
-from roost.daemon.control import ControlServer
-from roost.daemon.listeners import service_listeners
+from roost.daemon.compose import FACTORIES, MASTER_FACTORIES, build_services
+from roost.daemon.control import ControlServer, daemon_running
+from roost.daemon.listeners import BOUND, Listener, bind_all, bind_socket, service_listeners
 from roost.daemon.logsetup import reopen_logs
 from roost.daemon.privhelper import tls_loader
 from roost.daemon.privileges import PrivilegeError, Separation, separate_privileges
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
-from roost.daemon.tlscontexts import TLSContexts, tls_files
+from roost.daemon.tlscontexts import TLSContexts, set_default_loader, tls_files
+from roost.daemon.workers import Forker, WorkerMain, WorkerPool, worker_count
 from roost.queue.errors import SpoolError
 from roost.queue.manager import QueueManager
 from roost.queue.pickup import Pickup
@@ -111,6 +123,7 @@ class Daemon:
     def __init__(self, config: Path, settings: Settings, notifier: Notifier) -> None:
         self.config = config
         self.settings = settings
+        self.settings_at_start = settings
         self.notifier = notifier
         self.services: list[Service] = []
         self.started = time.time()
@@ -125,11 +138,19 @@ class Daemon:
             refuse_after=settings.integer("auth_failure_refuse_after"),
             window=float(settings.seconds("auth_failure_window")),
         )
+        self.worker_processes = 1
+        self._prepared = False
+        self._tls: TLSContexts | None = None
+        self._forker: Forker | None = None
+        self.pool: WorkerPool | None = None
+        self._listeners: set[Listener] = set()
+        self._failed = False
 
-    def _context(self, settings: Settings) -> Context:
+    def _context(self, settings: Settings, tls: TLSContexts | None = None) -> Context:
         privsep = self.privsep
-        tls = TLSContexts(settings, tls_loader(privsep.helper) if privsep else None)
-        tls.preload(tls_services(settings))
+        if tls is None:
+            tls = TLSContexts(settings)
+            tls.preload(tls_services(settings))
         return Context(
             settings=settings,
             tls=tls,
@@ -139,16 +160,77 @@ class Daemon:
             system_delivery=privsep.delivery if privsep else None,
         )
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
-        loop = asyncio.get_running_loop()
+    def prepare(self) -> int:
+        """The synchronous part of the start, before any event loop or thread exists.
+
+        Creates the directories and the self-signed certificate, binds every listening
+        socket (:data:`roost.daemon.listeners.BOUND`) and loads the TLS keys: what needs
+        root when started as root. Errors are logged.
+
+        Returns:
+            0, or the exit status 1 after an error.
+        """
         try:
+            self.worker_processes = worker_count(self.settings)
             raise_file_limit()
             prepare_directories(self.settings)
             ensure_certificate(self.settings)
-            # -- privilege separation: as root, before any service or worker starts --
+            control = control_socket_path(self.settings)
+            if daemon_running(control):
+                raise OSError(f"{control}: another roost daemon is running")
+            bind_all(self.settings)
+            self._listeners = set(service_listeners(self.settings))
+            self._tls = TLSContexts(self.settings)
+            self._tls.preload(tls_services(self.settings))
+            if self.worker_processes > 1:
+                problems = check_worker_services(self.settings, self._tls)
+                if problems:  # fail here, not in every worker again and again
+                    raise OSError("; ".join(problems))
+        except (OSError, TLSError, ConfigError) as exc:
+            log.critical("%s", str(exc).replace("\n", "; "))
+            _close_bound()
+            return 1
+        self._prepared = True
+        return 0
+
+    def drop_privileges(self) -> int:
+        """The privilege drop point: started as root, start the helper, become ``mail_owner``.
+
+        Call after :meth:`prepare` (sockets bound, TLS keys loaded) and before
+        :meth:`fork_workers`, so that workers never run as root. Certificates loaded later
+        (SIGHUP) are read through the privileged helper. A no-op when not root.
+
+        Returns:
+            0, or the exit status 1 after an error (logged).
+        """
+        try:
             self.privsep = separate_privileges(self.config, self.settings, self.notifier)
-            # -- from here on: mail_owner (when started as root) --
+        except (OSError, PrivilegeError) as exc:
+            log.critical("%s", str(exc).replace("\n", "; "))
+            _close_bound()
+            return 1
+        if self.privsep is not None:
+            set_default_loader(tls_loader(self.privsep.helper))
+        return 0
+
+    def fork_workers(self) -> None:
+        """Fork the fork server of the worker processes when ``worker_processes`` > 1.
+
+        Call after :meth:`prepare` (and after privileges are dropped), before the event
+        loop starts. The master then closes its copies of the listening sockets: only the
+        workers accept.
+        """
+        if self.worker_processes <= 1 or self._tls is None or not BOUND:
+            return  # one process, or nothing to listen on: no workers
+        self._forker = Forker.start(WorkerMain(self.config, self.settings, self._tls))
+        _close_bound()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or ``roost stop``; return the exit status."""
+        loop = asyncio.get_running_loop()
+        if not self._prepared and (self.prepare() or self.drop_privileges()):
+            return 1
+        try:
             self._control = ControlServer(control_socket_path(self.settings), self._command)
             await self._control.start()
             self.spool = Spool(self.settings.path_of("queue_directory"))
@@ -163,10 +245,20 @@ class Daemon:
                 notify=self._notify_queue_manager,
             )
             await self.pickup.run()  # before the queue manager takes up incoming/
-            context = self._context(self.settings)
-            self.services = build_services(context)
+            context = self._context(self.settings, self._tls)
+            factories = MASTER_FACTORIES if self._forker is not None else FACTORIES
+            self.services = build_services(context, factories)
             for service in self.services:
                 await service.start()
+            if self._forker is not None:
+                self.pool = WorkerPool(
+                    self._forker,
+                    self.worker_processes,
+                    self.throttle,
+                    self._notify_queue_manager,
+                    on_fatal=self._fatal,
+                )
+                await self.pool.start()
             self.pickup.start()
         except (OSError, TLSError, ConfigError, SpoolError, PrivilegeError) as exc:
             log.critical("%s", str(exc).replace("\n", "; "))
@@ -176,6 +268,8 @@ class Daemon:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         names = ", ".join(s.name for s in self.services) or "no services"
+        if self.pool is not None:
+            names += f"; {self.worker_processes} worker processes"
         log.info("daemon started -- version %s, configuration %s", __version__, self.config)
         self.notifier.ready(f"serving: {names}")
         await self._stop.wait()
@@ -185,10 +279,15 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         log.info("daemon stopped")
-        return 0
+        return 1 if self._failed else 0
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop gracefully."""
+        self._stop.set()
+
+    def _fatal(self) -> None:
+        """Stop and exit non-zero (the fork server and with it every worker died)."""
+        self._failed = True
         self._stop.set()
 
     async def reload(self) -> Mapping[str, object]:
@@ -199,8 +298,17 @@ class Daemon:
                 settings, warnings = load_settings(self.config)
                 for warning in warnings:
                     log.warning("%s", str(warning).removeprefix("warning: "))
+                worker_count(settings)
                 ensure_certificate(settings)
                 context = self._context(settings)
+                added: dict[Listener, socket.socket] = {}
+                removed: list[Listener] = []
+                if self._forker is not None:
+                    assert isinstance(context.tls, TLSContexts)
+                    problems = check_worker_services(settings, context.tls)
+                    if problems:
+                        raise OSError("; ".join(problems))
+                    added, removed = self._bind_changes(settings)
             except (ConfigError, TLSError, OSError) as exc:
                 reason = str(exc).replace("\n", "; ")
                 log.error("reload failed, keeping the running configuration: %s", reason)
@@ -214,13 +322,68 @@ class Daemon:
                 )
             for service in self.services:
                 await service.reload(context)
+            errors: list[str] = []
+            new_listeners = set(service_listeners(settings))
+            if self.pool is not None and self._forker is not None and (added or removed):
+                # new listening addresses: the fork server takes the new sockets and
+                # settings, and every worker is replaced (the old ones finish their sessions)
+                self._forker.change_listeners(added, removed)
+                for sock in added.values():
+                    sock.close()
+                self._listeners = new_listeners
+                log.info(
+                    "listening addresses changed (%d new, %d gone): replacing the workers",
+                    len(added),
+                    len(removed),
+                )
+                self.pool.replace(float(settings.seconds("shutdown_grace_time")))
+            elif self.pool is not None:
+                errors = await self.pool.reload()
+            elif new_listeners != self._listeners:
+                log.warning(
+                    "listening addresses changed: they take effect at the next start"
+                    " (worker_processes = 1)"
+                )
+            for error in errors:
+                log.error("reload failed in %s", error)
+            if worker_count_text(settings) != worker_count_text(self.settings_at_start):
+                log.warning("worker_processes: a change takes effect at the next start")
             log.info("reload -- version %s, configuration %s", __version__, self.config)
             self.notifier.ready("reloaded")
+            if errors:
+                return {"ok": False, "error": "; ".join(errors)}
             return {"ok": True}
+
+    def _bind_changes(
+        self, settings: Settings
+    ) -> tuple[dict[Listener, socket.socket], list[Listener]]:
+        """Bind the listeners ``settings`` adds; list those it drops.
+
+        Raises:
+            OSError: a new address cannot be bound (nothing stays bound).
+        """
+        wanted = set(service_listeners(settings))
+        added: dict[Listener, socket.socket] = {}
+        try:
+            for listener in sorted(wanted - self._listeners, key=str):
+                try:
+                    added[listener] = bind_socket(listener)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno,
+                        f"{listener.service} on {listener}: cannot listen: {exc.strerror}",
+                    ) from None
+        except OSError:
+            for sock in added.values():
+                sock.close()
+            raise
+        return added, sorted(self._listeners - wanted, key=str)
 
     async def _shutdown(self, grace: float) -> None:
         if self.pickup is not None:
             await self.pickup.stop()
+        if self.pool is not None:
+            await self.pool.stop(grace)
         for service in reversed(self.services):
             try:
                 await service.stop(grace)
@@ -230,6 +393,10 @@ class Daemon:
             await self._control.close()
         if self.spool is not None:
             await self.spool.close()
+        if self._forker is not None:
+            self._forker.close()
+            self._forker = None
+        _close_bound()
         if self.privsep is not None:
             self.privsep.close()
 
@@ -276,12 +443,60 @@ class Daemon:
         if word in ("pickup", "flush", "notify", "forget"):
             return await self._queue_command(word, arguments)
         cert, _ = tls_files(self.settings, "smtp")
-        return {
+        services: dict[str, object] = {s.name: dict(s.status()) for s in self.services}
+        answer: dict[str, object] = {
             "ok": True,
             "pid": os.getpid(),
             "version": __version__,
             "config": str(self.config),
             "uptime": round(time.time() - self.started, 1),
             "tls_cert_file": str(cert),
-            "services": {s.name: dict(s.status()) for s in self.services},
+            "services": services,
         }
+        if self.pool is not None:
+            workers = await self.pool.status()
+            answer["workers"] = workers
+            services.update(merge_worker_status(workers))
+        return answer
+
+
+def check_worker_services(settings: Settings, tls: TLSContexts) -> list[str]:
+    """Build the workers' services' configuration as they will, without starting them
+    (what ``roost check`` does; the user database is left for the workers to open)."""
+    from roost.imap.server import check_imap
+    from roost.pop3.server import check_pop3
+    from roost.smtp.server import check_smtp
+
+    context = Context(settings=settings, tls=tls)
+    return check_smtp(settings, context) + check_imap(settings) + check_pop3(settings)
+
+
+def worker_count_text(settings: Settings) -> str:
+    """The ``worker_processes`` value as written (to notice a change on reload)."""
+    return settings.string("worker_processes").strip().lower()
+
+
+def merge_worker_status(workers: list[Mapping[str, object]]) -> dict[str, object]:
+    """The services of every worker as one: numbers summed, other values from the first."""
+    merged: dict[str, dict[str, object]] = {}
+    for worker in workers:
+        services = worker.get("services")
+        if not isinstance(services, dict):
+            continue
+        for name, status in services.items():
+            if not isinstance(status, dict):
+                continue
+            into = merged.setdefault(str(name), {})
+            for key, value in status.items():
+                old = into.get(key)
+                if isinstance(value, int) and isinstance(old, int):
+                    into[key] = old + value
+                elif old is None:
+                    into[key] = value
+    return dict(merged)
+
+
+def _close_bound() -> None:
+    for sock in BOUND.values():
+        sock.close()
+    BOUND.clear()

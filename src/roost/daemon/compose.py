@@ -15,13 +15,23 @@ from roost.pop3.server import build_pop3_service
 from roost.queue.service import build_queue_service
 from roost.smtp.server import build_smtp_service
 
-__all__ = ["FACTORIES", "build_services"]
+__all__ = ["FACTORIES", "MASTER_FACTORIES", "WORKER_FACTORIES", "build_services"]
 
 ServiceFactory = Callable[[Context], Service | None]
 
 #: Factories in start order (workers before the listeners that feed them).
 FACTORIES: Final[list[ServiceFactory]] = [
     build_queue_service,
+    build_smtp_service,
+    build_imap_service,
+    build_pop3_service,
+]
+
+#: What the master runs itself when there are worker processes (the queue manager).
+MASTER_FACTORIES: Final[list[ServiceFactory]] = [build_queue_service]
+
+#: What every worker process runs: the network-facing listeners.
+WORKER_FACTORIES: Final[list[ServiceFactory]] = [
     build_smtp_service,
     build_imap_service,
     build_pop3_service,

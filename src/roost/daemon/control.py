@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
 
-__all__ = ["COMMANDS", "ControlError", "ControlServer", "request"]
+__all__ = ["COMMANDS", "ControlError", "ControlServer", "daemon_running", "request"]
 
 COMMANDS: Final = ("status", "reload", "stop", "pickup", "flush", "notify", "forget")
 _MAX_REQUEST: Final = 4096  # a command word and up to a few hundred queue IDs
@@ -98,6 +98,11 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def daemon_running(path: Path) -> bool:
+    """Whether a daemon answers on the control socket ``path`` (blocking; at start-up)."""
+    return path.exists() and _alive(path)
 
 
 def _alive(path: Path) -> bool:

@@ -17,9 +17,10 @@ from typing import Final
 from roost.config import SERVICES, Settings
 
 __all__ = [
+    "BOUND",
     "LISTEN_BACKLOG",
-    "PREBOUND",
     "Listener",
+    "bind_all",
     "bind_socket",
     "front_context",
     "listen_addresses",
@@ -30,10 +31,6 @@ __all__ = [
 #: The listen(2) backlog of every service socket (asyncio's default of 100 makes bursts of
 #: new connections wait for SYN retransmits). Pass it to create_server too: it listens again.
 LISTEN_BACKLOG: Final = 512
-
-#: Sockets bound as root before the privilege drop (roost.daemon.privileges.prebind);
-#: :func:`open_server` takes a listener's socket from here before binding a new one.
-PREBOUND: Final[dict[Listener, socket.socket]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +124,30 @@ def bind_socket(listener: Listener, *, backlog: int = LISTEN_BACKLOG) -> socket.
     return sock
 
 
+#: Sockets bound before the event loop starts (and before privileges are dropped and
+#: worker processes forked), by listener; :func:`open_server` takes them from here.
+BOUND: Final[dict[Listener, socket.socket]] = {}
+
+
+def bind_all(settings: Settings) -> None:
+    """Bind every listener of ``settings`` into :data:`BOUND` (sockets already there stay).
+
+    Port 0 (tests) is bound once and the same socket serves every worker process.
+
+    Raises:
+        OSError: an address cannot be bound; the message names the service and address.
+    """
+    for listener in service_listeners(settings):
+        if listener in BOUND:
+            continue
+        try:
+            BOUND[listener] = bind_socket(listener)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+            ) from None
+
+
 def front_context(current: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
     """An implicit-TLS listener context that takes the current certificate per handshake.
 
@@ -160,12 +181,14 @@ async def open_server(
     Raises:
         OSError: the address cannot be bound; the message names the service and address.
     """
-    try:
-        sock = PREBOUND.pop(listener, None) or bind_socket(listener)
-    except OSError as exc:
-        raise OSError(
-            exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
-        ) from None
+    sock = BOUND.pop(listener, None)
+    if sock is None:
+        try:
+            sock = bind_socket(listener)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
+            ) from None
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         protocol_factory,

@@ -160,23 +160,6 @@ def own_directories(settings: Settings, owner: Account) -> None:
             os.chmod(path, mode)
 
 
-def prebind(settings: Settings) -> None:
-    """Bind every service's listening sockets now, for the services to take later.
-
-    Raises:
-        OSError: an address cannot be bound (the message names the service).
-    """
-    for listener in listeners.service_listeners(settings):
-        if listener in listeners.PREBOUND:
-            continue
-        try:
-            listeners.PREBOUND[listener] = listeners.bind_socket(listener)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"{listener.service} on {listener}: cannot listen: {exc.strerror}"
-            ) from None
-
-
 def drop_to(owner: Account) -> None:
     """Become ``owner`` for good: supplementary groups, then gid, then uid (real, saved too).
 
@@ -243,7 +226,7 @@ def separate_privileges(
     owner = mail_owner_account(settings)
     default_privs_account(settings)
     own_directories(settings, owner)
-    prebind(settings)
+    listeners.bind_all(settings)  # bound by Daemon.prepare already; whatever is missing
     notifier.connect()
     helper = start_helper(config)
     from roost.auth import pam

@@ -16,7 +16,7 @@ from typing import Final
 from roost.config import Settings
 from roost.tls import make_server_context
 
-__all__ = ["ContextLoader", "TLSContexts", "tls_files"]
+__all__ = ["ContextLoader", "TLSContexts", "set_default_loader", "tls_files"]
 
 #: (certificate file, key file, ``ssl_min_protocol``) -> a server context.
 ContextLoader = Callable[[Path, Path, str], ssl.SSLContext]
@@ -44,6 +44,20 @@ def tls_files(settings: Settings, service: str) -> tuple[Path, Path]:
     return view.path_of(f"{prefix}_tls_cert_file"), view.path_of(f"{prefix}_tls_key_file")
 
 
+#: The process's default context loader (one element; None: read the files directly).
+_DEFAULT_LOADER: list[ContextLoader | None] = [None]
+
+
+def set_default_loader(loader: ContextLoader | None) -> None:
+    """Make ``loader`` the default of every :class:`TLSContexts` made from now on.
+
+    The daemon sets it at the privilege drop (:meth:`roost.daemon.app.Daemon.drop_privileges`)
+    to :func:`roost.daemon.privhelper.tls_loader`, so that reloads in the master and in the
+    workers forked after the drop read root-only keys through the privileged helper.
+    """
+    _DEFAULT_LOADER[0] = loader
+
+
 class TLSContexts:
     """The :class:`roost.daemon.service.TLSProvider` of the daemon.
 
@@ -52,14 +66,14 @@ class TLSContexts:
 
     Args:
         settings: the settings naming the files.
-        loader: builds a context from (certificate, key, ``ssl_min_protocol``); after the
-            privilege drop the daemon passes one that reads the files through the
-            privileged helper (:func:`roost.daemon.privhelper.tls_loader`).
+        loader: builds a context from (certificate, key, ``ssl_min_protocol``); by default
+            the one given to :func:`set_default_loader` (after the privilege drop: reading
+            the files through the privileged helper), else the files are read directly.
     """
 
     def __init__(self, settings: Settings, loader: ContextLoader | None = None) -> None:
         self._settings = settings
-        self._loader = loader or _load
+        self._loader = loader or _DEFAULT_LOADER[0] or _load
         self._contexts: dict[tuple[Path, Path], ssl.SSLContext] = {}
 
     def server_context(self, service: str) -> ssl.SSLContext:

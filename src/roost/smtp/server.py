@@ -186,6 +186,7 @@ def build_shared(settings: Settings, service: str, context: Context, router: Rou
         window=float(view.seconds("anvil_rate_time_unit")),
         clock=time.monotonic,
         exempt=lambda address: address in exceptions,
+        name=service,
     )
     return Shared(
         config=session_config(settings, service),

@@ -12,6 +12,9 @@ A callback that raises is logged and does not stop the others.
 
 Changes made by other processes (Dovecot, procmail, another roost) are not published;
 sessions still find them on their next ``sync()`` (e.g. an IDLE poll every few seconds).
+Roost's own worker processes are the exception: the daemon installs a ``relay`` that
+forwards every local publish through the master to the other processes, which hand it to
+their subscribers with :meth:`ChangeBus.publish_relayed`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class ChangeBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, list[Subscription]] = {}
+        #: Also called (in the publishing thread) with every local publish's directory.
+        self.relay: Callable[[str], None] | None = None
 
     def subscribe(
         self, mailbox_path: Path, callback: ChangeCallback, *, owner: object = None
@@ -90,6 +95,18 @@ class ChangeBus:
     def publish(self, mailbox_path: Path, *, origin: object = None) -> None:
         """Tell every subscriber of ``mailbox_path`` (except ``origin``'s) that it changed."""
         key = _key(mailbox_path)
+        if self.relay is not None:
+            try:
+                self.relay(key)
+            except Exception:
+                logger.exception("change relay for %s failed", key)
+        self._deliver(key, origin)
+
+    def publish_relayed(self, key: str) -> None:
+        """Tell this process's subscribers of a change published by another process."""
+        self._deliver(key, None)
+
+    def _deliver(self, key: str, origin: object) -> None:
         with self._lock:
             targets = list(self._subscriptions.get(key, ()))
         path = Path(key)

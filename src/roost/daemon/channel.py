@@ -1,0 +1,101 @@
+"""The link between the master and one worker process: JSON lines over a socket pair.
+
+Every message is one JSON object on one line, with its type under ``"t"``. Both sides
+read with a task on their event loop and write through the transport's buffer, so neither
+loop ever blocks on the other process. See :mod:`roost.daemon.workers` for the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["MAX_MESSAGE", "Channel", "Message"]
+
+#: A message as sent: a JSON object (the type in ``"t"``).
+Message = dict[str, object]
+
+#: The longest message line in bytes (a throttle snapshot of many clients is the biggest).
+MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+log = logging.getLogger("roost.master")
+
+
+class Channel:
+    """One end of a master-worker socket pair.
+
+    Args:
+        sock: a connected AF_UNIX stream socket.
+        handler: called on the event loop with every message received; exceptions are
+            logged and the channel goes on.
+        on_close: called once when the other side has gone (end of stream or error).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Callable[[Message], None],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._sock = sock
+        self._handler = handler
+        self._on_close = on_close
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start reading (on the running loop)."""
+        self._sock.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=self._sock, limit=MAX_MESSAGE
+        )
+        self._task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    def send(self, message: Message) -> None:
+        """Queue one message (never blocks; dropped when the other side is gone)."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.error("worker channel: malformed message %.80r", line)
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                try:
+                    self._handler(message)
+                except Exception:
+                    log.exception("worker channel: cannot handle %.80r", line)
+        except (ConnectionError, ValueError, OSError):  # ValueError: a line over the limit
+            pass
+        finally:
+            self.closed.set()
+            if self._writer is not None:
+                self._writer.close()
+            if self._on_close is not None:
+                self._on_close()
+
+    async def close(self) -> None:
+        """Close the socket and stop reading."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
