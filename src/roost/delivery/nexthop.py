@@ -638,6 +638,8 @@ class Reply:
     def of(cls, code: int, message: str) -> Reply:
         """Build from a client library's (code, multi-line message), made safe for logs:
         invalid UTF-8 replaced, control characters turned into spaces."""
+        if message.isascii() and _CONTROLS.search(message) is None:
+            return cls(code, message.strip())  # one clean line: the common case
         raw = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         lines = [_CONTROLS.sub(" ", line).strip() for line in raw.splitlines()]
         return cls(code, " ".join(line for line in lines if line))
