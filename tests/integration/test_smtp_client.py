@@ -19,7 +19,13 @@ import pytest
 
 from roost.delivery.nexthop import parse_nexthops
 from roost.delivery.resolver import DnsResolver
-from roost.delivery.smtp import LocalAddresses, SmtpConfig, SmtpTransport, TlsLevel
+from roost.delivery.smtp import (
+    ROUTE_CACHE_SECONDS,
+    LocalAddresses,
+    SmtpConfig,
+    SmtpTransport,
+    TlsLevel,
+)
 from roost.queue.envelope import (
     BodyType,
     Envelope,
@@ -893,3 +899,41 @@ async def test_dead_cached_connection_is_replaced(
     assert server.commands.count("RSET") == 1
     assert server.commands.count("DATA") == 2
     await transport.close()
+
+
+async def test_line_endings_and_leading_dots_on_the_wire(
+    dns: DnsServer, port: int, sinks: list[Sink]
+) -> None:
+    # CRLF content goes as it is; bare LF or CR is turned into CRLF; a leading dot is
+    # doubled on the wire (RFC 5321 4.5.2) and undone by the receiver; large content is
+    # read in a thread, small content inline: the same bytes either way
+    mx1 = await sink(sinks, MX1, port)
+    transport = make_transport(dns, port, cache_time_limit=5.0)
+    crlf = b"Subject: a\r\n\r\n.dot\r\nline\r\n"
+    bare = b"Subject: b\n\n.dot\nline\rend"
+    large = b"Subject: c\n\n" + b".x\n" * 30000
+    for content in (crlf, bare, large):
+        [result] = await transport.deliver(make_job("bob@remote.test", content=content))
+        assert result.status == "sent"
+    assert [m.content for m in mx1.messages] == [
+        crlf,
+        b"Subject: b\r\n\r\n.dot\r\nline\r\nend\r\n",
+        b"Subject: c\r\n\r\n" + b".x\r\n" * 30000,
+    ]
+    wire = b"".join(mx1.chunks)
+    assert b"\r\n..dot\r\n" in wire and b"\r\n..x\r\n" in wire
+    await transport.close()
+
+
+async def test_routes_are_cached_for_a_few_seconds(dns: DnsServer, port: int) -> None:
+    table = {"cached.test": "error:5.7.1 first"}
+    now = [1000.0]
+    transport = make_transport(dns, port, transport_lookup=table.get, clock=lambda: now[0])
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "first"
+    table["cached.test"] = "error:5.7.1 second"
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "first"  # a table change takes effect within ROUTE_CACHE_SECONDS
+    now[0] += ROUTE_CACHE_SECONDS + 1
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "second"

@@ -183,10 +183,24 @@ class _Content:
         return len(self.payload)
 
 
+#: Content up to this size (bytes) is read on the event loop: a page-cache read of a few
+#: KB costs less than the hand-off to a thread and back. Larger content is read in a thread.
+INLINE_READ_LIMIT: Final = 64 * 1024
+
+#: Routes (``transport_maps``, ``relayhost``) are cached per recipient address for at most
+#: this long (seconds), so that a table that changes under roost (``ldap:``) takes effect.
+ROUTE_CACHE_SECONDS: Final = 10.0
+_ROUTE_CACHE_SIZE: Final = 10000
+
+
 def _read_content(job: DeliveryJob) -> _Content:
     with job.open_content() as handle:
         raw = handle.read()
-    payload = _LINE_ENDINGS.sub(b"\r\n", raw)
+    lines = raw.count(b"\n")
+    if lines == raw.count(b"\r\n") == raw.count(b"\r"):
+        payload = raw  # CRLF already (the spool's usual form): no rewrite
+    else:
+        payload = _LINE_ENDINGS.sub(b"\r\n", raw)
     if payload and not payload.endswith(b"\r\n"):
         payload += b"\r\n"
     end = payload.find(b"\r\n\r\n")
@@ -369,6 +383,9 @@ class SmtpTransport:
             config.cache_time_limit, self._quit, per_key=config.concurrency_limit
         )
         self._background: set[asyncio.Task[None]] = set()
+        self._routes: dict[str, Route] = {}
+        self._routes_since = 0.0
+        self._resolved: dict[tuple[Nexthop, bool], tuple[Target, ...] | Failure] = {}
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close idle connections (at reload and shutdown), waiting up to ``timeout`` s."""
@@ -388,13 +405,7 @@ class SmtpTransport:
         groups: dict[str, tuple[Route, list[tuple[int, Recipient]]]] = {}
         for index, recipient in job.recipients:
             try:
-                address = parse_mailbox(recipient.address, smtputf8=True)
-                route = route_for(
-                    address.local_part,
-                    address.domain_key,
-                    lookup=self._transport_lookup,
-                    relayhost=self.config.relayhost,
-                )
+                route = self._route(recipient.address, now)
             except AddressError as exc:
                 verdicts.append(Verdict(index, Status.BOUNCED, "5.1.3", f"bad address: {exc}"))
                 continue
@@ -416,7 +427,10 @@ class SmtpTransport:
                 verdicts.append(Verdict(index, Status.DEFERRED, "4.3.5", route.text))
         if groups:
             try:
-                content = await asyncio.to_thread(_read_content, job)
+                if job.content_size <= INLINE_READ_LIMIT:
+                    content = _read_content(job)
+                else:
+                    content = await asyncio.to_thread(_read_content, job)
             except OSError as exc:
                 reason = f"cannot read the message: {exc}"
                 for _, items in groups.values():
@@ -433,6 +447,30 @@ class SmtpTransport:
             RecipientResult(v.index, v.status.value, v.dsn, v.reason, v.relay, v.remote_reply)
             for v in sorted(verdicts, key=lambda verdict: verdict.index)
         ]
+
+    def _route(self, address: str, now: float) -> Route:
+        """The route of one recipient (:func:`route_for`), cached per address for up to
+        :data:`ROUTE_CACHE_SECONDS`.
+
+        Raises:
+            AddressError: not an address.
+            NexthopError: a ``transport_maps`` entry has a bad next hop.
+        """
+        cache = self._routes
+        if now - self._routes_since > ROUTE_CACHE_SECONDS or len(cache) > _ROUTE_CACHE_SIZE:
+            cache.clear()
+            self._routes_since = now
+        route = cache.get(address)
+        if route is None:
+            parsed = parse_mailbox(address, smtputf8=True)
+            route = route_for(
+                parsed.local_part,
+                parsed.domain_key,
+                lookup=self._transport_lookup,
+                relayhost=self.config.relayhost,
+            )
+            cache[address] = route
+        return route
 
     async def _deliver_route(
         self,
@@ -526,7 +564,18 @@ class SmtpTransport:
         configured = route.configured or (
             nexthop.mx_lookup and domain_matches(nexthop.host, self.config.relay_domains)
         )
-        resolution = HostResolution(
+        # an address next hop ([192.0.2.1]:port) needs no lookup: the same answer every time
+        key = (nexthop, configured)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
+        outcome = await resolve(self._resolution(nexthop, configured), self._dns)
+        if not nexthop.mx_lookup and nexthop.is_address and len(self._resolved) < 1000:
+            self._resolved[key] = outcome
+        return outcome
+
+    def _resolution(self, nexthop: Nexthop, configured: bool) -> HostResolution:
+        return HostResolution(
             nexthop,
             default_port=self.config.default_port,
             ip_versions=self.config.ip_versions,
@@ -536,7 +585,6 @@ class SmtpTransport:
             address_limit=self.config.address_limit,
             rng=self._rng,
         )
-        return await resolve(resolution, self._dns)
 
     # --- sessions ---------------------------------------------------------------------
 
