@@ -57,6 +57,7 @@ import dataclasses
 import os
 import pwd
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,24 +168,32 @@ def _unprivileged_user() -> str:
 
 def listening_ports() -> set[int]:
     """Local ports in state LISTEN on IPv4 (from /proc/net/tcp)."""
-    return {local for local, _, state in _tcp_sockets() if state == "0A"}
+    return {local for local, _, _, state in _tcp_sockets() if state == "0A"}
 
 
-def connections_to(port: int) -> int:
-    """Established IPv4 connections whose remote port is ``port`` (clients of the sink)."""
-    return sum(1 for _, remote, state in _tcp_sockets() if state == "01" and remote == port)
+def connections_to(address: str, port: int) -> int:
+    """Established IPv4 connections to ``address:port`` (clients of the sink; other
+    programs' connections to the same port number on other loopback addresses are not
+    counted)."""
+    return sum(
+        1
+        for _, remote_address, remote, state in _tcp_sockets()
+        if state == "01" and remote == port and remote_address == address
+    )
 
 
-def _tcp_sockets() -> list[tuple[int, int, str]]:
-    """``(local port, remote port, state)`` of every IPv4 TCP socket."""
+def _tcp_sockets() -> list[tuple[int, str, int, str]]:
+    """``(local port, remote address, remote port, state)`` of every IPv4 TCP socket."""
     found = []
     with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
+            remote_hex, _, remote_port = remote.partition(":")
+            remote_address = socket.inet_ntoa(int(remote_hex, 16).to_bytes(4, "little"))
             found.append(
-                (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state)
+                (int(local.rsplit(":", 1)[1], 16), remote_address, int(remote_port, 16), state)
             )
     return found
 
@@ -195,6 +204,12 @@ def _tcp_sockets() -> list[tuple[int, int, str]]:
 #: measure a proposed src/ change, never configurations): Python run in the daemon before
 #: ``roost serve``. ``--servers roost:nosyncactivate+nosyncremove``.
 RELAY_PATCHES: dict[str, str] = {
+    # the smtp transport reads every message through a thread, as before issue #8 (today
+    # content up to 64 KB is read on the event loop)
+    "threadread": """
+import roost.delivery.smtp as _smtp
+_smtp.INLINE_READ_LIMIT = -1
+""",
     # the queue manager's incoming -> active move without a directory fsync: recovery moves
     # active/ back to incoming/ after a crash anyway, so the fsync buys nothing (Postfix's
     # qmgr renames into active/ without one)
@@ -421,7 +436,7 @@ class Sampler:
                             time.monotonic() - started,
                             sink.messages,
                             queue,
-                            connections_to(sink.port),
+                            connections_to(sink.address, sink.port),
                         )
                     )
 
