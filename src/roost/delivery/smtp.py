@@ -960,12 +960,16 @@ class SmtpTransport:
                 lines = [b"RSET", mail] if rset else [mail]
                 lines += rcpts
                 lines.append(b"DATA")
+                if _CONTROLS.search(b" ".join(lines)):
+                    error = ValueError("command contains a control character")
+                    raise self._broken(session, "MAIL FROM", error)
                 try:
-                    if _CONTROLS.search(b" ".join(lines)):
-                        raise ValueError("command contains a control character")
                     session.client.write(b"\r\n".join(lines) + b"\r\n")
-                except (ClientError, ValueError) as exc:
-                    raise self._broken(session, "MAIL FROM", exc) from None
+                except ClientError as exc:
+                    lost = self._broken(session, "RSET" if rset else "MAIL FROM", exc)
+                    if rset:
+                        return False  # a dead cached connection: nothing was attempted
+                    raise lost from None
                 if rset:
                     try:
                         reply = await self._read(session, "RSET", config.rset_timeout)
