@@ -436,12 +436,18 @@ class SmtpTransport:
                 for _, items in groups.values():
                     verdicts += [Verdict(i, Status.DEFERRED, "4.3.0", reason) for i, _ in items]
             else:
-                for part in await asyncio.gather(
-                    *(
-                        self._deliver_route(job, route, items, content, forced)
-                        for route, items in groups.values()
+                routes = list(groups.values())
+                if len(routes) == 1:  # the common case: no task for it
+                    route, items = routes[0]
+                    parts = [await self._deliver_route(job, route, items, content, forced)]
+                else:
+                    parts = await asyncio.gather(
+                        *(
+                            self._deliver_route(job, route, items, content, forced)
+                            for route, items in routes
+                        )
                     )
-                ):
+                for part in parts:
                     verdicts += part
         return [
             RecipientResult(v.index, v.status.value, v.dsn, v.reason, v.relay, v.remote_reply)
