@@ -214,23 +214,55 @@ def test_550_for_one_of_three_bounces_to_the_sender(
     wait_log(world.instance, rf"{queue_id}: to=<carol@three\.test>, .*dsn=5\.1\.1, status=bounced")
 
 
-def test_null_mx_loop_and_transport_maps_bounce(world: World) -> None:
+def test_null_mx_and_transport_maps_bounce(world: World) -> None:
     world.dns.null_mx("nullmx.test")
-    world.dns.mx("loop.test", 10, "mx.roost.test")  # this host's own name
     before = len(world.instance.delivered("alice"))
-    queue_id = send(world.instance, ["a@nullmx.test", "b@loop.test", "c@error.test", "d@void.test"])
+    queue_id = send(world.instance, ["a@nullmx.test", "c@error.test", "d@void.test"])
     dsn = dsn_for(world.instance, before)
     status = delivery_status(dsn)
     assert "Final-Recipient: rfc822; a@nullmx.test" in status
     assert "Status: 5.1.10" in status
     assert "Domain nullmx.test does not accept mail (nullMX)" in status
-    assert "mail for loop.test loops back to myself" in status and "Status: 5.4.6" in status
     assert "Status: 5.7.1" in status and "we do not deliver there" in status
     assert "d@void.test" not in status
     wait_log(
         world.instance,
         rf"{queue_id}: to=<d@void\.test>, relay=none, .*status=sent \(discarded: testing discard\)",
     )
+
+
+def test_loop_rule_only_at_port_25(tmp_path: Path, sinks: list[ThreadedSink]) -> None:
+    # A content filter on an address roost listens on (127.0.0.1), at another port, is an
+    # ordinary next hop; at port 25 the same address is a loop (Postfix smtp_connect.c
+    # applies SMTP_MISC_FLAG_LOOP_DETECT only to IPPORT_SMTP).
+    filter_port = free_port_for(["127.0.0.1"])
+    content_filter = start_sink(sinks, "127.0.0.1", filter_port)
+    (tmp_path / "transport").write_text(
+        f"filter.test  smtp:[127.0.0.1]:{filter_port}\nloop.test    smtp:[127.0.0.1]:25\n"
+    )
+    with DnsServer() as dns:  # answers nothing: neither route needs a lookup
+        instance = start_instance(
+            tmp_path / "instance",
+            f"dns_nameservers = {dns.address}\ntransport_maps = texthash:{tmp_path}/transport\n",
+        )
+        try:
+            assert "inet_interfaces = 127.0.0.1" in (instance.directory / "main.cf").read_text()
+            queue_id = send(instance, ["someone@filter.test", "other@loop.test"])
+            [message] = content_filter.wait_messages(1)
+            assert message.rcpt_tos == ["someone@filter.test"]
+            wait_log(
+                instance,
+                rf"{queue_id}: to=<someone@filter\.test>, "
+                rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{filter_port}, .*status=sent",
+            )
+            wait_log(
+                instance,
+                rf"{queue_id}: to=<other@loop\.test>, relay=none, .*dsn=4\.3\.5, "
+                r"status=deferred \(mail for \[127\.0\.0\.1\]:25 loops back to myself\)",
+            )
+            assert dns.queries == []
+        finally:
+            instance.daemon.stop()
 
 
 def test_relayhost_with_auth(tmp_path: Path, sinks: list[ThreadedSink]) -> None:

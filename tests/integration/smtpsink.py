@@ -90,6 +90,10 @@ class _SinkSMTP(SMTP):  # type: ignore[misc]  # aiosmtpd has no type information
             self.sink.max_active = max(self.sink.max_active, self.sink.active)
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        self.sink.chunks.append(data)
+        super().data_received(data)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
             self._counted = False
@@ -153,6 +157,8 @@ class _Handler:
             responses = [line for line in responses if "8BITMIME" not in line]
         if self.sink.dsn:
             responses.insert(-1, "250-DSN")
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -227,6 +233,9 @@ class Sink:
         size: offer SIZE with this limit (None: aiosmtpd's default 33554432).
         users: logins and passwords: offer AUTH PLAIN/LOGIN (after STARTTLS when ``tls``)
             and require it for MAIL.
+        pipelining: offer PIPELINING (RFC 2920; aiosmtpd reads commands a line at a time,
+            so pipelined commands are simply answered in order). ``chunks`` records the
+            bytes of every read, to tell whether commands came in one write.
     """
 
     def __init__(
@@ -241,12 +250,15 @@ class Sink:
         dsn: bool = False,
         size: int | None = None,
         users: dict[str, str] | None = None,
+        pipelining: bool = True,
     ) -> None:
         assert host.startswith("127."), "sinks listen on loopback only"
         self.host, self.port, self.name = host, port, name
         self.tls, self.eightbit, self.smtputf8, self.dsn = tls, eightbit, smtputf8, dsn
         self.size = size
         self.users = users
+        self.pipelining = pipelining
+        self.chunks: list[bytes] = []
         self.behaviour = _Behaviour()
         self.messages: list[Received] = []
         self.commands: list[str] = []

@@ -19,7 +19,13 @@ import pytest
 
 from roost.delivery.nexthop import parse_nexthops
 from roost.delivery.resolver import DnsResolver
-from roost.delivery.smtp import LocalAddresses, SmtpConfig, SmtpTransport, TlsLevel
+from roost.delivery.smtp import (
+    ROUTE_CACHE_SECONDS,
+    LocalAddresses,
+    SmtpConfig,
+    SmtpTransport,
+    TlsLevel,
+)
 from roost.queue.envelope import (
     BodyType,
     Envelope,
@@ -297,14 +303,14 @@ async def test_mx_pointing_to_myself_loops(dns: DnsServer, port: int) -> None:
     dns.mx("loop.test", 10, "loop-mx.loop.test")
     dns.a("loop-mx.loop.test", "127.0.0.1")
     dns.mx("byname.test", 10, "mx.roost.test")
-    transport = make_transport(dns, port)
+    transport = make_transport(dns, 25)  # the loop rule is for port 25 only; no connection
     [result] = await transport.deliver(make_job("bob@loop.test"))
     assert (result.status, result.dsn) == ("bounced", "5.4.6")
     assert result.reason == "mail for loop.test loops back to myself"
     [result] = await transport.deliver(make_job("bob@byname.test"))
     assert (result.status, result.dsn) == ("bounced", "5.4.6")
     # a domain we relay for, whose best MX is this host: a configuration error, deferred
-    ours = make_transport(dns, port, relay_domains=("loop.test",))
+    ours = make_transport(dns, 25, relay_domains=("loop.test",))
     [result] = await ours.deliver(make_job("bob@loop.test"))
     assert (result.status, result.dsn) == ("deferred", "4.3.5")
 
@@ -816,3 +822,118 @@ async def test_421_at_data_end_tries_the_next_mx(
     mx2 = await sink(sinks, MX2, port)
     [result] = await make_transport(dns, port).deliver(make_job("bob@remote.test"))
     assert result.status == "sent" and mx2.recipients() == ["bob@remote.test"]
+
+
+# --- PIPELINING (RFC 2920) ----------------------------------------------------------------------
+
+
+def envelope_writes(sink: Sink) -> list[bytes]:
+    return [chunk for chunk in sink.chunks if b"MAIL FROM:" in chunk or b"RCPT TO:" in chunk]
+
+
+async def test_pipelining_sends_the_envelope_in_one_write(
+    dns: DnsServer, port: int, sinks: list[Sink]
+) -> None:
+    mx1 = await sink(sinks, MX1, port)
+    mx1.reply("carol@remote.test", "550 5.1.1 no such user")
+    transport = make_transport(dns, port, cache_time_limit=5.0)
+    job = make_job("bob@remote.test", "carol@remote.test", "dave@remote.test")
+    results = await transport.deliver(job)
+    assert statuses(results) == ["sent", "bounced", "sent"]
+    assert results[1].reason == "550 5.1.1 no such user"
+    # the reused connection: its RSET goes in the same write
+    [result] = await transport.deliver(make_job("erin@remote.test"))
+    assert result.status == "sent"
+    first, second = envelope_writes(mx1)
+    assert first.startswith(b"MAIL FROM:<alice@roost.test>")
+    assert first.count(b"\r\nRCPT TO:") == 3 and first.endswith(b"\r\nDATA\r\n")
+    assert second.startswith(b"RSET\r\nMAIL FROM:") and second.endswith(b"\r\nDATA\r\n")
+    assert mx1.connections == 1
+    assert [m.rcpt_tos for m in mx1.messages] == [
+        ["bob@remote.test", "dave@remote.test"],
+        ["erin@remote.test"],
+    ]
+    await transport.close()
+
+
+async def test_without_pipelining_one_command_per_write(
+    dns: DnsServer, port: int, sinks: list[Sink]
+) -> None:
+    mx1 = await sink(sinks, MX1, port, pipelining=False)
+    results = await make_transport(dns, port).deliver(make_job("bob@remote.test", "c@remote.test"))
+    assert statuses(results) == ["sent", "sent"]
+    writes = envelope_writes(mx1)
+    assert len(writes) == 3 and all(chunk.count(b"\r\n") == 1 for chunk in writes)
+
+
+async def test_pipelined_rcpt_timeout_names_the_stage(
+    dns: DnsServer, port: int, scripted: list[Scripted]
+) -> None:
+    scripted.append(
+        await Scripted(EHLO="250-scripted\r\n250 PIPELINING", RCPT=None).start(MX1, port)
+    )
+    dns.mx("stuck.test", 10, "mx1.remote.test")
+    transport = make_transport(dns, port, rcpt_timeout=0.3)
+    [result] = await transport.deliver(make_job("bob@stuck.test"))
+    assert (result.status, result.dsn) == ("deferred", "4.4.2")
+    assert result.reason == (
+        f"conversation with mx1.remote.test[{MX1}] timed out while sending RCPT TO"
+    )
+
+
+async def test_dead_cached_connection_is_replaced(
+    dns: DnsServer, port: int, scripted: list[Scripted]
+) -> None:
+    # the folded RSET of a reused connection gets 421: nothing was attempted on it, and the
+    # message goes over a new connection
+    server = await Scripted(
+        EHLO="250-scripted\r\n250 PIPELINING", RSET="421 4.4.2 idle for too long"
+    ).start(MX1, port)
+    scripted.append(server)
+    dns.mx("again.test", 10, "mx1.remote.test")
+    transport = make_transport(dns, port, cache_time_limit=5.0, session_limit=1)
+    for _ in range(2):
+        [result] = await transport.deliver(make_job("bob@again.test"))
+        assert result.status == "sent", result.reason
+    assert server.commands.count("EHLO mx.roost.test") == 2
+    assert server.commands.count("RSET") == 1
+    assert server.commands.count("DATA") == 2
+    await transport.close()
+
+
+async def test_line_endings_and_leading_dots_on_the_wire(
+    dns: DnsServer, port: int, sinks: list[Sink]
+) -> None:
+    # CRLF content goes as it is; bare LF or CR is turned into CRLF; a leading dot is
+    # doubled on the wire (RFC 5321 4.5.2) and undone by the receiver; large content is
+    # read in a thread, small content inline: the same bytes either way
+    mx1 = await sink(sinks, MX1, port)
+    transport = make_transport(dns, port, cache_time_limit=5.0)
+    crlf = b"Subject: a\r\n\r\n.dot\r\nline\r\n"
+    bare = b"Subject: b\n\n.dot\nline\rend"
+    large = b"Subject: c\n\n" + b".x\n" * 30000
+    for content in (crlf, bare, large):
+        [result] = await transport.deliver(make_job("bob@remote.test", content=content))
+        assert result.status == "sent"
+    assert [m.content for m in mx1.messages] == [
+        crlf,
+        b"Subject: b\r\n\r\n.dot\r\nline\r\nend\r\n",
+        b"Subject: c\r\n\r\n" + b".x\r\n" * 30000,
+    ]
+    wire = b"".join(mx1.chunks)
+    assert b"\r\n..dot\r\n" in wire and b"\r\n..x\r\n" in wire
+    await transport.close()
+
+
+async def test_routes_are_cached_for_a_few_seconds(dns: DnsServer, port: int) -> None:
+    table = {"cached.test": "error:5.7.1 first"}
+    now = [1000.0]
+    transport = make_transport(dns, port, transport_lookup=table.get, clock=lambda: now[0])
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "first"
+    table["cached.test"] = "error:5.7.1 second"
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "first"  # a table change takes effect within ROUTE_CACHE_SECONDS
+    now[0] += ROUTE_CACHE_SECONDS + 1
+    [result] = await transport.deliver(make_job("bob@cached.test"))
+    assert result.reason == "second"

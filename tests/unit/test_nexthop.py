@@ -178,7 +178,8 @@ def test_transport_maps_wildcard_and_bad_nexthop() -> None:
 
 def resolution(domain: str = "remote.test", **options: object) -> HostResolution:
     nexthop = options.pop("nexthop", Nexthop(domain))
-    return HostResolution(nexthop, default_port=2525, **options)  # type: ignore[arg-type]
+    options.setdefault("default_port", 2525)
+    return HostResolution(nexthop, **options)  # type: ignore[arg-type]
 
 
 def test_mx_hosts_in_preference_order_ipv4_first() -> None:
@@ -279,7 +280,7 @@ def test_bracketed_host_skips_mx() -> None:
 
 def test_mx_to_myself_by_name_loops() -> None:
     zone = {("remote.test", "MX"): mx((10, "mx.roost.test"))}
-    result = run(resolution(myhostname="mx.roost.test"), zone)
+    result = run(resolution(myhostname="mx.roost.test", default_port=25), zone)
     assert result == Failure(False, "5.4.6", "mail for remote.test loops back to myself")
     assert ASKED == [("remote.test", "MX")]
 
@@ -289,13 +290,51 @@ def test_mx_to_myself_by_address_loops() -> None:
         ("remote.test", "MX"): mx((10, "mx1.remote.test")),
         ("mx1.remote.test", "A"): addresses("127.0.0.1"),
     }
-    result = run(resolution(is_myself=lambda address: address == "127.0.0.1"), zone)
+    result = run(
+        resolution(is_myself=lambda address: address == "127.0.0.1", default_port=25), zone
+    )
     assert isinstance(result, Failure) and result.dsn == "5.4.6" and not result.soft
+
+
+def test_loop_rule_applies_only_at_port_25() -> None:
+    # Postfix smtp_connect.c: SMTP_MISC_FLAG_LOOP_DETECT only for IPPORT_SMTP; a content
+    # filter on one of our own addresses at another port is an ordinary target
+    def myself(address: str) -> bool:
+        return address == "127.0.0.1"
+
+    for nexthop in (Nexthop("127.0.0.1", 25, False), Nexthop("127.0.0.1", None, False)):
+        result = run(resolution(nexthop=nexthop, is_myself=myself, default_port=25), {})
+        assert result == Failure(False, "5.4.6", f"mail for {nexthop} loops back to myself")
+    for nexthop, default_port in (
+        (Nexthop("127.0.0.1", 10024, False), 25),  # smtp:[127.0.0.1]:10024
+        (Nexthop("127.0.0.1", None, False), 10025),  # smtp_tcp_port = 10025
+    ):
+        result = run(resolution(nexthop=nexthop, is_myself=myself, default_port=default_port), {})
+        port = nexthop.port or default_port
+        assert relays(result) == [f"127.0.0.1[127.0.0.1]:{port}"]
+    # by name and by address through MX records: the same rule
+    zone = {
+        ("remote.test", "MX"): mx((10, "mx.roost.test"), (20, "mx2.remote.test")),
+        ("mx.roost.test", "A"): addresses("127.0.0.1"),
+        ("mx2.remote.test", "A"): addresses("127.0.0.20"),
+    }
+    at_25 = run(resolution(myhostname="mx.roost.test", is_myself=myself, default_port=25), zone)
+    assert at_25 == Failure(False, "5.4.6", "mail for remote.test loops back to myself")
+    elsewhere = run(
+        resolution(myhostname="mx.roost.test", is_myself=myself, ip_versions=(4,)), zone
+    )
+    assert relays(elsewhere) == [
+        "mx.roost.test[127.0.0.1]:2525",
+        "mx2.remote.test[127.0.0.20]:2525",
+    ]
 
 
 def test_loop_for_our_own_domain_is_a_configuration_error() -> None:
     zone = {("relay.test", "MX"): mx((10, "mx.roost.test"))}
-    result = run(resolution("relay.test", myhostname="mx.roost.test", configured=True), zone)
+    result = run(
+        resolution("relay.test", myhostname="mx.roost.test", configured=True, default_port=25),
+        zone,
+    )
     assert result == Failure(True, "4.3.5", "mail for relay.test loops back to myself")
 
 
@@ -309,8 +348,11 @@ def test_backup_mx_delivers_only_to_better_hosts() -> None:
         ("me.test", "A"): addresses("127.0.0.1"),
         ("mx3.remote.test", "A"): addresses("127.0.0.30"),
     }
-    result = run(resolution(ip_versions=(4,), is_myself=lambda a: a == "127.0.0.1"), zone)
-    assert relays(result) == ["mx1.remote.test[127.0.0.10]:2525"]
+    result = run(
+        resolution(ip_versions=(4,), is_myself=lambda a: a == "127.0.0.1", default_port=25),
+        zone,
+    )
+    assert relays(result) == ["mx1.remote.test[127.0.0.10]:25"]
 
 
 def test_give_checks_the_query() -> None:

@@ -102,7 +102,9 @@ class DestinationSlots:
     @contextlib.asynccontextmanager
     async def slot(self, key: str) -> AsyncIterator[None]:
         """Hold one of ``key``'s slots for the ``async with`` block."""
-        semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(self.limit))
+        semaphore = self._semaphores.get(key)
+        if semaphore is None:
+            semaphore = self._semaphores[key] = asyncio.Semaphore(self.limit)
         self._users[key] = self._users.get(key, 0) + 1
         try:
             async with semaphore:

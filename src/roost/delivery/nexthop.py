@@ -13,7 +13,9 @@ and :mod:`roost.delivery.smtp`):
   (``inet_protocols``), no MX -> the domain itself (implicit MX), a null MX (RFC 7505) ->
   bounce 5.1.10, NXDOMAIN -> bounce 5.1.2, SERVFAIL or a timeout -> defer 4.4.3, and
   Postfix's loop rule: MX hosts at or after this host's own preference are dropped; if
-  none is left, "mail for X loops back to myself".
+  none is left, "mail for X loops back to myself". The loop rule applies only when the
+  target port is 25 (:data:`LOOP_DETECT_PORT`), as in Postfix, so that a content filter or
+  a second server on this host (``smtp:[127.0.0.1]:10024``) is not mistaken for a loop.
 - **One delivery attempt** (:class:`Attempt`): which recipients are final (a 2xx after
   the data, a 5xx) and which go on to the next MX host (a 4xx, a lost connection), and
   what is deferred when no host is left.
@@ -36,6 +38,7 @@ from typing import Final
 from roost.address import AddressError, normalize_domain
 
 __all__ = [
+    "LOOP_DETECT_PORT",
     "SERVICE_PORTS",
     "Attempt",
     "DnsAnswer",
@@ -58,6 +61,10 @@ __all__ = [
     "route_for",
     "transport_keys",
 ]
+
+#: The loop rule (this host among the targets) applies only to targets at this port: Postfix
+#: smtp_connect.c sets ``SMTP_MISC_FLAG_LOOP_DETECT`` only for ``IPPORT_SMTP``.
+LOOP_DETECT_PORT: Final = 25
 
 #: Service names accepted in place of a port number (``[relay]:submission``).
 SERVICE_PORTS: Final = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
@@ -417,6 +424,10 @@ class _Host:
     is_myself: bool = False
 
 
+def _never(address: str) -> bool:
+    return False
+
+
 class HostResolution:
     """MX-then-A resolution of one next hop, as a state machine without I/O.
 
@@ -434,6 +445,11 @@ class HostResolution:
         ip_versions: ``inet_protocols`` as versions in order of preference (IPv4 first).
         myhostname: this host's name; an MX host of that name is this host.
         is_myself: tells whether an address is one this host receives mail on.
+
+    ``myhostname`` and ``is_myself`` (the loop rule) count only when the port is
+    :data:`LOOP_DETECT_PORT` (25): at any other port this host's addresses are ordinary
+    targets, e.g. a content filter at ``[127.0.0.1]:10024`` while roost listens on
+    127.0.0.1 (Postfix smtp_connect.c: ``SMTP_MISC_FLAG_LOOP_DETECT``).
         configured: the next hop comes from ``relayhost``/``transport_maps``, or the domain
             is in ``relay_domains``: a loop to this host is then a configuration error and
             defers (4.3.5) instead of bouncing (5.4.6).
@@ -458,8 +474,9 @@ class HostResolution:
         self.nexthop = nexthop
         self._port = nexthop.port if nexthop.port is not None else default_port
         self._versions = tuple(v for v in ip_versions if v in (4, 6))
-        self._myhostname = myhostname.lower().removesuffix(".")
-        self._is_myself = is_myself
+        loop_detect = self._port == LOOP_DETECT_PORT
+        self._myhostname = myhostname.lower().removesuffix(".") if loop_detect else ""
+        self._is_myself = is_myself if loop_detect else _never
         self._configured = configured
         self._address_limit = address_limit
         self._rng = rng or random.Random()
@@ -621,6 +638,8 @@ class Reply:
     def of(cls, code: int, message: str) -> Reply:
         """Build from a client library's (code, multi-line message), made safe for logs:
         invalid UTF-8 replaced, control characters turned into spaces."""
+        if message.isascii() and _CONTROLS.search(message) is None:
+            return cls(code, message.strip())  # one clean line: the common case
         raw = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         lines = [_CONTROLS.sub(" ", line).strip() for line in raw.splitlines()]
         return cls(code, " ".join(line for line in lines if line))

@@ -24,8 +24,12 @@ is deferred after the last one; each recipient keeps its server's reply as the r
 
 A message declared ``BODY=8BITMIME`` goes to a peer without 8BITMIME as it is (no
 conversion to 7 bit, as most MTAs do in practice; RFC 6152 allows only conversion or a
-bounce, and a bounce would lose mail that nearly every server accepts). aiosmtplib does
-not pipeline, so commands go one at a time.
+bounce, and a bounce would lose mail that nearly every server accepts).
+
+PIPELINING (RFC 2920): when the server offers it, MAIL FROM, every RCPT TO and DATA go in
+one write (with the RSET of a reused connection in front), and the replies are read in
+order, each with its stage's time limit; then the content. Without it, one command at a
+time. The connection itself is :class:`roost.delivery.smtpclient.SmtpConnection`.
 
 Connections are reused: an idle one waits ``smtp_connection_cache_time_limit`` for the
 next message to the same next hop (RSET before the new transaction), for at most
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
 import os
@@ -57,7 +62,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiosmtplib
 from cryptography import x509
 
 from roost.address import AddressError, domain_matches, encode_xtext, parse_mailbox
@@ -86,6 +90,7 @@ from roost.delivery.nexthop import (
     route_for,
 )
 from roost.delivery.resolver import DnsLookup, DnsResolver, resolve
+from roost.delivery.smtpclient import ClientError, ClientLost, ClientTimeout, SmtpConnection
 from roost.queue.envelope import BodyType, Recipient
 from roost.queue.manager import DeliveryJob, RecipientResult
 from roost.tls import describe_tls
@@ -104,6 +109,7 @@ log = logging.getLogger("roost.smtp")
 
 _LINE_ENDINGS: Final = re.compile(rb"\r\n|\n|\r")
 _LEADING_DOT: Final = re.compile(rb"(?m)^\.")
+_CONTROLS: Final = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class TlsLevel(enum.StrEnum):
@@ -177,10 +183,24 @@ class _Content:
         return len(self.payload)
 
 
+#: Content up to this size (bytes) is read on the event loop: a page-cache read of a few
+#: KB costs less than the hand-off to a thread and back. Larger content is read in a thread.
+INLINE_READ_LIMIT: Final = 64 * 1024
+
+#: Routes (``transport_maps``, ``relayhost``) are cached per recipient address for at most
+#: this long (seconds), so that a table that changes under roost (``ldap:``) takes effect.
+ROUTE_CACHE_SECONDS: Final = 10.0
+_ROUTE_CACHE_SIZE: Final = 10000
+
+
 def _read_content(job: DeliveryJob) -> _Content:
     with job.open_content() as handle:
         raw = handle.read()
-    payload = _LINE_ENDINGS.sub(b"\r\n", raw)
+    lines = raw.count(b"\n")
+    if lines == raw.count(b"\r\n") == raw.count(b"\r"):
+        payload = raw  # CRLF already (the spool's usual form): no rewrite
+    else:
+        payload = _LINE_ENDINGS.sub(b"\r\n", raw)
     if payload and not payload.endswith(b"\r\n"):
         payload += b"\r\n"
     end = payload.find(b"\r\n\r\n")
@@ -208,7 +228,7 @@ class _Lost(Exception):
 
 @dataclass(eq=False, slots=True)
 class _Session:
-    client: aiosmtplib.SMTP
+    client: SmtpConnection
     target: Target
     opened: float
     tls: bool = False
@@ -216,7 +236,11 @@ class _Session:
 
     @property
     def extensions(self) -> Mapping[str, str]:
-        return self.client.esmtp_extensions
+        return self.client.extensions
+
+    @property
+    def pipelining(self) -> bool:
+        return "pipelining" in self.client.extensions
 
     @property
     def usable(self) -> bool:
@@ -290,6 +314,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def _path(address: str, utf8: bool) -> bytes:
     """``<address>`` for MAIL FROM / RCPT TO, A-label domains unless SMTPUTF8."""
     if not address:
@@ -358,6 +383,9 @@ class SmtpTransport:
             config.cache_time_limit, self._quit, per_key=config.concurrency_limit
         )
         self._background: set[asyncio.Task[None]] = set()
+        self._routes: dict[str, Route] = {}
+        self._routes_since = 0.0
+        self._resolved: dict[tuple[Nexthop, bool], tuple[Target, ...] | Failure] = {}
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close idle connections (at reload and shutdown), waiting up to ``timeout`` s."""
@@ -377,13 +405,7 @@ class SmtpTransport:
         groups: dict[str, tuple[Route, list[tuple[int, Recipient]]]] = {}
         for index, recipient in job.recipients:
             try:
-                address = parse_mailbox(recipient.address, smtputf8=True)
-                route = route_for(
-                    address.local_part,
-                    address.domain_key,
-                    lookup=self._transport_lookup,
-                    relayhost=self.config.relayhost,
-                )
+                route = self._route(recipient.address, now)
             except AddressError as exc:
                 verdicts.append(Verdict(index, Status.BOUNCED, "5.1.3", f"bad address: {exc}"))
                 continue
@@ -405,23 +427,56 @@ class SmtpTransport:
                 verdicts.append(Verdict(index, Status.DEFERRED, "4.3.5", route.text))
         if groups:
             try:
-                content = await asyncio.to_thread(_read_content, job)
+                if job.content_size <= INLINE_READ_LIMIT:
+                    content = _read_content(job)
+                else:
+                    content = await asyncio.to_thread(_read_content, job)
             except OSError as exc:
                 reason = f"cannot read the message: {exc}"
                 for _, items in groups.values():
                     verdicts += [Verdict(i, Status.DEFERRED, "4.3.0", reason) for i, _ in items]
             else:
-                for part in await asyncio.gather(
-                    *(
-                        self._deliver_route(job, route, items, content, forced)
-                        for route, items in groups.values()
+                routes = list(groups.values())
+                if len(routes) == 1:  # the common case: no task for it
+                    route, items = routes[0]
+                    parts = [await self._deliver_route(job, route, items, content, forced)]
+                else:
+                    parts = await asyncio.gather(
+                        *(
+                            self._deliver_route(job, route, items, content, forced)
+                            for route, items in routes
+                        )
                     )
-                ):
+                for part in parts:
                     verdicts += part
         return [
             RecipientResult(v.index, v.status.value, v.dsn, v.reason, v.relay, v.remote_reply)
             for v in sorted(verdicts, key=lambda verdict: verdict.index)
         ]
+
+    def _route(self, address: str, now: float) -> Route:
+        """The route of one recipient (:func:`route_for`), cached per address for up to
+        :data:`ROUTE_CACHE_SECONDS`.
+
+        Raises:
+            AddressError: not an address.
+            NexthopError: a ``transport_maps`` entry has a bad next hop.
+        """
+        cache = self._routes
+        if now - self._routes_since > ROUTE_CACHE_SECONDS or len(cache) > _ROUTE_CACHE_SIZE:
+            cache.clear()
+            self._routes_since = now
+        route = cache.get(address)
+        if route is None:
+            parsed = parse_mailbox(address, smtputf8=True)
+            route = route_for(
+                parsed.local_part,
+                parsed.domain_key,
+                lookup=self._transport_lookup,
+                relayhost=self.config.relayhost,
+            )
+            cache[address] = route
+        return route
 
     async def _deliver_route(
         self,
@@ -462,9 +517,11 @@ class SmtpTransport:
         session = self.cache.take(route.key)
         if session is not None:
             if await self._reuse(session):
-                progress.reached = True
-                progress.sessions += 1
-                await self._transaction(job, session, attempt, recipients, content)
+                if await self._transaction(
+                    job, session, attempt, recipients, content, rset=session.pipelining
+                ):
+                    progress.reached = True
+                    progress.sessions += 1
                 self._release(route.key, session)
             else:
                 self._spawn(self._quit(session))
@@ -513,7 +570,18 @@ class SmtpTransport:
         configured = route.configured or (
             nexthop.mx_lookup and domain_matches(nexthop.host, self.config.relay_domains)
         )
-        resolution = HostResolution(
+        # an address next hop ([192.0.2.1]:port) needs no lookup: the same answer every time
+        key = (nexthop, configured)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
+        outcome = await resolve(self._resolution(nexthop, configured), self._dns)
+        if not nexthop.mx_lookup and nexthop.is_address and len(self._resolved) < 1000:
+            self._resolved[key] = outcome
+        return outcome
+
+    def _resolution(self, nexthop: Nexthop, configured: bool) -> HostResolution:
+        return HostResolution(
             nexthop,
             default_port=self.config.default_port,
             ip_versions=self.config.ip_versions,
@@ -523,7 +591,6 @@ class SmtpTransport:
             address_limit=self.config.address_limit,
             rng=self._rng,
         )
-        return await resolve(resolution, self._dns)
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -564,15 +631,12 @@ class SmtpTransport:
     async def _handshake(self, target: Target, nexthop: Nexthop, *, tls: bool) -> _Session:
         sock = await self._connect(target)
         try:
-            client = aiosmtplib.SMTP(
-                sock=sock,
-                local_hostname=self.config.helo_name,
-                timeout=self.config.helo_timeout,
-                start_tls=False,
-            )
-        except ValueError:
+            client = await SmtpConnection.open(sock)
+        except OSError:
             sock.close()
-            raise
+            where = "while receiving the initial server greeting"
+            text = f"lost connection with {target.host_text} {where}"
+            raise self._site(target, "4.4.2", text) from None
         session = _Session(client, target, self._monotonic())
         try:
             await self._greeting(session)
@@ -592,67 +656,54 @@ class SmtpTransport:
         target = session.target
         where = "while receiving the initial server greeting"
         try:
-            await session.client.connect(timeout=self.config.helo_timeout)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            reply = Reply.of(exc.code, exc.message)
+            reply = await session.client.read(self.config.helo_timeout)
+        except ClientTimeout:
+            text = f"conversation with {target.host_text} timed out {where}"
+            raise self._site(target, "4.4.2", text) from None
+        except (ClientError, OSError):
+            text = f"lost connection with {target.host_text} {where}"
+            raise self._site(target, "4.4.2", text) from None
+        if reply.code != 220:
             soft = reply.soft or self.config.skip_5xx_greeting
             dsn = ("4" if soft else "5") + reply.dsn[1:]
             text = f"host {target.host_text} refused to talk to me: {reply}"
-            raise self._site(target, dsn, text, soft=soft) from None
-        except aiosmtplib.SMTPTimeoutError:
-            text = f"conversation with {target.host_text} timed out {where}"
-            raise self._site(target, "4.4.2", text) from None
-        except (aiosmtplib.SMTPException, OSError):
-            text = f"lost connection with {target.host_text} {where}"
-            raise self._site(target, "4.4.2", text) from None
+            raise self._site(target, dsn, text, soft=soft)
 
     async def _hello(self, session: _Session) -> None:
         client, target = session.client, session.target
         where = "while performing the EHLO handshake"
+        timeout = self.config.helo_timeout
         try:
-            try:
-                await client.ehlo(timeout=self.config.helo_timeout)
-            except aiosmtplib.SMTPHeloError as exc:
-                if exc.code == 421 or not client.is_connected:
-                    raise
-                await client.helo(timeout=self.config.helo_timeout)
-        except aiosmtplib.SMTPHeloError as exc:
-            reply = Reply.of(exc.code, exc.message)
-            text = f"host {target.host_text} said: {reply} (in reply to HELO command)"
-            raise self._site(target, reply.dsn, text, soft=reply.soft) from None
-        except aiosmtplib.SMTPTimeoutError:
+            reply = await client.ehlo(self.config.helo_name, timeout)
+            if reply.code != 250 and reply.code != 421 and client.is_connected:
+                reply = await client.helo(self.config.helo_name, timeout)
+        except ClientTimeout:
             text = f"conversation with {target.host_text} timed out {where}"
             raise self._site(target, "4.4.2", text) from None
-        except (aiosmtplib.SMTPException, OSError):
+        except (ClientError, OSError, ValueError):
             text = f"lost connection with {target.host_text} {where}"
             raise self._site(target, "4.4.2", text) from None
+        if reply.code != 250:
+            text = f"host {target.host_text} said: {reply} (in reply to HELO command)"
+            raise self._site(target, reply.dsn, text, soft=reply.soft)
 
     async def _starttls(self, session: _Session, nexthop: Nexthop) -> None:
         client, target = session.client, session.target
         level = self.config.tls_level
-        if not client.supports_extension("starttls"):
+        if "starttls" not in client.extensions:
             if level.required:
                 text = f"TLS is required, but was not offered by host {target.host_text}"
                 raise self._site(target, "4.7.4", text)
             return
         server_hostname = None if _is_ip(target.hostname) else target.hostname
         try:
-            await client.starttls(
-                tls_context=self._tls_context,
-                server_hostname=server_hostname,
-                timeout=self.config.starttls_timeout,
+            reply = await client.starttls(
+                self._tls_context, server_hostname, self.config.starttls_timeout
             )
-        except aiosmtplib.SMTPResponseException as exc:
-            reply = Reply.of(exc.code, exc.message)
-            if not level.required and client.is_connected and exc.code != 421:
-                log.info("host %s refused to start TLS: %s", target.host_text, reply)
-                return
-            text = f"TLS is required, but host {target.host_text} refused to start TLS: {reply}"
-            raise self._site(target, "4.7.4", text) from None
         except ssl.SSLCertVerificationError as exc:
             text = f"Server certificate not verified: {target.host_text}: {exc.verify_message}"
             raise self._site(target, "4.7.5", text) from None
-        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+        except (ssl.SSLError, ClientError, OSError) as exc:
             error = _SessionError(
                 Failure(
                     True,
@@ -664,8 +715,17 @@ class SmtpTransport:
                 retry_plain=True,
             )
             raise error from None
+        if reply.code != 220:
+            if not level.required and client.is_connected and reply.code != 421:
+                log.info("host %s refused to start TLS: %s", target.host_text, reply)
+                return
+            text = f"TLS is required, but host {target.host_text} refused to start TLS: {reply}"
+            raise self._site(target, "4.7.4", text)
         session.tls = True
-        ssl_object = client.get_transport_info("ssl_object")
+        ssl_object = client.ssl_object
+        if ssl_object is None:
+            text = f"lost connection with {target.host_text} after the TLS handshake"
+            raise self._site(target, "4.4.2", text)
         if level is TlsLevel.SECURE and not _name_matches(
             _certificate_names(ssl_object), nexthop.host
         ):
@@ -725,28 +785,31 @@ class SmtpTransport:
             )
             raise _SessionError(Failure(True, "4.7.0", text), target.relay, handshake=False)
         user, password = credentials
+        timeout = self.config.helo_timeout
         try:
             if usable[0] == "PLAIN":
-                await client.auth_plain(user, password, timeout=self.config.helo_timeout)
+                reply = await client.auth_plain(user, password, timeout)
             else:
-                await client.auth_login(user, password, timeout=self.config.helo_timeout)
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            reply = Reply.of(exc.code, exc.message)
-            text = f"SASL authentication failed; server {target.host_text} said: {reply}"
-            dsn = "4" + reply.dsn[1:]
-            raise _SessionError(Failure(True, dsn, text), target.relay, handshake=False) from None
-        except (aiosmtplib.SMTPException, OSError):
+                reply = await client.auth_login(user, password, timeout)
+        except (ClientError, OSError, ValueError):
             text = f"lost connection with {target.host_text} while authenticating"
             raise _SessionError(
                 Failure(True, "4.4.2", text), target.relay, handshake=False
             ) from None
+        if reply.code != 235:
+            text = f"SASL authentication failed; server {target.host_text} said: {reply}"
+            dsn = "4" + reply.dsn[1:]
+            raise _SessionError(Failure(True, dsn, text), target.relay, handshake=False)
 
     async def _reuse(self, session: _Session) -> bool:
-        """Take a cached session back into use: young enough, and RSET answers."""
+        """Take a cached session back into use: young enough, and RSET answers (at once
+        without PIPELINING; with it, RSET goes in the transaction's first write)."""
         if not session.usable:
             return False
         if self._monotonic() - session.opened > self.config.reuse_time_limit:
             return False
+        if session.pipelining:
+            return True
         return await self._rset(session)
 
     def _release(self, key: str, session: _Session) -> None:
@@ -761,39 +824,43 @@ class SmtpTransport:
         task.add_done_callback(self._background.discard)
 
     async def _quit(self, session: _Session) -> None:
-        client = session.client
-        try:
-            if session.usable:
-                await client.quit(timeout=self.config.quit_timeout)
-        except (aiosmtplib.SMTPException, OSError):
-            pass
-        finally:
-            client.close()
+        if session.usable:
+            await session.client.quit(self.config.quit_timeout)
+        else:
+            session.client.close()
 
     # --- one transaction --------------------------------------------------------------
 
-    async def _command(self, session: _Session, stage: str, *args: bytes, timeout: float) -> Reply:
+    def _broken(self, session: _Session, stage: str, exc: Exception) -> _Lost:
+        """Mark the session unusable; the :class:`_Lost` that says what happened."""
+        session.broken = True
+        session.client.close()
         host = session.target.host_text
+        if isinstance(exc, ClientTimeout):
+            return _Lost(f"conversation with {host} timed out while sending {stage}")
+        if isinstance(exc, (ClientLost, OSError)):
+            return _Lost(f"lost connection with {host} while sending {stage}")
+        return _Lost(f"conversation with {host} failed while sending {stage}: {exc}")
+
+    async def _read(self, session: _Session, stage: str, timeout: float) -> Reply:
         try:
-            response = await session.client.execute_command(*args, timeout=timeout)
-        except aiosmtplib.SMTPTimeoutError:
-            session.broken = True
-            raise _Lost(f"conversation with {host} timed out while sending {stage}") from None
-        except (aiosmtplib.SMTPServerDisconnected, OSError):
-            session.broken = True
-            raise _Lost(f"lost connection with {host} while sending {stage}") from None
-        except (aiosmtplib.SMTPException, ValueError) as exc:
-            session.broken = True
-            session.client.close()
-            raise _Lost(f"conversation with {host} failed while sending {stage}: {exc}") from None
-        reply = Reply.of(response.code, response.message)
+            reply = await session.client.read(timeout)
+        except ClientError as exc:
+            raise self._broken(session, stage, exc) from None
         if reply.code == 421:
             session.broken = True
         return reply
 
+    async def _command(self, session: _Session, stage: str, line: bytes, timeout: float) -> Reply:
+        try:
+            session.client.send(line)
+        except (ClientError, ValueError) as exc:
+            raise self._broken(session, stage, exc) from None
+        return await self._read(session, stage, timeout)
+
     async def _rset(self, session: _Session) -> bool:
         try:
-            reply = await self._command(session, "RSET", b"RSET", timeout=self.config.rset_timeout)
+            reply = await self._command(session, "RSET", b"RSET", self.config.rset_timeout)
         except _Lost:
             return False
         if not reply.ok:
@@ -801,30 +868,17 @@ class SmtpTransport:
         return reply.ok
 
     async def _send_content(self, session: _Session, content: _Content) -> Reply:
-        client, host = session.client, session.target.host_text
-        where = "while sending end of data -- message may be sent more than once"
-        protocol = client.protocol
-        if protocol is None:
-            session.broken = True
-            raise _Lost(f"lost connection with {host} while sending message body")
-        data = _LEADING_DOT.sub(b"..", content.payload) + b".\r\n"
+        payload = content.payload
+        if payload.startswith(b".") or b"\n." in payload:
+            payload = _LEADING_DOT.sub(b"..", payload)
+        stage = "message body"
         try:
-            protocol.write(data)
-            response = await protocol.read_response(
-                timeout=self.config.data_xfer_timeout + self.config.data_done_timeout
+            session.client.write(payload + b".\r\n")
+            return await self._read(
+                session, stage, self.config.data_xfer_timeout + self.config.data_done_timeout
             )
-        except aiosmtplib.SMTPTimeoutError:
-            session.broken = True
-            client.close()
-            raise _Lost(f"conversation with {host} timed out {where}") from None
-        except (aiosmtplib.SMTPException, OSError):
-            session.broken = True
-            client.close()
-            raise _Lost(f"lost connection with {host} {where}") from None
-        reply = Reply.of(response.code, response.message)
-        if reply.code == 421:
-            session.broken = True
-        return reply
+        except ClientError as exc:
+            raise self._broken(session, stage, exc) from None
 
     def _log_reply(self, job: DeliveryJob, session: _Session, reply: Reply, stage: str) -> None:
         log.info(
@@ -842,11 +896,22 @@ class SmtpTransport:
         attempt: Attempt,
         recipients: Mapping[int, Recipient],
         content: _Content,
-    ) -> None:
-        """One MAIL/RCPT/DATA transaction for the attempt's pending recipients."""
+        *,
+        rset: bool = False,
+    ) -> bool:
+        """One MAIL/RCPT/DATA transaction for the attempt's pending recipients.
+
+        With PIPELINING (RFC 2920) the RSET of a reused session (``rset``), MAIL, every
+        RCPT and DATA go in one write, and their replies are read in order with each
+        stage's time limit; then the content. Without it, one command at a time.
+
+        Returns:
+            False when the reused session turned out to be dead (the folded RSET got no
+            reply, or not 2xx): nothing was attempted and the recipients are unchanged.
+        """
         pending = attempt.pending
         if not pending:
-            return
+            return True
         envelope = job.envelope
         host, relay = session.target.host_text, session.target.relay
         extensions = session.extensions
@@ -860,74 +925,108 @@ class SmtpTransport:
             reason = f"SMTPUTF8 is required, but was not offered by host {host}"
             for index in pending:
                 attempt.bounce(index, "5.6.7", reason, relay)
-            return
+            return True
         size_text = extensions.get("size", "")
         limit = int(size_text) if size_text.isdigit() else 0
         if limit and content.size > limit:
             reason = f"message size {content.size} exceeds size limit {limit} of server {host}"
             for index in pending:
                 attempt.bounce(index, "5.3.4", reason, relay)
-            return
-        options: list[bytes] = []
+            return True
+        mail = b"MAIL FROM:" + _path(envelope.envelope_sender, utf8)
         if "size" in extensions:
-            options.append(f"SIZE={content.size}".encode())
+            mail += f" SIZE={content.size}".encode()
         if "8bitmime" in extensions:
             if envelope.body_type is BodyType.EIGHT_BIT_MIME or content.eight_bit:
-                options.append(b"BODY=8BITMIME")
+                mail += b" BODY=8BITMIME"
             elif envelope.body_type is BodyType.SEVEN_BIT:
-                options.append(b"BODY=7BIT")
+                mail += b" BODY=7BIT"
         if utf8:
-            options.append(b"SMTPUTF8")
+            mail += b" SMTPUTF8"
         dsn = "dsn" in extensions
         if dsn and envelope.ret is not None:
-            options.append(f"RET={envelope.ret.value}".encode())
+            mail += f" RET={envelope.ret.value}".encode()
         if dsn and envelope.envid:
-            options.append(f"ENVID={encode_xtext(envelope.envid)}".encode())
+            mail += f" ENVID={encode_xtext(envelope.envid)}".encode()
+        rcpts: list[bytes] = []
+        for index in pending:
+            recipient = recipients[index]
+            rcpt = b"RCPT TO:" + _path(recipient.address, utf8)
+            if dsn and recipient.notify:
+                notify = ",".join(value.value for value in recipient.notify)
+                rcpt += f" NOTIFY={notify}".encode()
+            if dsn and recipient.orcpt:
+                kind, _, original = recipient.orcpt.partition(";")
+                rcpt += f" ORCPT={kind};{encode_xtext(original)}".encode()
+            rcpts.append(rcpt)
+        config = self.config
         accepted: list[int] = []
         try:
-            sender = b"FROM:" + _path(envelope.envelope_sender, utf8)
-            reply = await self._command(
-                session, "MAIL FROM", b"MAIL", sender, *options, timeout=self.config.mail_timeout
-            )
-            if not reply.ok:
-                self._log_reply(job, session, reply, "MAIL FROM")
-                for index in pending:
-                    attempt.refused(index, reply, relay)
-                if not session.broken:
-                    await self._rset(session)
-                return
-            for index in pending:
-                recipient = recipients[index]
-                arguments = [b"TO:" + _path(recipient.address, utf8)]
-                if dsn and recipient.notify:
-                    notify = ",".join(value.value for value in recipient.notify)
-                    arguments.append(f"NOTIFY={notify}".encode())
-                if dsn and recipient.orcpt:
-                    kind, _, original = recipient.orcpt.partition(";")
-                    arguments.append(f"ORCPT={kind};{encode_xtext(original)}".encode())
-                reply = await self._command(
-                    session, "RCPT TO", b"RCPT", *arguments, timeout=self.config.rcpt_timeout
+            if session.pipelining:
+                lines = [b"RSET", mail] if rset else [mail]
+                lines += rcpts
+                lines.append(b"DATA")
+                if _CONTROLS.search(b" ".join(lines)):
+                    error = ValueError("command contains a control character")
+                    raise self._broken(session, "MAIL FROM", error)
+                try:
+                    session.client.write(b"\r\n".join(lines) + b"\r\n")
+                except ClientError as exc:
+                    lost = self._broken(session, "RSET" if rset else "MAIL FROM", exc)
+                    if rset:
+                        return False  # a dead cached connection: nothing was attempted
+                    raise lost from None
+                if rset:
+                    try:
+                        reply = await self._read(session, "RSET", config.rset_timeout)
+                    except _Lost:
+                        return False
+                    if not reply.ok:
+                        session.broken = True
+                        session.client.close()
+                        return False
+                mail_reply = await self._read(session, "MAIL FROM", config.mail_timeout)
+                rcpt_replies = [
+                    await self._read(session, "RCPT TO", config.rcpt_timeout) for _ in rcpts
+                ]
+                data_reply: Reply | None = await self._read(
+                    session, "DATA", config.data_init_timeout
                 )
+            else:
+                mail_reply = await self._command(session, "MAIL FROM", mail, config.mail_timeout)
+                rcpt_replies = []
+                if mail_reply.ok:
+                    for rcpt in rcpts:
+                        rcpt_replies.append(
+                            await self._command(session, "RCPT TO", rcpt, config.rcpt_timeout)
+                        )
+                data_reply = None
+            if not mail_reply.ok:
+                self._log_reply(job, session, mail_reply, "MAIL FROM")
+                for index in pending:
+                    attempt.refused(index, mail_reply, relay)
+                await self._abandon(session, data_reply)
+                return True
+            for index, reply in zip(pending, rcpt_replies, strict=True):
                 if reply.ok:
                     accepted.append(index)
                 else:
                     self._log_reply(job, session, reply, "RCPT TO")
                     attempt.refused(index, reply, relay)
             if not accepted:
-                await self._rset(session)
-                return
-            reply = await self._command(
-                session, "DATA", b"DATA", timeout=self.config.data_init_timeout
-            )
+                await self._abandon(session, data_reply)
+                return True
+            if data_reply is None:
+                data_reply = await self._command(session, "DATA", b"DATA", config.data_init_timeout)
+            reply = data_reply
             if reply.code != 354:
                 if reply.ok:
                     reply = Reply(451, f"4.5.0 unexpected reply to DATA: {reply}")
                 self._log_reply(job, session, reply, "DATA")
                 for index in accepted:
                     attempt.refused(index, reply, relay)
-                if not session.broken:
-                    await self._rset(session)
-                return
+                await self._abandon(session, None)
+                return True
             reply = await self._send_content(session, content)
             for index in accepted:
                 if reply.ok:
@@ -940,6 +1039,16 @@ class SmtpTransport:
             log.info("%s: %s", job.queue_id, exc)
             for index in pending:
                 attempt.soft(index, "4.4.2", str(exc), relay)
+        return True
+
+    async def _abandon(self, session: _Session, data_reply: Reply | None) -> None:
+        """End a transaction that sends no content: RSET, or close the connection when a
+        pipelined DATA was accepted anyway (354 with no recipient: a broken server)."""
+        if data_reply is not None and data_reply.code == 354:
+            session.broken = True
+            session.client.close()
+        elif not session.broken:
+            await self._rset(session)
 
 
 # --- construction from settings ----------------------------------------------------------------
