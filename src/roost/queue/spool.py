@@ -7,7 +7,8 @@ message through ``on_commit`` and reads it with :meth:`Spool.load_envelope` and
 
 Group commit: every change (commit, envelope update, move, remove) becomes a job in one
 queue. A single committer thread takes *all* jobs waiting at that moment as one batch,
-writes their files, flushes them, renames, and fsyncs each touched directory once; then
+writes their files, flushes them and the directories of new files, renames (for changes
+other than commits), and fsyncs each touched directory once; then
 every caller of the batch is answered. While one batch is on disk the next one gathers, so
 batches grow with the load and the number of fsyncs per message falls.
 """
@@ -23,6 +24,7 @@ import enum
 import functools
 import logging
 import os
+import zlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO, Final, TypeAlias, TypeVar
@@ -382,12 +384,23 @@ class _State(enum.Enum):
 class MessageWriter:
     """Streams one new message into the spool; made by :meth:`Spool.new_message`.
 
-    Content goes to the uncommitted file ``<queue>/<queue_id>`` in ``buffer_size`` pieces,
+    Content goes to the uncommitted queue file ``<queue>/<queue_id>`` in ``buffer_size``
+    pieces,
     so memory stays bounded whatever the message size. Nothing is a message until
     :meth:`commit` returns. Not for concurrent use: await each call before the next.
     """
 
-    __slots__ = ("_buffer", "_fd", "_flush", "_queue", "_queue_id", "_size", "_spool", "_state")
+    __slots__ = (
+        "_buffer",
+        "_crc",
+        "_fd",
+        "_flush",
+        "_queue",
+        "_queue_id",
+        "_size",
+        "_spool",
+        "_state",
+    )
 
     def __init__(self, spool: Spool, queue: QueueName, queue_id: str) -> None:
         self._spool = spool
@@ -395,6 +408,7 @@ class MessageWriter:
         self._queue_id = queue_id
         self._buffer = bytearray()
         self._size = 0
+        self._crc = 0  # CRC-32 of the bytes written to the file so far
         self._fd: int | None = None
         self._flush: concurrent.futures.Future[None] | None = None
         self._state = _State.OPEN
@@ -440,6 +454,7 @@ class MessageWriter:
         directory = self._spool.directory
         if self._fd is None:
             self._fd = directory.create_content(self._queue, self._queue_id)
+        self._crc = zlib.crc32(data, self._crc)
         try:
             _write_all(self._fd, data)
         except OSError as exc:
@@ -447,8 +462,9 @@ class MessageWriter:
             raise SpoolError.from_os_error(exc, action, queue_id=self._queue_id) from exc
 
     async def commit(self, envelope: Envelope) -> str:
-        """Make the message durable and visible; return after the envelope's rename and the
-        directory fsync (the moment the SMTP server may answer ``250``).
+        """Make the message durable and visible; return once its queue file (content,
+        envelope, trailer) and its directory entry are flushed (the moment the SMTP server
+        may answer ``250``).
 
         Args:
             envelope: the envelope; ``queue_id`` (must be ``""`` or this writer's) and
@@ -468,7 +484,13 @@ class MessageWriter:
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
         stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
         job = _CommitJob(
-            self._queue, self._queue_id, self._fd, self._buffer, encode_envelope(stored)
+            self._queue,
+            self._queue_id,
+            self._fd,
+            self._buffer,
+            encode_envelope(stored),
+            content_length=self._size,
+            crc=self._crc,
         )
         self._fd = None
         self._buffer = bytearray()
@@ -493,7 +515,7 @@ class MessageWriter:
                 await asyncio.wrap_future(self._flush)
         fd, self._fd = self._fd, None
         if fd is not None:
-            path = self._spool.directory.content_path(self._queue, self._queue_id)
+            path = self._spool.directory.file_name(self._queue, self._queue_id)
             await asyncio.get_running_loop().run_in_executor(
                 self._spool._io, _discard_content, path, fd
             )
@@ -516,7 +538,7 @@ class MessageWriter:
             raise RuntimeError(f"message {self._queue_id}: a write() is still in progress")
 
 
-def _discard_content(path: os.PathLike[str], fd: int) -> None:
+def _discard_content(path: str, fd: int) -> None:
     """Unlink an uncommitted content file, then close it (holding its lock until then)."""
     try:
         os.unlink(path)
