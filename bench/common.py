@@ -255,6 +255,15 @@ def tree_cpu_seconds(root: int) -> float:
 # --- directory counting --------------------------------------------------------------------
 
 
+def count_queue_files(directory: Path) -> int:
+    """Count the queue files (names of 13 characters, no dot) in a queue directory."""
+    try:
+        with os.scandir(directory) as entries:
+            return sum(1 for e in entries if len(e.name) == 13 and "." not in e.name)
+    except FileNotFoundError:
+        return 0
+
+
 def count_files(directory: Path, *, suffix: str = "", recursive: bool = False) -> int:
     """Count regular files (ending in ``suffix``) in ``directory``; 0 if it is missing."""
     total = 0
@@ -648,9 +657,8 @@ class RoostInstance(Instance):
 
     def queue_counts(self) -> dict[str, int]:
         spool = self.directory / "spool"
-        return {
-            queue: count_files(spool / queue, suffix=".env")
-            for queue in ("incoming", "active", "deferred")
+        return {  # one queue file per message, named by its 13-character queue ID
+            queue: count_queue_files(spool / queue) for queue in ("incoming", "active", "deferred")
         }
 
     def maildir_new(self) -> Path:
