@@ -57,8 +57,8 @@ _UNPRINTABLE: Final = {c: "?" for c in (*range(0x20), 0x7F) if c != 0x09}
 _lock = threading.Lock()
 _handlers: list[logging.Handler] = []  # the destinations, fed by _listener
 _front: list[logging.Handler] = []  # on the roost logger: the QueueHandler
-_listener: logging.handlers.QueueListener | None = None
-_log_queue: queue.Queue[logging.LogRecord] | None = None
+_listener: _Writer | None = None
+_log_queue: queue.SimpleQueue[logging.LogRecord] | None = None
 
 
 def program_name(logger_name: str, syslog_name: str = "roost") -> str:
@@ -295,14 +295,39 @@ class _QueueFront(logging.handlers.QueueHandler):
         return record
 
 
-def flush_logs() -> None:
+class _FlushMark(logging.LogRecord):
+    """Not a line: the writer thread sets :attr:`written` when it reaches this record."""
+
+    def __init__(self) -> None:
+        super().__init__(ROOT_LOGGER, logging.DEBUG, __file__, 0, "", None, None)
+        self.written = threading.Event()
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The writer thread: formats each queued record and hands it to the destinations."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if isinstance(record, _FlushMark):
+            record.written.set()
+            return
+        super().handle(record)
+
+
+def flush_logs(timeout: float = 10.0) -> None:
     """Wait until every line logged so far is written (for a clean exit, and for tests).
 
     Must not be called from the writer thread itself (a handler).
+
+    Args:
+        timeout: give up after this many seconds (a wedged destination).
     """
-    log_queue = _log_queue
-    if log_queue is not None and _listener is not None and _listener._thread is not None:
-        log_queue.join()
+    with _lock:
+        log_queue, listener = _log_queue, _listener
+    if log_queue is None or listener is None:
+        return
+    mark = _FlushMark()
+    log_queue.put_nowait(mark)
+    mark.written.wait(timeout)
 
 
 #: Libraries whose records go through roost's handlers (one line, control characters
@@ -366,8 +391,8 @@ def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> lis
     old = list(_handlers)
     _handlers[:] = new
     if new:
-        _log_queue = queue.Queue()
-        _listener = logging.handlers.QueueListener(_log_queue, *new, respect_handler_level=True)
+        _log_queue = queue.SimpleQueue()  # put() is C code: the cheapest hand-off
+        _listener = _Writer(_log_queue, *new, respect_handler_level=True)
         _listener.start()
         front = _QueueFront(_log_queue)
         _front.append(front)
