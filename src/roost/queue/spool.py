@@ -80,6 +80,9 @@ class Spool:
         buffer_size: bytes a :class:`MessageWriter` keeps in memory before it writes to
             disk; a writer's memory stays near this whatever the message size.
         queue_ids: makes queue IDs; a :class:`QueueIdGenerator` by default.
+        precreate: create each new message's queue file in an I/O thread as soon as
+            :meth:`new_message` is called (while the client sends the content), rather
+            than in the committer thread at commit time.
     """
 
     def __init__(
@@ -94,11 +97,13 @@ class Spool:
         max_batch: int = 1024,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         queue_ids: Callable[[], str] | None = None,
+        precreate: bool = True,
     ) -> None:
         if min(io_threads, flush_threads, max_batch, buffer_size) < 1:
             raise ValueError("io_threads, flush_threads, max_batch, buffer_size must be >= 1")
         self.directory = QueueDirectory(queue_directory, sync_method, flush_threads=flush_threads)
         self.buffer_size = buffer_size
+        self.precreate = precreate
         self._on_commit = on_commit
         self._queue_ids: Callable[[], str] = queue_ids or QueueIdGenerator()
         self._max_batch = max_batch if group_commit else 1
@@ -393,6 +398,7 @@ class MessageWriter:
     __slots__ = (
         "_buffer",
         "_crc",
+        "_creating",
         "_fd",
         "_flush",
         "_queue",
@@ -410,6 +416,13 @@ class MessageWriter:
         self._size = 0
         self._crc = 0  # CRC-32 of the bytes written to the file so far
         self._fd: int | None = None
+        # The queue file is created at once, in an I/O thread, while the client sends the
+        # content: the commit then only writes and flushes it.
+        self._creating: concurrent.futures.Future[int] | None = (
+            spool._io.submit(spool.directory.create_content, queue, queue_id)
+            if spool.precreate
+            else None
+        )
         self._flush: concurrent.futures.Future[None] | None = None
         self._state = _State.OPEN
 
@@ -453,7 +466,11 @@ class MessageWriter:
     def _write_sync(self, data: bytearray) -> None:
         directory = self._spool.directory
         if self._fd is None:
-            self._fd = directory.create_content(self._queue, self._queue_id)
+            creating, self._creating = self._creating, None
+            if creating is not None:
+                self._fd = creating.result()  # raises its SpoolError
+            else:
+                self._fd = directory.create_content(self._queue, self._queue_id)
         self._crc = zlib.crc32(data, self._crc)
         try:
             _write_all(self._fd, data)
@@ -483,6 +500,14 @@ class MessageWriter:
         if envelope.queue_id not in ("", self._queue_id):
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
         stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        if self._fd is None and self._creating is not None:
+            try:
+                self._fd = await asyncio.wrap_future(self._creating)
+            except BaseException:
+                self._state = _State.FAILED  # abort() tidies up
+                raise
+            finally:
+                self._creating = None
         job = _CommitJob(
             self._queue,
             self._queue_id,
@@ -513,6 +538,10 @@ class MessageWriter:
         if self._flush is not None and not self._flush.done():
             with contextlib.suppress(BaseException):
                 await asyncio.wrap_future(self._flush)
+        creating, self._creating = self._creating, None
+        if creating is not None and self._fd is None:
+            with contextlib.suppress(BaseException):
+                self._fd = await asyncio.wrap_future(creating)
         fd, self._fd = self._fd, None
         if fd is not None:
             path = self._spool.directory.file_name(self._queue, self._queue_id)
