@@ -375,28 +375,9 @@ async def _early_submit(self, job):
     await _spool_submit(self, job)
 _spool.Spool._submit = _early_submit
 """,
-    # cost model of a one-file queue entry (Postfix's layout: envelope records and content
-    # in one file): a new message is one file created, written, flushed and renamed, not
-    # two. ACCEPT-ONLY SIMULATION: the content goes into the envelope file, which nothing
-    # can read back; run it only with the queue manager off.
-    "onefile": """
-import os as _os
-import roost.queue.directory as _qdir
-_commit_prepare = _qdir._CommitJob.prepare
-def _one_file_prepare(self, qd):
-    if self._content_fd is not None:
-        return _commit_prepare(self, qd)
-    fd = _os.open(
-        qd.temp_path(self.queue, self.queue_id),
-        _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC | _os.O_CLOEXEC,
-        0o600,
-    )
-    _qdir._write_all(fd, bytes(self._tail) + self._envelope)
-    self._tail = b""
-    self._envelope_fd = fd
-    self.sync_fds.append(fd)
-_qdir._CommitJob.prepare = _one_file_prepare
-""",
+    # ("onefile", the cost model of a one-file queue entry, is gone: the spool has had
+    # one queue file per message since; "fastinit" and "inlinelookup" are in src/ now and
+    # change nothing measurable any more.)
     # what logging costs: only warnings and errors are logged
     "nolog": """
 import logging as _logging
