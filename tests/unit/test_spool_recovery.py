@@ -349,3 +349,17 @@ async def test_recovered_envelopes_are_still_valid_json(queue: Path) -> None:
     assert data is not None
     document = json.loads(data)
     assert document["v"] == 1 and document["queue_id"] == queue_id
+
+
+def test_a_file_committed_after_recovery_found_it_unfinished_is_kept(queue: Path) -> None:
+    # Recovery deletes an unfinished file only under its lock, after reading it again:
+    # a writer in another process may have finished it (and let go of the lock) since.
+    queue_id = commit(queue)
+    path = queue / "incoming" / queue_id
+    age(path, 10)
+    removed = QueueDirectory._remove_abandoned(str(path), time.time(), check=QueueName.INCOMING)
+    assert not removed and path.exists()
+    path.write_bytes(path.read_bytes()[:-1])  # unfinished after all
+    age(path, 10)
+    removed = QueueDirectory._remove_abandoned(str(path), time.time(), check=QueueName.INCOMING)
+    assert removed and not path.exists()

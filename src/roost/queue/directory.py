@@ -315,21 +315,6 @@ def _create_locked(path: str) -> int:
     return fd
 
 
-def _is_locked(path: str) -> bool:
-    """Tell whether another open file description holds a ``flock`` on ``path``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _write_vector(fd: int, parts: Sequence[bytes | bytearray]) -> None:
     """Write ``parts`` one after another with as few ``writev`` calls as possible."""
     pending = [memoryview(part).cast("B") for part in parts if len(part)]
@@ -1205,11 +1190,12 @@ class QueueDirectory:
                 elif state == "corrupt":
                     self.quarantine(name, queue, "no valid queue file trailer")
                     corrupt.append(name)
-                elif state == "garbage" and self._old_and_unlocked(path, horizon):
+                elif state == "garbage" and self._remove_abandoned(
+                    path, horizon, check=None if name.endswith(TEMP_SUFFIX) else queue
+                ):
                     logger.info(
                         "%s: removed uncommitted file %s/%s", name[:QUEUE_ID_LENGTH], queue, name
                     )
-                    _unlink_quietly(path)
                     removed.append(f"{queue}/{name}")
         for queue, ids in envelopes.items():
             for queue_id in sorted(ids):
@@ -1330,13 +1316,37 @@ class QueueDirectory:
         return [f"{queue}/{queue_id}{ENVELOPE_SUFFIX}"]
 
     @staticmethod
-    def _old_and_unlocked(path: str, horizon: float) -> bool:
+    def _remove_abandoned(path: str, horizon: float, *, check: QueueName | None) -> bool:
+        """Delete an uncommitted file unless it is younger than ``horizon`` or a writer
+        holds its lock; return whether it was deleted.
+
+        The file is deleted while *this* call holds its lock, and a queue file (``check``:
+        its queue) is read again under the lock first: a writer in another process may
+        have committed it (and let go of the lock) since it was found unfinished.
+        """
         try:
             if os.lstat(path).st_mtime > horizon:
                 return False
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
             return False
-        return not _is_locked(path)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a live writer
+            if check is not None:
+                layout = _read_layout(fd)
+                if layout is not None and (
+                    check.value not in _CREATED_IN or _crc_matches(fd, layout)
+                ):
+                    return False  # committed meanwhile
+            _unlink_quietly(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
