@@ -114,10 +114,12 @@ class RecoveryReport:
     """What :meth:`QueueDirectory.recover` did.
 
     Attributes:
-        removed: paths relative to the queue directory of the temp files and uncommitted
-            content files deleted, e.g. ``incoming/4Wk3nB0h2Fz1xQ7b``.
+        removed: paths relative to the queue directory of the temp files, unfinished
+            queue files and left-over ``ID.env`` files deleted, e.g.
+            ``incoming/4Wk3nB0h2Fz1x``.
         requeued: queue IDs moved from ``active/`` back to ``incoming/``.
-        corrupt: queue IDs whose envelope was moved to ``corrupt/`` (no content beside it).
+        corrupt: queue IDs whose queue file (outside ``incoming/`` and ``maildrop/``) had
+            no valid trailer, moved to ``corrupt/``.
     """
 
     removed: tuple[str, ...] = ()

@@ -568,7 +568,7 @@ class MessageWriter:
 
 
 def _discard_content(path: str, fd: int) -> None:
-    """Unlink an uncommitted content file, then close it (holding its lock until then)."""
+    """Unlink an uncommitted queue file, then close it (holding its lock until then)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
