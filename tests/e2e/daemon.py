@@ -63,6 +63,20 @@ class RoostDaemon:
             raise AssertionError(f"daemon not ready; log:\n{self.log_text()}") from None
 
     def log_text(self) -> str:
+        """The daemon's log so far.
+
+        The daemon writes its lines from a thread a moment after logging them (so does
+        Postfix, through postlogd): first wait, bounded, until the file has stopped
+        growing for 30 ms.
+        """
+        size = -1
+        deadline = time.monotonic() + 2.0
+        while self.process.poll() is None and time.monotonic() < deadline:
+            now = self.log.stat().st_size
+            if now == size:
+                break
+            size = now
+            time.sleep(0.03)
         return self.log.read_text(errors="replace")
 
     def signal(self, signum: signal.Signals) -> None:

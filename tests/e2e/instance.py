@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from roost.config import SERVICES
+from roost.queue import QueueDirectory, QueueName
 from tests.conftest import free_port
 from tests.e2e.daemon import RoostDaemon
 
@@ -81,13 +82,21 @@ class Instance:
 
     def queued(self) -> list[str]:
         """Queue IDs of committed messages in incoming/."""
-        return sorted(p.stem for p in (self.queue / "incoming").glob("*.env"))
+        with QueueDirectory(self.queue) as directory:
+            return directory.scan(QueueName.INCOMING)
 
     def content(self, queue_id: str) -> bytes:
-        return (self.queue / "incoming" / queue_id).read_bytes()
+        with (
+            QueueDirectory(self.queue) as directory,
+            directory.open_content(queue_id, QueueName.INCOMING) as handle,
+        ):
+            return handle.read()
 
     def envelope(self, queue_id: str) -> str:
-        return (self.queue / "incoming" / f"{queue_id}.env").read_text()
+        with QueueDirectory(self.queue) as directory:
+            data = directory.read_envelope_data(QueueName.INCOMING, queue_id)
+        assert data is not None, f"{queue_id} is not in incoming/"
+        return data.decode("utf-8")
 
 
 def client_tls() -> ssl.SSLContext:

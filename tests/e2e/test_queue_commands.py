@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,8 +54,20 @@ def queue(
     )
 
 
-def envelope_file(instance: Instance, queue_name: str, queue_id: str) -> Path:
-    return instance.queue / queue_name / f"{queue_id}.env"
+def in_queue(instance: Instance, queue_name: str, queue_id: str) -> bool:
+    """Whether ``queue_name`` holds the committed message (docs/spool.md)."""
+    with QueueDirectory(instance.queue) as directory:
+        return directory.has_message(QueueName(queue_name), queue_id)
+
+
+def envelope_document(instance: Instance, queue_name: str, queue_id: str) -> dict[str, Any]:
+    """The message's current envelope as JSON; {} when it is not there."""
+    with QueueDirectory(instance.queue) as directory:
+        try:
+            data = directory.read_envelope_data(QueueName(queue_name), queue_id)
+        except (OSError, ValueError):
+            return {}
+    return {} if data is None else dict(json.loads(data))
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -66,17 +79,18 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> 
         time.sleep(0.05)
 
 
-def attempts(path: Path) -> int:
-    try:
-        document = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+def attempts(instance: Instance, queue_name: str, queue_id: str) -> int:
+    document = envelope_document(instance, queue_name, queue_id)
+    if not document:
         return -1
     return max(int(r["attempts"]) for r in document["recipients"])
 
 
 def wait_deferred(instance: Instance, queue_id: str, tries: int) -> None:
-    path = envelope_file(instance, "deferred", queue_id)
-    wait_for(lambda: attempts(path) == tries, f"{queue_id} deferred after {tries} attempts")
+    wait_for(
+        lambda: attempts(instance, "deferred", queue_id) == tries,
+        f"{queue_id} deferred after {tries} attempts",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +132,7 @@ def test_mailq_shows_a_deferred_message_with_its_reason(instance: Instance) -> N
     listing = queue(instance, "list")
     assert listing.returncode == 0, listing.stderr
     message = parse_mailq(listing.stdout)[queue_id]
-    reason = json.loads(envelope_file(instance, "deferred", queue_id).read_text())["recipients"][1][
-        "reason"
-    ]
+    reason = envelope_document(instance, "deferred", queue_id)["recipients"][1]["reason"]
     assert reason  # today: "no transport for other destinations yet"
     assert message["mark"] == "" and message["sender"] == "sender@example.org"
     assert message["recipients"] == [DEFERRED_RECIPIENT]  # alice was delivered
@@ -182,7 +194,7 @@ def test_hold_release_requeue_and_flush(instance: Instance) -> None:
     held = queue(instance, "hold", "ALL")
     assert held.returncode == 0, held.stderr
     assert f"roost: {queue_id}: placed on hold\n" in held.stdout
-    assert envelope_file(instance, "hold", queue_id).exists()
+    assert in_queue(instance, "hold", queue_id)
     # the command told the daemon: the queue manager dropped the message's retry timer
     status = roost_cli(instance.directory / "main.cf", "status")
     assert "'scheduled': 0," in status.stdout, status.stdout
@@ -194,8 +206,8 @@ def test_hold_release_requeue_and_flush(instance: Instance) -> None:
     assert released.returncode == 0, released.stderr
     assert "Released from hold: 1 message" in released.stdout
     # back through incoming/: the queue manager takes it up and, not due yet, defers it
-    wait_for(lambda: envelope_file(instance, "deferred", queue_id).exists(), "back in deferred")
-    assert attempts(envelope_file(instance, "deferred", queue_id)) == 1
+    wait_for(lambda: in_queue(instance, "deferred", queue_id), "back in deferred")
+    assert attempts(instance, "deferred", queue_id) == 1
 
     requeued = queue(instance, "requeue", "-", stdin=f"{queue_id}\n")
     assert requeued.returncode == 0, requeued.stderr
@@ -207,7 +219,7 @@ def test_hold_release_requeue_and_flush(instance: Instance) -> None:
     wait_deferred(instance, queue_id, 3)
 
     assert queue(instance, "delete", "ALL", "deferred").returncode == 0
-    assert not envelope_file(instance, "deferred", queue_id).exists()
+    assert not in_queue(instance, "deferred", queue_id)
 
 
 def test_bad_arguments(instance: Instance) -> None:
@@ -232,7 +244,7 @@ def test_active_messages_are_left_alone_while_the_daemon_runs(tmp_path: Path) ->
             refused = queue(instance, action, queue_id)
             assert refused.returncode == 1
             assert f"roost: {queue_id}: being delivered (in active/)" in refused.stderr
-        assert envelope_file(instance, "active", queue_id).exists()
+        assert in_queue(instance, "active", queue_id)
         flush = roost_cli(config, "queue", "flush")
         assert flush.returncode == 69
         assert "queue manager is not running" in flush.stderr
@@ -241,7 +253,7 @@ def test_active_messages_are_left_alone_while_the_daemon_runs(tmp_path: Path) ->
     # with the daemon down, active/ holds a crash leftover and may be changed
     held = roost_cli(config, "queue", "hold", queue_id)
     assert held.returncode == 0, held.stderr
-    assert envelope_file(instance, "hold", queue_id).exists()
+    assert in_queue(instance, "hold", queue_id)
     down = roost_cli(config, "queue", "flush")
     assert down.returncode == 69
     assert "Cannot flush mail queue - mail system is down" in down.stderr

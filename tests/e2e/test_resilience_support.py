@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from roost.queue.directory import QueueDirectory, QueueName
 from roost.queue.envelope import Envelope
 
 USERS = ("alice", "bob")
@@ -396,8 +397,10 @@ class SpoolAudit:
 
     messages: dict[str, str] = field(default_factory=dict)  # queue ID -> queue
     bad_envelopes: list[str] = field(default_factory=list)
+    # ID.env without its queue file: normal right after a kill (an interrupted move or
+    # removal), gone once recovery has run
     envelope_without_content: list[str] = field(default_factory=list)
-    uncommitted: list[str] = field(default_factory=list)  # content without envelope, *.tmp
+    uncommitted: list[str] = field(default_factory=list)  # queue files without trailer, *.tmp
     corrupt_queue: list[str] = field(default_factory=list)
 
     def pending(self) -> int:
@@ -405,35 +408,50 @@ class SpoolAudit:
 
 
 def audit_spool(queue_directory: Path) -> SpoolAudit:
-    """Parse every envelope of every queue with ``Envelope.from_json``."""
+    """Read every queue file of every queue (docs/spool.md) and parse its envelope with
+    ``Envelope.from_json``."""
     audit = SpoolAudit()
-    for queue in QUEUES:
-        directory = queue_directory / queue
-        try:
-            names = {p.name for p in directory.iterdir()}
-        except FileNotFoundError:
-            continue
-        for name in sorted(names):
-            path = directory / name
-            if queue == "corrupt":
-                audit.corrupt_queue.append(name)
+    envelopes: list[tuple[str, str]] = []
+    with QueueDirectory(queue_directory) as spool:
+        for queue in QUEUES:
+            directory = queue_directory / queue
+            try:
+                names = {p.name for p in directory.iterdir()}
+            except FileNotFoundError:
                 continue
-            if name.endswith(".env"):
-                queue_id = name[: -len(".env")]
+            for name in sorted(names):
+                if queue == "corrupt":
+                    audit.corrupt_queue.append(name)
+                    continue
+                if name.endswith(".tmp"):
+                    audit.uncommitted.append(f"{queue}/{name}")
+                    continue
+                if name.endswith(".env"):
+                    envelopes.append((queue, name[: -len(".env")]))
+                    continue
+                queue_id = name
                 try:
-                    envelope = Envelope.from_json(path.read_bytes())
+                    data = spool.read_envelope_data(QueueName(queue), queue_id)
                 except FileNotFoundError:
                     continue  # moved or removed by the running daemon meanwhile
                 except ValueError as exc:
                     audit.bad_envelopes.append(f"{queue}/{name}: {exc}")
                     continue
+                if data is None:
+                    if (directory / name).exists():
+                        audit.uncommitted.append(f"{queue}/{name}")
+                    continue
+                try:
+                    envelope = Envelope.from_json(data)
+                except ValueError as exc:
+                    audit.bad_envelopes.append(f"{queue}/{name}: {exc}")
+                    continue
                 if envelope.queue_id != queue_id:
                     audit.bad_envelopes.append(f"{queue}/{name}: queue_id {envelope.queue_id}")
-                if queue_id not in names:
-                    audit.envelope_without_content.append(f"{queue}/{name}")
                 audit.messages[queue_id] = queue
-            elif f"{name}.env" not in names:
-                audit.uncommitted.append(f"{queue}/{name}")
+        for queue, queue_id in envelopes:
+            if audit.messages.get(queue_id) != queue:
+                audit.envelope_without_content.append(f"{queue}/{queue_id}.env")
     return audit
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from roost.queue import QueueDirectory, QueueName
 from tests.conftest import ROOT, require_program, write_instance
 from tests.e2e.daemon import roost_cli
 from tests.e2e.instance import start_instance
@@ -129,8 +130,7 @@ def test_sendmail_t_i_from_cron_waits_in_maildrop_then_is_delivered_at_start(
     assert submitted.stdout == submitted.stderr == ""
 
     # the daemon is down: the message waits in maildrop/, and mailq shows it
-    [envelope_file] = (tmp_path / "spool" / "maildrop").glob("*.env")
-    queue_id = envelope_file.stem
+    [queue_id] = QueueDirectory(tmp_path / "spool").scan(QueueName.MAILDROP)
     listing = run(tmp_path, config, "mailq")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
@@ -421,9 +421,11 @@ def test_roost_sendmail_subcommand_and_mailq_when_empty(stopped: tuple[Path, Pat
         check=False,
     )
     assert submitted.returncode == 0, submitted.stderr
-    [envelope] = (directory / "spool" / "maildrop").glob("*.env")
-    assert '"address":"alice@mx.roost.test"' in envelope.read_text()  # append_at_myorigin
-    queue_id = envelope.stem
+    spool = QueueDirectory(directory / "spool")
+    [queue_id] = spool.scan(QueueName.MAILDROP)
+    envelope = spool.read_envelope_data(QueueName.MAILDROP, queue_id)
+    assert envelope is not None
+    assert b'"address":"alice@mx.roost.test"' in envelope  # append_at_myorigin
     deleted = roost_cli(config, "queue", "delete", queue_id)
     assert deleted.returncode == 0, deleted.stderr
     assert run(directory, config, "mailq").stdout == "Mail queue is empty\n"

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from roost.auth.passwdfile import (
+    LOOKUP_RECHECK_SECONDS,
     PasswdFileBackend,
     hash_password,
     parse_passwd_file,
     parse_quota_rule,
 )
-from roost.auth.users import FailureReason, UserBackendError, UserDatabase
+from roost.auth.users import (
+    FailureReason,
+    LookupWouldBlock,
+    User,
+    UserBackendError,
+    UserDatabase,
+)
 
 SECRET = "Tr0ub4dor&3"
 
@@ -365,3 +373,46 @@ def test_parse_quota_rule(rule: str, expected: int | None) -> None:
 def test_parse_quota_rule_errors(rule: str) -> None:
     with pytest.raises(ValueError):
         parse_quota_rule(rule)
+
+
+async def test_lookups_are_answered_in_the_event_loop_from_memory(tmp_path: Path) -> None:
+    path = write(tmp_path / "users", f"alice@example.com:{{PLAIN}}{SECRET}\n")
+    backend = PasswdFileBackend(path)
+    database = UserDatabase([backend])
+    with pytest.raises(LookupWouldBlock):
+        backend.lookup_nowait("alice@example.com")  # never read yet
+    first = await database.lookup("alice@example.com")  # reads the file (in a thread)
+    assert first is not None
+    assert backend.lookup_nowait("alice@example.com") == first  # from memory now
+    threads = {threading.get_ident()}
+    original = backend.lookup
+
+    def lookup_in_thread(name: str) -> User | None:
+        threads.add(threading.get_ident())
+        return original(name)
+
+    backend.lookup = lookup_in_thread  # type: ignore[method-assign]
+    assert await database.lookup("Alice@Example.COM") == first
+    assert threads == {threading.get_ident()}  # no thread hop for a known user
+
+
+async def test_a_user_added_a_moment_ago_is_found_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "users", f"alice@example.com:{{PLAIN}}{SECRET}\n")
+    database = UserDatabase([PasswdFileBackend(path)])
+    assert await database.lookup("alice@example.com") is not None
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"bob@example.com:{{PLAIN}}{SECRET}\n")
+    os.utime(path, ns=(1, 1))  # a new stamp even on a coarse clock
+    found = await database.lookup("bob@example.com")  # unknown in memory: read again
+    assert found is not None and found.login == "bob@example.com"
+
+
+async def test_a_memory_answer_is_at_most_a_second_old(tmp_path: Path) -> None:
+    path = write(tmp_path / "users", f"alice@example.com:{{PLAIN}}{SECRET}\n")
+    backend = PasswdFileBackend(path)
+    backend.lookup("alice@example.com")
+    backend._checked -= LOOKUP_RECHECK_SECONDS  # as if a second went by
+    with pytest.raises(LookupWouldBlock):
+        backend.lookup_nowait("alice@example.com")
+    write(path, "")  # alice removed: the thread path sees it
+    assert await UserDatabase([backend]).lookup("alice@example.com") is None

@@ -7,12 +7,21 @@ import logging
 import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from roost.daemon.logsetup import close_logging, program_name, reopen_logs, setup_logging
+from roost.daemon import logsetup
+from roost.daemon.logsetup import (
+    close_logging,
+    flush_logs,
+    program_name,
+    reopen_logs,
+    setup_logging,
+)
 
 PID = os.getpid()
 # "2026-11-21T06:00:00.123456+01:00 roost/smtpd[123]: message"
@@ -42,6 +51,7 @@ def syslog_receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
 
 
 def parsed(path: Path) -> list[re.Match[str]]:
+    flush_logs()  # the lines are written by a thread
     lines = path.read_text().splitlines()
     matches = [LINE.fullmatch(line) for line in lines]
     assert all(matches), lines
@@ -162,6 +172,7 @@ def test_failed_reopen_keeps_old_file(tmp_path: Path) -> None:
 def test_stderr_in_the_foreground(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging(to_syslog=False, maillog_file=None)
     logging.getLogger("roost.imap").warning("disconnected for inactivity")
+    flush_logs()
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     match = LINE.fullmatch(err[0])
@@ -175,6 +186,7 @@ def test_no_stderr_when_logging_to_a_file(
 ) -> None:
     setup_logging(to_syslog=False, maillog_file=tmp_path / "maillog")
     logging.getLogger("roost").info("quiet")
+    flush_logs()
     assert capsys.readouterr().err == ""
 
 
@@ -218,6 +230,7 @@ def test_missing_syslog_socket_falls_back_to_stderr(
     missing = tmp_path / "no-such-log"
     setup_logging(to_syslog=True, maillog_file=None, syslog_address=missing)
     logging.getLogger("roost.smtpd").info("still logged")
+    flush_logs()
     err = [LINE.fullmatch(line) for line in capsys.readouterr().err.splitlines()]
     warning = f"warning: cannot log to syslog at {missing}: [Errno 2] No such file or directory"
     assert [(m["program"], m["message"]) for m in err if m] == [
@@ -229,3 +242,52 @@ def test_missing_syslog_socket_falls_back_to_stderr(
 def test_unknown_facility() -> None:
     with pytest.raises(ValueError, match=r"'maill'.*local7"):
         setup_logging(facility="maill", to_syslog=True, maillog_file=None)
+
+
+_EXITING = """
+import logging, sys
+from pathlib import Path
+from roost.daemon.logsetup import setup_logging
+setup_logging(to_syslog=False, maillog_file=Path(sys.argv[1]))
+log = logging.getLogger("roost.smtpd")
+for n in range(2000):
+    log.info("line %d", n)
+if sys.argv[2] == "raise":
+    raise SystemExit("stopping")
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_every_queued_line_is_written_before_the_process_exits(tmp_path: Path, how: str) -> None:
+    maillog = tmp_path / "maillog"
+    child = subprocess.run(
+        [sys.executable, "-c", _EXITING, str(maillog), how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == (1 if how == "raise" else 0), child.stderr
+    messages = [m["message"] for m in parsed(maillog)]
+    assert messages == [f"line {n}" for n in range(2000)]
+
+
+def test_lines_keep_their_order_and_values_across_the_writer_thread(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    changing = ["before"]
+    log.info("value %s", changing)
+    changing[0] = "after"  # the line shows the value at the time of the call
+    assert [m["message"] for m in parsed(maillog)] == ["value ['before']"]
+
+
+def test_timestamps_are_those_of_datetime(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    record = logging.LogRecord("roost.smtpd", logging.INFO, __file__, 1, "x", None, None)
+    for created in (1_700_000_000.0, 1_700_000_000.9999996, 1_700_000_001.0000004, 1e9 + 0.5):
+        record.created = created
+        expected = dt.datetime.fromtimestamp(created).astimezone()
+        line = logsetup._handlers[0].format(record)  # the maillog file's formatter
+        assert line.startswith(expected.isoformat(timespec="microseconds") + " ")

@@ -17,6 +17,7 @@ import textwrap
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from roost.queue import (
     is_queue_id,
     queue_id_time,
 )
+from roost.queue.directory import TRAILER_LENGTH
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MESSAGE = (
@@ -309,9 +311,15 @@ async def test_enqueue_stores_exact_bytes_and_a_versioned_envelope(
 ) -> None:
     queue_id = await spool.enqueue(make_envelope(), MESSAGE)
     incoming = tmp_path / "queue" / "incoming"
-    assert sorted(os.listdir(incoming)) == [queue_id, queue_id + ".env"]
-    assert (incoming / queue_id).read_bytes() == MESSAGE
-    document = json.loads((incoming / (queue_id + ".env")).read_bytes())
+    assert sorted(os.listdir(incoming)) == [queue_id]  # one queue file, nothing else
+    data = (incoming / queue_id).read_bytes()
+    # content, envelope (one JSON line), trailer: docs/spool.md "The queue file"
+    envelope_line = data[len(MESSAGE) : -TRAILER_LENGTH]
+    assert data.startswith(MESSAGE) and envelope_line.endswith(b"\n")
+    crc = zlib.crc32(data[:-TRAILER_LENGTH])
+    trailer = b"roost-queue-file 1 %016x %08x %08x\n" % (len(MESSAGE), len(envelope_line), crc)
+    assert data[-TRAILER_LENGTH:] == trailer
+    document = json.loads(envelope_line)
     assert document["v"] == 1
     assert document["queue_id"] == queue_id and document["size"] == len(MESSAGE)
     stored = await spool.load_envelope(queue_id, QueueName.INCOMING)
@@ -459,7 +467,12 @@ async def test_streaming_50_mb_keeps_memory_low(tmp_path: Path) -> None:
             tracemalloc.stop()
         assert peak < 5_000_000, f"peak {peak} bytes"
         path = spool.directory.content_path(QueueName.INCOMING, queue_id)
-        assert path.stat().st_size == count * len(chunk) == writer.size
+        assert path.stat().st_size > count * len(chunk) == writer.size
+        with await spool.open_content(queue_id, QueueName.INCOMING) as content:
+            crc, total = 0, 0
+            while block := content.read(1 << 20):
+                crc, total = zlib.crc32(block, crc), total + len(block)
+        assert total == writer.size and crc == zlib.crc32(chunk * count)
 
 
 # -- the queue manager's side ------------------------------------------------------------
@@ -525,8 +538,11 @@ async def test_open_content_stays_readable_while_the_message_moves(spool: Spool)
 async def test_remove_deletes_both_files(spool: Spool, tmp_path: Path) -> None:
     keep = await spool.enqueue(make_envelope(), MESSAGE)
     gone = await spool.enqueue(make_envelope(), MESSAGE)
+    await spool.update_envelope(
+        gone, await spool.load_envelope(gone, QueueName.INCOMING), QueueName.INCOMING
+    )  # gone has an ID.env too
     await spool.remove(gone, QueueName.INCOMING)
-    assert files(tmp_path / "queue") == [f"incoming/{keep}", f"incoming/{keep}.env"]
+    assert files(tmp_path / "queue") == [f"incoming/{keep}"]
     for call in (
         spool.remove(gone, QueueName.INCOMING),
         spool.load_envelope(gone, QueueName.INCOMING),
@@ -553,7 +569,9 @@ async def test_a_corrupt_envelope_goes_to_corrupt_with_a_warning(
 ) -> None:
     queue_id = await spool.enqueue(make_envelope(), MESSAGE)
     path = tmp_path / "queue" / "incoming" / (queue_id + ".env")
-    path.write_bytes(path.read_bytes()[:40])  # torn by hand: the spool never does this
+    data = spool.directory.read_envelope_data(QueueName.INCOMING, queue_id)
+    assert data is not None
+    path.write_bytes(data[:40])  # torn by hand: the spool never does this
     with (
         caplog.at_level(logging.WARNING, logger="roost.queue"),
         pytest.raises(SpoolError) as caught,
@@ -732,9 +750,7 @@ async def test_a_commit_cancelled_before_its_batch_is_withdrawn(tmp_path: Path) 
         assert await spool.scan(QueueName.INCOMING) == kept
         assert notified == kept
         await writers[1].abort()  # a no-op now
-    assert files(tmp_path / "q") == sorted(
-        f"incoming/{name}" for qid in kept for name in (qid, qid + ".env")
-    )
+    assert files(tmp_path / "q") == sorted(f"incoming/{qid}" for qid in kept)
 
 
 async def test_a_queue_id_clash_fails_without_touching_the_other_file(tmp_path: Path) -> None:

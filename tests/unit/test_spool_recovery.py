@@ -27,6 +27,7 @@ from roost.queue import (
     Spool,
     WithProtocol,
 )
+from roost.queue.directory import TRAILER_LENGTH
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MESSAGE = b"Subject: recovery\r\n\r\nbody\r\n"
@@ -92,7 +93,82 @@ async def test_temp_files_are_deleted(queue: Path) -> None:
         "deferred/" + queue_id + ".env.tmp",
         "incoming/4Wk3nB0h2Fz1x.env.tmp",
     ]
-    assert files(queue) == [f"incoming/{queue_id}", f"incoming/{queue_id}.env"]
+    assert files(queue) == [f"incoming/{queue_id}"]
+
+
+def update(queue: Path, queue_id: str, where: QueueName, state: RecipientState) -> Envelope:
+    """Store a new envelope (``ID.env``) with the recipient in ``state``; return it."""
+    with QueueDirectory(queue) as directory:
+        loaded = directory.load_envelope(queue_id, where)
+        changed = loaded.replace_recipient(0, Recipient("b@example.net", state=state))
+        directory.update_envelope(queue_id, changed, where)
+    return changed
+
+
+def load(queue: Path, queue_id: str, where: QueueName) -> Envelope:
+    with QueueDirectory(queue) as directory:
+        return directory.load_envelope(queue_id, where)
+
+
+async def test_a_queue_file_cut_short_by_a_crash_is_removed(queue: Path) -> None:
+    # Killed while writing: the file ends anywhere before its trailer is complete.
+    queue_id = commit(queue)
+    data = (queue / "incoming" / queue_id).read_bytes()
+    for cut in (0, len(MESSAGE) // 2, len(data) - TRAILER_LENGTH, len(data) - 1):
+        (queue / "incoming" / queue_id).write_bytes(data[:cut])
+        async with Spool(queue) as spool:
+            assert await spool.scan(QueueName.INCOMING) == []  # never delivered
+            report = await spool.recover()
+        assert report.removed == (f"incoming/{queue_id}",)
+        assert files(queue) == []
+
+
+async def test_a_torn_queue_file_whose_trailer_survived_is_removed(queue: Path) -> None:
+    # A crash before fdatasync returned may keep the trailer's page but not an earlier
+    # one (zeros instead of content): the CRC-32 tells it from a committed file.
+    queue_id = commit(queue)
+    path = queue / "incoming" / queue_id
+    data = bytearray(path.read_bytes())
+    data[3:9] = bytes(6)
+    path.write_bytes(bytes(data))
+    report = await recover(queue)
+    assert report.removed == (f"incoming/{queue_id}",)
+    assert files(queue) == []
+
+
+async def test_a_queue_file_without_trailer_outside_incoming_goes_to_corrupt(
+    queue: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only committed files are renamed into deferred/: a bad one there is not garbage.
+    queue_id = commit(queue, QueueName.DEFERRED)
+    path = queue / "deferred" / queue_id
+    path.write_bytes(path.read_bytes()[:-1])
+    with caplog.at_level(logging.WARNING, logger="roost.queue"):
+        report = await recover(queue)
+    assert report.corrupt == (queue_id,)
+    assert files(queue) == [f"corrupt/{queue_id}"]
+    assert "no valid queue file trailer" in caplog.text
+
+
+async def test_messages_of_the_two_file_format_are_upgraded(queue: Path) -> None:
+    queue_id = QueueIdGenerator()()
+    stored = Envelope(
+        "a@example.org",
+        (Recipient("b@example.net"),),
+        1e9,
+        WithProtocol.ESMTP,
+        queue_id=queue_id,
+        size=len(MESSAGE),
+    )
+    (queue / "deferred" / queue_id).write_bytes(MESSAGE)  # as roost 0.x stored it
+    (queue / "deferred" / f"{queue_id}.env").write_text(stored.to_json() + "\n")
+    report = await recover(queue)
+    assert report == RecoveryReport()
+    assert load(queue, queue_id, QueueName.DEFERRED) == stored
+    with QueueDirectory(queue) as directory:
+        assert directory.scan(QueueName.DEFERRED) == [queue_id]
+        with directory.open_content(queue_id, QueueName.DEFERRED) as content:
+            assert content.read() == MESSAGE
 
 
 async def test_content_without_envelope_is_garbage_never_a_message(queue: Path) -> None:
@@ -134,16 +210,15 @@ async def test_a_message_being_written_by_this_process_is_kept(queue: Path) -> N
         assert await spool.scan(QueueName.INCOMING) == [queue_id]
 
 
-async def test_envelope_without_content_goes_to_corrupt(
-    queue: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_an_envelope_left_by_an_interrupted_removal_is_deleted(queue: Path) -> None:
+    # remove: the queue file is unlinked first (the removal's commit), then ID.env.
     queue_id = commit(queue, QueueName.DEFERRED)
+    update(queue, queue_id, QueueName.DEFERRED, RecipientState.DEFERRED)
     (queue / "deferred" / queue_id).unlink()
-    with caplog.at_level(logging.WARNING, logger="roost.queue"):
-        report = await recover(queue)
-    assert report.corrupt == (queue_id,)
-    assert files(queue) == [f"corrupt/{queue_id}.env"]
-    assert "envelope without content" in caplog.text
+    report = await recover(queue)
+    assert report.removed == (f"deferred/{queue_id}.env",)
+    assert report.corrupt == ()
+    assert files(queue) == []
 
 
 async def test_active_messages_return_to_incoming_with_their_state(queue: Path) -> None:
@@ -164,22 +239,25 @@ async def test_active_messages_return_to_incoming_with_their_state(queue: Path) 
             assert content.read() == MESSAGE
 
 
-async def test_move_interrupted_after_linking_the_content(queue: Path) -> None:
-    # link(incoming/ID, active/ID) done; rename of the envelope not: still in incoming.
+async def test_move_interrupted_after_placing_the_envelope(queue: Path) -> None:
+    # dst/ID.env is in place (a link to src/ID.env); the queue file was not renamed yet.
     queue_id = commit(queue)
-    os.link(queue / "incoming" / queue_id, queue / "active" / queue_id)
+    changed = update(queue, queue_id, QueueName.INCOMING, RecipientState.DEFERRED)
+    os.link(queue / "incoming" / f"{queue_id}.env", queue / "active" / f"{queue_id}.env")
     report = await recover(queue)
-    assert report.removed == (f"active/{queue_id}",)
+    assert report.removed == (f"active/{queue_id}.env",)
     assert files(queue) == [f"incoming/{queue_id}", f"incoming/{queue_id}.env"]
+    assert load(queue, queue_id, QueueName.INCOMING) == changed
 
 
-async def test_move_interrupted_after_the_envelope_rename(queue: Path) -> None:
-    # The envelope is in deferred/ with its content; the old link in active/ remains.
+async def test_move_interrupted_before_the_old_envelope_was_unlinked(queue: Path) -> None:
+    # The queue file and its new envelope are in deferred/; the stale one in active/ stays.
     queue_id = commit(queue, QueueName.ACTIVE)
-    os.link(queue / "active" / queue_id, queue / "deferred" / queue_id)
-    os.rename(queue / "active" / f"{queue_id}.env", queue / "deferred" / f"{queue_id}.env")
+    update(queue, queue_id, QueueName.ACTIVE, RecipientState.PENDING)
+    os.link(queue / "active" / f"{queue_id}.env", queue / "deferred" / f"{queue_id}.env")
+    os.rename(queue / "active" / queue_id, queue / "deferred" / queue_id)
     report = await recover(queue)
-    assert report.removed == (f"active/{queue_id}",)
+    assert report.removed == (f"active/{queue_id}.env",)
     assert report.requeued == ()
     assert files(queue) == [f"deferred/{queue_id}", f"deferred/{queue_id}.env"]
     async with Spool(queue) as spool:
@@ -187,22 +265,43 @@ async def test_move_interrupted_after_the_envelope_rename(queue: Path) -> None:
             assert content.read() == MESSAGE
 
 
-async def test_a_move_can_be_redone_over_a_leftover_link(queue: Path) -> None:
+async def test_a_moved_queue_file_gets_back_the_envelope_it_left_behind(queue: Path) -> None:
+    # The queue file's rename reached the disk, the envelope's placement did not: the
+    # envelope left in the source queue is the message's and goes with it.
+    queue_id = commit(queue, QueueName.ACTIVE)
+    changed = update(queue, queue_id, QueueName.ACTIVE, RecipientState.DELIVERED)
+    os.rename(queue / "active" / queue_id, queue / "deferred" / queue_id)
+    report = await recover(queue)
+    assert report.removed == ()
+    assert files(queue) == [f"deferred/{queue_id}", f"deferred/{queue_id}.env"]
+    assert load(queue, queue_id, QueueName.DEFERRED) == changed  # not delivered again
+
+
+async def test_a_stale_envelope_in_the_target_queue_never_comes_into_force(queue: Path) -> None:
     queue_id = commit(queue)
-    (queue / "active" / queue_id).write_bytes(b"stale link from an interrupted move")
+    original = load(queue, queue_id, QueueName.INCOMING)
+    stale = original.replace_recipient(
+        0, Recipient("b@example.net", state=RecipientState.DELIVERED)
+    )
+    (queue / "active" / f"{queue_id}.env").write_text(stale.to_json() + "\n")
     async with Spool(queue) as spool:
         await spool.move(queue_id, QueueName.INCOMING, QueueName.ACTIVE)
+        assert await spool.load_envelope(queue_id, QueueName.ACTIVE) == original
         with await spool.open_content(queue_id, QueueName.ACTIVE) as content:
             assert content.read() == MESSAGE
+    assert files(queue) == [f"active/{queue_id}"]
 
 
 async def test_update_interrupted_before_its_rename_keeps_the_old_envelope(queue: Path) -> None:
     queue_id = commit(queue, QueueName.DEFERRED)
-    original = (queue / "deferred" / f"{queue_id}.env").read_bytes()
+    with QueueDirectory(queue) as directory:
+        original = directory.read_envelope_data(QueueName.DEFERRED, queue_id)
+    assert original is not None
     (queue / "deferred" / f"{queue_id}.env.tmp").write_bytes(original[:25])
     await recover(queue)
-    assert (queue / "deferred" / f"{queue_id}.env").read_bytes() == original
-    assert files(queue) == [f"deferred/{queue_id}", f"deferred/{queue_id}.env"]
+    with QueueDirectory(queue) as directory:
+        assert directory.read_envelope_data(QueueName.DEFERRED, queue_id) == original
+    assert files(queue) == [f"deferred/{queue_id}"]
 
 
 _KILLED_WRITER = textwrap.dedent(
@@ -245,5 +344,22 @@ async def test_a_writer_killed_mid_message_leaves_only_garbage(queue: Path) -> N
 async def test_recovered_envelopes_are_still_valid_json(queue: Path) -> None:
     queue_id = commit(queue, QueueName.ACTIVE)
     await recover(queue)
-    document = json.loads((queue / "incoming" / f"{queue_id}.env").read_bytes())
+    with QueueDirectory(queue) as directory:
+        data = directory.read_envelope_data(QueueName.INCOMING, queue_id)
+    assert data is not None
+    document = json.loads(data)
     assert document["v"] == 1 and document["queue_id"] == queue_id
+
+
+def test_a_file_committed_after_recovery_found_it_unfinished_is_kept(queue: Path) -> None:
+    # Recovery deletes an unfinished file only under its lock, after reading it again:
+    # a writer in another process may have finished it (and let go of the lock) since.
+    queue_id = commit(queue)
+    path = queue / "incoming" / queue_id
+    age(path, 10)
+    removed = QueueDirectory._remove_abandoned(str(path), time.time(), check=QueueName.INCOMING)
+    assert not removed and path.exists()
+    path.write_bytes(path.read_bytes()[:-1])  # unfinished after all
+    age(path, 10)
+    removed = QueueDirectory._remove_abandoned(str(path), time.time(), check=QueueName.INCOMING)
+    assert removed and not path.exists()

@@ -31,8 +31,13 @@ reason`` in the log and in :attr:`PasswdFileBackend.problems`; the other lines w
 first of two lines for the same user wins, as in Dovecot.
 
 The file is read on first use and read again whenever ``(st_mtime_ns, st_size, st_ino)``
-changes, checked with one ``stat`` per lookup (Dovecot checks mtime and size). A missing or
-unreadable file is a backend error (temporary failure), not "no users".
+changes (Dovecot checks mtime and size). Password checks ``stat`` the file every time;
+lookups (recipient validation, delivery) of users it holds are answered from memory, in
+the event loop (:meth:`PasswdFileBackend.lookup_nowait`), if the file was found unchanged
+less than :data:`LOOKUP_RECHECK_SECONDS` ago; a removed user may thus still be found for
+that long. A name not found in memory is always checked against the file (a user added
+a moment ago is known at once). A
+missing or unreadable file is a backend error (temporary failure), not "no users".
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +57,7 @@ from typing import Final
 from roost.auth.schemes import PasswordSchemeError, check_hash, hash_password, verify_password
 from roost.auth.users import (
     FailureReason,
+    LookupWouldBlock,
     User,
     UserBackendError,
     VerifyResult,
@@ -370,6 +377,10 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16), "SHA512-CRYPT")
 
 
+#: Seconds a lookup may trust the file read last without checking it for changes.
+LOOKUP_RECHECK_SECONDS: Final = 1.0
+
+
 class PasswdFileBackend:
     """A :class:`~roost.auth.users.UserBackend` reading a Dovecot passwd-file.
 
@@ -399,6 +410,7 @@ class PasswdFileBackend:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._file: PasswdFile | None = None
+        self._checked = -LOOKUP_RECHECK_SECONDS  # time.monotonic() of the last good stat
 
     @property
     def name(self) -> str:
@@ -431,6 +443,7 @@ class PasswdFileBackend:
             except OSError as exc:
                 raise UserBackendError(f"{self._name}: {exc.strerror}") from None
             if self._file is not None and stamp == self._stamp:
+                self._checked = time.monotonic()
                 return self._file
             try:
                 with open(self._path, "rb") as handle:
@@ -450,6 +463,7 @@ class PasswdFileBackend:
                 logger.warning("passwd-file %s", problem)
             logger.info("passwd-file %s: read %d users", self._path, len(parsed.entries))
             self._file, self._stamp = parsed, stamp
+            self._checked = time.monotonic()
             return parsed
 
     def lookup(self, name: str) -> User | None:
@@ -459,6 +473,19 @@ class PasswdFileBackend:
             UserBackendError: the file cannot be read.
         """
         entry = self.load().entries.get(name.lower())
+        return None if entry is None else entry.user
+
+    def lookup_nowait(self, name: str) -> User | None:
+        """Find a user from memory, if the file was found unchanged less than
+        :data:`LOOKUP_RECHECK_SECONDS` ago. See :class:`roost.auth.users.CachedLookup`.
+
+        Raises:
+            LookupWouldBlock: the file must be checked (or read) first: call :meth:`lookup`.
+        """
+        current = self._file
+        if current is None or time.monotonic() - self._checked >= LOOKUP_RECHECK_SECONDS:
+            raise LookupWouldBlock(self._name)
+        entry = current.entries.get(name.lower())
         return None if entry is None else entry.user
 
     def verify(self, login: str, password: str) -> VerifyResult:

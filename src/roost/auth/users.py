@@ -42,7 +42,7 @@ import enum
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Protocol
@@ -51,7 +51,9 @@ from roost.auth._net import IPAddress, parse_ip
 
 __all__ = [
     "MAX_LOGIN_LENGTH",
+    "CachedLookup",
     "FailureReason",
+    "LookupWouldBlock",
     "User",
     "UserBackend",
     "UserBackendError",
@@ -186,6 +188,25 @@ class UserBackendError(Exception):
     """
 
 
+class LookupWouldBlock(Exception):
+    """A backend cannot answer :meth:`CachedLookup.lookup_nowait` from memory right now;
+    ask it through :meth:`UserBackend.lookup` in a thread instead."""
+
+
+class CachedLookup(Protocol):
+    """A backend that can often answer a lookup from memory, without blocking (the
+    passwd-file). :class:`UserDatabase` then answers in the event loop, with no thread hop;
+    backends without it are always asked in a thread."""
+
+    def lookup_nowait(self, name: str) -> User | None:
+        """Like :meth:`UserBackend.lookup`, from memory only.
+
+        Raises:
+            LookupWouldBlock: the answer needs I/O (a first read, a check for changes).
+        """
+        ...
+
+
 class UserBackend(Protocol):
     """One source of users: passwd-file, LDAP, PAM/system accounts.
 
@@ -292,6 +313,10 @@ class UserDatabase:
             raise ValueError(f"invalid default realm {default_realm!r}")
         self._backends: tuple[UserBackend, ...] = tuple(backends)
         self._realm = None if default_realm is None else default_realm.lower()
+        nowait = [getattr(backend, "lookup_nowait", None) for backend in self._backends]
+        self._nowait: tuple[Callable[[str], User | None], ...] | None = (
+            tuple(f for f in nowait if f is not None) if all(nowait) else None
+        )
 
     @property
     def backends(self) -> tuple[UserBackend, ...]:
@@ -382,7 +407,26 @@ class UserDatabase:
             UserBackendError: no backend knows the user and at least one could not answer;
                 the caller should fail temporarily (SMTP ``451 4.3.0``).
         """
+        if self._nowait is not None:
+            try:
+                return self._lookup_nowait(name, self._nowait)
+            except LookupWouldBlock:
+                pass
         return await asyncio.to_thread(self.lookup_sync, name)
+
+    def _lookup_nowait(
+        self, name: str, lookups: tuple[Callable[[str], User | None], ...]
+    ) -> User | None:
+        """:meth:`lookup_sync` answered from the backends' memory (see
+        :class:`CachedLookup`), for users found there. Raises :class:`LookupWouldBlock`
+        when a backend cannot answer from memory, and when no backend knows the name: a
+        user added a moment ago is then found by the real lookup at once."""
+        for candidate in self.candidates(name):
+            for lookup in lookups:
+                user = lookup(candidate)
+                if user is not None:
+                    return user
+        raise LookupWouldBlock(name)
 
     async def verify(
         self, login: str, password: str, *, remote_address: str | None = None

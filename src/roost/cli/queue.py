@@ -103,9 +103,8 @@ def read_envelope(directory: QueueDirectory, queue: QueueName, queue_id: str) ->
         EnvelopeError: the envelope is not valid.
         OSError: it cannot be read.
     """
-    try:
-        data = directory.envelope_path(queue, queue_id).read_bytes()
-    except FileNotFoundError:
+    data = directory.read_envelope_data(queue, queue_id)
+    if data is None:
         return None
     envelope = Envelope.from_json(data)
     if envelope.queue_id != queue_id:
@@ -374,7 +373,7 @@ def _find(
     directory: QueueDirectory, queue_id: str, queues: Sequence[QueueName]
 ) -> QueueName | None:
     for queue in queues:
-        if directory.envelope_path(queue, queue_id).exists():
+        if directory.has_message(queue, queue_id):
             return queue
     return None
 

@@ -9,14 +9,22 @@ written for Postfix keep working. Warnings, errors and critical events get Postf
 Lines go to syslog (``/dev/log``, read by journald or rsyslog), to ``maillog_file``, or to
 stderr in the foreground. Parameters: ``syslog_name``, ``syslog_facility``,
 ``maillog_file`` (Postfix >= 3.4).
+
+The event loop only queues each record (a ``QueueHandler``: the message's ``%`` arguments
+are merged at once, nothing else); one thread formats the lines and writes them, so a
+slow ``write`` to a busy disk never holds up the sessions. The thread is woken by each
+record, so a crash loses at most the lines of the last few milliseconds; a normal exit,
+:func:`close_logging` and :func:`flush_logs` wait until every queued line is written.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import logging.handlers
 import os
+import queue
 import socket
 import sys
 import threading
@@ -26,6 +34,7 @@ from typing import Final, TextIO
 
 __all__ = [
     "close_logging",
+    "flush_logs",
     "program_name",
     "reopen_logs",
     "setup_logging",
@@ -46,7 +55,10 @@ _SEVERITY_PREFIX: Final[dict[int, str]] = {
 _UNPRINTABLE: Final = {c: "?" for c in (*range(0x20), 0x7F) if c != 0x09}
 
 _lock = threading.Lock()
-_handlers: list[logging.Handler] = []
+_handlers: list[logging.Handler] = []  # the destinations, fed by _listener
+_front: list[logging.Handler] = []  # on the roost logger: the QueueHandler
+_listener: _Writer | None = None
+_log_queue: queue.SimpleQueue[logging.LogRecord] | None = None
 
 
 def program_name(logger_name: str, syslog_name: str = "roost") -> str:
@@ -73,28 +85,51 @@ def program_name(logger_name: str, syslog_name: str = "roost") -> str:
 
 
 class _PostfixFormatter(logging.Formatter):
-    """``[timestamp ]program[pid]: [warning: ]message``, always one line."""
+    """``[timestamp ]program[pid]: [warning: ]message``, always one line.
+
+    The timestamp is ``datetime.fromtimestamp(created).astimezone().isoformat(timespec=
+    "microseconds")``; its date, time and offset are computed once per second and the
+    microseconds filled in.
+    """
 
     def __init__(self, syslog_name: str, *, timestamps: bool) -> None:
         super().__init__()
         self._syslog_name = syslog_name
         self._timestamps = timestamps
+        self._programs: dict[str, str] = {}
+        self._second: tuple[int, str, str] = (-1, "", "")  # second, date+time, offset
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             message = f"{message}: {_describe_exception(record.exc_info[1])}"
         message = message.translate(_UNPRINTABLE)
-        program = program_name(record.name, self._syslog_name)
+        program = self._programs.get(record.name)
+        if program is None:
+            program = self._programs[record.name] = program_name(record.name, self._syslog_name)
         pid = record.process if record.process is not None else os.getpid()
         prefix = _SEVERITY_PREFIX.get(record.levelno, "")
         if record.levelno > logging.CRITICAL:
             prefix = "fatal: "
         line = f"{program}[{pid}]: {prefix}{message}"
         if self._timestamps:
-            when = dt.datetime.fromtimestamp(record.created).astimezone()
-            line = f"{when.isoformat(timespec='microseconds')} {line}"
+            line = f"{self._timestamp(record.created)} {line}"
         return line
+
+    def _timestamp(self, created: float) -> str:
+        """``2026-11-21T06:00:00.123456+01:00`` for ``created`` (seconds since the epoch),
+        exactly as ``datetime.fromtimestamp(created).astimezone().isoformat(...)``."""
+        second = int(created // 1)
+        micro = round((created - second) * 1e6)  # datetime rounds half to even too
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        cached = self._second
+        if cached[0] != second:
+            when = dt.datetime.fromtimestamp(second).astimezone()
+            text = when.isoformat(timespec="seconds")
+            cut = 19  # YYYY-MM-DDTHH:MM:SS, then the offset
+            cached = self._second = (second, text[:cut], text[cut:])
+        return f"{cached[1]}.{micro:06d}{cached[2]}"
 
 
 def _describe_exception(error: BaseException) -> str:
@@ -230,10 +265,69 @@ def setup_logging(
         logger.setLevel(logging.DEBUG if debug else logging.INFO)
         logger.propagate = False
         _route_library_loggers()
+        _lighten_records()
     for handler in old:
         handler.close()
     if fallback_warning is not None:
         logger.warning(fallback_warning)
+
+
+def _lighten_records() -> None:
+    """Skip what every ``LogRecord`` would compute and roost's lines never show: the
+    caller's file and line (a stack walk per record), the process ID (a ``getpid`` system
+    call per record: the formatter asks once per line in the writer thread instead), the
+    thread and the multiprocessing names. See the logging HOWTO, "Optimization"."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
+class _QueueFront(logging.handlers.QueueHandler):
+    """Queues a record for the writer thread; the event loop does no more than this."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Merge the arguments now (they may change later); formatting, the exception's
+        # description included, happens in the writer thread.
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        return record
+
+
+class _FlushMark(logging.LogRecord):
+    """Not a line: the writer thread sets :attr:`written` when it reaches this record."""
+
+    def __init__(self) -> None:
+        super().__init__(ROOT_LOGGER, logging.DEBUG, __file__, 0, "", None, None)
+        self.written = threading.Event()
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The writer thread: formats each queued record and hands it to the destinations."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if isinstance(record, _FlushMark):
+            record.written.set()
+            return
+        super().handle(record)
+
+
+def flush_logs(timeout: float = 10.0) -> None:
+    """Wait until every line logged so far is written (for a clean exit, and for tests).
+
+    Must not be called from the writer thread itself (a handler).
+
+    Args:
+        timeout: give up after this many seconds (a wedged destination).
+    """
+    with _lock:
+        log_queue, listener = _log_queue, _listener
+    if log_queue is None or listener is None:
+        return
+    mark = _FlushMark()
+    log_queue.put_nowait(mark)
+    mark.written.wait(timeout)
 
 
 #: Libraries whose records go through roost's handlers (one line, control characters
@@ -285,21 +379,52 @@ def _unreachable(address: str) -> str | None:
 
 
 def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> list[logging.Handler]:
+    """Install ``new`` behind a fresh queue and writer thread; stop the old thread after
+    it has written every line queued so far. Return the old handlers (to close)."""
+    global _listener, _log_queue
+    for front in _front:
+        logger.removeHandler(front)
+    _front.clear()
+    if _listener is not None:
+        _listener.stop()  # writes what is queued, then ends the thread
+        _listener = _log_queue = None
     old = list(_handlers)
-    for handler in old:
-        logger.removeHandler(handler)
     _handlers[:] = new
-    for handler in new:
-        logger.addHandler(handler)
+    if new:
+        _log_queue = queue.SimpleQueue()  # put() is C code: the cheapest hand-off
+        _listener = _Writer(_log_queue, *new, respect_handler_level=True)
+        _listener.start()
+        front = _QueueFront(_log_queue)
+        _front.append(front)
+        logger.addHandler(front)
     return old
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Write every queued line before the interpreter exits (registered after logging's
+    own ``shutdown``, so it runs before the handlers are closed)."""
+    global _listener, _log_queue
+    with _lock:
+        listener, _listener, _log_queue = _listener, None, None
+        logger = logging.getLogger(ROOT_LOGGER)
+        for front in _front:  # lines logged from now on are written at once
+            logger.removeHandler(front)
+        _front.clear()
+        for handler in _handlers:
+            logger.addHandler(handler)
+    if listener is not None:
+        listener.stop()
 
 
 def reopen_logs() -> None:
     """Reopen ``maillog_file`` after log rotation (on SIGHUP or ``roost reload``).
 
     A file that cannot be reopened is reported on the handler's error path and the old
-    file stays in use. Syslog and stderr need nothing.
+    file stays in use. Syslog and stderr need nothing. Lines logged before the call go to
+    the old file.
     """
+    flush_logs()
     with _lock:
         handlers = list(_handlers)
     for handler in handlers:

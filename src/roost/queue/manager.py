@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from roost.address import AddressError, parse_mailbox
 from roost.delivery.router import Destination, Router
 from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
-from roost.queue.directory import QueueName
+from roost.queue.directory import QueueDirectory, QueueName
 from roost.queue.envelope import Envelope, Recipient, RecipientState, WithProtocol
 from roost.queue.errors import SpoolError
 from roost.queue.schedule import RetryPolicy
@@ -342,7 +342,7 @@ class QueueManager:
                 )
                 continue
             groups.setdefault(self.router.destination(address), []).append((index, recipient))
-        content_path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
+        directory = self.spool.directory
         for destination, recipients in groups.items():
             transport = self.transports.get(destination)
             if transport is None:
@@ -356,7 +356,7 @@ class QueueManager:
                 queue_id=queue_id,
                 envelope=envelope,
                 recipients=tuple(recipients),
-                open_content=lambda: open(content_path, "rb"),  # noqa: SIM115
+                open_content=functools.partial(directory.open_content, queue_id, QueueName.ACTIVE),
                 content_size=envelope.size,
             )
             try:
@@ -517,8 +517,9 @@ class QueueManager:
         will_retry_until: float | None = None,
     ) -> None:
         try:
-            path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
-            original = await asyncio.to_thread(_read_limited, path, self.bounce_size_limit + 1)
+            original = await asyncio.to_thread(
+                _read_limited, self.spool.directory, queue_id, self.bounce_size_limit + 1
+            )
             message = build_dsn(
                 envelope=envelope,
                 recipients=lines,
@@ -542,8 +543,8 @@ class QueueManager:
         log.info("%s: sender %s notification: %s", queue_id, kind, new_id)
 
 
-def _read_limited(path: Path, limit: int) -> bytes:
-    with open(path, "rb") as handle:
+def _read_limited(directory: QueueDirectory, queue_id: str, limit: int) -> bytes:
+    with directory.open_content(queue_id, QueueName.ACTIVE) as handle:
         return handle.read(limit)
 
 

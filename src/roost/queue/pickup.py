@@ -174,7 +174,7 @@ class Pickup:
             OSError: the content cannot be read.
         """
         for queue in _LATER_QUEUES:
-            if directory.envelope_path(queue, queue_id).exists():
+            if directory.has_message(queue, queue_id):
                 log.info("%s: already in %s/; removing the maildrop/ copy", queue_id, queue)
                 directory.remove(queue_id, QueueName.MAILDROP)
                 return False

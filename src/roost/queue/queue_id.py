@@ -1,6 +1,6 @@
 """Queue IDs: unique, 13 characters, sortable by arrival time.
 
-A queue ID names one message in the spool (the content file ``ID`` and the envelope
+A queue ID names one message in the spool (its queue file ``ID`` and, after an update,
 ``ID.env``) and appears on every log line about that message, as in Postfix.
 
 Format, modelled on Postfix's long queue IDs (``enable_long_queue_ids = yes``)::

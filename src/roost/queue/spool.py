@@ -7,7 +7,8 @@ message through ``on_commit`` and reads it with :meth:`Spool.load_envelope` and
 
 Group commit: every change (commit, envelope update, move, remove) becomes a job in one
 queue. A single committer thread takes *all* jobs waiting at that moment as one batch,
-writes their files, flushes them, renames, and fsyncs each touched directory once; then
+writes their files, flushes them and the directories of new files, renames (for changes
+other than commits), and fsyncs each touched directory once; then
 every caller of the batch is answered. While one batch is on disk the next one gathers, so
 batches grow with the load and the number of fsyncs per message falls.
 """
@@ -23,6 +24,7 @@ import enum
 import functools
 import logging
 import os
+import zlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO, Final, TypeAlias, TypeVar
@@ -78,6 +80,9 @@ class Spool:
         buffer_size: bytes a :class:`MessageWriter` keeps in memory before it writes to
             disk; a writer's memory stays near this whatever the message size.
         queue_ids: makes queue IDs; a :class:`QueueIdGenerator` by default.
+        precreate: create each new message's queue file in an I/O thread as soon as
+            :meth:`new_message` is called (while the client sends the content), rather
+            than in the committer thread at commit time.
     """
 
     def __init__(
@@ -92,11 +97,13 @@ class Spool:
         max_batch: int = 1024,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         queue_ids: Callable[[], str] | None = None,
+        precreate: bool = True,
     ) -> None:
         if min(io_threads, flush_threads, max_batch, buffer_size) < 1:
             raise ValueError("io_threads, flush_threads, max_batch, buffer_size must be >= 1")
         self.directory = QueueDirectory(queue_directory, sync_method, flush_threads=flush_threads)
         self.buffer_size = buffer_size
+        self.precreate = precreate
         self._on_commit = on_commit
         self._queue_ids: Callable[[], str] = queue_ids or QueueIdGenerator()
         self._max_batch = max_batch if group_commit else 1
@@ -382,12 +389,24 @@ class _State(enum.Enum):
 class MessageWriter:
     """Streams one new message into the spool; made by :meth:`Spool.new_message`.
 
-    Content goes to the uncommitted file ``<queue>/<queue_id>`` in ``buffer_size`` pieces,
+    Content goes to the uncommitted queue file ``<queue>/<queue_id>`` in ``buffer_size``
+    pieces,
     so memory stays bounded whatever the message size. Nothing is a message until
     :meth:`commit` returns. Not for concurrent use: await each call before the next.
     """
 
-    __slots__ = ("_buffer", "_fd", "_flush", "_queue", "_queue_id", "_size", "_spool", "_state")
+    __slots__ = (
+        "_buffer",
+        "_crc",
+        "_creating",
+        "_fd",
+        "_flush",
+        "_queue",
+        "_queue_id",
+        "_size",
+        "_spool",
+        "_state",
+    )
 
     def __init__(self, spool: Spool, queue: QueueName, queue_id: str) -> None:
         self._spool = spool
@@ -395,7 +414,15 @@ class MessageWriter:
         self._queue_id = queue_id
         self._buffer = bytearray()
         self._size = 0
+        self._crc = 0  # CRC-32 of the bytes written to the file so far
         self._fd: int | None = None
+        # The queue file is created at once, in an I/O thread, while the client sends the
+        # content: the commit then only writes and flushes it.
+        self._creating: concurrent.futures.Future[int] | None = (
+            spool._io.submit(spool.directory.create_content, queue, queue_id)
+            if spool.precreate
+            else None
+        )
         self._flush: concurrent.futures.Future[None] | None = None
         self._state = _State.OPEN
 
@@ -439,7 +466,12 @@ class MessageWriter:
     def _write_sync(self, data: bytearray) -> None:
         directory = self._spool.directory
         if self._fd is None:
-            self._fd = directory.create_content(self._queue, self._queue_id)
+            creating, self._creating = self._creating, None
+            if creating is not None:
+                self._fd = creating.result()  # raises its SpoolError
+            else:
+                self._fd = directory.create_content(self._queue, self._queue_id)
+        self._crc = zlib.crc32(data, self._crc)
         try:
             _write_all(self._fd, data)
         except OSError as exc:
@@ -447,8 +479,9 @@ class MessageWriter:
             raise SpoolError.from_os_error(exc, action, queue_id=self._queue_id) from exc
 
     async def commit(self, envelope: Envelope) -> str:
-        """Make the message durable and visible; return after the envelope's rename and the
-        directory fsync (the moment the SMTP server may answer ``250``).
+        """Make the message durable and visible; return once its queue file (content,
+        envelope, trailer) and its directory entry are flushed (the moment the SMTP server
+        may answer ``250``).
 
         Args:
             envelope: the envelope; ``queue_id`` (must be ``""`` or this writer's) and
@@ -467,8 +500,22 @@ class MessageWriter:
         if envelope.queue_id not in ("", self._queue_id):
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
         stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        if self._fd is None and self._creating is not None:
+            try:
+                self._fd = await asyncio.wrap_future(self._creating)
+            except BaseException:
+                self._state = _State.FAILED  # abort() tidies up
+                raise
+            finally:
+                self._creating = None
         job = _CommitJob(
-            self._queue, self._queue_id, self._fd, self._buffer, encode_envelope(stored)
+            self._queue,
+            self._queue_id,
+            self._fd,
+            self._buffer,
+            encode_envelope(stored),
+            content_length=self._size,
+            crc=self._crc,
         )
         self._fd = None
         self._buffer = bytearray()
@@ -491,9 +538,13 @@ class MessageWriter:
         if self._flush is not None and not self._flush.done():
             with contextlib.suppress(BaseException):
                 await asyncio.wrap_future(self._flush)
+        creating, self._creating = self._creating, None
+        if creating is not None and self._fd is None:
+            with contextlib.suppress(BaseException):
+                self._fd = await asyncio.wrap_future(creating)
         fd, self._fd = self._fd, None
         if fd is not None:
-            path = self._spool.directory.content_path(self._queue, self._queue_id)
+            path = self._spool.directory.file_name(self._queue, self._queue_id)
             await asyncio.get_running_loop().run_in_executor(
                 self._spool._io, _discard_content, path, fd
             )
@@ -516,8 +567,8 @@ class MessageWriter:
             raise RuntimeError(f"message {self._queue_id}: a write() is still in progress")
 
 
-def _discard_content(path: os.PathLike[str], fd: int) -> None:
-    """Unlink an uncommitted content file, then close it (holding its lock until then)."""
+def _discard_content(path: str, fd: int) -> None:
+    """Unlink an uncommitted queue file, then close it (holding its lock until then)."""
     try:
         os.unlink(path)
     except FileNotFoundError:

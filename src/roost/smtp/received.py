@@ -56,7 +56,7 @@ def received_header(
     if tls:
         lines.append(f"\t(using {tls})")
     by = f"\tby {hostname} ({mail_name}) with {protocol} id {queue_id}"
-    date = email.utils.format_datetime(email.utils.localtime(_dt(now)))
+    date = _date(now)
     if recipient is not None:
         lines.append(by)
         lines.append(f"\tfor <{recipient}>; {date}")
@@ -68,6 +68,23 @@ def received_header(
 
 def _dt(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(now: float) -> str:
+    """The RFC 5322 date-time for ``now`` in local time, e.g. ``Sat, 21 Nov 2026 06:00:00
+    +0100``: computed once per second (``email.utils.localtime`` is slow)."""
+    global _last_date
+    second = int(now // 1)
+    cached = _last_date
+    if cached[0] != second:
+        cached = _last_date = (
+            second,
+            email.utils.format_datetime(email.utils.localtime(_dt(second))),
+        )
+    return cached[1]
 
 
 def message_id(queue_id: str, hostname: str, now: float | None = None) -> str:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import email.utils
 import logging
 import socket
 import time
+import types
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -167,15 +169,11 @@ class SMTPSession(SMTP):
     def __init__(self, shared: Shared) -> None:
         config = shared.config
         hostname, _, ident = config.banner.partition(" ")
-        super().__init__(
-            None,
-            data_size_limit=None,
-            enable_SMTPUTF8=True,
+        _init_aiosmtpd(
+            self,
             hostname=hostname or config.hostname,
             ident=ident or config.mail_name,
-            tls_context=None,
             timeout=config.timeout,
-            auth_require_tls=False,
         )
         # aiosmtpd keeps these limits in a class-level dict; each session needs its own
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
@@ -1020,3 +1018,77 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     """Give back bytes read past the end of DATA (pipelined commands, RFC 2920)."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     buffer[0:0] = data
+
+
+# --- aiosmtpd's per-connection set-up, done once per class ------------------------------
+
+#: Per session class: the attributes aiosmtpd's ``SMTP.__init__`` sets on top of
+#: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them.
+_INIT_TEMPLATES: dict[type[SMTP], dict[str, Any]] = {}
+
+
+def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) -> None:
+    """Run aiosmtpd's ``SMTP.__init__`` for ``session``, cheaply after the first time.
+
+    aiosmtpd's ``__init__`` finds the ``smtp_*`` and ``auth_*`` methods with
+    ``inspect.getmembers(self)`` and ``dir(self)`` on every connection (14 % of the event
+    loop's time under load, docs/performance.md). The first session of each class runs the
+    real ``__init__``; its attributes (those beyond ``StreamReaderProtocol``'s) become the
+    class's template. Later sessions set up the stream protocol afresh and copy the
+    template, rebinding its bound methods to themselves and copying its containers, then
+    set the per-service values (host name, ident, timeout). No aiosmtpd code is copied.
+    """
+    cls = type(session)
+    template = _INIT_TEMPLATES.get(cls)
+    if template is None:
+        SMTP.__init__(
+            session,
+            None,
+            data_size_limit=None,
+            enable_SMTPUTF8=True,
+            hostname=hostname,
+            ident=ident,
+            tls_context=None,
+            timeout=timeout,
+            auth_require_tls=False,
+        )
+        probe = asyncio.StreamReaderProtocol.__new__(asyncio.StreamReaderProtocol)
+        asyncio.StreamReaderProtocol.__init__(
+            probe,
+            asyncio.StreamReader(loop=session.loop),
+            client_connected_cb=session._cb_client_connected,
+            loop=session.loop,
+        )
+        own = set(vars(session)) - set(vars(probe))
+        _INIT_TEMPLATES[cls] = {name: vars(session)[name] for name in own}
+        return
+    loop = asyncio.get_event_loop()
+    asyncio.StreamReaderProtocol.__init__(
+        session,
+        asyncio.StreamReader(loop=loop, limit=session.line_length_limit),
+        client_connected_cb=session._cb_client_connected,
+        loop=loop,
+    )
+    attributes = vars(session)
+    for name, value in template.items():
+        attributes[name] = _rebind(value, session)
+    session.loop = loop
+    session.hostname = hostname
+    session.__ident__ = ident
+    session._timeout_duration = timeout
+
+
+def _rebind(value: Any, session: SMTP) -> Any:
+    """Copy a template attribute for ``session``: bound methods of the template session
+    are bound to ``session``, containers copied (one level deeper for dicts)."""
+    if isinstance(value, types.MethodType) and isinstance(value.__self__, SMTP):
+        return types.MethodType(value.__func__, session)
+    if isinstance(value, collections.defaultdict | collections.OrderedDict):
+        return copy.copy(value)
+    if isinstance(value, dict):
+        return {key: _rebind(item, session) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_replace"):  # aiosmtpd's _AuthMechAttr
+        return type(value)(*(_rebind(item, session) for item in value))
+    if isinstance(value, list | set | collections.deque):
+        return copy.copy(value)
+    return value
