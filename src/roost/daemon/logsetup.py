@@ -401,9 +401,14 @@ def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> lis
 
 
 @atexit.register
-def _stop_at_exit() -> None:
-    """Write every queued line before the interpreter exits (registered after logging's
-    own ``shutdown``, so it runs before the handlers are closed)."""
+def stop_log_writer() -> None:
+    """Write every queued line and stop the writer thread; lines logged afterwards are
+    written at once, in the logging thread.
+
+    Runs when the interpreter exits (registered after logging's own ``shutdown``, so it
+    runs before the handlers are closed); a forked worker that leaves by ``os._exit``
+    calls it itself.
+    """
     global _listener, _log_queue
     with _lock:
         listener, _listener, _log_queue = _listener, None, None
@@ -415,6 +420,36 @@ def _stop_at_exit() -> None:
             logger.addHandler(handler)
     if listener is not None:
         listener.stop()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child (fork server, worker) the writer thread does not exist: log
+    synchronously, with fresh locks, until :func:`start_log_writer`. Lines the parent had
+    queued but not written stay the parent's (no duplicates)."""
+    global _listener, _log_queue, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _listener = _log_queue = None
+    logger = logging.getLogger(ROOT_LOGGER)
+    for front in _front:
+        logger.removeHandler(front)
+    _front.clear()
+    for handler in _handlers:
+        logger.addHandler(handler)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def start_log_writer() -> None:
+    """Start a writer thread for this process's handlers (a forked worker calls it once
+    its event loop is about to run; see :func:`_after_fork_in_child`)."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    with _lock:
+        if _listener is not None or not _handlers:
+            return
+        for handler in _handlers:
+            logger.removeHandler(handler)
+        _replace_handlers(logger, list(_handlers))
 
 
 def reopen_logs() -> None:

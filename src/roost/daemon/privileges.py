@@ -23,6 +23,7 @@ See Also: Postfix ``mail_owner``, ``default_privs``; docs/privsep.md.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pwd
@@ -111,6 +112,18 @@ def default_privs_account(settings: Settings) -> Account:
     return privs
 
 
+#: Standard modules that roost imports lazily (on first use): imported before the ids
+#: change, because mail_owner may not be able to read the interpreter's files (a Python
+#: installed under a 0700 /root, as on the CI machines).
+LAZY_MODULES: Final = ("concurrent.futures.thread", "encodings.idna", "encodings.punycode")
+
+
+def preload_lazy_modules() -> None:
+    """Import :data:`LAZY_MODULES` now, while the interpreter's files are readable."""
+    for name in LAZY_MODULES:
+        importlib.import_module(name)
+
+
 def become_queue_owner(settings: Settings) -> None:
     """Root's ``sendmail`` and ``roost queue``: write the queue as the queue's owner.
 
@@ -130,6 +143,7 @@ def become_queue_owner(settings: Settings) -> None:
         return
     if info.st_uid == 0:
         return
+    preload_lazy_modules()
     os.setegid(info.st_gid)
     os.seteuid(info.st_uid)
 
@@ -167,6 +181,7 @@ def drop_to(owner: Account) -> None:
         PrivilegeError: root could be regained afterwards (it must not).
         OSError: the kernel refused a change.
     """
+    preload_lazy_modules()
     os.setgroups(os.getgrouplist(owner.name, owner.gid))
     os.setresgid(owner.gid, owner.gid, owner.gid)
     os.setresuid(owner.uid, owner.uid, owner.uid)

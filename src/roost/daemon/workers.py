@@ -67,6 +67,7 @@ from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message
 from roost.daemon.compose import WORKER_FACTORIES, build_services
 from roost.daemon.listeners import BOUND, Listener, service_listeners
+from roost.daemon.logsetup import start_log_writer, stop_log_writer
 from roost.daemon.service import Context, Service
 from roost.daemon.shared import SharedCounts, decode_key, share_registry
 from roost.daemon.tlscontexts import TLSContexts
@@ -293,6 +294,7 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
         except BaseException:
             worker_log.exception("worker %d failed", index)
         finally:
+            stop_log_writer()
             logging.shutdown()
             os._exit(status)
     child_end.close()
@@ -476,6 +478,7 @@ def run_worker(
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    start_log_writer()  # forked: lines are formatted and written by a thread of our own
     worker = Worker(config, settings, tls, index, sock)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(worker.run())
@@ -559,6 +562,7 @@ class Worker:
         if not self._stopping and not self._stop.is_set():
             # the master died (or closed the channel): no graceful stop (see _spawn)
             worker_log.error("worker %d: the master has gone: exiting", self.index)
+            stop_log_writer()
             logging.shutdown()
             os._exit(1)
         self._stop.set()
