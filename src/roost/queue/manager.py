@@ -2,10 +2,21 @@
 
 Like Postfix's qmgr(8): new mail is picked up the moment the spool commits it (the spool's
 ``on_commit`` hook, no polling); at start-up everything in ``incoming/`` (including what a
-crash left in ``active/``, which the spool's recovery moved back) and ``deferred/`` is
-taken up. A message being delivered sits in ``active/``; afterwards it is removed when
-every recipient is final (delivered or bounced), or moved to ``deferred/`` with its
-recipients' states, reasons and next tries written durably in the same step.
+crash left in ``active/`` by an older version, which the spool's recovery moved back) and
+``deferred/`` is taken up.
+
+The active queue is kept in memory (:meth:`QueueManager.active_ids`): a message is
+delivered where it lies (``incoming/`` or ``deferred/``), not moved to ``active/`` on disk.
+Recovery treats everything in ``incoming/`` as to-do anyway, so the move would record
+nothing a restart uses, and it would cost the acceptance path's committer two directory
+fsyncs per message. Afterwards the message is removed when every recipient is final
+(delivered or bounced), or moved to (or rewritten in) ``deferred/`` with its recipients'
+states, reasons and next tries written durably in the same step.
+
+The removal of a finished message is *not* durable (no directory fsync, as in Postfix): a
+crash right after it may bring the message back, and it is then delivered again. Mail is
+never lost this way, since every delivery is durable before it counts as done; a duplicate
+is the price, which SMTP's at-least-once delivery allows (docs/delivery.md).
 
 Each recipient's route comes from the router (local, virtual, relay, other) and each
 route's transport is injected: local delivery, and outbound SMTP when it exists. A route
@@ -151,6 +162,7 @@ class QueueManager:
         self._timer_queues: dict[str, QueueName] = {}  # where each timed message waits
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[str] = set()  # the active queue: messages being delivered now
         self._runner: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -200,6 +212,14 @@ class QueueManager:
             "deferred": self.deferred,
             "bounced": self.bounced,
         }
+
+    def active_ids(self) -> frozenset[str]:
+        """The queue IDs being delivered right now: Postfix's active queue (``*`` in mailq).
+
+        They stay in ``incoming/`` or ``deferred/`` on disk; ``roost queue`` leaves them
+        alone while the daemon runs.
+        """
+        return frozenset(self._active)
 
     def notify(self, queue_id: str) -> None:
         """The spool committed a new message (called in the event loop thread)."""
@@ -287,15 +307,24 @@ class QueueManager:
     async def process(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
         """Deliver what is due of one message, then remove, defer or bounce it.
 
+        The message stays where it is on disk while it is delivered; it is in
+        :meth:`active_ids` meanwhile.
+
         Args:
             queue_id: the message.
-            queue: where it is now (incoming or deferred).
+            queue: where it is now (incoming or deferred; active only for what an older
+                version left there).
             force: try every deferred recipient now (queue flush).
         """
+        self._active.add(queue_id)
         try:
-            if queue is not QueueName.ACTIVE:
-                await self.spool.move(queue_id, queue, QueueName.ACTIVE)
-            envelope = await self.spool.load_envelope(queue_id, QueueName.ACTIVE)
+            await self._process(queue_id, queue, force=force)
+        finally:
+            self._active.discard(queue_id)
+
+    async def _process(self, queue_id: str, queue: QueueName, *, force: bool) -> None:
+        try:
+            envelope = await self.spool.load_envelope(queue_id, queue)
         except SpoolError as exc:
             log.warning("%s: cannot take up the message: %s", queue_id, exc)
             return
@@ -306,30 +335,41 @@ class QueueManager:
             if not recipient.is_final
             and (force or recipient.next_try is None or recipient.next_try <= started)
         ]
-        results = await self._deliver(queue_id, envelope, due)
+        results = await self._deliver(queue_id, queue, envelope, due)
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
-        await self._notifications(queue_id, envelope, results)
-        envelope = await self._delay_warning(queue_id, envelope)
+        await self._notifications(queue_id, queue, envelope, results)
+        envelope = await self._delay_warning(queue_id, queue, envelope)
         try:
             if envelope.is_done:
-                await self.spool.remove(queue_id, QueueName.ACTIVE)
+                # Not durable (no directory fsync): a crash may bring it back, and it is
+                # then delivered again; every delivery above is durable already.
+                await self.spool.remove(queue_id, queue, durable=False)
                 log.info("%s: removed", queue_id)
                 return
-            await self.spool.move(queue_id, QueueName.ACTIVE, QueueName.DEFERRED, envelope=envelope)
+            if queue is QueueName.DEFERRED:
+                await self.spool.update_envelope(queue_id, envelope, queue)
+            else:
+                await self.spool.move(queue_id, queue, QueueName.DEFERRED, envelope=envelope)
+                queue = QueueName.DEFERRED
         except SpoolError as exc:
-            # e.g. a full queue disk: the message stays in active/ (its old envelope, so
-            # what was delivered may be delivered again) and is tried again later
+            # e.g. a full queue disk, or the administrator deleted or held the message
+            # meanwhile: it stays where it is (its old envelope, so what was delivered may
+            # be delivered again) and is tried again later
             log.warning("%s: cannot update the queue file: %s; retrying later", queue_id, exc)
             if not self._stopping:
                 retry_at = self.clock() + self.retry.minimal_backoff
-                self._schedule(queue_id, retry_at, QueueName.ACTIVE)
+                self._schedule(queue_id, retry_at, queue)
             return
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
 
     async def _deliver(
-        self, queue_id: str, envelope: Envelope, due: Sequence[tuple[int, Recipient]]
+        self,
+        queue_id: str,
+        queue: QueueName,
+        envelope: Envelope,
+        due: Sequence[tuple[int, Recipient]],
     ) -> list[RecipientResult]:
         groups: dict[Destination, list[tuple[int, Recipient]]] = {}
         results: list[RecipientResult] = []
@@ -342,7 +382,7 @@ class QueueManager:
                 )
                 continue
             groups.setdefault(self.router.destination(address), []).append((index, recipient))
-        content_path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
+        content_path = self.spool.directory.content_path(queue, queue_id)
         for destination, recipients in groups.items():
             transport = self.transports.get(destination)
             if transport is None:
@@ -445,7 +485,11 @@ class QueueManager:
         return envelope
 
     async def _notifications(
-        self, queue_id: str, envelope: Envelope, results: Sequence[RecipientResult]
+        self,
+        queue_id: str,
+        queue: QueueName,
+        envelope: Envelope,
+        results: Sequence[RecipientResult],
     ) -> None:
         by_index = {result.index: result for result in results}
         failed: list[DsnRecipient] = []
@@ -475,9 +519,9 @@ class QueueManager:
                     log.info("%s: discarding a notice about a bounce to <>", queue_id)
                     continue
                 to = self.double_bounce_recipient
-            await self._send_dsn(queue_id, envelope, lines, to, kind)
+            await self._send_dsn(queue_id, queue, envelope, lines, to, kind)
 
-    async def _delay_warning(self, queue_id: str, envelope: Envelope) -> Envelope:
+    async def _delay_warning(self, queue_id: str, queue: QueueName, envelope: Envelope) -> Envelope:
         """Send one "delayed" DSN once the message is ``delay_warning_time`` old."""
         now = self.clock()
         if envelope.is_done or not self.retry.wants_delay_warning(
@@ -498,6 +542,7 @@ class QueueManager:
             lifetime = self.retry.maximal_lifetime
             await self._send_dsn(
                 queue_id,
+                queue,
                 envelope,
                 lines,
                 envelope.envelope_sender,
@@ -509,6 +554,7 @@ class QueueManager:
     async def _send_dsn(
         self,
         queue_id: str,
+        queue: QueueName,
         envelope: Envelope,
         lines: list[DsnRecipient],
         to: str,
@@ -517,7 +563,7 @@ class QueueManager:
         will_retry_until: float | None = None,
     ) -> None:
         try:
-            path = self.spool.directory.content_path(QueueName.ACTIVE, queue_id)
+            path = self.spool.directory.content_path(queue, queue_id)
             original = await asyncio.to_thread(_read_limited, path, self.bounce_size_limit + 1)
             message = build_dsn(
                 envelope=envelope,

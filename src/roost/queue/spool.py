@@ -258,14 +258,28 @@ class Spool:
         data = None if envelope is None else encode_envelope(envelope)
         await self._submit(_MoveJob(QueueName(from_queue), QueueName(to_queue), queue_id, data))
 
-    async def remove(self, queue_id: str, queue: QueueName) -> None:
-        """Delete a message durably: envelope first, then content.
+    async def remove(self, queue_id: str, queue: QueueName, *, durable: bool = True) -> None:
+        """Delete a message: envelope first, then content.
+
+        Args:
+            queue_id: the message.
+            queue: where it is.
+            durable: True: through the group commit, returning after the directory fsync.
+                False: two unlinks in an I/O thread, no fsync and no wait for the
+                committer (Postfix removes delivered queue files so); after a crash the
+                message may be back, whole, and is then delivered again. For the queue
+                manager's delivered mail, never for ``roost queue delete``.
 
         Raises:
             SpoolError: NOT_FOUND, or an I/O failure.
         """
         _check_queue_id(queue_id)
-        await self._submit(_RemoveJob(QueueName(queue), queue_id))
+        if durable:
+            await self._submit(_RemoveJob(QueueName(queue), queue_id))
+        else:
+            await self._in_thread(
+                functools.partial(self.directory.remove, durable=False), queue_id, queue
+            )
 
     async def recover(self, *, orphan_age: float = 0.0) -> RecoveryReport:
         """Clean up after a crash; call once at start-up, before the queue manager runs.
