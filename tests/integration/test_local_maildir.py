@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import stat
 import threading
 import time
@@ -274,3 +275,13 @@ def test_a_failed_shared_fsync_fails_only_its_runner_the_others_fsync_again(
         for waiter in waiters:
             waiter.result()  # covered by a later, successful fsync
     assert len(fsync.calls) == 2
+
+
+def test_a_maildir_removed_between_deliveries_is_created_again(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    shutil.rmtree(maildir)  # the process remembers it as complete
+    path = deliver_maildir(maildir, MESSAGE)
+    assert path.parent == maildir / "new"
+    assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
+    assert path.read_bytes().endswith(b"line two\n")

@@ -25,7 +25,7 @@ import concurrent.futures
 import functools
 import logging
 import pwd
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -203,8 +203,14 @@ class LocalTransport:
 
     async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
         """Deliver each recipient of the job; one result each."""
-        header = await _in_thread(_read_header, job)
-        seen_delivered_to = delivered_to_addresses(header)
+        header: list[Collection[str]] = []
+
+        async def seen_delivered_to() -> Collection[str]:
+            """The message's Delivered-To addresses, read once, when expansion needs them."""
+            if not header:
+                header.append(delivered_to_addresses(await _in_thread(_read_header, job)))
+            return header[0]
+
         results: list[RecipientResult] = []
         for index, recipient in job.recipients:
             try:
@@ -219,7 +225,7 @@ class LocalTransport:
         job: DeliveryJob,
         index: int,
         recipient: Recipient,
-        seen: Collection[str],
+        seen: Callable[[], Awaitable[Collection[str]]],
     ) -> RecipientResult:
         try:
             address = parse_mailbox(recipient.address, smtputf8=True)
@@ -228,19 +234,28 @@ class LocalTransport:
         domain = address.domain_key if address.domain else ""
         original = _orcpt_address(recipient)
         if self.router.destination(address) is Destination.VIRTUAL:
-            base, extension = split_extension(address.local_part, self.config.recipient_delimiter)
-            account = await self._virtual_account(f"{address.local_part}@{domain}")
-            if account is None and extension is not None:
-                account = await self._virtual_account(f"{base}@{domain}")
-            else:
-                base, extension = address.local_part, None
-            if account is None:
-                return _unknown(index, address.local_part, "virtual")
-            target = AddressTarget(f"{address.local_part}@{domain}", True, base, extension, domain)
-            where = await self._to_mailbox(job, target, account, domain, original)
-            return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
-        expansion = await self._expand(recipient.address, seen)
+            # the user lookup and the mailbox write in one thread hand-off
+            return await _in_thread(
+                self._virtual_sync, job, index, address.local_part, domain, original
+            )
+        expansion = await self._expand(recipient.address, await seen())
         return await self._deliver_expansion(job, index, expansion, domain, original)
+
+    def _virtual_sync(
+        self, job: DeliveryJob, index: int, local_part: str, domain: str, original: str | None
+    ) -> RecipientResult:
+        """Deliver to a virtual mailbox user (blocking: user lookup and mailbox write)."""
+        base, extension = split_extension(local_part, self.config.recipient_delimiter)
+        account = self._virtual_account_sync(f"{local_part}@{domain}")
+        if account is None and extension is not None:
+            account = self._virtual_account_sync(f"{base}@{domain}")
+        else:
+            base, extension = local_part, None
+        if account is None:
+            return _unknown(index, local_part, "virtual")
+        target = AddressTarget(f"{local_part}@{domain}", True, base, extension, domain)
+        where = self._to_mailbox_sync(job, target, account, domain, original)
+        return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
 
     async def _expand(self, address: str, seen: Collection[str]) -> Expansion:
         domain = address.rpartition("@")[2].lower() if "@" in address else ""
@@ -394,6 +409,17 @@ class LocalTransport:
         domain: str,
         original: str | None,
     ) -> str:
+        return await _in_thread(self._to_mailbox_sync, job, target, account, domain, original)
+
+    def _to_mailbox_sync(
+        self,
+        job: DeliveryJob,
+        target: AddressTarget,
+        account: _Account,
+        domain: str,
+        original: str | None,
+    ) -> str:
+        """Write into the account's mailbox (blocking); return the result text."""
         mailbox = resolve_mailbox(account, self.config, domain)
         prepend = delivery_headers(
             job.envelope.envelope_sender,
@@ -404,8 +430,7 @@ class LocalTransport:
         if target.extension and mailbox.kind == "maildir":
             folder = target.extension
         if mailbox.kind == "maildir":
-            await _in_thread(
-                self._maildir,
+            self._maildir(
                 mailbox.path,
                 job,
                 prepend,
@@ -415,7 +440,7 @@ class LocalTransport:
                 folder,
             )
             return "delivered to maildir"
-        await _in_thread(self._mbox, mailbox.path, job, prepend, mailbox.uid, mailbox.gid)
+        self._mbox(mailbox.path, job, prepend, mailbox.uid, mailbox.gid)
         return "delivered to mailbox"
 
     def _maildir(
@@ -483,11 +508,11 @@ class LocalTransport:
         queue_id = await self.spool.enqueue(new, prepend + content)
         return f"forwarded as {queue_id}"
 
-    async def _virtual_account(self, address: str) -> _Account | None:
+    def _virtual_account_sync(self, address: str) -> _Account | None:
         if self.users is None:
             return None
         try:
-            user = await self.users.lookup(address)
+            user = self.users.lookup_sync(address)
         except UserBackendError as exc:
             raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
         if user is None:

@@ -54,6 +54,11 @@ _SIZE_IN_NAME: Final = re.compile(r",S=(\d+)")
 #: link() errors after which rename() is tried instead (file systems without hard links).
 _NO_LINK: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS})
 
+#: Maildirs this process has seen complete (``cur``, ``new``, ``tmp``): no ``mkdir``
+#: probes for them on each delivery. A Maildir removed meanwhile is created again.
+_known_maildirs: set[str] = set()
+_KNOWN_MAILDIRS_SIZE: Final = 10000
+
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
 
@@ -323,8 +328,13 @@ def deliver_maildir(
     if folder is not None:
         _check_folder(folder)
     action = f"cannot deliver to maildir {maildir}"
+    known = str(maildir)
     try:
-        ensure_maildir(maildir, uid=uid, gid=gid)
+        if known not in _known_maildirs:
+            ensure_maildir(maildir, uid=uid, gid=gid)
+            if len(_known_maildirs) >= _KNOWN_MAILDIRS_SIZE:
+                _known_maildirs.clear()
+            _known_maildirs.add(known)
         target = maildir
         if folder is not None:
             candidate = maildir / f".{folder}"
@@ -341,7 +351,27 @@ def deliver_maildir(
             )
     except OSError as exc:
         raise DeliveryError.from_os_error(exc, action) from exc
-    base, fd, tmp_path = _create_tmp(target, hostname)
+    try:
+        base, fd, tmp_path = _create_tmp(target, hostname)
+    except DeliveryError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError) or known not in _known_maildirs:
+            raise
+        # removed since we last created it: create it again (once)
+        _known_maildirs.discard(known)
+        return deliver_maildir(
+            maildir,
+            message,
+            prepend=prepend,
+            folder=folder,
+            uid=uid,
+            gid=gid,
+            quota_bytes=quota_bytes,
+            quota_temporary=quota_temporary,
+            size_limit=size_limit,
+            autocreate_folder=autocreate_folder,
+            hostname=hostname,
+            directory_sync=directory_sync,
+        )
     linked: Path | None = None
     try:
         try:
@@ -379,6 +409,8 @@ def deliver_maildir(
         linked = final
         directory_sync.sync(str(target / "new"))
     except BaseException as exc:
+        if isinstance(exc, FileNotFoundError):
+            _known_maildirs.discard(known)  # check the directories again next time
         for leftover in (tmp_path, linked):
             if leftover is not None:
                 with contextlib.suppress(OSError):

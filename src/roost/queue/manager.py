@@ -34,14 +34,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from roost.address import AddressError, parse_mailbox
 from roost.delivery.router import Destination, Router
 from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
 from roost.queue.directory import QueueName
 from roost.queue.envelope import Envelope, Recipient, RecipientState, WithProtocol
-from roost.queue.errors import SpoolError
+from roost.queue.errors import SpoolError, SpoolErrorKind
 from roost.queue.schedule import RetryPolicy
 from roost.queue.spool import Spool
 
@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("roost.qmgr")
+
+#: Envelopes up to this size (bytes) are read in the event loop; larger ones in a thread.
+_INLINE_ENVELOPE_BYTES: Final = 16 * 1024
 
 
 class Outcome:
@@ -163,6 +166,11 @@ class QueueManager:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()  # the active queue: messages being delivered now
+        # delivered messages waiting for their (batched, non-durable) removal, and the
+        # batch being removed now: still on disk, so still active
+        self._to_remove: dict[str, QueueName] = {}
+        self._removing: dict[str, QueueName] = {}
+        self._remover: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -201,6 +209,10 @@ class QueueManager:
         self._timers.clear()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(grace, 0.1))
+        # delivered mail must not stay queued over a clean restart (it would be delivered
+        # again): finish the removals
+        if self._remover is not None and not self._remover.done():
+            await asyncio.wait([self._remover], timeout=max(grace, 0.1))
 
     def status(self) -> Mapping[str, object]:
         """Counters for ``roost status``."""
@@ -219,7 +231,7 @@ class QueueManager:
         They stay in ``incoming/`` or ``deferred/`` on disk; ``roost queue`` leaves them
         alone while the daemon runs.
         """
-        return frozenset(self._active)
+        return frozenset(self._active).union(self._to_remove, self._removing)
 
     def notify(self, queue_id: str) -> None:
         """The spool committed a new message (called in the event loop thread)."""
@@ -244,8 +256,8 @@ class QueueManager:
     # --- scheduling -------------------------------------------------------------------
 
     def _enqueue(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
-        if queue_id in self._queued:
-            return
+        if queue_id in self._queued or queue_id in self._to_remove or queue_id in self._removing:
+            return  # being delivered, or delivered and about to be removed
         self._queued.add(queue_id)
         self._ready.put_nowait((queue_id, queue))
         if force:
@@ -323,11 +335,13 @@ class QueueManager:
             self._active.discard(queue_id)
 
     async def _process(self, queue_id: str, queue: QueueName, *, force: bool) -> None:
-        try:
-            envelope = await self.spool.load_envelope(queue_id, queue)
-        except SpoolError as exc:
-            log.warning("%s: cannot take up the message: %s", queue_id, exc)
-            return
+        envelope = self._read_envelope_now(queue_id, queue)
+        if envelope is None:
+            try:
+                envelope = await self.spool.load_envelope(queue_id, queue)
+            except SpoolError as exc:
+                log.warning("%s: cannot take up the message: %s", queue_id, exc)
+                return
         started = self.clock()
         due = [
             (index, recipient)
@@ -342,10 +356,7 @@ class QueueManager:
         envelope = await self._delay_warning(queue_id, queue, envelope)
         try:
             if envelope.is_done:
-                # Not durable (no directory fsync): a crash may bring it back, and it is
-                # then delivered again; every delivery above is durable already.
-                await self.spool.remove(queue_id, queue, durable=False)
-                log.info("%s: removed", queue_id)
+                self._remove(queue_id, queue)
                 return
             if queue is QueueName.DEFERRED:
                 await self.spool.update_envelope(queue_id, envelope, queue)
@@ -363,6 +374,46 @@ class QueueManager:
             return
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
+
+    def _read_envelope_now(self, queue_id: str, queue: QueueName) -> Envelope | None:
+        """Read a just-committed envelope in the event loop: a small file in the page cache
+        costs less to read than a thread hand-off. None on any trouble (missing, corrupt,
+        another layout): the caller then asks the spool, which reports and quarantines."""
+        try:
+            with open(self.spool.directory.envelope_path(queue, queue_id), "rb") as handle:
+                data = handle.read(_INLINE_ENVELOPE_BYTES + 1)
+            if len(data) > _INLINE_ENVELOPE_BYTES:
+                return None
+            envelope = Envelope.from_json(data)
+        except (OSError, ValueError):  # EnvelopeError is a ValueError
+            return None
+        return envelope if envelope.queue_id == queue_id else None
+
+    def _remove(self, queue_id: str, queue: QueueName) -> None:
+        """Remove a finished message soon, with others in one thread hand-off.
+
+        Not durable (no directory fsync, as Postfix): a crash may bring the message back,
+        and it is then delivered again; every delivery is durable before this.
+        """
+        self._to_remove[queue_id] = queue
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.create_task(self._remove_loop(), name="qmgr-remove")
+
+    async def _remove_loop(self) -> None:
+        while self._to_remove:
+            self._removing, self._to_remove = self._to_remove, {}
+            batch = list(self._removing.items())
+            try:
+                errors: list[SpoolError | None] = await self.spool.remove_many(batch)
+            except Exception as exc:  # the spool is closing, or a bug
+                log.error("cannot remove delivered messages: %s", exc)
+                errors = [SpoolError(str(exc), SpoolErrorKind.LOCAL_ERROR)] * len(batch)
+            for (queue_id, _), error in zip(batch, errors, strict=True):
+                if error is None:
+                    log.info("%s: removed", queue_id)
+                else:  # e.g. deleted by the administrator meanwhile
+                    log.warning("%s: cannot remove the queue file: %s", queue_id, error)
+            self._removing = {}
 
     async def _deliver(
         self,
