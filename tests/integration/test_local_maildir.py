@@ -285,3 +285,10 @@ def test_a_maildir_removed_between_deliveries_is_created_again(tmp_path: Path) -
     assert path.parent == maildir / "new"
     assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
     assert path.read_bytes().endswith(b"line two\n")
+
+
+def test_names_sort_in_delivery_order_across_a_tenth_of_a_second() -> None:
+    earlier = unique_name("mx", now=1700000000.0625)  # exact in binary floating point
+    later = unique_name("mx", now=1700000000.125)
+    assert ".M062500P" in earlier
+    assert sorted([later, earlier]) == [earlier, later]

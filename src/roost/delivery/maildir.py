@@ -66,6 +66,11 @@ _counter_lock = threading.Lock()
 def unique_name(hostname: str | None = None, now: float | None = None) -> str:
     """Return a new Maildir base name ``<secs>.M<usecs>P<pid>Q<counter>.<host>``.
 
+    ``<usecs>`` has six digits (zero-padded), so that names sort as the deliveries happened:
+    readers that give new messages their UIDs in name order (roost's store does) then
+    number them in delivery order, also across a tenth of a second (``M99999`` would sort
+    after ``M100000``).
+
     Args:
         hostname: the host name to embed (None: ``socket.gethostname()``); ``/`` and
             ``:`` are escaped as ``\\057`` and ``\\072`` (Dovecot).
@@ -80,7 +85,7 @@ def unique_name(hostname: str | None = None, now: float | None = None) -> str:
     with _counter_lock:
         number = next(_counter)
     host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
-    return f"{seconds}.M{micros}P{os.getpid()}Q{number}.{host}"
+    return f"{seconds}.M{micros:06d}P{os.getpid()}Q{number}.{host}"
 
 
 def _mkdir(path: Path, uid: int | None, gid: int | None) -> bool:
