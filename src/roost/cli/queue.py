@@ -6,9 +6,11 @@ they work while the daemon is down; when it runs, they tell it what changed over
 control socket. See docs/queue.md for the semantics, in short:
 
 * every change is one of the spool's atomic, durable moves or removals;
-* a message in ``active/`` is being delivered while the daemon runs: ``delete``, ``hold``
-  and ``requeue`` leave it alone and say so (try again in a moment). With the daemon down,
-  ``active/`` holds leftovers of a crash and may be changed;
+* a message in the running daemon's active queue (kept in memory; the control command
+  ``active`` lists it) is being delivered: ``delete``, ``hold`` and ``requeue`` leave it
+  alone and say so (try again in a moment), and ``mailq`` marks it ``*``. With the daemon
+  down, ``active/`` holds leftovers of a crash (or of an earlier version) and may be
+  changed;
 * an envelope is only ever rewritten in ``hold/``, a queue the queue manager never takes
   from (``requeue`` passes through it), so the queue manager and these commands never
   write the same file.
