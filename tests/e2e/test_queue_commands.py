@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -229,6 +231,47 @@ def test_bad_arguments(instance: Instance) -> None:
     assert queue(instance, "release").returncode == 2  # argparse: IDs required
 
 
+def test_a_message_being_delivered_is_active_in_memory_and_left_alone(tmp_path: Path) -> None:
+    # the message waits in a |command (as nobody) until the gate file appears
+    gate_dir = Path(tempfile.mkdtemp(prefix="roost-gate-"))
+    gate_dir.chmod(0o777)
+    gate, out = gate_dir / "open", gate_dir / "out.txt"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "aliases").write_text(
+        "postmaster: alice@virtual.test\n"
+        f'slow: "|while [ ! -e {gate} ]; do sleep 0.05; done; cat > {out}"\n'
+    )
+    instance = start_instance(tmp_path)
+    try:
+        queue_id = sendmail(instance, "slow@roost.test")
+
+        def mark() -> object:
+            listing = queue(instance, "list").stdout
+            if listing == "Mail queue is empty\n":
+                return None
+            return parse_mailq(listing).get(queue_id, {}).get("mark")
+
+        wait_for(lambda: mark() == "*", "marked active")
+        # not moved on disk: the active queue is the queue manager's memory
+        assert in_queue(instance, "incoming", queue_id)
+        assert not in_queue(instance, "active", queue_id)
+        lines = queue(instance, "list", "--json").stdout.splitlines()
+        listed = [json.loads(line) for line in lines]
+        assert [m["queue_name"] for m in listed if m["queue_id"] == queue_id] == ["active"]
+        for action in ("delete", "hold", "requeue"):
+            refused = queue(instance, action, queue_id)
+            assert refused.returncode == 1
+            assert f"roost: {queue_id}: being delivered (active)" in refused.stderr
+        gate.touch()
+        wait_for(lambda: not in_queue(instance, "incoming", queue_id), "removed")
+        assert b"body of queued" in out.read_bytes()
+        assert queue(instance, "list").stdout == "Mail queue is empty\n"
+    finally:
+        gate.touch()
+        instance.daemon.stop()
+        shutil.rmtree(gate_dir)
+
+
 def test_active_messages_are_left_alone_while_the_daemon_runs(tmp_path: Path) -> None:
     # the queue manager is off: messages stay where the commands put them
     instance = start_instance(tmp_path, "master_service_disable = qmgr\n")
@@ -243,7 +286,7 @@ def test_active_messages_are_left_alone_while_the_daemon_runs(tmp_path: Path) ->
         for action in ("delete", "hold", "requeue"):
             refused = queue(instance, action, queue_id)
             assert refused.returncode == 1
-            assert f"roost: {queue_id}: being delivered (in active/)" in refused.stderr
+            assert f"roost: {queue_id}: being delivered (active)" in refused.stderr
         assert in_queue(instance, "active", queue_id)
         flush = roost_cli(config, "queue", "flush")
         assert flush.returncode == 69

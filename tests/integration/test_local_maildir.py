@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import stat
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
-from roost.delivery.maildir import deliver_maildir, maildir_usage, unique_name
+from roost.delivery.maildir import DirectorySync, deliver_maildir, maildir_usage, unique_name
 
 MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
 NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,]+),S=(\d+),W=(\d+)")
@@ -206,3 +209,86 @@ def test_owner_of_created_maildir_and_message(tmp_path: Path) -> None:
     for item in (maildir.parent, maildir, maildir / "new", maildir / "tmp", path):
         info = item.stat()
         assert (info.st_uid, info.st_gid) == (65534, 65534), item
+
+
+class GatedFsync:
+    """A directory fsync that waits for a gate (the first call) and can fail once."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        self.gate = threading.Event()
+        self.calls: list[str] = []
+        self.fail_first = fail_first
+        self.lock = threading.Lock()
+
+    def __call__(self, directory: str) -> None:
+        with self.lock:
+            self.calls.append(directory)
+            first = len(self.calls) == 1
+        if first:
+            self.gate.wait(30)
+            if self.fail_first:
+                raise OSError(5, "Input/output error")
+
+
+def wait_for_tickets(sync: DirectorySync, directory: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while (state := sync._states.get(directory)) is None or state.requested < count:
+        assert time.monotonic() < deadline, "threads did not arrive"
+        time.sleep(0.01)
+
+
+def test_concurrent_deliveries_share_the_fsync_of_new(tmp_path: Path) -> None:
+    fsync = GatedFsync()
+    sync = DirectorySync(fsync)
+    maildir = tmp_path / "Maildir"
+    new = str(maildir / "new")
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(deliver_maildir, maildir, MESSAGE, directory_sync=sync)
+        wait_for_tickets(sync, new, 1)  # the first delivery's fsync runs (held at the gate)
+        rest = [
+            pool.submit(deliver_maildir, maildir, MESSAGE, directory_sync=sync) for _ in range(5)
+        ]
+        wait_for_tickets(sync, new, 6)  # the other five have linked and wait
+        assert not any(future.done() for future in rest)
+        fsync.gate.set()
+        paths = [first.result(), *(future.result() for future in rest)]
+    assert sorted(p.name for p in (maildir / "new").iterdir()) == sorted(p.name for p in paths)
+    assert fsync.calls == [new, new]  # one for the first, one shared by the other five
+    assert sync.fsyncs == 2
+    assert sync._states == {}  # nothing kept for an idle directory
+
+
+def test_a_failed_shared_fsync_fails_only_its_runner_the_others_fsync_again(
+    tmp_path: Path,
+) -> None:
+    fsync = GatedFsync(fail_first=True)
+    sync = DirectorySync(fsync)
+    directory = str(tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        runner = pool.submit(sync.sync, directory)
+        wait_for_tickets(sync, directory, 1)
+        waiters = [pool.submit(sync.sync, directory) for _ in range(3)]
+        wait_for_tickets(sync, directory, 4)
+        fsync.gate.set()
+        with pytest.raises(OSError):
+            runner.result()
+        for waiter in waiters:
+            waiter.result()  # covered by a later, successful fsync
+    assert len(fsync.calls) == 2
+
+
+def test_a_maildir_removed_between_deliveries_is_created_again(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    shutil.rmtree(maildir)  # the process remembers it as complete
+    path = deliver_maildir(maildir, MESSAGE)
+    assert path.parent == maildir / "new"
+    assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
+    assert path.read_bytes().endswith(b"line two\n")
+
+
+def test_names_sort_in_delivery_order_across_a_tenth_of_a_second() -> None:
+    earlier = unique_name("mx", now=1700000000.0625)  # exact in binary floating point
+    later = unique_name("mx", now=1700000000.125)
+    assert ".M062500P" in earlier
+    assert sorted([later, earlier]) == [earlier, later]

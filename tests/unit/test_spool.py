@@ -553,6 +553,24 @@ async def test_remove_deletes_both_files(spool: Spool, tmp_path: Path) -> None:
         assert caught.value.kind is SpoolErrorKind.NOT_FOUND
 
 
+@pytest.mark.parametrize("durable", [True, False])
+async def test_remove_with_or_without_a_directory_fsync_deletes_both_files(
+    spool: Spool, tmp_path: Path, durable: bool
+) -> None:
+    keep = await spool.enqueue(make_envelope(), MESSAGE)
+    gone = await spool.enqueue(make_envelope(), MESSAGE)
+    await spool.update_envelope(gone, make_envelope(queue_id=gone), QueueName.INCOMING)
+    # the message has both of its files: the queue file and an updated ID.env
+    assert sorted(files(tmp_path / "queue")) == sorted(
+        [f"incoming/{keep}", f"incoming/{gone}", f"incoming/{gone}.env"]
+    )
+    await spool.remove(gone, QueueName.INCOMING, durable=durable)
+    assert files(tmp_path / "queue") == [f"incoming/{keep}"]
+    with pytest.raises(SpoolError) as caught:
+        await spool.remove(gone, QueueName.INCOMING, durable=durable)
+    assert caught.value.kind is SpoolErrorKind.NOT_FOUND
+
+
 async def test_scan_lists_committed_messages_only(spool: Spool, tmp_path: Path) -> None:
     first = await spool.enqueue(make_envelope(), MESSAGE)
     writer = spool.new_message()

@@ -6,9 +6,11 @@ they work while the daemon is down; when it runs, they tell it what changed over
 control socket. See docs/queue.md for the semantics, in short:
 
 * every change is one of the spool's atomic, durable moves or removals;
-* a message in ``active/`` is being delivered while the daemon runs: ``delete``, ``hold``
-  and ``requeue`` leave it alone and say so (try again in a moment). With the daemon down,
-  ``active/`` holds leftovers of a crash and may be changed;
+* a message in the running daemon's active queue (kept in memory; the control command
+  ``active`` lists it) is being delivered: ``delete``, ``hold`` and ``requeue`` leave it
+  alone and say so (try again in a moment), and ``mailq`` marks it ``*``. With the daemon
+  down, ``active/`` holds leftovers of a crash (or of an earlier version) and may be
+  changed;
 * an envelope is only ever rewritten in ``hold/``, a queue the queue manager never takes
   from (``requeue`` passes through it), so the queue manager and these commands never
   write the same file.
@@ -259,10 +261,47 @@ def _directory(settings: Settings) -> QueueDirectory:
     return QueueDirectory(settings.path_of("queue_directory"))
 
 
+def daemon_active_ids(settings: Settings) -> frozenset[str] | None:
+    """The queue IDs a running daemon is delivering now (its in-memory active queue).
+
+    Returns:
+        The IDs; None when no daemon answers (or it has no queue manager).
+    """
+    from roost.daemon.control import ControlError, request
+
+    path = _control_path(settings)
+    if not path.exists():
+        return None
+    try:
+        answer = request(path, "active", timeout=30)
+    except ControlError:
+        return None
+    active = answer.get("active")
+    if not answer.get("ok") or not isinstance(active, list):
+        return None
+    return frozenset(str(queue_id) for queue_id in active)
+
+
+def _mark_active(
+    messages: Iterable[QueuedMessage], active: frozenset[str]
+) -> Iterator[QueuedMessage]:
+    """Show messages being delivered as in ``active/`` (they stay in their queue on disk)."""
+    for message in messages:
+        if message.queue_id in active and message.queue is not QueueName.HOLD:
+            message = dataclasses.replace(message, queue=QueueName.ACTIVE)
+        yield message
+
+
 def run_list(settings: Settings, *, as_json: bool) -> int:
-    """``mailq`` / ``postqueue -p``, or ``postqueue -j`` with ``as_json``."""
+    """``mailq`` / ``postqueue -p``, or ``postqueue -j`` with ``as_json``.
+
+    Messages the running daemon is delivering are shown as in ``active/`` (``*``).
+    """
+    active = daemon_active_ids(settings)
     with _directory(settings) as directory:
-        messages = list_messages(directory)
+        messages: Iterable[QueuedMessage] = list_messages(directory)
+        if active:
+            messages = _mark_active(messages, active)
         if as_json:
             for message in messages:
                 print(json.dumps(mailq_json(message), ensure_ascii=False))
@@ -434,6 +473,7 @@ def run_change(
         _warn(f"queue {action}: name the messages: QUEUE_ID..., ALL, or - (read from stdin)")
         return 1
     running = daemon_running(settings)
+    active = (daemon_active_ids(settings) or frozenset()) if running else frozenset()
     status = 0
     changed: list[str] = []
     with _directory(settings) as directory:
@@ -447,7 +487,9 @@ def run_change(
                 status = 1
                 continue
             try:
-                outcome = _change_one(action, directory, queue_id, sources, running=running)
+                outcome = _change_one(
+                    action, directory, queue_id, sources, running=running, active=active
+                )
             except _Skipped as skipped:
                 _warn(f"{queue_id}: {skipped}")
                 status = 1
@@ -476,20 +518,31 @@ def _change_one(
     sources: Sequence[QueueName],
     *,
     running: bool,
+    active: frozenset[str] = frozenset(),
 ) -> bool:
     """Apply ``action`` to ``queue_id`` wherever it is; False when it is in none of
     ``sources``. One retry when the queue manager moves it at the same moment.
 
+    Args:
+        action: as for :func:`run_change`.
+        directory: the queue.
+        queue_id: the message.
+        sources: the queues the action takes from.
+        running: a daemon runs.
+        active: the queue IDs the running daemon is delivering (its in-memory active
+            queue; the messages stay in ``incoming/`` or ``deferred/`` on disk).
+
     Raises:
-        _Skipped: it is being delivered (``active/`` while the daemon runs).
+        _Skipped: it is being delivered (in ``active`` or ``active/`` while the daemon
+            runs).
         SpoolError: an I/O failure.
     """
     for attempt in range(2):
         queue = _find(directory, queue_id, sources)
         if queue is None:
             return False
-        if queue is QueueName.ACTIVE and running:
-            raise _Skipped("being delivered (in active/); not changed, try again in a moment")
+        if running and (queue is QueueName.ACTIVE or queue_id in active):
+            raise _Skipped("being delivered (active); not changed, try again in a moment")
         try:
             _apply(action, directory, queue, queue_id)
         except SpoolError as exc:

@@ -412,7 +412,7 @@ class Daemon:
             manager.notify(queue_id)
 
     async def _queue_command(self, word: str, arguments: list[str]) -> Mapping[str, object]:
-        """The queue's control commands: pickup, flush, notify ID..., forget ID..."""
+        """The queue's control commands: pickup, flush, notify ID..., forget ID..., active."""
         if word == "pickup":
             if self.pickup is None:
                 return {"ok": False, "error": "the daemon is starting"}
@@ -421,6 +421,8 @@ class Daemon:
         if manager is None:
             return {"ok": False, "error": "the queue manager is not running"}
         queue_ids = [a for a in arguments if is_queue_id(a)]
+        if word == "active":
+            return {"ok": True, "active": sorted(manager.active_ids())}
         if word == "flush":
             if self.pickup is not None:
                 await self.pickup.run()
@@ -440,7 +442,7 @@ class Daemon:
         if command == "stop":
             self._stop.set()
             return {"ok": True}
-        if word in ("pickup", "flush", "notify", "forget"):
+        if word in ("pickup", "flush", "notify", "forget", "active"):
             return await self._queue_command(word, arguments)
         cert, _ = tls_files(self.settings, "smtp")
         services: dict[str, object] = {s.name: dict(s.status()) for s in self.services}

@@ -11,7 +11,9 @@ newline, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. The words:
 * ``notify ID...``: these messages were put into ``incoming/`` (``roost queue release``,
   ``requeue``): deliver them;
 * ``forget ID...``: these messages left ``deferred/`` (``roost queue delete``, ``hold``):
-  drop their retry timers.
+  drop their retry timers;
+* ``active``: the queue IDs being delivered now (``{"ok": true, "active": [IDs]}``), which
+  ``mailq`` marks ``*`` and ``roost queue`` leaves alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from typing import Final
 
 __all__ = ["COMMANDS", "ControlError", "ControlServer", "daemon_running", "request"]
 
-COMMANDS: Final = ("status", "reload", "stop", "pickup", "flush", "notify", "forget")
+COMMANDS: Final = (
+    "status",
+    "reload",
+    "stop",
+    "pickup",
+    "flush",
+    "notify",
+    "forget",
+    "active",
+)
 _MAX_REQUEST: Final = 4096  # a command word and up to a few hundred queue IDs
 
 Handler = Callable[[str], Awaitable[Mapping[str, object]]]

@@ -21,12 +21,15 @@ message (same content, ``Delivered-To:`` added for loop detection).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import os
 import pwd
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
@@ -57,6 +60,22 @@ from roost.store.bus import notify_delivery
 __all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox", "user_mailbox"]
 
 log = logging.getLogger("roost.local")
+
+#: Threads for mailbox writes and lookups. Their own pool, not asyncio's default one (a
+#: few threads, shared with the SMTP server's recipient lookups): deliveries spend most of
+#: their time waiting in fsync, and more of those waits in parallel share journal commits
+#: and the group fsync of ``new/``.
+DELIVERY_THREADS: Final = 32
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_T = TypeVar("_T")
+
+
+async def _in_thread(function: Callable[..., _T], /, *args: object) -> _T:
+    """Run a blocking call in the delivery threads."""
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(DELIVERY_THREADS, "roost-local")
+    return await asyncio.get_running_loop().run_in_executor(_pool, function, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +222,14 @@ class LocalTransport:
 
     async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
         """Deliver each recipient of the job; one result each."""
-        header = await asyncio.to_thread(_read_header, job)
-        seen_delivered_to = delivered_to_addresses(header)
+        header: list[Collection[str]] = []
+
+        async def seen_delivered_to() -> Collection[str]:
+            """The message's Delivered-To addresses, read once, when expansion needs them."""
+            if not header:
+                header.append(delivered_to_addresses(await _in_thread(_read_header, job)))
+            return header[0]
+
         results: list[RecipientResult] = []
         for index, recipient in job.recipients:
             try:
@@ -219,7 +244,7 @@ class LocalTransport:
         job: DeliveryJob,
         index: int,
         recipient: Recipient,
-        seen: Collection[str],
+        seen: Callable[[], Awaitable[Collection[str]]],
     ) -> RecipientResult:
         try:
             address = parse_mailbox(recipient.address, smtputf8=True)
@@ -228,19 +253,28 @@ class LocalTransport:
         domain = address.domain_key if address.domain else ""
         original = _orcpt_address(recipient)
         if self.router.destination(address) is Destination.VIRTUAL:
-            base, extension = split_extension(address.local_part, self.config.recipient_delimiter)
-            account = await self._virtual_account(f"{address.local_part}@{domain}")
-            if account is None and extension is not None:
-                account = await self._virtual_account(f"{base}@{domain}")
-            else:
-                base, extension = address.local_part, None
-            if account is None:
-                return _unknown(index, address.local_part, "virtual")
-            target = AddressTarget(f"{address.local_part}@{domain}", True, base, extension, domain)
-            where = await self._to_mailbox(job, target, account, domain, original)
-            return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
-        expansion = await self._expand(recipient.address, seen)
+            # the user lookup and the mailbox write in one thread hand-off
+            return await _in_thread(
+                self._virtual_sync, job, index, address.local_part, domain, original
+            )
+        expansion = await self._expand(recipient.address, await seen())
         return await self._deliver_expansion(job, index, expansion, domain, original)
+
+    def _virtual_sync(
+        self, job: DeliveryJob, index: int, local_part: str, domain: str, original: str | None
+    ) -> RecipientResult:
+        """Deliver to a virtual mailbox user (blocking: user lookup and mailbox write)."""
+        base, extension = split_extension(local_part, self.config.recipient_delimiter)
+        account = self._virtual_account_sync(f"{local_part}@{domain}")
+        if account is None and extension is not None:
+            account = self._virtual_account_sync(f"{base}@{domain}")
+        else:
+            base, extension = local_part, None
+        if account is None:
+            return _unknown(index, local_part, "virtual")
+        target = AddressTarget(f"{local_part}@{domain}", True, base, extension, domain)
+        where = self._to_mailbox_sync(job, target, account, domain, original)
+        return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
 
     async def _expand(self, address: str, seen: Collection[str]) -> Expansion:
         domain = address.rpartition("@")[2].lower() if "@" in address else ""
@@ -278,21 +312,23 @@ class LocalTransport:
                 return False
             return probe is None or self.router.destination(probe) is Destination.LOCAL
 
-        return await asyncio.to_thread(
-            expand_recipient,
-            address,
-            lookup_alias=self.aliases.lookup,
-            read_include=read_include,
-            is_local_domain=is_local,
-            lookup_forward=lookup_forward,
-            user_exists=user_exists,
-            recipient_delimiter=self.config.recipient_delimiter,
-            propagate_unmatched_extensions=self.config.propagate_unmatched_extensions,
-            allow_mail_to_commands=self.config.allow_mail_to_commands,
-            allow_mail_to_files=self.config.allow_mail_to_files,
-            owner_request_special=self.config.owner_request_special,
-            expand_owner_alias=self.config.expand_owner_alias,
-            delivered_to=seen,
+        return await _in_thread(
+            functools.partial(
+                expand_recipient,
+                address,
+                lookup_alias=self.aliases.lookup,
+                read_include=read_include,
+                is_local_domain=is_local,
+                lookup_forward=lookup_forward,
+                user_exists=user_exists,
+                recipient_delimiter=self.config.recipient_delimiter,
+                propagate_unmatched_extensions=self.config.propagate_unmatched_extensions,
+                allow_mail_to_commands=self.config.allow_mail_to_commands,
+                allow_mail_to_files=self.config.allow_mail_to_files,
+                owner_request_special=self.config.owner_request_special,
+                expand_owner_alias=self.config.expand_owner_alias,
+                delivered_to=seen,
+            )
         )
 
     async def _deliver_expansion(
@@ -360,9 +396,9 @@ class LocalTransport:
             rights = self._rights(source_user) if self.system_delivery is not None else None
             uid = rights.uid if rights is not None else None
             if target.is_maildir:
-                await asyncio.to_thread(self._maildir, path, job, prepend, uid, None, 0, None)
+                await _in_thread(self._maildir, path, job, prepend, uid, None, 0, None)
                 return f"delivered to maildir {path}"
-            await asyncio.to_thread(self._mbox, path, job, prepend, uid, None)
+            await _in_thread(self._mbox, path, job, prepend, uid, None)
             return f"delivered to file: {path}"
         assert isinstance(target, CommandTarget)
         account = self._rights(source_user)
@@ -414,6 +450,17 @@ class LocalTransport:
         domain: str,
         original: str | None,
     ) -> str:
+        return await _in_thread(self._to_mailbox_sync, job, target, account, domain, original)
+
+    def _to_mailbox_sync(
+        self,
+        job: DeliveryJob,
+        target: AddressTarget,
+        account: _Account,
+        domain: str,
+        original: str | None,
+    ) -> str:
+        """Write into the account's mailbox (blocking); return the result text."""
         mailbox = resolve_mailbox(account, self.config, domain)
         prepend = delivery_headers(
             job.envelope.envelope_sender,
@@ -424,8 +471,7 @@ class LocalTransport:
         if target.extension and mailbox.kind == "maildir":
             folder = target.extension
         if mailbox.kind == "maildir":
-            await asyncio.to_thread(
-                self._maildir,
+            self._maildir(
                 mailbox.path,
                 job,
                 prepend,
@@ -435,7 +481,7 @@ class LocalTransport:
                 folder,
             )
             return "delivered to maildir"
-        await asyncio.to_thread(self._mbox, mailbox.path, job, prepend, mailbox.uid, mailbox.gid)
+        self._mbox(mailbox.path, job, prepend, mailbox.uid, mailbox.gid)
         return "delivered to mailbox"
 
     def _maildir(
@@ -519,7 +565,7 @@ class LocalTransport:
         envelope = job.envelope
         sender = targets[0].owner or envelope.envelope_sender
         prepend = f"Delivered-To: {targets[0].delivered_to}\r\n".encode()
-        content = await asyncio.to_thread(_read_all, job)
+        content = await _in_thread(_read_all, job)
         new = Envelope(
             envelope_sender=sender,
             recipients=tuple(
@@ -534,11 +580,11 @@ class LocalTransport:
         queue_id = await self.spool.enqueue(new, prepend + content)
         return f"forwarded as {queue_id}"
 
-    async def _virtual_account(self, address: str) -> _Account | None:
+    def _virtual_account_sync(self, address: str) -> _Account | None:
         if self.users is None:
             return None
         try:
-            user = await self.users.lookup(address)
+            user = self.users.lookup_sync(address)
         except UserBackendError as exc:
             raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
         if user is None:
@@ -546,7 +592,7 @@ class LocalTransport:
         return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
 
     async def _local_account(self, name: str, domain: str) -> _Account | None:
-        return await asyncio.to_thread(self._account_sync, name, domain)
+        return await _in_thread(self._account_sync, name, domain)
 
     def _account_sync(self, name: str, domain: str) -> _Account | None:
         """A local user: the user database (``name@domain``, then ``name``), else an account.

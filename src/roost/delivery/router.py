@@ -19,8 +19,8 @@ from __future__ import annotations
 import enum
 import pwd
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from roost.address import Address, domain_matches, split_extension
 from roost.auth.users import User, UserBackendError
@@ -58,6 +58,10 @@ class UserLookup(Protocol):
         ...
 
 
+#: Domains whose route :meth:`Router.destination` remembers (the cache starts over beyond).
+_ROUTE_CACHE_SIZE: Final = 4096
+
+
 def _system_user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -87,9 +91,26 @@ class Router:
     alias_exists: Callable[[str], bool] = lambda name: False
     users: UserLookup | None = None
     system_users: Callable[[str], bool] = _system_user_exists
+    _routes: dict[str, Destination] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def destination(self, address: Address) -> Destination:
-        """Return the address class of ``address``'s domain."""
+        """Return the address class of ``address``'s domain.
+
+        The answer is remembered per domain (as spelt), since every recipient of every
+        message asks; a new router (reload) starts with an empty cache.
+        """
+        domain = address.domain
+        route = self._routes.get(domain)
+        if route is None:
+            route = self._classify(address)
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[domain] = route
+        return route
+
+    def _classify(self, address: Address) -> Destination:
         if not address.domain:
             return Destination.LOCAL
         if domain_matches(address.domain, self.mydestination):

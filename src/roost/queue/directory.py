@@ -977,14 +977,31 @@ class QueueDirectory:
         data = None if envelope is None else encode_envelope(envelope)
         self._run_one(_MoveJob(from_queue, to_queue, queue_id, data))
 
-    def remove(self, queue_id: str, queue: QueueName) -> None:
-        """Delete a message: its queue file first (durably), then its ``ID.env``.
+    def remove(self, queue_id: str, queue: QueueName, *, durable: bool = True) -> None:
+        """Delete a message: its queue file first (the removal's commit), then its ``ID.env``.
+
+        Args:
+            queue_id: the message.
+            queue: where it is.
+            durable: fsync the directory before returning (the default). False unlinks
+                only: after a crash the message may be back, whole (see
+                :meth:`roost.queue.spool.Spool.remove`).
 
         Raises:
             SpoolError: NOT_FOUND when there is no such message, or an I/O failure.
         """
         _check_queue_id(queue_id)
-        self._run_one(_RemoveJob(queue, queue_id))
+        job = _RemoveJob(queue, queue_id)
+        if durable:
+            self._run_one(job)
+            return
+        try:
+            job.apply(self)
+        except Exception as exc:  # OSError, SpoolError
+            job.fail(exc, f"remove {job.describe()}")
+            assert job.error is not None
+            raise job.error from exc
+        job.finish(self)
 
     # -- reading ---------------------------------------------------------------------------
 

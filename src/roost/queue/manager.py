@@ -2,10 +2,21 @@
 
 Like Postfix's qmgr(8): new mail is picked up the moment the spool commits it (the spool's
 ``on_commit`` hook, no polling); at start-up everything in ``incoming/`` (including what a
-crash left in ``active/``, which the spool's recovery moved back) and ``deferred/`` is
-taken up. A message being delivered sits in ``active/``; afterwards it is removed when
-every recipient is final (delivered or bounced), or moved to ``deferred/`` with its
-recipients' states, reasons and next tries written durably in the same step.
+crash left in ``active/`` by an older version, which the spool's recovery moved back) and
+``deferred/`` is taken up.
+
+The active queue is kept in memory (:meth:`QueueManager.active_ids`): a message is
+delivered where it lies (``incoming/`` or ``deferred/``), not moved to ``active/`` on disk.
+Recovery treats everything in ``incoming/`` as to-do anyway, so the move would record
+nothing a restart uses, and it would cost the acceptance path's committer two directory
+fsyncs per message. Afterwards the message is removed when every recipient is final
+(delivered or bounced), or moved to (or rewritten in) ``deferred/`` with its recipients'
+states, reasons and next tries written durably in the same step.
+
+The removal of a finished message is *not* durable (no directory fsync, as in Postfix): a
+crash right after it may bring the message back, and it is then delivered again. Mail is
+never lost this way, since every delivery is durable before it counts as done; a duplicate
+is the price, which SMTP's at-least-once delivery allows (docs/delivery.md).
 
 Each recipient's route comes from the router (local, virtual, relay, other) and each
 route's transport is injected: local delivery, and outbound SMTP when it exists. A route
@@ -23,14 +34,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from roost.address import AddressError, parse_mailbox
 from roost.delivery.router import Destination, Router
 from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
 from roost.queue.directory import QueueDirectory, QueueName
 from roost.queue.envelope import Envelope, Recipient, RecipientState, WithProtocol
-from roost.queue.errors import SpoolError
+from roost.queue.errors import SpoolError, SpoolErrorKind
 from roost.queue.schedule import RetryPolicy
 from roost.queue.spool import Spool
 
@@ -43,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("roost.qmgr")
+
+#: Envelopes up to this size (bytes) are read in the event loop; larger ones in a thread.
+_INLINE_ENVELOPE_BYTES: Final = 16 * 1024
 
 
 class Outcome:
@@ -151,6 +165,13 @@ class QueueManager:
         self._timer_queues: dict[str, QueueName] = {}  # where each timed message waits
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[str] = set()  # the active queue: messages being delivered now
+        # delivered messages waiting for their (batched, non-durable) removal, and the
+        # batch being removed now: still on disk, so still active
+        self._to_remove: dict[str, QueueName] = {}
+        self._removing: dict[str, QueueName] = {}
+        self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
+        self._remover: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -189,6 +210,10 @@ class QueueManager:
         self._timers.clear()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(grace, 0.1))
+        # delivered mail must not stay queued over a clean restart (it would be delivered
+        # again): finish the removals
+        if self._remover is not None and not self._remover.done():
+            await asyncio.wait([self._remover], timeout=max(grace, 0.1))
 
     def status(self) -> Mapping[str, object]:
         """Counters for ``roost status``."""
@@ -200,6 +225,14 @@ class QueueManager:
             "deferred": self.deferred,
             "bounced": self.bounced,
         }
+
+    def active_ids(self) -> frozenset[str]:
+        """The queue IDs being delivered right now: Postfix's active queue (``*`` in mailq).
+
+        They stay in ``incoming/`` or ``deferred/`` on disk; ``roost queue`` leaves them
+        alone while the daemon runs.
+        """
+        return frozenset(self._active).union(self._to_remove, self._removing)
 
     def notify(self, queue_id: str) -> None:
         """The spool committed a new message (called in the event loop thread)."""
@@ -224,8 +257,8 @@ class QueueManager:
     # --- scheduling -------------------------------------------------------------------
 
     def _enqueue(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
-        if queue_id in self._queued:
-            return
+        if queue_id in self._queued or queue_id in self._to_remove or queue_id in self._removing:
+            return  # being delivered, or delivered and about to be removed
         self._queued.add(queue_id)
         self._ready.put_nowait((queue_id, queue))
         if force:
@@ -287,18 +320,29 @@ class QueueManager:
     async def process(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
         """Deliver what is due of one message, then remove, defer or bounce it.
 
+        The message stays where it is on disk while it is delivered; it is in
+        :meth:`active_ids` meanwhile.
+
         Args:
             queue_id: the message.
-            queue: where it is now (incoming or deferred).
+            queue: where it is now (incoming or deferred; active only for what an older
+                version left there).
             force: try every deferred recipient now (queue flush).
         """
+        self._active.add(queue_id)
         try:
-            if queue is not QueueName.ACTIVE:
-                await self.spool.move(queue_id, queue, QueueName.ACTIVE)
-            envelope = await self.spool.load_envelope(queue_id, QueueName.ACTIVE)
-        except SpoolError as exc:
-            log.warning("%s: cannot take up the message: %s", queue_id, exc)
-            return
+            await self._process(queue_id, queue, force=force)
+        finally:
+            self._active.discard(queue_id)
+
+    async def _process(self, queue_id: str, queue: QueueName, *, force: bool) -> None:
+        envelope = self._read_envelope_now(queue_id, queue)
+        if envelope is None:
+            try:
+                envelope = await self.spool.load_envelope(queue_id, queue)
+            except SpoolError as exc:
+                log.warning("%s: cannot take up the message: %s", queue_id, exc)
+                return
         started = self.clock()
         due = [
             (index, recipient)
@@ -306,30 +350,89 @@ class QueueManager:
             if not recipient.is_final
             and (force or recipient.next_try is None or recipient.next_try <= started)
         ]
-        results = await self._deliver(queue_id, envelope, due)
+        results = await self._deliver(queue_id, queue, envelope, due)
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
-        await self._notifications(queue_id, envelope, results)
-        envelope = await self._delay_warning(queue_id, envelope)
+        await self._notifications(queue_id, queue, envelope, results)
+        envelope = await self._delay_warning(queue_id, queue, envelope)
         try:
             if envelope.is_done:
-                await self.spool.remove(queue_id, QueueName.ACTIVE)
-                log.info("%s: removed", queue_id)
+                await asyncio.shield(self._remove(queue_id, queue))
                 return
-            await self.spool.move(queue_id, QueueName.ACTIVE, QueueName.DEFERRED, envelope=envelope)
+            if queue is QueueName.DEFERRED:
+                await self.spool.update_envelope(queue_id, envelope, queue)
+            else:
+                await self.spool.move(queue_id, queue, QueueName.DEFERRED, envelope=envelope)
+                queue = QueueName.DEFERRED
         except SpoolError as exc:
-            # e.g. a full queue disk: the message stays in active/ (its old envelope, so
-            # what was delivered may be delivered again) and is tried again later
+            # e.g. a full queue disk, or the administrator deleted or held the message
+            # meanwhile: it stays where it is (its old envelope, so what was delivered may
+            # be delivered again) and is tried again later
             log.warning("%s: cannot update the queue file: %s; retrying later", queue_id, exc)
             if not self._stopping:
                 retry_at = self.clock() + self.retry.minimal_backoff
-                self._schedule(queue_id, retry_at, QueueName.ACTIVE)
+                self._schedule(queue_id, retry_at, queue)
             return
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
 
+    def _read_envelope_now(self, queue_id: str, queue: QueueName) -> Envelope | None:
+        """Read a just-committed envelope in the event loop: a small file in the page cache
+        costs less to read than a thread hand-off. None on any trouble (missing, corrupt,
+        another layout): the caller then asks the spool, which reports and quarantines."""
+        try:
+            data = self.spool.directory.read_envelope_data(queue, queue_id)
+            if data is None or len(data) > _INLINE_ENVELOPE_BYTES:
+                return None
+            envelope = Envelope.from_json(data)
+        except (OSError, ValueError):  # EnvelopeError is a ValueError
+            return None
+        return envelope if envelope.queue_id == queue_id else None
+
+    def _remove(self, queue_id: str, queue: QueueName) -> asyncio.Future[None]:
+        """Remove a finished message soon, with others in one thread hand-off.
+
+        Not durable (no directory fsync, as Postfix): a crash may bring the message back,
+        and it is then delivered again; every delivery is durable before this.
+
+        Returns:
+            A future done when the batch holding the message has been removed. The
+            delivery keeps its slot until then, so the messages delivered but still on disk
+            (delivered again after a crash) are never more than the concurrency.
+        """
+        self._to_remove[queue_id] = queue
+        if self._to_remove_done is None:
+            self._to_remove_done = asyncio.get_running_loop().create_future()
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.create_task(self._remove_loop(), name="qmgr-remove")
+        return self._to_remove_done
+
+    async def _remove_loop(self) -> None:
+        while self._to_remove:
+            self._removing, self._to_remove = self._to_remove, {}
+            done, self._to_remove_done = self._to_remove_done, None
+            batch = list(self._removing.items())
+            try:
+                errors: list[SpoolError | None] = await self.spool.remove_many(batch)
+            except Exception as exc:  # the spool is closing, or a bug
+                log.error("cannot remove delivered messages: %s", exc)
+                errors = [SpoolError(str(exc), SpoolErrorKind.LOCAL_ERROR)] * len(batch)
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+            for (queue_id, _), error in zip(batch, errors, strict=True):
+                if error is None:
+                    log.info("%s: removed", queue_id)
+                else:  # e.g. deleted by the administrator meanwhile
+                    log.warning("%s: cannot remove the queue file: %s", queue_id, error)
+            self._removing = {}
+
     async def _deliver(
-        self, queue_id: str, envelope: Envelope, due: Sequence[tuple[int, Recipient]]
+        self,
+        queue_id: str,
+        queue: QueueName,
+        envelope: Envelope,
+        due: Sequence[tuple[int, Recipient]],
     ) -> list[RecipientResult]:
         groups: dict[Destination, list[tuple[int, Recipient]]] = {}
         results: list[RecipientResult] = []
@@ -356,7 +459,7 @@ class QueueManager:
                 queue_id=queue_id,
                 envelope=envelope,
                 recipients=tuple(recipients),
-                open_content=functools.partial(directory.open_content, queue_id, QueueName.ACTIVE),
+                open_content=functools.partial(directory.open_content, queue_id, queue),
                 content_size=envelope.size,
             )
             try:
@@ -445,7 +548,11 @@ class QueueManager:
         return envelope
 
     async def _notifications(
-        self, queue_id: str, envelope: Envelope, results: Sequence[RecipientResult]
+        self,
+        queue_id: str,
+        queue: QueueName,
+        envelope: Envelope,
+        results: Sequence[RecipientResult],
     ) -> None:
         by_index = {result.index: result for result in results}
         failed: list[DsnRecipient] = []
@@ -475,9 +582,9 @@ class QueueManager:
                     log.info("%s: discarding a notice about a bounce to <>", queue_id)
                     continue
                 to = self.double_bounce_recipient
-            await self._send_dsn(queue_id, envelope, lines, to, kind)
+            await self._send_dsn(queue_id, queue, envelope, lines, to, kind)
 
-    async def _delay_warning(self, queue_id: str, envelope: Envelope) -> Envelope:
+    async def _delay_warning(self, queue_id: str, queue: QueueName, envelope: Envelope) -> Envelope:
         """Send one "delayed" DSN once the message is ``delay_warning_time`` old."""
         now = self.clock()
         if envelope.is_done or not self.retry.wants_delay_warning(
@@ -498,6 +605,7 @@ class QueueManager:
             lifetime = self.retry.maximal_lifetime
             await self._send_dsn(
                 queue_id,
+                queue,
                 envelope,
                 lines,
                 envelope.envelope_sender,
@@ -509,6 +617,7 @@ class QueueManager:
     async def _send_dsn(
         self,
         queue_id: str,
+        queue: QueueName,
         envelope: Envelope,
         lines: list[DsnRecipient],
         to: str,
@@ -518,7 +627,7 @@ class QueueManager:
     ) -> None:
         try:
             original = await asyncio.to_thread(
-                _read_limited, self.spool.directory, queue_id, self.bounce_size_limit + 1
+                _read_limited, self.spool.directory, queue_id, queue, self.bounce_size_limit + 1
             )
             message = build_dsn(
                 envelope=envelope,
@@ -543,8 +652,8 @@ class QueueManager:
         log.info("%s: sender %s notification: %s", queue_id, kind, new_id)
 
 
-def _read_limited(directory: QueueDirectory, queue_id: str, limit: int) -> bytes:
-    with directory.open_content(queue_id, QueueName.ACTIVE) as handle:
+def _read_limited(directory: QueueDirectory, queue_id: str, queue: QueueName, limit: int) -> bytes:
+    with directory.open_content(queue_id, queue) as handle:
         return handle.read(limit)
 
 

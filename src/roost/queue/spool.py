@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import BinaryIO, Final, TypeAlias, TypeVar
 
@@ -265,14 +265,64 @@ class Spool:
         data = None if envelope is None else encode_envelope(envelope)
         await self._submit(_MoveJob(QueueName(from_queue), QueueName(to_queue), queue_id, data))
 
-    async def remove(self, queue_id: str, queue: QueueName) -> None:
-        """Delete a message durably: envelope first, then content.
+    async def remove(self, queue_id: str, queue: QueueName, *, durable: bool = True) -> None:
+        """Delete a message: envelope first, then content.
+
+        Args:
+            queue_id: the message.
+            queue: where it is.
+            durable: True: through the group commit, returning after the directory fsync.
+                False: two unlinks in an I/O thread, no fsync and no wait for the
+                committer (Postfix removes delivered queue files so); after a crash the
+                message may be back, whole, and is then delivered again. For the queue
+                manager's delivered mail, never for ``roost queue delete``.
 
         Raises:
             SpoolError: NOT_FOUND, or an I/O failure.
         """
         _check_queue_id(queue_id)
-        await self._submit(_RemoveJob(QueueName(queue), queue_id))
+        if durable:
+            await self._submit(_RemoveJob(QueueName(queue), queue_id))
+        else:
+            await self._in_thread(
+                functools.partial(self.directory.remove, durable=False), queue_id, queue
+            )
+
+    async def remove_many(
+        self, messages: Sequence[tuple[str, QueueName]]
+    ) -> list[SpoolError | None]:
+        """Remove several messages without a directory fsync, in one thread hand-off.
+
+        Each is removed as by :meth:`remove` with ``durable=False`` (the queue manager's
+        delivered mail: after a crash a message may be back, whole, and is delivered
+        again).
+
+        Args:
+            messages: (queue ID, queue) pairs.
+
+        Returns:
+            Per message, in order: None when removed, else the :class:`SpoolError`
+            (NOT_FOUND, or an I/O failure).
+
+        Raises:
+            ValueError: a queue ID is malformed (nothing was removed).
+        """
+        for queue_id, _ in messages:
+            _check_queue_id(queue_id)
+        directory = self.directory
+
+        def remove_all() -> list[SpoolError | None]:
+            errors: list[SpoolError | None] = []
+            for queue_id, queue in messages:
+                try:
+                    directory.remove(queue_id, QueueName(queue), durable=False)
+                except SpoolError as exc:
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+            return errors
+
+        return await self._in_thread(remove_all)
 
     async def recover(self, *, orphan_age: float = 0.0) -> RecoveryReport:
         """Clean up after a crash; call once at start-up, before the queue manager runs.
