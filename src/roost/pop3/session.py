@@ -50,6 +50,7 @@ from roost.pop3.protocol import ConnectionClosed, NeedData, Quit, Rset
 from roost.pop3.render import Failure, RespCode
 from roost.pop3.state import (
     Close,
+    MaildropView,
     Pop3State,
     Retrieve,
     Send,
@@ -85,6 +86,10 @@ _READ_HIGH_WATER: Final = 256 * 1024
 _WRITE_CHUNK: Final = 256 * 1024
 """Octets of queued output after which a RETR writes and waits for the client."""
 _TERMINATOR_SIZE: Final = len(b".\r\n")
+_WHOLE_MAX: Final = 256 * 1024
+"""Largest message (octets) encoded for RETR in one go (:func:`render.encode_whole`).
+Bigger ones are encoded in 64 KB pieces, which is faster for them (each piece stays in
+the CPU cache through the passes over it) and lets other sessions run in between."""
 _TLS_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
@@ -92,7 +97,18 @@ _TLS_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
 class SessionMaildrop(Maildrop, Protocol):
-    """A :class:`~roost.pop3.maildrop.Maildrop` that can also record ``\\Seen``."""
+    """A :class:`~roost.pop3.maildrop.Maildrop` that can also record ``\\Seen`` and read
+    a message at once when that needs no waiting."""
+
+    def read_now(self, uid: int) -> bytes | None:
+        """The stored message if it can be read without waiting for the disk; else None
+        (then use ``read``). Never raises."""
+        ...
+
+    def still_there(self, uid: int) -> bool:
+        """Whether the message read last for ``uid`` is still there unchanged (not
+        expunged, not renamed); a cheap check. Never raises."""
+        ...
 
     async def mark_seen(self, uids: Sequence[int]) -> None:
         """Add ``\\Seen`` to these messages (those retrieved by RETR).
@@ -286,6 +302,9 @@ class POP3Session(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._maildrop: SessionMaildrop | None = None
         self._seen: set[int] = set()
+        self._view: MaildropView | None = None
+        self._ahead_msg = 0  # the message to read ahead when the session next waits
+        self._ahead: tuple[int, bytes] | None = None  # (uid, the whole RETR response)
         self._incoming: list[bytes] = []
         self._incoming_size = 0
         self._reading_paused = False
@@ -499,6 +518,8 @@ class POP3Session(asyncio.Protocol):
             event = connection.next_event()
             if isinstance(event, NeedData):
                 await self._flush()
+                if self._ahead_msg and not self._incoming:
+                    self._read_ahead()
                 server.receive_data(await self._receive())
                 continue
             if isinstance(event, Rset) and server.state is Pop3State.TRANSACTION:
@@ -640,6 +661,7 @@ class POP3Session(asyncio.Protocol):
         self._userip = key
         self.user = user
         self._maildrop = maildrop
+        self._view = server.maildrop
         self.stats.message_count = len(maildrop.messages)
         self.stats.message_bytes = sum(message.size for message in maildrop.messages)
         self._login_in = self._bytes_in
@@ -652,15 +674,61 @@ class POP3Session(asyncio.Protocol):
     async def _retrieve(self, action: Retrieve) -> None:
         maildrop = self._maildrop
         assert maildrop is not None
-        try:
-            message = await maildrop.read(action.uid)
-        except MessageNotFound:
-            self._queue(render.err(f"Message {action.msg} expunged."))
+        uid = action.uid
+        response = None
+        ahead = self._ahead
+        if ahead is not None:
+            self._ahead = None
+            if ahead[0] == uid and action.body_lines is None and maildrop.still_there(uid):
+                response = ahead[1]
+        if response is None:
+            message = maildrop.read_now(uid)
+            if message is None:
+                try:
+                    message = await maildrop.read(uid)
+                except MessageNotFound:
+                    self._queue(render.err(f"Message {action.msg} expunged."))
+                    return
+                except StoreError as error:
+                    log_pop3.warning("%s: cannot read UID %d: %s", self._prefix, uid, error)
+                    self._queue(render.failure(store_failure(error)))
+                    return
+            if action.body_lines is not None or len(message) > _WHOLE_MAX:
+                await self._stream(action, message)
+                return
+            response = render.encode_whole(message, status=render.retr_status(action.size))
+        # The usual RETR: status, body and terminator in one buffer, one write.
+        self._queue(response)
+        stats = self.stats
+        stats.retr_count += 1
+        stats.retr_bytes += len(response) - _TERMINATOR_SIZE
+        if self.config.mark_seen:
+            self._seen.add(uid)
+        self._ahead_msg = action.msg + 1
+
+    def _read_ahead(self) -> None:
+        """Read and encode the message after the one just retrieved, while the client
+        reads that one: clients download in order (RETR 1, RETR 2, ...), and this work
+        is then off the path of the next RETR. Only a message that can be read without
+        waiting (:meth:`SessionMaildrop.read_now`); at RETR time it is used only if its
+        file is still there (not expunged or renamed since). At most one per session.
+        """
+        msg = self._ahead_msg
+        self._ahead_msg = 0
+        view = self._view
+        maildrop = self._maildrop
+        if view is None or maildrop is None:
             return
-        except StoreError as error:
-            log_pop3.warning("%s: cannot read UID %d: %s", self._prefix, action.uid, error)
-            self._queue(render.failure(store_failure(error)))
+        message = view.peek(msg)
+        if message is None or message.size > _WHOLE_MAX:
             return
+        data = maildrop.read_now(message.uid)
+        if data is not None:
+            status = render.retr_status(message.size)
+            self._ahead = (message.uid, render.encode_whole(data, status=status))
+
+    async def _stream(self, action: Retrieve, message: bytes) -> None:
+        """Send a big message (or TOP's part of one) in pieces, with flow control."""
         sent = 0
         for piece in action.response(message):
             sent += len(piece)
@@ -720,6 +788,7 @@ class POP3Session(asyncio.Protocol):
             return
         await self._mark_seen(set(self._seen))
         self._maildrop = None
+        self._ahead = None
         try:
             await maildrop.close()
         except Exception as error:
