@@ -411,7 +411,8 @@ class StoreMaildrop:
         The session checks this before sending a message it read ahead.
         """
         try:
-            return os.access(self._mailbox.message(uid).fspath, os.F_OK)
+            info = self._mailbox.message(uid)
+            return os.access(f"{info.directory}/{info.filename}", os.F_OK)
         except StoreError:
             return False
 
@@ -486,7 +487,7 @@ def _read_cached(mailbox: MailboxProtocol, uid: int) -> bytes | None:
     if not 0 < size <= _CACHED_READ_MAX:
         return None
     try:
-        fd = os.open(info.fspath, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"{info.directory}/{info.filename}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None  # renamed (flags) or gone: the executor path finds out which
     try:
