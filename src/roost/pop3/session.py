@@ -347,9 +347,11 @@ class POP3Session(asyncio.Protocol):
         self._task = self._loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
         if (
             self._inline is not None
-            and self._waiter is not None  # the task waits for input, nothing else
+            and waiter is not None  # the task waits for input, nothing else,
+            and not waiter.done()  # and nothing (a timeout, a close) woke it yet
             and self._pending is None
             and not self._incoming
             and not self._stopping
