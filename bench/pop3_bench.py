@@ -14,8 +14,10 @@ users' ``new/`` (the same bytes for both servers, LF line ends, some lines start
 "."), the server starts, an untimed first session (USER/PASS, STAT, QUIT) lets it index
 the new mail (moving it to ``cur/``), then the timed session runs. Runs alternate (roost,
 dovecot, roost, ...); the table gives medians, msg/s and MB/s of the RETR loop, the QUIT
-time, the server CPU per message, and the ratio roost/Dovecot (of the medians, and the
-median of the ratios of the runs done next to each other).
+time, the server CPU per message of the RETR loop (QUIT's CPU, which sets ``\\Seen`` on
+every message, is printed apart as ``quit_cpu_ms``), and the ratio roost/Dovecot (of the
+medians, and the median of the ratios of the runs done next to each other). CPU comes
+from /proc in clock ticks (10 ms): about +-0.01 ms per message for 1,000 messages.
 
 Both servers as shipped, plain TCP on 127.0.0.1, passwords in a passwd-file as {PLAIN}
 (no hashing cost on either side), ``pop3_lock_session = yes`` on both (roost's default;
@@ -531,6 +533,7 @@ def retrieve(server: Server, load: Load, round_: int, first: float) -> Run:
     for msg in range(1, count + 1):
         octets += client.multiline(f"RETR {msg}")
     retrieved = time.monotonic()
+    cpu_retrieved = server.cpu_seconds()
     client.quit()
     done = time.monotonic()
     return Run(
@@ -542,8 +545,9 @@ def retrieve(server: Server, load: Load, round_: int, first: float) -> Run:
         seconds=retrieved - started,
         quit_seconds=done - retrieved,
         first_session_seconds=first,
-        cpu_seconds=server.cpu_seconds() - cpu_before,
+        cpu_seconds=cpu_retrieved - cpu_before,  # the RETR loop only, not QUIT
         load_before=load_before,
+        extra={"quit_cpu_ms": 1000 * (server.cpu_seconds() - cpu_retrieved)},
     )
 
 

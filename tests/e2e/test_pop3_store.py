@@ -381,3 +381,75 @@ def test_message_expunged_by_imap_during_a_pop3_session(instance: Instance) -> N
     assert client.stat()[0] == 1
     client.dele(1)
     client.quit()
+
+
+def test_message_read_ahead_then_expunged_by_imap(instance: Instance) -> None:
+    """After RETR n the server reads message n+1 ahead; if IMAP expunges it meanwhile,
+    RETR n+1 must still answer that it is gone, not send what was read ahead."""
+    with instance.smtp() as smtp:
+        for subject in ("first", "second"):
+            smtp.sendmail(
+                "sender@example.org", [ALICE], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+            )
+    instance.wait_delivered("alice", 2)
+    client = login(instance)
+    assert client.stat()[0] == 2
+    assert b"Subject: first" in client.retr(1)[1]  # message 2 is read ahead now
+    imap = imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30)
+    imap.login(ALICE, PASSWORD)
+    imap.select("INBOX")
+    _, found = imap.search(None, "SUBJECT", '"second"')
+    imap.store(found[0].decode(), "+FLAGS", "\\Deleted")
+    imap.expunge()
+    imap.logout()
+    with pytest.raises(poplib.error_proto, match="-ERR Message 2 expunged."):
+        client.retr(2)
+    client.dele(1)
+    client.dele(2)
+    assert client.quit().startswith(b"+OK")
+    client = login(instance)
+    assert client.stat()[0] == 0
+    client.quit()
+
+
+def test_many_pipelined_retrs_before_reading(instance: Instance) -> None:
+    """Responses far bigger than the socket buffers, asked for in one write: the server
+    stops answering while the client does not read (flow control), and every response
+    arrives whole and in order once it does."""
+    body = "".join(f"line {i} of a big message\n" for i in range(6000))  # ~150 KB
+    with instance.smtp() as smtp:
+        for number in range(1, 41):
+            smtp.sendmail(
+                "sender@example.org",
+                [ALICE],
+                f"Subject: big {number}\r\n\r\n.dotted\r\n{body}".encode(),
+            )
+    instance.wait_delivered("alice", 40)
+    with socket.create_connection(("127.0.0.1", instance.ports["pop3"]), 30) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        reader = raw.makefile("rb")
+        reader.readline()
+        raw.sendall(f"USER {ALICE}\r\nPASS {PASSWORD}\r\n".encode())
+        assert reader.readline() == b"+OK\r\n"
+        assert reader.readline().startswith(b"+OK Logged in")
+        retrs = "".join(f"RETR {n}\r\n" for n in range(1, 41))
+        raw.sendall(f"{retrs}LIST 40\r\n".encode())
+        time.sleep(0.5)  # the server fills the buffers and must wait for us
+        found = []
+        for _ in range(40):
+            status = reader.readline()
+            assert status.startswith(b"+OK ") and status.endswith(b" octets\r\n"), status
+            lines = []
+            while (line := reader.readline()) != b".\r\n":
+                lines.append(line)
+            assert sum(len(line) for line in lines) - 1 == int(status.split()[1])  # one ".."
+            assert b"..dotted\r\n" in lines
+            found += [line for line in lines if line.startswith(b"Subject: big ")]
+        assert sorted(found) == sorted(f"Subject: big {n}\r\n".encode() for n in range(1, 41))
+        assert reader.readline().startswith(b"+OK 40 ")
+        raw.sendall(b"DELE 1\r\nRSET\r\nQUIT\r\n")
+        assert reader.readline() == b"+OK message 1 deleted\r\n"
+    client = login(instance)
+    for msg in range(1, client.stat()[0] + 1):
+        client.dele(msg)
+    client.quit()

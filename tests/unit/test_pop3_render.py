@@ -22,11 +22,13 @@ from roost.pop3.render import (
     capabilities,
     continuation,
     encode_message,
+    encode_whole,
     err,
     failure,
     multiline,
     ok,
     printable,
+    retr_status,
     wire_size,
 )
 
@@ -138,6 +140,8 @@ def test_multiline_stuffs_dots() -> None:
 )
 def test_encode_message(message: bytes, body: bytes) -> None:
     assert b"".join(encode_message(message)) == body
+    assert encode_whole(message) == body
+    assert encode_whole(bytearray(message), status=b"+OK\r\n") == b"+OK\r\n" + body
     # The same octets whatever the chunking: byte by byte here.
     encoder = MultilineEncoder()
     pieces = [encoder.feed(message[i : i + 1]) for i in range(len(message))]
@@ -322,3 +326,23 @@ def test_capa_minimal() -> None:
         "AUTH-RESP-CODE",
         "PIPELINING",
     )
+
+
+@given(message=st.one_of(_MESSAGES, st.binary(max_size=3000)))
+def test_whole_message_encoding_equals_the_streaming_encoder(message: bytes) -> None:
+    # encode_whole is the fast path for RETR; the streaming encoder is the reference.
+    assert encode_whole(message) == b"".join(encode_message(message, chunk_size=7))
+    assert encode_whole(memoryview(message), status=b"+OK x\r\n") == b"+OK x\r\n" + b"".join(
+        encode_message(message)
+    )
+
+
+def test_retr_status() -> None:
+    assert retr_status(4123) == ok("4123 octets") == b"+OK 4123 octets\r\n"
+    assert retr_status(0) == b"+OK 0 octets\r\n"
+
+
+def test_status_text_fast_and_slow_paths_agree() -> None:
+    assert ok("plain text 123") == b"+OK plain text 123\r\n"
+    assert ok("tab\there\x7f") == b"+OK tab here \r\n"
+    assert err("caf\u00e9") == "-ERR caf\u00e9\r\n".encode()

@@ -46,10 +46,12 @@ from roost.auth.users import User, UserDatabase
 from roost.pop3 import render
 from roost.pop3.errors import store_failure
 from roost.pop3.maildrop import Maildrop
-from roost.pop3.protocol import ConnectionClosed, NeedData, Quit, Rset
+from roost.pop3.protocol import ConnectionClosed, Event, NeedData, Quit, Rset
 from roost.pop3.render import Failure, RespCode
 from roost.pop3.state import (
+    Action,
     Close,
+    MaildropView,
     Pop3State,
     Retrieve,
     Send,
@@ -85,6 +87,10 @@ _READ_HIGH_WATER: Final = 256 * 1024
 _WRITE_CHUNK: Final = 256 * 1024
 """Octets of queued output after which a RETR writes and waits for the client."""
 _TERMINATOR_SIZE: Final = len(b".\r\n")
+_WHOLE_MAX: Final = 256 * 1024
+"""Largest message (octets) encoded for RETR in one go (:func:`render.encode_whole`).
+Bigger ones are encoded in 64 KB pieces, which is faster for them (each piece stays in
+the CPU cache through the passes over it) and lets other sessions run in between."""
 _TLS_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
@@ -92,7 +98,18 @@ _TLS_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
 class SessionMaildrop(Maildrop, Protocol):
-    """A :class:`~roost.pop3.maildrop.Maildrop` that can also record ``\\Seen``."""
+    """A :class:`~roost.pop3.maildrop.Maildrop` that can also record ``\\Seen`` and read
+    a message at once when that needs no waiting."""
+
+    def read_now(self, uid: int) -> bytes | None:
+        """The stored message if it can be read without waiting for the disk; else None
+        (then use ``read``). Never raises."""
+        ...
+
+    def still_there(self, uid: int) -> bool:
+        """Whether the message read last for ``uid`` is still there unchanged (not
+        expunged, not renamed); a cheap check. Never raises."""
+        ...
 
     async def mark_seen(self, uids: Sequence[int]) -> None:
         """Add ``\\Seen`` to these messages (those retrieved by RETR).
@@ -253,6 +270,10 @@ class _Disconnect(Exception):
 
 _TIMED_OUT: Final = object()
 """What the idle timer wakes a waiting session with."""
+_FED: Final = object()
+"""What ``data_received`` wakes the task with after answering commands itself."""
+_FLUSH: Final = object()
+"""What :meth:`POP3Session._answer_ready` returns when enough output is queued."""
 _ORDERLY: Final = frozenset({"Logged out", "Too many bad commands"})
 """End reasons Dovecot logs as ``Disconnected: <reason>`` (others stand alone, e.g.
 ``Disconnected for inactivity top=...`` or ``Connection closed top=...``)."""
@@ -286,6 +307,11 @@ class POP3Session(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._maildrop: SessionMaildrop | None = None
         self._seen: set[int] = set()
+        self._view: MaildropView | None = None
+        self._ahead_msg = 0  # the message to read ahead when the session next waits
+        self._ahead: tuple[int, bytes] | None = None  # (uid, the whole RETR response)
+        self._inline: ServerState | None = None  # set in TRANSACTION: see _serve_inline
+        self._pending: tuple[Event, Action] | object | None = None  # left to the task
         self._incoming: list[bytes] = []
         self._incoming_size = 0
         self._reading_paused = False
@@ -321,6 +347,19 @@ class POP3Session(asyncio.Protocol):
         self._task = self._loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if (
+            self._inline is not None
+            and waiter is not None  # the task waits for input, nothing else,
+            and not waiter.done()  # and nothing (a timeout, a close) woke it yet
+            and self._pending is None
+            and not self._incoming
+            and not self._stopping
+            and self._writable.is_set()
+        ):
+            self._bytes_in += len(data)
+            self._serve_inline(self._inline, data)
+            return
         self._incoming.append(data)
         self._incoming_size += len(data)
         self._bytes_in += len(data)
@@ -419,8 +458,8 @@ class POP3Session(asyncio.Protocol):
             self._out.append(data)
             self._out_size += len(data)
 
-    async def _flush(self) -> None:
-        """Write what is queued; wait while the client does not read (flow control)."""
+    def _write_queued(self) -> None:
+        """Hand what is queued to the transport (which sends what the socket takes)."""
         if self._out:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
@@ -429,6 +468,10 @@ class POP3Session(asyncio.Protocol):
             if transport is not None and not self._lost:
                 self._bytes_out += len(data)
                 transport.write(data)
+
+    async def _flush(self) -> None:
+        """Write what is queued; wait while the client does not read (flow control)."""
+        self._write_queued()
         if not self._writable.is_set():
             try:
                 async with asyncio.timeout(self.config.client_timeout):
@@ -438,8 +481,9 @@ class POP3Session(asyncio.Protocol):
         if self._lost:
             raise _Disconnect("Connection closed")
 
-    async def _receive(self) -> bytes:
-        """The next octets from the client; ``b""`` when it closed its side."""
+    async def _receive(self) -> bytes | None:
+        """The next octets from the client; ``b""`` when it closed its side; ``None`` when
+        :meth:`_serve_inline` has already passed them on (see :attr:`_pending`)."""
         if not (self._incoming or self._eof or self._lost or self._stopping):
             loop = self._loop
             assert loop is not None
@@ -456,7 +500,10 @@ class POP3Session(asyncio.Protocol):
                 await waiter
             finally:
                 self._waiter = None
-            if waiter.result() is _TIMED_OUT:
+            why = waiter.result()
+            if why is _FED:
+                return None
+            if why is _TIMED_OUT:
                 raise _Disconnect("Disconnected for inactivity", _INACTIVITY)
         if self._stopping and not self._incoming:
             raise _Disconnect("Server shutting down", _SHUTTING_DOWN)
@@ -494,25 +541,34 @@ class POP3Session(asyncio.Protocol):
 
     async def _events(self, server: ServerState) -> str:
         """Run the conversation; returns the reason it ended (for the log)."""
-        connection = server.connection
         while True:
-            event = connection.next_event()
-            if isinstance(event, NeedData):
+            pending = self._pending
+            if pending is None:
+                pending = self._answer_ready(server)
+            else:
+                self._pending = None
+            if pending is None or pending is _FLUSH:
                 await self._flush()
-                server.receive_data(await self._receive())
+                if pending is _FLUSH:
+                    continue
+                if self._ahead_msg and not self._incoming:
+                    self._read_ahead()
+                data = await self._receive()
+                if data is not None:
+                    server.receive_data(data)
                 continue
-            if isinstance(event, Rset) and server.state is Pop3State.TRANSACTION:
-                self._seen.clear()  # as Dovecot: RSET also forgets what RETR would mark
-            action = server.handle(event)
-            if isinstance(action, Send):
-                self._queue(action.data)
-            elif isinstance(action, Retrieve):
+            if isinstance(pending, BaseException):
+                raise pending  # from _serve_inline
+            assert isinstance(pending, tuple)
+            event, action = pending
+            if isinstance(action, Retrieve):
                 await self._retrieve(action)
             elif isinstance(action, VerifyLogin):
                 await self._login(server, action)
             elif isinstance(action, StartTls):
                 await self._start_tls(server, action)
             elif isinstance(action, Update):
+                self._inline = None
                 await self._update(server, action)
                 return "Logged out"
             else:
@@ -523,6 +579,55 @@ class POP3Session(asyncio.Protocol):
                 if isinstance(event, ConnectionClosed):
                     return "Connection closed"
                 return "Too many bad commands"
+
+    def _answer_ready(self, server: ServerState) -> tuple[Event, Action] | object | None:
+        """Answer the commands received as far as that needs no waiting.
+
+        Returns:
+            None when more input is needed; :data:`_FLUSH` when enough output is queued
+            to write it first; else the next event and its action, to be awaited.
+        """
+        connection = server.connection
+        while True:
+            if self._out_size >= _WRITE_CHUNK:
+                return _FLUSH
+            event = connection.next_event()
+            if isinstance(event, NeedData):
+                return None
+            if isinstance(event, Rset) and server.state is Pop3State.TRANSACTION:
+                self._seen.clear()  # as Dovecot: RSET also forgets what RETR would mark
+            action = server.handle(event)
+            if isinstance(action, Send):
+                self._queue(action.data)
+            elif not (isinstance(action, Retrieve) and self._retrieve_now(action)):
+                return event, action
+
+    def _serve_inline(self, server: ServerState, data: bytes) -> None:
+        """Answer commands in ``data_received`` while the task waits for input.
+
+        In the TRANSACTION state most commands (STAT, LIST, UIDL, DELE, NOOP, RSET, and
+        RETR/TOP of a message in the page cache) need no waiting: answering them here
+        saves two task switches per command. What does need waiting (a read from the
+        disk, QUIT's deletions, a client that does not read) is left to the task, in
+        order, with everything after it.
+        """
+        server.receive_data(data)
+        try:
+            pending = self._answer_ready(server)
+            self._write_queued()
+            while pending is _FLUSH and self._writable.is_set():
+                pending = self._answer_ready(server)
+                self._write_queued()
+        except Exception as error:  # the task logs it, as any failure of the session
+            pending = error
+        loop = self._loop
+        assert loop is not None
+        self._deadline = loop.time() + self.config.client_timeout
+        if pending is not None:
+            self._pending = pending
+            self._wake(_FED)
+        elif self._ahead_msg:
+            self._read_ahead()
 
     # --- STLS (RFC 2595 §4) -----------------------------------------------------------------
 
@@ -640,6 +745,8 @@ class POP3Session(asyncio.Protocol):
         self._userip = key
         self.user = user
         self._maildrop = maildrop
+        self._view = server.maildrop
+        self._inline = server
         self.stats.message_count = len(maildrop.messages)
         self.stats.message_bytes = sum(message.size for message in maildrop.messages)
         self._login_in = self._bytes_in
@@ -649,7 +756,50 @@ class POP3Session(asyncio.Protocol):
 
     # --- RETR and TOP (RFC 1939 §5, §7) -----------------------------------------------------
 
+    def _retrieve_now(self, action: Retrieve) -> bool:
+        """Answer RETR or TOP of a message that can be had without waiting (read ahead,
+        or in the page cache) and is at most :data:`_WHOLE_MAX`; False if it cannot."""
+        maildrop = self._maildrop
+        assert maildrop is not None
+        uid = action.uid
+        ahead = self._ahead
+        if ahead is not None:
+            self._ahead = None
+            if ahead[0] == uid and action.body_lines is None and maildrop.still_there(uid):
+                self._sent_whole(action, ahead[1])
+                return True
+        message = maildrop.read_now(uid)
+        if message is None or len(message) > _WHOLE_MAX:
+            return False
+        if action.body_lines is None:
+            self._sent_whole(action, render.encode_whole(message, status=action.status))
+        else:
+            response = b"".join(action.response(message))
+            self._queue(response)
+            self._count(action, len(response))
+        return True
+
+    def _sent_whole(self, action: Retrieve, response: bytes) -> None:
+        """Queue a whole RETR response; read the next message ahead when next idle."""
+        self._queue(response)
+        self._count(action, len(response))
+        self._ahead_msg = action.msg + 1
+
+    def _count(self, action: Retrieve, sent: int) -> None:
+        """Account ``sent`` octets (status line included) of a RETR or TOP response."""
+        sent -= _TERMINATOR_SIZE  # as Dovecot's retr_bytes/top_bytes: all but ".\r\n"
+        stats = self.stats
+        if action.body_lines is None:
+            stats.retr_count += 1
+            stats.retr_bytes += sent
+            if self.config.mark_seen:
+                self._seen.add(action.uid)
+        else:
+            stats.top_count += 1
+            stats.top_bytes += sent
+
     async def _retrieve(self, action: Retrieve) -> None:
+        """RETR or TOP of a message that :meth:`_retrieve_now` could not answer."""
         maildrop = self._maildrop
         assert maildrop is not None
         try:
@@ -661,22 +811,37 @@ class POP3Session(asyncio.Protocol):
             log_pop3.warning("%s: cannot read UID %d: %s", self._prefix, action.uid, error)
             self._queue(render.failure(store_failure(error)))
             return
+        if action.body_lines is None and len(message) <= _WHOLE_MAX:
+            self._sent_whole(action, render.encode_whole(message, status=action.status))
+            return
         sent = 0
         for piece in action.response(message):
             sent += len(piece)
             self._queue(piece)
             if self._out_size >= _WRITE_CHUNK:
                 await self._flush()
-        sent -= _TERMINATOR_SIZE  # as Dovecot's retr_bytes/top_bytes: all but ".\r\n"
-        stats = self.stats
-        if action.body_lines is None:
-            stats.retr_count += 1
-            stats.retr_bytes += sent
-            if self.config.mark_seen:
-                self._seen.add(action.uid)
-        else:
-            stats.top_count += 1
-            stats.top_bytes += sent
+        self._count(action, sent)
+
+    def _read_ahead(self) -> None:
+        """Read and encode the message after the one just retrieved, while the client
+        reads that one: clients download in order (RETR 1, RETR 2, ...), and this work
+        is then off the path of the next RETR. Only a message that can be read without
+        waiting (:meth:`SessionMaildrop.read_now`); at RETR time it is used only if its
+        file is still there (not expunged or renamed since). At most one per session.
+        """
+        msg = self._ahead_msg
+        self._ahead_msg = 0
+        view = self._view
+        maildrop = self._maildrop
+        if view is None or maildrop is None:
+            return
+        message = view.peek(msg)
+        if message is None or message.size > _WHOLE_MAX:
+            return
+        data = maildrop.read_now(message.uid)
+        if data is not None:
+            status = render.retr_status(message.size)
+            self._ahead = (message.uid, render.encode_whole(data, status=status))
 
     # --- QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6) --------------------------------
 
@@ -720,6 +885,8 @@ class POP3Session(asyncio.Protocol):
             return
         await self._mark_seen(set(self._seen))
         self._maildrop = None
+        self._ahead = None
+        self._inline = None
         try:
             await maildrop.close()
         except Exception as error:

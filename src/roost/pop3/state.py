@@ -235,7 +235,7 @@ class Retrieve:
     def status(self) -> bytes:
         """The status line: ``+OK <size> octets`` for RETR (as RFC 1939 §5), ``+OK`` for TOP."""
         if self.body_lines is None:
-            return render.ok(f"{self.size} octets")
+            return render.retr_status(self.size)
         return render.ok()
 
     def encoder(self) -> MultilineEncoder:
@@ -324,6 +324,13 @@ class MaildropView:
         if msg in self._deleted:
             return render.err(f"message {msg} already deleted")
         return self._messages[msg - 1]
+
+    def peek(self, msg: int) -> MaildropMessage | None:
+        """Message ``msg`` if it exists and is not marked deleted (what a RETR of it would
+        send); ``None`` otherwise. Changes nothing."""
+        if 1 <= msg <= len(self._messages) and msg not in self._deleted:
+            return self._messages[msg - 1]
+        return None
 
     def summary(self) -> str:
         """``maildrop has N messages (M octets)``, as RFC 1939's examples."""

@@ -388,26 +388,46 @@ class StoreMaildrop:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(function, *args))
 
+    def read_now(self, uid: int) -> bytes | None:
+        """The message as stored, if it can be had without waiting; else None.
+
+        That is a message of at most 256 KB whose pages are all in the page cache: read
+        with ``preadv(RWF_NOWAIT)``, which never waits for the disk. It saves a thread
+        round trip per RETR in the common case, a client downloading mail that was just
+        delivered or listed. None means: use :meth:`read`.
+        """
+        if not self._nowait:
+            return None
+        try:
+            return _read_cached(self._mailbox, uid)
+        except _NoWaitUnsupported:
+            self._nowait = False  # this file system cannot: always use the executor
+            return None
+
+    def still_there(self, uid: int) -> bool:
+        """Whether the message file is still where it was when last read (no I/O but one
+        ``access(2)``): False once it was expunged, or renamed by a flag change.
+
+        The session checks this before sending a message it read ahead.
+        """
+        try:
+            info = self._mailbox.message(uid)
+            return os.access(f"{info.directory}/{info.filename}", os.F_OK)
+        except StoreError:
+            return False
+
     async def read(self, uid: int) -> bytes:
         """The message as stored (LF line ends).
 
-        A small message whose pages are all in the page cache is read at once (a read
-        that cannot block: ``preadv`` with ``RWF_NOWAIT``); any other read runs in the
-        executor. That saves a thread round trip per RETR in the common case: a client
-        downloading mail that was just delivered or listed.
+        Tries :meth:`read_now` first; any other read runs in the executor.
 
         Raises:
             roost.store.MessageNotFound: it was expunged meanwhile (by IMAP).
             StoreError: it cannot be read.
         """
-        if self._nowait:
-            try:
-                cached = _read_cached(self._mailbox, uid)
-            except _NoWaitUnsupported:
-                self._nowait = False  # this file system cannot: always use the executor
-            else:
-                if cached is not None:
-                    return cached
+        cached = self.read_now(uid)
+        if cached is not None:
+            return cached
         return await self._call(_read, self._mailbox, uid)
 
     async def delete(self, uids: Sequence[int]) -> None:
@@ -467,7 +487,7 @@ def _read_cached(mailbox: MailboxProtocol, uid: int) -> bytes | None:
     if not 0 < size <= _CACHED_READ_MAX:
         return None
     try:
-        fd = os.open(info.fspath, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"{info.directory}/{info.filename}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None  # renamed (flags) or gone: the executor path finds out which
     try:
