@@ -50,11 +50,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from roost.config import SERVICES, Settings, load_settings
+from roost.daemon.privileges import Account
 from roost.daemon.tlscontexts import tls_files
 from roost.delivery.aliases import Forward
 from roost.delivery.command import CommandEnvironment
@@ -452,16 +452,6 @@ def start_helper(config: Path) -> HelperClient:
 
 
 # --- checks (in the helper, as root) -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """A passwd entry the helper may act as."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
 
 
 def account_of(uid: object) -> Account:
