@@ -178,6 +178,7 @@ class Index:
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
+        self.txn_start_changes = 0
         try:
             self.db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -229,15 +230,34 @@ class Index:
         self.db.close()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); rolled back on any exception.
+
+        Args:
+            durable: False for a change that may be lost in a crash without harm (which
+                UIDs were \\Recent, when the disk was last synced): its commit is not
+                fsynced (the next durable commit syncs the log, and with it this one).
+        """
+        db = self.db
+        relaxed = not durable and self._fsync
+        if relaxed:
+            db.execute("PRAGMA synchronous=OFF")
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            self.txn_start_changes = db.total_changes
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if relaxed:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def changed_in_transaction(self) -> bool:
+        """True if the open write transaction modified any row."""
+        return self.db.total_changes != self.txn_start_changes
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
