@@ -340,6 +340,11 @@ class Registry:
 _K = TypeVar("_K")
 
 
+#: A selected session that sent nothing for this long releases its mailbox's index
+#: connection (reopened at its next command), in seconds.
+_SUSPEND_AFTER_SECONDS: Final = 5.0
+
+
 def _decrement(counts: dict[_K, int], key: _K) -> None:
     left = counts.get(key, 0) - 1
     if left > 0:
@@ -681,7 +686,13 @@ class IMAPSession(asyncio.Protocol):
             timeout = self.config.client_timeout
             if not authenticated:
                 timeout = min(timeout, LOGIN_TIMEOUT)
-            if not await self._wait_input(timeout):
+            ready = False
+            if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
+                ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
+                if not ready:
+                    self._suspend_selected()
+                    timeout -= _SUSPEND_AFTER_SECONDS
+            if not ready and not await self._wait_input(timeout):
                 reason = (
                     "Inactivity"
                     if not authenticated
@@ -696,6 +707,7 @@ class IMAPSession(asyncio.Protocol):
         next_check = now + config.idle_check_interval
         while True:
             wait = max(0.0, min(next_notify, next_check) - time.monotonic())
+            self._suspend_selected()
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
@@ -709,6 +721,15 @@ class IMAPSession(asyncio.Protocol):
                 self._queue(UntaggedResponse("OK", "Still here"))
                 next_notify = now + config.idle_notify_interval
             await self._flush()
+
+    def _suspend_selected(self) -> None:
+        """Let the selected mailbox release its index connection while the client idles."""
+        selected = self.selected
+        if selected is not None:
+            try:
+                selected.mailbox.suspend()
+            except Exception:
+                log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
 
     async def _call(self, function: Callable[..., _T], *args: object) -> _T:
         """Run a cheap store call on the event loop thread.

@@ -179,12 +179,35 @@ class Index:
         self._file_mode = file_mode
         self._chown = chown
         self.txn_start_changes = 0
+        self._db: sqlite3.Connection | None = None
         try:
-            self.db = self._connect()
+            self._db = self._connect()
         except sqlite3.DatabaseError as exc:
             logger.warning("%s: unreadable index (%s), rebuilding it", path, exc)
             self._remove_files()
-            self.db = self._connect()
+            self._db = self._connect()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; opened again after :meth:`suspend`.
+
+        Raises:
+            sqlite3.Error: reopening failed.
+        """
+        db = self._db
+        if db is None:
+            db = self._db = self._connect()
+        return db
+
+    def suspend(self) -> None:
+        """Close the connection until the next use (outside a transaction only).
+
+        An idle session keeps no SQLite connection (its page cache, lookaside and
+        statement cache are some 200 KiB); the next use opens the file again.
+        """
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -227,7 +250,7 @@ class Index:
 
     def close(self) -> None:
         """Close the connection."""
-        self.db.close()
+        self.suspend()
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:

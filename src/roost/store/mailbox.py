@@ -257,6 +257,14 @@ class Mailbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def suspend(self) -> None:
+        """Release the index connection while the session idles (reopened on next use).
+
+        Cheap to call; the view, the subscriptions and every other state stay.
+        """
+        if not self._closed:
+            self._index.suspend()
+
     def close(self) -> None:
         """Release the index and stop change notifications (idempotent)."""
         if self._closed:

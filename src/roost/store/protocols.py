@@ -120,6 +120,9 @@ class MailboxProtocol(Protocol):
     def watch(self, callback: ChangeCallback) -> Cancellable:
         """Be told of changes by other sessions and deliveries."""
 
+    def suspend(self) -> None:
+        """Release what an idle session need not hold (reacquired on next use)."""
+
     def close(self) -> None:
         """Release resources."""
 
