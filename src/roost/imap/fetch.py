@@ -47,9 +47,10 @@ from roost.imap.response import (
     ThreadIdItem,
     UidItem,
 )
-from roost.imap.search import MessageContext, matches
+from roost.imap.search import MessageContext, header_fields, matches, needs_message
 from roost.imap.sequence import SequenceSet
 from roost.store import MailboxProtocol, MessageInfo, MessageNotFound
+from roost.store.filename import to_crlf
 
 __all__ = [
     "STRUCTURE_FIELD",
@@ -166,11 +167,14 @@ def _local_time(timestamp: float) -> datetime.datetime:
 class _Message:
     """One message's data, loaded on first use."""
 
-    __slots__ = ("_parsed", "_structure", "info", "mailbox")
+    __slots__ = ("_blob", "_parsed", "_structure", "info", "mailbox")
 
-    def __init__(self, mailbox: MailboxProtocol, info: MessageInfo) -> None:
+    def __init__(
+        self, mailbox: MailboxProtocol, info: MessageInfo, blob: bytes | None = None
+    ) -> None:
         self.mailbox = mailbox
         self.info = info
+        self._blob = blob  # the cached structure, fetched for the whole batch
         self._parsed: ParsedMessage | None = None
         self._structure: tuple[bytes, bytes, bytes] | None = None
 
@@ -183,7 +187,7 @@ class _Message:
     def structure(self) -> tuple[bytes, bytes, bytes]:
         """ENVELOPE, BODY and BODYSTRUCTURE, from the cache or parsed and cached."""
         if self._structure is None:
-            blob = self.mailbox.cache_get(self.info.uid, STRUCTURE_FIELD)
+            blob = self._blob
             found = None if blob is None else _unpack(blob)
             if found is None:
                 parsed = self.parsed
@@ -213,6 +217,11 @@ def _unpack(blob: bytes) -> tuple[bytes, bytes, bytes] | None:
     return rest[:first], rest[first:second], rest[second:]
 
 
+_STRUCTURE_ITEMS: Final = frozenset(
+    {FetchAttribute.ENVELOPE, FetchAttribute.BODY, FetchAttribute.BODYSTRUCTURE}
+)
+
+
 def fetch_batch(
     mailbox: MailboxProtocol, targets: Sequence[FetchTarget], plan: FetchPlan
 ) -> FetchBatch:
@@ -223,9 +232,12 @@ def fetch_batch(
     """
     batch = FetchBatch()
     octets = 0
+    blobs: dict[int, bytes] = {}
+    if any(item in _STRUCTURE_ITEMS for item in plan.items):
+        blobs = mailbox.cache_get_many([target.info.uid for target in targets], STRUCTURE_FIELD)
     for target in targets:
         batch.done += 1
-        message = _Message(mailbox, target.info)
+        message = _Message(mailbox, target.info, blobs.get(target.info.uid))
         try:
             values = _values(message, target, plan, batch)
         except MessageNotFound:
@@ -329,6 +341,37 @@ class SearchTarget:
     flags: frozenset[str]
 
 
+#: The index cache field with the header fields SEARCH reads most (see
+#: :data:`SEARCH_HEADER_FIELDS`), so ``SEARCH FROM x`` opens no message file twice.
+SEARCH_HEADER_CACHE: Final = "search-header"
+#: The header fields kept in :data:`SEARCH_HEADER_CACHE` (those of ENVELOPE).
+SEARCH_HEADER_FIELDS: Final = frozenset(
+    {
+        "from", "to", "cc", "bcc", "subject", "date", "sender", "reply-to", "message-id",
+        "in-reply-to", "references",
+    }
+)  # fmt: skip
+
+
+def search_header(message: bytes) -> bytes:
+    """The fields of :data:`SEARCH_HEADER_FIELDS` of ``message`` (CRLF), as a header."""
+    data = to_crlf(message)
+    end = data.find(b"\r\n\r\n")
+    header = data if end < 0 else data[: end + 2]
+    kept: list[bytes] = []
+    keep = False
+    for line in header.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                kept.append(line)
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        keep = name.decode("latin-1") in SEARCH_HEADER_FIELDS
+        if keep:
+            kept.append(line)
+    return b"".join(line + b"\r\n" for line in kept) + b"\r\n"
+
+
 def search_messages(
     mailbox: MailboxProtocol,
     targets: Sequence[SearchTarget],
@@ -339,16 +382,28 @@ def search_messages(
 ) -> list[SearchTarget]:
     """The targets that match ``key`` (blocking: run in a worker thread).
 
-    A message expunged meanwhile is searched as an empty message.
+    A key on the usual header fields (FROM, TO, SUBJECT, SENTSINCE...) is answered from
+    the index's :data:`SEARCH_HEADER_CACHE`; the messages it lacks are read once and
+    added to it. A message expunged meanwhile is searched as an empty message.
     """
     max_msn = len(targets)
     found: list[SearchTarget] = []
+    fields = header_fields(key) if needs_message(key) else None
+    cached: dict[int, bytes] | None = None
+    fresh: dict[int, bytes] = {}
+    if fields is not None and fields <= SEARCH_HEADER_FIELDS:
+        cached = mailbox.cache_get_many([t.info.uid for t in targets], SEARCH_HEADER_CACHE)
     for target in targets:
         info = target.info
 
         def load(uid: int = info.uid) -> ParsedMessage:
             try:
-                return ParsedMessage.parse(mailbox.read_message_crlf(uid))
+                if cached is None:
+                    return ParsedMessage.parse(mailbox.read_message_crlf(uid))
+                blob = cached.get(uid)
+                if blob is None:
+                    blob = fresh[uid] = search_header(mailbox.read_message_crlf(uid))
+                return ParsedMessage.parse(blob)
             except MessageNotFound:
                 return ParsedMessage.parse(b"")
 
@@ -366,6 +421,8 @@ def search_messages(
         )
         if matches(key, context):
             found.append(target)
+    if fresh:
+        mailbox.cache_put_many(SEARCH_HEADER_CACHE, fresh)
     return found
 
 

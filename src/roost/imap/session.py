@@ -181,6 +181,7 @@ from roost.store import (
     MessageInfo,
     StoreError,
     StoreFlagsResult,
+    normalize_mailbox_name,
 )
 from roost.store import StoreMode as StoreFlagMode
 
@@ -721,6 +722,17 @@ class IMAPSession(asyncio.Protocol):
                 self._queue(UntaggedResponse("OK", "Still here"))
                 next_notify = now + config.idle_notify_interval
             await self._flush()
+
+    def _selected_as(self, name: str) -> MailboxProtocol | None:
+        """The selected mailbox if ``name`` names it (APPEND needs no second open)."""
+        selected = self.selected
+        if selected is None:
+            return None
+        try:
+            same = normalize_mailbox_name(name) == normalize_mailbox_name(selected.name)
+        except StoreError:
+            return None
+        return selected.mailbox if same else None
 
     def _suspend_selected(self) -> None:
         """Let the selected mailbox release its index connection while the client idles."""
@@ -1374,7 +1386,9 @@ class IMAPSession(asyncio.Protocol):
             return TaggedResponse(tag, "NO", "Can't save a zero byte message.", CANNOT)
         name = self._name(command.mailbox)
         try:
-            uid_validity, uids = await self._call_writer(_append, self._store(), name, command)
+            uid_validity, uids = await self._call_writer(
+                _append, self._store(), name, command, self._selected_as(name)
+            )
         except StoreError as error:
             return store_error_response(tag, error, missing_target=True)
         except ValueError as error:
@@ -1794,7 +1808,15 @@ def _statuses(store: UserStore, names: Iterable[str]) -> dict[str, MailboxStatus
     return found
 
 
-def _append(store: UserStore, name: str, command: Append) -> tuple[int, list[int]]:
+def _append(
+    store: UserStore, name: str, command: Append, selected: MailboxProtocol | None
+) -> tuple[int, list[int]]:
+    if selected is not None and len(command.messages) == 1:
+        # Into the selected mailbox: its object appends without a second open; the
+        # session's next sync reports the message, as for any other session.
+        message = command.messages[0]
+        date = message.date_time.timestamp() if message.date_time else None
+        return selected.uid_validity, [selected.append(message.data, message.flags, date)]
     mailbox = store.open(name)
     try:
         uids: list[int] = []

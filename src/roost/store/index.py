@@ -463,6 +463,19 @@ class Index:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def cache_get_many(self, uids: Sequence[int], field: str) -> dict[int, bytes]:
+        """uid -> the cached blob ``field``, for those ``uids`` that have one."""
+        out: dict[int, bytes] = {}
+        for start in range(0, len(uids), _CHUNK):
+            chunk = uids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for uid, value in self.db.execute(
+                f"SELECT uid, value FROM cache WHERE field = ? AND uid IN ({marks})",
+                (field, *chunk),
+            ):
+                out[uid] = bytes(value)
+        return out
+
     def cache_put(self, uid: int, field: str, value: bytes) -> None:
         """Store a blob for a message that exists (ignored otherwise)."""
         self.db.execute(

@@ -29,7 +29,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -426,11 +426,27 @@ class Mailbox:
         with self._errors("read the cache"):
             return self._index.cache_get(uid, field)
 
-    def cache_put(self, uid: int, field: str, value: bytes) -> None:
-        """Cache a blob for a message (dropped with the message); ignored if expunged."""
+    def cache_get_many(self, uids: Sequence[int], field: str) -> dict[int, bytes]:
+        """uid -> the blob cached as ``field``, for those of ``uids`` that have one."""
         self._check_open()
-        with self._errors("write the cache"), self._index.write():
-            self._index.cache_put(uid, field, value)
+        with self._errors("read the cache"):
+            return self._index.cache_get_many(uids, field)
+
+    def cache_put(self, uid: int, field: str, value: bytes) -> None:
+        """Cache a blob for a message (dropped with the message); ignored if expunged.
+
+        Not fsynced: a cache entry lost in a crash is parsed again.
+        """
+        self.cache_put_many(field, {uid: value})
+
+    def cache_put_many(self, field: str, values: Mapping[int, bytes]) -> None:
+        """Cache blobs for several messages in one (not fsynced) transaction."""
+        self._check_open()
+        if not values:
+            return
+        with self._errors("write the cache"), self._index.write(durable=False):
+            for uid, value in values.items():
+                self._index.cache_put(uid, field, value)
 
     # -------------------------------------------------------------- notification
 
