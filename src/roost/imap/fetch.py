@@ -31,7 +31,14 @@ from roost.imap.commands import (
     Section,
     SectionText,
 )
-from roost.imap.message import ParsedMessage, binary_size, body_structure, envelope, fetch_body
+from roost.imap.message import (
+    ParsedMessage,
+    binary_size,
+    body_structure,
+    envelope,
+    fetch_body,
+    partial,
+)
 from roost.imap.response import (
     BinarySizeItem,
     BodyItem,
@@ -178,6 +185,12 @@ class _Message:
         self._parsed: ParsedMessage | None = None
         self._structure: tuple[bytes, bytes, bytes] | None = None
 
+    def raw(self) -> bytes:
+        """The message octets (CRLF), without parsing them."""
+        if self._parsed is not None:
+            return self._parsed.raw
+        return self.mailbox.read_message_crlf(self.info.uid)
+
     @property
     def parsed(self) -> ParsedMessage:
         if self._parsed is None:
@@ -262,6 +275,14 @@ def _values(
     flags_shown = False
     for item in items:
         if isinstance(item, FetchBody):
+            if not item.binary and not item.section.part and item.section.text is None:
+                # BODY[] (the whole message): the octets as stored, no MIME parse.
+                whole = message.raw()
+                if item.partial is not None:
+                    whole = partial(whole, *item.partial)
+                _count(batch, item, len(whole))
+                values.append(BodyItem(item, whole))
+                continue
             data = fetch_body(message.parsed, item)
             if data is None:
                 batch.unknown_cte = True
