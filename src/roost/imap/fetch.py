@@ -1,8 +1,8 @@
-"""FETCH and SEARCH over the store: the blocking halves, run in worker threads.
+"""FETCH and SEARCH over the store: the halves that read messages and the index.
 
 The session decides which messages and items (on the event loop, with the client's
-view) and hands each batch to :func:`fetch_batch` or :func:`search_messages` in a worker
-thread; they read message files and the cache and return rendered responses or numbers.
+view) and calls :func:`fetch_batch` or :func:`search_messages` for each batch; they read
+message files and the cache and return rendered responses or numbers.
 
 ``ENVELOPE``, ``BODY`` and ``BODYSTRUCTURE`` are cached in the mailbox index (one blob per
 message, :data:`STRUCTURE_FIELD`), so a client's first sync parses each message once and
@@ -238,7 +238,7 @@ _STRUCTURE_ITEMS: Final = frozenset(
 def fetch_batch(
     mailbox: MailboxProtocol, targets: Sequence[FetchTarget], plan: FetchPlan
 ) -> FetchBatch:
-    """Build the ``FETCH`` responses of ``targets`` (blocking: run in a worker thread).
+    """Build the ``FETCH`` responses of ``targets`` (reads files and the index).
 
     Stops after :data:`BATCH_OCTETS` of message data so one batch never holds much
     more than that; :attr:`FetchBatch.done` says how far it got.
@@ -401,7 +401,7 @@ def search_messages(
     max_uid: int,
     zone: datetime.tzinfo,
 ) -> list[SearchTarget]:
-    """The targets that match ``key`` (blocking: run in a worker thread).
+    """The targets that match ``key`` (reads files and the index).
 
     A key on the usual header fields (FROM, TO, SUBJECT, SENTSINCE...) is answered from
     the index's :data:`SEARCH_HEADER_CACHE`; the messages it lacks are read once and

@@ -2,9 +2,12 @@
 
 :class:`IMAPSession` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
 one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in, events
-out), dispatching each command through :data:`HANDLERS`, one explicit table. Every store
-call (file I/O, SQLite) runs in a worker thread, one call at a time per session, so the
-event loop never blocks and one session's changes stay in order.
+out), dispatching each command through :data:`HANDLERS`, one explicit table. Store calls
+that read or sync run on the event loop (a few ``stat`` calls and index reads when
+nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
+EXPUNGE, COPY, MOVE, mailbox changes) run as one call in a worker thread, so waiting for
+the disk does not stall other sessions. One call at a time per session keeps one
+session's changes in order.
 
 What the session adds to the sans-IO core:
 
