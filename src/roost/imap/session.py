@@ -5,8 +5,9 @@ one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in,
 out), dispatching each command through :data:`HANDLERS`, one explicit table. Store calls
 that read or sync run on the event loop (a few ``stat`` calls and index reads when
 nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
-EXPUNGE, COPY, MOVE, mailbox changes) run as one call in a worker thread, so waiting for
-the disk does not stall other sessions. One call at a time per session keeps one
+EXPUNGE, COPY, MOVE, mailbox changes) or may take long (SELECT, FETCH and SEARCH over
+more than :data:`_INLINE_MESSAGES` messages) run as one call in a worker thread, so
+waiting for the disk or a big mailbox does not stall other sessions. One call at a time per session keeps one
 session's changes in order.
 
 What the session adds to the sans-IO core:
@@ -343,6 +344,10 @@ class Registry:
 
 _K = TypeVar("_K")
 
+
+#: FETCH and SEARCH over more messages than this run in a worker thread, so that one
+#: big mailbox does not stall the event loop (smaller ones are cheaper inline).
+_INLINE_MESSAGES: Final = 1000
 
 #: A selected session that sent nothing for this long releases its mailbox's index
 #: connection (reopened at its next command), in seconds.
@@ -754,8 +759,9 @@ class IMAPSession(asyncio.Protocol):
         """
         return function(*args)
 
-    async def _call_writer(self, function: Callable[..., _T], *args: object) -> _T:
-        """Run a store call that fsyncs (a write command) in a worker thread, as one call.
+    async def _call_in_thread(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run a store call that fsyncs (a write command) or may be long (SELECT, which
+        may build an index; FETCH or SEARCH over many messages) in a worker thread.
 
         Waiting for the disk must not stall the other sessions, and concurrent fsyncs
         of several sessions share the file system's journal commits.
@@ -1163,7 +1169,7 @@ class IMAPSession(asyncio.Protocol):
             self._enable_condstore()
         name = self._name(command.mailbox)
         readonly = command.read_only
-        opened = await self._call(
+        opened = await self._call_in_thread(
             _open_mailbox,
             self._store(),
             name,
@@ -1258,7 +1264,7 @@ class IMAPSession(asyncio.Protocol):
             )
         name = self._name(command.mailbox)
         special = command.special_use[0] if command.special_use else None
-        await self._call_writer(self._store().create, name, special)
+        await self._call_in_thread(self._store().create, name, special)
         return TaggedResponse(command.tag, "OK", "Create completed.")
 
     async def delete(self, command: Delete) -> TaggedResponse:
@@ -1267,7 +1273,7 @@ class IMAPSession(asyncio.Protocol):
         if self.selected is not None and self.selected.name == name:
             await self._deselect()
             self._queue(UntaggedResponse("OK", "Mailbox closed.", CLOSED))
-        await self._call_writer(self._store().delete, name)
+        await self._call_in_thread(self._store().delete, name)
         return TaggedResponse(command.tag, "OK", "Delete completed.")
 
     async def rename(self, command: Rename) -> TaggedResponse:
@@ -1275,7 +1281,7 @@ class IMAPSession(asyncio.Protocol):
         old = self._name(command.mailbox)
         new = self._name(command.new_mailbox)
         store = self._store()
-        await self._call_writer(store.rename, old, new)
+        await self._call_in_thread(store.rename, old, new)
         selected = self.selected
         if (
             selected is not None
@@ -1290,7 +1296,7 @@ class IMAPSession(asyncio.Protocol):
         selected = self.selected
         assert selected is not None
         await self._call(selected.mailbox.close)
-        opened = await self._call(
+        opened = await self._call_in_thread(
             _open_mailbox, self._store(), name, selected.readonly, None, self._changed_callback()
         )
         known = set(selected.infos)
@@ -1308,9 +1314,9 @@ class IMAPSession(asyncio.Protocol):
         name = self._name(command.mailbox)
         store = self._store()
         if isinstance(command, Subscribe):
-            await self._call_writer(store.subscribe, name)
+            await self._call_in_thread(store.subscribe, name)
             return TaggedResponse(command.tag, "OK", "Subscribe completed.")
-        await self._call_writer(store.unsubscribe, name)
+        await self._call_in_thread(store.unsubscribe, name)
         return TaggedResponse(command.tag, "OK", "Unsubscribe completed.")
 
     async def list_mailboxes(self, command: List) -> TaggedResponse:
@@ -1389,7 +1395,7 @@ class IMAPSession(asyncio.Protocol):
             return TaggedResponse(tag, "NO", "Can't save a zero byte message.", CANNOT)
         name = self._name(command.mailbox)
         try:
-            uid_validity, uids = await self._call_writer(
+            uid_validity, uids = await self._call_in_thread(
                 _append, self._store(), name, command, self._selected_as(name)
             )
         except StoreError as error:
@@ -1454,7 +1460,7 @@ class IMAPSession(asyncio.Protocol):
         """CLOSE (RFC 9051 §6.4.1): expunge silently (read-write only) and deselect."""
         selected = self._selected()
         if not selected.readonly:
-            expunged = await self._call_writer(selected.mailbox.expunge)
+            expunged = await self._call_in_thread(selected.mailbox.expunge)
             self.stats.expunged += len(expunged)
         await self._deselect()
         return TaggedResponse(command.tag, "OK", "Close completed.")
@@ -1474,7 +1480,7 @@ class IMAPSession(asyncio.Protocol):
             uids = self._resolve(command.sequence_set, uid=True)
             if not uids:
                 return TaggedResponse(command.tag, "OK", "Expunge completed.")
-        expunged = await self._call_writer(selected.mailbox.expunge, uids)
+        expunged = await self._call_in_thread(selected.mailbox.expunge, uids)
         self.stats.expunged += len(expunged)
         self._queue_all(selected.remove(expunged, self.mode))
         return TaggedResponse(command.tag, "OK", "Expunge completed.")
@@ -1492,7 +1498,8 @@ class IMAPSession(asyncio.Protocol):
             for number, uid in enumerate(selected.uids, 1)
         ]
         zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
-        found = await self._call(
+        call = self._call_in_thread if len(targets) > _INLINE_MESSAGES else self._call
+        found = await call(
             functools.partial(
                 search_messages,
                 selected.mailbox,
@@ -1568,7 +1575,7 @@ class IMAPSession(asyncio.Protocol):
                 if SEEN not in selected.infos[uid].flags and not selected.is_expunged(uid)
             ]
             if unseen:
-                result: StoreFlagsResult = await self._call_writer(
+                result: StoreFlagsResult = await self._call_in_thread(
                     selected.mailbox.store_flags, unseen, (SEEN,), StoreFlagMode.ADD
                 )
                 seen_now = set(selected.update_flags(result.updated))
@@ -1590,7 +1597,8 @@ class IMAPSession(asyncio.Protocol):
         unknown_cte = False
         position = 0
         while position < len(targets):
-            batch = await self._call(
+            call = self._call_in_thread if len(targets) > _INLINE_MESSAGES else self._call
+            batch = await call(
                 fetch_batch, selected.mailbox, targets[position : position + 200], plan
             )
             position += batch.done
@@ -1623,7 +1631,7 @@ class IMAPSession(asyncio.Protocol):
         mode = self.mode
         before = {uid: selected.infos[uid] for uid in uids}
         try:
-            result: StoreFlagsResult = await self._call_writer(
+            result: StoreFlagsResult = await self._call_in_thread(
                 selected.mailbox.store_flags,
                 uids,
                 command.flags,
@@ -1675,7 +1683,7 @@ class IMAPSession(asyncio.Protocol):
                 return TaggedResponse(tag, "OK", "No messages found.")
             return TaggedResponse(tag, "OK", f"{verb} completed.")
         try:
-            uid_validity, pairs = await self._call_writer(
+            uid_validity, pairs = await self._call_in_thread(
                 _copy, self._store(), selected.mailbox, uids, target, move
             )
         except StoreError as error:
