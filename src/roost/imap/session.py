@@ -7,8 +7,8 @@ that read or sync run on the event loop (a few ``stat`` calls and index reads wh
 nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
 EXPUNGE, COPY, MOVE, mailbox changes) or may take long (SELECT, FETCH and SEARCH over
 more than :data:`_INLINE_MESSAGES` messages) run as one call in a worker thread, so
-waiting for the disk or a big mailbox does not stall other sessions. One call at a time per session keeps one
-session's changes in order.
+waiting for the disk or a big mailbox does not stall other sessions. One call at a
+time per session keeps one session's changes in order.
 
 What the session adds to the sans-IO core:
 
