@@ -562,11 +562,16 @@ def test_fetch_body_sets_seen_but_not_in_examine(
 
 
 def test_search_keys(imap_instance: Instance, user: tuple[str, str]) -> None:
-    deliver(imap_instance, user[0], raw=MESSAGE)
-    deliver(imap_instance, user[0], "plain one", "nothing special\r\n")
-    deliver(imap_instance, user[0], "plain two", "zebra crossing\r\n")
     client = connect(imap_instance, *user)
     client.select("INBOX")
+    # A sync after each delivery: UIDs in delivery order (files found together are
+    # numbered in the order of their names, which need not be the delivery order).
+    deliver(imap_instance, user[0], raw=MESSAGE)
+    client.noop()
+    deliver(imap_instance, user[0], "plain one", "nothing special\r\n")
+    client.noop()
+    deliver(imap_instance, user[0], "plain two", "zebra crossing\r\n")
+    client.noop()
     client.store("2", "+FLAGS", "(\\Flagged)")
     assert _ok(client.search(None, "ALL")) == [b"1 2 3"]
     assert _ok(client.search(None, "FLAGGED")) == [b"2"]

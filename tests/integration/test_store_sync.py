@@ -488,3 +488,40 @@ def test_copy_follows_a_source_renamed_in_between(
         monkeypatch.setattr(mailbox_module.os, "link", link_after_mutt)
         assert inbox.copy([uid], archive) == [(uid, 1)]
         assert archive.sync().added[0].flags == frozenset()  # flags as COPY saw them
+
+
+# ------------------------------------------------------------- suspended sessions
+
+
+def test_suspended_mailbox_sees_changes_made_meanwhile(mail: MailStore) -> None:
+    """A session that released its index connection (IDLE) reopens it and misses nothing."""
+    with mail.open("INBOX") as idle, mail.open("INBOX") as other:
+        uid = other.append(b"Subject: one\r\n\r\nx\r\n")
+        assert [m.uid for m in idle.sync().added] == [uid]
+        idle.suspend()
+        idle.suspend()  # twice is harmless
+        second = other.append(b"Subject: two\r\n\r\ny\r\n")
+        other.sync()
+        other.store_flags([uid], ["\\Seen"], StoreMode.ADD)
+        deliver(mail.root, "1700000000.B1.host")
+        changes = idle.sync()
+        assert [m.uid for m in changes.added] == [second, second + 1]
+        assert [(f.uid, f.flags) for f in changes.flags] == [(uid, frozenset({"\\Seen"}))]
+        idle.suspend()
+        assert idle.store_flags([second], ["\\Flagged"], StoreMode.ADD).updated
+        assert other.sync().flags[0].uid == second
+
+
+def test_quiet_rescans_in_the_race_window_still_find_a_rename(mail: MailStore) -> None:
+    """A flag change by a program that does not lock, right after a sync, is found even
+    though the lock-free recheck of a recently changed directory is taken."""
+    root = mail.root
+    with mail.open("INBOX") as inbox:
+        uid = inbox.append(b"Subject: one\r\n\r\nx\r\n")
+        inbox.sync()
+        assert not inbox.sync()  # lock-free: nothing changed
+        path = only_file(root / "cur")
+        os.rename(path, f"{path}S")  # ":2," + "S": \Seen
+        os.utime(root / "cur", ns=(0, os.stat(root / "cur").st_mtime_ns))  # mtime kept
+        changes = inbox.sync()
+        assert [(f.uid, f.flags) for f in changes.flags] == [(uid, frozenset({"\\Seen"}))]

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.imap.commands import DateField, DateRelation, Search, SearchDate, SearchKey
+from roost.imap.fetch import search_header
 from roost.imap.grammar import parse_command_bytes
 from roost.imap.message import ParsedMessage
-from roost.imap.search import MessageContext, matches, needs_message
+from roost.imap.search import MessageContext, header_fields, matches, needs_message
 from roost.imap.sequence import SequenceSet
 
 UTC = datetime.UTC
@@ -414,3 +415,60 @@ CONTENT_KEYS = [
 def test_content_keys_never_raise(raw: bytes) -> None:
     for content_key in CONTENT_KEYS:
         assert matches(content_key, context(raw)) in (True, False)
+
+
+# --- the header cache: header keys answered from a few cached fields -----------------------
+
+
+@pytest.mark.parametrize(
+    ("criteria", "fields"),
+    [
+        ("FROM smith", frozenset({"from"})),
+        ("OR SUBJECT x HEADER X-Priority 1", frozenset({"subject", "x-priority"})),
+        ("NOT SENTSINCE 1-Jan-2024 FLAGGED", frozenset({"date"})),
+        ("UNSEEN", frozenset()),
+        ("OR FROM a BODY b", None),
+        ("TEXT x", None),
+    ],
+)
+def test_header_fields_names_what_a_key_reads(criteria: str, fields: frozenset[str] | None) -> None:
+    assert header_fields(key(criteria)) == fields
+
+
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        "FROM smith",
+        "FROM john.smith@example.com",
+        "TO jane",
+        "CC team",
+        "BCC boss",
+        "SUBJECT quarterly",
+        "SUBJECT minutes",  # only in the attached message: no match either way
+        "SENTON 6-Mar-2024",
+        "SENTBEFORE 7-Mar-2024",
+        "NOT FROM alice",
+        "HEADER Message-ID x",
+    ],
+)
+def test_search_header_gives_the_same_answers(criteria: str) -> None:
+    """A message cut down to the cached fields answers header keys as the whole does."""
+    for raw in (REPORT, PLAIN, NO_DATE):
+        cut = search_header(raw)
+        assert b"Content-Type" not in cut and b"X-Priority" not in cut
+        whole = parsed_context(ParsedMessage.parse(raw))
+        part = parsed_context(ParsedMessage.parse(cut))
+        assert matches(key(criteria), whole) == matches(key(criteria), part), criteria
+
+
+def parsed_context(message: ParsedMessage) -> MessageContext:
+    return MessageContext(
+        msn=1,
+        uid=1,
+        flags=frozenset(),
+        internal_date=1_700_000_000.0,
+        size=len(message.raw),
+        max_msn=1,
+        max_uid=1,
+        message=lambda: message,
+    )

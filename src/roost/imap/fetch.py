@@ -1,8 +1,8 @@
-"""FETCH and SEARCH over the store: the blocking halves, run in worker threads.
+"""FETCH and SEARCH over the store: the halves that read messages and the index.
 
 The session decides which messages and items (on the event loop, with the client's
-view) and hands each batch to :func:`fetch_batch` or :func:`search_messages` in a worker
-thread; they read message files and the cache and return rendered responses or numbers.
+view) and calls :func:`fetch_batch` or :func:`search_messages` for each batch; they read
+message files and the cache and return rendered responses or numbers.
 
 ``ENVELOPE``, ``BODY`` and ``BODYSTRUCTURE`` are cached in the mailbox index (one blob per
 message, :data:`STRUCTURE_FIELD`), so a client's first sync parses each message once and
@@ -31,7 +31,14 @@ from roost.imap.commands import (
     Section,
     SectionText,
 )
-from roost.imap.message import ParsedMessage, binary_size, body_structure, envelope, fetch_body
+from roost.imap.message import (
+    ParsedMessage,
+    binary_size,
+    body_structure,
+    envelope,
+    fetch_body,
+    partial,
+)
 from roost.imap.response import (
     BinarySizeItem,
     BodyItem,
@@ -47,9 +54,10 @@ from roost.imap.response import (
     ThreadIdItem,
     UidItem,
 )
-from roost.imap.search import MessageContext, matches
+from roost.imap.search import MessageContext, header_fields, matches, needs_message
 from roost.imap.sequence import SequenceSet
 from roost.store import MailboxProtocol, MessageInfo, MessageNotFound
+from roost.store.filename import to_crlf
 
 __all__ = [
     "STRUCTURE_FIELD",
@@ -166,13 +174,22 @@ def _local_time(timestamp: float) -> datetime.datetime:
 class _Message:
     """One message's data, loaded on first use."""
 
-    __slots__ = ("_parsed", "_structure", "info", "mailbox")
+    __slots__ = ("_blob", "_parsed", "_structure", "info", "mailbox")
 
-    def __init__(self, mailbox: MailboxProtocol, info: MessageInfo) -> None:
+    def __init__(
+        self, mailbox: MailboxProtocol, info: MessageInfo, blob: bytes | None = None
+    ) -> None:
         self.mailbox = mailbox
         self.info = info
+        self._blob = blob  # the cached structure, fetched for the whole batch
         self._parsed: ParsedMessage | None = None
         self._structure: tuple[bytes, bytes, bytes] | None = None
+
+    def raw(self) -> bytes:
+        """The message octets (CRLF), without parsing them."""
+        if self._parsed is not None:
+            return self._parsed.raw
+        return self.mailbox.read_message_crlf(self.info.uid)
 
     @property
     def parsed(self) -> ParsedMessage:
@@ -183,7 +200,7 @@ class _Message:
     def structure(self) -> tuple[bytes, bytes, bytes]:
         """ENVELOPE, BODY and BODYSTRUCTURE, from the cache or parsed and cached."""
         if self._structure is None:
-            blob = self.mailbox.cache_get(self.info.uid, STRUCTURE_FIELD)
+            blob = self._blob
             found = None if blob is None else _unpack(blob)
             if found is None:
                 parsed = self.parsed
@@ -213,19 +230,27 @@ def _unpack(blob: bytes) -> tuple[bytes, bytes, bytes] | None:
     return rest[:first], rest[first:second], rest[second:]
 
 
+_STRUCTURE_ITEMS: Final = frozenset(
+    {FetchAttribute.ENVELOPE, FetchAttribute.BODY, FetchAttribute.BODYSTRUCTURE}
+)
+
+
 def fetch_batch(
     mailbox: MailboxProtocol, targets: Sequence[FetchTarget], plan: FetchPlan
 ) -> FetchBatch:
-    """Build the ``FETCH`` responses of ``targets`` (blocking: run in a worker thread).
+    """Build the ``FETCH`` responses of ``targets`` (reads files and the index).
 
     Stops after :data:`BATCH_OCTETS` of message data so one batch never holds much
     more than that; :attr:`FetchBatch.done` says how far it got.
     """
     batch = FetchBatch()
     octets = 0
+    blobs: dict[int, bytes] = {}
+    if any(item in _STRUCTURE_ITEMS for item in plan.items):
+        blobs = mailbox.cache_get_many([target.info.uid for target in targets], STRUCTURE_FIELD)
     for target in targets:
         batch.done += 1
-        message = _Message(mailbox, target.info)
+        message = _Message(mailbox, target.info, blobs.get(target.info.uid))
         try:
             values = _values(message, target, plan, batch)
         except MessageNotFound:
@@ -250,6 +275,14 @@ def _values(
     flags_shown = False
     for item in items:
         if isinstance(item, FetchBody):
+            if not item.binary and not item.section.part and item.section.text is None:
+                # BODY[] (the whole message): the octets as stored, no MIME parse.
+                whole = message.raw()
+                if item.partial is not None:
+                    whole = partial(whole, *item.partial)
+                _count(batch, item, len(whole))
+                values.append(BodyItem(item, whole))
+                continue
             data = fetch_body(message.parsed, item)
             if data is None:
                 batch.unknown_cte = True
@@ -329,6 +362,37 @@ class SearchTarget:
     flags: frozenset[str]
 
 
+#: The index cache field with the header fields SEARCH reads most (see
+#: :data:`SEARCH_HEADER_FIELDS`), so ``SEARCH FROM x`` opens no message file twice.
+SEARCH_HEADER_CACHE: Final = "search-header"
+#: The header fields kept in :data:`SEARCH_HEADER_CACHE` (those of ENVELOPE).
+SEARCH_HEADER_FIELDS: Final = frozenset(
+    {
+        "from", "to", "cc", "bcc", "subject", "date", "sender", "reply-to", "message-id",
+        "in-reply-to", "references",
+    }
+)  # fmt: skip
+
+
+def search_header(message: bytes) -> bytes:
+    """The fields of :data:`SEARCH_HEADER_FIELDS` of ``message`` (CRLF), as a header."""
+    data = to_crlf(message)
+    end = data.find(b"\r\n\r\n")
+    header = data if end < 0 else data[: end + 2]
+    kept: list[bytes] = []
+    keep = False
+    for line in header.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                kept.append(line)
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        keep = name.decode("latin-1") in SEARCH_HEADER_FIELDS
+        if keep:
+            kept.append(line)
+    return b"".join(line + b"\r\n" for line in kept) + b"\r\n"
+
+
 def search_messages(
     mailbox: MailboxProtocol,
     targets: Sequence[SearchTarget],
@@ -337,18 +401,30 @@ def search_messages(
     max_uid: int,
     zone: datetime.tzinfo,
 ) -> list[SearchTarget]:
-    """The targets that match ``key`` (blocking: run in a worker thread).
+    """The targets that match ``key`` (reads files and the index).
 
-    A message expunged meanwhile is searched as an empty message.
+    A key on the usual header fields (FROM, TO, SUBJECT, SENTSINCE...) is answered from
+    the index's :data:`SEARCH_HEADER_CACHE`; the messages it lacks are read once and
+    added to it. A message expunged meanwhile is searched as an empty message.
     """
     max_msn = len(targets)
     found: list[SearchTarget] = []
+    fields = header_fields(key) if needs_message(key) else None
+    cached: dict[int, bytes] | None = None
+    fresh: dict[int, bytes] = {}
+    if fields is not None and fields <= SEARCH_HEADER_FIELDS:
+        cached = mailbox.cache_get_many([t.info.uid for t in targets], SEARCH_HEADER_CACHE)
     for target in targets:
         info = target.info
 
         def load(uid: int = info.uid) -> ParsedMessage:
             try:
-                return ParsedMessage.parse(mailbox.read_message_crlf(uid))
+                if cached is None:
+                    return ParsedMessage.parse(mailbox.read_message_crlf(uid))
+                blob = cached.get(uid)
+                if blob is None:
+                    blob = fresh[uid] = search_header(mailbox.read_message_crlf(uid))
+                return ParsedMessage.parse(blob)
             except MessageNotFound:
                 return ParsedMessage.parse(b"")
 
@@ -366,6 +442,8 @@ def search_messages(
         )
         if matches(key, context):
             found.append(target)
+    if fresh:
+        mailbox.cache_put_many(SEARCH_HEADER_CACHE, fresh)
     return found
 
 

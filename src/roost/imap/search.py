@@ -61,7 +61,7 @@ from roost.imap.commands import (
 )
 from roost.imap.message import ParsedMessage
 
-__all__ = ["MessageContext", "matches", "needs_message"]
+__all__ = ["MessageContext", "header_fields", "matches", "needs_message"]
 
 _UTC: Final = datetime.UTC
 
@@ -102,6 +102,33 @@ def needs_message(key: SearchKey) -> bool:
     When it does not, :func:`matches` never calls the loader.
     """
     return _cost(key) > 0
+
+
+def header_fields(key: SearchKey) -> frozenset[str] | None:
+    """The header fields (lower case) ``key`` reads, or None when it needs the body.
+
+    A key for which this returns a set can be evaluated against a message made of just
+    those header fields (what the session keeps in the index for ``SEARCH FROM`` etc.).
+    """
+    names: set[str] = set()
+
+    def walk(inner: SearchKey) -> bool:
+        match inner:
+            case SearchHeader(field=name):
+                names.add(name.lower())
+            case SearchDate(field=DateField.SENT):
+                names.add("date")
+            case SearchBody() | SearchText():
+                return False
+            case SearchNot(key=child):
+                return walk(child)
+            case SearchOr(left=left, right=right):
+                return walk(left) and walk(right)
+            case SearchAnd(keys=keys):
+                return all(walk(child) for child in keys)
+        return True
+
+    return frozenset(names) if walk(key) else None
 
 
 def matches(key: SearchKey, ctx: MessageContext) -> bool:

@@ -15,7 +15,7 @@ responses at the moments RFC 9051 §7.5.1 allows:
   RFC 7162 §3.1.4.1; ``UID`` under QRESYNC, §3.2.4);
 * new keywords become ``FLAGS`` and ``OK [PERMANENTFLAGS]`` (RFC 9051 §7.3.5).
 
-No I/O: the session calls the store in a worker thread and feeds the results here.
+No I/O: the session calls the store and feeds the results here.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class SelectedMailbox:
 
     Args:
         name: the store name of the mailbox.
-        mailbox: the open store mailbox (used from worker threads only).
+        mailbox: the open store mailbox (used by the session, one call at a time).
         readonly: EXAMINE, or SELECT of a mailbox the user may not change.
         messages: the messages at SELECT time, in UID order.
         recent: the UIDs that are ``\\Recent`` in this session.

@@ -2,9 +2,13 @@
 
 :class:`IMAPSession` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
 one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in, events
-out), dispatching each command through :data:`HANDLERS`, one explicit table. Every store
-call (file I/O, SQLite) runs in a worker thread, one call at a time per session, so the
-event loop never blocks and one session's changes stay in order.
+out), dispatching each command through :data:`HANDLERS`, one explicit table. Store calls
+that read or sync run on the event loop (a few ``stat`` calls and index reads when
+nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
+EXPUNGE, COPY, MOVE, mailbox changes) or may take long (SELECT, FETCH and SEARCH over
+more than :data:`_INLINE_MESSAGES` messages) run as one call in a worker thread, so
+waiting for the disk or a big mailbox does not stall other sessions. One call at a
+time per session keeps one session's changes in order.
 
 What the session adds to the sans-IO core:
 
@@ -181,6 +185,7 @@ from roost.store import (
     MessageInfo,
     StoreError,
     StoreFlagsResult,
+    normalize_mailbox_name,
 )
 from roost.store import StoreMode as StoreFlagMode
 
@@ -338,6 +343,15 @@ class Registry:
 
 
 _K = TypeVar("_K")
+
+
+#: FETCH and SEARCH over more messages than this run in a worker thread, so that one
+#: big mailbox does not stall the event loop (smaller ones are cheaper inline).
+_INLINE_MESSAGES: Final = 1000
+
+#: A selected session that sent nothing for this long releases its mailbox's index
+#: connection (reopened at its next command), in seconds.
+_SUSPEND_AFTER_SECONDS: Final = 5.0
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:
@@ -681,7 +695,13 @@ class IMAPSession(asyncio.Protocol):
             timeout = self.config.client_timeout
             if not authenticated:
                 timeout = min(timeout, LOGIN_TIMEOUT)
-            if not await self._wait_input(timeout):
+            ready = False
+            if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
+                ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
+                if not ready:
+                    self._suspend_selected()
+                    timeout -= _SUSPEND_AFTER_SECONDS
+            if not ready and not await self._wait_input(timeout):
                 reason = (
                     "Inactivity"
                     if not authenticated
@@ -696,6 +716,7 @@ class IMAPSession(asyncio.Protocol):
         next_check = now + config.idle_check_interval
         while True:
             wait = max(0.0, min(next_notify, next_check) - time.monotonic())
+            self._suspend_selected()
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
@@ -710,8 +731,41 @@ class IMAPSession(asyncio.Protocol):
                 next_notify = now + config.idle_notify_interval
             await self._flush()
 
+    def _selected_as(self, name: str) -> MailboxProtocol | None:
+        """The selected mailbox if ``name`` names it (APPEND needs no second open)."""
+        selected = self.selected
+        if selected is None:
+            return None
+        try:
+            same = normalize_mailbox_name(name) == normalize_mailbox_name(selected.name)
+        except StoreError:
+            return None
+        return selected.mailbox if same else None
+
+    def _suspend_selected(self) -> None:
+        """Let the selected mailbox release its index connection while the client idles."""
+        selected = self.selected
+        if selected is not None:
+            try:
+                selected.mailbox.suspend()
+            except Exception:
+                log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
+
     async def _call(self, function: Callable[..., _T], *args: object) -> _T:
-        """Run a blocking store call in a worker thread."""
+        """Run a cheap store call on the event loop thread.
+
+        Reads, syncs and index lookups of a mailbox take microseconds to a few
+        milliseconds; handing them to a thread costs more (GIL hand-offs) than it saves.
+        """
+        return function(*args)
+
+    async def _call_in_thread(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run a store call that fsyncs (a write command) or may be long (SELECT, which
+        may build an index; FETCH or SEARCH over many messages) in a worker thread.
+
+        Waiting for the disk must not stall the other sessions, and concurrent fsyncs
+        of several sessions share the file system's journal commits.
+        """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.shared.executor, functools.partial(function, *args))
 
@@ -1115,7 +1169,7 @@ class IMAPSession(asyncio.Protocol):
             self._enable_condstore()
         name = self._name(command.mailbox)
         readonly = command.read_only
-        opened = await self._call(
+        opened = await self._call_in_thread(
             _open_mailbox,
             self._store(),
             name,
@@ -1210,7 +1264,7 @@ class IMAPSession(asyncio.Protocol):
             )
         name = self._name(command.mailbox)
         special = command.special_use[0] if command.special_use else None
-        await self._call(self._store().create, name, special)
+        await self._call_in_thread(self._store().create, name, special)
         return TaggedResponse(command.tag, "OK", "Create completed.")
 
     async def delete(self, command: Delete) -> TaggedResponse:
@@ -1219,7 +1273,7 @@ class IMAPSession(asyncio.Protocol):
         if self.selected is not None and self.selected.name == name:
             await self._deselect()
             self._queue(UntaggedResponse("OK", "Mailbox closed.", CLOSED))
-        await self._call(self._store().delete, name)
+        await self._call_in_thread(self._store().delete, name)
         return TaggedResponse(command.tag, "OK", "Delete completed.")
 
     async def rename(self, command: Rename) -> TaggedResponse:
@@ -1227,7 +1281,7 @@ class IMAPSession(asyncio.Protocol):
         old = self._name(command.mailbox)
         new = self._name(command.new_mailbox)
         store = self._store()
-        await self._call(store.rename, old, new)
+        await self._call_in_thread(store.rename, old, new)
         selected = self.selected
         if (
             selected is not None
@@ -1242,7 +1296,7 @@ class IMAPSession(asyncio.Protocol):
         selected = self.selected
         assert selected is not None
         await self._call(selected.mailbox.close)
-        opened = await self._call(
+        opened = await self._call_in_thread(
             _open_mailbox, self._store(), name, selected.readonly, None, self._changed_callback()
         )
         known = set(selected.infos)
@@ -1260,9 +1314,9 @@ class IMAPSession(asyncio.Protocol):
         name = self._name(command.mailbox)
         store = self._store()
         if isinstance(command, Subscribe):
-            await self._call(store.subscribe, name)
+            await self._call_in_thread(store.subscribe, name)
             return TaggedResponse(command.tag, "OK", "Subscribe completed.")
-        await self._call(store.unsubscribe, name)
+        await self._call_in_thread(store.unsubscribe, name)
         return TaggedResponse(command.tag, "OK", "Unsubscribe completed.")
 
     async def list_mailboxes(self, command: List) -> TaggedResponse:
@@ -1341,7 +1395,9 @@ class IMAPSession(asyncio.Protocol):
             return TaggedResponse(tag, "NO", "Can't save a zero byte message.", CANNOT)
         name = self._name(command.mailbox)
         try:
-            uid_validity, uids = await self._call(_append, self._store(), name, command)
+            uid_validity, uids = await self._call_in_thread(
+                _append, self._store(), name, command, self._selected_as(name)
+            )
         except StoreError as error:
             return store_error_response(tag, error, missing_target=True)
         except ValueError as error:
@@ -1404,7 +1460,7 @@ class IMAPSession(asyncio.Protocol):
         """CLOSE (RFC 9051 §6.4.1): expunge silently (read-write only) and deselect."""
         selected = self._selected()
         if not selected.readonly:
-            expunged = await self._call(selected.mailbox.expunge)
+            expunged = await self._call_in_thread(selected.mailbox.expunge)
             self.stats.expunged += len(expunged)
         await self._deselect()
         return TaggedResponse(command.tag, "OK", "Close completed.")
@@ -1424,7 +1480,7 @@ class IMAPSession(asyncio.Protocol):
             uids = self._resolve(command.sequence_set, uid=True)
             if not uids:
                 return TaggedResponse(command.tag, "OK", "Expunge completed.")
-        expunged = await self._call(selected.mailbox.expunge, uids)
+        expunged = await self._call_in_thread(selected.mailbox.expunge, uids)
         self.stats.expunged += len(expunged)
         self._queue_all(selected.remove(expunged, self.mode))
         return TaggedResponse(command.tag, "OK", "Expunge completed.")
@@ -1442,7 +1498,8 @@ class IMAPSession(asyncio.Protocol):
             for number, uid in enumerate(selected.uids, 1)
         ]
         zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
-        found = await self._call(
+        call = self._call_in_thread if len(targets) > _INLINE_MESSAGES else self._call
+        found = await call(
             functools.partial(
                 search_messages,
                 selected.mailbox,
@@ -1518,7 +1575,7 @@ class IMAPSession(asyncio.Protocol):
                 if SEEN not in selected.infos[uid].flags and not selected.is_expunged(uid)
             ]
             if unseen:
-                result: StoreFlagsResult = await self._call(
+                result: StoreFlagsResult = await self._call_in_thread(
                     selected.mailbox.store_flags, unseen, (SEEN,), StoreFlagMode.ADD
                 )
                 seen_now = set(selected.update_flags(result.updated))
@@ -1540,7 +1597,8 @@ class IMAPSession(asyncio.Protocol):
         unknown_cte = False
         position = 0
         while position < len(targets):
-            batch = await self._call(
+            call = self._call_in_thread if len(targets) > _INLINE_MESSAGES else self._call
+            batch = await call(
                 fetch_batch, selected.mailbox, targets[position : position + 200], plan
             )
             position += batch.done
@@ -1573,7 +1631,7 @@ class IMAPSession(asyncio.Protocol):
         mode = self.mode
         before = {uid: selected.infos[uid] for uid in uids}
         try:
-            result: StoreFlagsResult = await self._call(
+            result: StoreFlagsResult = await self._call_in_thread(
                 selected.mailbox.store_flags,
                 uids,
                 command.flags,
@@ -1625,7 +1683,7 @@ class IMAPSession(asyncio.Protocol):
                 return TaggedResponse(tag, "OK", "No messages found.")
             return TaggedResponse(tag, "OK", f"{verb} completed.")
         try:
-            uid_validity, pairs = await self._call(
+            uid_validity, pairs = await self._call_in_thread(
                 _copy, self._store(), selected.mailbox, uids, target, move
             )
         except StoreError as error:
@@ -1761,7 +1819,15 @@ def _statuses(store: UserStore, names: Iterable[str]) -> dict[str, MailboxStatus
     return found
 
 
-def _append(store: UserStore, name: str, command: Append) -> tuple[int, list[int]]:
+def _append(
+    store: UserStore, name: str, command: Append, selected: MailboxProtocol | None
+) -> tuple[int, list[int]]:
+    if selected is not None and len(command.messages) == 1:
+        # Into the selected mailbox: its object appends without a second open; the
+        # session's next sync reports the message, as for any other session.
+        message = command.messages[0]
+        date = message.date_time.timestamp() if message.date_time else None
+        return selected.uid_validity, [selected.append(message.data, message.flags, date)]
     mailbox = store.open(name)
     try:
         uids: list[int] = []

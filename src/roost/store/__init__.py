@@ -40,13 +40,16 @@ API (errors in :mod:`roost.store.errors`; values in :mod:`roost.store.model`)::
     mailbox.expunged_since(modseq) -> list[int]; mailbox.changed_since(modseq)
     mailbox.status(); mailbox.keywords(); mailbox.pop3_uidl(message) -> "%08X%08X"
     mailbox.cache_get(uid, field); mailbox.cache_put(uid, field, blob)
-    mailbox.watch(callback) -> Subscription; mailbox.close()
+    mailbox.watch(callback) -> Subscription; mailbox.suspend(); mailbox.close()
 
     DEFAULT_BUS.subscribe(mailbox_dir, callback); notify_delivery(maildir_path)
 
-Every call blocks (file system, fsync, SQLite): the servers run them in worker threads. A
+Every call blocks (file system, fsync, SQLite). Most take microseconds when nothing
+changed (a few ``stat`` calls and index reads): the IMAP server makes those on its event
+loop and runs the calls that fsync (APPEND, STORE, EXPUNGE, COPY...) in worker threads. A
 :class:`Mailbox` belongs to one session and one thread at a time; any number of them, in
-any number of processes, may have the same mailbox open.
+any number of processes, may have the same mailbox open. ``suspend()`` closes its index
+connection while the session idles; the next call opens it again.
 """
 
 from __future__ import annotations

@@ -178,12 +178,36 @@ class Index:
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
+        self.txn_start_changes = 0
+        self._db: sqlite3.Connection | None = None
         try:
-            self.db = self._connect()
+            self._db = self._connect()
         except sqlite3.DatabaseError as exc:
             logger.warning("%s: unreadable index (%s), rebuilding it", path, exc)
             self._remove_files()
-            self.db = self._connect()
+            self._db = self._connect()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; opened again after :meth:`suspend`.
+
+        Raises:
+            sqlite3.Error: reopening failed.
+        """
+        db = self._db
+        if db is None:
+            db = self._db = self._connect()
+        return db
+
+    def suspend(self) -> None:
+        """Close the connection until the next use (outside a transaction only).
+
+        An idle session keeps no SQLite connection (its page cache, lookaside and
+        statement cache are some 200 KiB); the next use opens the file again.
+        """
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -226,18 +250,37 @@ class Index:
 
     def close(self) -> None:
         """Close the connection."""
-        self.db.close()
+        self.suspend()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); rolled back on any exception.
+
+        Args:
+            durable: False for a change that may be lost in a crash without harm (which
+                UIDs were \\Recent, when the disk was last synced): its commit is not
+                fsynced (the next durable commit syncs the log, and with it this one).
+        """
+        db = self.db
+        relaxed = not durable and self._fsync
+        if relaxed:
+            db.execute("PRAGMA synchronous=OFF")
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            self.txn_start_changes = db.total_changes
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if relaxed:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def changed_in_transaction(self) -> bool:
+        """True if the open write transaction modified any row."""
+        return self.db.total_changes != self.txn_start_changes
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -419,6 +462,19 @@ class Index:
             "SELECT value FROM cache WHERE uid = ? AND field = ?", (uid, field)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def cache_get_many(self, uids: Sequence[int], field: str) -> dict[int, bytes]:
+        """uid -> the cached blob ``field``, for those ``uids`` that have one."""
+        out: dict[int, bytes] = {}
+        for start in range(0, len(uids), _CHUNK):
+            chunk = uids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for uid, value in self.db.execute(
+                f"SELECT uid, value FROM cache WHERE field = ? AND uid IN ({marks})",
+                (field, *chunk),
+            ):
+                out[uid] = bytes(value)
+        return out
 
     def cache_put(self, uid: int, field: str, value: bytes) -> None:
         """Store a blob for a message that exists (ignored otherwise)."""

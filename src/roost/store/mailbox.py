@@ -29,7 +29,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -114,6 +114,17 @@ def _replaced(recorded: str, current: str) -> bool:
 
 def _race_window(mtime_ns: int) -> int:
     return _RACE_WINDOW_COARSE_NS if mtime_ns % 1_000_000_000 == 0 else _RACE_WINDOW_NS
+
+
+def _ends_race_window(state: IndexState, stamps: dict[str, int], synced_at_ns: int) -> bool:
+    """True if recording ``synced_at_ns`` takes a directory out of the race window."""
+    for subdir, stamp in stamps.items():
+        window = _race_window(stamp)
+        recorded = state.new_mtime_ns if subdir == NEW else state.cur_mtime_ns
+        in_window_now = recorded == stamp and stamp >= state.synced_at_ns - window
+        if in_window_now and stamp < synced_at_ns - window:
+            return True
+    return False
 
 
 class Mailbox:
@@ -245,6 +256,14 @@ class Mailbox:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def suspend(self) -> None:
+        """Release the index connection while the session idles (reopened on next use).
+
+        Cheap to call; the view, the subscriptions and every other state stay.
+        """
+        if not self._closed:
+            self._index.suspend()
 
     def close(self) -> None:
         """Release the index and stop change notifications (idempotent)."""
@@ -407,11 +426,27 @@ class Mailbox:
         with self._errors("read the cache"):
             return self._index.cache_get(uid, field)
 
-    def cache_put(self, uid: int, field: str, value: bytes) -> None:
-        """Cache a blob for a message (dropped with the message); ignored if expunged."""
+    def cache_get_many(self, uids: Sequence[int], field: str) -> dict[int, bytes]:
+        """uid -> the blob cached as ``field``, for those of ``uids`` that have one."""
         self._check_open()
-        with self._errors("write the cache"), self._index.write():
-            self._index.cache_put(uid, field, value)
+        with self._errors("read the cache"):
+            return self._index.cache_get_many(uids, field)
+
+    def cache_put(self, uid: int, field: str, value: bytes) -> None:
+        """Cache a blob for a message (dropped with the message); ignored if expunged.
+
+        Not fsynced: a cache entry lost in a crash is parsed again.
+        """
+        self.cache_put_many(field, {uid: value})
+
+    def cache_put_many(self, field: str, values: Mapping[int, bytes]) -> None:
+        """Cache blobs for several messages in one (not fsynced) transaction."""
+        self._check_open()
+        if not values:
+            return
+        with self._errors("write the cache"), self._index.write(durable=False):
+            for uid, value in values.items():
+                self._index.cache_put(uid, field, value)
 
     # -------------------------------------------------------------- notification
 
@@ -510,9 +545,53 @@ class Mailbox:
         return not self.readonly and self._index.has_new()
 
     def _sync_disk_if_needed(self, *, force: bool = False) -> None:
-        if force or self._needs_disk_sync(self._index.state()):
-            with self._locked():
-                self._sync_disk(force=force)
+        if not force:
+            state = self._index.state()
+            if not self._needs_disk_sync(state):
+                return
+            if state is not None and self._only_race_window(state):
+                return
+        with self._locked():
+            self._sync_disk(force=force)
+
+    def _only_race_window(self, state: IndexState) -> bool:
+        """Without the lock: tell whether the directories are exactly as the index has
+        them, and only their recent mtimes (the race window) made them look dirty.
+
+        Then nothing needs the lock or a write transaction; the time of this check is
+        recorded (without fsync: it only saves rescans) once it ends the race window.
+        """
+        if self._uidlist.stamp() != state.uidlist_stamp:
+            return False
+        if self._keywords.stamp() != state.keywords_stamp:
+            return False
+        if not self.readonly and self._index.has_new():
+            return False
+        checked_at = time.time_ns()
+        ends_window = True
+        for subdir, now, recorded in zip(
+            _SUBDIRS, self._disk_stamps(), (state.new_mtime_ns, state.cur_mtime_ns), strict=True
+        ):
+            if now != recorded:
+                return False
+            window = _race_window(recorded)
+            if recorded < state.synced_at_ns - window:
+                continue
+            cached = self._listing.get(subdir)
+            if cached is None or cached[0] != state.generation:
+                return False
+            if cached[1] != set(os.listdir(os.path.join(self._dir, subdir))):
+                return False
+            if recorded >= checked_at - window:
+                ends_window = False
+        if ends_window:
+            with self._index.write(durable=False) as db:
+                db.execute(
+                    "UPDATE state SET synced_at_ns = ? WHERE id = 1 AND synced_at_ns < ?"
+                    " AND generation = ?",
+                    (checked_at, checked_at, state.generation),
+                )
+        return True
 
     def _sync_disk(self, *, force: bool = False) -> None:
         """Reconcile the index with the Maildir (the caller holds the uidlist lock)."""
@@ -599,7 +678,8 @@ class Mailbox:
         uidlist = self._uidlist
         synced_at = time.time_ns()
         names, stamps = self._list(dirty)
-        generation = self._require_state().generation
+        before = self._require_state()
+        generation = before.generation
         if not check_uids and not reparse:
             for subdir in list(dirty):
                 cached = self._listing.get(subdir)
@@ -667,7 +747,12 @@ class Mailbox:
         values: dict[str, int | str] = {
             f"{subdir}_mtime_ns": stamp for subdir, stamp in stamps.items()
         }
-        index.set_state(synced_at_ns=synced_at, **values)
+        if (
+            index.changed_in_transaction()
+            or any(getattr(before, name) != value for name, value in values.items())
+            or _ends_race_window(before, stamps, synced_at)
+        ):
+            index.set_state(synced_at_ns=synced_at, **values)
 
     def _flags_from_name(self, filename: str, old_flags: frozenset[str]) -> frozenset[str]:
         letters = filename_letters(split_filename(filename)[1])
@@ -808,7 +893,18 @@ class Mailbox:
         """
         state = self._require_state()
         stale = state.uidlist_stale
-        if uidlist.needs_rewrite or stale > max(_COMPRESS_MIN, state.messages // 3):
+        rewrite = uidlist.needs_rewrite or stale > max(_COMPRESS_MIN, state.messages // 3)
+        if not rewrite and not self._notes and not self._index.changed_in_transaction():
+            new_ns, cur_ns = self._disk_stamps()
+            if (
+                new_ns == state.new_mtime_ns
+                and cur_ns == state.cur_mtime_ns
+                and state.uid_next >= uidlist.next_uid
+                and uidlist.stamp() == state.uidlist_stamp
+                and self._keywords.stamp() == state.keywords_stamp
+            ):
+                return  # nothing changed: no commit to fsync, the generation stays
+        if rewrite:
             # Expunged records pile up (Dovecot drops them when it rewrites, too).
             uidlist.ensure_complete()
             kept: list[UidRecord] = []
@@ -888,7 +984,7 @@ class Mailbox:
         if self.readonly:
             state = self._require_state()
             return [uid for uid in candidates if uid >= state.first_recent_uid]
-        with self._index.write() as db:
+        with self._index.write(durable=False) as db:
             first: int = db.execute("SELECT first_recent_uid FROM state").fetchone()[0]
             if candidates[-1] >= first:
                 db.execute("UPDATE state SET first_recent_uid = ?", (candidates[-1] + 1,))
@@ -975,7 +1071,16 @@ class Mailbox:
         """Lock, bring the index up to date, run the change, record, publish."""
         self._check_open()
         with self._errors(action), self._locked():
-            self._sync_disk()
+            state = self._index.state()
+            if state is not None and (
+                not self._needs_disk_sync(state) or self._only_race_window(state)
+            ):
+                # The index is current: only this object's copies of the control files
+                # may lag (another session wrote them).
+                self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
+                self._keywords.refresh()
+            else:
+                self._sync_disk()
             yield
         self._bus.publish(self.directory, origin=self)
 

@@ -7,7 +7,7 @@ second backend (PostgreSQL index, object-store blobs) is an addition, not a rewr
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
@@ -114,11 +114,20 @@ class MailboxProtocol(Protocol):
     def cache_get(self, uid: int, field: str) -> bytes | None:
         """A cached parse result."""
 
+    def cache_get_many(self, uids: Sequence[int], field: str) -> dict[int, bytes]:
+        """Cached parse results of several messages (those that have one)."""
+
     def cache_put(self, uid: int, field: str, value: bytes) -> None:
         """Cache a parse result."""
 
+    def cache_put_many(self, field: str, values: Mapping[int, bytes]) -> None:
+        """Cache parse results of several messages."""
+
     def watch(self, callback: ChangeCallback) -> Cancellable:
         """Be told of changes by other sessions and deliveries."""
+
+    def suspend(self) -> None:
+        """Release what an idle session need not hold (reacquired on next use)."""
 
     def close(self) -> None:
         """Release resources."""
