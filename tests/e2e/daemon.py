@@ -67,16 +67,16 @@ class RoostDaemon:
 
         The daemon writes its lines from a thread a moment after logging them (so does
         Postfix, through postlogd): first wait, bounded, until the file has stopped
-        growing for 30 ms.
+        growing for 100 ms (a loaded machine may not run the writer threads sooner).
         """
         size = -1
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 3.0
         while self.process.poll() is None and time.monotonic() < deadline:
             now = self.log.stat().st_size
             if now == size:
                 break
             size = now
-            time.sleep(0.03)
+            time.sleep(0.1)
         return self.log.read_text(errors="replace")
 
     def signal(self, signum: signal.Signals) -> None:

@@ -273,7 +273,7 @@ class SMTPService:
         deadline = time.monotonic() + grace
         while sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            sessions = {s for s in sessions if s.transport is not None}
+            sessions = {s for s in sessions if not s.finished}
         for session in sessions:
             await session.shutdown()
         for server in self._servers:

@@ -287,6 +287,13 @@ class SMTPSession(SMTP):
     def _last_command(self) -> str:
         return next(reversed(self.commands), "CONNECT") if self.commands else "CONNECT"
 
+    @property
+    def finished(self) -> bool:
+        """Whether the session is over: connection gone and its handler task done (after a
+        lost connection the handler still runs its clean-up, which may use the spool)."""
+        task = self._handler_coroutine
+        return self.transport is None and (task is None or task.done())
+
     async def shutdown(self, data_grace: float = 60.0) -> None:
         """Say 421 and close (graceful stop after the grace period).
 
@@ -301,6 +308,10 @@ class SMTPSession(SMTP):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send(f"421 4.3.2 {self.hostname} Service shutting down")
             self.transport.close()
+        task = self._handler_coroutine  # let its clean-up finish before the spool closes
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 5.0)
 
     # --- replies and error accounting --------------------------------------------------
 
