@@ -15,11 +15,12 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from roost.config import ConfigError
 from roost.daemon.listeners import Listener, open_server, service_listeners
 from roost.daemon.service import Context
 
@@ -28,6 +29,7 @@ __all__ = [
     "ListeningService",
     "SessionRegistry",
     "StoreService",
+    "config_problems",
     "end_sessions",
     "unless_idle",
 ]
@@ -211,7 +213,7 @@ class StoreService(ListeningService[SharedT], Generic[SharedT, RegistryT]):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-ServiceT = TypeVar("ServiceT", bound=StoreService)  # type: ignore[type-arg]
+ServiceT = TypeVar("ServiceT", bound="StoreService[Any, Any]")
 
 
 def unless_idle(service: ServiceT) -> ServiceT | None:
@@ -220,3 +222,13 @@ def unless_idle(service: ServiceT) -> ServiceT | None:
         service._executor.shutdown(wait=False)
         return None
     return service
+
+
+def config_problems(check: Callable[[], object]) -> list[str]:
+    """Run ``check`` (builds a service's settings); the problems of the ConfigError it
+    raises, as text for ``roost check`` (empty: the settings are good)."""
+    try:
+        check()
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []

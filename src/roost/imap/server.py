@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import ssl
+from functools import partial
 from typing import Final
 
 from roost import __version__
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
 from roost.daemon.service import Context
-from roost.daemon.serving import StoreService, unless_idle
+from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.imap.mailboxes import parse_special_use
 from roost.imap.session import (
     IMAPSession,
@@ -159,15 +159,11 @@ class IMAPService(StoreService[Shared, Registry]):
         shared: dict[str, Shared] = {}
         for service in IMAP_SERVICES:
             view = context.settings.for_service(service)
-
-            def tls_context(service: str = service) -> ssl.SSLContext:
-                return self._context.tls.server_context(service)
-
             shared[service] = Shared(
                 config=session_config(context.settings, service),
                 users=context.users,
                 throttle=context.throttle,
-                tls_context=tls_context,
+                tls_context=partial(self._current_tls, service),
                 open_store=opener,
                 registry=self._registry,
                 executor=self._executor,
@@ -197,9 +193,4 @@ def build_imap_service(context: Context) -> IMAPService | None:
 
 def check_imap(settings: Settings) -> list[str]:
     """Validate the IMAP services' settings (for ``roost check``)."""
-    try:
-        for service in IMAP_SERVICES:
-            session_config(settings, service)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+    return config_problems(lambda: [session_config(settings, s) for s in IMAP_SERVICES])

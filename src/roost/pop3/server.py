@@ -14,14 +14,14 @@ so delivery, IMAP and POP3 always agree: ``maildir:`` locations are served (INBO
 from __future__ import annotations
 
 import logging
-import ssl
 from concurrent.futures import Executor
+from functools import partial
 from typing import Final
 
 from roost.auth.users import User
-from roost.config import ConfigError, Settings
+from roost.config import Settings
 from roost.daemon.service import Context
-from roost.daemon.serving import StoreService, unless_idle
+from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.pop3.session import (
     MaildropOpener,
     POP3Session,
@@ -154,15 +154,11 @@ class POP3Service(StoreService[Shared, Registry]):
     def _build(self, context: Context) -> None:
         shared: dict[str, Shared] = {}
         for service in POP3_SERVICES:
-
-            def tls_context(service: str = service) -> ssl.SSLContext:
-                return self._context.tls.server_context(service)
-
             shared[service] = Shared(
                 config=session_config(context.settings, service),
                 users=context.users,
                 throttle=context.throttle,
-                tls_context=tls_context,
+                tls_context=partial(self._current_tls, service),
                 open_maildrop=maildrop_opener(context.settings, service, self._executor),
                 registry=self._registry,
             )
@@ -183,9 +179,4 @@ def build_pop3_service(context: Context) -> POP3Service | None:
 
 def check_pop3(settings: Settings) -> list[str]:
     """Validate the POP3 services' settings (for ``roost check``)."""
-    try:
-        for service in POP3_SERVICES:
-            session_config(settings, service)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+    return config_problems(lambda: [session_config(settings, s) for s in POP3_SERVICES])

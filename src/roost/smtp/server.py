@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from roost.address import Address
-from roost.config import ConfigError, Settings, TableError, open_table
+from roost.config import Settings, TableError, open_table
 from roost.config.lookup import CidrTable, DictTable, LookupTable, RegexpTable, StaticTable
 from roost.daemon.service import Context
-from roost.daemon.serving import ListeningService
+from roost.daemon.serving import ListeningService, config_problems
 from roost.delivery.router import RecipientStatus, Router, router_from_settings
 from roost.smtp.anvil import Anvil
 from roost.smtp.mynetworks import NetworkMatcher, mynetworks_from
@@ -251,10 +251,10 @@ def build_smtp_service(context: Context) -> SMTPService | None:
 
 def check_smtp(settings: Settings, context: Context) -> list[str]:
     """Validate the SMTP services' settings (for ``roost check``)."""
-    try:
+
+    def check() -> None:
         router = build_router(settings, context)
         for service in SMTP_SERVICES:
             build_shared(settings, service, context, router)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+
+    return config_problems(check)
