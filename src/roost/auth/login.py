@@ -17,11 +17,22 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
 
-__all__ = ["Checked", "check_password", "log_disconnected", "login_fields", "wait_throttle"]
+__all__ = [
+    "Checked",
+    "UserIPCounts",
+    "check_password",
+    "decrement",
+    "log_disconnected",
+    "login_fields",
+    "wait_throttle",
+]
+
+_K = TypeVar("_K")
 
 
 async def wait_throttle(throttle: Throttle, remote_ip: str, login: str) -> bool:
@@ -129,3 +140,36 @@ def log_disconnected(
         summary = f"no auth attempts in {seconds} secs"
     what = "Disconnected" if plain else f"Disconnected: {reason}"
     log.info("%s (%s): %s", what, summary, fields)
+
+
+def decrement(counts: dict[_K, int], key: _K) -> None:
+    """Take one from ``counts[key]``; the key goes when nothing is left."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class UserIPCounts:
+    """Logins per user and client address (Dovecot's ``mail_max_userip_connections``).
+
+    The base of the IMAP and POP3 session registries; used on the event loop only. The
+    worker processes swap ``per_user_ip`` for a shared table
+    (:func:`roost.daemon.shared.share_registry`).
+    """
+
+    def __init__(self) -> None:
+        self.per_user_ip: dict[tuple[str, str], int] = {}
+
+    def add_user(self, key: tuple[str, str], limit: int) -> bool:
+        """Count a login of ``(user, address)``; False when ``limit`` (not 0) is reached."""
+        count = self.per_user_ip.get(key, 0)
+        if limit and count >= limit:
+            return False
+        self.per_user_ip[key] = count + 1
+        return True
+
+    def remove_user(self, key: tuple[str, str]) -> None:
+        """Forget a login."""
+        decrement(self.per_user_ip, key)

@@ -44,7 +44,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar, cast
 
-from roost.auth.login import check_password, log_disconnected, login_fields, wait_throttle
+from roost.auth.login import (
+    UserIPCounts,
+    check_password,
+    decrement,
+    log_disconnected,
+    login_fields,
+    wait_throttle,
+)
 from roost.auth.sasl import (
     AuthzidRejected,
     Challenge,
@@ -309,13 +316,13 @@ StoreOpener = Callable[[User], UserStore]
 """Opens a user's store (blocking; run in a worker thread); raises StoreUnavailable."""
 
 
-class Registry:
+class Registry(UserIPCounts):
     """The sessions of the IMAP service and their counts (used on the event loop only)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: set[IMAPSession] = set()
         self.per_ip: dict[str, int] = {}
-        self.per_user_ip: dict[tuple[str, str], int] = {}
 
     def add(self, session: IMAPSession, address: str) -> int:
         """Count a new connection; returns the connections from that address now."""
@@ -327,22 +334,7 @@ class Registry:
         """Forget a connection (idempotent per session)."""
         if session in self.sessions:
             self.sessions.discard(session)
-            _decrement(self.per_ip, address)
-
-    def add_user(self, key: tuple[str, str], limit: int) -> bool:
-        """Count a login of ``(user, address)``; False when ``limit`` is reached."""
-        count = self.per_user_ip.get(key, 0)
-        if limit and count >= limit:
-            return False
-        self.per_user_ip[key] = count + 1
-        return True
-
-    def remove_user(self, key: tuple[str, str]) -> None:
-        """Forget a login."""
-        _decrement(self.per_user_ip, key)
-
-
-_K = TypeVar("_K")
+            decrement(self.per_ip, address)
 
 
 #: FETCH and SEARCH over more messages than this run in a worker thread, so that one
@@ -352,14 +344,6 @@ _INLINE_MESSAGES: Final = 1000
 #: A selected session that sent nothing for this long releases its mailbox's index
 #: connection (reopened at its next command), in seconds.
 _SUSPEND_AFTER_SECONDS: Final = 5.0
-
-
-def _decrement(counts: dict[_K, int], key: _K) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 @dataclass(slots=True)

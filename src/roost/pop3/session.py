@@ -40,7 +40,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
-from roost.auth.login import check_password, log_disconnected, login_fields, wait_throttle
+from roost.auth.login import (
+    UserIPCounts,
+    check_password,
+    log_disconnected,
+    login_fields,
+    wait_throttle,
+)
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
 from roost.pop3 import render
@@ -157,31 +163,15 @@ class SessionConfig:
         return self.service == "pop3s"
 
 
-class Registry:
+class Registry(UserIPCounts):
     """The sessions of the POP3 service and the logins per user and address.
 
     Used on the event loop only.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: set[POP3Session] = set()
-        self.per_user_ip: dict[tuple[str, str], int] = {}
-
-    def add_user(self, key: tuple[str, str], limit: int) -> bool:
-        """Count a login of ``(user, address)``; False when ``limit`` (not 0) is reached."""
-        count = self.per_user_ip.get(key, 0)
-        if limit and count >= limit:
-            return False
-        self.per_user_ip[key] = count + 1
-        return True
-
-    def remove_user(self, key: tuple[str, str]) -> None:
-        """Forget a login."""
-        left = self.per_user_ip.get(key, 0) - 1
-        if left > 0:
-            self.per_user_ip[key] = left
-        else:
-            self.per_user_ip.pop(key, None)
 
 
 @dataclass(slots=True)
