@@ -13,22 +13,17 @@ so delivery and IMAP always agree: ``maildir:`` locations are served; ``mbox:`` 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shlex
-import ssl
-import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Final
 
 from roost import __version__
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
-from roost.daemon.listeners import Listener, open_server, service_listeners
 from roost.daemon.service import Context
+from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.imap.mailboxes import parse_special_use
 from roost.imap.session import (
     IMAPSession,
@@ -147,22 +142,16 @@ def store_opener(settings: Settings) -> StoreOpener:
     return open_store
 
 
-class IMAPService:
+class IMAPService(StoreService[Shared, Registry]):
     """Both IMAP listeners of the daemon (see the module docstring)."""
 
     name = "imap"
+    log = log
 
     def __init__(self, context: Context) -> None:
-        self._context = context
-        self._listeners = [
-            listener
-            for listener in service_listeners(context.settings)
-            if listener.service in IMAP_SERVICES
-        ]
-        self._registry = Registry()
-        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="imap-store")
-        self._servers: list[asyncio.AbstractServer] = []
-        self._shared: dict[str, Shared] = {}
+        super().__init__(
+            context, IMAP_SERVICES, Registry(), STORE_THREADS, thread_name="imap-store"
+        )
         self._build(context)
 
     def _build(self, context: Context) -> None:
@@ -170,15 +159,11 @@ class IMAPService:
         shared: dict[str, Shared] = {}
         for service in IMAP_SERVICES:
             view = context.settings.for_service(service)
-
-            def tls_context(service: str = service) -> ssl.SSLContext:
-                return self._context.tls.server_context(service)
-
             shared[service] = Shared(
                 config=session_config(context.settings, service),
                 users=context.users,
                 throttle=context.throttle,
-                tls_context=tls_context,
+                tls_context=partial(self._current_tls, service),
                 open_store=opener,
                 registry=self._registry,
                 executor=self._executor,
@@ -187,32 +172,11 @@ class IMAPService:
         self._context = context
         self._shared = shared
 
-    @property
-    def listeners(self) -> list[Listener]:
-        """The addresses this service listens on."""
-        return self._listeners
-
     def _session(self, service: str) -> IMAPSession:
         return IMAPSession(self._shared[service])
 
-    def _current_tls(self, service: str) -> ssl.SSLContext:
-        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
-        return self._context.tls.server_context(service)
-
-    async def start(self) -> None:
-        """Open every listener.
-
-        Raises:
-            OSError: an address cannot be bound.
-        """
-        for listener in self._listeners:
-            service = listener.service
-            implicit = partial(self._current_tls, service) if service == "imaps" else None
-            server = await open_server(
-                listener, partial(self._session, service), implicit_tls=implicit
-            )
-            self._servers.append(server)
-            log.info("%s: listening on %s", service, listener)
+    def _implicit_tls(self, service: str) -> bool:
+        return service == "imaps"
 
     async def reload(self, context: Context) -> None:
         """Adopt new settings for new connections (bad ones are logged and ignored)."""
@@ -221,49 +185,12 @@ class IMAPService:
         except ConfigError as exc:
             log.error("reload: keeping the IMAP settings: %s", str(exc).replace("\n", "; "))
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; end idle sessions with ``* BYE``; give busy ones ``grace`` seconds."""
-        for server in self._servers:
-            server.close()
-        sessions = set(self._registry.sessions)
-        for session in sessions:
-            session.shutdown()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(not s.done for s in sessions):
-            await asyncio.sleep(0.05)
-        for session in sessions:
-            if not session.done:
-                session.abort()
-        deadline = time.monotonic() + 2.0  # let aborted sessions close their mailboxes
-        while time.monotonic() < deadline and any(not s.done for s in sessions):
-            await asyncio.sleep(0.05)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def status(self) -> Mapping[str, object]:
-        """Listeners and open sessions."""
-        return {
-            "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
-            "sessions": len(self._registry.sessions),
-        }
-
 
 def build_imap_service(context: Context) -> IMAPService | None:
     """The composition root's factory: None when imap and imaps are both disabled."""
-    service = IMAPService(context)
-    if not service.listeners:
-        service._executor.shutdown(wait=False)
-        return None
-    return service
+    return unless_idle(IMAPService(context))
 
 
 def check_imap(settings: Settings) -> list[str]:
     """Validate the IMAP services' settings (for ``roost check``)."""
-    try:
-        for service in IMAP_SERVICES:
-            session_config(settings, service)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+    return config_problems(lambda: [session_config(settings, s) for s in IMAP_SERVICES])

@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import functools
 import logging
-import os
 import re
 import secrets
 import ssl
@@ -45,6 +44,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar, cast
 
+from roost.auth.login import (
+    UserIPCounts,
+    check_password,
+    decrement,
+    log_disconnected,
+    login_fields,
+    wait_throttle,
+)
 from roost.auth.sasl import (
     AuthzidRejected,
     Challenge,
@@ -59,7 +66,7 @@ from roost.auth.sasl import (
     start_mechanism,
 )
 from roost.auth.throttle import Throttle
-from roost.auth.users import FailureReason, User, UserDatabase
+from roost.auth.users import User, UserDatabase
 from roost.imap.commands import (
     SEEN,
     Append,
@@ -309,13 +316,13 @@ StoreOpener = Callable[[User], UserStore]
 """Opens a user's store (blocking; run in a worker thread); raises StoreUnavailable."""
 
 
-class Registry:
+class Registry(UserIPCounts):
     """The sessions of the IMAP service and their counts (used on the event loop only)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: set[IMAPSession] = set()
         self.per_ip: dict[str, int] = {}
-        self.per_user_ip: dict[tuple[str, str], int] = {}
 
     def add(self, session: IMAPSession, address: str) -> int:
         """Count a new connection; returns the connections from that address now."""
@@ -327,22 +334,7 @@ class Registry:
         """Forget a connection (idempotent per session)."""
         if session in self.sessions:
             self.sessions.discard(session)
-            _decrement(self.per_ip, address)
-
-    def add_user(self, key: tuple[str, str], limit: int) -> bool:
-        """Count a login of ``(user, address)``; False when ``limit`` is reached."""
-        count = self.per_user_ip.get(key, 0)
-        if limit and count >= limit:
-            return False
-        self.per_user_ip[key] = count + 1
-        return True
-
-    def remove_user(self, key: tuple[str, str]) -> None:
-        """Forget a login."""
-        _decrement(self.per_user_ip, key)
-
-
-_K = TypeVar("_K")
+            decrement(self.per_ip, address)
 
 
 #: FETCH and SEARCH over more messages than this run in a worker thread, so that one
@@ -352,14 +344,6 @@ _INLINE_MESSAGES: Final = 1000
 #: A selected session that sent nothing for this long releases its mailbox's index
 #: connection (reopened at its next command), in seconds.
 _SUSPEND_AFTER_SECONDS: Final = 5.0
-
-
-def _decrement(counts: dict[_K, int], key: _K) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 @dataclass(slots=True)
@@ -609,18 +593,16 @@ class IMAPSession(asyncio.Protocol):
         return tuple(caps + post + [word.lstrip("+") for word in custom if word.lstrip("+")])
 
     def _log_fields(self, *, method: bool = True, mpid: bool = False) -> str:
-        fields = [f"user=<{self._auth_login}>"]
-        if method and self._auth_method:
-            fields.append(f"method={self._auth_method}")
-        fields += [f"rip={self.remote_ip}", f"lip={self.local_ip}"]
-        if mpid:
-            fields.append(f"mpid={os.getpid()}")
-        if self.tls:
-            fields.append("TLS")
-        elif self.secured:
-            fields.append("secured")
-        fields.append(f"session=<{self.session_id}>")
-        return ", ".join(fields)
+        return login_fields(
+            self._auth_login,
+            self._auth_method if method else "",
+            self.remote_ip,
+            self.local_ip,
+            self.session_id,
+            tls=self.tls,
+            secured=self.secured,
+            mpid=mpid,
+        )
 
     @property
     def _prefix(self) -> str:
@@ -885,16 +867,15 @@ class IMAPSession(asyncio.Protocol):
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
         if self.user is None:
-            seconds = int(time.monotonic() - self.started)
-            if self._auth_attempts:
-                summary = f"auth failed, {self._auth_attempts} attempts in {seconds} secs"
-            elif self._auth_disallowed:
-                summary = f"tried to use disallowed {self._auth_disallowed} auth"
-            else:
-                summary = f"no auth attempts in {seconds} secs"
-            plain = reason in ("Connection closed", "Logged out")
-            what = "Disconnected" if plain else f"Disconnected: {reason}"
-            log_login.info("%s (%s): %s", what, summary, self._log_fields())
+            log_disconnected(
+                log_login,
+                reason,
+                self._log_fields(),
+                plain=reason in ("Connection closed", "Logged out"),
+                attempts=self._auth_attempts,
+                started=self.started,
+                disallowed=self._auth_disallowed,
+            )
             return
         values = dataclasses.asdict(self.stats)
         values["input"] = self._bytes_in - self._login_in
@@ -1064,25 +1045,20 @@ class IMAPSession(asyncio.Protocol):
         self._auth_login = login
         if users is None:
             return TaggedResponse(tag, "NO", "Authentication unavailable.", UNAVAILABLE)
-        throttle = shared.throttle
-        if throttle.refused(self.remote_ip):
+        if not await wait_throttle(shared.throttle, self.remote_ip, login):
             self._queue(TaggedResponse(tag, "NO", "Too many failed login attempts.", UNAVAILABLE))
             raise _Disconnect(
                 "Too many failed login attempts", "Too many failed login attempts, try later."
             )
-        delay = throttle.delay_for(self.remote_ip, login)
-        if delay > 0:
-            await asyncio.sleep(delay)
         self._auth_attempts += 1
-        result = await users.verify(login, password, remote_address=self.remote_ip)
-        if not result.ok or result.user is None:
-            if result.failure is FailureReason.BACKEND_ERROR:
-                log_login.warning("auth: %s: %s", login, result.message)
+        checked = await check_password(
+            users, shared.throttle, log_login, login, password, self.remote_ip
+        )
+        user = checked.user
+        if user is None:
+            if checked.temporary:
                 return TaggedResponse(tag, "NO", "Temporary authentication failure.", UNAVAILABLE)
-            throttle.record_failure(self.remote_ip, login)
             return TaggedResponse(tag, "NO", "Authentication failed.", AUTHENTICATIONFAILED)
-        throttle.record_success(self.remote_ip, login)
-        user = result.user
         self._auth_login = user.login
         key = (user.login.lower(), self.remote_ip)
         limit = self.config.max_userip_connections

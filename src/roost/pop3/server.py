@@ -13,19 +13,15 @@ so delivery, IMAP and POP3 always agree: ``maildir:`` locations are served (INBO
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
-import time
-from collections.abc import Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from functools import partial
 from typing import Final
 
 from roost.auth.users import User
-from roost.config import ConfigError, Settings
-from roost.daemon.listeners import Listener, open_server, service_listeners
+from roost.config import Settings
 from roost.daemon.service import Context
+from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.pop3.session import (
     MaildropOpener,
     POP3Session,
@@ -137,118 +133,50 @@ def maildrop_opener(settings: Settings, service: str, executor: Executor) -> Mai
     return open_user_maildrop
 
 
-class POP3Service:
-    """Both POP3 listeners of the daemon (see the module docstring)."""
+class POP3Service(StoreService[Shared, Registry]):
+    """Both POP3 listeners of the daemon (see the module docstring).
+
+    ``stop`` ends waiting sessions with ``-ERR [SYS/TEMP]`` (nothing is deleted without
+    QUIT).
+    """
 
     name = "pop3"
+    log = log
+    #: Aborted sessions still close their maildrops (session locks) in the executor.
+    cleanup_time = 5.0
 
     def __init__(self, context: Context) -> None:
-        self._context = context
-        self._listeners = [
-            listener
-            for listener in service_listeners(context.settings)
-            if listener.service in POP3_SERVICES
-        ]
-        self._registry = Registry()
-        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pop3-store")
-        self._servers: list[asyncio.AbstractServer] = []
-        self._shared: dict[str, Shared] = {}
+        super().__init__(
+            context, POP3_SERVICES, Registry(), STORE_THREADS, thread_name="pop3-store"
+        )
         self._build(context)
 
     def _build(self, context: Context) -> None:
         shared: dict[str, Shared] = {}
         for service in POP3_SERVICES:
-
-            def tls_context(service: str = service) -> ssl.SSLContext:
-                return self._context.tls.server_context(service)
-
             shared[service] = Shared(
                 config=session_config(context.settings, service),
                 users=context.users,
                 throttle=context.throttle,
-                tls_context=tls_context,
+                tls_context=partial(self._current_tls, service),
                 open_maildrop=maildrop_opener(context.settings, service, self._executor),
                 registry=self._registry,
             )
         self._context = context
         self._shared = shared
 
-    @property
-    def listeners(self) -> list[Listener]:
-        """The addresses this service listens on."""
-        return self._listeners
-
     def _session(self, service: str) -> POP3Session:
         return POP3Session(self._shared[service])
 
-    def _current_tls(self, service: str) -> ssl.SSLContext:
-        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
-        return self._context.tls.server_context(service)
-
-    async def start(self) -> None:
-        """Open every listener.
-
-        Raises:
-            OSError: an address cannot be bound.
-        """
-        for listener in self._listeners:
-            service = listener.service
-            implicit = partial(self._current_tls, service) if service == "pop3s" else None
-            server = await open_server(
-                listener, partial(self._session, service), implicit_tls=implicit
-            )
-            self._servers.append(server)
-            log.info("%s: listening on %s", service, listener)
-
-    async def reload(self, context: Context) -> None:
-        """Adopt new settings for new connections."""
-        self._build(context)
-
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; end waiting sessions with ``-ERR [SYS/TEMP]`` (nothing is
-        deleted without QUIT); give busy ones ``grace`` seconds, then close them."""
-        for server in self._servers:
-            server.close()
-        sessions = set(self._registry.sessions)
-        for session in sessions:
-            session.shutdown()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(not s.done for s in sessions):
-            await asyncio.sleep(0.05)
-        for session in sessions:
-            if not session.done:
-                session.abort()
-        # Aborted sessions still close their maildrops (session locks) in the executor.
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(not s.done for s in sessions):
-            await asyncio.sleep(0.05)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def status(self) -> Mapping[str, object]:
-        """Listeners and open sessions."""
-        return {
-            "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
-            "sessions": len(self._registry.sessions),
-        }
+    def _implicit_tls(self, service: str) -> bool:
+        return service == "pop3s"
 
 
 def build_pop3_service(context: Context) -> POP3Service | None:
     """The composition root's factory: None when pop3 and pop3s are both disabled."""
-    service = POP3Service(context)
-    if not service.listeners:
-        service._executor.shutdown(wait=False)
-        return None
-    return service
+    return unless_idle(POP3Service(context))
 
 
 def check_pop3(settings: Settings) -> list[str]:
     """Validate the POP3 services' settings (for ``roost check``)."""
-    try:
-        for service in POP3_SERVICES:
-            session_config(settings, service)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+    return config_problems(lambda: [session_config(settings, s) for s in POP3_SERVICES])

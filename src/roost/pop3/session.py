@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import secrets
 import ssl
@@ -41,6 +40,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
+from roost.auth.login import (
+    UserIPCounts,
+    check_password,
+    log_disconnected,
+    login_fields,
+    wait_throttle,
+)
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
 from roost.pop3 import render
@@ -157,31 +163,15 @@ class SessionConfig:
         return self.service == "pop3s"
 
 
-class Registry:
+class Registry(UserIPCounts):
     """The sessions of the POP3 service and the logins per user and address.
 
     Used on the event loop only.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: set[POP3Session] = set()
-        self.per_user_ip: dict[tuple[str, str], int] = {}
-
-    def add_user(self, key: tuple[str, str], limit: int) -> bool:
-        """Count a login of ``(user, address)``; False when ``limit`` (not 0) is reached."""
-        count = self.per_user_ip.get(key, 0)
-        if limit and count >= limit:
-            return False
-        self.per_user_ip[key] = count + 1
-        return True
-
-    def remove_user(self, key: tuple[str, str]) -> None:
-        """Forget a login."""
-        left = self.per_user_ip.get(key, 0) - 1
-        if left > 0:
-            self.per_user_ip[key] = left
-        else:
-            self.per_user_ip.pop(key, None)
 
 
 @dataclass(slots=True)
@@ -434,18 +424,16 @@ class POP3Session(asyncio.Protocol):
         return self.tls or (bool(self.remote_ip) and self.remote_ip == self.local_ip)
 
     def _log_fields(self, *, mpid: bool = False) -> str:
-        fields = [f"user=<{self._auth_login}>"]
-        if self._auth_method:
-            fields.append(f"method={self._auth_method}")
-        fields += [f"rip={self.remote_ip}", f"lip={self.local_ip}"]
-        if mpid:
-            fields.append(f"mpid={os.getpid()}")
-        if self.tls:
-            fields.append("TLS")
-        elif self.secured:
-            fields.append("secured")
-        fields.append(f"session=<{self.session_id}>")
-        return ", ".join(fields)
+        return login_fields(
+            self._auth_login,
+            self._auth_method,
+            self.remote_ip,
+            self.local_ip,
+            self.session_id,
+            tls=self.tls,
+            secured=self.secured,
+            mpid=mpid,
+        )
 
     @property
     def _prefix(self) -> str:
@@ -688,28 +676,21 @@ class POP3Session(asyncio.Protocol):
         if users is None:
             self._queue(server.login_failed(Failure.AUTH_UNAVAILABLE).data)
             return
-        throttle = shared.throttle
-        if throttle.refused(self.remote_ip):
+        if not await wait_throttle(shared.throttle, self.remote_ip, login):
             server.login_failed(Failure.AUTH_UNAVAILABLE)
             raise _Disconnect(
                 "Too many failed login attempts",
                 render.err("Too many failed login attempts, try later.", RespCode.SYS_TEMP),
             )
-        delay = throttle.delay_for(self.remote_ip, login)
-        if delay > 0:
-            await asyncio.sleep(delay)
         self._auth_attempts += 1
-        result = await users.verify(login, credentials.password, remote_address=self.remote_ip)
-        user = result.user
-        if result.failure is not None or user is None:
-            if result.failure is not None and result.failure.temporary:
-                log_login.warning("auth: %s: %s", login, result.message)
-                self._queue(server.login_failed(Failure.AUTH_UNAVAILABLE).data)
-            else:
-                throttle.record_failure(self.remote_ip, login)
-                self._queue(server.login_failed(Failure.AUTH_FAILED).data)
+        checked = await check_password(
+            users, shared.throttle, log_login, login, credentials.password, self.remote_ip
+        )
+        user = checked.user
+        if user is None:
+            failure = Failure.AUTH_UNAVAILABLE if checked.temporary else Failure.AUTH_FAILED
+            self._queue(server.login_failed(failure).data)
             return
-        throttle.record_success(self.remote_ip, login)
         self._auth_login = user.login
         key = (user.login.lower(), self.remote_ip)
         limit = self.config.max_userip_connections
@@ -907,13 +888,14 @@ class POP3Session(asyncio.Protocol):
             registry.remove_user(self._userip)
             self._userip = None
         if self.user is None:
-            seconds = int(time.monotonic() - self.started)
-            if self._auth_attempts:
-                summary = f"auth failed, {self._auth_attempts} attempts in {seconds} secs"
-            else:
-                summary = f"no auth attempts in {seconds} secs"
-            what = "Disconnected" if reason == "Connection closed" else f"Disconnected: {reason}"
-            log_login.info("%s (%s): %s", what, summary, self._log_fields())
+            log_disconnected(
+                log_login,
+                reason,
+                self._log_fields(),
+                plain=reason == "Connection closed",
+                attempts=self._auth_attempts,
+                started=self.started,
+            )
             return
         stats = self.stats
         values: dict[str, int | str] = {

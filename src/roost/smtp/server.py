@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Final
 
 from roost.address import Address
-from roost.config import ConfigError, Settings, TableError, open_table
+from roost.config import Settings, TableError, open_table
 from roost.config.lookup import CidrTable, DictTable, LookupTable, RegexpTable, StaticTable
-from roost.daemon.listeners import Listener, open_server, service_listeners
 from roost.daemon.service import Context
+from roost.daemon.serving import ListeningService, config_problems
 from roost.delivery.router import RecipientStatus, Router, router_from_settings
 from roost.smtp.anvil import Anvil
 from roost.smtp.mynetworks import NetworkMatcher, mynetworks_from
@@ -201,20 +198,14 @@ def build_shared(settings: Settings, service: str, context: Context, router: Rou
     )
 
 
-class SMTPService:
+class SMTPService(ListeningService[Shared]):
     """Every SMTP listener of the daemon (see the module docstring)."""
 
     name = "smtpd"
+    log = log
 
     def __init__(self, context: Context) -> None:
-        self._context = context
-        self._shared: dict[str, Shared] = {}
-        self._listeners = [
-            listener
-            for listener in service_listeners(context.settings)
-            if listener.service in SMTP_SERVICES
-        ]
-        self._servers: list[asyncio.AbstractServer] = []
+        super().__init__(context, SMTP_SERVICES)
         self._build(context)
 
     def _build(self, context: Context) -> None:
@@ -230,45 +221,18 @@ class SMTPService:
         self._context = context
         self._shared = shared
 
-    @property
-    def listeners(self) -> list[Listener]:
-        """The addresses this service listens on (ports resolved after start)."""
-        return self._listeners
-
     def _session(self, service: str) -> SMTPSession:
         return SMTPSession(self._shared[service])
 
-    def _current_tls(self, service: str) -> ssl.SSLContext:
-        """The TLS context of the latest reload (``_context`` changes on SIGHUP)."""
-        return self._context.tls.server_context(service)
+    def _implicit_tls(self, service: str) -> bool:
+        return self._shared[service].config.wrappermode
 
-    async def start(self) -> None:
-        """Open every listener.
-
-        Raises:
-            OSError: an address cannot be bound.
-        """
-        for listener in self._listeners:
-            service = listener.service
-            implicit = (
-                partial(self._current_tls, service)
-                if self._shared[service].config.wrappermode
-                else None
-            )
-            server = await open_server(
-                listener, partial(self._session, service), implicit_tls=implicit
-            )
-            self._servers.append(server)
-            log.info("%s: listening on %s", service, listener)
-
-    async def reload(self, context: Context) -> None:
-        """Adopt new settings for new connections."""
-        self._build(context)
+    def _session_count(self) -> int:
+        return sum(len(shared.sessions) for shared in self._shared.values())
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let sessions finish for ``grace`` seconds; then say 421."""
-        for server in self._servers:
-            server.close()
+        self._stop_accepting()
         sessions = {s for shared in self._shared.values() for s in shared.sessions}
         deadline = time.monotonic() + grace
         while sessions and time.monotonic() < deadline:
@@ -276,16 +240,7 @@ class SMTPService:
             sessions = {s for s in sessions if not s.finished}
         for session in sessions:
             await session.shutdown()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-
-    def status(self) -> Mapping[str, object]:
-        """Listeners and open sessions."""
-        return {
-            "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
-            "sessions": sum(len(shared.sessions) for shared in self._shared.values()),
-        }
+        await self._closed()
 
 
 def build_smtp_service(context: Context) -> SMTPService | None:
@@ -296,10 +251,10 @@ def build_smtp_service(context: Context) -> SMTPService | None:
 
 def check_smtp(settings: Settings, context: Context) -> list[str]:
     """Validate the SMTP services' settings (for ``roost check``)."""
-    try:
+
+    def check() -> None:
         router = build_router(settings, context)
         for service in SMTP_SERVICES:
             build_shared(settings, service, context, router)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+
+    return config_problems(check)
