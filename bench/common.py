@@ -614,6 +614,8 @@ class RoostInstance(Instance):
         try:
             env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
             env["ROOST_BENCH_TRACE"] = f"{self.trace_path}.{worker}"
+            # run as root without a mail_owner account, as the test suite does (docs/privsep.md)
+            env.setdefault("ROOST_STAY_ROOT", "1")
             if self.python_path is not None:
                 env["PYTHONPATH"] = str(self.python_path)
             with open(self.directory / "daemon.out", "ab") as out:
