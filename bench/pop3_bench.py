@@ -231,6 +231,7 @@ class RoostServer(Server):
         notify.bind(str(notify_path))
         try:
             env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+            env.setdefault("ROOST_STAY_ROOT", "1")  # as root: no mail_owner account needed
             if self.python_path is not None:
                 env["PYTHONPATH"] = str(self.python_path)
             command = [sys.executable, "-m", "roost", "-c", str(self.directory / "main.cf")]
