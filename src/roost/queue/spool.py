@@ -115,6 +115,7 @@ class Spool:
         self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
         self._committers: set[asyncio.Task[None]] = set()
         self._running_committers = 0  # counted by the loops themselves: no done-callback lag
+        self._receiving = 0  # MessageWriters created and not yet committing or aborted
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -449,6 +450,7 @@ class MessageWriter:
         "_buffer",
         "_crc",
         "_creating",
+        "_dir_synced",
         "_fd",
         "_flush",
         "_queue",
@@ -467,9 +469,25 @@ class MessageWriter:
         self._crc = 0  # CRC-32 of the bytes written to the file so far
         self._fd: int | None = None
         # The queue file is created at once, in an I/O thread, while the client sends the
-        # content: the commit then only writes and flushes it.
+        # content: the commit then only writes and flushes it. A message received alone
+        # (no other writer, no batch waiting or running) also gets its directory entry
+        # fsynced there, so that its commit is one fdatasync in the committer thread, with
+        # no hand-off to a flush thread; with concurrent messages the batch's one
+        # directory fsync is cheaper (see docs/spool.md, "Why the directory").
+        self._dir_synced = (
+            spool.precreate
+            and spool.directory.sync_method is SyncMethod.FSYNC
+            and spool._receiving == 0
+            and not spool._pending
+            and spool._running_committers == 0
+        )
+        spool._receiving += 1
         self._creating: concurrent.futures.Future[int] | None = (
-            spool._io.submit(spool.directory.create_content, queue, queue_id)
+            spool._io.submit(
+                functools.partial(
+                    spool.directory.create_content, queue, queue_id, sync_dir=self._dir_synced
+                )
+            )
             if spool.precreate
             else None
         )
@@ -550,14 +568,20 @@ class MessageWriter:
         if envelope.queue_id not in ("", self._queue_id):
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
         stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        creating: concurrent.futures.Future[int] | None = None
         if self._fd is None and self._creating is not None:
-            try:
-                self._fd = await asyncio.wrap_future(self._creating)
-            except BaseException:
-                self._state = _State.FAILED  # abort() tidies up
-                raise
-            finally:
-                self._creating = None
+            if self._creating.done():
+                try:
+                    self._fd = self._creating.result()
+                except BaseException:
+                    self._state = _State.FAILED  # abort() tidies up
+                    raise
+                finally:
+                    self._creating = None
+            else:
+                # Still creating (and fsyncing the directory): the committer thread waits
+                # for it, rather than waking this loop first (one thread hand-off fewer).
+                creating, self._creating = self._creating, None
         job = _CommitJob(
             self._queue,
             self._queue_id,
@@ -566,10 +590,13 @@ class MessageWriter:
             encode_envelope(stored),
             content_length=self._size,
             crc=self._crc,
+            dir_synced=self._dir_synced,
+            creating=creating,
         )
         self._fd = None
         self._buffer = bytearray()
         self._state = _State.COMMITTING
+        self._spool._receiving -= 1
         try:
             await self._spool._submit(job)
         except BaseException:
@@ -584,6 +611,7 @@ class MessageWriter:
         if self._state not in (_State.OPEN, _State.FAILED):
             return
         self._state = _State.ABORTED
+        self._spool._receiving -= 1
         self._buffer = bytearray()
         if self._flush is not None and not self._flush.done():
             with contextlib.suppress(BaseException):
