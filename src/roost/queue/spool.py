@@ -114,6 +114,7 @@ class Spool:
         )
         self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
         self._committers: set[asyncio.Task[None]] = set()
+        self._alone: set[asyncio.Future[None]] = set()  # batches run by _run_alone
         self._running_committers = 0  # counted by the loops themselves: no done-callback lag
         self._receiving = 0  # MessageWriters created and not yet committing or aborted
         self._closed = False
@@ -135,8 +136,8 @@ class Spool:
         uncommitted files for :meth:`recover` to delete.
         """
         self._closed = True
-        while self._committers:
-            await asyncio.gather(*self._committers, return_exceptions=True)
+        while self._committers or self._alone:
+            await asyncio.gather(*self._committers, *self._alone, return_exceptions=True)
         self._io.shutdown(wait=False)
         self._commit_pool.shutdown(wait=False)
         self.directory.close()
@@ -362,14 +363,60 @@ class Spool:
         """
         self._check_open()
         loop = asyncio.get_running_loop()
+        if not self._pending and self._running_committers == 0:
+            await self._run_alone(loop, job)
+            return
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.append((job, waiter))
         if self._running_committers < self._max_committers:
-            self._running_committers += 1
-            task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
-            self._committers.add(task)
-            task.add_done_callback(self._committers.discard)
+            self._start_committer(loop)
         await waiter
+
+    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._running_committers += 1
+        task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
+        self._committers.add(task)
+        task.add_done_callback(self._committers.discard)
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        """Run a job that finds the spool idle as a batch of its own, from the caller's
+        task: no committer task to start and wake, the caller resumes as soon as the
+        batch's thread is done. Jobs arriving meanwhile wait in ``_pending`` for a
+        committer started when this batch ends (they would wait for it anyway).
+
+        Raises:
+            SpoolError: the job failed (its files are removed).
+        """
+        self._running_committers += 1
+        try:
+            running = loop.run_in_executor(self._commit_pool, self.directory.run_batch, [job])
+            self._alone.add(running)
+            running.add_done_callback(self._alone.discard)
+            try:
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # The batch goes on in its thread: wait for it, so that on_commit fires
+                # for what it committed.
+                with contextlib.suppress(BaseException):
+                    await running
+                if running.done() and not running.cancelled() and not running.exception():
+                    self._answer_alone(job)
+                raise
+            except Exception as exc:  # a bug in the batch engine
+                raise SpoolError(
+                    f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR
+                ) from exc
+        finally:
+            self._running_committers -= 1
+            if self._pending and self._running_committers < self._max_committers:
+                self._start_committer(loop)
+        self._answer_alone(job)
+        if job.error is not None:
+            raise job.error
+
+    def _answer_alone(self, job: _Job) -> None:
+        if isinstance(job, _CommitJob) and job.committed and job.error is None:
+            self._notify(job.queue_id)
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
