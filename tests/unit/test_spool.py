@@ -780,3 +780,56 @@ async def test_a_queue_id_clash_fails_without_touching_the_other_file(tmp_path: 
         assert caught.value.errno == errno.EEXIST and caught.value.temporary
         assert theirs.read_bytes() == b"another process's message"
         assert files(tmp_path / "q") == ["incoming/4Wk3nB0h2Fz1x"]
+
+
+async def test_a_commit_whose_file_is_still_being_created_waits_for_it_or_is_withdrawn(
+    tmp_path: Path,
+) -> None:
+    # The one I/O thread is held up: every create is still pending when its commit starts,
+    # so the committer thread takes the create over (and a withdrawn commit deletes it).
+    release = threading.Event()
+    async with Spool(tmp_path / "q", io_threads=1) as spool:
+        spool._io.submit(release.wait)
+        writers = [spool.new_message() for _ in range(3)]
+        for writer in writers:
+            await writer.write(MESSAGE)  # stays in the buffer
+        tasks = [asyncio.create_task(writer.commit(make_envelope())) for writer in writers]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], asyncio.CancelledError)
+        kept = [writers[0].queue_id, writers[2].queue_id]
+        assert results[0] == kept[0] and results[2] == kept[1]
+        assert await spool.scan(QueueName.INCOMING) == kept
+        with await spool.open_content(kept[1], QueueName.INCOMING) as content:
+            assert content.read() == MESSAGE
+    assert files(tmp_path / "q") == sorted(f"incoming/{qid}" for qid in kept)
+
+
+async def test_a_lone_message_has_its_directory_fsynced_at_create_others_in_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Which thread fsyncs a directory (os.fsync still runs: this only watches it).
+    directory_syncs: list[str] = []
+    real_fsync = os.fsync
+
+    def watched_fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            directory_syncs.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    async with Spool(tmp_path / "q") as spool:
+        monkeypatch.setattr(os, "fsync", watched_fsync)
+        await spool.enqueue(make_envelope(), MESSAGE)  # alone: synced by the create's thread
+        assert [name.split("_")[0] for name in directory_syncs] == ["roost-spool-io"]
+        directory_syncs.clear()
+        writers = [spool.new_message() for _ in range(2)]  # together: one fsync in the batch
+        for writer in writers:
+            await writer.write(MESSAGE)
+        await asyncio.gather(*(writer.commit(make_envelope()) for writer in writers))
+        monkeypatch.undo()
+        assert len(directory_syncs) == 2  # the first message's at create, the batch's
+        assert directory_syncs[0].startswith("roost-spool-io")
+        assert not directory_syncs[1].startswith("roost-spool-io")
+        assert len(await spool.scan(QueueName.INCOMING)) == 3

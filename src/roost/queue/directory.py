@@ -383,6 +383,8 @@ class _CommitJob(_Job):
         "_content_fd",
         "_content_length",
         "_crc",
+        "_creating",
+        "_dir_synced",
         "_envelope",
         "_owns_content",
         "_tail",
@@ -399,8 +401,14 @@ class _CommitJob(_Job):
         *,
         content_length: int,
         crc: int = 0,
+        dir_synced: bool = False,
+        creating: concurrent.futures.Future[int] | None = None,
     ) -> None:
         super().__init__(queue_id, queue)
+        self._dir_synced = dir_synced  # the directory was fsynced after the file's create
+        # The create of the queue file, still running in an I/O thread (content_fd is
+        # then None): prepare() waits for it.
+        self._creating = creating
         self._content_fd = content_fd
         self._owns_content = content_fd is not None  # never delete a file we did not create
         self._tail = tail
@@ -414,6 +422,10 @@ class _CommitJob(_Job):
         return self.where
 
     def prepare(self, qd: QueueDirectory) -> None:
+        if self._content_fd is None and self._creating is not None:
+            creating, self._creating = self._creating, None
+            self._content_fd = creating.result()  # raises the create's SpoolError
+            self._owns_content = True
         if self._content_fd is None:
             self._content_fd = _create_locked(qd.file_name(self.where, self.queue_id))
             self._owns_content = True
@@ -422,7 +434,8 @@ class _CommitJob(_Job):
         _write_vector(self._content_fd, (self._tail, self._envelope, trailer))
         self._tail = b""
         self.sync_fds.append(self._content_fd)
-        self.sync_dirs.add(self.where)
+        if not self._dir_synced:
+            self.sync_dirs.add(self.where)
 
     def apply(self, qd: QueueDirectory) -> None:
         self.committed = True  # durable since the flush phase: file and directory entry
@@ -433,6 +446,13 @@ class _CommitJob(_Job):
 
     def rollback(self, qd: QueueDirectory) -> None:
         self.committed = False
+        if self._creating is not None:  # withdrawn before prepare(): wait for the create
+            creating, self._creating = self._creating, None
+            try:
+                self._content_fd = creating.result()
+                self._owns_content = True
+            except Exception:  # the create failed and left nothing behind
+                pass
         if self._owns_content:
             _unlink_quietly(qd.file_name(self.where, self.queue_id))
         _close_quietly(self._content_fd)
@@ -896,20 +916,38 @@ class QueueDirectory:
         finally:
             os.close(fd)
 
-    def create_content(self, queue: QueueName, queue_id: str) -> int:
+    def create_content(self, queue: QueueName, queue_id: str, *, sync_dir: bool = False) -> int:
         """Create the (uncommitted) queue file for a new message and lock it.
+
+        Args:
+            queue: where the message is created.
+            queue_id: its queue ID.
+            sync_dir: fsync the queue's directory after the create, so that the new entry
+                is durable before the commit; the commit then flushes only the file
+                (``_CommitJob(dir_synced=True)``). For a message received alone, while
+                the client still sends its content (see docs/spool.md).
 
         Returns:
             A write-only fd holding an exclusive ``flock``; the caller owns it.
 
         Raises:
-            SpoolError: the file cannot be created.
+            SpoolError: the file cannot be created (or, with ``sync_dir``, its directory
+                cannot be fsynced: the file is then removed).
         """
         _check_queue_id(queue_id)
+        path = self.file_name(queue, queue_id)
         try:
-            return _create_locked(self.file_name(queue, queue_id))
+            fd = _create_locked(path)
         except OSError as exc:
             raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
+        if sync_dir:
+            try:
+                os.fsync(self._dir_fd(queue))
+            except OSError as exc:
+                _unlink_quietly(path)
+                _close_quietly(fd)
+                raise SpoolError.from_os_error(exc, f"fsync {queue}/", queue_id=queue_id) from exc
+        return fd
 
     def commit(
         self,

@@ -114,7 +114,9 @@ class Spool:
         )
         self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
         self._committers: set[asyncio.Task[None]] = set()
+        self._alone: set[asyncio.Future[None]] = set()  # batches run by _run_alone
         self._running_committers = 0  # counted by the loops themselves: no done-callback lag
+        self._receiving = 0  # MessageWriters created and not yet committing or aborted
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -134,8 +136,8 @@ class Spool:
         uncommitted files for :meth:`recover` to delete.
         """
         self._closed = True
-        while self._committers:
-            await asyncio.gather(*self._committers, return_exceptions=True)
+        while self._committers or self._alone:
+            await asyncio.gather(*self._committers, *self._alone, return_exceptions=True)
         self._io.shutdown(wait=False)
         self._commit_pool.shutdown(wait=False)
         self.directory.close()
@@ -361,14 +363,60 @@ class Spool:
         """
         self._check_open()
         loop = asyncio.get_running_loop()
+        if not self._pending and self._running_committers == 0:
+            await self._run_alone(loop, job)
+            return
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.append((job, waiter))
         if self._running_committers < self._max_committers:
-            self._running_committers += 1
-            task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
-            self._committers.add(task)
-            task.add_done_callback(self._committers.discard)
+            self._start_committer(loop)
         await waiter
+
+    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._running_committers += 1
+        task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
+        self._committers.add(task)
+        task.add_done_callback(self._committers.discard)
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        """Run a job that finds the spool idle as a batch of its own, from the caller's
+        task: no committer task to start and wake, the caller resumes as soon as the
+        batch's thread is done. Jobs arriving meanwhile wait in ``_pending`` for a
+        committer started when this batch ends (they would wait for it anyway).
+
+        Raises:
+            SpoolError: the job failed (its files are removed).
+        """
+        self._running_committers += 1
+        try:
+            running = loop.run_in_executor(self._commit_pool, self.directory.run_batch, [job])
+            self._alone.add(running)
+            running.add_done_callback(self._alone.discard)
+            try:
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # The batch goes on in its thread: wait for it, so that on_commit fires
+                # for what it committed.
+                with contextlib.suppress(BaseException):
+                    await running
+                if running.done() and not running.cancelled() and not running.exception():
+                    self._answer_alone(job)
+                raise
+            except Exception as exc:  # a bug in the batch engine
+                raise SpoolError(
+                    f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR
+                ) from exc
+        finally:
+            self._running_committers -= 1
+            if self._pending and self._running_committers < self._max_committers:
+                self._start_committer(loop)
+        self._answer_alone(job)
+        if job.error is not None:
+            raise job.error
+
+    def _answer_alone(self, job: _Job) -> None:
+        if isinstance(job, _CommitJob) and job.committed and job.error is None:
+            self._notify(job.queue_id)
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -449,6 +497,7 @@ class MessageWriter:
         "_buffer",
         "_crc",
         "_creating",
+        "_dir_synced",
         "_fd",
         "_flush",
         "_queue",
@@ -467,9 +516,25 @@ class MessageWriter:
         self._crc = 0  # CRC-32 of the bytes written to the file so far
         self._fd: int | None = None
         # The queue file is created at once, in an I/O thread, while the client sends the
-        # content: the commit then only writes and flushes it.
+        # content: the commit then only writes and flushes it. A message received alone
+        # (no other writer, no batch waiting or running) also gets its directory entry
+        # fsynced there, so that its commit is one fdatasync in the committer thread, with
+        # no hand-off to a flush thread; with concurrent messages the batch's one
+        # directory fsync is cheaper (see docs/spool.md, "Why the directory").
+        self._dir_synced = (
+            spool.precreate
+            and spool.directory.sync_method is SyncMethod.FSYNC
+            and spool._receiving == 0
+            and not spool._pending
+            and spool._running_committers == 0
+        )
+        spool._receiving += 1
         self._creating: concurrent.futures.Future[int] | None = (
-            spool._io.submit(spool.directory.create_content, queue, queue_id)
+            spool._io.submit(
+                functools.partial(
+                    spool.directory.create_content, queue, queue_id, sync_dir=self._dir_synced
+                )
+            )
             if spool.precreate
             else None
         )
@@ -550,14 +615,20 @@ class MessageWriter:
         if envelope.queue_id not in ("", self._queue_id):
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
         stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        creating: concurrent.futures.Future[int] | None = None
         if self._fd is None and self._creating is not None:
-            try:
-                self._fd = await asyncio.wrap_future(self._creating)
-            except BaseException:
-                self._state = _State.FAILED  # abort() tidies up
-                raise
-            finally:
-                self._creating = None
+            if self._creating.done():
+                try:
+                    self._fd = self._creating.result()
+                except BaseException:
+                    self._state = _State.FAILED  # abort() tidies up
+                    raise
+                finally:
+                    self._creating = None
+            else:
+                # Still creating (and fsyncing the directory): the committer thread waits
+                # for it, rather than waking this loop first (one thread hand-off fewer).
+                creating, self._creating = self._creating, None
         job = _CommitJob(
             self._queue,
             self._queue_id,
@@ -566,10 +637,13 @@ class MessageWriter:
             encode_envelope(stored),
             content_length=self._size,
             crc=self._crc,
+            dir_synced=self._dir_synced,
+            creating=creating,
         )
         self._fd = None
         self._buffer = bytearray()
         self._state = _State.COMMITTING
+        self._spool._receiving -= 1
         try:
             await self._spool._submit(job)
         except BaseException:
@@ -584,6 +658,7 @@ class MessageWriter:
         if self._state not in (_State.OPEN, _State.FAILED):
             return
         self._state = _State.ABORTED
+        self._spool._receiving -= 1
         self._buffer = bytearray()
         if self._flush is not None and not self._flush.done():
             with contextlib.suppress(BaseException):
