@@ -751,6 +751,25 @@ class IMAPSession(asyncio.Protocol):
             except Exception:
                 log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
 
+    def _close_later(self, mailbox: MailboxProtocol) -> None:
+        """Close a mailbox the session no longer uses in a worker thread, not awaited.
+
+        Closing the last connection to an index checkpoints its SQLite log (two
+        fdatasyncs): on the event loop that would stall every session, and awaiting it
+        would let a second cancellation skip the rest of :meth:`_finish`.
+        """
+
+        def close() -> None:
+            try:
+                mailbox.close()
+            except Exception:
+                log_imap.exception("%s: closing a mailbox failed", self._prefix)
+
+        try:
+            self.shared.executor.submit(close)
+        except RuntimeError:  # the executor is shut down: close here
+            close()
+
     async def _call(self, function: Callable[..., _T], *args: object) -> _T:
         """Run a cheap store call on the event loop thread.
 
@@ -878,8 +897,7 @@ class IMAPSession(asyncio.Protocol):
             self.transport.close()
         selected, self.selected = self.selected, None
         if selected is not None:
-            with contextlib.suppress(Exception):
-                await self._call(selected.mailbox.close)
+            self._close_later(selected.mailbox)
         if self._counted:
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
@@ -1253,7 +1271,7 @@ class IMAPSession(asyncio.Protocol):
         selected, self.selected = self.selected, None
         self.conn.state = State.AUTHENTICATED
         if selected is not None:
-            await self._call(selected.mailbox.close)
+            await self._call_in_thread(selected.mailbox.close)
         self._changed.clear()
 
     async def create(self, command: Create) -> TaggedResponse:
@@ -1295,7 +1313,7 @@ class IMAPSession(asyncio.Protocol):
         """Follow the selected mailbox to its new name after RENAME."""
         selected = self.selected
         assert selected is not None
-        await self._call(selected.mailbox.close)
+        await self._call_in_thread(selected.mailbox.close)
         opened = await self._call_in_thread(
             _open_mailbox, self._store(), name, selected.readonly, None, self._changed_callback()
         )
