@@ -699,7 +699,7 @@ class IMAPSession(asyncio.Protocol):
             if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
                 ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
                 if not ready:
-                    self._suspend_selected()
+                    await self._suspend_selected()
                     timeout -= _SUSPEND_AFTER_SECONDS
             if not ready and not await self._wait_input(timeout):
                 reason = (
@@ -716,7 +716,7 @@ class IMAPSession(asyncio.Protocol):
         next_check = now + config.idle_check_interval
         while True:
             wait = max(0.0, min(next_notify, next_check) - time.monotonic())
-            self._suspend_selected()
+            await self._suspend_selected()
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
@@ -742,12 +742,15 @@ class IMAPSession(asyncio.Protocol):
             return None
         return selected.mailbox if same else None
 
-    def _suspend_selected(self) -> None:
-        """Let the selected mailbox release its index connection while the client idles."""
+    async def _suspend_selected(self) -> None:
+        """Let the selected mailbox release its index connection while the client idles.
+
+        In a worker thread: the last connection to an index checkpoints its SQLite log.
+        """
         selected = self.selected
-        if selected is not None:
+        if selected is not None and not selected.mailbox.suspended:
             try:
-                selected.mailbox.suspend()
+                await self._call_in_thread(selected.mailbox.suspend)
             except Exception:
                 log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
 
