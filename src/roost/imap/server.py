@@ -18,7 +18,6 @@ import logging
 import os
 import shlex
 import ssl
-import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,6 @@ from roost.store import MailStore
 
 __all__ = [
     "IMAP_SERVICES",
-    "STORE_SWITCH_INTERVAL",
     "STORE_THREADS",
     "IMAPService",
     "build_imap_service",
@@ -56,11 +54,6 @@ __all__ = [
 
 IMAP_SERVICES: Final = ("imap", "imaps")
 STORE_THREADS: Final = 64
-#: seconds: the interpreter's GIL switch interval in a process serving IMAP (Python's
-#: default is 0.005). A store thread back from each of its ~25 system calls per write
-#: (SQLite steps, stat, rename, the dotlock) waits up to this long for the event loop
-#: thread to let go of the GIL; at 5 ms those waits made most of a STORE's latency.
-STORE_SWITCH_INTERVAL: Final = 0.0005
 """Worker threads for store calls, shared by every IMAP session."""
 log = logging.getLogger("roost.imap-login")
 
@@ -168,7 +161,6 @@ class IMAPService:
         ]
         self._registry = Registry()
         self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="imap-store")
-        sys.setswitchinterval(STORE_SWITCH_INTERVAL)
         self._servers: list[asyncio.AbstractServer] = []
         self._shared: dict[str, Shared] = {}
         self._build(context)
