@@ -681,7 +681,7 @@ class IMAPSession(asyncio.Protocol):
             if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
                 ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
                 if not ready:
-                    self._suspend_selected()
+                    await self._suspend_selected()
                     timeout -= _SUSPEND_AFTER_SECONDS
             if not ready and not await self._wait_input(timeout):
                 reason = (
@@ -698,7 +698,7 @@ class IMAPSession(asyncio.Protocol):
         next_check = now + config.idle_check_interval
         while True:
             wait = max(0.0, min(next_notify, next_check) - time.monotonic())
-            self._suspend_selected()
+            await self._suspend_selected()
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
@@ -724,14 +724,36 @@ class IMAPSession(asyncio.Protocol):
             return None
         return selected.mailbox if same else None
 
-    def _suspend_selected(self) -> None:
-        """Let the selected mailbox release its index connection while the client idles."""
+    async def _suspend_selected(self) -> None:
+        """Let the selected mailbox release its index connection while the client idles.
+
+        In a worker thread: the last connection to an index checkpoints its SQLite log.
+        """
         selected = self.selected
-        if selected is not None:
+        if selected is not None and not selected.mailbox.suspended:
             try:
-                selected.mailbox.suspend()
+                await self._call_in_thread(selected.mailbox.suspend)
             except Exception:
                 log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
+
+    def _close_later(self, mailbox: MailboxProtocol) -> None:
+        """Close a mailbox the session no longer uses in a worker thread, not awaited.
+
+        Closing the last connection to an index checkpoints its SQLite log (two
+        fdatasyncs): on the event loop that would stall every session, and awaiting it
+        would let a second cancellation skip the rest of :meth:`_finish`.
+        """
+
+        def close() -> None:
+            try:
+                mailbox.close()
+            except Exception:
+                log_imap.exception("%s: closing a mailbox failed", self._prefix)
+
+        try:
+            self.shared.executor.submit(close)
+        except RuntimeError:  # the executor is shut down: close here
+            close()
 
     async def _call(self, function: Callable[..., _T], *args: object) -> _T:
         """Run a cheap store call on the event loop thread.
@@ -860,8 +882,7 @@ class IMAPSession(asyncio.Protocol):
             self.transport.close()
         selected, self.selected = self.selected, None
         if selected is not None:
-            with contextlib.suppress(Exception):
-                await self._call(selected.mailbox.close)
+            self._close_later(selected.mailbox)
         if self._counted:
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
@@ -1229,7 +1250,7 @@ class IMAPSession(asyncio.Protocol):
         selected, self.selected = self.selected, None
         self.conn.state = State.AUTHENTICATED
         if selected is not None:
-            await self._call(selected.mailbox.close)
+            await self._call_in_thread(selected.mailbox.close)
         self._changed.clear()
 
     async def create(self, command: Create) -> TaggedResponse:
@@ -1271,7 +1292,7 @@ class IMAPSession(asyncio.Protocol):
         """Follow the selected mailbox to its new name after RENAME."""
         selected = self.selected
         assert selected is not None
-        await self._call(selected.mailbox.close)
+        await self._call_in_thread(selected.mailbox.close)
         opened = await self._call_in_thread(
             _open_mailbox, self._store(), name, selected.readonly, None, self._changed_callback()
         )

@@ -199,6 +199,11 @@ class Index:
             db = self._db = self._connect()
         return db
 
+    @property
+    def suspended(self) -> bool:
+        """True when no SQLite connection is open (:meth:`suspend`, or not used yet)."""
+        return self._db is None
+
     def suspend(self) -> None:
         """Close the connection until the next use (outside a transaction only).
 

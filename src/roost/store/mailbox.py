@@ -257,6 +257,11 @@ class Mailbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def suspended(self) -> bool:
+        """True when the index connection is released (or the mailbox closed)."""
+        return self._closed or self._index.suspended
+
     def suspend(self) -> None:
         """Release the index connection while the session idles (reopened on next use).
 

@@ -126,6 +126,10 @@ class MailboxProtocol(Protocol):
     def watch(self, callback: ChangeCallback) -> Cancellable:
         """Be told of changes by other sessions and deliveries."""
 
+    @property
+    def suspended(self) -> bool:
+        """True while :meth:`suspend` holds (nothing to release)."""
+
     def suspend(self) -> None:
         """Release what an idle session need not hold (reacquired on next use)."""
 
