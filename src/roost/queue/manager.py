@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Protocol
+from typing import BinaryIO, Protocol
 
 from roost.address import AddressError, parse_mailbox
 from roost.delivery.router import Destination, Router
@@ -54,9 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("roost.qmgr")
-
-#: Envelopes up to this size (bytes) are read in the event loop; larger ones in a thread.
-_INLINE_ENVELOPE_BYTES: Final = 16 * 1024
 
 
 class Outcome:
@@ -377,12 +374,12 @@ class QueueManager:
             self._schedule(queue_id, _next_try(envelope))
 
     def _read_envelope_now(self, queue_id: str, queue: QueueName) -> Envelope | None:
-        """Read a just-committed envelope in the event loop: a small file in the page cache
-        costs less to read than a thread hand-off. None on any trouble (missing, corrupt,
-        another layout): the caller then asks the spool, which reports and quarantines."""
+        """Read a just-committed envelope in the event loop: a page-cache read costs less
+        than a thread hand-off. None on any trouble (missing, corrupt): the caller then
+        asks the spool, which reports and quarantines."""
         try:
             data = self.spool.directory.read_envelope_data(queue, queue_id)
-            if data is None or len(data) > _INLINE_ENVELOPE_BYTES:
+            if data is None:
                 return None
             envelope = Envelope.from_json(data)
         except (OSError, ValueError):  # EnvelopeError is a ValueError
