@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -35,12 +37,45 @@ def require_program(name: str) -> str:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+# Ports handed to daemons the tests start. They come from below the kernel's ephemeral
+# range (net.ipv4.ip_local_port_range, 32768-60999 by default): a port taken from the
+# ephemeral range is closed again before the daemon binds it, and in that gap any
+# outgoing connection of the test run may be given it (CI failed that way once with
+# "Address already in use"). Ports are never handed out twice in one test process.
+_PORT_RANGE = range(20000, 32768)
+_ports_given: set[int] = set()
+
+
+def free_port_for(hosts: Iterable[str]) -> int:
+    """Return a TCP port that is free on every one of ``hosts`` right now.
+
+    The port is below the ephemeral range and was not returned before by this process.
+    Raises OSError when no port of the range is free.
+    """
+    hosts = list(hosts)
+    for _ in range(1000):
+        port = random.choice(_PORT_RANGE)
+        if port in _ports_given:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for host in hosts:
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+                sockets.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        _ports_given.add(port)
         return port
+    raise OSError(f"no free port on {hosts} in {_PORT_RANGE}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now (see free_port_for)."""
+    return free_port_for([host])
 
 
 def write_instance(directory: Path, extra: str = "") -> Path:

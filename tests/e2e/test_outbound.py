@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from roost.tls import generate_selfsigned, make_server_context
-from tests.conftest import ROOST
+from tests.conftest import ROOST, free_port_for
 from tests.e2e.instance import Instance, start_instance
 from tests.integration.dnsserver import DnsServer
-from tests.integration.smtpsink import ThreadedSink, free_port_for
+from tests.integration.smtpsink import ThreadedSink
 
 HOSTS = [f"127.0.0.{n}" for n in range(10, 30)]
 SENDER = "alice@virtual.test"

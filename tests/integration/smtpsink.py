@@ -17,41 +17,18 @@ import asyncio
 import contextlib
 import re
 import secrets
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["Received", "Sink", "ThreadedSink", "free_port_for"]
+__all__ = ["Received", "Sink", "ThreadedSink"]
 
 _DSN_PARAMS = re.compile(r"\s+(?:RET|ENVID|NOTIFY|ORCPT)=\S+", re.IGNORECASE)
-
-
-def free_port_for(hosts: Iterable[str]) -> int:
-    """A TCP port that is free on every one of ``hosts`` right now."""
-    hosts = list(hosts)
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port: int = probe.getsockname()[1]
-        sockets: list[socket.socket] = []
-        try:
-            for host in hosts:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return port
-    raise OSError(f"no common free port on {hosts}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pytest
 from roost.auth.ldap import LdapBackend, LdapError, parse_ldap_config
 from roost.auth.users import FailureReason, UserBackendError, UserDatabase
 from roost.config import load_settings, open_table
-from tests.conftest import require_program
+from tests.conftest import free_port, require_program
 from tests.integration.slapd import (
     PEOPLE,
     SERVICE_DN,
@@ -82,10 +82,7 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 
 def closed_port() -> int:
     """A loopback port nothing listens on (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()
 
 
 @pytest.fixture

@@ -37,8 +37,9 @@ from roost.queue.envelope import (
 )
 from roost.queue.manager import DeliveryJob, RecipientResult
 from roost.tls import generate_selfsigned, make_server_context
+from tests.conftest import free_port_for
 from tests.integration.dnsserver import DnsServer
-from tests.integration.smtpsink import Sink, free_port_for
+from tests.integration.smtpsink import Sink
 
 MX1, MX2, MX3, RELAY = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"
 HOSTS = [f"127.0.0.{n}" for n in range(10, 21)]
