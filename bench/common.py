@@ -1525,6 +1525,16 @@ def trace_lines(trace: Mapping[str, Mapping[str, float]]) -> str:
     )
 
 
+def evenly_spaced(series: Sequence[Any], width: int) -> list[Any]:
+    """About ``width`` items of ``series`` at even steps, always with its last item."""
+    if not series:
+        return []
+    picked = list(series[:: max(len(series) // width, 1)])
+    if picked[-1] != series[-1]:
+        picked.append(series[-1])
+    return picked
+
+
 def median(values: Iterable[float]) -> float:
     items = list(values)
     return statistics.median(items) if items else float("nan")

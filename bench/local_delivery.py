@@ -119,13 +119,8 @@ def run_once(
 
 def queue_line(series: Sequence[tuple[float, int]], width: int = 24) -> str:
     """The queue size at about ``width`` evenly spaced moments: ``t=3s:120 ...``."""
-    if not series:
-        return "(no samples)"
-    step = max(len(series) // width, 1)
-    picked = list(series[::step])
-    if picked[-1] != series[-1]:
-        picked.append(series[-1])
-    return " ".join(f"{t:.0f}s:{q}" for t, q in picked)
+    picked = common.evenly_spaced(series, width)
+    return " ".join(f"{t:.0f}s:{q}" for t, q in picked) if picked else "(no samples)"
 
 
 def main(argv: Sequence[str]) -> int:

@@ -607,13 +607,8 @@ def _wait_queue_empty(instance: Instance, timeout: float) -> int:
 
 def series_line(series: Sequence[tuple[float, int, int, int]], width: int = 12) -> str:
     """``Ns:sink/queue/connections`` at about ``width`` evenly spaced moments."""
-    if not series:
-        return "(no samples)"
-    step = max(len(series) // width, 1)
-    picked = list(series[::step])
-    if picked[-1] != series[-1]:
-        picked.append(series[-1])
-    return " ".join(f"{t:.0f}s:{n}/{q}/{c}" for t, n, q, c in picked)
+    picked = common.evenly_spaced(series, width)
+    return " ".join(f"{t:.0f}s:{n}/{q}/{c}" for t, n, q, c in picked) if picked else "(no samples)"
 
 
 def summary_lines(records: Sequence[RunRecord], servers: Sequence[str], mode: str) -> list[str]:
