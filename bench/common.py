@@ -1414,13 +1414,24 @@ class Profiler:
     """``py-spy record`` attached to a running process, raw (collapsed) stacks per thread."""
 
     def __init__(
-        self, pid: int, output: Path, *, rate: int = 100, idle: bool = False, gil: bool = False
+        self,
+        pid: int,
+        output: Path,
+        *,
+        rate: int = 100,
+        idle: bool = False,
+        gil: bool = False,
+        subprocesses: bool = False,
     ) -> None:
+        """Record ``pid`` at ``rate`` samples per second; ``idle``: idle threads' samples
+        too; ``gil``: only samples of the thread holding the GIL; ``subprocesses``: its
+        child processes too (roost's workers)."""
         spy = find_program("py-spy", str(Path(sys.executable).parent))
         if spy is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
         command = [spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads"]
-        command += ["-o", str(output), *(["--idle"] if idle else []), *(["--gil"] if gil else [])]
+        options = {"--idle": idle, "--gil": gil, "--subprocesses": subprocesses}
+        command += ["-o", str(output), *(option for option, wanted in options.items() if wanted)]
         self.output = output
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
