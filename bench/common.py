@@ -1,8 +1,12 @@
-"""Shared machinery of the side-by-side benchmarks (bench/smtp_ingest.py, bench/local_delivery.py).
+"""Shared machinery of the side-by-side benchmarks: bench/smtp_ingest.py,
+bench/local_delivery.py and bench/relay_bench.py against Postfix, bench/imap_bench.py and
+bench/pop3_bench.py against Dovecot.
 
 Each run gets a *fresh* server instance in a new directory (queue, Maildir, logs), so no run
 inherits a big directory from the one before (BENCHMARKING pitfall: a Maildir that once held
-20,000 files makes later runs ~40 % slower on ext4):
+20,000 files makes later runs ~40 % slower on ext4). Every roost daemon is a
+:class:`RoostDaemon` (started with a NOTIFY_SOCKET, ready at ``READY=1``; it runs the code
+chosen by :func:`use_roost_source`). For the SMTP benchmarks:
 
 - :class:`RoostInstance`: ``roost -c DIR/main.cf serve`` with a passwd-file user
   ``user@bench.test``, Maildir delivery, loopback only. ``deliver=False`` sets
@@ -18,22 +22,35 @@ inherits a big directory from the one before (BENCHMARKING pitfall: a Maildir th
   instead makes every cleanup(8) sleep after a failed trigger: 20 msg/s, not a fair
   comparison.)
 
-Server CPU is read from ``/proc``: for roost the daemon process (all its threads); for
+Server CPU is read from ``/proc``: for roost the daemon's process tree (all threads); for
 Postfix the master and every process below it, plus what the master has reaped from exited
 children (``cutime + cstime``), so smtpd/cleanup processes that exit during a run count.
 
 Load is generated with ``smtp-source`` (Debian's ``postfix`` package, ``/usr/sbin``).
+:func:`run_workloads` runs the servers alternating; :func:`comparison_table` reports.
+
+For the IMAP and POP3 benchmarks, :class:`MailboxServer`: :class:`RoostMailbox` (only the
+one protocol's service) and :class:`DovecotMailbox` (a separate Dovecot instance, never
+``/etc/dovecot``), users with ``{PLAIN}`` passwords; memory as PSS from
+``/proc/PID/smaps_rollup`` (:func:`tree_memory`).
+
+Ports come from :func:`free_port` (below the ephemeral range, never twice).
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import platform
 import pwd
+import random
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +61,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +106,32 @@ def postfix_usable() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports for the servers and sinks the benchmarks start, as tests/conftest.py chooses them
+# (bench does not import pytest): from below the kernel's ephemeral range (32768-60999 by
+# default), since a port taken from that range is closed again before the server binds it
+# and any outgoing connection may be given it meanwhile; never the same port twice.
+_PORT_RANGE = range(20000, 32768)
+_ports_given: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now (IPv4 or IPv6 address).
+
+    The port is below the ephemeral range and was not returned before by this process.
+    Raises OSError when no port of the range is free.
+    """
+    for _ in range(1000):
+        port = random.choice(_PORT_RANGE)
+        if port in _ports_given:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise OSError(f"no free port on {host} in {_PORT_RANGE}")
 
 
 def filesystem_of(path: Path) -> str:
@@ -136,25 +174,25 @@ def snapshot_source(base: Path) -> Path:
 
 
 def use_roost_source(base: Path, *, snapshot: bool, source: Path | None = None) -> str:
-    """Make :class:`RoostInstance` run a snapshot of src/roost, the tree itself, or
+    """Make every :class:`RoostDaemon` run a snapshot of src/roost, the tree itself, or
     ``source`` (a directory holding a ``roost`` package); return a description with the
     code's fingerprint."""
     package = ROOT / "src" / "roost"
     if source is not None:
-        RoostInstance.python_path = source.resolve()
-        RoostInstance.keep_python_path = True
+        RoostDaemon.python_path = source.resolve()
+        RoostDaemon.keep_python_path = True
         return f"{source / 'roost'} (given), {source_fingerprint(source / 'roost')}"
     if not snapshot:
         return f"{package} (live tree) {source_fingerprint(package)}"
-    RoostInstance.python_path = snapshot_source(base)
-    copy = RoostInstance.python_path / "roost"
+    RoostDaemon.python_path = snapshot_source(base)
+    copy = RoostDaemon.python_path / "roost"
     return f"snapshot {copy} of {package}, {source_fingerprint(copy)}"
 
 
 def drop_roost_snapshot() -> None:
-    if RoostInstance.python_path is not None and not RoostInstance.keep_python_path:
-        shutil.rmtree(RoostInstance.python_path, ignore_errors=True)
-        RoostInstance.python_path = None
+    if RoostDaemon.python_path is not None and not RoostDaemon.keep_python_path:
+        shutil.rmtree(RoostDaemon.python_path, ignore_errors=True)
+        RoostDaemon.python_path = None
 
 
 def machine_description(base: Path) -> dict[str, str]:
@@ -252,6 +290,41 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(process_cpu_seconds(pid, reaped_children=True) for pid in descendants(root))
 
 
+@dataclass
+class Memory:
+    """PSS and RSS (KiB) summed over a server's processes."""
+
+    pss_kib: int
+    rss_kib: int
+    processes: int
+
+    @property
+    def pss_mib(self) -> float:
+        return self.pss_kib / 1024
+
+
+def tree_memory(root: int) -> Memory:
+    """PSS and RSS of ``root`` and every process below it (``/proc/PID/smaps_rollup``).
+
+    PSS (proportional set size) counts a page shared by N processes as 1/N in each: the
+    honest sum for servers of many processes (RSS counts shared libraries once each).
+    """
+    pss = rss = count = 0
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                text = rollup.read()
+        except OSError:
+            continue
+        count += 1
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return Memory(pss, rss, count)
+
+
 # --- directory counting --------------------------------------------------------------------
 
 
@@ -288,23 +361,158 @@ def count_names(directory: Path) -> int:
         return 0
 
 
+# --- processes -------------------------------------------------------------------------------
+
+
+def end_process(
+    process: subprocess.Popen[Any], how: int = signal.SIGTERM, timeout: float = 60.0
+) -> None:
+    """Send ``how`` to ``process`` if it still runs and wait; SIGKILL it after ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(how)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_gone(pid: int | None, timeout: float = 60.0) -> None:
+    """Wait (bounded) until process ``pid`` has exited (a daemon's master, after its stop)."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def wait_for_greeting(
+    port: int, greeting: bytes, goodbye: bytes = b"", timeout: float = 60.0
+) -> bool:
+    """Connect to 127.0.0.1:``port`` until the server's first line starts with ``greeting``
+    (then send ``goodbye``, if any); False when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=2) as sock,
+        ):
+            if sock.recv(4096).startswith(greeting):
+                if goodbye:
+                    sock.sendall(goodbye)
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 # --- server instances ----------------------------------------------------------------------
 
 
-class Instance:
-    """A mail server instance set up in its own directory; see the module docs."""
+def roost_config(directory: Path, title: str, settings: Mapping[str, str]) -> str:
+    """The text of a benchmark instance's main.cf: what every roost benchmark instance has
+    (loopback only, passwd-file users in ``directory/users``, Maildirs under
+    ``directory/mail``, its own spool and maillog), then ``settings`` (which win)."""
+    d = directory
+    shared = {
+        "myhostname": "roost-bench.localdomain",
+        "mydestination": "",
+        "virtual_mailbox_domains": DOMAIN,
+        "inet_interfaces": "127.0.0.1",
+        "queue_directory": f"{d}/spool",
+        "data_directory": f"{d}/lib",
+        "auth_backends": f"passwd-file:{d}/users",
+        "auth_default_realm": DOMAIN,
+        "mail_location": f"maildir:{d}/mail/%d/%n/Maildir",
+        "alias_maps": f"hash:{d}/aliases",
+        "alias_database": "$alias_maps",
+        "maillog_file": f"{d}/maillog",
+        "shutdown_grace_time": "2s",
+    }
+    lines = [f"{name} = {value}".rstrip() for name, value in {**shared, **settings}.items()]
+    return f"# {title}\n" + "\n".join(lines) + "\n"
+
+
+class RoostDaemon:
+    """The process side of a roost instance: ``roost serve`` started with a NOTIFY_SOCKET
+    (ready at ``READY=1``), stopped with SIGTERM; its CPU over its process tree.
+
+    Subclasses set :attr:`directory` (output goes to ``directory/daemon.out``) and fill
+    :attr:`processes` through :meth:`spawn`.
+    """
+
+    #: where ``roost`` is imported from (see :func:`use_roost_source`); None: the venv's
+    python_path: Path | None = None
+    keep_python_path = False
+
+    directory: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def spawn(
+        self,
+        command: Sequence[str],
+        notify_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command``; return once it has sent ``READY=1`` to ``notify_path``.
+
+        Raises RuntimeError (with the end of its output) when it exits or is not ready
+        within ``timeout`` seconds.
+        """
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        try:
+            environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), **(env or {})}
+            # run as root without a mail_owner account, as the test suite does (docs/privsep.md)
+            environment.setdefault("ROOST_STAY_ROOT", "1")
+            if RoostDaemon.python_path is not None:
+                environment["PYTHONPATH"] = str(RoostDaemon.python_path)
+            with open(self.directory / "daemon.out", "ab") as out:
+                process = subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT
+                )
+            self.processes.append(process)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or process.poll() is not None:
+                    log = (self.directory / "daemon.out").read_text(errors="replace")
+                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
+                notify.settimeout(min(remaining, 0.5))
+                with contextlib.suppress(TimeoutError):
+                    if "READY=1" in notify.recv(65536).decode().splitlines():
+                        return process
+        finally:
+            notify.close()
+
+    def stop(self) -> None:
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        for process in running:
+            end_process(process, timeout=60)
+
+    def cpu_seconds(self) -> float:
+        """CPU of every daemon started, over its process tree (master, fork server and
+        worker processes), in seconds."""
+        return sum(tree_cpu_seconds(p.pid) for p in self.processes)
+
+
+class Server:
+    """A server set up in its own ``directory``, listening on :attr:`port` (127.0.0.1)."""
 
     name = "server"
 
-    def __init__(self, directory: Path, *, deliver: bool) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.deliver = deliver
         self.port = free_port()
 
     def setup(self) -> None:
+        """Create :attr:`directory` with the configuration."""
         raise NotImplementedError
 
     def start(self) -> None:
+        """Start the server; return once it accepts connections."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -313,6 +521,17 @@ class Instance:
     def cpu_seconds(self) -> float:
         """CPU used so far by the server's processes (seconds)."""
         raise NotImplementedError
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Instance(Server):
+    """A mail server instance for the SMTP benchmarks; see the module docs."""
+
+    def __init__(self, directory: Path, *, deliver: bool) -> None:
+        super().__init__(directory)
+        self.deliver = deliver
 
     def queue_counts(self) -> dict[str, int]:
         """Messages in each queue that matters right now."""
@@ -333,9 +552,6 @@ class Instance:
     def accepted(self) -> int:
         """Messages accepted and still queued or already delivered."""
         return sum(self.queue_counts().values()) + count_names(self.maildir_new())
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 #: What-if variants of the roost daemon, to measure a proposed src/ change before anyone
@@ -515,7 +731,7 @@ _users.UserDatabase.lookup = _lookup
 }
 
 
-class RoostInstance(Instance):
+class RoostInstance(RoostDaemon, Instance):
     """``roost serve`` in ``directory``; readiness through a NOTIFY_SOCKET (READY=1).
 
     Args:
@@ -531,10 +747,8 @@ class RoostInstance(Instance):
     """
 
     name = "roost"
-
-    #: where ``roost`` is imported from (see :func:`snapshot_source`); None: the venv's
-    python_path: Path | None = None
-    keep_python_path = False
+    #: where the names of ``patches`` are looked up
+    patch_table: Mapping[str, str] = ROOST_PATCHES
 
     def __init__(
         self,
@@ -565,31 +779,18 @@ class RoostInstance(Instance):
             disabled = ["submission", "submissions", "imap", "imaps", "pop3", "pop3s"]
             if not self.deliver or worker > 0:
                 disabled.append("qmgr")
-            self._config(worker).write_text(
-                textwrap.dedent(f"""\
-                    # roost benchmark instance (bench/common.py)
-                    myhostname = roost-bench.localdomain
-                    mydestination =
-                    virtual_mailbox_domains = {DOMAIN}
-                    inet_interfaces = 127.0.0.1
-                    mynetworks = 127.0.0.0/8
-                    queue_directory = {d}/spool
-                    data_directory = {d}/lib{worker or ""}
-                    auth_backends = passwd-file:{d}/users
-                    auth_default_realm = {DOMAIN}
-                    smtpd_peername_lookup = no
-                    mail_location = maildir:{d}/mail/%d/%n/Maildir
-                    alias_maps = hash:{d}/aliases
-                    alias_database = $alias_maps
-                    maillog_file = {d}/maillog
-                    shutdown_grace_time = 2s
-                    smtp_service_port = {self.port}
-                    master_service_disable = {", ".join(disabled)}
-                    """)
-            )
+            settings = {
+                "mynetworks": "127.0.0.0/8",
+                "data_directory": f"{d}/lib{worker or ''}",
+                "smtpd_peername_lookup": "no",
+                "smtp_service_port": str(self.port),
+                "master_service_disable": ", ".join(disabled),
+            }
             if self.worker_processes is not None:
-                with self._config(worker).open("a") as config:
-                    config.write(f"worker_processes = {self.worker_processes}\n")
+                settings["worker_processes"] = self.worker_processes
+            self._config(worker).write_text(
+                roost_config(d, "roost benchmark instance (bench/common.py)", settings)
+            )
 
     def _config(self, worker: int) -> Path:
         return self.directory / f"main{worker or ''}.cf"
@@ -598,58 +799,19 @@ class RoostInstance(Instance):
         config = str(self._config(worker))
         if not self.patches:
             return [sys.executable, "-m", "roost", "-c", config, "serve"]
-        code = "".join(ROOST_PATCHES[name] for name in self.patches)
+        code = "".join(self.patch_table[name] for name in self.patches)
         code += "import sys\nfrom roost.cli.main import main\n"
         code += f"sys.argv = ['roost', '-c', {config!r}, 'serve']\nsys.exit(main())\n"
         return [sys.executable, "-c", code]
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         for worker in range(self.workers):
-            self._start_one(worker, timeout)
-
-    def _start_one(self, worker: int, timeout: float) -> None:
-        notify_path = self.directory / f"notify{worker}.sock"
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(notify_path))
-        try:
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-            env["ROOST_BENCH_TRACE"] = f"{self.trace_path}.{worker}"
-            # run as root without a mail_owner account, as the test suite does (docs/privsep.md)
-            env.setdefault("ROOST_STAY_ROOT", "1")
-            if self.python_path is not None:
-                env["PYTHONPATH"] = str(self.python_path)
-            with open(self.directory / "daemon.out", "ab") as out:
-                process = subprocess.Popen(
-                    self._command(worker), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-                )
-            self.processes.append(process)
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or process.poll() is not None:
-                    log = (self.directory / "daemon.out").read_text(errors="replace")
-                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
-                notify.settimeout(min(remaining, 0.5))
-                with contextlib.suppress(TimeoutError):
-                    if "READY=1" in notify.recv(65536).decode().splitlines():
-                        return
-        finally:
-            notify.close()
-
-    def stop(self) -> None:
-        running = [p for p in self.processes if p.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def cpu_seconds(self) -> float:
-        # the master, its fork server and worker processes
-        return sum(tree_cpu_seconds(p.pid) for p in self.processes)
+            self.spawn(
+                self._command(worker),
+                self.directory / f"notify{worker}.sock",
+                env={"ROOST_BENCH_TRACE": f"{self.trace_path}.{worker}"},
+                timeout=timeout,
+            )
 
     def profile_pid(self) -> int | None:
         return self.processes[0].pid if self.processes else None
@@ -780,24 +942,15 @@ class PostfixInstance(Instance):
 
     def start(self, timeout: float = 30.0) -> None:
         started = self._postfix("start", check=False)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
-            ):
-                if sock.recv(512).startswith(b"220"):
-                    return
-            time.sleep(0.1)
+        if wait_for_greeting(self.port, b"220", timeout=timeout):
+            return
         log = (self.directory / "maillog").read_text(errors="replace") if started else ""
         raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}{log[-2000:]}")
 
     def stop(self) -> None:
         pid = self.master_pid()
         self._postfix("stop", check=False)
-        deadline = time.monotonic() + 30
-        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_gone(pid)
 
     def cpu_seconds(self) -> float:
         pid = self.master_pid()
@@ -868,6 +1021,319 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
         workers=max(workers or [1]),
         worker_processes=processes[-1] if processes else None,
     )
+
+
+# --- IMAP and POP3 servers (bench/imap_bench.py, bench/pop3_bench.py) ---------------------
+
+#: what a server of each protocol greets with, and the command that ends the session
+GREETINGS: Mapping[str, tuple[bytes, bytes]] = {
+    "imap": (b"* OK", b"a LOGOUT\r\n"),
+    "pop3": (b"+OK", b"QUIT\r\n"),
+}
+#: roost's services; a mailbox server runs only its protocol's
+ROOST_SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "qmgr")
+
+
+class MailboxServer(Server):
+    """An IMAP or POP3 server in ``directory`` with ``users`` (local parts), each with
+    ``password`` (stored as ``{PLAIN}``: no hashing cost on either side).
+
+    Args:
+        directory: created by :meth:`setup`.
+        users: local parts; their Maildirs are :meth:`maildir`, their login names
+            :meth:`login`.
+        protocol: ``imap`` or ``pop3``: the one service served, on :attr:`port`
+            (127.0.0.1).
+        password: every user's password.
+        settings: configuration lines of this server's own (main.cf or dovecot.conf)
+            added to what every instance has.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        users: Sequence[str],
+        *,
+        protocol: str,
+        password: str,
+        settings: str = "",
+    ) -> None:
+        super().__init__(directory)
+        self.users = list(users)
+        self.protocol = protocol
+        self.password = password
+        self.settings = settings
+
+    def login(self, user: str) -> str:
+        raise NotImplementedError
+
+    def maildir(self, user: str) -> Path:
+        raise NotImplementedError
+
+    def root_pid(self) -> int | None:
+        """The server's first process (None: not running)."""
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        """CPU of the server's process tree, with the children it reaped (seconds)."""
+        pid = self.root_pid()
+        return 0.0 if pid is None else tree_cpu_seconds(pid)
+
+    def memory(self) -> Memory:
+        pid = self.root_pid()
+        return Memory(0, 0, 0) if pid is None else tree_memory(pid)
+
+    def logins(self) -> list[tuple[str, str]]:
+        return [(self.login(user), self.password) for user in self.users]
+
+    def own_mail(self) -> None:
+        """Give the mail files to whoever the server reads them as."""
+
+    def notes(self) -> list[str]:
+        """Things worth noting from the server's log."""
+        return []
+
+
+class RoostMailbox(RoostDaemon, MailboxServer):
+    """``roost serve`` with only the ``protocol`` service and no queue manager; users
+    ``USER@bench.test`` in a passwd-file."""
+
+    name = "roost"
+
+    def __init__(
+        self,
+        directory: Path,
+        users: Sequence[str],
+        *,
+        protocol: str,
+        password: str,
+        settings: str = "",
+    ) -> None:
+        super().__init__(directory, users, protocol=protocol, password=password, settings=settings)
+        self.processes = []
+
+    def login(self, user: str) -> str:
+        return f"{user}@{DOMAIN}"
+
+    def maildir(self, user: str) -> Path:
+        return self.directory / "mail" / DOMAIN / user / "Maildir"
+
+    def setup(self) -> None:
+        d = self.directory
+        d.mkdir(parents=True)
+        (d / "users").write_text(
+            "".join(f"{user}@{DOMAIN}:{{PLAIN}}{self.password}::::::\n" for user in self.users)
+        )
+        (d / "aliases").write_text("")
+        settings = {
+            f"{self.protocol}_service_port": str(self.port),
+            "master_service_disable": ", ".join(s for s in ROOST_SERVICES if s != self.protocol),
+        }
+        title = f"roost {self.protocol.upper()} benchmark instance (bench/{self.protocol}_bench.py)"
+        (d / "main.cf").write_text(roost_config(d, title, settings) + self.settings)
+
+    def start(self, timeout: float = 60.0) -> None:
+        command = [sys.executable, "-m", "roost", "-c", str(self.directory / "main.cf"), "serve"]
+        self.spawn(command, self.directory / "notify.sock", timeout=timeout)
+
+    def root_pid(self) -> int | None:
+        return self.processes[0].pid if self.processes else None
+
+    def notes(self) -> list[str]:
+        log = self.directory / "maillog"
+        if not log.exists():
+            return []
+        lines = log.read_text(errors="replace").splitlines()
+        return [
+            line
+            for line in lines
+            if (" error" in line.lower() or "warning" in line.lower())
+            and "self-signed certificate" not in line
+        ]
+
+
+DOVECOT_CONF = """\
+# Dovecot {upper} benchmark instance (bench/{protocol}_bench.py); not the system instance
+instance_name = dovecot-{protocol}bench-{tag}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = {protocol}
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 100
+mail_location = maildir:~/Maildir
+{settings}passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={uid} home={d}/home/%u
+}}
+service {protocol}-login {{
+  inet_listener {protocol} {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener {protocol}s {{
+    port = 0
+  }}
+  process_limit = 2000
+}}
+service {protocol} {{
+  process_limit = 2000
+}}
+service anvil {{
+  client_limit = 5000
+}}
+service auth {{
+  client_limit = 5000
+}}
+default_client_limit = 5000
+"""
+
+
+class DovecotMailbox(MailboxServer):
+    """A separate Dovecot instance (own config, base_dir, state, log; never /etc/dovecot)
+    serving only ``protocol``; mail in ``home/USER/Maildir`` owned by uid/gid 5000;
+    ``settings`` go before the passdb. Its master starts as root."""
+
+    name = "dovecot"
+
+    def login(self, user: str) -> str:
+        return user
+
+    def maildir(self, user: str) -> Path:
+        return self.directory / "home" / user / "Maildir"
+
+    def setup(self) -> None:
+        d = self.directory
+        for sub in ("run", "state", "home"):
+            (d / sub).mkdir(parents=True)
+        d.chmod(0o755)  # the auth process reads the users file as "dovecot"
+        (d / "users").write_text(
+            "".join(f"{user}:{{PLAIN}}{self.password}::::::\n" for user in self.users)
+        )
+        (d / "dovecot.conf").write_text(
+            DOVECOT_CONF.format(
+                d=d,
+                port=self.port,
+                uid=VMAIL_UID,
+                tag=d.name,
+                protocol=self.protocol,
+                upper=self.protocol.upper(),
+                settings=self.settings,
+            )
+        )
+
+    def own_mail(self) -> None:
+        subprocess.run(
+            ["chown", "-R", f"{VMAIL_UID}:{VMAIL_UID}", str(self.directory / "home")], check=True
+        )
+
+    def _dovecot(self, *args: str) -> int:
+        """``dovecot -c CONFIG ARGS``; output to ``dovecot.out`` (not a pipe: the master
+        stays in the background and would hold it open)."""
+        program = find_program("dovecot") or "dovecot"
+        with open(self.directory / "dovecot.out", "ab") as out:
+            return subprocess.run(
+                [program, "-c", str(self.directory / "dovecot.conf"), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=60,
+            ).returncode
+
+    def root_pid(self) -> int | None:
+        try:
+            return int((self.directory / "run" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> None:
+        if self._dovecot() != 0:
+            output = (self.directory / "dovecot.out").read_text(errors="replace")
+            raise RuntimeError(f"dovecot did not start: {output[-2000:]}")
+        if not wait_for_greeting(self.port, *GREETINGS[self.protocol]):
+            raise RuntimeError(f"no {self.protocol.upper()} greeting on port {self.port}")
+
+    def stop(self) -> None:
+        pid = self.root_pid()
+        self._dovecot("stop")
+        wait_gone(pid)
+
+    def notes(self) -> list[str]:
+        log = self.directory / "dovecot.log"
+        if not log.exists():
+            return []
+        counts: collections.Counter[str] = collections.Counter()
+        for line in log.read_text(errors="replace").splitlines():
+            if "Warning" in line or "Error" in line or "Fatal" in line:
+                # group by the message without pids, users and numbers
+                key = re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:160]
+                counts[key] += 1
+        return [f"{count} x {key}" for key, count in counts.most_common(8)]
+
+
+def dovecot_usable(protocol: str) -> str | None:
+    """Why the Dovecot side of a ``protocol`` benchmark cannot run here, or None."""
+    package = f"dovecot-{protocol}d"
+    if find_program("dovecot") is None:
+        return f"dovecot is not installed (apt-get install {package})"
+    if not Path(f"/usr/lib/dovecot/{protocol}").exists():
+        return f"Dovecot's {protocol} is not installed (apt-get install {package})"
+    if os.geteuid() != 0:
+        return "Dovecot's master must start as root: run the benchmark as root"
+    return None
+
+
+def dovecot_version() -> str | None:
+    """``dovecot --version``, or None when it is not installed."""
+    dovecot = find_program("dovecot")
+    if dovecot is None:
+        return None
+    return subprocess.run([dovecot, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def make_mailbox_server(
+    kind: str,
+    base: Path,
+    label: str,
+    users: Sequence[str],
+    *,
+    protocol: str,
+    password: str,
+    roost_settings: str,
+    dovecot_settings: str,
+    roost_class: type[RoostMailbox] = RoostMailbox,
+) -> MailboxServer:
+    """``kind``: ``roost`` (a ``roost_class``) or ``dovecot``, in a new directory under
+    ``base``, serving ``protocol``; the settings are the servers' own (see the classes)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"{protocol}-{kind}-{label}-", dir=base))
+    directory.rmdir()  # setup() creates it
+    if kind == "roost":
+        return roost_class(
+            directory, users, protocol=protocol, password=password, settings=roost_settings
+        )
+    if kind == "dovecot":
+        return DovecotMailbox(
+            directory, users, protocol=protocol, password=password, settings=dovecot_settings
+        )
+    raise ValueError(f"unknown server {kind!r} (roost or dovecot)")
+
+
+def mailbox_bench_base(directory: Path, prefix: str, *, live: bool) -> Path:
+    """A new directory for a mailbox benchmark's servers (readable by Dovecot's
+    processes); unless ``live``, roost runs a snapshot of src/roost taken into it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    base.chmod(0o755)
+    if not live:
+        RoostDaemon.python_path = snapshot_source(base)
+    return base
 
 
 # --- load generation -----------------------------------------------------------------------
@@ -947,12 +1413,25 @@ class Sampler:
 class Profiler:
     """``py-spy record`` attached to a running process, raw (collapsed) stacks per thread."""
 
-    def __init__(self, pid: int, output: Path, *, rate: int = 100, idle: bool = False) -> None:
+    def __init__(
+        self,
+        pid: int,
+        output: Path,
+        *,
+        rate: int = 100,
+        idle: bool = False,
+        gil: bool = False,
+        subprocesses: bool = False,
+    ) -> None:
+        """Record ``pid`` at ``rate`` samples per second; ``idle``: idle threads' samples
+        too; ``gil``: only samples of the thread holding the GIL; ``subprocesses``: its
+        child processes too (roost's workers)."""
         spy = find_program("py-spy", str(Path(sys.executable).parent))
         if spy is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
         command = [spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads"]
-        command += ["-o", str(output), *(["--idle"] if idle else [])]
+        options = {"--idle": idle, "--gil": gil, "--subprocesses": subprocesses}
+        command += ["-o", str(output), *(option for option, wanted in options.items() if wanted)]
         self.output = output
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -960,13 +1439,27 @@ class Profiler:
 
     def stop(self) -> None:
         """Stop recording (py-spy writes its file on SIGINT)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, signal.SIGINT)
+
+
+def raw_stacks(raw: Path) -> Iterator[tuple[str, str, list[str], int]]:
+    """``(stack, thread, frames, samples)`` for each line of a py-spy raw (collapsed)
+    profile: the line's stack text (the thread, then the frames outermost first, ``;``
+    between), the thread alone, the frames alone and the number of samples."""
+    with open(raw) as lines:
+        for line in lines:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if stack and count_text.isdigit():
+                thread, *frames = stack.split(";")
+                yield stack, thread, frames, int(count_text)
+
+
+def first_rule(stack: str, rules: Sequence[tuple[str, tuple[str, ...]]]) -> str | None:
+    """The name of the first of ``rules`` (name, texts) with a text found in ``stack``."""
+    for name, needles in rules:
+        if any(needle in stack for needle in needles):
+            return name
+    return None
 
 
 def summarize_profile(raw: Path, top: int = 15) -> str:
@@ -974,19 +1467,13 @@ def summarize_profile(raw: Path, top: int = 15) -> str:
     threads: collections.Counter[str] = collections.Counter()
     own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    with open(raw) as lines:
-        for line in lines:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not stack or not count_text.isdigit():
-                continue
-            count = int(count_text)
-            thread, *frames = stack.split(";")
-            thread = thread.split(":")[-1].strip() or thread
-            threads[thread] += count
-            if frames:
-                own[thread][frames[-1]] += count
-            for frame in dict.fromkeys(frames):
-                total[thread][frame] += count
+    for _, thread_text, frames, count in raw_stacks(raw):
+        thread = thread_text.split(":")[-1].strip() or thread_text
+        threads[thread] += count
+        if frames:
+            own[thread][frames[-1]] += count
+        for frame in dict.fromkeys(frames):
+            total[thread][frame] += count
     all_samples = sum(threads.values()) or 1
     out = [f"{raw}: {all_samples} samples", "", "## MainThread by activity"]
     out += [f"  {share:5.1f} %  {name}" for name, share in categorize_thread(raw)]
@@ -1021,15 +1508,9 @@ MAIN_THREAD_CATEGORIES: Sequence[tuple[str, tuple[str, ...]]] = (
 def categorize_thread(raw: Path, thread_name: str = "MainThread") -> list[tuple[str, float]]:
     """Share of ``thread_name``'s samples per :data:`MAIN_THREAD_CATEGORIES` entry."""
     counts: collections.Counter[str] = collections.Counter()
-    with open(raw) as lines:
-        for line in lines:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not count_text.isdigit() or thread_name not in stack.split(";", 1)[0]:
-                continue
-            for name, needles in MAIN_THREAD_CATEGORIES:
-                if any(needle in stack for needle in needles):
-                    counts[name] += int(count_text)
-                    break
+    for stack, thread, _, count in raw_stacks(raw):
+        if thread_name in thread and (name := first_rule(stack, MAIN_THREAD_CATEGORIES)):
+            counts[name] += count
     total = sum(counts.values()) or 1
     return [(name, 100 * counts[name] / total) for name, _ in MAIN_THREAD_CATEGORIES]
 
@@ -1055,6 +1536,16 @@ def trace_lines(trace: Mapping[str, Mapping[str, float]]) -> str:
     )
 
 
+def evenly_spaced(series: Sequence[Any], width: int) -> list[Any]:
+    """About ``width`` items of ``series`` at even steps, always with its last item."""
+    if not series:
+        return []
+    picked = list(series[:: max(len(series) // width, 1)])
+    if picked[-1] != series[-1]:
+        picked.append(series[-1])
+    return picked
+
+
 def median(values: Iterable[float]) -> float:
     items = list(values)
     return statistics.median(items) if items else float("nan")
@@ -1063,6 +1554,16 @@ def median(values: Iterable[float]) -> float:
 def spread(values: Sequence[float]) -> str:
     """``min-max`` of a few values, for the reader to judge the noise."""
     return f"{min(values):.0f}-{max(values):.0f}" if values else "-"
+
+
+def ratio_text(values: Iterable[tuple[int, float]], base: Mapping[int, float]) -> str:
+    """``R.RRx; P.PPx``: the ratio of the median of ``values`` (``(round, value)`` pairs)
+    to the median of ``base`` (value by round), then the median of the ratios of each value
+    to the base's value of the same round (runs done next to each other in time)."""
+    values = list(values)
+    of_medians = median(value for _, value in values) / median(base.values())
+    pairs = [value / base[round_] for round_, value in values if base.get(round_)]
+    return f"{of_medians:.2f}x; {median(pairs):.2f}x"
 
 
 @dataclass
@@ -1092,6 +1593,139 @@ class RunRecord:
 def alternating(servers: Sequence[str], rounds: int) -> list[tuple[int, str]]:
     """A B A B ...: every round runs each server once, in the same order."""
     return [(round_, server) for round_ in range(1, rounds + 1) for server in servers]
+
+
+def run_alternating(
+    servers: Sequence[str],
+    rounds: int,
+    run: Callable[[str, int], RunRecord],
+    line: Callable[[RunRecord], str],
+) -> list[RunRecord]:
+    """``run(server, round)`` for every server in every round (:func:`alternating`),
+    printing ``line(record)`` after each; return the records."""
+    records = []
+    for round_, server in alternating(servers, rounds):
+        records.append(run(server, round_))
+        print(line(records[-1]), flush=True)
+    return records
+
+
+def profiled_run(
+    directory: Path, name: str, run: Callable[[Path], RunRecord]
+) -> tuple[RunRecord, Path]:
+    """One extra run (not counted) under py-spy: ``run(raw)`` records its raw stacks in
+    ``directory/NAME.txt``; their summary goes beside (``NAME.summary.txt``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    raw = directory / f"{name}.txt"
+    record = run(raw)
+    raw.with_suffix(".summary.txt").write_text(summarize_profile(raw) + "\n")
+    return record, raw
+
+
+def run_workloads(
+    args: argparse.Namespace,
+    workloads: Sequence[Workload],
+    servers: Sequence[str],
+    run_once: Callable[..., RunRecord],
+    *,
+    name: str,
+    deliver: bool,
+    line: Callable[[RunRecord], str],
+    to: str = "",
+) -> list[RunRecord]:
+    """Each workload with the servers alternating (``--rounds``), every run on a new
+    instance (:func:`make_instance`, ``deliver``), ``line(record)`` printed after it; then,
+    with ``--profile``, one more roost run under py-spy (not counted), its stacks in
+    ``NAME-WORKLOAD.txt``. ``to`` ends the line that introduces a workload."""
+
+    def run(workload: Workload, server: str, round_: int, profile: Path | None = None) -> RunRecord:
+        label = f"{name}-profile" if profile else f"{name}-{server}"
+        instance = make_instance(server, args.dir, label, deliver=deliver)
+        return run_once(instance, server, workload, round_, timeout=args.timeout, profile=profile)
+
+    records: list[RunRecord] = []
+    for workload in workloads:
+        print(f"\n{workload.name}: smtp-source {workload.describe()}{to}", flush=True)
+        each = functools.partial(run, workload)
+        records += run_alternating(servers, args.rounds, each, line)
+        if args.profile is not None:
+            raw_name = f"{name}-{workload.name}"
+            record, raw = profiled_run(args.profile, raw_name, functools.partial(each, "roost", 0))
+            print(f"  profiled run (not counted): {record.rate:.0f} msg/s; profile {raw}")
+    return records
+
+
+@contextlib.contextmanager
+def serving(instance: Instance, profile: Path | None = None) -> Iterator[Instance]:
+    """Set up and start ``instance`` (py-spy recording it into ``profile`` if given and it
+    is roost); afterwards stop it, remove its directory and print the ``trace`` patch's
+    figures, if any."""
+    instance.setup()
+    instance.start()
+    profiler = None
+    try:
+        time.sleep(0.5)  # let start-up work (certificates, process spawns) finish
+        if profile is not None and (pid := instance.profile_pid()) is not None:
+            profiler = Profiler(pid, profile)
+            time.sleep(1)  # py-spy needs a moment to attach
+        yield instance
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        instance.stop()
+        instance.remove()
+        trace = instance.take_trace()
+        if trace:
+            print(trace_lines(trace))
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, workloads: Iterable[str]) -> None:
+    """``--quick``, ``--messages``, ``--workloads`` (see :func:`chosen_workloads`)."""
+    parser.add_argument("--quick", action="store_true", help="10x fewer messages")
+    parser.add_argument("--messages", type=int, help="messages per run, for every workload")
+    parser.add_argument("--workloads", default=",".join(workloads), help="comma-separated")
+
+
+def chosen_workloads(args: argparse.Namespace, workloads: Mapping[str, Workload]) -> list[Workload]:
+    """The workloads named by ``--workloads``, scaled by ``--quick`` and ``--messages``."""
+    chosen = [workloads[name] for name in args.workloads.split(",")]
+    if args.quick:
+        chosen = [w.scaled(10) for w in chosen]
+    if args.messages:
+        chosen = [dataclasses.replace(w, messages=args.messages) for w in chosen]
+    return chosen
+
+
+def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every benchmark against Postfix (see :func:`prepare_comparison`)."""
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each server (default 3)")
+    parser.add_argument("--servers", default="roost,postfix", help="comma-separated, in order")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--profile", type=Path, help="py-spy one extra roost run per workload")
+    parser.add_argument(
+        "--no-snapshot", action="store_true", help="run src/ live, not a copy taken at start"
+    )
+    parser.add_argument(
+        "--roost-src", type=Path, help="run the roost package in this directory (PYTHONPATH)"
+    )
+
+
+def prepare_comparison(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """Check that the servers of ``--servers`` can run (exit if not), choose roost's code
+    (:func:`use_roost_source`) and print the machine; return the servers and the machine
+    description. Call :func:`drop_roost_snapshot` at the end."""
+    servers = args.servers.split(",")
+    if "postfix" in servers and (problem := postfix_usable()):
+        sys.exit(f"cannot run Postfix: {problem} (or leave it out with --servers roost)")
+    warn_if_tmpfs(args.dir)
+    machine = machine_description(args.dir)
+    machine["roost_source"] = use_roost_source(
+        args.dir, snapshot=not args.no_snapshot, source=args.roost_src
+    )
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()))
+    return servers, machine
 
 
 def write_json(path: Path, machine: Mapping[str, str], records: Sequence[RunRecord]) -> None:
@@ -1126,7 +1760,8 @@ def comparison_table(
     for workload in workloads:
         mine = [r for r in records if r.workload == workload.name and r.ok]
         base = {r.round: r for r in mine if r.server == baseline}
-        base_rate = median(r.rate for r in base.values())
+        base_rates = {round_: r.rate for round_, r in base.items()}
+        base_rate = median(base_rates.values())
         base_cpu = median(r.cpu_ms_per_message for r in base.values())
         for server in servers:
             runs = [r for r in mine if r.server == server]
@@ -1136,8 +1771,7 @@ def comparison_table(
             rate, cpu = median(rates), median(r.cpu_ms_per_message for r in runs)
             ratio = cpu_ratio = target = ""
             if server != baseline and base:
-                pairs = [r.rate / base[r.round].rate for r in runs if r.round in base]
-                ratio = f"{rate / base_rate:.2f}x; {median(pairs):.2f}x"
+                ratio = ratio_text(((r.round, r.rate) for r in runs), base_rates)
                 cpu_ratio = f"{cpu / base_cpu:.2f}x"
                 wanted = (targets or {}).get(workload.name)
                 if wanted is not None:

@@ -57,26 +57,19 @@ import collections
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
 import imap_load
 
-DOMAIN = "bench.test"
+DOMAIN = common.DOMAIN
 PASSWORD = "benchpass"
-VMAIL_UID = 5000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -124,37 +117,7 @@ def fill_big_maildir(maildir: Path, user: str, count: int) -> None:
             os.close(fd)
 
 
-# --- memory from /proc --------------------------------------------------------------------------
-
-
-@dataclass
-class Memory:
-    """PSS and RSS (KiB) summed over a server's processes."""
-
-    pss_kib: int
-    rss_kib: int
-    processes: int
-
-    @property
-    def pss_mib(self) -> float:
-        return self.pss_kib / 1024
-
-
-def tree_memory(root: int) -> Memory:
-    pss = rss = count = 0
-    for pid in common.descendants(root):
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as rollup:
-                text = rollup.read()
-        except OSError:
-            continue
-        count += 1
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                pss += int(line.split()[1])
-            elif line.startswith("Rss:"):
-                rss += int(line.split()[1])
-    return Memory(pss, rss, count)
+# --- limits ------------------------------------------------------------------------------------
 
 
 def raise_nofile() -> int:
@@ -167,328 +130,45 @@ def raise_nofile() -> int:
 
 # --- servers ------------------------------------------------------------------------------------
 
-
-class Server:
-    """An IMAP server in ``directory`` with ``users`` (local parts)."""
-
-    name = "server"
-
-    def __init__(self, directory: Path, users: Sequence[str]) -> None:
-        self.directory = directory
-        self.users = list(users)
-        self.port = common.free_port()
-
-    def login(self, user: str) -> str:
-        raise NotImplementedError
-
-    def maildir(self, user: str) -> Path:
-        raise NotImplementedError
-
-    def setup(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def root_pid(self) -> int | None:
-        raise NotImplementedError
-
-    def cpu_seconds(self) -> float:
-        pid = self.root_pid()
-        return 0.0 if pid is None else common.tree_cpu_seconds(pid)
-
-    def memory(self) -> Memory:
-        pid = self.root_pid()
-        return Memory(0, 0, 0) if pid is None else tree_memory(pid)
-
-    def logins(self) -> list[tuple[str, str]]:
-        return [(self.login(user), PASSWORD) for user in self.users]
-
-    def own_mail(self) -> None:
-        """Give the mail files to whoever the server reads them as."""
-
-    def notes(self) -> list[str]:
-        """Things worth noting from the server's log."""
-        return []
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def wait_for_greeting(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-        ):
-            if sock.recv(4096).startswith(b"* OK"):
-                sock.sendall(b"a LOGOUT\r\n")
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no IMAP greeting on port {port}")
-        time.sleep(0.1)
-
-
-class RoostServer(Server):
-    """``roost serve`` with only the imap service; readiness by NOTIFY_SOCKET (READY=1)."""
-
-    name = "roost"
-    python_path: Path | None = None
-
-    def __init__(self, directory: Path, users: Sequence[str]) -> None:
-        super().__init__(directory, users)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def login(self, user: str) -> str:
-        return f"{user}@{DOMAIN}"
-
-    def maildir(self, user: str) -> Path:
-        return self.directory / "mail" / DOMAIN / user / "Maildir"
-
-    def setup(self) -> None:
-        d = self.directory
-        d.mkdir(parents=True)
-        (d / "users").write_text(
-            "".join(f"{user}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
-        )
-        (d / "aliases").write_text("")
-        (d / "main.cf").write_text(
-            textwrap.dedent(f"""\
-                # roost IMAP benchmark instance (bench/imap_bench.py)
-                myhostname = roost-bench.localdomain
-                mydestination =
-                virtual_mailbox_domains = {DOMAIN}
-                inet_interfaces = 127.0.0.1
-                queue_directory = {d}/spool
-                data_directory = {d}/lib
-                auth_backends = passwd-file:{d}/users
-                auth_default_realm = {DOMAIN}
-                mail_location = maildir:{d}/mail/%d/%n/Maildir
-                alias_maps = hash:{d}/aliases
-                alias_database = $alias_maps
-                maillog_file = {d}/maillog
-                shutdown_grace_time = 2s
-                mail_max_userip_connections = 2000
-                imap_client_connection_count_limit = 0
-                imap_service_port = {self.port}
-                master_service_disable = smtp, submission, submissions, imaps, pop3, pop3s, qmgr
-                """)
-        )
-        if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
-            with (d / "main.cf").open("a") as config:
-                config.write(f"worker_processes = {processes}\n")
-
-    def start(self, timeout: float = 60.0) -> None:
-        notify_path = self.directory / "notify.sock"
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(notify_path))
-        try:
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-            env.setdefault("ROOST_STAY_ROOT", "1")  # as root: no mail_owner account needed
-            if self.python_path is not None:
-                env["PYTHONPATH"] = str(self.python_path)
-            command = [sys.executable, "-m", "roost", "-c", str(self.directory / "main.cf")]
-            with open(self.directory / "daemon.out", "ab") as out:
-                self.process = subprocess.Popen(
-                    [*command, "serve"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-                )
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    log = (self.directory / "daemon.out").read_text(errors="replace")
-                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
-                notify.settimeout(min(remaining, 0.5))
-                with contextlib.suppress(TimeoutError):
-                    if "READY=1" in notify.recv(65536).decode().splitlines():
-                        return
-        finally:
-            notify.close()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def root_pid(self) -> int | None:
-        return None if self.process is None else self.process.pid
-
-    def notes(self) -> list[str]:
-        log = self.directory / "maillog"
-        if not log.exists():
-            return []
-        lines = log.read_text(errors="replace").splitlines()
-        return [
-            line
-            for line in lines
-            if (" error" in line.lower() or "warning" in line.lower())
-            and "self-signed certificate" not in line
-        ]
-
-
-DOVECOT_CONF = """\
-# Dovecot IMAP benchmark instance (bench/imap_bench.py); not the system instance
-instance_name = dovecot-imapbench-{tag}
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-first_valid_uid = 100
-mail_location = maildir:~/Maildir
-mail_fsync = {fsync}
-mail_max_userip_connections = 2000
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/users
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={uid} home={d}/home/%u
-}}
-namespace inbox {{
+#: dovecot.conf additions: INBOX and the special-use mailboxes, as Debian ships them
+DOVECOT_NAMESPACE = """\
+namespace inbox {
   inbox = yes
   separator = .
-  mailbox Drafts {{
+  mailbox Drafts {
     special_use = \\Drafts
-  }}
-  mailbox Sent {{
+  }
+  mailbox Sent {
     special_use = \\Sent
-  }}
-  mailbox Trash {{
+  }
+  mailbox Trash {
     special_use = \\Trash
-  }}
-  mailbox Junk {{
+  }
+  mailbox Junk {
     special_use = \\Junk
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  process_limit = 2000
-}}
-service imap {{
-  process_limit = 2000
-}}
-service anvil {{
-  client_limit = 5000
-}}
-service auth {{
-  client_limit = 5000
-}}
-default_client_limit = 5000
+  }
+}
 """
 
 
-class DovecotServer(Server):
-    """A separate Dovecot instance (own config, base_dir, state, log) serving IMAP only."""
-
-    name = "dovecot"
-    fsync = "always"
-
-    def login(self, user: str) -> str:
-        return user
-
-    def maildir(self, user: str) -> Path:
-        return self.directory / "home" / user / "Maildir"
-
-    def setup(self) -> None:
-        d = self.directory
-        for sub in ("run", "state", "home"):
-            (d / sub).mkdir(parents=True)
-        d.chmod(0o755)  # the auth process reads the users file as "dovecot"
-        (d / "users").write_text(
-            "".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
-        )
-        (d / "dovecot.conf").write_text(
-            DOVECOT_CONF.format(d=d, port=self.port, uid=VMAIL_UID, tag=d.name, fsync=self.fsync)
-        )
-
-    def own_mail(self) -> None:
-        subprocess.run(
-            ["chown", "-R", f"{VMAIL_UID}:{VMAIL_UID}", str(self.directory / "home")], check=True
-        )
-
-    def _dovecot(self, *args: str) -> int:
-        """``dovecot -c CONFIG ARGS``; output to ``dovecot.out`` (not a pipe: the master
-        stays in the background and would hold it open)."""
-        program = common.find_program("dovecot") or "dovecot"
-        with open(self.directory / "dovecot.out", "ab") as out:
-            return subprocess.run(
-                [program, "-c", str(self.directory / "dovecot.conf"), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=60,
-            ).returncode
-
-    def root_pid(self) -> int | None:
-        try:
-            return int((self.directory / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def start(self) -> None:
-        if self._dovecot() != 0:
-            output = (self.directory / "dovecot.out").read_text(errors="replace")
-            raise RuntimeError(f"dovecot did not start: {output[-2000:]}")
-        wait_for_greeting(self.port)
-
-    def stop(self) -> None:
-        pid = self.root_pid()
-        self._dovecot("stop")
-        deadline = time.monotonic() + 60
-        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def notes(self) -> list[str]:
-        log = self.directory / "dovecot.log"
-        if not log.exists():
-            return []
-        counts: collections.Counter[str] = collections.Counter()
-        for line in log.read_text(errors="replace").splitlines():
-            if "Warning" in line or "Error" in line or "Fatal" in line:
-                # group by the message without pids, users and numbers
-                key = re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:160]
-                counts[key] += 1
-        return [f"{count} x {key}" for key, count in counts.most_common(8)]
-
-
-def dovecot_usable() -> str | None:
-    """Why the Dovecot side cannot run here, or None when it can."""
-    if common.find_program("dovecot") is None:
-        return "dovecot is not installed (apt-get install dovecot-imapd)"
-    if not Path("/usr/lib/dovecot/imap").exists():
-        return "Dovecot's imap is not installed (apt-get install dovecot-imapd)"
-    if os.geteuid() != 0:
-        return "Dovecot's master must start as root: run the benchmark as root"
-    return None
-
-
-def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> Server:
-    directory = Path(tempfile.mkdtemp(prefix=f"imap-{kind}-{label}-", dir=base))
-    directory.rmdir()  # setup() creates it
-    if kind == "roost":
-        return RoostServer(directory, users)
-    return DovecotServer(directory, users)
+def make_server(
+    kind: str, base: Path, label: str, users: Sequence[str], *, fsync: str = "always"
+) -> common.MailboxServer:
+    """roost or Dovecot serving IMAP to ``users``; ``fsync``: Dovecot's ``mail_fsync``."""
+    roost = "mail_max_userip_connections = 2000\nimap_client_connection_count_limit = 0\n"
+    if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
+        roost += f"worker_processes = {processes}\n"
+    dovecot = f"mail_fsync = {fsync}\nmail_max_userip_connections = 2000\n{DOVECOT_NAMESPACE}"
+    return common.make_mailbox_server(
+        kind,
+        base,
+        label,
+        users,
+        protocol="imap",
+        password=PASSWORD,
+        roost_settings=roost,
+        dovecot_settings=dovecot,
+    )
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -510,7 +190,7 @@ class Run:
     errors: int = 0
 
 
-async def warm_up(server: Server, concurrency: int = 10) -> None:
+async def warm_up(server: common.MailboxServer, concurrency: int = 10) -> None:
     """Every user once: LOGIN, SELECT INBOX, FETCH 1:* (FLAGS ENVELOPE), LOGOUT (untimed)."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -530,7 +210,7 @@ def run_mixed(
     kind: str, mode: str, clients: int, round_: int, args: argparse.Namespace, base: Path
 ) -> Run:
     users = [f"bench{i}" for i in range(1, clients + 1)]
-    server = make_server(kind, base, f"{mode}{clients}", users)
+    server = make_server(kind, base, f"{mode}{clients}", users, fsync=args.dovecot_fsync)
     try:
         server.setup()
         for user in users:
@@ -584,7 +264,7 @@ def run_mixed(
 def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:
     count = args.idle_connections
     users = [f"idle{i}" for i in range(1, count + 1)]
-    server = make_server(kind, base, "idle", users)
+    server = make_server(kind, base, "idle", users, fsync=args.dovecot_fsync)
     try:
         server.setup()
         for user in users:
@@ -596,7 +276,7 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
         load_before = common.load_average()
         cpu_before = server.cpu_seconds()
 
-        async def measure() -> tuple[imap_load.IdleSessions, Memory]:
+        async def measure() -> tuple[imap_load.IdleSessions, common.Memory]:
             sessions = await imap_load.open_idle_sessions(
                 "127.0.0.1", server.port, server.logins(), count, concurrency=args.idle_concurrency
             )
@@ -635,7 +315,7 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
 
 
 def run_big(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:
-    server = make_server(kind, base, "big", ["big"])
+    server = make_server(kind, base, "big", ["big"], fsync=args.dovecot_fsync)
     try:
         server.setup()
         began = time.monotonic()
@@ -710,22 +390,14 @@ def summarize_gil_profile(raw: Path, seconds: float, rate: int, top: int = 30) -
     threads: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
-    with open(raw) as lines:
-        for line in lines:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not stack or not count_text.isdigit():
-                continue
-            count = int(count_text)
-            thread, *frames = stack.split(";")
-            threads["store threads" if "imap-store" in thread else thread.split(":")[-1]] += count
-            for name, needles in IMAP_CATEGORIES:
-                if any(needle in stack for needle in needles):
-                    categories[name] += count
-                    break
-            if frames:
-                own[frames[-1]] += count
-            for frame in dict.fromkeys(frames):
-                total[frame] += count
+    for stack, thread, frames, count in common.raw_stacks(raw):
+        threads["store threads" if "imap-store" in thread else thread.split(":")[-1]] += count
+        if name := common.first_rule(stack, IMAP_CATEGORIES):
+            categories[name] += count
+        if frames:
+            own[frames[-1]] += count
+        for frame in dict.fromkeys(frames):
+            total[frame] += count
     samples = sum(threads.values()) or 1
     busy = 100 * samples / max(seconds * rate, 1)
     out = [f"GIL held in {busy:.0f} % of the samples ({samples} samples at {rate}/s)", ""]
@@ -745,9 +417,6 @@ def summarize_gil_profile(raw: Path, seconds: float, rate: int, top: int = 30) -
 def profile_mixed(mode: str, clients: int, args: argparse.Namespace, base: Path) -> str:
     """One extra roost run under ``py-spy record --gil`` (not counted); returns a summary
     of where the Python time went (the daemon is one process: its GIL is the limit)."""
-    spy = common.find_program("py-spy", str(Path(sys.executable).parent))
-    if spy is None:
-        raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
     args.profile.mkdir(parents=True, exist_ok=True)
     raw = args.profile / f"roost-{mode}-{clients}.txt"
     users = [f"bench{i}" for i in range(1, clients + 1)]
@@ -761,9 +430,7 @@ def profile_mixed(mode: str, clients: int, args: argparse.Namespace, base: Path)
         imap_load.event_loop_run(warm_up(server))
         pid = server.root_pid()
         assert pid is not None
-        command = [spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads"]
-        command += ["--gil", "-o", str(raw)]
-        profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        profiler = common.Profiler(pid, raw, rate=rate, gil=True)
         time.sleep(1.0)
         began = time.monotonic()
         try:
@@ -777,12 +444,7 @@ def profile_mixed(mode: str, clients: int, args: argparse.Namespace, base: Path)
             result = imap_load.run_load_processes(config, args.processes)
         finally:
             recorded = time.monotonic() - began + 1.0
-            profiler.send_signal(signal.SIGINT)
-            try:
-                profiler.wait(60)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
-                profiler.wait()
+            profiler.stop()
     finally:
         server.stop()
         server.remove()
@@ -799,11 +461,18 @@ def ratio_cell(runs: Sequence[Run], key: str) -> str:
     """``ratio of medians; median of pairwise ratios`` of roost to dovecot."""
     roost = {run.round: run.values[key] for run in runs if run.server == "roost"}
     dovecot = {run.round: run.values[key] for run in runs if run.server == "dovecot"}
-    if not roost or not dovecot:
-        return ""
-    of_medians = common.median(roost.values()) / common.median(dovecot.values())
-    pairs = [roost[r] / dovecot[r] for r in roost if dovecot.get(r)]
-    return f"{of_medians:.2f}x; {common.median(pairs):.2f}x"
+    return common.ratio_text(roost.items(), dovecot) if roost and dovecot else ""
+
+
+def groups(runs: Sequence[Run]) -> Iterator[tuple[str, list[Run], str, list[Run]]]:
+    """``(workload, its runs, server, that server's runs)`` for each workload in the order
+    of the runs, roost before dovecot."""
+    for workload in dict.fromkeys(run.workload for run in runs):
+        mine = [run for run in runs if run.workload == workload]
+        for name in ("roost", "dovecot"):
+            own = [run for run in mine if run.server == name]
+            if own:
+                yield workload, mine, name, own
 
 
 def cell(runs: Sequence[Run], key: str, digits: int = 0) -> str:
@@ -823,36 +492,27 @@ def mixed_table(runs: Sequence[Run]) -> str:
         "| ratio commands/s roost/dovecot (of medians; median of pairs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for workload in dict.fromkeys(run.workload for run in runs):
-        mine = [run for run in runs if run.workload == workload]
-        for name in ("roost", "dovecot"):
-            own = [run for run in mine if run.server == name]
-            if not own:
-                continue
-            errors = sum(run.errors for run in own)
-            note = f" ({errors} errors)" if errors else ""
-            ratio = ratio_cell(mine, "commands_per_second") if name == "roost" else ""
-            logins = cell(own, "logins_per_second") if workload.startswith("cycle") else "-"
-            lines.append(
-                f"| {workload} | {name} | {len(own)} | {cell(own, 'commands_per_second')}{note}"
-                f" | {logins} | {cell(own, 'connect_p50_ms', 1)}"
-                f" | {cell(own, 'cpu_ms_per_command', 2)}"
-                f" | {cell(own, 'client_cpu_share', 2)} | {ratio} |"
-            )
+    for workload, mine, name, own in groups(runs):
+        errors = sum(run.errors for run in own)
+        note = f" ({errors} errors)" if errors else ""
+        ratio = ratio_cell(mine, "commands_per_second") if name == "roost" else ""
+        logins = cell(own, "logins_per_second") if workload.startswith("cycle") else "-"
+        lines.append(
+            f"| {workload} | {name} | {len(own)} | {cell(own, 'commands_per_second')}{note}"
+            f" | {logins} | {cell(own, 'connect_p50_ms', 1)}"
+            f" | {cell(own, 'cpu_ms_per_command', 2)}"
+            f" | {cell(own, 'client_cpu_share', 2)} | {ratio} |"
+        )
     lines += ["", "Per command type (median commands/s; p50 ms):", ""]
     header = "| load | server | " + " | ".join(imap_load.COMMAND_TYPES) + " |"
     lines += [header, "|---|---|" + "---|" * len(imap_load.COMMAND_TYPES)]
-    for workload in dict.fromkeys(run.workload for run in runs):
-        for name in ("roost", "dovecot"):
-            own = [run for run in runs if run.workload == workload and run.server == name]
-            if not own:
-                continue
-            cells = []
-            for kind in imap_load.COMMAND_TYPES:
-                rate = cell(own, f"{kind}_per_second").split(" ")[0]
-                p50 = cell(own, f"{kind}_p50_ms", 1).split(" ")[0]
-                cells.append("-" if rate == "-" else f"{rate}; {p50}")
-            lines.append(f"| {workload} | {name} | " + " | ".join(cells) + " |")
+    for workload, _, name, own in groups(runs):
+        cells = []
+        for kind in imap_load.COMMAND_TYPES:
+            rate = cell(own, f"{kind}_per_second").split(" ")[0]
+            p50 = cell(own, f"{kind}_p50_ms", 1).split(" ")[0]
+            cells.append("-" if rate == "-" else f"{rate}; {p50}")
+        lines.append(f"| {workload} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -862,19 +522,14 @@ def idle_table(runs: Sequence[Run]) -> str:
         "RSS MiB | processes | setup s | ratio PSS roost/dovecot |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for workload in dict.fromkeys(run.workload for run in runs):
-        mine = [run for run in runs if run.workload == workload]
-        for name in ("roost", "dovecot"):
-            own = [run for run in mine if run.server == name]
-            if not own:
-                continue
-            ratio = ratio_cell(mine, "pss_mib") if name == "roost" else ""
-            lines.append(
-                f"| {workload} | {name} | {len(own)} | {cell(own, 'connections')} | "
-                f"{cell(own, 'pss_mib', 1)} ({cell(own, 'pss_mib_before', 1).split()[0]}) | "
-                f"{cell(own, 'kib_per_connection')} | {cell(own, 'rss_mib')} | "
-                f"{cell(own, 'processes')} | {cell(own, 'setup_seconds', 1)} | {ratio} |"
-            )
+    for workload, mine, name, own in groups(runs):
+        ratio = ratio_cell(mine, "pss_mib") if name == "roost" else ""
+        lines.append(
+            f"| {workload} | {name} | {len(own)} | {cell(own, 'connections')} | "
+            f"{cell(own, 'pss_mib', 1)} ({cell(own, 'pss_mib_before', 1).split()[0]}) | "
+            f"{cell(own, 'kib_per_connection')} | {cell(own, 'rss_mib')} | "
+            f"{cell(own, 'processes')} | {cell(own, 'setup_seconds', 1)} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -884,29 +539,24 @@ def big_table(runs: Sequence[Run]) -> str:
         "| warm SELECT ms | warm FETCH 1:* (FLAGS) ms | ratio warm SELECT roost/dovecot |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for workload in dict.fromkeys(run.workload for run in runs):
-        mine = [run for run in runs if run.workload == workload]
-        for name in ("roost", "dovecot"):
-            own = [run for run in mine if run.server == name]
-            if not own:
-                continue
-            ms = [
-                Run(
-                    run.server,
-                    run.workload,
-                    run.round,
-                    0,
-                    0,
-                    values={k: 1000 * v for k, v in run.values.items()},
-                )
-                for run in own
-            ]
-            ratio = ratio_cell(mine, "warm_select_s") if name == "roost" else ""
-            lines.append(
-                f"| {workload} | {name} | {len(own)} | {cell(own, 'cold_select_s', 2)} | "
-                f"{cell(own, 'cold_fetch_flags_s', 2)} | {cell(ms, 'warm_login_s')} | "
-                f"{cell(ms, 'warm_select_s')} | {cell(ms, 'warm_fetch_flags_s')} | {ratio} |"
+    for workload, mine, name, own in groups(runs):
+        ms = [
+            Run(
+                run.server,
+                run.workload,
+                run.round,
+                0,
+                0,
+                values={k: 1000 * v for k, v in run.values.items()},
             )
+            for run in own
+        ]
+        ratio = ratio_cell(mine, "warm_select_s") if name == "roost" else ""
+        lines.append(
+            f"| {workload} | {name} | {len(own)} | {cell(own, 'cold_select_s', 2)} | "
+            f"{cell(own, 'cold_fetch_flags_s', 2)} | {cell(ms, 'warm_login_s')} | "
+            f"{cell(ms, 'warm_select_s')} | {cell(ms, 'warm_fetch_flags_s')} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -983,21 +633,15 @@ def main() -> None:
     modes = args.modes.split(",")
     concurrencies = [int(n) for n in args.clients.split(",")]
     servers = args.servers.split(",")
-    DovecotServer.fsync = args.dovecot_fsync
-    if "dovecot" in servers and (why := dovecot_usable()) is not None:
+    if "dovecot" in servers and (why := common.dovecot_usable("imap")) is not None:
         sys.exit(f"cannot run Dovecot: {why}")
     nofile = raise_nofile()
-    base = Path(tempfile.mkdtemp(prefix="imap-bench-", dir=args.dir))
-    base.chmod(0o755)
-    if not args.live:
-        RoostServer.python_path = common.snapshot_source(base)
+    base = common.mailbox_bench_base(args.dir, "imap-bench-", live=args.live)
     machine = common.machine_description(base)
-    dovecot = common.find_program("dovecot")
-    if dovecot:
-        version = subprocess.run([dovecot, "--version"], capture_output=True, text=True)
-        machine["dovecot"] = version.stdout.strip()
+    if version := common.dovecot_version():
+        machine["dovecot"] = version
     machine["roost_source"] = common.source_fingerprint(
-        (RoostServer.python_path or ROOT / "src") / "roost"
+        (common.RoostDaemon.python_path or ROOT / "src") / "roost"
     )
     machine["rlimit_nofile"] = str(nofile)
     machine["dovecot_mail_fsync"] = args.dovecot_fsync
@@ -1024,20 +668,17 @@ def main() -> None:
         if "mixed" in workloads:
             for mode in modes:
                 for clients in concurrencies:
-                    for round_ in range(1, args.rounds + 1):
-                        for kind in servers:
-                            show(run_mixed(kind, mode, clients, round_, args, base))
+                    for round_, kind in common.alternating(servers, args.rounds):
+                        show(run_mixed(kind, mode, clients, round_, args, base))
                     if args.profile is not None:
                         profiles.append(profile_mixed(mode, clients, args, base))
                         print(profiles[-1], flush=True)
         if "idle" in workloads:
-            for round_ in range(1, args.rounds + 1):
-                for kind in servers:
-                    show(run_idle(kind, round_, args, base))
+            for round_, kind in common.alternating(servers, args.rounds):
+                show(run_idle(kind, round_, args, base))
         if "big" in workloads:
-            for round_ in range(1, args.rounds + 1):
-                for kind in servers:
-                    show(run_big(kind, round_, args, base))
+            for round_, kind in common.alternating(servers, args.rounds):
+                show(run_big(kind, round_, args, base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print()

@@ -37,16 +37,11 @@ Usage (as root)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -55,10 +50,8 @@ from pathlib import Path
 
 import common
 
-DOMAIN = "bench.test"
+DOMAIN = common.DOMAIN
 PASSWORD = "bench"
-VMAIL_UID = 5000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -130,260 +123,28 @@ def fill_maildir(maildir: Path, count: int, size: int) -> int:
 # --- servers ----------------------------------------------------------------------------------
 
 
-class Server:
-    """A POP3 server in ``directory`` with ``users`` (local parts)."""
-
-    name = "server"
-
-    def __init__(self, directory: Path, users: Sequence[str]) -> None:
-        self.directory = directory
-        self.users = list(users)
-        self.port = common.free_port()
-
-    def login(self, user: str) -> str:
-        raise NotImplementedError
-
-    def maildir(self, user: str) -> Path:
-        raise NotImplementedError
-
-    def setup(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
+class RoostServer(common.RoostMailbox):
+    """roost serving POP3; CPU of the daemon process alone (as this benchmark has always
+    measured it: not its worker processes)."""
 
     def cpu_seconds(self) -> float:
-        raise NotImplementedError
-
-    def own_mail(self) -> None:
-        """Give the mail files to whoever the server reads them as."""
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        assert self.processes, "roost is not running"
+        return common.process_cpu_seconds(self.processes[0].pid)
 
 
-def wait_for_greeting(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=2) as sock,
-        ):
-            if sock.recv(512).startswith(b"+OK"):
-                sock.sendall(b"QUIT\r\n")
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no POP3 greeting on port {port}")
-        time.sleep(0.1)
-
-
-class RoostServer(Server):
-    """``roost serve`` with only the pop3 service; readiness by NOTIFY_SOCKET (READY=1)."""
-
-    name = "roost"
-    python_path: Path | None = None
-
-    def __init__(self, directory: Path, users: Sequence[str]) -> None:
-        super().__init__(directory, users)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def login(self, user: str) -> str:
-        return f"{user}@{DOMAIN}"
-
-    def maildir(self, user: str) -> Path:
-        return self.directory / "mail" / DOMAIN / user / "Maildir"
-
-    def setup(self) -> None:
-        d = self.directory
-        d.mkdir(parents=True)
-        (d / "users").write_text(
-            "".join(f"{user}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
-        )
-        (d / "aliases").write_text("")
-        (d / "main.cf").write_text(
-            textwrap.dedent(f"""\
-                # roost POP3 benchmark instance (bench/pop3_bench.py)
-                myhostname = roost-bench.localdomain
-                mydestination =
-                virtual_mailbox_domains = {DOMAIN}
-                inet_interfaces = 127.0.0.1
-                queue_directory = {d}/spool
-                data_directory = {d}/lib
-                auth_backends = passwd-file:{d}/users
-                auth_default_realm = {DOMAIN}
-                mail_location = maildir:{d}/mail/%d/%n/Maildir
-                alias_maps = hash:{d}/aliases
-                alias_database = $alias_maps
-                maillog_file = {d}/maillog
-                shutdown_grace_time = 2s
-                mail_max_userip_connections = 1000
-                pop3_service_port = {self.port}
-                master_service_disable = smtp, submission, submissions, imap, imaps, pop3s, qmgr
-                """)
-        )
-
-    def start(self, timeout: float = 60.0) -> None:
-        notify_path = self.directory / "notify.sock"
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(notify_path))
-        try:
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-            env.setdefault("ROOST_STAY_ROOT", "1")  # as root: no mail_owner account needed
-            if self.python_path is not None:
-                env["PYTHONPATH"] = str(self.python_path)
-            command = [sys.executable, "-m", "roost", "-c", str(self.directory / "main.cf")]
-            with open(self.directory / "daemon.out", "ab") as out:
-                self.process = subprocess.Popen(
-                    [*command, "serve"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-                )
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    log = (self.directory / "daemon.out").read_text(errors="replace")
-                    raise RuntimeError(f"roost did not start; its output:\n{log[-2000:]}")
-                notify.settimeout(min(remaining, 0.5))
-                with contextlib.suppress(TimeoutError):
-                    if "READY=1" in notify.recv(65536).decode().splitlines():
-                        return
-        finally:
-            notify.close()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        return common.process_cpu_seconds(self.process.pid)
-
-
-DOVECOT_CONF = """\
-# Dovecot POP3 benchmark instance (bench/pop3_bench.py); not the system instance
-instance_name = dovecot-pop3bench-{tag}
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-first_valid_uid = 100
-mail_location = maildir:~/Maildir
-mail_max_userip_connections = 1000
-pop3_lock_session = yes
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/users
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={uid} home={d}/home/%u
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-  process_limit = 2000
-}}
-service pop3 {{
-  process_limit = 2000
-}}
-service anvil {{
-  client_limit = 5000
-}}
-service auth {{
-  client_limit = 5000
-}}
-default_client_limit = 5000
-"""
-
-
-class DovecotServer(Server):
-    """A separate Dovecot instance (own config, base_dir, state, log) serving POP3 only."""
-
-    name = "dovecot"
-
-    def login(self, user: str) -> str:
-        return user
-
-    def maildir(self, user: str) -> Path:
-        return self.directory / "home" / user / "Maildir"
-
-    def setup(self) -> None:
-        d = self.directory
-        for sub in ("run", "state", "home"):
-            (d / sub).mkdir(parents=True)
-        d.chmod(0o755)  # the auth process reads the users file as "dovecot"
-        (d / "users").write_text(
-            "".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in self.users)
-        )
-        (d / "dovecot.conf").write_text(
-            DOVECOT_CONF.format(d=d, port=self.port, uid=VMAIL_UID, tag=d.name)
-        )
-
-    def own_mail(self) -> None:
-        subprocess.run(["chown", "-R", f"{VMAIL_UID}:{VMAIL_UID}", str(self.directory / "home")])
-
-    def _dovecot(self, *args: str) -> int:
-        """Run ``dovecot -c CONFIG ARGS``; its output goes to ``dovecot.out`` (a pipe would
-        stay open in the daemon that the master leaves behind)."""
-        program = common.find_program("dovecot") or "dovecot"
-        with open(self.directory / "dovecot.out", "ab") as out:
-            return subprocess.run(
-                [program, "-c", str(self.directory / "dovecot.conf"), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=60,
-            ).returncode
-
-    def master_pid(self) -> int | None:
-        try:
-            return int((self.directory / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def start(self) -> None:
-        if self._dovecot() != 0:
-            output = (self.directory / "dovecot.out").read_text(errors="replace")
-            raise RuntimeError(f"dovecot did not start: {output[-2000:]}")
-        wait_for_greeting(self.port)
-
-    def stop(self) -> None:
-        pid = self.master_pid()
-        self._dovecot("stop")
-        deadline = time.monotonic() + 30
-        while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def cpu_seconds(self) -> float:
-        pid = self.master_pid()
-        return 0.0 if pid is None else common.tree_cpu_seconds(pid)
-
-
-def dovecot_usable() -> str | None:
-    """Why the Dovecot side cannot run here, or None when it can."""
-    if common.find_program("dovecot") is None:
-        return "dovecot is not installed (apt-get install dovecot-pop3d)"
-    if os.geteuid() != 0:
-        return "Dovecot's master must start as root: run the benchmark as root"
-    return None
+def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> common.MailboxServer:
+    """roost or Dovecot serving POP3 to ``users``, ``pop3_lock_session = yes`` on both."""
+    return common.make_mailbox_server(
+        kind,
+        base,
+        label,
+        users,
+        protocol="pop3",
+        password=PASSWORD,
+        roost_settings="mail_max_userip_connections = 1000\n",
+        dovecot_settings="mail_max_userip_connections = 1000\npop3_lock_session = yes\n",
+        roost_class=RoostServer,
+    )
 
 
 # --- a small POP3 client ------------------------------------------------------------------------
@@ -485,14 +246,6 @@ class Run:
         return 1000 * self.cpu_seconds / self.count if self.count else float("nan")
 
 
-def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> Server:
-    directory = Path(tempfile.mkdtemp(prefix=f"pop3-{kind}-{label}-", dir=base))
-    directory.rmdir()  # setup() creates it
-    if kind == "roost":
-        return RoostServer(directory, users)
-    return DovecotServer(directory, users)
-
-
 def users_for(load: Load, args: argparse.Namespace) -> list[str]:
     if load.kind == "short":
         return [f"bench{i}" for i in range(1, args.concurrency * 4 + 1)]
@@ -523,7 +276,7 @@ def run_once(kind: str, load: Load, round_: int, args: argparse.Namespace, base:
         server.remove()
 
 
-def retrieve(server: Server, load: Load, round_: int, first: float) -> Run:
+def retrieve(server: common.MailboxServer, load: Load, round_: int, first: float) -> Run:
     client = Client(server.port)
     count = client.login(server.login("bench1"))
     assert count == load.messages, count
@@ -553,7 +306,7 @@ def retrieve(server: Server, load: Load, round_: int, first: float) -> Run:
 
 
 def short_sessions(
-    server: Server, load: Load, round_: int, args: argparse.Namespace, first: float
+    server: common.MailboxServer, load: Load, round_: int, args: argparse.Namespace, first: float
 ) -> Run:
     stop_at = 0.0
     counts = [0] * args.concurrency
@@ -623,8 +376,7 @@ def table(runs: Sequence[Run], loads: Sequence[Load], args: argparse.Namespace) 
     ]
     for load in loads:
         mine = [run for run in runs if run.workload == load.name and not run.note]
-        base = {run.round: run for run in mine if run.server == "dovecot"}
-        base_rate = common.median(run.rate for run in base.values())
+        base = {run.round: run.rate for run in mine if run.server == "dovecot"}
         unit = "sessions/s" if load.kind == "short" else "msg/s"
         for name in ("roost", "dovecot"):
             own = [run for run in mine if run.server == name]
@@ -634,8 +386,7 @@ def table(runs: Sequence[Run], loads: Sequence[Load], args: argparse.Namespace) 
             rate = common.median(rates)
             ratio = ""
             if name == "roost" and base:
-                pairs = [run.rate / base[run.round].rate for run in own if run.round in base]
-                ratio = f"{rate / base_rate:.2f}x; {common.median(pairs):.2f}x"
+                ratio = common.ratio_text(((run.round, run.rate) for run in own), base)
             mbps = quit_ms = "-"
             if load.kind == "retr":
                 mbps = f"{common.median(run.megabytes_per_second for run in own):.1f}"
@@ -673,33 +424,27 @@ def main() -> None:
         ]
         args.seconds = min(args.seconds, 3.0)
     servers = args.servers.split(",")
-    if "dovecot" in servers and (why := dovecot_usable()) is not None:
+    if "dovecot" in servers and (why := common.dovecot_usable("pop3")) is not None:
         sys.exit(f"cannot run Dovecot: {why}")
-    base = Path(tempfile.mkdtemp(prefix="pop3-bench-", dir=args.dir))
-    base.chmod(0o755)
-    if not args.live:
-        RoostServer.python_path = common.snapshot_source(base)
+    base = common.mailbox_bench_base(args.dir, "pop3-bench-", live=args.live)
     machine = common.machine_description(base)
-    dovecot = common.find_program("dovecot")
-    if dovecot:
-        version = subprocess.run([dovecot, "--version"], capture_output=True, text=True)
-        machine["dovecot"] = version.stdout.strip()
+    if version := common.dovecot_version():
+        machine["dovecot"] = version
     print(json.dumps(machine, indent=1))
     runs: list[Run] = []
     try:
         for load in loads:
-            for round_ in range(1, args.rounds + 1):
-                for kind in servers:
-                    run = run_once(kind, load, round_, args, base)
-                    runs.append(run)
-                    extra = " ".join(f"{k}={v:.1f}" for k, v in run.extra.items())
-                    print(
-                        f"{load.name} round {round_} {kind}: {run.rate:.0f}/s"
-                        f" {run.megabytes_per_second:.1f} MB/s"
-                        f" quit={run.quit_seconds * 1000:.0f}ms cpu={run.cpu_ms:.2f}ms/unit"
-                        f" errors={run.errors} load={run.load_before:.2f} {extra}",
-                        flush=True,
-                    )
+            for round_, kind in common.alternating(servers, args.rounds):
+                run = run_once(kind, load, round_, args, base)
+                runs.append(run)
+                extra = " ".join(f"{k}={v:.1f}" for k, v in run.extra.items())
+                print(
+                    f"{load.name} round {round_} {kind}: {run.rate:.0f}/s"
+                    f" {run.megabytes_per_second:.1f} MB/s"
+                    f" quit={run.quit_seconds * 1000:.0f}ms cpu={run.cpu_ms:.2f}ms/unit"
+                    f" errors={run.errors} load={run.load_before:.2f} {extra}",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print()

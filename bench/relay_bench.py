@@ -94,7 +94,7 @@ class Sink:
     def __init__(self, expected: int, address: str) -> None:
         self.expected = expected
         self.address = address
-        self.port = common.free_port()
+        self.port = common.free_port(address)
         self.messages = 0
         self.sessions = 0
         self.first_at: float | None = None
@@ -147,13 +147,7 @@ class Sink:
                 self.reached.set()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        common.end_process(self.process, timeout=10)
         self._reader.join(5)
         self._errors.close()
 
@@ -287,6 +281,8 @@ class RelayRoost(common.RoostInstance):
     restarts it with the queue manager, which takes up everything in ``incoming/``.
     """
 
+    patch_table = PATCHES
+
     def __init__(
         self,
         directory: Path,
@@ -311,16 +307,6 @@ class RelayRoost(common.RoostInstance):
                 "dns_lookup_timeout = 1s\n"
                 f"default_destination_concurrency_limit = {self.limit}\n"
             )
-
-    def _command(self, worker: int) -> list[str]:
-        """common's command line, with this benchmark's :data:`RELAY_PATCHES` too."""
-        if not self.patches:
-            return super()._command(worker)
-        config = str(self.directory / "main.cf")
-        code = "".join(PATCHES[name] for name in self.patches)
-        code += "import sys\nfrom roost.cli.main import main\n"
-        code += f"sys.argv = ['roost', '-c', {config!r}, 'serve']\nsys.exit(main())\n"
-        return [sys.executable, "-c", code]
 
     def hold(self) -> None:
         """Drain mode: stop the daemon (the queue stays in ``incoming/``)."""
@@ -621,13 +607,8 @@ def _wait_queue_empty(instance: Instance, timeout: float) -> int:
 
 def series_line(series: Sequence[tuple[float, int, int, int]], width: int = 12) -> str:
     """``Ns:sink/queue/connections`` at about ``width`` evenly spaced moments."""
-    if not series:
-        return "(no samples)"
-    step = max(len(series) // width, 1)
-    picked = list(series[::step])
-    if picked[-1] != series[-1]:
-        picked.append(series[-1])
-    return " ".join(f"{t:.0f}s:{n}/{q}/{c}" for t, n, q, c in picked)
+    picked = common.evenly_spaced(series, width)
+    return " ".join(f"{t:.0f}s:{n}/{q}/{c}" for t, n, q, c in picked) if picked else "(no samples)"
 
 
 def summary_lines(records: Sequence[RunRecord], servers: Sequence[str], mode: str) -> list[str]:
@@ -655,8 +636,6 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--messages", type=int, help="messages per run")
     parser.add_argument("--sessions", type=int, default=WORKLOAD.sessions)
     parser.add_argument("--size", type=int, default=WORKLOAD.size, help="body bytes")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each server (default 3)")
-    parser.add_argument("--servers", default="roost,postfix", help="comma-separated, in order")
     parser.add_argument(
         "--mode",
         choices=("e2e", "drain"),
@@ -666,8 +645,6 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--limit", type=int, default=20, help="default_destination_concurrency_limit (both)"
     )
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument(
         "--stall",
         type=float,
@@ -679,44 +656,31 @@ def main(argv: Sequence[str]) -> int:
         default="127.0.0.1",
         help="loopback address of smtp-sink (default 127.0.0.1; see the module docs)",
     )
-    parser.add_argument("--json", type=Path, help="write every run's figures here")
-    parser.add_argument("--profile", type=Path, help="py-spy one extra roost run (not counted)")
-    parser.add_argument(
-        "--no-snapshot", action="store_true", help="run src/ live, not a copy taken at start"
-    )
-    parser.add_argument(
-        "--roost-src", type=Path, help="run the roost package in this directory (PYTHONPATH)"
-    )
+    common.add_comparison_arguments(parser)
     args = parser.parse_args(argv)
 
-    servers = args.servers.split(",")
-    if "postfix" in servers and (problem := common.postfix_usable()):
-        sys.exit(f"cannot run Postfix: {problem} (or leave it out with --servers roost)")
     messages = args.messages or (WORKLOAD.messages // 10 if args.quick else WORKLOAD.messages)
     workload = Workload(WORKLOAD.name, args.sessions, messages, args.size)
-    common.warn_if_tmpfs(args.dir)
-    machine = common.machine_description(args.dir)
-    machine["roost_source"] = common.use_roost_source(
-        args.dir, snapshot=not args.no_snapshot, source=args.roost_src
-    )
-    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()))
+    servers, machine = common.prepare_comparison(args)
     print(
         f"mode: {args.mode}; servers: {', '.join(servers)}; rounds: {args.rounds}; smtp-source "
         f"{workload.describe()} to {SINK_RECIPIENT}; smtp-sink on {args.sink_address}; "
         f"{args.limit} connections per destination",
         flush=True,
     )
-    records: list[RunRecord] = []
     try:
-        for round_, server in common.alternating(servers, args.rounds):
-            record = run_once(server, workload, round_, args)
-            records.append(record)
-            print(record_line(record), flush=True)
+        records = common.run_alternating(
+            servers,
+            args.rounds,
+            lambda server, round_: run_once(server, workload, round_, args),
+            record_line,
+        )
         if args.profile is not None:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            raw = args.profile / f"relay-{args.mode}.txt"
-            record = run_once("roost", workload, 0, args, profile=raw)
-            raw.with_suffix(".summary.txt").write_text(common.summarize_profile(raw) + "\n")
+            record, raw = common.profiled_run(
+                args.profile,
+                f"relay-{args.mode}",
+                lambda raw: run_once("roost", workload, 0, args, profile=raw),
+            )
             print(record_line(record) + f"\n  (profiled run, not counted; profile {raw})")
     finally:
         common.drop_roost_snapshot()

@@ -26,10 +26,8 @@ daemon (see ``ROOST_PATCHES`` in common.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,14 +57,7 @@ def run_once(
     profile: Path | None = None,
 ) -> RunRecord:
     """Set up and start a fresh instance, send the workload, measure, stop, clean up."""
-    instance.setup()
-    instance.start()
-    profiler = None
-    try:
-        time.sleep(0.5)  # let start-up work (certificates, process spawns) finish
-        if profile is not None and instance.profile_pid() is not None:
-            profiler = common.Profiler(instance.profile_pid() or 0, profile)
-            time.sleep(1)  # py-spy needs a moment to attach
+    with common.serving(instance, profile):
         load = common.load_average()
         cpu_before = instance.cpu_seconds()
         started = time.monotonic()
@@ -102,53 +93,28 @@ def run_once(
             note=failure,
             extra={"accepted": accepted, "queues": instance.queue_counts()},
         )
-    finally:
-        if profiler is not None:
-            profiler.stop()
-        instance.stop()
-        instance.remove()
-        trace = instance.take_trace()
-        if trace:
-            print(common.trace_lines(trace))
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10x fewer messages")
-    parser.add_argument("--messages", type=int, help="messages per run, for every workload")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each server (default 3)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
-    parser.add_argument("--servers", default="roost,postfix", help="comma-separated, in order")
+    common.add_workload_arguments(parser, WORKLOADS)
     parser.add_argument("--mode", choices=("accept", "deliver"), default="accept")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
-    parser.add_argument("--json", type=Path, help="write every run's figures here")
-    parser.add_argument("--profile", type=Path, help="py-spy one extra roost run per workload")
-    parser.add_argument(
-        "--no-snapshot", action="store_true", help="run src/ live, not a copy taken at start"
-    )
-    parser.add_argument(
-        "--roost-src", type=Path, help="run the roost package in this directory (PYTHONPATH)"
-    )
+    common.add_comparison_arguments(parser)
     args = parser.parse_args(argv)
 
-    servers = args.servers.split(",")
-    if "postfix" in servers and (problem := common.postfix_usable()):
-        sys.exit(f"cannot run Postfix: {problem} (or leave it out with --servers roost)")
-    workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
-    if args.quick:
-        workloads = [w.scaled(10) for w in workloads]
-    if args.messages:
-        workloads = [dataclasses.replace(w, messages=args.messages) for w in workloads]
-    common.warn_if_tmpfs(args.dir)
-    machine = common.machine_description(args.dir)
-    machine["roost_source"] = common.use_roost_source(
-        args.dir, snapshot=not args.no_snapshot, source=args.roost_src
-    )
-    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()))
+    workloads = common.chosen_workloads(args, WORKLOADS)
+    servers, machine = common.prepare_comparison(args)
     print(f"mode: {args.mode}; servers: {', '.join(servers)}; rounds: {args.rounds}")
     try:
-        records = run_all(args, workloads, servers)
+        records = common.run_workloads(
+            args,
+            workloads,
+            servers,
+            run_once,
+            name=f"ingest-{args.mode}",
+            deliver=args.mode == "deliver",
+            line=record_line,
+        )
     finally:
         common.drop_roost_snapshot()
     print()
@@ -160,33 +126,13 @@ def main(argv: Sequence[str]) -> int:
     return 0 if all(r.ok for r in records) else 1
 
 
-def run_all(
-    args: argparse.Namespace, workloads: Sequence[Workload], servers: Sequence[str]
-) -> list[RunRecord]:
-    """Every workload with the servers alternating; then a profiled run if asked."""
-    deliver = args.mode == "deliver"
-    records: list[RunRecord] = []
-    for workload in workloads:
-        print(f"\n{workload.name}: smtp-source {workload.describe()}", flush=True)
-        for round_, server in common.alternating(servers, args.rounds):
-            instance = common.make_instance(server, args.dir, f"ingest-{server}", deliver=deliver)
-            record = run_once(instance, server, workload, round_, timeout=args.timeout)
-            records.append(record)
-            status = "" if record.ok else f"  FAILED: {record.note}"
-            print(
-                f"  round {round_} {server:<15} {record.rate:7.0f} msg/s  {record.seconds:7.2f} s"
-                f"  CPU {record.cpu_ms_per_message:5.2f} ms/msg  load {record.load_before:4.1f}"
-                f"{status}",
-                flush=True,
-            )
-        if args.profile is not None:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            raw = args.profile / f"ingest-{args.mode}-{workload.name}.txt"
-            instance = common.make_instance("roost", args.dir, "ingest-profile", deliver=deliver)
-            record = run_once(instance, "roost", workload, 0, timeout=args.timeout, profile=raw)
-            raw.with_suffix(".summary.txt").write_text(common.summarize_profile(raw) + "\n")
-            print(f"  profiled run (not counted): {record.rate:.0f} msg/s; profile {raw}")
-    return records
+def record_line(record: RunRecord) -> str:
+    status = "" if record.ok else f"  FAILED: {record.note}"
+    return (
+        f"  round {record.round} {record.server:<15} {record.rate:7.0f} msg/s"
+        f"  {record.seconds:7.2f} s  CPU {record.cpu_ms_per_message:5.2f} ms/msg"
+        f"  load {record.load_before:4.1f}{status}"
+    )
 
 
 if __name__ == "__main__":
