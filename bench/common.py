@@ -1309,14 +1309,13 @@ def make_mailbox_server(
     password: str,
     roost_settings: str,
     dovecot_settings: str,
-    roost_class: type[RoostMailbox] = RoostMailbox,
 ) -> MailboxServer:
-    """``kind``: ``roost`` (a ``roost_class``) or ``dovecot``, in a new directory under
+    """``kind``: ``roost`` or ``dovecot``, in a new directory under
     ``base``, serving ``protocol``; the settings are the servers' own (see the classes)."""
     directory = Path(tempfile.mkdtemp(prefix=f"{protocol}-{kind}-{label}-", dir=base))
     directory.rmdir()  # setup() creates it
     if kind == "roost":
-        return roost_class(
+        return RoostMailbox(
             directory, users, protocol=protocol, password=password, settings=roost_settings
         )
     if kind == "dovecot":

@@ -24,8 +24,8 @@ Both servers as shipped, plain TCP on 127.0.0.1, passwords in a passwd-file as {
 Dovecot's is no). Dovecot is a *separate* instance with its own configuration, base_dir
 and state under ``--dir`` (never ``/etc/dovecot`` or the system instance); its master
 must start as root. roost runs a snapshot of ``src/roost`` (others may edit the tree).
-Server CPU comes from /proc: roost's daemon process; Dovecot's master and every process
-below it, with the children it reaped (login and pop3 processes exit after a session).
+Server CPU comes from /proc: on each side the master and every process below it (roost's
+fork server and workers; Dovecot's login and pop3 processes), with the children it reaped.
 
 Usage (as root)::
 
@@ -123,15 +123,6 @@ def fill_maildir(maildir: Path, count: int, size: int) -> int:
 # --- servers ----------------------------------------------------------------------------------
 
 
-class RoostServer(common.RoostMailbox):
-    """roost serving POP3; CPU of the daemon process alone (as this benchmark has always
-    measured it: not its worker processes)."""
-
-    def cpu_seconds(self) -> float:
-        assert self.processes, "roost is not running"
-        return common.process_cpu_seconds(self.processes[0].pid)
-
-
 def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> common.MailboxServer:
     """roost or Dovecot serving POP3 to ``users``, ``pop3_lock_session = yes`` on both."""
     return common.make_mailbox_server(
@@ -143,7 +134,6 @@ def make_server(kind: str, base: Path, label: str, users: Sequence[str]) -> comm
         password=PASSWORD,
         roost_settings="mail_max_userip_connections = 1000\n",
         dovecot_settings="mail_max_userip_connections = 1000\npop3_lock_session = yes\n",
-        roost_class=RoostServer,
     )
 
 
