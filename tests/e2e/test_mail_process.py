@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures of test_privsep.py are imported, then used by name
 """Per-user mail processes: IMAP and POP3 sessions of system users run as those users.
 
 The daemon runs as root with privilege separation (as in ``test_privsep.py``, whose
@@ -14,6 +15,7 @@ import os
 import poplib
 import pwd
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -73,7 +75,7 @@ def _passwd_file(base: Path, accounts: Accounts) -> str:
 
 
 @pytest.fixture
-def daemon(base: Path, accounts: Accounts) -> Iterator[RootDaemon]:  # noqa: F811
+def daemon(base: Path, accounts: Accounts) -> Iterator[RootDaemon]:
     running = RootDaemon(
         base, accounts, extra=_passwd_file(base, accounts) + "mailbox_idle_check_interval = 1h\n"
     )
@@ -142,9 +144,7 @@ def test_imap_starttls_session_runs_as_the_user_and_its_files_are_the_users(
     assert re.search(r"imap\(" + alice.pw_name + r"\).*Disconnected: Logged out", daemon.log_text())
 
 
-def test_imaps_session_and_idle_sees_a_new_delivery(
-    daemon: RootDaemon, accounts: Accounts
-) -> None:
+def test_imaps_session_and_idle_sees_a_new_delivery(daemon: RootDaemon, accounts: Accounts) -> None:
     alice = accounts.users["alice"]
     daemon.send(f"{alice.pw_name}@localhost", "before idle")
     wait_for(lambda: new_files(alice.pw_dir), "delivery to alice", daemon)
@@ -181,6 +181,7 @@ def test_imaps_session_and_idle_sees_a_new_delivery(
         lines = command(b"d FETCH 2 BODY[]", b"d")
         assert b"during idle" in b"".join(lines)
         assert command(b"e LOGOUT", b"e")[-1].startswith(b"e OK")
+        reader.close()
 
 
 def test_pop3_stls_and_pop3s_sessions_run_as_the_user(
@@ -222,10 +223,13 @@ def test_uid_0_a_low_uid_and_a_user_without_home_are_refused(
     daemon: RootDaemon, homeless: pwd.struct_passwd
 ) -> None:
     # uid 0: the user database refuses it already (Dovecot does too)
-    with imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], timeout=30,
-                           ssl_context=_client_tls()) as client:  # fmt: skip
-        with pytest.raises(imaplib.IMAP4.error, match=r"AUTHENTICATIONFAILED"):
-            client.login("zero", OTHER_PASSWORD)
+    with (
+        imaplib.IMAP4_SSL(
+            "127.0.0.1", daemon.ports["imaps"], timeout=30, ssl_context=_client_tls()
+        ) as client,
+        pytest.raises(imaplib.IMAP4.error, match=r"AUTHENTICATIONFAILED"),
+    ):
+        client.login("zero", OTHER_PASSWORD)
     # below first_valid_uid, and a home that does not exist: the helper refuses
     for login, password in (("low", OTHER_PASSWORD), (homeless.pw_name, PASSWORD)):
         with imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], timeout=30,
@@ -252,8 +256,8 @@ def test_uid_0_a_low_uid_and_a_user_without_home_are_refused(
 
 
 def test_the_helper_refuses_sessions_as_uid_0_or_outside_the_home(
-    base: Path,  # noqa: F811
-    accounts: Accounts,  # noqa: F811
+    base: Path,
+    accounts: Accounts,
 ) -> None:
     from roost.daemon.privhelper import start_helper
 
@@ -287,19 +291,42 @@ def test_the_helper_refuses_sessions_as_uid_0_or_outside_the_home(
     assert not Path("/etc/Maildir").exists()
 
 
-def test_switched_off_sessions_stay_in_the_worker(base: Path, accounts: Accounts) -> None:  # noqa: F811
+def test_switched_off_sessions_stay_in_the_worker(base: Path, accounts: Accounts) -> None:
     alice = accounts.users["alice"]
     daemon = RootDaemon(base, accounts, extra="mail_process_per_user = no\n")
     try:
         daemon.wait_ready()
         daemon.send(f"{alice.pw_name}@localhost")
         wait_for(lambda: new_files(alice.pw_dir), "delivery to alice", daemon)
-        with imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], timeout=30,
-                               ssl_context=_client_tls()) as client:  # fmt: skip
-            # mail_owner cannot enter alice's 0700 home: the limit of before
-            with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE"):
-                client.login(alice.pw_name, PASSWORD)
+        with (
+            imaplib.IMAP4_SSL(
+                "127.0.0.1", daemon.ports["imaps"], timeout=30, ssl_context=_client_tls()
+            ) as client,
+            pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE"),
+        ):
+            client.login(alice.pw_name, PASSWORD)  # mail_owner cannot enter the 0700 home
         assert _mail_processes(daemon, alice.pw_uid) == []
         assert "cannot open the mail store" in daemon.log_text()
     finally:
         daemon.stop()
+
+
+def test_stop_ends_a_handed_over_idle_session_with_bye(
+    daemon: RootDaemon, accounts: Accounts
+) -> None:
+    alice = accounts.users["alice"]
+    raw = socket.create_connection(("127.0.0.1", daemon.ports["imaps"]), timeout=30)
+    with _client_tls().wrap_socket(raw) as tls:
+        reader = tls.makefile("rb")
+        assert reader.readline().startswith(b"* OK")
+        tls.sendall(f'a LOGIN {alice.pw_name} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+        while not reader.readline().startswith(b"b OK"):
+            pass
+        tls.sendall(b"c IDLE\r\n")
+        assert reader.readline().startswith(b"+ ")
+        daemon.process.send_signal(signal.SIGTERM)
+        rest = reader.read()
+        reader.close()
+    assert b"* BYE Server shutting down." in rest
+    assert daemon.process.wait(60) == 0
+    assert _mail_processes(daemon, alice.pw_uid) == []

@@ -54,7 +54,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from roost.auth.users import User
 from roost.config import Settings, load_settings
@@ -236,17 +236,20 @@ class _ChildSide(asyncio.Protocol):
         self.proxy = proxy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # until the client is attached
+        cast(asyncio.Transport, transport).pause_reading()  # until the client is attached
 
     def data_received(self, data: bytes) -> None:
         client = self.proxy.client
-        if client is not None and not client.is_closing():
+        if client is None:  # not attached yet (a loop may read before pause_reading)
+            self.proxy.early.append(data)
+        elif not client.is_closing():
             client.write(data)
 
     def eof_received(self) -> bool | None:
         if self.proxy.client is not None:
             self.proxy.client.close()  # after what is buffered
+        else:
+            self.proxy.early_eof = True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -280,6 +283,8 @@ class Proxy:
         self.client_tls = False
         self.client_lost = False
         self.child_lost = False
+        self.early: list[bytes] = []
+        self.early_eof = False
         self._done = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._channel = Channel(control, self._message)
@@ -307,15 +312,23 @@ class Proxy:
         self.client_tls = client.get_extra_info("ssl_object") is not None
         child = self.child
         assert child is not None
+        gone = client.is_closing()  # the client is gone already
         client.set_protocol(_ClientSide(self))
-        if pending:
-            child.write(pending)
-        if client.is_closing():  # the client is gone already
+        if gone:
             self.client_lost = True
             child.close()
+            self.check_done()
+            return
+        if pending:
+            child.write(pending)
+        for data in self.early:
+            client.write(data)
+        self.early.clear()
+        if self.early_eof or self.child_lost:
+            client.close()  # after what is buffered
         else:
             child.resume_reading()
-            client.resume_reading()
+        client.resume_reading()
 
     def check_done(self) -> None:
         """Called when a side is gone: done when both are."""
