@@ -10,7 +10,9 @@ before it drops its privileges (:mod:`roost.daemon.privileges`), and keeps one e
   with the rights of a user (the recipient, or ``default_privs`` for ``/file`` aliases);
 * ``command``: run a ``|command`` delivery with the rights of a user;
 * ``forward``: read a user's ``~/.forward`` with the user's rights;
-* ``tls``: read the TLS certificate and key files that main.cf names (for SIGHUP).
+* ``tls``: read the TLS certificate and key files that main.cf names (for SIGHUP);
+* ``session``: run an IMAP or POP3 session of a user after its login, as that user
+  (:mod:`roost.daemon.handoff`; the child answers, then serves the session).
 
 Each request gets its own connection: the client makes a fresh ``SOCK_STREAM`` socket pair
 and sends one end over the helper's channel (``SCM_RIGHTS``); the helper forks a child per
