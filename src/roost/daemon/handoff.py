@@ -177,6 +177,9 @@ class HandOff:
         except HelperError as exc:
             mine.close()
             raise HandOffFailed("temporary", str(exc)) from None
+        except BaseException:  # cancelled: the child sees the end of its input
+            mine.close()
+            raise
         finally:
             theirs.close()
         if reply.get("ok") is not True:
