@@ -322,6 +322,19 @@ def test_results_out_of_turn_are_local_errors() -> None:
         server.update_finished()
 
 
+def test_a_login_verified_elsewhere_enters_transaction() -> None:
+    # a session handed over to a process running as the user (roost.daemon.handoff)
+    server = authorization(tls_active=True)
+    server.await_login()
+    with pytest.raises(LocalProtocolError):
+        server.await_login()  # one login at a time
+    assert server.login_succeeded(MESSAGES).data.startswith(b"+OK Logged in, ")
+    assert server.state is Pop3State.TRANSACTION
+    assert reply(server, b"STAT").startswith(b"+OK 3 ")
+    with pytest.raises(LocalProtocolError):
+        server.await_login()  # not in TRANSACTION
+
+
 def test_invalid_listing_leaves_the_login_pending() -> None:
     server = authorization(tls_active=True)
     drive(server, b"USER alice\r\nPASS pw\r\n")

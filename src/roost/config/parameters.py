@@ -741,6 +741,15 @@ _TABLE.extend(
             section="imap",
         ),
         Parameter(
+            "mail_process_per_user",
+            B,
+            "yes",
+            "Started as root: an IMAP or POP3 session of a user whose uid is not"
+            " mail_owner's goes on, after its login, in a process of its own running as that"
+            " user (Dovecot's mail processes; docs/privsep.md). Ignored when not root.",
+            section="imap",
+        ),
+        Parameter(
             "mail_max_userip_connections",
             I,
             "10",

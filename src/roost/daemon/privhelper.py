@@ -10,7 +10,9 @@ before it drops its privileges (:mod:`roost.daemon.privileges`), and keeps one e
   with the rights of a user (the recipient, or ``default_privs`` for ``/file`` aliases);
 * ``command``: run a ``|command`` delivery with the rights of a user;
 * ``forward``: read a user's ``~/.forward`` with the user's rights;
-* ``tls``: read the TLS certificate and key files that main.cf names (for SIGHUP).
+* ``tls``: read the TLS certificate and key files that main.cf names (for SIGHUP);
+* ``session``: run an IMAP or POP3 session of a user after its login, as that user
+  (:mod:`roost.daemon.handoff`; the child answers, then serves the session).
 
 Each request gets its own connection: the client makes a fresh ``SOCK_STREAM`` socket pair
 and sends one end over the helper's channel (``SCM_RIGHTS``); the helper forks a child per
@@ -78,7 +80,7 @@ log = logging.getLogger("roost.privhelper")
 #: The largest frame, in bytes (a ``.forward`` reply is at most 1 MiB of text).
 MAX_FRAME: Final = 4 * 1024 * 1024
 _HEADER: Final = struct.Struct("!I")
-_OPS: Final = frozenset({"pam", "maildir", "mbox", "command", "forward", "tls"})
+_OPS: Final = frozenset({"pam", "maildir", "mbox", "command", "forward", "tls", "session"})
 _PAM_SERVICE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -137,6 +139,17 @@ def recv_frame(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, object]
             raise HelperError(f"bad frame: {exc}") from None
         raise
     return obj, fds
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """Read exactly ``size`` bytes. Raises HelperError at an early end of stream."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise HelperError("connection closed in the middle of a frame")
+        data += chunk
+    return bytes(data)
 
 
 def _length(buffer: bytearray) -> int:
@@ -215,6 +228,46 @@ class HelperClient:
 
             raise DeliveryError(bool(reply.get("temporary")), str(reply.get("dsn")), text)
         raise HelperError(f"privileged helper: {text}")
+
+    def open_session(
+        self, request: Mapping[str, object], fds: Sequence[int], timeout: float = 60.0
+    ) -> tuple[dict[str, object], socket.socket]:
+        """Send a ``session`` request; return the reply and the connection, kept open.
+
+        The helper's child answers one frame, then the connection carries JSON lines
+        between the session's process and the caller (:mod:`roost.daemon.handoff`).
+        The reply is read to its last byte and no further, so nothing of what follows is
+        lost. A reply that is not ``ok`` closes the connection (the caller reads its
+        ``kind`` and ``text``).
+
+        Raises:
+            HelperError: the helper is gone or answered nonsense.
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(self._channel, [b"R"], [theirs.fileno()])
+            theirs.close()
+            mine.settimeout(timeout)
+            send_frame(mine, request, fds)
+            header = _recv_exactly(mine, _HEADER.size)
+            (size,) = _HEADER.unpack(header)
+            if size > MAX_FRAME:
+                raise HelperError(f"frame of {size} bytes is larger than {MAX_FRAME}")
+            reply = json.loads(_recv_exactly(mine, size))
+            if not isinstance(reply, dict):
+                raise HelperError("a frame is not a JSON object")
+        except (OSError, ValueError) as exc:
+            mine.close()
+            raise HelperError(f"privileged helper: {exc}") from None
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        if reply.get("ok") is not True:
+            mine.close()
+        return reply, mine
 
     def close(self) -> None:
         """Close the channel (the helper exits) and reap the helper."""
@@ -827,6 +880,11 @@ def _answer(conn: socket.socket, handler: _Handler) -> None:
     except (HelperError, OSError) as exc:
         log.warning("bad request: %s", exc)
         return
+    if request.get("op") == "session":  # answers, then serves the session as the user
+        from roost.daemon.handoff import serve_session
+
+        serve_session(handler.settings, handler.config, request, fds, conn)
+        return
     reply: dict[str, object]
     try:
         reply = handler.handle(request, fds)
@@ -879,6 +937,15 @@ def _preload() -> None:
     import roost.delivery.mbox  # noqa: F401
 
 
+def _preload_sessions(settings: Settings) -> None:
+    """With ``mail_process_per_user``, import the IMAP and POP3 session code once, so
+    that each session's child starts from it (see :mod:`roost.daemon.handoff`)."""
+    if settings.boolean("mail_process_per_user"):
+        from roost.daemon.handoff import preload
+
+        preload()
+
+
 def serve(channel: socket.socket, config: Path) -> int:
     """The helper's main loop: one forked child per connection received on ``channel``.
 
@@ -891,6 +958,7 @@ def serve(channel: socket.socket, config: Path) -> int:
     settings, _ = load_settings(config)
     handler = _Handler(settings, config)
     _preload()
+    _preload_sessions(settings)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -247,6 +247,9 @@ def separate_privileges(
     from roost.auth import pam
 
     pam.use_privileged_check(pam_check(helper))
+    from roost.daemon import handoff
+
+    handoff.use_helper(helper)  # IMAP/POP3 sessions of system users (mail_process_per_user)
     try:
         drop_to(owner)
     except BaseException:

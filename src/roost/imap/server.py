@@ -22,6 +22,7 @@ from typing import Final
 from roost import __version__
 from roost.auth.users import User
 from roost.config import ConfigError, Settings
+from roost.daemon.handoff import handoff_for
 from roost.daemon.service import Context
 from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.imap.mailboxes import parse_special_use
@@ -34,7 +35,7 @@ from roost.imap.session import (
     StoreUnavailable,
     UserStore,
 )
-from roost.store import MailStore
+from roost.store import DEFAULT_BUS, ChangeBus, MailStore
 
 __all__ = [
     "IMAP_SERVICES",
@@ -117,8 +118,9 @@ def session_config(settings: Settings, service: str) -> SessionConfig:
     )
 
 
-def store_opener(settings: Settings) -> StoreOpener:
-    """Open a user's Maildir++ store where local delivery puts their mail."""
+def store_opener(settings: Settings, bus: ChangeBus = DEFAULT_BUS) -> StoreOpener:
+    """Open a user's Maildir++ store where local delivery puts their mail (changes
+    published on ``bus``)."""
     from roost.delivery.errors import DeliveryError
     from roost.delivery.local import user_mailbox
     from roost.queue.service import local_config
@@ -137,6 +139,7 @@ def store_opener(settings: Settings) -> StoreOpener:
             uid=mailbox.uid,
             gid=mailbox.gid,
             quota=mailbox.quota_bytes or None,
+            bus=bus,
         )
 
     return open_store
@@ -168,6 +171,7 @@ class IMAPService(StoreService[Shared, Registry]):
                 registry=self._registry,
                 executor=self._executor,
                 ip_connection_limit=view.integer("imap_client_connection_count_limit"),
+                handoff=handoff_for(context.settings),
             )
         self._context = context
         self._shared = shared

@@ -42,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Final, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
 
 from roost.auth.login import (
     UserIPCounts,
@@ -196,10 +196,14 @@ from roost.store import (
 )
 from roost.store import StoreMode as StoreFlagMode
 
+if TYPE_CHECKING:
+    from roost.daemon.handoff import HandOff, Proxy
+
 __all__ = [
     "HANDLERS",
     "IMAPSession",
     "Registry",
+    "Resumed",
     "SessionConfig",
     "Shared",
     "StoreOpener",
@@ -359,6 +363,8 @@ class Shared:
         registry: connection counts across ``imap`` and ``imaps``.
         executor: where store calls run.
         ip_connection_limit: connections per client address (0: no limit).
+        handoff: hands sessions of other uids to a process of their own
+            (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
     """
 
     config: SessionConfig
@@ -369,6 +375,35 @@ class Shared:
     registry: Registry
     executor: Executor
     ip_connection_limit: int = 0
+    handoff: HandOff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A session logged in by a worker and handed over to this process, running as the
+    user (:mod:`roost.daemon.handoff`): it answers the login and goes on from there.
+
+    Attributes:
+        tag: the tag of the LOGIN or AUTHENTICATE command.
+        user: who logged in.
+        store: the user's store, opened by this process.
+        tls: the client's connection (to the worker) is TLS.
+        remote_ip: the client's address.
+        local_ip: the address it connected to.
+        session_id: the worker's session id (the logs of both processes share it).
+        method: the SASL mechanism (``PLAIN`` for LOGIN), for the log.
+        login: the login name, for the log.
+    """
+
+    tag: str
+    user: User
+    store: UserStore
+    tls: bool
+    remote_ip: str
+    local_ip: str
+    session_id: str
+    method: str
+    login: str
 
 
 # --- the logout line ------------------------------------------------------------------------
@@ -418,6 +453,13 @@ class _Disconnect(Exception):
         self.bye = bye
 
 
+class _HandedOff(_Disconnect):
+    """The session went to a process of its own; the worker only copies octets now."""
+
+    def __init__(self) -> None:
+        super().__init__("Handed over")
+
+
 class _Bad(Exception):
     """The command is invalid in a way the grammar cannot see: ``tag BAD text``."""
 
@@ -431,7 +473,7 @@ Handler = Callable[["IMAPSession", Command], Awaitable[TaggedResponse | None]]
 class IMAPSession(asyncio.Protocol):
     """One client connection (see the module documentation)."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, resumed: Resumed | None = None) -> None:
         self.shared = shared
         self.config = shared.config
         config = self.config
@@ -476,16 +518,24 @@ class IMAPSession(asyncio.Protocol):
         self._idle_tag: str | None = None
         self._userip: tuple[str, str] | None = None
         self._counted = False
+        self._proxy: Proxy | None = None
+        self._resumed = resumed
+        if resumed is not None:
+            self.tls = resumed.tls
+            self.remote_ip, self.local_ip = resumed.remote_ip, resumed.local_ip
+            self.session_id = resumed.session_id
+            self._auth_method, self._auth_login = resumed.method, resumed.login
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
-        self.remote_ip = _plain_ip(str(peer[0]))
-        self.local_ip = _plain_ip(str(sock[0]))
+        if self._resumed is None:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            sock = transport.get_extra_info("sockname") or ("", 0)
+            self.remote_ip = _plain_ip(str(peer[0]))
+            self.local_ip = _plain_ip(str(sock[0]))
         registry = self.shared.registry
         count = registry.add(self, self.remote_ip)
         self._counted = True
@@ -537,10 +587,14 @@ class IMAPSession(asyncio.Protocol):
         """Ask the session to end with ``* BYE`` at its next chance (between commands)."""
         self._stopping = True
         self._wakeup.set()
+        if self._proxy is not None:
+            self._proxy.shutdown()
 
     def abort(self) -> None:
         """Close the connection at once (the grace time is over)."""
-        if self.transport is not None and not self._lost:
+        if self._proxy is not None:
+            self._proxy.abort()
+        elif self.transport is not None and not self._lost:
             with contextlib.suppress(Exception):
                 self.transport.write(b"* BYE Server shutting down.\r\n")
             self.transport.abort()
@@ -778,8 +832,12 @@ class IMAPSession(asyncio.Protocol):
     async def _run(self) -> None:
         reason = "Connection closed"
         try:
-            caps = ResponseCode.capability(self.capabilities())
-            self._queue(UntaggedResponse("OK", self.config.greeting, caps))
+            resumed = self._resumed
+            if resumed is None:
+                caps = ResponseCode.capability(self.capabilities())
+                self._queue(UntaggedResponse("OK", self.config.greeting, caps))
+            else:
+                self._queue(await self._logged_in(resumed.tag, resumed.user, resumed.store))
             await self._events()
         except _Disconnect as stop:
             reason = stop.reason
@@ -876,6 +934,8 @@ class IMAPSession(asyncio.Protocol):
         self._queue_all(selected.take_updates(self.mode, allow_expunge=allow_expunge))
 
     async def _finish(self, reason: str) -> None:
+        if self._proxy is not None:
+            await self._proxy.wait()
         with contextlib.suppress(_Disconnect):
             await self._flush()
         if self.transport is not None and not self._lost:
@@ -887,6 +947,8 @@ class IMAPSession(asyncio.Protocol):
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
+        if self._proxy is not None:
+            return  # the session's process logged its end
         if self.user is None:
             log_disconnected(
                 log_login,
@@ -1097,6 +1159,8 @@ class IMAPSession(asyncio.Protocol):
                 f"(mail_max_userip_connections={limit})",
                 UNAVAILABLE,
             )
+        if shared.handoff is not None and shared.handoff.wanted(user):
+            return await self._hand_off(shared.handoff, tag, user, key)
         try:
             store = await self._call(shared.open_store, user)
         except (StoreUnavailable, StoreError) as error:
@@ -1104,6 +1168,49 @@ class IMAPSession(asyncio.Protocol):
             log_imap.error("imap(%s): cannot open the mail store: %s", user.login, error)
             return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
         self._userip = key
+        return await self._logged_in(tag, user, store)
+
+    async def _hand_off(
+        self, handoff: HandOff, tag: str, user: User, key: tuple[str, str]
+    ) -> TaggedResponse:
+        """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
+        answers the login. Raises :class:`_HandedOff` when it has taken over."""
+        from roost.daemon.handoff import HandOffFailed
+
+        state = {
+            "tag": tag,
+            "tls": self.tls,
+            "remote_ip": self.remote_ip,
+            "local_ip": self.local_ip,
+            "session_id": self.session_id,
+            "method": self._auth_method,
+            "login": self._auth_login,
+        }
+        try:
+            await self._flush()  # what was answered before the login goes first
+            proxy = await handoff.start("imap", self.config.service, user, state)
+        except HandOffFailed as failure:
+            self.shared.registry.remove_user(key)
+            log_imap.error("imap(%s): cannot start the mail process: %s", user.login, failure)
+            return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
+        except BaseException:
+            self.shared.registry.remove_user(key)
+            raise
+        self._userip = key
+        self.user = user
+        transport = self.transport
+        assert transport is not None
+        # Nothing may be awaited from here until the proxy owns the transport.
+        pending = self.conn.take_unprocessed() + self._take_input()
+        proxy.attach(transport, pending)
+        self._proxy = proxy
+        if self._stopping:
+            proxy.shutdown()
+        log_login.debug("handed over to mail process %d: %s", proxy.pid, self._log_fields())
+        raise _HandedOff
+
+    async def _logged_in(self, tag: str, user: User, store: UserStore) -> TaggedResponse:
+        """Enter the authenticated state with ``store`` open; the tagged OK."""
         if self.config.special_use:
             try:
                 created = await self._call(_ensure_special_use, store, self.config.special_use)

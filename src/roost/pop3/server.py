@@ -20,6 +20,7 @@ from typing import Final
 
 from roost.auth.users import User
 from roost.config import Settings
+from roost.daemon.handoff import handoff_for
 from roost.daemon.service import Context
 from roost.daemon.serving import StoreService, config_problems, unless_idle
 from roost.pop3.session import (
@@ -161,6 +162,7 @@ class POP3Service(StoreService[Shared, Registry]):
                 tls_context=partial(self._current_tls, service),
                 open_maildrop=maildrop_opener(context.settings, service, self._executor),
                 registry=self._registry,
+                handoff=handoff_for(context.settings),
             )
         self._context = context
         self._shared = shared

@@ -38,7 +38,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from roost.auth.login import (
     UserIPCounts,
@@ -69,12 +69,16 @@ from roost.pop3.state import (
 )
 from roost.store import LockTimeout, MessageNotFound, StoreError
 
+if TYPE_CHECKING:
+    from roost.daemon.handoff import HandOff, Proxy
+
 __all__ = [
     "DEFAULT_LOGOUT_FORMAT",
     "LOGIN_TIMEOUT",
     "MaildropOpener",
     "POP3Session",
     "Registry",
+    "Resumed",
     "SessionConfig",
     "SessionMaildrop",
     "Shared",
@@ -185,6 +189,8 @@ class Shared:
         tls_context: returns the current server TLS context (or raises).
         open_maildrop: opens and locks a user's maildrop.
         registry: sessions and logins across ``pop3`` and ``pop3s``.
+        handoff: hands sessions of other uids to a process of their own
+            (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
     """
 
     config: SessionConfig
@@ -193,6 +199,33 @@ class Shared:
     tls_context: Callable[[], ssl.SSLContext]
     open_maildrop: MaildropOpener
     registry: Registry
+    handoff: HandOff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A session logged in by a worker and handed over to this process, running as the
+    user (:mod:`roost.daemon.handoff`): it answers the login and goes on from there.
+
+    Attributes:
+        user: who logged in.
+        maildrop: the user's maildrop, opened and locked by this process.
+        tls: the client's connection (to the worker) is TLS.
+        remote_ip: the client's address.
+        local_ip: the address it connected to.
+        session_id: the worker's session id (the logs of both processes share it).
+        method: the SASL mechanism (``PLAIN`` for USER/PASS), for the log.
+        login: the login name, for the log.
+    """
+
+    user: User
+    maildrop: SessionMaildrop
+    tls: bool
+    remote_ip: str
+    local_ip: str
+    session_id: str
+    method: str
+    login: str
 
 
 # --- the logout line ----------------------------------------------------------------------
@@ -258,6 +291,13 @@ class _Disconnect(Exception):
         self.reply = reply
 
 
+class _HandedOff(_Disconnect):
+    """The session went to a process of its own; the worker only copies octets now."""
+
+    def __init__(self) -> None:
+        super().__init__("Handed over")
+
+
 _TIMED_OUT: Final = object()
 """What the idle timer wakes a waiting session with."""
 _FED: Final = object()
@@ -282,7 +322,7 @@ def _plain_ip(address: str) -> str:
 class POP3Session(asyncio.Protocol):
     """One client connection (see the module documentation)."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, resumed: Resumed | None = None) -> None:
         self.shared = shared
         self.config = shared.config
         self.transport: asyncio.Transport | None = None
@@ -323,16 +363,24 @@ class POP3Session(asyncio.Protocol):
         self._auth_method = ""
         self._auth_login = ""
         self._userip: tuple[str, str] | None = None
+        self._proxy: Proxy | None = None
+        self._resumed = resumed
+        if resumed is not None:
+            self.tls = resumed.tls
+            self.remote_ip, self.local_ip = resumed.remote_ip, resumed.local_ip
+            self.session_id = resumed.session_id
+            self._auth_method, self._auth_login = resumed.method, resumed.login
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
-        self.remote_ip = _plain_ip(str(peer[0]))
-        self.local_ip = _plain_ip(str(sock[0]))
+        if self._resumed is None:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            sock = transport.get_extra_info("sockname") or ("", 0)
+            self.remote_ip = _plain_ip(str(peer[0]))
+            self.local_ip = _plain_ip(str(sock[0]))
         self.shared.registry.sessions.add(self)
         self._task = self._loop.create_task(self._run())
 
@@ -403,10 +451,14 @@ class POP3Session(asyncio.Protocol):
         """
         self._stopping = True
         self._wake()
+        if self._proxy is not None:
+            self._proxy.shutdown()
 
     def abort(self) -> None:
         """Close the connection at once (the grace time is over)."""
-        if self.transport is not None and not self._lost:
+        if self._proxy is not None:
+            self._proxy.abort()
+        elif self.transport is not None and not self._lost:
             with contextlib.suppress(Exception):
                 self.transport.write(_SHUTTING_DOWN)
             self.transport.abort()
@@ -515,7 +567,14 @@ class POP3Session(asyncio.Protocol):
             secure_channel=bool(self.remote_ip) and self.remote_ip == self.local_ip,
         )
         try:
-            self._queue(server.greeting())
+            resumed = self._resumed
+            if resumed is None:
+                self._queue(server.greeting())
+            else:
+                server.await_login()
+                if not self._logged_in(server, resumed.user, resumed.maildrop):
+                    await resumed.maildrop.close()
+                    raise _Disconnect("Invalid maildrop listing")
             reason = await self._events(server)
         except _Disconnect as stop:
             reason = stop.reason
@@ -703,6 +762,9 @@ class POP3Session(asyncio.Protocol):
             server.login_failed(Failure.AUTH_UNAVAILABLE)
             self._queue(render.err(text, RespCode.SYS_TEMP))
             return
+        if shared.handoff is not None and shared.handoff.wanted(user):
+            await self._hand_off(shared.handoff, server, user, key)
+            return
         try:
             maildrop = await shared.open_maildrop(user)
         except LockTimeout:
@@ -715,15 +777,68 @@ class POP3Session(asyncio.Protocol):
             log_pop3.error("pop3(%s): cannot open the maildrop: %s", user.login, error)
             self._queue(server.login_failed(store_failure(error)).data)
             return
+        self._userip = key
+        if not self._logged_in(server, user, maildrop):
+            shared.registry.remove_user(key)
+            self._userip = None
+            await maildrop.close()
+
+    async def _hand_off(
+        self, handoff: HandOff, server: ServerState, user: User, key: tuple[str, str]
+    ) -> None:
+        """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
+        answers the login. Raises :class:`_HandedOff` when it has taken over."""
+        from roost.daemon.handoff import HandOffFailed
+
+        state = {
+            "tag": "",
+            "tls": self.tls,
+            "remote_ip": self.remote_ip,
+            "local_ip": self.local_ip,
+            "session_id": self.session_id,
+            "method": self._auth_method,
+            "login": self._auth_login,
+        }
+        try:
+            await self._flush()  # what was answered before the login goes first
+            proxy = await handoff.start("pop3", self.config.service, user, state)
+        except HandOffFailed as failure:
+            self.shared.registry.remove_user(key)
+            log_pop3.error("pop3(%s): cannot start the mail process: %s", user.login, failure)
+            failed = {
+                "in-use": Failure.IN_USE,
+                "temporary": Failure.TEMPORARY,
+            }.get(failure.kind, Failure.PERMANENT)
+            self._queue(server.login_failed(failed).data)
+            return
+        except BaseException:
+            self.shared.registry.remove_user(key)
+            raise
+        self._userip = key
+        self.user = user
+        transport = self.transport
+        assert transport is not None
+        # Nothing may be awaited from here until the proxy owns the transport.
+        pending = server.connection.take_unprocessed() + b"".join(self._incoming)
+        self._incoming.clear()
+        self._incoming_size = 0
+        self._reading_paused = False
+        proxy.attach(transport, pending)
+        self._proxy = proxy
+        if self._stopping:
+            proxy.shutdown()
+        log_login.debug("handed over to mail process %d: %s", proxy.pid, self._log_fields())
+        raise _HandedOff
+
+    def _logged_in(self, server: ServerState, user: User, maildrop: SessionMaildrop) -> bool:
+        """Enter TRANSACTION with ``maildrop`` open and locked; False (the failure
+        answered) when its listing is invalid."""
         try:
             reply = server.login_succeeded(maildrop.messages)
         except ValueError as error:
-            shared.registry.remove_user(key)
-            await maildrop.close()
             log_pop3.error("pop3(%s): invalid maildrop listing: %s", user.login, error)
             self._queue(server.login_failed(Failure.TEMPORARY).data)
-            return
-        self._userip = key
+            return False
         self.user = user
         self._maildrop = maildrop
         self._view = server.maildrop
@@ -734,6 +849,7 @@ class POP3Session(asyncio.Protocol):
         self._login_out = self._bytes_out
         log_login.info("Login: %s", self._log_fields(mpid=True))
         self._queue(reply.data)
+        return True
 
     # --- RETR and TOP (RFC 1939 §5, §7) -----------------------------------------------------
 
@@ -874,6 +990,8 @@ class POP3Session(asyncio.Protocol):
             log_pop3.warning("%s: closing the maildrop failed: %s", self._prefix, error)
 
     async def _finish(self, reason: str) -> None:
+        if self._proxy is not None:
+            await self._proxy.wait()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -887,6 +1005,8 @@ class POP3Session(asyncio.Protocol):
         if self._userip is not None:
             registry.remove_user(self._userip)
             self._userip = None
+        if self._proxy is not None:
+            return  # the session's process logged its end
         if self.user is None:
             log_disconnected(
                 log_login,

@@ -582,6 +582,19 @@ class ServerState:
         self._pending_user = None
         return self.connection.take_unprocessed()
 
+    def await_login(self) -> None:
+        """The credentials were checked by the process that handed this session over
+        (:mod:`roost.daemon.handoff`): wait for :meth:`login_succeeded` or
+        :meth:`login_failed`, as after a :class:`VerifyLogin` action.
+
+        Raises:
+            LocalProtocolError: not in AUTHORIZATION, or an earlier action is pending.
+        """
+        if self._state is not Pop3State.AUTHORIZATION:
+            raise LocalProtocolError("await_login outside the AUTHORIZATION state")
+        self._expect(_Waiting.NOTHING)
+        self._waiting = _Waiting.LOGIN
+
     def login_succeeded(self, messages: Sequence[MaildropMessage]) -> Send:
         """The credentials were right and the maildrop is open and locked: TRANSACTION.
 
