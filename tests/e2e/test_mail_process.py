@@ -255,40 +255,76 @@ def test_uid_0_a_low_uid_and_a_user_without_home_are_refused(
     assert not (daemon.base / "low").exists()
 
 
-def test_the_helper_refuses_sessions_as_uid_0_or_outside_the_home(
-    base: Path,
-    accounts: Accounts,
+def test_the_helper_checks_the_login_of_a_session_request_itself(
+    base: Path, accounts: Accounts, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """A taken-over worker cannot have a session of a user whose password it lacks."""
+    from roost.auth.passwdfile import hash_password
     from roost.daemon.privhelper import start_helper
 
-    alice = accounts.users["alice"]
+    alice, bob = accounts.users["alice"], accounts.users["bob"]
+    maildir = Path(alice.pw_dir) / "Maildir"
     (base / "etc").mkdir(exist_ok=True)
+    users = base / "etc" / "users"
+    hashed = hash_password(OTHER_PASSWORD, "SHA256-CRYPT")
+    uid, gid = alice.pw_uid, alice.pw_gid
+    # passwd-file users with alice's uid whose mail would be outside her home
+    evil2 = f"evil2:{hashed}:{uid}:{gid}::{alice.pw_dir}::userdb_mail=maildir:/etc/Mx"
+    users.write_text(f"evil:{hashed}:{uid}:{gid}::/etc::\n{evil2}\n")
     config = base / "etc" / "main.cf"
-    config.write_text("mail_location = maildir:~/Maildir\n")
+    config.write_text("mail_location = maildir:~/Maildir\n"
+                      f"auth_backends = passwd-file:{users} pam\n"
+                      f"auth_pam_service = {accounts.pam_service}\n")  # fmt: skip
     client = start_helper(config)
 
-    def refusal(uid: int, **user: object) -> str:
-        fields = {"login": "x", "address": "x", "home": alice.pw_dir, **user}
-        state = {"tag": "a", "remote_ip": "", "local_ip": "", "session_id": "s",
-                 "method": "PLAIN", "login": "x"}  # fmt: skip
-        request = {"op": "session", "protocol": "imap", "service": "imap", "uid": uid,
-                   "user": fields, "state": state}  # fmt: skip
+    def session(uid: int, auth: dict[str, object] | None) -> dict[str, object]:
+        state = {"tag": "a", "remote_ip": "127.0.0.1", "local_ip": "127.0.0.1",
+                 "session_id": "s", "method": "PLAIN", "login": "x"}  # fmt: skip
+        request: dict[str, object] = {"op": "session", "protocol": "imap", "service": "imap",
+                                      "uid": uid, "state": state}  # fmt: skip
+        if auth is not None:
+            request["auth"] = auth
         mine, theirs = socket.socketpair()
         try:
-            reply, _ = client.open_session(request, [theirs.fileno()])
+            reply, control = client.open_session(request, [theirs.fileno()])
+            if reply["ok"] is True:
+                pid = reply["pid"]
+                assert isinstance(pid, int)
+                assert ids(pid)[0] == [alice.pw_uid] * 4
+                theirs.close()
+                assert mine.recv(100).startswith(b"a OK [CAPABILITY")
+            control.close()
         finally:
             mine.close()
             theirs.close()
-        assert reply["ok"] is False and reply["kind"] == "refused", reply
+        return reply
+
+    def refusal(uid: int, auth: dict[str, object] | None, kind: str = "refused") -> str:
+        reply = session(uid, auth)
+        assert reply["ok"] is False and reply["kind"] == kind, reply
         return str(reply["text"])
 
     try:
-        assert "uid 0" in refusal(0, home="/root")
-        assert "outside" in refusal(alice.pw_uid, mail_location="maildir:/etc/Maildir")
-        assert "outside" in refusal(alice.pw_uid, home="/etc")
+        good = {"login": alice.pw_name, "password": PASSWORD}
+        assert "uid 0" in refusal(0, good)
+        assert "no login and password" in refusal(uid, None)
+        assert "must be strings" in refusal(uid, {"login": alice.pw_name})
+        assert refusal(uid, {"login": alice.pw_name, "password": "wrong"}, "auth-failed")
+        assert refusal(uid, {"login": bob.pw_name, "password": PASSWORD}, "auth-failed")
+        assert refusal(uid, {"login": "evil", "password": "wrong"}, "auth-failed")
+        for login in ("evil", "evil2"):  # the right password, but outside the home
+            assert "outside" in refusal(uid, {"login": login, "password": OTHER_PASSWORD})
+        assert not maildir.exists()  # no session process has opened alice's store
+        # the same request with alice's own login and password is served, as alice
+        assert session(uid, good)["ok"] is True
+        assert maildir.stat().st_uid == alice.pw_uid  # made by her session process
     finally:
         client.close()
-    assert not Path("/etc/Maildir").exists()
+    assert not Path("/etc/Mx").exists()
+    log = capfd.readouterr().err
+    refused = re.findall(r"imap-login: session refused \(auth failed\): user=<(\w+)>", log)
+    assert refused == [alice.pw_name, bob.pw_name, "evil"], log
+    assert PASSWORD not in log and OTHER_PASSWORD not in log
 
 
 def test_switched_off_sessions_stay_in_the_worker(base: Path, accounts: Accounts) -> None:

@@ -8,18 +8,22 @@ session from imap-login to an imap process running as the user:
 
 1. the worker checks the password (as before) and the per-user connection limit, then
    makes a ``SOCK_STREAM`` socket pair and sends a ``session`` request to the privileged
-   helper (:mod:`roost.daemon.privhelper`) with one end of it: the user's record (uid,
-   gid, home, ``mail_location``), the protocol and service, and what the session needs to
-   go on (the IMAP tag of the login, TLS or not, the client's addresses, the session id,
-   the SASL mechanism);
+   helper (:mod:`roost.daemon.privhelper`) with one end of it: the uid asked for, the
+   login name and password the client gave (``auth``), the protocol and service, and what
+   the session needs to go on (the IMAP tag of the login, TLS or not, the client's
+   addresses, the session id, the SASL mechanism);
 2. the helper forks a child for it, which checks the request as the helper checks
    deliveries (the uid exists and is at least ``first_valid_uid``, neither it nor its
-   primary group is 0, the mailbox lies in the user's home or ``mail_spool_directory``
-   with no symbolic link below it), imports what it needs and re-reads main.cf as root,
-   becomes the user for good (groups, gid, uid), opens the store (POP3: and locks the
-   maildrop), and answers ``ok`` with its pid, or a refusal that the worker answers with
-   the protocol's error (IMAP ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/PERM]``,
-   ``[SYS/TEMP]`` or ``[IN-USE]``); the session then stays in the worker, not logged in;
+   primary group is 0), re-reads main.cf as root and checks the login and password itself
+   against the user database it names (passwd-file, LDAP, PAM: :func:`verified_user`);
+   the user that check finds must have the uid asked for, and its record (home,
+   ``mail_location``, quota) is the one the session uses, not the worker's. The mailbox
+   must lie in the user's home or ``mail_spool_directory`` with no symbolic link below
+   it. The child then becomes the user for good (groups, gid, uid), opens the store
+   (POP3: and locks the maildrop), and answers ``ok`` with its pid, or a refusal that the
+   worker answers with the protocol's error (IMAP ``NO [UNAVAILABLE]`` or
+   ``[AUTHENTICATIONFAILED]``, POP3 ``-ERR [SYS/PERM]``, ``[SYS/TEMP]``, ``[AUTH]`` or
+   ``[IN-USE]``); the session then stays in the worker, not logged in;
 3. the child runs the normal session code (:class:`roost.imap.session.IMAPSession`,
    :class:`roost.pop3.session.POP3Session`) on its end of the pair, in plaintext, already
    logged in and as secured as the client's connection: it answers the login (IMAP
@@ -105,8 +109,10 @@ class HandOffFailed(Exception):
 
     Attributes:
         kind: ``refused`` (the helper's checks failed: uid 0, no home, a path outside the
-            home), ``in-use`` (POP3: another session holds the maildrop), ``temporary``
-            or ``permanent`` (the store could not be opened; the helper is unreachable).
+            home), ``auth-failed`` (the helper's own check of the login and password
+            failed, or found a user of another uid), ``in-use`` (POP3: another session
+            holds the maildrop), ``temporary`` or ``permanent`` (the store could not be
+            opened, the user database could not answer; the helper is unreachable).
         text: the reason, for the log.
     """
 
@@ -114,18 +120,6 @@ class HandOffFailed(Exception):
         super().__init__(f"{kind}: {text}")
         self.kind = kind
         self.text = text
-
-
-def _user_fields(user: User) -> dict[str, object]:
-    return {
-        "login": user.login,
-        "address": user.address,
-        "uid": user.uid,
-        "gid": user.gid,
-        "home": user.home,
-        "mail_location": user.mail_location,
-        "quota_bytes": user.quota_bytes,
-    }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,7 +138,12 @@ class HandOff:
         return user.uid is not None and user.uid != os.geteuid()
 
     async def start(
-        self, protocol: str, service: str, user: User, state: Mapping[str, object]
+        self,
+        protocol: str,
+        service: str,
+        user: User,
+        state: Mapping[str, object],
+        credentials: tuple[str, str],
     ) -> Proxy:
         """Have the helper start ``user``'s session process; return its proxy, not yet
         attached to the client (:meth:`Proxy.attach`).
@@ -154,18 +153,22 @@ class HandOff:
             service: the listener's service (``imap``, ``imaps``, ``pop3``, ``pop3s``).
             user: who logged in.
             state: what the session process needs to go on (see the module docstring).
+            credentials: the login name and password the client gave (SASL authcid and
+                password, IMAP LOGIN, POP3 USER and PASS), which the helper checks again.
 
         Raises:
-            HandOffFailed: the helper refused, the store could not be opened, or the
-                helper cannot be reached.
+            HandOffFailed: the helper refused (its own check of ``credentials``
+                included), the store could not be opened, or the helper cannot be reached.
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        auth = {"login": credentials[0], "password": credentials[1]}
+        del credentials
         request = {
             "op": "session",
             "protocol": protocol,
             "service": service,
             "uid": user.uid,
-            "user": _user_fields(user),
+            "auth": auth,
             "state": dict(state),
         }
         from roost.daemon.privhelper import HelperError
@@ -182,6 +185,7 @@ class HandOff:
             raise
         finally:
             theirs.close()
+            auth.clear()  # no reference to the password is left here
         if reply.get("ok") is not True:
             mine.close()
             raise HandOffFailed(str(reply.get("kind", "error")), str(reply.get("text", "?")))
@@ -408,8 +412,13 @@ class _RelayingBus(ChangeBus):
 
 def preload() -> None:
     """Import what a session process runs (in the helper, at its start)."""
+    import codecs
     import concurrent.futures.thread  # noqa: F401
 
+    for encoding in ("ascii", "latin-1", "utf-8"):  # the codecs are modules, found lazily
+        codecs.lookup(encoding)
+
+    import roost.auth.factory
     import roost.delivery.local
     import roost.imap.server
     import roost.pop3.server
@@ -423,28 +432,77 @@ def _str(state: Mapping[str, object], key: str) -> str:
     return value
 
 
-def _user(fields: object, uid: int, gid: int) -> User:
-    if not isinstance(fields, dict):
-        raise ValueError("user must be an object")
-    login, address = fields.get("login"), fields.get("address")
-    home, location = fields.get("home"), fields.get("mail_location")
-    quota = fields.get("quota_bytes")
-    if not isinstance(login, str) or not login or not isinstance(address, str):
-        raise ValueError("bad login or address")
-    if home is not None and not isinstance(home, str):
-        raise ValueError("bad home")
-    if location is not None and not isinstance(location, str):
-        raise ValueError("bad mail_location")
-    if quota is not None and (not isinstance(quota, int) or quota < 0):
-        raise ValueError("bad quota_bytes")
-    return User(login, address, uid=uid, gid=gid, home=home, mail_location=location,
-                quota_bytes=quota)  # fmt: skip
+def verified_user(
+    settings: Settings, auth: object, uid: int, remote_ip: str, protocol: str = "session"
+) -> User:
+    """Check a session request's login and password against the user database of
+    ``settings`` (``auth_backends``: passwd-file, LDAP, PAM; run as root in the helper's
+    child, so PAM reads /etc/shadow itself); the user found must have ``uid``.
+
+    The worker checked them already; checking them again here means a worker taken over
+    cannot get a session of a user whose password it does not have (Dovecot's master
+    starts a mail process only for a login its auth process vouches for). The password
+    is taken out of ``auth`` (a dict: ``login``, ``password``) before it is checked.
+
+    Args:
+        settings: main.cf as the helper's child re-read it.
+        auth: the request's ``auth`` object.
+        uid: the uid the request asks for.
+        remote_ip: the client's address (for a user's ``allow_nets``), "" for none.
+        protocol: for the log line.
+
+    Returns:
+        The user as the database has it.
+
+    Raises:
+        HandOffFailed: ``refused`` (no ``auth``, or not strings), ``auth-failed`` (wrong
+            login or password, a disabled user, another uid; logged as a failed login),
+            ``temporary`` (no user database, or it could not answer).
+    """
+    from roost.auth.factory import build_user_database
+
+    if not isinstance(auth, dict):
+        raise HandOffFailed("refused", "no login and password to check")
+    login, password = auth.pop("login", None), auth.pop("password", None)
+    auth.clear()
+    if not isinstance(login, str) or not isinstance(password, str) or not login:
+        raise HandOffFailed("refused", "login and password must be strings")
+    users = build_user_database(settings)
+    if users is None:
+        raise HandOffFailed("temporary", "auth_backends is empty: no login can be checked")
+    try:
+        result = users.verify_sync(login, password, remote_address=remote_ip or None)
+    finally:
+        del password
+        for backend in users.backends:  # no directory connection into the session
+            close = getattr(backend, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+    user = result.user
+    if result.failure is not None and result.failure.temporary:
+        log.warning("%s-login: auth: %s: %s", protocol, login, result.message)
+        raise HandOffFailed("temporary", f"cannot check the login of {login}: {result.message}")
+    if user is None or user.uid != uid:
+        why = result.message or (
+            "wrong login or password" if user is None else f"{user.login} has uid {user.uid}"
+        )
+        log.warning(
+            "%s-login: session refused (auth failed): user=<%s>, uid=%d, rip=%s: %s",
+            protocol,
+            login,
+            uid,
+            remote_ip,
+            why,
+        )
+        raise HandOffFailed("auth-failed", f"the helper's check of {login} failed")
+    return user
 
 
 def serve_session(
     settings: Settings,
     config: Path,
-    request: Mapping[str, object],
+    request: dict[str, object],
     fds: Sequence[int],
     conn: socket.socket,
 ) -> None:
@@ -454,7 +512,7 @@ def serve_session(
     Args:
         settings: the helper's settings (used when main.cf cannot be read again).
         config: main.cf, re-read for the session's settings.
-        request: the request (``protocol``, ``service``, ``uid``, ``user``, ``state``).
+        request: the request (``protocol``, ``service``, ``uid``, ``auth``, ``state``).
         fds: the descriptors that came with it (one: the session's socket).
         conn: the request's connection (the reply, then the control channel).
     """
@@ -480,11 +538,19 @@ def serve_session(
         if not isinstance(state, dict):
             raise Refused("state must be an object")
         try:
-            user = _user(request.get("user"), account.uid, account.gid)
             for key in ("remote_ip", "local_ip", "session_id", "method", "login", "tag"):
                 _str(state, key)
         except ValueError as exc:
             raise Refused(str(exc)) from None
+        user = verified_user(
+            settings,
+            request.pop("auth", None),
+            account.uid,
+            _str(state, "remote_ip"),
+            str(protocol),
+        )
+        user = dataclasses.replace(user, gid=account.gid)
+        state["login"] = user.login  # what the log says is who logged in
         preload()
         from roost.delivery.errors import DeliveryError
         from roost.delivery.local import user_mailbox
@@ -510,6 +576,10 @@ def serve_session(
         log.warning("refused session request: %s", exc)
         _close(data, fds)
         send_frame(conn, {"ok": False, "kind": "refused", "text": str(exc)})
+        return
+    except HandOffFailed as failure:  # logged by verified_user
+        _close(data, fds)
+        send_frame(conn, {"ok": False, "kind": failure.kind, "text": failure.text})
         return
     except Exception as exc:
         log.exception("session request failed")

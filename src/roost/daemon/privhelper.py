@@ -12,7 +12,8 @@ before it drops its privileges (:mod:`roost.daemon.privileges`), and keeps one e
 * ``forward``: read a user's ``~/.forward`` with the user's rights;
 * ``tls``: read the TLS certificate and key files that main.cf names (for SIGHUP);
 * ``session``: run an IMAP or POP3 session of a user after its login, as that user
-  (:mod:`roost.daemon.handoff`; the child answers, then serves the session).
+  (:mod:`roost.daemon.handoff`; the child checks the login and password again against the
+  user database, answers, then serves the session).
 
 Each request gets its own connection: the client makes a fresh ``SOCK_STREAM`` socket pair
 and sends one end over the helper's channel (``SCM_RIGHTS``); the helper forks a child per
@@ -25,7 +26,8 @@ Checks (a failure is a ``refused`` reply, nothing is done): the uid exists in th
 database and neither it nor its group is 0; paths are absolute, normalised, and inside the
 user's home directory or ``mail_spool_directory``; no path component below that root is a
 symbolic link (each is opened with ``O_PATH | O_NOFOLLOW`` relative to its parent); PAM
-logins name an existing account of at least ``first_valid_uid``; TLS files are only those
+logins name an existing account of at least ``first_valid_uid``; sessions are only for a
+user whose login and password the child verified itself; TLS files are only those
 main.cf (re-read by the helper) names. The writes then happen with the user's own rights,
 so a race with the checks gains a user nothing they could not do already.
 

@@ -1160,7 +1160,7 @@ class IMAPSession(asyncio.Protocol):
                 UNAVAILABLE,
             )
         if shared.handoff is not None and shared.handoff.wanted(user):
-            return await self._hand_off(shared.handoff, tag, user, key)
+            return await self._hand_off(shared.handoff, tag, user, key, (login, password))
         try:
             store = await self._call(shared.open_store, user)
         except (StoreUnavailable, StoreError) as error:
@@ -1171,10 +1171,16 @@ class IMAPSession(asyncio.Protocol):
         return await self._logged_in(tag, user, store)
 
     async def _hand_off(
-        self, handoff: HandOff, tag: str, user: User, key: tuple[str, str]
+        self,
+        handoff: HandOff,
+        tag: str,
+        user: User,
+        key: tuple[str, str],
+        credentials: tuple[str, str],
     ) -> TaggedResponse:
         """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
-        answers the login. Raises :class:`_HandedOff` when it has taken over."""
+        answers the login. ``credentials`` (login, password) are checked again by the
+        privileged helper. Raises :class:`_HandedOff` when it has taken over."""
         from roost.daemon.handoff import HandOffFailed
 
         state = {
@@ -1188,10 +1194,12 @@ class IMAPSession(asyncio.Protocol):
         }
         try:
             await self._flush()  # what was answered before the login goes first
-            proxy = await handoff.start("imap", self.config.service, user, state)
+            proxy = await handoff.start("imap", self.config.service, user, state, credentials)
         except HandOffFailed as failure:
             self.shared.registry.remove_user(key)
             log_imap.error("imap(%s): cannot start the mail process: %s", user.login, failure)
+            if failure.kind == "auth-failed":
+                return TaggedResponse(tag, "NO", "Authentication failed.", AUTHENTICATIONFAILED)
             return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
         except BaseException:
             self.shared.registry.remove_user(key)

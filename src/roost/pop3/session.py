@@ -763,7 +763,7 @@ class POP3Session(asyncio.Protocol):
             self._queue(render.err(text, RespCode.SYS_TEMP))
             return
         if shared.handoff is not None and shared.handoff.wanted(user):
-            await self._hand_off(shared.handoff, server, user, key)
+            await self._hand_off(shared.handoff, server, user, key, (login, credentials.password))
             return
         try:
             maildrop = await shared.open_maildrop(user)
@@ -784,10 +784,16 @@ class POP3Session(asyncio.Protocol):
             await maildrop.close()
 
     async def _hand_off(
-        self, handoff: HandOff, server: ServerState, user: User, key: tuple[str, str]
+        self,
+        handoff: HandOff,
+        server: ServerState,
+        user: User,
+        key: tuple[str, str],
+        credentials: tuple[str, str],
     ) -> None:
         """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
-        answers the login. Raises :class:`_HandedOff` when it has taken over."""
+        answers the login. ``credentials`` (login, password) are checked again by the
+        privileged helper. Raises :class:`_HandedOff` when it has taken over."""
         from roost.daemon.handoff import HandOffFailed
 
         state = {
@@ -801,13 +807,14 @@ class POP3Session(asyncio.Protocol):
         }
         try:
             await self._flush()  # what was answered before the login goes first
-            proxy = await handoff.start("pop3", self.config.service, user, state)
+            proxy = await handoff.start("pop3", self.config.service, user, state, credentials)
         except HandOffFailed as failure:
             self.shared.registry.remove_user(key)
             log_pop3.error("pop3(%s): cannot start the mail process: %s", user.login, failure)
             failed = {
                 "in-use": Failure.IN_USE,
                 "temporary": Failure.TEMPORARY,
+                "auth-failed": Failure.AUTH_FAILED,
             }.get(failure.kind, Failure.PERMANENT)
             self._queue(server.login_failed(failed).data)
             return
