@@ -29,7 +29,7 @@ import pwd
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
@@ -528,36 +528,24 @@ class LocalTransport:
         self, path: Path, job: DeliveryJob, prepend: bytes, uid: int | None, gid: int | None
     ) -> None:
         helper = self._as_user(uid)
+        config = self.config
+        # the options deliver_mbox takes, the same for the privileged helper (which calls
+        # deliver_mbox as the user) and for a delivery in this process
+        options = _MboxOptions(
+            envelope_sender=job.envelope.envelope_sender,
+            prepend=prepend,
+            lock_timeout=config.lock_timeout,
+            lock_delay=config.lock_delay,
+            stale_lock_time=config.stale_lock_time,
+            locks=config.locks,
+            size_limit=config.mailbox_size_limit,
+            arrival_time=job.envelope.arrival_time,
+        )
         with job.open_content() as message:
             if helper is not None and uid is not None:
-                helper.mbox(
-                    path,
-                    message,
-                    uid=uid,
-                    envelope_sender=job.envelope.envelope_sender,
-                    prepend=prepend,
-                    lock_timeout=self.config.lock_timeout,
-                    lock_delay=self.config.lock_delay,
-                    stale_lock_time=self.config.stale_lock_time,
-                    locks=self.config.locks,
-                    size_limit=self.config.mailbox_size_limit,
-                    arrival_time=job.envelope.arrival_time,
-                )
-                return
-            deliver_mbox(
-                path,
-                message,
-                envelope_sender=job.envelope.envelope_sender,
-                prepend=prepend,
-                uid=uid,
-                gid=gid,
-                lock_timeout=self.config.lock_timeout,
-                lock_delay=self.config.lock_delay,
-                stale_lock_time=self.config.stale_lock_time,
-                locks=self.config.locks,
-                size_limit=self.config.mailbox_size_limit,
-                arrival_time=job.envelope.arrival_time,
-            )
+                helper.mbox(path, message, uid=uid, **options)
+            else:
+                deliver_mbox(path, message, uid=uid, gid=gid, **options)
 
     async def _forward(
         self, job: DeliveryJob, targets: Sequence[AddressTarget], original: str | None
@@ -610,6 +598,19 @@ class LocalTransport:
             if user is not None:
                 return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
         return self.system_accounts(name.lower())
+
+
+class _MboxOptions(TypedDict):
+    """The keyword arguments :func:`deliver_mbox` and :meth:`SystemDelivery.mbox` share."""
+
+    envelope_sender: str
+    prepend: bytes
+    lock_timeout: float
+    lock_delay: float
+    stale_lock_time: float
+    locks: tuple[str, ...]
+    size_limit: int
+    arrival_time: float | None
 
 
 def _orcpt_address(recipient: Recipient) -> str | None:
