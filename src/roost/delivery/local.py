@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
 import pwd
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
+from roost.delivery._stream import MessageSource
 from roost.delivery.aliases import (
     AddressTarget,
     CommandTarget,
@@ -495,8 +497,8 @@ class LocalTransport:
         folder: str | None,
     ) -> None:
         helper = self._as_user(uid)
-        with job.open_content() as message:
-            if helper is not None and uid is not None:
+        if helper is not None and uid is not None:
+            with job.open_content() as message:  # the helper needs a file descriptor
                 written = helper.maildir(
                     path,
                     message,
@@ -508,8 +510,9 @@ class LocalTransport:
                     autocreate_folder=self.config.autocreate_folder,
                     hostname=self.config.hostname,
                 )
-                notify_delivery(written.parent.parent)
-                return
+            notify_delivery(written.parent.parent)
+            return
+        with _content(job) as message:
             written = deliver_maildir(
                 path,
                 message,
@@ -541,10 +544,11 @@ class LocalTransport:
             size_limit=config.mailbox_size_limit,
             arrival_time=job.envelope.arrival_time,
         )
-        with job.open_content() as message:
-            if helper is not None and uid is not None:
+        if helper is not None and uid is not None:
+            with job.open_content() as message:  # the helper needs a file descriptor
                 helper.mbox(path, message, uid=uid, **options)
-            else:
+        else:
+            with _content(job) as message:
                 deliver_mbox(path, message, uid=uid, gid=gid, **options)
 
     async def _forward(
@@ -625,13 +629,29 @@ def _unknown(index: int, user: str, relay: str) -> RecipientResult:
     return RecipientResult(index, Outcome.BOUNCED, "5.1.1", f'unknown user: "{user}"', relay)
 
 
-def _read_header(job: DeliveryJob) -> bytes:
+@contextlib.contextmanager
+def _content(job: DeliveryJob) -> Iterator[MessageSource]:
+    """The message for a write in this process: the bytes the queue manager read already,
+    else the open queue file (closed afterwards)."""
+    if job.content is not None:
+        yield job.content
+        return
     with job.open_content() as handle:
-        data = handle.read(256 * 1024)
+        yield handle
+
+
+def _read_header(job: DeliveryJob) -> bytes:
+    if job.content is not None:
+        data = job.content[: 256 * 1024]
+    else:
+        with job.open_content() as handle:
+            data = handle.read(256 * 1024)
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
 
 
 def _read_all(job: DeliveryJob) -> bytes:
+    if job.content is not None:
+        return job.content
     with job.open_content() as handle:
         return handle.read()
