@@ -55,6 +55,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -720,9 +721,28 @@ class WorkerPool:
         self.forker.sock.setblocking(False)
         loop.add_reader(self.forker.sock.fileno(), self._forker_readable)
 
-        def relay(key: str) -> None:  # local delivery publishes from threads too
-            message: Message = {"t": "bus", "p": key}
-            loop.call_soon_threadsafe(self.broadcast, message, None)
+        # Local delivery publishes from its threads, one change per delivered message.
+        # Changes of one mailbox published before the loop sends them go out as one
+        # message: it leaves after every one of those changes is on disk, so the receivers
+        # sync past all of them (one loop wake-up and one line per worker for a burst).
+        pending: dict[str, None] = {}
+        pending_lock = threading.Lock()
+
+        def send_pending() -> None:
+            with pending_lock:
+                keys = list(pending)
+                pending.clear()
+            for key in keys:
+                self.broadcast({"t": "bus", "p": key}, None)
+
+        def relay(key: str) -> None:
+            with pending_lock:
+                if key in pending:
+                    return
+                wake = not pending
+                pending[key] = None
+            if wake:
+                loop.call_soon_threadsafe(send_pending)
 
         DEFAULT_BUS.relay = relay
         self._starting = True
