@@ -1123,8 +1123,9 @@ class QueueDirectory:
             OSError: reading failed.
         """
         _check_queue_id(queue_id)
+        directory = self._dir_fd(queue)  # names relative to it: a one-component lookup
         try:
-            fd = os.open(self.file_name(queue, queue_id), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(queue_id, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
         except FileNotFoundError:
             return None
         try:
@@ -1146,7 +1147,7 @@ class QueueDirectory:
             content = None if data is None else data[: layout.content_length]
             try:
                 env_fd = os.open(
-                    self.file_name(queue, queue_id, ENVELOPE_SUFFIX), os.O_RDONLY | os.O_CLOEXEC
+                    queue_id + ENVELOPE_SUFFIX, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory
                 )
             except FileNotFoundError:
                 pass
