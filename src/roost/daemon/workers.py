@@ -88,6 +88,11 @@ _YOUNG: Final = 5.0
 _RESTART_PAUSE: Final = 1.0
 
 
+#: How long the master gathers mailbox change notices before relaying them to the
+#: workers (seconds): IMAP IDLE and POP3 learn of a delivery this much later at most.
+BUS_RELAY_DELAY: Final = 0.02
+
+
 def worker_count(settings: Settings) -> int:
     """Return how many worker processes ``worker_processes`` asks for (1: none).
 
@@ -722,9 +727,10 @@ class WorkerPool:
         loop.add_reader(self.forker.sock.fileno(), self._forker_readable)
 
         # Local delivery publishes from its threads, one change per delivered message.
-        # Changes of one mailbox published before the loop sends them go out as one
+        # Changes are gathered for BUS_RELAY_DELAY and each mailbox's go out as one
         # message: it leaves after every one of those changes is on disk, so the receivers
-        # sync past all of them (one loop wake-up and one line per worker for a burst).
+        # sync past all of them (one loop wake-up and one line per worker for a burst, not
+        # one per delivered message).
         pending: dict[str, None] = {}
         pending_lock = threading.Lock()
 
@@ -742,7 +748,7 @@ class WorkerPool:
                 wake = not pending
                 pending[key] = None
             if wake:
-                loop.call_soon_threadsafe(send_pending)
+                loop.call_soon_threadsafe(loop.call_later, BUS_RELAY_DELAY, send_pending)
 
         DEFAULT_BUS.relay = relay
         self._starting = True
