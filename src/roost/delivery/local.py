@@ -52,7 +52,7 @@ from roost.delivery.headers import delivered_to_addresses, delivery_headers
 from roost.delivery.maildir import deliver_maildir
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
-from roost.delivery.router import Destination, Router
+from roost.delivery.router import Destination, Router, parse_recipient
 from roost.queue.envelope import Envelope, Recipient, WithProtocol
 from roost.queue.errors import SpoolError
 from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
@@ -249,7 +249,7 @@ class LocalTransport:
         seen: Callable[[], Awaitable[Collection[str]]],
     ) -> RecipientResult:
         try:
-            address = parse_mailbox(recipient.address, smtputf8=True)
+            address = parse_recipient(recipient.address)
         except AddressError as exc:
             return RecipientResult(index, Outcome.BOUNCED, "5.1.3", str(exc), "local")
         domain = address.domain_key if address.domain else ""

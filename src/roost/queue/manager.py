@@ -36,8 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol
 
-from roost.address import AddressError, parse_mailbox
-from roost.delivery.router import Destination, Router
+from roost.address import AddressError
+from roost.delivery.router import Destination, Router, parse_recipient
 from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
 from roost.queue.directory import QueueDirectory, QueueName
 from roost.queue.envelope import Envelope, Recipient, RecipientState, WithProtocol
@@ -453,7 +453,7 @@ class QueueManager:
         results: list[RecipientResult] = []
         for index, recipient in due:
             try:
-                address = parse_mailbox(recipient.address, smtputf8=True)
+                address = parse_recipient(recipient.address)
             except AddressError as exc:
                 results.append(
                     RecipientResult(index, Outcome.BOUNCED, "5.1.3", f"bad address: {exc}")
