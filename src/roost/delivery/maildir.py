@@ -50,6 +50,8 @@ _SUBDIRS: Final = ("cur", "new", "tmp")
 _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _SIZE_IN_NAME: Final = re.compile(r",S=(\d+)")
+#: Bytes gathered before a write() of the message file.
+_WRITE_SIZE: Final = 64 * 1024
 
 #: Maildirs this process has seen complete (``cur``, ``new``, ``tmp``): no ``mkdir``
 #: probes for them on each delivery. A Maildir removed meanwhile is created again.
@@ -353,8 +355,9 @@ def deliver_maildir(
             )
     except OSError as exc:
         raise DeliveryError.from_os_error(exc, action) from exc
+    directory = str(target)  # str paths from here: no pathlib on the per-message path
     try:
-        base, fd, tmp_path = _create_tmp(target, hostname)
+        base, fd, tmp_path = _create_tmp(directory, hostname)
     except DeliveryError as exc:
         if not isinstance(exc.__cause__, FileNotFoundError) or known not in _known_maildirs:
             raise
@@ -374,20 +377,28 @@ def deliver_maildir(
             hostname=hostname,
             directory_sync=directory_sync,
         )
-    linked: Path | None = None
+    linked: str | None = None
     try:
         try:
             if uid is not None or gid is not None:
                 os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
             converter = UnixConverter()
+            pending: list[bytes] = []  # written together: one write() for a small message
+            pending_size = 0
             for data in with_prepend(prepend, message):
                 out = converter.feed(data)
                 if size_limit and converter.size > size_limit:
                     raise QuotaExceeded(
                         f"message larger than the mailbox size limit ({size_limit} bytes)"
                     )
-                _write_all(fd, out)
-            _write_all(fd, converter.finish())
+                pending.append(out)
+                pending_size += len(out)
+                if pending_size >= _WRITE_SIZE:
+                    _write_all(fd, b"".join(pending))
+                    pending.clear()
+                    pending_size = 0
+            pending.append(converter.finish())
+            _write_all(fd, b"".join(pending))
             if size_limit and converter.size > size_limit:
                 raise QuotaExceeded(
                     f"message larger than the mailbox size limit ({size_limit} bytes)"
@@ -401,13 +412,14 @@ def deliver_maildir(
                 f"mailbox full: {maildir} has no room for {size} bytes (quota {quota_bytes})",
                 temporary=quota_temporary,
             )
-        final = target / "new" / f"{base},S={size},W={size + converter.newlines}"
+        new = directory + "/new"
+        final = f"{new}/{base},S={size},W={size + converter.newlines}"
         # rename, not link + unlink (the Maildir spec's way): one directory operation less
         # per message. As Dovecot argues (maildir-save.c), the name is unique, so link()'s
         # refusal to replace a file buys no safety here.
         os.rename(tmp_path, final)
         linked = final
-        directory_sync.sync(str(target / "new"))
+        directory_sync.sync(new)
     except BaseException as exc:
         if isinstance(exc, FileNotFoundError):
             _known_maildirs.discard(known)  # check the directories again next time
@@ -420,16 +432,16 @@ def deliver_maildir(
         if isinstance(exc, OSError):
             raise DeliveryError.from_os_error(exc, action) from exc
         raise
-    _update_maildirsize(maildir, size)
-    return final
+    _update_maildirsize(known, size)
+    return Path(final)
 
 
-def _create_tmp(target: Path, hostname: str | None) -> tuple[str, int, Path]:
+def _create_tmp(target: str, hostname: str | None) -> tuple[str, int, str]:
     """Create a new file in ``tmp/``; return (base name, descriptor, path)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _attempt in range(10):
         base = unique_name(hostname)
-        path = target / "tmp" / base
+        path = f"{target}/tmp/{base}"
         try:
             fd = os.open(path, flags, _FILE_MODE)
         except FileExistsError:
@@ -437,13 +449,13 @@ def _create_tmp(target: Path, hostname: str | None) -> tuple[str, int, Path]:
         except OSError as exc:
             raise DeliveryError.from_os_error(exc, f"cannot create {path}") from exc
         return base, fd, path
-    raise DeliveryError(True, "4.3.0", f"cannot create a unique file in {target / 'tmp'}")
+    raise DeliveryError(True, "4.3.0", f"cannot create a unique file in {target}/tmp")
 
 
-def _update_maildirsize(maildir: Path, size: int) -> None:
+def _update_maildirsize(maildir: str, size: int) -> None:
     """Append ``size 1`` to Maildir++ ``maildirsize`` when the file exists."""
     try:
-        fd = os.open(maildir / "maildirsize", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        fd = os.open(maildir + "/maildirsize", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
     except OSError:
         return
     try:
