@@ -89,6 +89,21 @@ def test_virtual_user_gets_the_message_with_local8_headers(instance: Instance) -
     assert f"{queue_id}: removed" in log
 
 
+@pytest.mark.parametrize("lines", [3, 3000])  # ~0.2 KB from memory, ~230 KB from the file
+def test_small_and_large_messages_arrive_byte_for_byte(instance: Instance, lines: int) -> None:
+    # the queue manager hands a small message's content to the transport from memory
+    # (queue.manager.CONTENT_IN_MEMORY) and lets a large one be read from the queue file
+    body = b"".join(b"line %05d of %d: %s\r\n" % (n, lines, b"x" * 60) for n in range(lines))
+    data = b"From: <sender@example.org>\r\nSubject: size %d\r\n\r\n%s" % (lines, body)
+    before = len(instance.delivered("bob"))
+    with instance.smtp() as client:
+        client.sendmail("sender@example.org", ["bob@virtual.test"], data)
+    [path] = instance.wait_delivered("bob", before + 1)[before:]
+    raw = path.read_bytes()
+    assert b"Subject: size %d\n" % lines in raw
+    assert raw.split(b"\n\n", 1)[1] == body.replace(b"\r\n", b"\n")
+
+
 def test_team_alias_reaches_each_member_once(instance: Instance) -> None:
     alice, bob = len(instance.delivered("alice")), len(instance.delivered("bob"))
     send(instance, ["team@roost.test"], "team news")

@@ -343,7 +343,16 @@ class UserDatabase:
         return (normalized,)
 
     def lookup_sync(self, name: str) -> User | None:
-        """Blocking :meth:`lookup`, for worker threads and command-line tools."""
+        """Blocking :meth:`lookup`, for worker threads and command-line tools.
+
+        Answered from the backends' memory when they can (as :meth:`lookup` does: a
+        passwd-file checked for changes at most once a second), else by asking them.
+        """
+        if self._nowait is not None:
+            try:
+                return self._lookup_nowait(name, self._nowait)
+            except LookupWouldBlock:
+                pass
         errors: list[str] = []
         for candidate in self.candidates(name):
             for backend in self._backends:

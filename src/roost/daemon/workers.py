@@ -55,6 +55,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ _PR_SET_PDEATHSIG: Final = 1
 #: A worker that dies younger than this many seconds is restarted after a pause.
 _YOUNG: Final = 5.0
 _RESTART_PAUSE: Final = 1.0
+
+
+#: How long the master gathers mailbox change notices before relaying them to the
+#: workers (seconds): IMAP IDLE and POP3 learn of a delivery this much later at most.
+BUS_RELAY_DELAY: Final = 0.02
 
 
 def worker_count(settings: Settings) -> int:
@@ -720,9 +726,29 @@ class WorkerPool:
         self.forker.sock.setblocking(False)
         loop.add_reader(self.forker.sock.fileno(), self._forker_readable)
 
-        def relay(key: str) -> None:  # local delivery publishes from threads too
-            message: Message = {"t": "bus", "p": key}
-            loop.call_soon_threadsafe(self.broadcast, message, None)
+        # Local delivery publishes from its threads, one change per delivered message.
+        # Changes are gathered for BUS_RELAY_DELAY and each mailbox's go out as one
+        # message: it leaves after every one of those changes is on disk, so the receivers
+        # sync past all of them (one loop wake-up and one line per worker for a burst, not
+        # one per delivered message).
+        pending: dict[str, None] = {}
+        pending_lock = threading.Lock()
+
+        def send_pending() -> None:
+            with pending_lock:
+                keys = list(pending)
+                pending.clear()
+            for key in keys:
+                self.broadcast({"t": "bus", "p": key}, None)
+
+        def relay(key: str) -> None:
+            with pending_lock:
+                if key in pending:
+                    return
+                wake = not pending
+                pending[key] = None
+            if wake:
+                loop.call_soon_threadsafe(loop.call_later, BUS_RELAY_DELAY, send_pending)
 
         DEFAULT_BUS.relay = relay
         self._starting = True

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
 import pwd
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
+from roost.delivery._stream import MessageSource
 from roost.delivery.aliases import (
     AddressTarget,
     CommandTarget,
@@ -50,7 +52,7 @@ from roost.delivery.headers import delivered_to_addresses, delivery_headers
 from roost.delivery.maildir import deliver_maildir
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
-from roost.delivery.router import Destination, Router
+from roost.delivery.router import Destination, Router, parse_recipient
 from roost.queue.envelope import Envelope, Recipient, WithProtocol
 from roost.queue.errors import SpoolError
 from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
@@ -247,7 +249,7 @@ class LocalTransport:
         seen: Callable[[], Awaitable[Collection[str]]],
     ) -> RecipientResult:
         try:
-            address = parse_mailbox(recipient.address, smtputf8=True)
+            address = parse_recipient(recipient.address)
         except AddressError as exc:
             return RecipientResult(index, Outcome.BOUNCED, "5.1.3", str(exc), "local")
         domain = address.domain_key if address.domain else ""
@@ -495,8 +497,8 @@ class LocalTransport:
         folder: str | None,
     ) -> None:
         helper = self._as_user(uid)
-        with job.open_content() as message:
-            if helper is not None and uid is not None:
+        if helper is not None and uid is not None:
+            with job.open_content() as message:  # the helper needs a file descriptor
                 written = helper.maildir(
                     path,
                     message,
@@ -508,8 +510,9 @@ class LocalTransport:
                     autocreate_folder=self.config.autocreate_folder,
                     hostname=self.config.hostname,
                 )
-                notify_delivery(written.parent.parent)
-                return
+            notify_delivery(written.parent.parent)
+            return
+        with _content(job) as message:
             written = deliver_maildir(
                 path,
                 message,
@@ -528,36 +531,25 @@ class LocalTransport:
         self, path: Path, job: DeliveryJob, prepend: bytes, uid: int | None, gid: int | None
     ) -> None:
         helper = self._as_user(uid)
-        with job.open_content() as message:
-            if helper is not None and uid is not None:
-                helper.mbox(
-                    path,
-                    message,
-                    uid=uid,
-                    envelope_sender=job.envelope.envelope_sender,
-                    prepend=prepend,
-                    lock_timeout=self.config.lock_timeout,
-                    lock_delay=self.config.lock_delay,
-                    stale_lock_time=self.config.stale_lock_time,
-                    locks=self.config.locks,
-                    size_limit=self.config.mailbox_size_limit,
-                    arrival_time=job.envelope.arrival_time,
-                )
-                return
-            deliver_mbox(
-                path,
-                message,
-                envelope_sender=job.envelope.envelope_sender,
-                prepend=prepend,
-                uid=uid,
-                gid=gid,
-                lock_timeout=self.config.lock_timeout,
-                lock_delay=self.config.lock_delay,
-                stale_lock_time=self.config.stale_lock_time,
-                locks=self.config.locks,
-                size_limit=self.config.mailbox_size_limit,
-                arrival_time=job.envelope.arrival_time,
-            )
+        config = self.config
+        # the options deliver_mbox takes, the same for the privileged helper (which calls
+        # deliver_mbox as the user) and for a delivery in this process
+        options = _MboxOptions(
+            envelope_sender=job.envelope.envelope_sender,
+            prepend=prepend,
+            lock_timeout=config.lock_timeout,
+            lock_delay=config.lock_delay,
+            stale_lock_time=config.stale_lock_time,
+            locks=config.locks,
+            size_limit=config.mailbox_size_limit,
+            arrival_time=job.envelope.arrival_time,
+        )
+        if helper is not None and uid is not None:
+            with job.open_content() as message:  # the helper needs a file descriptor
+                helper.mbox(path, message, uid=uid, **options)
+        else:
+            with _content(job) as message:
+                deliver_mbox(path, message, uid=uid, gid=gid, **options)
 
     async def _forward(
         self, job: DeliveryJob, targets: Sequence[AddressTarget], original: str | None
@@ -612,6 +604,19 @@ class LocalTransport:
         return self.system_accounts(name.lower())
 
 
+class _MboxOptions(TypedDict):
+    """The keyword arguments :func:`deliver_mbox` and :meth:`SystemDelivery.mbox` share."""
+
+    envelope_sender: str
+    prepend: bytes
+    lock_timeout: float
+    lock_delay: float
+    stale_lock_time: float
+    locks: tuple[str, ...]
+    size_limit: int
+    arrival_time: float | None
+
+
 def _orcpt_address(recipient: Recipient) -> str | None:
     """The address part of an ``rfc822;`` ORCPT (the recipient before forwarding)."""
     if recipient.orcpt is None:
@@ -624,13 +629,29 @@ def _unknown(index: int, user: str, relay: str) -> RecipientResult:
     return RecipientResult(index, Outcome.BOUNCED, "5.1.1", f'unknown user: "{user}"', relay)
 
 
-def _read_header(job: DeliveryJob) -> bytes:
+@contextlib.contextmanager
+def _content(job: DeliveryJob) -> Iterator[MessageSource]:
+    """The message for a write in this process: the bytes the queue manager read already,
+    else the open queue file (closed afterwards)."""
+    if job.content is not None:
+        yield job.content
+        return
     with job.open_content() as handle:
-        data = handle.read(256 * 1024)
+        yield handle
+
+
+def _read_header(job: DeliveryJob) -> bytes:
+    if job.content is not None:
+        data = job.content[: 256 * 1024]
+    else:
+        with job.open_content() as handle:
+            data = handle.read(256 * 1024)
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
 
 
 def _read_all(job: DeliveryJob) -> bytes:
+    if job.content is not None:
+        return job.content
     with job.open_content() as handle:
         return handle.read()

@@ -17,16 +17,24 @@ Address classes (Postfix ADDRESS_CLASS_README):
 from __future__ import annotations
 
 import enum
+import functools
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from roost.address import Address, domain_matches, split_extension
+from roost.address import Address, domain_matches, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError
 from roost.config import Settings
 
-__all__ = ["Destination", "RecipientStatus", "Router", "UserLookup", "router_from_settings"]
+__all__ = [
+    "Destination",
+    "RecipientStatus",
+    "Router",
+    "UserLookup",
+    "parse_recipient",
+    "router_from_settings",
+]
 
 
 class Destination(enum.Enum):
@@ -169,3 +177,16 @@ def router_from_settings(
         alias_exists=alias_exists,
         users=users,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_recipient(address: str) -> Address:
+    """Parse a queued recipient address (``parse_mailbox(address, smtputf8=True)``).
+
+    Cached: the queue manager and the local transport parse every recipient of every
+    message, and most mail goes to a few addresses (``Address`` is immutable).
+
+    Raises:
+        AddressError: not a valid mailbox (not cached: raised again each time).
+    """
+    return parse_mailbox(address, smtputf8=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 import json
 import math
@@ -115,6 +116,8 @@ def _check_text(field: str, value: object, *, allow_empty: bool = True) -> None:
         raise EnvelopeError(field, f"must be a string, got {type(value).__name__}")
     if not value and not allow_empty:
         raise EnvelopeError(field, "must not be empty")
+    if value.isascii() and value.isprintable():
+        return  # the usual case, checked at C speed: no control characters, no surrogates
     if _CONTROL_RE.search(value):
         raise EnvelopeError(field, "must not contain control characters (CR, LF, NUL...)")
     try:
@@ -280,12 +283,10 @@ class Envelope:
                 raise EnvelopeError("envid", "must be at most 100 ASCII characters")
         if self.client_address is not None:
             _check_text("client_address", self.client_address)
-            try:
-                ipaddress.ip_address(self.client_address)
-            except ValueError:
+            if not _is_ip_address(self.client_address):
                 raise EnvelopeError(
                     "client_address", f"is not an IP address: {self.client_address!r}"
-                ) from None
+                )
         for name in ("client_hostname", "helo_name", "sasl_method", "sasl_username"):
             _check_optional_text(name, getattr(self, name))
         if not isinstance(self.delay_warned, bool):
@@ -297,9 +298,17 @@ class Envelope:
         Raises:
             IndexError: there is no recipient ``index``.
         """
+        if not isinstance(recipient, Recipient):
+            raise EnvelopeError(f"recipients[{index}]", "must be a Recipient")
         recipients = list(self.recipients)
         recipients[index] = recipient
-        return dataclasses.replace(self, recipients=tuple(recipients))
+        # every other field is this (validated) envelope's: copy them without checking
+        # them again (the queue manager replaces a recipient per delivery result)
+        copy = object.__new__(Envelope)
+        for name in _ENVELOPE_FIELDS:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "recipients", tuple(recipients))
+        return copy
 
     @property
     def is_done(self) -> bool:
@@ -387,6 +396,20 @@ class Envelope:
             sasl_username=fields.optional("sasl_username", str),
             delay_warned=fields.optional("delay_warned", bool) or False,
         )
+
+
+#: The field names of :class:`Envelope`, for :meth:`Envelope.replace_recipient`.
+_ENVELOPE_FIELDS: Final = tuple(field.name for field in dataclasses.fields(Envelope))
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_address(text: str) -> bool:
+    """True when ``text`` is an IPv4 or IPv6 address (cached: client addresses repeat)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _recipient_to_dict(recipient: Recipient) -> dict[str, object]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -94,7 +95,10 @@ class ChangeBus:
 
     def publish(self, mailbox_path: Path, *, origin: object = None) -> None:
         """Tell every subscriber of ``mailbox_path`` (except ``origin``'s) that it changed."""
-        key = _key(mailbox_path)
+        self.publish_key(_key(mailbox_path), origin=origin)
+
+    def publish_key(self, key: str, *, origin: object = None) -> None:
+        """:meth:`publish` for a mailbox directory already resolved (``os.path.realpath``)."""
         if self.relay is not None:
             try:
                 self.relay(key)
@@ -136,4 +140,21 @@ def notify_delivery(maildir_path: Path, *, bus: ChangeBus = DEFAULT_BUS) -> None
             for INBOX or ``~/Maildir/.Lists`` for a folder.
         bus: the bus to publish on.
     """
-    bus.publish(maildir_path)
+    # Subscribers are keyed by the real path; resolving it costs an lstat per path
+    # component, per delivered message. Deliveries go to the same few mailboxes, so the
+    # answer is kept for a while (a symlink changed meanwhile delays IDLE wake-ups for
+    # that mailbox by at most KEY_CACHE_SECONDS; sessions still find the mail on a sync).
+    text = str(maildir_path)
+    now = time.monotonic()
+    cached = _delivery_keys.get(text)
+    if cached is None or now - cached[1] >= KEY_CACHE_SECONDS:
+        if len(_delivery_keys) >= _KEY_CACHE_SIZE:
+            _delivery_keys.clear()
+        cached = _delivery_keys[text] = (_key(text), now)
+    bus.publish_key(cached[0])
+
+
+#: How long :func:`notify_delivery` keeps a mailbox's resolved path (seconds).
+KEY_CACHE_SECONDS: Final = 10.0
+_KEY_CACHE_SIZE: Final = 10000
+_delivery_keys: dict[str, tuple[str, float]] = {}
