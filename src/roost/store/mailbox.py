@@ -582,10 +582,8 @@ class Mailbox:
             window = _race_window(recorded)
             if recorded < state.synced_at_ns - window:
                 continue
-            cached = self._listing.get(subdir)
-            if cached is None or cached[0] != state.generation:
-                return False
-            if cached[1] != set(os.listdir(os.path.join(self._dir, subdir))):
+            names = self._indexed_names(subdir, state.generation)
+            if names is None or names != set(os.listdir(os.path.join(self._dir, subdir))):
                 return False
             if recorded >= checked_at - window:
                 ends_window = False
@@ -597,6 +595,25 @@ class Mailbox:
                     (checked_at, checked_at, state.generation),
                 )
         return True
+
+    def _indexed_names(self, subdir: str, generation: int) -> set[str] | None:
+        """The file names the index has in ``subdir`` at ``generation``, or None if the
+        index has moved on to another generation.
+
+        From this object's cache when it has them, else from the index (and cached): a
+        session that just opened a mailbox another one wrote a moment ago (a SELECT after
+        a login/logout cycle) checks the race window without the lock either.
+        """
+        cached = self._listing.get(subdir)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        with self._index.read():
+            state = self._index.state()
+            if state is None or state.generation != generation:
+                return None
+            names = self._index.filenames(subdir)
+        self._listing[subdir] = (generation, names)
+        return names
 
     def _sync_disk(self, *, force: bool = False) -> None:
         """Reconcile the index with the Maildir (the caller holds the uidlist lock)."""
