@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ logger = logging.getLogger("roost.store")
 INDEX_NAME: Final = "roost.index.sqlite"
 _SCHEMA_VERSION: Final = 2
 _CHUNK: Final = 500
+#: At most this many idle connections are kept per process (see :class:`_Pool`).
+POOL_SIZE: Final = 32
+#: An idle connection is closed once it was not used for this long (seconds).
+POOL_LINGER_SECONDS: Final = 5.0
 
 _SCHEMA: Final = (
     """
@@ -152,6 +157,87 @@ class IndexState:
     uidlist_stale: int
 
 
+class _Pool:
+    """Connections to index files whose last user let go of them lately.
+
+    A login/logout cycle (or a SELECT of the mailbox just closed) opens the same index
+    again a moment later. Reusing its connection saves the open (the WAL and shared-memory
+    files, the schema check) and the last close's checkpoint, which syncs the log twice
+    and deletes it, so that the next commit creates it again and syncs the directory.
+    An idle connection is kept for :data:`POOL_LINGER_SECONDS` at most, and at most
+    :data:`POOL_SIZE` of them, with their page caches released.
+
+    A connection is only handed out again for the same file: same path, device and inode
+    (a mailbox deleted and created again has a new index file). Forked children forget
+    the parent's connections without closing them (a close in the child could checkpoint
+    and delete a log that the parent still uses).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (path, fsync) -> (connection, (st_dev, st_ino), time given back); oldest first
+        self._idle: dict[tuple[str, bool], tuple[sqlite3.Connection, tuple[int, int], float]] = {}
+        self._orphans: list[sqlite3.Connection] = []
+
+    def take(self, path: str, fsync: bool) -> tuple[sqlite3.Connection, tuple[int, int]] | None:
+        """An idle connection to the file at ``path`` now and its identity, or None."""
+        with self._lock:
+            entry = self._idle.pop((path, fsync), None)
+        if entry is None:
+            return None
+        db, identity, _ = entry
+        if _identity(path) != identity:
+            db.close()  # another file now (the mailbox was deleted or replaced)
+            return None
+        return db, identity
+
+    def give(
+        self, path: str, fsync: bool, db: sqlite3.Connection, identity: tuple[int, int]
+    ) -> None:
+        """Keep ``db``, open on the file ``identity`` (st_dev, st_ino), for the next
+        :meth:`take` of ``path``; close what expired or does not fit."""
+        closing: list[sqlite3.Connection] = []
+        now = time.monotonic()
+        try:
+            db.execute("PRAGMA shrink_memory")
+        except sqlite3.Error:
+            db.close()
+            return
+        if identity == (0, 0):
+            db.close()
+            return
+        with self._lock:
+            old = self._idle.pop((path, fsync), None)
+            if old is not None:
+                closing.append(old[0])
+            self._idle[(path, fsync)] = (db, identity, now)
+            for key, (other, _, given) in list(self._idle.items()):
+                if len(self._idle) <= POOL_SIZE and now - given < POOL_LINGER_SECONDS:
+                    break
+                del self._idle[key]
+                closing.append(other)
+        for other in closing:
+            other.close()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._orphans.extend(db for db, _, _ in self._idle.values())
+        self._idle.clear()
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of the file at ``path``; (0, 0) when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
+
+
+_POOL: Final = _Pool()
+os.register_at_fork(after_in_child=_POOL.after_fork)
+
+
 class Index:
     """An open index file.
 
@@ -180,6 +266,7 @@ class Index:
         self._chown = chown
         self.txn_start_changes = 0
         self._db: sqlite3.Connection | None = None
+        self._identity = (0, 0)
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -205,14 +292,19 @@ class Index:
         return self._db is None
 
     def suspend(self) -> None:
-        """Close the connection until the next use (outside a transaction only).
+        """Let go of the connection until the next use (outside a transaction only).
 
         An idle session keeps no SQLite connection (its page cache, lookaside and
-        statement cache are some 200 KiB); the next use opens the file again.
+        statement cache are some 200 KiB); the next use opens the file again. The
+        connection goes to the process's pool of idle connections (closed after a few
+        seconds unused), where the next open of the same file finds it.
         """
         db, self._db = self._db, None
         if db is not None:
-            db.close()
+            if db.in_transaction:
+                db.close()
+            else:
+                _POOL.give(os.fspath(self.path), self._fsync, db, self._identity)
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -220,6 +312,18 @@ class Index:
                 os.unlink(f"{self.path}{suffix}")
 
     def _connect(self) -> sqlite3.Connection:
+        path = os.fspath(self.path)
+        taken = _POOL.take(path, self._fsync)
+        if taken is not None:
+            db, self._identity = taken
+            return db
+        before = _identity(path)
+        db = self._open()
+        # The file SQLite opened, if the path named the same one before and after.
+        self._identity = before if _identity(path) == before else (0, 0)
+        return db
+
+    def _open(self) -> sqlite3.Connection:
         created = False
         if not self.path.exists():
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
