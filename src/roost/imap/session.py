@@ -651,9 +651,15 @@ class IMAPSession(asyncio.Protocol):
             if remaining <= 0:
                 return False
             self._wakeup.clear()
-            waiters = [asyncio.ensure_future(self._wakeup.wait())]
-            if changed:
-                waiters.append(asyncio.ensure_future(self._changed.wait()))
+            if not changed:  # the common case: one waiter, no tasks to create
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._wakeup.wait()
+                continue
+            waiters = [
+                asyncio.ensure_future(self._wakeup.wait()),
+                asyncio.ensure_future(self._changed.wait()),
+            ]
             try:
                 await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
