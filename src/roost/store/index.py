@@ -267,6 +267,10 @@ class Index:
         self.txn_start_changes = 0
         self._db: sqlite3.Connection | None = None
         self._identity = (0, 0)
+        #: Durable commits leave the log unsynced (see :meth:`write`, :meth:`sync_log`).
+        self.defer_sync = False
+        #: A commit since the last :meth:`sync_log` is not durable yet.
+        self.unsynced = False
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -317,20 +321,20 @@ class Index:
         if taken is not None:
             db, self._identity = taken
             return db
-        before = _identity(path)
-        db = self._open()
-        # The file SQLite opened, if the path named the same one before and after.
-        self._identity = before if _identity(path) == before else (0, 0)
-        return db
-
-    def _open(self) -> sqlite3.Connection:
         created = False
         if not self.path.exists():
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
             os.close(fd)
             created = True
             if self._chown is not None:
-                self._chown(os.fspath(self.path))
+                self._chown(path)
+        before = _identity(path)
+        db = self._open(created)
+        # The file SQLite opened, if the path named the same one before and after.
+        self._identity = before if _identity(path) == before else (0, 0)
+        return db
+
+    def _open(self, created: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -372,7 +376,13 @@ class Index:
         """
         db = self.db
         relaxed = not durable and self._fsync
-        if relaxed:
+        if self.defer_sync and durable and self._fsync:
+            # Committed without a sync of the log (checkpoints still sync, as with
+            # synchronous=NORMAL); the caller runs sync_log() before reporting success.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self.unsynced = True
+            relaxed = True
+        elif relaxed:
             db.execute("PRAGMA synchronous=OFF")
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -386,6 +396,27 @@ class Index:
         finally:
             if relaxed:
                 db.execute("PRAGMA synchronous=FULL")
+
+    def sync_log(self) -> None:
+        """Make the commits made with :attr:`defer_sync` durable: fdatasync the log.
+
+        Called in a worker thread, so that the event loop never waits for the disk.
+
+        Raises:
+            OSError: the sync failed.
+        """
+        if not self.unsynced:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1  # checkpointed and removed: the database file holds everything
+        if fd >= 0:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        self.unsynced = False
 
     def changed_in_transaction(self) -> bool:
         """True if the open write transaction modified any row."""

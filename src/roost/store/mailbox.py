@@ -35,7 +35,7 @@ from typing import BinaryIO, Final
 
 from roost.store._fs import FsPolicy, unlink_quietly, write_all
 from roost.store.bus import ChangeBus, ChangeCallback, Subscription
-from roost.store.dotlock import dotlock
+from roost.store.dotlock import dotlock, keep_template, release_template
 from roost.store.errors import MailboxNotFound, MessageNotFound, StoreError
 from roost.store.filename import (
     DELETED,
@@ -225,6 +225,8 @@ class Mailbox:
         except BaseException:
             self._index.close()
             raise
+        if view:  # a session's mailbox: its writes lock by linking a template
+            keep_template(directory / UIDLIST_NAME)
 
     # ----------------------------------------------------------------- properties
 
@@ -279,6 +281,8 @@ class Mailbox:
             subscription.cancel()
         self._subscriptions.clear()
         self._index.close()
+        if self._has_view:
+            release_template(self.directory / UIDLIST_NAME)
 
     # ---------------------------------------------------------------- reading
 
@@ -506,9 +510,12 @@ class Mailbox:
             raise StoreError(f"{action} in {self.name}: index: {exc}", mailbox=self.name) from exc
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, nowait: bool = False) -> Iterator[None]:
         with dotlock(
-            self.directory / UIDLIST_NAME, mode=self._policy.file_mode, chown=self._policy.chown_fd
+            self.directory / UIDLIST_NAME,
+            mode=self._policy.file_mode,
+            chown=self._policy.chown_fd,
+            **({"timeout": 0.0} if nowait else {}),
         ):
             self._notes = []
             try:
@@ -1089,22 +1096,41 @@ class Mailbox:
     # ----------------------------------------------------------------- writing
 
     @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[None]:
-        """Lock, bring the index up to date, run the change, record, publish."""
+    def _writing(self, action: str, *, nowait: bool = False) -> Iterator[None]:
+        """Lock, bring the index up to date, run the change, record, publish.
+
+        With ``nowait``, a lock held by anyone else raises LockTimeout at once, and the
+        index commits are not synced (:meth:`sync_index` does it).
+        """
         self._check_open()
-        with self._errors(action), self._locked():
-            state = self._index.state()
-            if state is not None and (
-                not self._needs_disk_sync(state) or self._only_race_window(state)
-            ):
-                # The index is current: only this object's copies of the control files
-                # may lag (another session wrote them).
-                self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
-                self._keywords.refresh()
-            else:
-                self._sync_disk()
-            yield
+        index = self._index
+        with self._errors(action), self._locked(nowait=nowait):
+            index.defer_sync = nowait
+            try:
+                state = index.state()
+                if state is not None and (
+                    not self._needs_disk_sync(state) or self._only_race_window(state)
+                ):
+                    # The index is current: only this object's copies of the control
+                    # files may lag (another session wrote them).
+                    self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
+                    self._keywords.refresh()
+                else:
+                    self._sync_disk()
+                yield
+            finally:
+                index.defer_sync = False
         self._bus.publish(self.directory, origin=self)
+
+    def sync_index(self) -> None:
+        """Make the index commits of the writes called with ``nowait`` durable (an
+        fdatasync of the index's log; in a worker thread: it waits for the disk).
+
+        Raises:
+            StoreError: the sync failed.
+        """
+        with self._errors("sync index"):
+            self._index.sync_log()
 
     def _canonical_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """Validate flags; fold keywords onto the spelling already in use here."""
@@ -1266,6 +1292,8 @@ class Mailbox:
         flags: Iterable[str],
         mode: StoreMode,
         unchanged_since: int | None = None,
+        *,
+        nowait: bool = False,
     ) -> StoreFlagsResult:
         """Change flags (IMAP STORE, RFC 9051 §6.4.6; CONDSTORE, RFC 7162 §3.1.3).
 
@@ -1277,6 +1305,9 @@ class Mailbox:
             flags: flags and keywords (case of system flags is folded).
             mode: add, remove or replace.
             unchanged_since: UNCHANGEDSINCE: skip messages whose MODSEQ is higher.
+            nowait: for a caller on an event loop: raise LockTimeout at once if another
+                writer holds the mailbox's lock (retry in a thread), and leave the index
+                commit unsynced: call :meth:`sync_index` before reporting success.
 
         Returns:
             The messages' flags and MODSEQs now, and the UIDs that failed UNCHANGEDSINCE.
@@ -1293,7 +1324,7 @@ class Mailbox:
             return StoreFlagsResult()
         fresh: list[Row] = []
         failed: list[int] = []
-        with self._writing("store flags"):
+        with self._writing("store flags", nowait=nowait):
             keywords = given - SYSTEM_FLAGS
             if keywords and mode is not StoreMode.REMOVE:
                 self._keywords.assign(sorted(keywords))
@@ -1349,7 +1380,7 @@ class Mailbox:
         self._view_changed()
         return StoreFlagsResult(updated=tuple(updated), failed=tuple(failed))
 
-    def expunge(self, uids: Collection[int] | None = None) -> list[int]:
+    def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
         """Remove the messages flagged ``\\Deleted`` (EXPUNGE; UID EXPUNGE, RFC 4315).
 
         Only messages of this session's view are considered; their ``\\Deleted`` flag is
@@ -1357,6 +1388,7 @@ class Mailbox:
 
         Args:
             uids: only these among the ``\\Deleted`` messages (UID EXPUNGE), or all.
+            nowait: as for :meth:`store_flags`.
 
         Returns:
             The UIDs expunged, ascending (the IMAP server sends EXPUNGE/VANISHED).
@@ -1366,7 +1398,7 @@ class Mailbox:
         """
         self._check_open()
         restrict = None if uids is None else set(uids)
-        with self._writing("expunge"):
+        with self._writing("expunge", nowait=nowait):
             victims = [
                 (uid, subdir, filename)
                 for uid, subdir, filename in self._index.deleted()

@@ -90,11 +90,17 @@ class MailboxProtocol(Protocol):
         flags: Iterable[str],
         mode: StoreMode,
         unchanged_since: int | None = None,
+        *,
+        nowait: bool = False,
     ) -> StoreFlagsResult:
-        """STORE."""
+        """STORE (``nowait``: see :meth:`sync_index`)."""
 
-    def expunge(self, uids: Collection[int] | None = None) -> list[int]:
-        """EXPUNGE / UID EXPUNGE."""
+    def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
+        """EXPUNGE / UID EXPUNGE (``nowait``: see :meth:`sync_index`)."""
+
+    def sync_index(self) -> None:
+        """Make durable what a write called with ``nowait`` committed (which then
+        raised LockTimeout at once instead of waiting for another writer)."""
 
     def copy(self, uids: Collection[int], dest: Self) -> list[tuple[int, int]]:
         """COPY; (old UID, new UID) pairs."""
