@@ -38,6 +38,23 @@ def test_nowait_store_and_expunge_are_seen_by_other_sessions(mail: MailStore) ->
         assert [m.uid for m in again.messages()] == [first, third]
 
 
+def test_index_log_is_opened_for_a_sync_only_after_a_nowait_write(mail: MailStore) -> None:
+    with mail.open("INBOX") as inbox:
+        uid = inbox.messages()[0].uid
+        assert inbox.open_index_log() is None
+        inbox.store_flags([uid], ["\\Seen"], StoreMode.ADD)  # synced at commit
+        assert inbox.open_index_log() is None
+        inbox.store_flags([uid], ["\\Flagged"], StoreMode.ADD, nowait=True)
+        log = inbox.open_index_log()
+        assert log is not None
+        log.close()  # closed without a sync: still owed
+        log = inbox.open_index_log()
+        assert log is not None
+        log.sync()
+        log.close()
+        assert inbox.open_index_log() is None
+
+
 def test_nowait_write_does_not_wait_for_another_writer(mail: MailStore) -> None:
     """The lock held by another thread (or process): LockTimeout at once, no change."""
     with mail.open("INBOX") as inbox:

@@ -797,7 +797,12 @@ class IMAPSession(asyncio.Protocol):
             except LockTimeout:
                 pass  # another writer has the mailbox: wait for it in a thread
             else:
-                await self._call_in_thread(selected.mailbox.sync_index)
+                log = selected.mailbox.open_index_log()
+                if log is not None:
+                    try:
+                        await self._call_in_thread(log.sync)
+                    finally:
+                        log.close()
                 return result
         return await self._call_in_thread(functools.partial(write, nowait=False))
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["INDEX_NAME", "Index", "IndexState", "Row", "decode_flags", "encode_flags"]
+__all__ = ["INDEX_NAME", "Index", "IndexState", "LogSync", "Row", "decode_flags", "encode_flags"]
 
 logger = logging.getLogger("roost.store")
 
@@ -223,6 +223,34 @@ class _Pool:
         self._lock = threading.Lock()
         self._orphans.extend(db for db, _, _ in self._idle.values())
         self._idle.clear()
+
+
+class LogSync:
+    """An index log opened by :meth:`Index.open_log`: :meth:`sync` it, then :meth:`close`."""
+
+    __slots__ = ("_fd", "_index", "done")
+
+    def __init__(self, index: Index, fd: int) -> None:
+        self._index = index
+        self._fd = fd
+        self.done = False
+
+    def sync(self) -> None:
+        """fdatasync the log (in a worker thread: it waits for the disk).
+
+        Raises:
+            OSError: the sync failed.
+        """
+        os.fdatasync(self._fd)
+        self.done = True
+
+    def close(self) -> None:
+        """Close the descriptor; after a :meth:`sync`, the commits are durable."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.done:
+            self._index.unsynced = False
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -417,6 +445,25 @@ class Index:
             finally:
                 os.close(fd)
         self.unsynced = False
+
+    def open_log(self) -> LogSync | None:
+        """For a caller on an event loop: the log, opened now, when a commit made with
+        :attr:`defer_sync` awaits its sync; None when none does.
+
+        Opening is cheap; :meth:`LogSync.sync` (in a worker thread) is then one system
+        call, so the thread takes the GIL back once, not after each of three.
+
+        Raises:
+            OSError: opening failed.
+        """
+        if not self.unsynced:
+            return None
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.unsynced = False  # checkpointed and removed: the database file has all
+            return None
+        return LogSync(self, fd)
 
     def changed_in_transaction(self) -> bool:
         """True if the open write transaction modified any row."""

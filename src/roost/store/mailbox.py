@@ -53,7 +53,7 @@ from roost.store.filename import (
     to_crlf,
     to_lf,
 )
-from roost.store.index import Index, IndexState, Row, decode_flags, encode_flags
+from roost.store.index import Index, IndexState, LogSync, Row, decode_flags, encode_flags
 from roost.store.keywords import KEYWORDS_NAME, Keywords
 from roost.store.model import (
     Changes,
@@ -1131,6 +1131,17 @@ class Mailbox:
         """
         with self._errors("sync index"):
             self._index.sync_log()
+
+    def open_index_log(self) -> LogSync | None:
+        """:meth:`sync_index` in two parts, for a caller on an event loop: the index's
+        log opened now, to ``sync()`` in a worker thread and ``close()`` after; None
+        when no write awaits a sync.
+
+        Raises:
+            StoreError: opening the log failed.
+        """
+        with self._errors("sync index"):
+            return self._index.open_log()
 
     def _canonical_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """Validate flags; fold keywords onto the spelling already in use here."""
