@@ -323,20 +323,23 @@ class Index:
         """True when no SQLite connection is open (:meth:`suspend`, or not used yet)."""
         return self._db is None
 
-    def suspend(self) -> None:
-        """Let go of the connection until the next use (outside a transaction only).
+    def suspend(self, *, pool: bool = False) -> None:
+        """Close the connection until the next use (outside a transaction only).
 
         An idle session keeps no SQLite connection (its page cache, lookaside and
-        statement cache are some 200 KiB); the next use opens the file again. The
-        connection goes to the process's pool of idle connections (closed after a few
-        seconds unused), where the next open of the same file finds it.
+        statement cache are some 200 KiB); the next use opens the file again.
+
+        Args:
+            pool: give the connection to the process's pool of idle connections
+                (closed after a few seconds unused), where the next open of the same
+                file finds it, instead of closing it.
         """
         db, self._db = self._db, None
         if db is not None:
-            if db.in_transaction:
-                db.close()
-            else:
+            if pool and not db.in_transaction:
                 _POOL.give(os.fspath(self.path), self._fsync, db, self._identity)
+            else:
+                db.close()
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -390,8 +393,11 @@ class Index:
         return db
 
     def close(self) -> None:
-        """Close the connection."""
-        self.suspend()
+        """Let go of the connection: to the process's pool of idle connections (a
+        mailbox closed is often opened again a moment later: SELECT again, a login/
+        logout cycle). Sessions that only idle (IDLE, silence) use :meth:`suspend`,
+        which closes it: they would fill the pool for nothing."""
+        self.suspend(pool=True)
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
