@@ -762,7 +762,7 @@ def profile_mixed(mode: str, clients: int, args: argparse.Namespace, base: Path)
         pid = server.root_pid()
         assert pid is not None
         command = [spy, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads"]
-        command += ["--gil", "-o", str(raw)]
+        command += ["--gil", "--subprocesses", "-o", str(raw)]  # the worker processes too
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
         began = time.monotonic()
