@@ -4,6 +4,7 @@ connection pool hands a connection out again only for the same file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -83,6 +84,22 @@ def test_nowait_write_does_not_wait_for_another_writer(mail: MailStore) -> None:
         assert "\\Flagged" in inbox.message(uid).flags
     with mail.open("INBOX") as again:
         assert "\\Flagged" in again.message(uid).flags
+
+
+def test_nowait_write_does_not_rescan_on_the_loop(mail: MailStore) -> None:
+    """A mailbox that needs a rescan first (a delivery into new/: the rescan writes and
+    fsyncs the uidlist) makes a nowait write give way to one that may wait."""
+    with mail.open("INBOX") as inbox:
+        uid = inbox.messages()[0].uid
+        name = "1700000000.M1P1.host"
+        (mail.root / "tmp" / name).write_bytes(b"Subject: new\n\nnew\n")
+        os.rename(mail.root / "tmp" / name, mail.root / "new" / name)
+        with pytest.raises(LockTimeout):
+            inbox.store_flags([uid], ["\\Flagged"], StoreMode.ADD, nowait=True)
+        assert not (mail.root / "dovecot-uidlist.lock").exists()
+        inbox.store_flags([uid], ["\\Flagged"], StoreMode.ADD)
+        assert len(inbox.sync().added) == 1
+        assert "\\Flagged" in inbox.message(uid).flags
 
 
 def test_a_mailbox_created_again_gets_a_new_index_connection(mail: MailStore) -> None:

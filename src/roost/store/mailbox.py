@@ -36,7 +36,7 @@ from typing import BinaryIO, Final
 from roost.store._fs import FsPolicy, unlink_quietly, write_all
 from roost.store.bus import ChangeBus, ChangeCallback, Subscription
 from roost.store.dotlock import dotlock, keep_template, release_template
-from roost.store.errors import MailboxNotFound, MessageNotFound, StoreError
+from roost.store.errors import LockTimeout, MailboxNotFound, MessageNotFound, StoreError
 from roost.store.filename import (
     DELETED,
     FLAG_LETTERS,
@@ -1099,8 +1099,9 @@ class Mailbox:
     def _writing(self, action: str, *, nowait: bool = False) -> Iterator[None]:
         """Lock, bring the index up to date, run the change, record, publish.
 
-        With ``nowait``, a lock held by anyone else raises LockTimeout at once, and the
-        index commits are not synced (:meth:`sync_index` does it).
+        With ``nowait``, a lock held by anyone else raises LockTimeout at once, and so
+        does a mailbox that needs a rescan first (it may write and fsync the uidlist);
+        the index commits are not synced (:meth:`sync_index` does it).
         """
         self._check_open()
         index = self._index
@@ -1115,6 +1116,8 @@ class Mailbox:
                     # files may lag (another session wrote them).
                     self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
                     self._keywords.refresh()
+                elif nowait:
+                    raise LockTimeout(f"{action} in {self.name}: the mailbox needs a rescan")
                 else:
                     self._sync_disk()
                 yield
@@ -1317,8 +1320,9 @@ class Mailbox:
             mode: add, remove or replace.
             unchanged_since: UNCHANGEDSINCE: skip messages whose MODSEQ is higher.
             nowait: for a caller on an event loop: raise LockTimeout at once if another
-                writer holds the mailbox's lock (retry in a thread), and leave the index
-                commit unsynced: call :meth:`sync_index` before reporting success.
+                writer holds the mailbox's lock or the mailbox needs a rescan first
+                (retry in a thread), and leave the index commit unsynced: call
+                :meth:`sync_index` before reporting success.
 
         Returns:
             The messages' flags and MODSEQs now, and the UIDs that failed UNCHANGEDSINCE.
