@@ -102,6 +102,27 @@ def test_nowait_write_does_not_rescan_on_the_loop(mail: MailStore) -> None:
         assert "\\Flagged" in inbox.message(uid).flags
 
 
+def test_nowait_writes_leave_the_uidlist_rewrite_to_a_threaded_one(mail: MailStore) -> None:
+    """Rewriting the uidlist (dropping expunged records) fsyncs it: nowait writes never
+    do it; once it is due they give way, and the write that may wait does it."""
+    uidlist = mail.root / "dovecot-uidlist"
+    with mail.open("INBOX") as inbox:
+        for n in range(70):
+            inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n)
+        inbox.sync()
+        uids = [m.uid for m in inbox.messages()]
+        inbox.store_flags(uids[3:], ["\\Deleted"], StoreMode.ADD)
+        assert inbox.expunge(nowait=True) == uids[3:]
+        inbox.sync_index()
+        assert len(uidlist.read_text().splitlines()) == 1 + 73  # no rewrite yet
+        with pytest.raises(LockTimeout):
+            inbox.store_flags([uids[0]], ["\\Seen"], StoreMode.ADD, nowait=True)
+        inbox.store_flags([uids[0]], ["\\Seen"], StoreMode.ADD)
+        assert len(uidlist.read_text().splitlines()) == 1 + 3
+        inbox.store_flags([uids[1]], ["\\Seen"], StoreMode.ADD, nowait=True)
+        inbox.sync_index()
+
+
 def test_a_mailbox_created_again_gets_a_new_index_connection(mail: MailStore) -> None:
     """The pool keeps the connection of a closed mailbox; a new mailbox under the same
     name (a new index file) must not get the old file's connection."""

@@ -915,6 +915,14 @@ class Mailbox:
             self._index.move(uid, CUR, target)
             self._notes += [(NEW, filename, None), (CUR, None, target)]
 
+    @staticmethod
+    def _uidlist_rewrite_due(state: IndexState, uidlist: UidList) -> bool:
+        """The uidlist needs rewriting, or expunged records pile up in it (Dovecot also
+        drops them only when it rewrites the file)."""
+        return uidlist.needs_rewrite or state.uidlist_stale > max(
+            _COMPRESS_MIN, state.messages // 3
+        )
+
     def _finish(self, uidlist: UidList) -> None:
         """Rewrite the uidlist if due, record the disk stamps and a new generation.
 
@@ -922,7 +930,9 @@ class Mailbox:
         """
         state = self._require_state()
         stale = state.uidlist_stale
-        rewrite = uidlist.needs_rewrite or stale > max(_COMPRESS_MIN, state.messages // 3)
+        # A nowait write (on the event loop) never rewrites (and fsyncs) the uidlist: a
+        # rewrite due is left to the next write, which then runs in a thread.
+        rewrite = not self._index.defer_sync and self._uidlist_rewrite_due(state, uidlist)
         if not rewrite and not self._notes and not self._index.changed_in_transaction():
             new_ns, cur_ns = self._disk_stamps()
             if (
@@ -1116,6 +1126,8 @@ class Mailbox:
                     # files may lag (another session wrote them).
                     self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
                     self._keywords.refresh()
+                    if nowait and self._uidlist_rewrite_due(state, self._uidlist):
+                        raise LockTimeout(f"{action} in {self.name}: the uidlist is due a rewrite")
                 elif nowait:
                     raise LockTimeout(f"{action} in {self.name}: the mailbox needs a rescan")
                 else:
