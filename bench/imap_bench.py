@@ -430,7 +430,7 @@ def profile_mixed(mode: str, clients: int, args: argparse.Namespace, base: Path)
         imap_load.event_loop_run(warm_up(server))
         pid = server.root_pid()
         assert pid is not None
-        profiler = common.Profiler(pid, raw, rate=rate, gil=True)
+        profiler = common.Profiler(pid, raw, rate=rate, gil=True, subprocesses=True)
         time.sleep(1.0)
         began = time.monotonic()
         try:

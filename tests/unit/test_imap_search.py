@@ -472,3 +472,61 @@ def parsed_context(message: ParsedMessage) -> MessageContext:
         max_uid=1,
         message=lambda: message,
     )
+
+
+_HEADER_TEXT = st.text(alphabet="abcAB7 \t\r\n:=?<>@.\u017f\u00e9", max_size=60)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["From", "To", "Subject", "X-Other"]), _HEADER_TEXT)),
+    st.sampled_from(["FROM", "TO", "SUBJECT", "NOT FROM", "HEADER X-Other"]),
+    st.text(alphabet="abcAB7 =?\u017f", min_size=0, max_size=4),
+)
+@settings(max_examples=400)
+def test_header_key_answers_the_same_with_the_raw_header(
+    fields: list[tuple[str, str]], name: str, needle: str
+) -> None:
+    """The shortcut on the raw cached header (no parse when the text cannot occur)
+    never changes an answer: folding, encoded words, non-ASCII case folding included."""
+    raw = b"".join(f"{field}: {value}\r\n".encode() for field, value in fields) + b"\r\n"
+    message = ParsedMessage.parse(raw)
+    criteria = f'{name} "{needle}"'
+    parsed = parsed_context(message)
+    shortcut = MessageContext(
+        msn=1,
+        uid=1,
+        flags=frozenset(),
+        internal_date=1_700_000_000.0,
+        size=len(raw),
+        max_msn=1,
+        max_uid=1,
+        message=lambda: message,
+        header=raw,
+    )
+    assert matches(key(criteria), shortcut) == matches(key(criteria), parsed), (raw, criteria)
+
+
+def test_header_key_shortcut_skips_the_parse() -> None:
+    """A needle absent from the raw header is answered without parsing the message."""
+    loads: list[int] = []
+    raw = crlf(b"From: John Smith <john@example.com>\nSubject: hello\n\nbody\n")
+
+    def load() -> ParsedMessage:
+        loads.append(1)
+        return ParsedMessage.parse(raw)
+
+    ctx = MessageContext(
+        msn=1,
+        uid=1,
+        flags=frozenset(),
+        internal_date=1_700_000_000.0,
+        size=len(raw),
+        max_msn=1,
+        max_uid=1,
+        message=load,
+        header=search_header(raw),
+    )
+    assert not matches(key("FROM nobody7"), ctx)
+    assert loads == []
+    assert matches(key("FROM smith"), ctx)
+    assert loads == [1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from roost.store.bus import ChangeBus, notify_delivery
-from roost.store.dotlock import dotlock, replace_file
+from roost.store.dotlock import dotlock, keep_template, release_template, replace_file
 from roost.store.errors import LockTimeout
 from roost.store.keywords import Keywords
 from roost.store.subscriptions import read_subscriptions, set_subscribed
@@ -155,6 +155,66 @@ def test_dotlock_serialises_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert not overlap
+
+
+def test_dotlock_of_a_kept_template_is_a_fresh_link_to_it(tmp_path: Path) -> None:
+    """With a user (an open mailbox), the lock is a hard link to this process's template
+    in tmp/: Dovecot's content and a fresh mtime (staleness), removed at unlock; the
+    template goes with the last user."""
+    (tmp_path / "tmp").mkdir()
+    target = tmp_path / "dovecot-uidlist"
+    lock = tmp_path / "dovecot-uidlist.lock"
+    keep_template(target)
+    try:
+        for _ in range(2):
+            with dotlock(target):
+                [template] = list((tmp_path / "tmp").iterdir())
+                assert template.name.endswith(f".{os.getpid()}")
+                assert os.path.samefile(lock, template)
+                assert lock.read_text() == f"{os.getpid()}:{os.uname().nodename}"
+                assert time.time() - lock.stat().st_mtime < 60
+                os.utime(template, (1, 1))  # the next lock refreshes it
+            assert not lock.exists()
+            assert template.exists()
+    finally:
+        release_template(target)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with dotlock(target):  # no user: a file of its own again
+        assert lock.stat().st_nlink == 1
+    assert not lock.exists()
+
+
+def test_dotlock_template_of_a_dead_process_is_removed(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    host = os.uname().nodename
+    dead = tmp_path / "tmp" / f".f.lock.{host}.999999999"
+    alive = tmp_path / "tmp" / f".f.lock.{host}.{os.getppid()}"
+    dead.write_text(f"999999999:{host}")
+    alive.write_text(f"{os.getppid()}:{host}")
+    keep_template(tmp_path / "f")
+    try:
+        with dotlock(tmp_path / "f"):
+            pass
+        assert not dead.exists()
+        assert alive.exists()
+    finally:
+        release_template(tmp_path / "f")
+
+
+def test_dotlock_of_a_kept_template_waits_for_a_live_holder(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    lock = tmp_path / "f.lock"
+    lock.write_text(f"{os.getppid()}:{os.uname().nodename}")  # a live process
+    keep_template(tmp_path / "f")
+    try:
+        with pytest.raises(LockTimeout), dotlock(tmp_path / "f", timeout=0):
+            pass
+        assert lock.read_text().startswith(f"{os.getppid()}:")
+        lock.unlink()
+        with dotlock(tmp_path / "f", timeout=0):
+            assert lock.read_text().startswith(f"{os.getpid()}:")
+    finally:
+        release_template(tmp_path / "f")
 
 
 def test_replace_file_reads_under_the_lock(tmp_path: Path) -> None:

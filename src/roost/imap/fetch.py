@@ -416,6 +416,7 @@ def search_messages(
         cached = mailbox.cache_get_many([t.info.uid for t in targets], SEARCH_HEADER_CACHE)
     for target in targets:
         info = target.info
+        header = None if cached is None else cached.get(info.uid)
 
         def load(uid: int = info.uid) -> ParsedMessage:
             try:
@@ -439,6 +440,7 @@ def search_messages(
             message=load,
             mod_seq=info.modseq,
             zone=zone,
+            header=header,
         )
         if matches(key, context):
             found.append(target)

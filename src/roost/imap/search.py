@@ -82,6 +82,9 @@ class MessageContext:
             body, at most once per :func:`matches` call.
         mod_seq: the mod-sequence (RFC 7162), 0 without CONDSTORE.
         zone: the time zone whose calendar dates ``BEFORE``/``ON``/``SINCE`` compare.
+        header: the raw header fields ``message`` parses, when the caller has them
+            without reading the message (the index's search cache): a header key whose
+            text cannot occur in them is answered without parsing.
     """
 
     msn: int
@@ -94,6 +97,7 @@ class MessageContext:
     message: Callable[[], ParsedMessage] = field(repr=False)
     mod_seq: int = 0
     zone: datetime.tzinfo = _UTC
+    header: bytes | None = field(default=None, repr=False)
 
 
 def needs_message(key: SearchKey) -> bool:
@@ -206,6 +210,8 @@ class _Evaluation:
                 return _compare(self.date_of(date_field), relation, date)
             case SearchHeader(field=name, value=value):
                 needle = value.casefold()
+                if ctx.header is not None and _absent(needle, ctx.header):
+                    return False
                 return any(needle in text.casefold() for text in self.message.header_values(name))
             case SearchBody(value=value):
                 return value.casefold() in self.message.text_for_search().casefold()
@@ -232,6 +238,20 @@ class _Evaluation:
             if sent is not None:
                 return sent.date()
         return _calendar_date(self.ctx.internal_date, self.ctx.zone)
+
+
+def _absent(needle: str, header: bytes) -> bool:
+    """True if no header value in ``header`` can contain ``needle`` (casefolded).
+
+    Only decided for what is cheap and exact: an ASCII needle without white space (so no
+    unfolding can make it appear), and ASCII header text without RFC 2047 encoded words
+    (so decoding and case folding change nothing but the ASCII letters' case).
+    """
+    if not needle or not needle.isascii() or not header.isascii() or b"=?" in header:
+        return False
+    if any(c.isspace() for c in needle):
+        return False
+    return needle.encode("ascii") not in header.lower()
 
 
 def _calendar_date(timestamp: float, zone: datetime.tzinfo) -> datetime.date:

@@ -31,6 +31,8 @@ from roost.store.errors import LockTimeout
 __all__ = [
     "UIDLIST_LOCK_STALE_SECONDS",
     "dotlock",
+    "keep_template",
+    "release_template",
     "replace_file",
 ]
 
@@ -47,6 +49,10 @@ class _Held:
     thread_lock: threading.RLock
     depth: int = 0
     inode: int = 0
+    #: This process's template file (see :func:`dotlock`), once made.
+    template: str | None = None
+    #: How many open users (mailboxes) in this process keep the template.
+    users: int = 0
 
 
 _registry: Final[dict[str, _Held]] = {}
@@ -146,6 +152,109 @@ def _create_exclusive(
         return fd
 
 
+def _template_path(lock_path: str) -> str:
+    """Where this process keeps the template of ``lock_path``: in the Maildir's ``tmp/``
+    next to it when there is one (scratch space every Maildir reader ignores)."""
+    directory, name = os.path.split(lock_path)
+    tmp = os.path.join(directory, "tmp")
+    if not os.path.isdir(tmp):
+        tmp = directory
+    return os.path.join(tmp, f".{name}.{_HOSTNAME}.{os.getpid()}")
+
+
+def _remove_dead_templates(template: str) -> None:
+    """Remove the templates that processes of this host left behind when they died."""
+    directory, name = os.path.split(template)
+    prefix = name[: name.rindex(".") + 1]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for other in names:
+        if other.startswith(prefix) and other != name:
+            pid_text = other[len(prefix) :]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, other))
+
+
+def _make_template(
+    lock_path: str, mode: int, chown: Callable[[int], None] | None, content: bytes
+) -> str:
+    template = _template_path(lock_path)
+    _remove_dead_templates(template)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(template)  # a leftover of an earlier process with our pid
+    fd = os.open(template, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, content)
+        if chown is not None:
+            chown(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(template)
+        raise
+    os.close(fd)
+    return template
+
+
+def _link_exclusive(
+    lock_path: str,
+    held: _Held,
+    *,
+    timeout: float,
+    stale_seconds: float,
+    mode: int,
+    chown: Callable[[int], None] | None,
+    content: bytes,
+) -> int:
+    """Make ``lock_path`` a hard link to this process's template; return its inode.
+
+    Waits for (or overrides) another holder like :func:`_create_exclusive`.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        if held.template is None:
+            held.template = _make_template(lock_path, mode, chown, content)
+        try:
+            os.utime(held.template)  # the lock's age is its mtime (staleness)
+            os.link(held.template, lock_path)
+        except FileNotFoundError:
+            if os.path.exists(held.template):
+                raise  # the directory of the lock is gone
+            held.template = None  # removed under us (tmp/ cleaning): make it again
+            continue
+        except FileExistsError:
+            if _is_stale(lock_path, stale_seconds, own_pid_is_stale=True):
+                continue
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timeout waiting for {lock_path}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_POLL_SECONDS)
+            continue
+        return os.stat(lock_path).st_ino
+
+
+def keep_template(path: Path) -> None:
+    """Count one more user of the lock template of ``<path>.lock`` (see :func:`dotlock`)."""
+    held = _entry(os.fspath(path) + ".lock")
+    with held.thread_lock:
+        held.users += 1
+
+
+def release_template(path: Path) -> None:
+    """One user of ``<path>.lock``'s template is gone; the last removes the file."""
+    held = _entry(os.fspath(path) + ".lock")
+    with held.thread_lock:
+        held.users = max(0, held.users - 1)
+        if held.users == 0 and held.depth == 0 and held.template is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(held.template)
+            held.template = None
+
+
 @contextlib.contextmanager
 def dotlock(
     path: Path,
@@ -157,9 +266,18 @@ def dotlock(
 ) -> Iterator[None]:
     """Hold ``<path>.lock`` (Dovecot's ``file_dotlock_create``) for the ``with`` block.
 
+    While some user has called :func:`keep_template` (an open mailbox), the lock is made
+    by hard-linking a template file this process keeps (``tmp/.<name>.lock.<host>.<pid>``,
+    with the lock's content ``<pid>:<host>``, its mtime refreshed each time), as
+    Dovecot's dotlocks do without ``dotlock_use_excl``: creating a new file costs
+    0.2-0.9 ms of kernel time on a busy ext4 (inode allocation), a link 10 us. The
+    last :func:`release_template` removes the template; one left by a process that died
+    is removed by the next process of the host that makes its own. Without a user, the
+    lock file is created with ``O_EXCL``.
+
     Args:
         path: the file being protected, e.g. ``<mailbox>/dovecot-uidlist``.
-        timeout: seconds to wait for another holder.
+        timeout: seconds to wait for another holder (0: do not wait).
         stale_seconds: a lock file older than this is overridden.
         mode: permission bits for the lock file.
         chown: called with the new lock file's descriptor (ownership for root callers).
@@ -175,20 +293,31 @@ def dotlock(
     try:
         if held.depth == 0:
             content = f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
-            fd = _create_exclusive(
-                lock_path,
-                timeout=timeout,
-                stale_seconds=stale_seconds,
-                mode=mode,
-                own_pid_is_stale=True,
-                content=content,
-            )
-            try:
-                if chown is not None:
-                    chown(fd)
-                held.inode = os.fstat(fd).st_ino
-            finally:
-                os.close(fd)
+            if held.users > 0:
+                held.inode = _link_exclusive(
+                    lock_path,
+                    held,
+                    timeout=timeout,
+                    stale_seconds=stale_seconds,
+                    mode=mode,
+                    chown=chown,
+                    content=content,
+                )
+            else:
+                fd = _create_exclusive(
+                    lock_path,
+                    timeout=timeout,
+                    stale_seconds=stale_seconds,
+                    mode=mode,
+                    own_pid_is_stale=True,
+                    content=content,
+                )
+                try:
+                    if chown is not None:
+                        chown(fd)
+                    held.inode = os.fstat(fd).st_ino
+                finally:
+                    os.close(fd)
         held.depth += 1
         try:
             yield

@@ -27,19 +27,24 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["INDEX_NAME", "Index", "IndexState", "Row", "decode_flags", "encode_flags"]
+__all__ = ["INDEX_NAME", "Index", "IndexState", "LogSync", "Row", "decode_flags", "encode_flags"]
 
 logger = logging.getLogger("roost.store")
 
 INDEX_NAME: Final = "roost.index.sqlite"
 _SCHEMA_VERSION: Final = 2
 _CHUNK: Final = 500
+#: At most this many idle connections are kept per process (see :class:`_Pool`).
+POOL_SIZE: Final = 32
+#: An idle connection is closed once it was not used for this long (seconds).
+POOL_LINGER_SECONDS: Final = 5.0
 
 _SCHEMA: Final = (
     """
@@ -152,6 +157,115 @@ class IndexState:
     uidlist_stale: int
 
 
+class _Pool:
+    """Connections to index files whose last user let go of them lately.
+
+    A login/logout cycle (or a SELECT of the mailbox just closed) opens the same index
+    again a moment later. Reusing its connection saves the open (the WAL and shared-memory
+    files, the schema check) and the last close's checkpoint, which syncs the log twice
+    and deletes it, so that the next commit creates it again and syncs the directory.
+    An idle connection is kept for :data:`POOL_LINGER_SECONDS` at most, and at most
+    :data:`POOL_SIZE` of them, with their page caches released.
+
+    A connection is only handed out again for the same file: same path, device and inode
+    (a mailbox deleted and created again has a new index file). Forked children forget
+    the parent's connections without closing them (a close in the child could checkpoint
+    and delete a log that the parent still uses).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (path, fsync) -> (connection, (st_dev, st_ino), time given back); oldest first
+        self._idle: dict[tuple[str, bool], tuple[sqlite3.Connection, tuple[int, int], float]] = {}
+        self._orphans: list[sqlite3.Connection] = []
+
+    def take(self, path: str, fsync: bool) -> tuple[sqlite3.Connection, tuple[int, int]] | None:
+        """An idle connection to the file at ``path`` now and its identity, or None."""
+        with self._lock:
+            entry = self._idle.pop((path, fsync), None)
+        if entry is None:
+            return None
+        db, identity, _ = entry
+        if _identity(path) != identity:
+            db.close()  # another file now (the mailbox was deleted or replaced)
+            return None
+        return db, identity
+
+    def give(
+        self, path: str, fsync: bool, db: sqlite3.Connection, identity: tuple[int, int]
+    ) -> None:
+        """Keep ``db``, open on the file ``identity`` (st_dev, st_ino), for the next
+        :meth:`take` of ``path``; close what expired or does not fit."""
+        closing: list[sqlite3.Connection] = []
+        now = time.monotonic()
+        try:
+            db.execute("PRAGMA shrink_memory")
+        except sqlite3.Error:
+            db.close()
+            return
+        if identity == (0, 0):
+            db.close()
+            return
+        with self._lock:
+            old = self._idle.pop((path, fsync), None)
+            if old is not None:
+                closing.append(old[0])
+            self._idle[(path, fsync)] = (db, identity, now)
+            for key, (other, _, given) in list(self._idle.items()):
+                if len(self._idle) <= POOL_SIZE and now - given < POOL_LINGER_SECONDS:
+                    break
+                del self._idle[key]
+                closing.append(other)
+        for other in closing:
+            other.close()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._orphans.extend(db for db, _, _ in self._idle.values())
+        self._idle.clear()
+
+
+class LogSync:
+    """An index log opened by :meth:`Index.open_log`: :meth:`sync` it, then :meth:`close`."""
+
+    __slots__ = ("_fd", "_index", "done")
+
+    def __init__(self, index: Index, fd: int) -> None:
+        self._index = index
+        self._fd = fd
+        self.done = False
+
+    def sync(self) -> None:
+        """fdatasync the log (in a worker thread: it waits for the disk).
+
+        Raises:
+            OSError: the sync failed.
+        """
+        os.fdatasync(self._fd)
+        self.done = True
+
+    def close(self) -> None:
+        """Close the descriptor; after a :meth:`sync`, the commits are durable."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.done:
+            self._index.unsynced = False
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of the file at ``path``; (0, 0) when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
+
+
+_POOL: Final = _Pool()
+os.register_at_fork(after_in_child=_POOL.after_fork)
+
+
 class Index:
     """An open index file.
 
@@ -180,6 +294,11 @@ class Index:
         self._chown = chown
         self.txn_start_changes = 0
         self._db: sqlite3.Connection | None = None
+        self._identity = (0, 0)
+        #: Durable commits leave the log unsynced (see :meth:`write`, :meth:`sync_log`).
+        self.defer_sync = False
+        #: A commit since the last :meth:`sync_log` is not durable yet.
+        self.unsynced = False
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -204,15 +323,23 @@ class Index:
         """True when no SQLite connection is open (:meth:`suspend`, or not used yet)."""
         return self._db is None
 
-    def suspend(self) -> None:
+    def suspend(self, *, pool: bool = False) -> None:
         """Close the connection until the next use (outside a transaction only).
 
         An idle session keeps no SQLite connection (its page cache, lookaside and
         statement cache are some 200 KiB); the next use opens the file again.
+
+        Args:
+            pool: give the connection to the process's pool of idle connections
+                (closed after a few seconds unused), where the next open of the same
+                file finds it, instead of closing it.
         """
         db, self._db = self._db, None
         if db is not None:
-            db.close()
+            if pool and not db.in_transaction:
+                _POOL.give(os.fspath(self.path), self._fsync, db, self._identity)
+            else:
+                db.close()
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -220,13 +347,25 @@ class Index:
                 os.unlink(f"{self.path}{suffix}")
 
     def _connect(self) -> sqlite3.Connection:
+        path = os.fspath(self.path)
+        taken = _POOL.take(path, self._fsync)
+        if taken is not None:
+            db, self._identity = taken
+            return db
         created = False
         if not self.path.exists():
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
             os.close(fd)
             created = True
             if self._chown is not None:
-                self._chown(os.fspath(self.path))
+                self._chown(path)
+        before = _identity(path)
+        db = self._open(created)
+        # The file SQLite opened, if the path named the same one before and after.
+        self._identity = before if _identity(path) == before else (0, 0)
+        return db
+
+    def _open(self, created: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -254,8 +393,11 @@ class Index:
         return db
 
     def close(self) -> None:
-        """Close the connection."""
-        self.suspend()
+        """Let go of the connection: to the process's pool of idle connections (a
+        mailbox closed is often opened again a moment later: SELECT again, a login/
+        logout cycle). Sessions that only idle (IDLE, silence) use :meth:`suspend`,
+        which closes it: they would fill the pool for nothing."""
+        self.suspend(pool=True)
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -268,7 +410,13 @@ class Index:
         """
         db = self.db
         relaxed = not durable and self._fsync
-        if relaxed:
+        if self.defer_sync and durable and self._fsync:
+            # Committed without a sync of the log (checkpoints still sync, as with
+            # synchronous=NORMAL); the caller runs sync_log() before reporting success.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self.unsynced = True
+            relaxed = True
+        elif relaxed:
             db.execute("PRAGMA synchronous=OFF")
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -282,6 +430,46 @@ class Index:
         finally:
             if relaxed:
                 db.execute("PRAGMA synchronous=FULL")
+
+    def sync_log(self) -> None:
+        """Make the commits made with :attr:`defer_sync` durable: fdatasync the log.
+
+        Called in a worker thread, so that the event loop never waits for the disk.
+
+        Raises:
+            OSError: the sync failed.
+        """
+        if not self.unsynced:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1  # checkpointed and removed: the database file holds everything
+        if fd >= 0:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        self.unsynced = False
+
+    def open_log(self) -> LogSync | None:
+        """For a caller on an event loop: the log, opened now, when a commit made with
+        :attr:`defer_sync` awaits its sync; None when none does.
+
+        Opening is cheap; :meth:`LogSync.sync` (in a worker thread) is then one system
+        call, so the thread takes the GIL back once, not after each of three.
+
+        Raises:
+            OSError: opening failed.
+        """
+        if not self.unsynced:
+            return None
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.unsynced = False  # checkpointed and removed: the database file has all
+            return None
+        return LogSync(self, fd)
 
     def changed_in_transaction(self) -> bool:
         """True if the open write transaction modified any row."""

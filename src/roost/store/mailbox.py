@@ -35,8 +35,8 @@ from typing import BinaryIO, Final
 
 from roost.store._fs import FsPolicy, unlink_quietly, write_all
 from roost.store.bus import ChangeBus, ChangeCallback, Subscription
-from roost.store.dotlock import dotlock
-from roost.store.errors import MailboxNotFound, MessageNotFound, StoreError
+from roost.store.dotlock import dotlock, keep_template, release_template
+from roost.store.errors import LockTimeout, MailboxNotFound, MessageNotFound, StoreError
 from roost.store.filename import (
     DELETED,
     FLAG_LETTERS,
@@ -53,7 +53,7 @@ from roost.store.filename import (
     to_crlf,
     to_lf,
 )
-from roost.store.index import Index, IndexState, Row, decode_flags, encode_flags
+from roost.store.index import Index, IndexState, LogSync, Row, decode_flags, encode_flags
 from roost.store.keywords import KEYWORDS_NAME, Keywords
 from roost.store.model import (
     Changes,
@@ -225,6 +225,8 @@ class Mailbox:
         except BaseException:
             self._index.close()
             raise
+        if view:  # a session's mailbox: its writes lock by linking a template
+            keep_template(directory / UIDLIST_NAME)
 
     # ----------------------------------------------------------------- properties
 
@@ -279,6 +281,8 @@ class Mailbox:
             subscription.cancel()
         self._subscriptions.clear()
         self._index.close()
+        if self._has_view:
+            release_template(self.directory / UIDLIST_NAME)
 
     # ---------------------------------------------------------------- reading
 
@@ -506,9 +510,12 @@ class Mailbox:
             raise StoreError(f"{action} in {self.name}: index: {exc}", mailbox=self.name) from exc
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, nowait: bool = False) -> Iterator[None]:
         with dotlock(
-            self.directory / UIDLIST_NAME, mode=self._policy.file_mode, chown=self._policy.chown_fd
+            self.directory / UIDLIST_NAME,
+            mode=self._policy.file_mode,
+            chown=self._policy.chown_fd,
+            **({"timeout": 0.0} if nowait else {}),
         ):
             self._notes = []
             try:
@@ -582,10 +589,8 @@ class Mailbox:
             window = _race_window(recorded)
             if recorded < state.synced_at_ns - window:
                 continue
-            cached = self._listing.get(subdir)
-            if cached is None or cached[0] != state.generation:
-                return False
-            if cached[1] != set(os.listdir(os.path.join(self._dir, subdir))):
+            names = self._indexed_names(subdir, state.generation)
+            if names is None or names != set(os.listdir(os.path.join(self._dir, subdir))):
                 return False
             if recorded >= checked_at - window:
                 ends_window = False
@@ -597,6 +602,25 @@ class Mailbox:
                     (checked_at, checked_at, state.generation),
                 )
         return True
+
+    def _indexed_names(self, subdir: str, generation: int) -> set[str] | None:
+        """The file names the index has in ``subdir`` at ``generation``, or None if the
+        index has moved on to another generation.
+
+        From this object's cache when it has them, else from the index (and cached): a
+        session that just opened a mailbox another one wrote a moment ago (a SELECT after
+        a login/logout cycle) checks the race window without the lock either.
+        """
+        cached = self._listing.get(subdir)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        with self._index.read():
+            state = self._index.state()
+            if state is None or state.generation != generation:
+                return None
+            names = self._index.filenames(subdir)
+        self._listing[subdir] = (generation, names)
+        return names
 
     def _sync_disk(self, *, force: bool = False) -> None:
         """Reconcile the index with the Maildir (the caller holds the uidlist lock)."""
@@ -891,6 +915,14 @@ class Mailbox:
             self._index.move(uid, CUR, target)
             self._notes += [(NEW, filename, None), (CUR, None, target)]
 
+    @staticmethod
+    def _uidlist_rewrite_due(state: IndexState, uidlist: UidList) -> bool:
+        """The uidlist needs rewriting, or expunged records pile up in it (Dovecot also
+        drops them only when it rewrites the file)."""
+        return uidlist.needs_rewrite or state.uidlist_stale > max(
+            _COMPRESS_MIN, state.messages // 3
+        )
+
     def _finish(self, uidlist: UidList) -> None:
         """Rewrite the uidlist if due, record the disk stamps and a new generation.
 
@@ -898,7 +930,9 @@ class Mailbox:
         """
         state = self._require_state()
         stale = state.uidlist_stale
-        rewrite = uidlist.needs_rewrite or stale > max(_COMPRESS_MIN, state.messages // 3)
+        # A nowait write (on the event loop) never rewrites (and fsyncs) the uidlist: a
+        # rewrite due is left to the next write, which then runs in a thread.
+        rewrite = not self._index.defer_sync and self._uidlist_rewrite_due(state, uidlist)
         if not rewrite and not self._notes and not self._index.changed_in_transaction():
             new_ns, cur_ns = self._disk_stamps()
             if (
@@ -1072,22 +1106,57 @@ class Mailbox:
     # ----------------------------------------------------------------- writing
 
     @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[None]:
-        """Lock, bring the index up to date, run the change, record, publish."""
+    def _writing(self, action: str, *, nowait: bool = False) -> Iterator[None]:
+        """Lock, bring the index up to date, run the change, record, publish.
+
+        With ``nowait``, a lock held by anyone else raises LockTimeout at once, and so
+        does a mailbox that needs a rescan first (it may write and fsync the uidlist);
+        the index commits are not synced (:meth:`sync_index` does it).
+        """
         self._check_open()
-        with self._errors(action), self._locked():
-            state = self._index.state()
-            if state is not None and (
-                not self._needs_disk_sync(state) or self._only_race_window(state)
-            ):
-                # The index is current: only this object's copies of the control files
-                # may lag (another session wrote them).
-                self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
-                self._keywords.refresh()
-            else:
-                self._sync_disk()
-            yield
+        index = self._index
+        with self._errors(action), self._locked(nowait=nowait):
+            index.defer_sync = nowait
+            try:
+                state = index.state()
+                if state is not None and (
+                    not self._needs_disk_sync(state) or self._only_race_window(state)
+                ):
+                    # The index is current: only this object's copies of the control
+                    # files may lag (another session wrote them).
+                    self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
+                    self._keywords.refresh()
+                    if nowait and self._uidlist_rewrite_due(state, self._uidlist):
+                        raise LockTimeout(f"{action} in {self.name}: the uidlist is due a rewrite")
+                elif nowait:
+                    raise LockTimeout(f"{action} in {self.name}: the mailbox needs a rescan")
+                else:
+                    self._sync_disk()
+                yield
+            finally:
+                index.defer_sync = False
         self._bus.publish(self.directory, origin=self)
+
+    def sync_index(self) -> None:
+        """Make the index commits of the writes called with ``nowait`` durable (an
+        fdatasync of the index's log; in a worker thread: it waits for the disk).
+
+        Raises:
+            StoreError: the sync failed.
+        """
+        with self._errors("sync index"):
+            self._index.sync_log()
+
+    def open_index_log(self) -> LogSync | None:
+        """:meth:`sync_index` in two parts, for a caller on an event loop: the index's
+        log opened now, to ``sync()`` in a worker thread and ``close()`` after; None
+        when no write awaits a sync.
+
+        Raises:
+            StoreError: opening the log failed.
+        """
+        with self._errors("sync index"):
+            return self._index.open_log()
 
     def _canonical_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """Validate flags; fold keywords onto the spelling already in use here."""
@@ -1249,6 +1318,8 @@ class Mailbox:
         flags: Iterable[str],
         mode: StoreMode,
         unchanged_since: int | None = None,
+        *,
+        nowait: bool = False,
     ) -> StoreFlagsResult:
         """Change flags (IMAP STORE, RFC 9051 §6.4.6; CONDSTORE, RFC 7162 §3.1.3).
 
@@ -1260,6 +1331,10 @@ class Mailbox:
             flags: flags and keywords (case of system flags is folded).
             mode: add, remove or replace.
             unchanged_since: UNCHANGEDSINCE: skip messages whose MODSEQ is higher.
+            nowait: for a caller on an event loop: raise LockTimeout at once if another
+                writer holds the mailbox's lock or the mailbox needs a rescan first
+                (retry in a thread), and leave the index commit unsynced: call
+                :meth:`sync_index` before reporting success.
 
         Returns:
             The messages' flags and MODSEQs now, and the UIDs that failed UNCHANGEDSINCE.
@@ -1276,7 +1351,7 @@ class Mailbox:
             return StoreFlagsResult()
         fresh: list[Row] = []
         failed: list[int] = []
-        with self._writing("store flags"):
+        with self._writing("store flags", nowait=nowait):
             keywords = given - SYSTEM_FLAGS
             if keywords and mode is not StoreMode.REMOVE:
                 self._keywords.assign(sorted(keywords))
@@ -1332,7 +1407,7 @@ class Mailbox:
         self._view_changed()
         return StoreFlagsResult(updated=tuple(updated), failed=tuple(failed))
 
-    def expunge(self, uids: Collection[int] | None = None) -> list[int]:
+    def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
         """Remove the messages flagged ``\\Deleted`` (EXPUNGE; UID EXPUNGE, RFC 4315).
 
         Only messages of this session's view are considered; their ``\\Deleted`` flag is
@@ -1340,6 +1415,7 @@ class Mailbox:
 
         Args:
             uids: only these among the ``\\Deleted`` messages (UID EXPUNGE), or all.
+            nowait: as for :meth:`store_flags`.
 
         Returns:
             The UIDs expunged, ascending (the IMAP server sends EXPUNGE/VANISHED).
@@ -1349,7 +1425,7 @@ class Mailbox:
         """
         self._check_open()
         restrict = None if uids is None else set(uids)
-        with self._writing("expunge"):
+        with self._writing("expunge", nowait=nowait):
             victims = [
                 (uid, subdir, filename)
                 for uid, subdir, filename in self._index.deleted()

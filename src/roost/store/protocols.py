@@ -31,6 +31,16 @@ class Cancellable(Protocol):
         """Undo it (idempotent)."""
 
 
+class IndexLog(Protocol):
+    """An index log opened for a sync in a worker thread (``sync``), then ``close``d."""
+
+    def sync(self) -> None:
+        """fdatasync (blocks: call in a worker thread)."""
+
+    def close(self) -> None:
+        """Close; after a ``sync``, the writes it covers are durable."""
+
+
 class MailboxProtocol(Protocol):
     """An open mailbox as a session sees it (see :class:`roost.store.Mailbox`)."""
 
@@ -90,11 +100,20 @@ class MailboxProtocol(Protocol):
         flags: Iterable[str],
         mode: StoreMode,
         unchanged_since: int | None = None,
+        *,
+        nowait: bool = False,
     ) -> StoreFlagsResult:
-        """STORE."""
+        """STORE (``nowait``: see :meth:`sync_index`)."""
 
-    def expunge(self, uids: Collection[int] | None = None) -> list[int]:
-        """EXPUNGE / UID EXPUNGE."""
+    def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
+        """EXPUNGE / UID EXPUNGE (``nowait``: see :meth:`sync_index`)."""
+
+    def sync_index(self) -> None:
+        """Make durable what a write called with ``nowait`` committed (which then
+        raised LockTimeout at once instead of waiting for another writer)."""
+
+    def open_index_log(self) -> IndexLog | None:
+        """:meth:`sync_index` in two parts (open now, sync in a thread, close)."""
 
     def copy(self, uids: Collection[int], dest: Self) -> list[tuple[int, int]]:
         """COPY; (old UID, new UID) pairs."""
