@@ -255,6 +255,13 @@ def tree_cpu_seconds(root: int) -> float:
 # --- directory counting --------------------------------------------------------------------
 
 
+def _non_empty(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.stat().st_size > 0
+    except FileNotFoundError:  # a spare deleted meanwhile
+        return False
+
+
 def count_queue_files(directory: Path) -> int:
     """Count the queue files (names of 13 characters, no dot) in a queue directory.
 
@@ -264,9 +271,7 @@ def count_queue_files(directory: Path) -> int:
     try:
         with os.scandir(directory) as entries:
             return sum(
-                1
-                for e in entries
-                if len(e.name) == 13 and "." not in e.name and e.stat().st_size > 0
+                1 for e in entries if len(e.name) == 13 and "." not in e.name and _non_empty(e)
             )
     except FileNotFoundError:
         return 0
