@@ -765,7 +765,11 @@ class MessageWriter:
         self._require(_State.OPEN)
         if envelope.queue_id not in ("", self._queue_id):
             raise ValueError(f"envelope.queue_id is {envelope.queue_id!r}, not {self._queue_id}")
-        stored = dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        stored = (
+            envelope  # already complete (the SMTP server's): no copy to validate again
+            if envelope.queue_id == self._queue_id and envelope.size == self._size
+            else dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
+        )
         creating: concurrent.futures.Future[int] | None = None
         if self._fd is None and self._creating is not None:
             if self._creating.done():

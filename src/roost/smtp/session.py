@@ -859,7 +859,7 @@ class SMTPSession(SMTP):
             return reply.MAIL_LOOP
         if write_failed is not None:
             return self._spool_failure(write_failed)
-        envelope = self._envelope(transaction, now)
+        envelope = self._envelope(transaction, now, writer)
         try:
             queue_id = await writer.commit(envelope)
         except SpoolError as exc:
@@ -910,8 +910,10 @@ class SMTPSession(SMTP):
             added += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()
         return added
 
-    def _envelope(self, transaction: _Transaction, now: float) -> Envelope:
+    def _envelope(self, transaction: _Transaction, now: float, writer: MessageWriter) -> Envelope:
         return Envelope(
+            queue_id=writer.queue_id,
+            size=writer.size,
             envelope_sender=str(transaction.sender),
             recipients=tuple(transaction.recipients),
             arrival_time=now,
