@@ -71,9 +71,9 @@ _T = TypeVar("_T")
 class _Spare:
     """A queue file created ahead of its message (empty, locked), or being created.
 
-    ``fd`` is set (to the open file) once the file exists, and ``dir_synced`` once its
-    directory entry is durable, both before ``created`` resolves (to the fd, or to the
-    create's SpoolError).
+    ``created`` resolves to the open, locked fd (or to the create's SpoolError) in the I/O
+    thread that made it, after ``dir_synced`` tells whether the directory entry is durable:
+    read ``dir_synced`` only once ``created`` is done.
     """
 
     queue_id: str
@@ -156,7 +156,7 @@ class Spool:
         self._spare_files = (
             spare_files if precreate and sync_method is SyncMethod.FSYNC and spare_files > 0 else 0
         )
-        # filled by an I/O thread (deque appends and pops are atomic), taken by the loop
+        # reserved and taken in the event loop; their files are made by an I/O thread
         self._spares: collections.deque[_Spare] = collections.deque()
         self._filling: concurrent.futures.Future[None] | None = None
         self._last_new = -1e9  # time.monotonic() of the last new_message for incoming/
