@@ -328,11 +328,24 @@ def tree_memory(root: int) -> Memory:
 # --- directory counting --------------------------------------------------------------------
 
 
+def _non_empty(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.stat().st_size > 0
+    except FileNotFoundError:  # a spare deleted meanwhile
+        return False
+
+
 def count_queue_files(directory: Path) -> int:
-    """Count the queue files (names of 13 characters, no dot) in a queue directory."""
+    """Count the queue files (names of 13 characters, no dot) in a queue directory.
+
+    Empty files are left out: roost's spare queue files, created ahead while mail streams
+    in, are no messages (docs/spool.md); a committed queue file is never empty.
+    """
     try:
         with os.scandir(directory) as entries:
-            return sum(1 for e in entries if len(e.name) == 13 and "." not in e.name)
+            return sum(
+                1 for e in entries if len(e.name) == 13 and "." not in e.name and _non_empty(e)
+            )
     except FileNotFoundError:
         return 0
 

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import roost.queue.spool as spool_module
 from roost.queue import (
     BodyType,
     Envelope,
@@ -77,7 +78,8 @@ def files(directory: Path) -> list[str]:
 
 @pytest.fixture
 async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
-    async with Spool(tmp_path / "queue") as spool:
+    # no spare queue files: these tests list the queue's files (spares: tests below)
+    async with Spool(tmp_path / "queue", spare_files=0) as spool:
         yield spool
 
 
@@ -861,7 +863,7 @@ async def test_a_lone_message_has_its_directory_fsynced_at_create_others_in_the_
             directory_syncs.append(threading.current_thread().name)
         real_fsync(fd)
 
-    async with Spool(tmp_path / "q") as spool:
+    async with Spool(tmp_path / "q", spare_files=0) as spool:
         monkeypatch.setattr(os, "fsync", watched_fsync)
         await spool.enqueue(make_envelope(), MESSAGE)  # alone: synced by the create's thread
         assert [name.split("_")[0] for name in directory_syncs] == ["roost-spool-io"]
@@ -875,3 +877,59 @@ async def test_a_lone_message_has_its_directory_fsynced_at_create_others_in_the_
         assert directory_syncs[0].startswith("roost-spool-io")
         assert not directory_syncs[1].startswith("roost-spool-io")
         assert len(await spool.scan(QueueName.INCOMING)) == 3
+
+
+async def test_a_stream_of_messages_uses_spare_queue_files_created_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory_syncs: list[str] = []
+    real_fsync = os.fsync
+
+    def watched_fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            directory_syncs.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    incoming = tmp_path / "q" / "incoming"
+    async with Spool(tmp_path / "q", spare_files=4) as spool:
+        ids = [await spool.enqueue(make_envelope(), MESSAGE + b"%d" % i) for i in range(2)]
+        # the second message made a stream: spares are created (one directory fsync)
+        while len(os.listdir(incoming)) < 2 + 3:
+            await asyncio.sleep(0.01)
+        spares = sorted(set(os.listdir(incoming)) - set(ids))
+        assert all((incoming / name).stat().st_size == 0 for name in spares)
+        assert await spool.scan(QueueName.INCOMING) == ids  # spares are no messages
+        await asyncio.sleep(0.05)  # the spares' creation has ended (with its fsync)
+        monkeypatch.setattr(os, "fsync", watched_fsync)
+        third = await spool.enqueue(make_envelope(), MESSAGE + b"2")
+        monkeypatch.undo()
+        assert third == spares[0]  # the oldest spare, its ID after the earlier ones
+        assert directory_syncs == []  # the spare's entry was durable already
+        ids.append(third)
+        assert await spool.scan(QueueName.INCOMING) == ids
+        with await spool.open_content(third, QueueName.INCOMING) as content:
+            assert content.read() == MESSAGE + b"2"
+        envelope = await spool.load_envelope(third, QueueName.INCOMING)
+        assert envelope.queue_id == third and envelope.size == len(MESSAGE) + 1
+    assert sorted(os.listdir(incoming)) == ids  # close() deleted the unused spares
+
+
+async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SPARE_MAX_AGE", 0.2)
+    incoming = tmp_path / "q" / "incoming"
+    async with Spool(tmp_path / "q", spare_files=8) as spool:
+        tasks = [
+            asyncio.create_task(spool.enqueue(make_envelope(), MESSAGE + b"%d" % i))
+            for i in range(30)
+        ]
+        ids = await asyncio.gather(*tasks)
+        assert ids == sorted(ids)  # spares or not, in the order the messages started
+        assert await spool.scan(QueueName.INCOMING) == ids
+        # the stream has ended: the spares left go after SPARE_MAX_AGE
+        while sorted(os.listdir(incoming)) != ids:
+            await asyncio.sleep(0.05)
+        later = await spool.enqueue(make_envelope(), MESSAGE)
+        assert later > ids[-1]
+    assert sorted(os.listdir(incoming)) == [*ids, later]

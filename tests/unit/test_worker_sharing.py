@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import socket
 from collections.abc import Hashable
 
 import pytest
 
 from roost.auth.throttle import Throttle, ThrottleEvent
+from roost.daemon.channel import Channel, Message
 from roost.daemon.shared import SharedCounts, decode_key, share_registry
 from roost.imap.session import Registry as IMAPRegistry
 from roost.smtp import anvil
@@ -155,3 +160,47 @@ def test_share_registry_makes_the_imap_limits_count_every_process() -> None:
         ("imap.per_user_ip", ("alice", "192.0.2.1"), 1),
         ("imap.per_user_ip", ("alice", "192.0.2.1"), -1),
     ]
+
+
+def test_anvil_without_limits_counts_and_sends_nothing() -> None:
+    sent: list[list[object]] = []
+    saved = anvil.PEERS.emit
+    anvil.PEERS.emit = sent.append
+    try:
+        mine = _anvil(Clock())
+        for _ in range(3):
+            assert mine.connect("192.0.2.7").allowed
+        mine.disconnect("192.0.2.7")
+        assert sent == []
+        assert _anvil(Clock(), rate=5).connect("192.0.2.7").allowed
+        assert [event[0] for event in sent] == ["arrive"]
+    finally:
+        anvil.PEERS.emit = saved
+
+
+async def test_channel_sends_the_messages_of_one_loop_pass_together_in_order() -> None:
+    here, there = socket.socketpair()
+    there.setblocking(False)
+    received: list[Message] = []
+    channel = Channel(here, received.append)
+    await channel.start()
+    try:
+        for n in range(3):
+            channel.send({"t": "commit", "id": f"id{n}"})
+        with pytest.raises(BlockingIOError):  # nothing written before the pass ends
+            there.recv(4096)
+        data = b""
+        while data.count(b"\n") < 3:
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                data += there.recv(4096)
+        assert [json.loads(line) for line in data.splitlines()] == [
+            {"t": "commit", "id": f"id{n}"} for n in range(3)
+        ]
+        there.sendall(b'{"t":"status","id":1}\n')
+        while not received:
+            await asyncio.sleep(0.01)
+        assert received == [{"t": "status", "id": 1}]
+    finally:
+        await channel.close()
+        there.close()

@@ -2,7 +2,9 @@
 
 Every message is one JSON object on one line, with its type under ``"t"``. Both sides
 read with a task on their event loop and write through the transport's buffer, so neither
-loop ever blocks on the other process. See :mod:`roost.daemon.workers` for the messages.
+loop ever blocks on the other process. Messages sent during one pass of the event loop go
+out in one write (a spool batch's commit notices, say: one system call on each side
+instead of one per message). See :mod:`roost.daemon.workers` for the messages.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Channel:
         self._on_close = on_close
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._outgoing: list[bytes] = []  # lines waiting for the end of this loop pass
         self.closed = asyncio.Event()
 
     async def start(self) -> None:
@@ -58,11 +61,23 @@ class Channel:
         self._task = asyncio.get_running_loop().create_task(self._read(reader))
 
     def send(self, message: Message) -> None:
-        """Queue one message (never blocks; dropped when the other side is gone)."""
+        """Queue one message (never blocks; dropped when the other side is gone).
+
+        It is written when the event loop has run what is ready now, together with the
+        other messages sent meanwhile, in order.
+        """
         writer = self._writer
         if writer is None or writer.is_closing():
             return
-        writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def _flush(self) -> None:
+        lines, self._outgoing = self._outgoing, []
+        writer = self._writer
+        if lines and writer is not None and not writer.is_closing():
+            writer.write(b"".join(lines))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -91,7 +106,8 @@ class Channel:
                 self._on_close()
 
     async def close(self) -> None:
-        """Close the socket and stop reading."""
+        """Send what is queued, close the socket and stop reading."""
+        self._flush()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):

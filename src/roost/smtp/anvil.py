@@ -121,8 +121,12 @@ class Anvil:
         self._clients: dict[str, _Client] = {}
 
     def connect(self, address: str) -> Verdict:
-        """Account a new connection; refused ones are not counted as active."""
-        if self._exempt(address):
+        """Account a new connection; refused ones are not counted as active.
+
+        With both limits off (0) nothing is counted, and nothing is sent to the other
+        worker processes.
+        """
+        if (not self.count_limit and not self.rate_limit) or self._exempt(address):
             return Verdict(True)
         now = self._clock()
         client = self._clients.setdefault(address, _Client())

@@ -72,6 +72,19 @@ __all__ = ["SMTPSession", "SessionConfig", "Shared"]
 # Our error limits replace aiosmtpd's fixed budget of five unknown commands.
 aiosmtpd.smtp.BOGUS_LIMIT = 1 << 30
 
+_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's command loop logs every command line twice (at DEBUG and INFO) through
+    this, which scans each line for AUTH data first; ``mail.log`` is at ERROR in the
+    daemon (see :mod:`roost.daemon.logsetup`), so skip the scan when nothing is logged."""
+    if aiosmtpd.smtp.log.isEnabledFor(logging.INFO):
+        _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log
+
 _DATA_CHUNK: Final = 256 * 1024
 _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 
@@ -846,7 +859,7 @@ class SMTPSession(SMTP):
             return reply.MAIL_LOOP
         if write_failed is not None:
             return self._spool_failure(write_failed)
-        envelope = self._envelope(transaction, now)
+        envelope = self._envelope(transaction, now, writer)
         try:
             queue_id = await writer.commit(envelope)
         except SpoolError as exc:
@@ -897,8 +910,10 @@ class SMTPSession(SMTP):
             added += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()
         return added
 
-    def _envelope(self, transaction: _Transaction, now: float) -> Envelope:
+    def _envelope(self, transaction: _Transaction, now: float, writer: MessageWriter) -> Envelope:
         return Envelope(
+            queue_id=writer.queue_id,
+            size=writer.size,
             envelope_sender=str(transaction.sender),
             recipients=tuple(transaction.recipients),
             arrival_time=now,
