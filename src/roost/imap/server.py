@@ -120,8 +120,7 @@ def session_config(settings: Settings, service: str) -> SessionConfig:
 def store_opener(settings: Settings) -> StoreOpener:
     """Open a user's Maildir++ store where local delivery puts their mail."""
     from roost.delivery.errors import DeliveryError
-    from roost.delivery.local import user_mailbox
-    from roost.queue.service import local_config
+    from roost.delivery.local import local_config, user_mailbox
 
     config = local_config(settings)
 
