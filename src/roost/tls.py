@@ -20,14 +20,15 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+# cryptography is imported by the functions that use it: loading it costs about 10 MiB
+# per process, and the daemon's processes only need it to generate or check a certificate
+# (docs/performance.md, "IMAP memory, session 3").
 
 __all__ = [
     "CIPHERS",
@@ -115,6 +116,11 @@ def generate_selfsigned(
             if os.path.lexists(path):
                 raise FileExistsError(f"{path}: exists; not overwriting it")
 
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.UTC)
@@ -171,6 +177,8 @@ def _alt_names(hostname: str) -> list[x509.GeneralName]:
 
 
 def _general_name(entry: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(entry))
     except ValueError:
@@ -243,11 +251,6 @@ def make_server_context(
     if version is None:
         allowed = ", ".join(MIN_VERSIONS)
         raise ValueError(f"TLS minimum version {min_version!r} is not one of: {allowed}")
-    certs = _load_certificates(cert_file)
-    key = _load_private_key(key_file)
-    if not _key_matches(key, certs[0]):
-        raise TLSError(key_file, f"private key does not match certificate {cert_file}")
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = version
     context.options |= (
@@ -257,12 +260,28 @@ def make_server_context(
     try:
         context.load_cert_chain(cert_file, key_file, password=_refuse_password)
     except ssl.SSLError as error:
+        _explain_failure(cert_file, key_file)
         if error.reason == "KEY_VALUES_MISMATCH":
             raise TLSError(key_file, "private key does not match certificate") from error
         raise TLSError(cert_file, f"cannot load certificate chain: {error}") from error
-    except OSError as error:  # a file removed or changed between the checks and here
+    except OSError as error:
+        _explain_failure(cert_file, key_file)
         raise TLSError(Path(error.filename or cert_file), _os_problem(error)) from error
     return context
+
+
+def _explain_failure(cert_file: Path, key_file: Path) -> None:
+    """After OpenSSL refused a pair: raise the TLSError that says what is wrong, naming
+    the file (cryptography is loaded only here, on failure).
+
+    Raises:
+        TLSError: a file is missing, unreadable, not PEM, encrypted, or the key does not
+            match the certificate.
+    """
+    certs = _load_certificates(cert_file)
+    key = _load_private_key(key_file)
+    if not _key_matches(key, certs[0]):
+        raise TLSError(key_file, f"private key does not match certificate {cert_file}")
 
 
 def _refuse_password() -> bytes:
@@ -286,6 +305,8 @@ def _os_problem(error: OSError) -> str:
 
 
 def _load_certificates(path: Path) -> Sequence[x509.Certificate]:
+    from cryptography import x509
+
     data = _read(path)
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise TLSError(path, "not PEM (no BEGIN CERTIFICATE line)")
@@ -296,6 +317,9 @@ def _load_certificates(path: Path) -> Sequence[x509.Certificate]:
 
 
 def _load_private_key(path: Path) -> PrivateKeyTypes:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path)
     if b"PRIVATE KEY-----" not in data:
         raise TLSError(path, "not PEM (no BEGIN PRIVATE KEY line)")
@@ -308,6 +332,8 @@ def _load_private_key(path: Path) -> PrivateKeyTypes:
 
 
 def _key_matches(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
 

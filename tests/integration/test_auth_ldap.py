@@ -441,10 +441,12 @@ def test_ldap_table_server_down(tmp_path: Path) -> None:
         open_table(f"ldap:{path}").lookup("alice@roost.test")
 
 
-def test_importing_the_factory_registers_the_ldap_table_type() -> None:
+def test_the_ldap_table_type_is_known_without_importing_ldap3() -> None:
     code = (
+        "import sys\n"
         "import roost.auth.factory\n"
         "from roost.config.lookup import table_types\n"
         "assert 'ldap' in table_types(), table_types()\n"
+        "assert 'ldap3' not in sys.modules and 'roost.auth.ldap' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

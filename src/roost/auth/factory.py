@@ -10,8 +10,10 @@
   logins with a ``mydestination`` domain are the system user ``user``
   (``roost.auth.pam``).
 
-Importing this module registers the ``ldap:`` lookup table type (through
-``roost.auth.ldap``).
+The LDAP and PAM backends (and ldap3, python-pam) are imported only when
+``auth_backends`` names them, so that a daemon without them does not carry their
+modules in every process (docs/performance.md, "IMAP memory, session 3"). The ``ldap:``
+lookup table type registers itself when first used (``roost.config.lookup``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from roost.auth.ldap import LdapBackend, load_ldap_config
-from roost.auth.pam import PamBackend
 from roost.auth.passwdfile import PasswdFileBackend
 from roost.auth.users import UserBackend, UserBackendError, UserDatabase
 from roost.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from roost.auth.ldap import LdapBackend
+    from roost.auth.pam import PamBackend
 
 __all__ = ["build_user_database", "check_user_database"]
 
@@ -34,6 +39,8 @@ _EXPECTED = "expected passwd-file:/path, ldap:/path or pam"
 
 
 def _pam_backend(settings: Settings, realm: str | None) -> PamBackend:
+    from roost.auth.pam import PamBackend  # only when configured
+
     local_domains = [
         word for word in settings.strings("mydestination") if ":" not in word and "/" not in word
     ]
@@ -49,6 +56,8 @@ def _pam_backend(settings: Settings, realm: str | None) -> PamBackend:
 
 
 def _ldap_backend(settings: Settings, path: str, realm: str | None) -> LdapBackend:
+    from roost.auth.ldap import LdapBackend, load_ldap_config  # ldap3: only when configured
+
     try:
         config, warnings = load_ldap_config(Path(path))
     except ConfigError as exc:
@@ -94,6 +103,8 @@ def check_user_database(settings: Settings) -> list[str]:
     Checks files only, never the network: an LDAP server that is down at boot must not
     stop the daemon from starting (``ExecStartPre=roost check``).
     """
+    from roost.auth.pam import PamBackend  # see the module docstring
+
     try:
         database = build_user_database(settings)
     except ConfigError as exc:

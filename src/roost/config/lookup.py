@@ -70,8 +70,9 @@ def register_table_type(kind: str, factory: TableFactory) -> None:
 
 
 def table_types() -> tuple[str, ...]:
-    """Return the table types that can be opened."""
-    return tuple(sorted(_FACTORIES))
+    """Return the table types that can be opened (those registered when first used
+    included)."""
+    return tuple(sorted({*_FACTORIES, *_PLUGINS}))
 
 
 def open_table(ref: str) -> LookupTable:

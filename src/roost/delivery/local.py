@@ -34,6 +34,7 @@ from typing import Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
+from roost.config import Settings
 from roost.delivery._stream import MessageSource
 from roost.delivery.aliases import (
     AddressTarget,
@@ -59,7 +60,14 @@ from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
 from roost.queue.spool import Spool
 from roost.store.bus import notify_delivery
 
-__all__ = ["LocalConfig", "LocalTransport", "Mailbox", "resolve_mailbox", "user_mailbox"]
+__all__ = [
+    "LocalConfig",
+    "LocalTransport",
+    "Mailbox",
+    "local_config",
+    "resolve_mailbox",
+    "user_mailbox",
+]
 
 log = logging.getLogger("roost.local")
 
@@ -655,3 +663,31 @@ def _read_all(job: DeliveryJob) -> bytes:
         return job.content
     with job.open_content() as handle:
         return handle.read()
+
+
+def local_config(settings: Settings) -> LocalConfig:
+    """The local transport's parameters (here, not in ``roost.queue.service``, so that the
+    IMAP and POP3 servers can find mailboxes without importing the queue manager's
+    delivery agents)."""
+    return LocalConfig(
+        hostname=settings.string("myhostname"),
+        home_mailbox=settings.string("home_mailbox"),
+        mail_spool_directory=settings.string("mail_spool_directory"),
+        mail_location=settings.string("mail_location"),
+        recipient_delimiter=settings.string("recipient_delimiter"),
+        forward_path=settings.raw("forward_path"),
+        allow_mail_to_commands=settings.strings("allow_mail_to_commands"),
+        allow_mail_to_files=settings.strings("allow_mail_to_files"),
+        propagate_unmatched_extensions=settings.strings("propagate_unmatched_extensions"),
+        owner_request_special=settings.boolean("owner_request_special"),
+        expand_owner_alias=settings.boolean("expand_owner_alias"),
+        default_privs=settings.string("default_privs"),
+        mailbox_size_limit=settings.size("mailbox_size_limit"),
+        command_time_limit=float(settings.seconds("command_time_limit")),
+        autocreate_folder=settings.boolean("lda_mailbox_autocreate"),
+        lock_timeout=float(settings.seconds("deliver_lock_delay"))
+        * settings.integer("deliver_lock_attempts"),
+        lock_delay=float(settings.seconds("deliver_lock_delay")),
+        stale_lock_time=float(settings.seconds("stale_lock_time")),
+        locks=settings.strings("mailbox_delivery_lock"),
+    )

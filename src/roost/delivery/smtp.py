@@ -62,8 +62,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography import x509
-
 from roost.address import AddressError, domain_matches, encode_xtext, parse_mailbox
 from roost.config import Settings, TableError
 from roost.config.lookup import open_table
@@ -285,6 +283,8 @@ def _certificate_names(ssl_object: ssl.SSLObject) -> list[str]:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return []
+    from cryptography import x509  # about 10 MiB: only when a certificate is checked
+
     certificate = x509.load_der_x509_certificate(der)
     try:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)

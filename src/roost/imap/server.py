@@ -122,8 +122,7 @@ def store_opener(settings: Settings, bus: ChangeBus = DEFAULT_BUS) -> StoreOpene
     """Open a user's Maildir++ store where local delivery puts their mail (changes
     published on ``bus``)."""
     from roost.delivery.errors import DeliveryError
-    from roost.delivery.local import user_mailbox
-    from roost.queue.service import local_config
+    from roost.delivery.local import local_config, user_mailbox
 
     config = local_config(settings)
 

@@ -472,7 +472,57 @@ Handler = Callable[["IMAPSession", Command], Awaitable[TaggedResponse | None]]
 
 
 class IMAPSession(asyncio.Protocol):
-    """One client connection (see the module documentation)."""
+    """One client connection (see the module documentation).
+
+    Slotted, and without an :class:`asyncio.Event` per condition: a session waits on at
+    most one future (:meth:`_wait_input`), which the protocol callbacks resolve. An idle
+    session is then its slots, its task's coroutine frames, the transport and its
+    mailbox's suspended state (docs/performance.md, "IMAP memory, session 3").
+    """
+
+    __slots__ = (
+        "_auth_attempts",
+        "_auth_disallowed",
+        "_auth_login",
+        "_auth_method",
+        "_bad_commands",
+        "_bytes_in",
+        "_bytes_out",
+        "_changed",
+        "_counted",
+        "_drained",
+        "_eof",
+        "_idle_tag",
+        "_incoming",
+        "_incoming_size",
+        "_login_in",
+        "_login_out",
+        "_loop",
+        "_lost",
+        "_out",
+        "_proxy",
+        "_reading_paused",
+        "_resumed",
+        "_stopping",
+        "_task",
+        "_userip",
+        "_waiter",
+        "_writing_paused",
+        "config",
+        "conn",
+        "enabled",
+        "local_ip",
+        "mail",
+        "remote_ip",
+        "selected",
+        "session_id",
+        "shared",
+        "started",
+        "stats",
+        "tls",
+        "transport",
+        "user",
+    )
 
     def __init__(self, shared: Shared, resumed: Resumed | None = None) -> None:
         self.shared = shared
@@ -499,10 +549,12 @@ class IMAPSession(asyncio.Protocol):
         self._incoming: list[bytes] = []
         self._incoming_size = 0
         self._reading_paused = False
-        self._wakeup = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._changed = asyncio.Event()
+        self._writing_paused = False
+        # What _wait_input awaits (None: nothing waits); resolved by _wake().
+        self._waiter: asyncio.Future[None] | None = None
+        # What _flush awaits while the transport's buffer is full (pause_writing).
+        self._drained: asyncio.Future[None] | None = None
+        self._changed = False  # the selected mailbox changed (set from the loop thread)
         self._eof = False
         self._lost = False
         self._stopping = False
@@ -564,30 +616,42 @@ class IMAPSession(asyncio.Protocol):
             self._reading_paused = True
             if self.transport is not None:
                 self.transport.pause_reading()
-        self._wakeup.set()
+        self._wake()
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        self._wakeup.set()
+        self._wake()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._wakeup.set()
-        self._writable.set()
+        self._wake()
+        self._resume()
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._resume()
+
+    def _wake(self) -> None:
+        """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _resume(self) -> None:
+        self._writing_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     # --- daemon control ------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Ask the session to end with ``* BYE`` at its next chance (between commands)."""
         self._stopping = True
-        self._wakeup.set()
+        self._wake()
         if self._proxy is not None:
             self._proxy.shutdown()
 
@@ -681,11 +745,15 @@ class IMAPSession(asyncio.Protocol):
             transport.write(data)
         else:
             self._out.clear()
-        if not self._writable.is_set():
+        if self._writing_paused and not self._lost:
+            loop = asyncio.get_running_loop()
+            self._drained = drained = loop.create_future()
             try:
-                await asyncio.wait_for(self._writable.wait(), self.config.client_timeout)
+                await asyncio.wait_for(drained, self.config.client_timeout)
             except TimeoutError:
                 raise _Disconnect("Disconnected for inactivity (output buffer full)") from None
+            finally:
+                self._drained = None
         if self._lost:
             raise _Disconnect("Connection closed")
 
@@ -696,30 +764,23 @@ class IMAPSession(asyncio.Protocol):
             True when there is input (or EOF); False when only the mailbox changed or
             the timeout passed.
         """
+        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
         while not (self._incoming or self._eof or self._lost):
             if self._stopping:
                 raise _Disconnect("Server shutting down", "Server shutting down.")
-            if changed and self._changed.is_set():
+            if changed and self._changed:
                 return False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self._wakeup.clear()
-            if not changed:  # the common case: one waiter, no tasks to create
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await self._wakeup.wait()
-                continue
-            waiters = [
-                asyncio.ensure_future(self._wakeup.wait()),
-                asyncio.ensure_future(self._changed.wait()),
-            ]
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(remaining, _resolve, waiter)
             try:
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                await waiter
             finally:
-                for waiter in waiters:
-                    waiter.cancel()
+                timer.cancel()
+                self._waiter = None
         return True
 
     def _take_input(self) -> bytes:
@@ -765,8 +826,8 @@ class IMAPSession(asyncio.Protocol):
                     return b""
                 return self._take_input()
             now = time.monotonic()
-            if self._changed.is_set() or now >= next_check:
-                self._changed.clear()
+            if self._changed or now >= next_check:
+                self._changed = False
                 next_check = now + config.idle_check_interval
                 await self._sync_selected(allow_expunge=True)
             if now >= next_notify:
@@ -1309,7 +1370,7 @@ class IMAPSession(asyncio.Protocol):
             # Closed in the same worker thread call that opens the new one.
             previous, self.selected = self.selected.mailbox, None
             self.conn.state = State.AUTHENTICATED
-            self._changed.clear()
+            self._changed = False
             self._queue(UntaggedResponse("OK", "Previous mailbox closed.", CLOSED))
         qresync = command.qresync
         try:
@@ -1381,7 +1442,7 @@ class IMAPSession(asyncio.Protocol):
             self._queue(ListResponse(self._wire(name), DELIMITER))
         self.selected = selected
         self.conn.state = State.SELECTED
-        self._changed.clear()
+        self._changed = False
         if qresync is not None and opened.vanished is not None:
             known = qresync.known_uids
             gone = [
@@ -1400,12 +1461,15 @@ class IMAPSession(asyncio.Protocol):
 
     def _changed_callback(self) -> Callable[[object], None]:
         loop = self._loop
-        changed = self._changed
+
+        def on_loop() -> None:
+            self._changed = True
+            self._wake()
 
         def notify(_path: object) -> None:
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(changed.set)
+                    loop.call_soon_threadsafe(on_loop)
 
         return notify
 
@@ -1414,7 +1478,7 @@ class IMAPSession(asyncio.Protocol):
         self.conn.state = State.AUTHENTICATED
         if selected is not None:
             await self._call_in_thread(selected.mailbox.close)
-        self._changed.clear()
+        self._changed = False
 
     async def create(self, command: Create) -> TaggedResponse:
         """CREATE (RFC 9051 §6.3.4; CREATE-SPECIAL-USE, RFC 6154 §3)."""
@@ -1881,6 +1945,12 @@ _STORE_MODES: Final = {
     StoreMode.REMOVE: StoreFlagMode.REMOVE,
     StoreMode.REPLACE: StoreFlagMode.REPLACE,
 }
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    """A timer's end: resolve the session's waiter (unless something else did)."""
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _plain_ip(address: str) -> str:

@@ -94,8 +94,7 @@ def maildrop_opener(settings: Settings, service: str, executor: Executor) -> Mai
         ConfigError: ``pop3_uidl_format`` cannot be used.
     """
     from roost.delivery.errors import DeliveryError
-    from roost.delivery.local import user_mailbox
-    from roost.queue.service import local_config
+    from roost.delivery.local import local_config, user_mailbox
 
     config = local_config(settings)
     view = settings.for_service(service)

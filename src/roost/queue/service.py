@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from roost.config import ConfigError, Settings, TableError
 from roost.daemon.service import Context
 from roost.delivery.aliasfile import AliasMaps, open_alias_maps
-from roost.delivery.local import LocalConfig, LocalTransport
+from roost.delivery.local import LocalTransport, local_config
 from roost.delivery.router import Destination, Router, router_from_settings
 from roost.delivery.smtp import SmtpTransport, smtp_transport_from_settings
 from roost.queue.manager import QueueManager, Transport
@@ -25,32 +25,6 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         maximal_lifetime=settings.seconds("maximal_queue_lifetime"),
         bounce_lifetime=settings.seconds("bounce_queue_lifetime"),
         delay_warning=settings.seconds("delay_warning_time"),
-    )
-
-
-def local_config(settings: Settings) -> LocalConfig:
-    """The local transport's parameters."""
-    return LocalConfig(
-        hostname=settings.string("myhostname"),
-        home_mailbox=settings.string("home_mailbox"),
-        mail_spool_directory=settings.string("mail_spool_directory"),
-        mail_location=settings.string("mail_location"),
-        recipient_delimiter=settings.string("recipient_delimiter"),
-        forward_path=settings.raw("forward_path"),
-        allow_mail_to_commands=settings.strings("allow_mail_to_commands"),
-        allow_mail_to_files=settings.strings("allow_mail_to_files"),
-        propagate_unmatched_extensions=settings.strings("propagate_unmatched_extensions"),
-        owner_request_special=settings.boolean("owner_request_special"),
-        expand_owner_alias=settings.boolean("expand_owner_alias"),
-        default_privs=settings.string("default_privs"),
-        mailbox_size_limit=settings.size("mailbox_size_limit"),
-        command_time_limit=float(settings.seconds("command_time_limit")),
-        autocreate_folder=settings.boolean("lda_mailbox_autocreate"),
-        lock_timeout=float(settings.seconds("deliver_lock_delay"))
-        * settings.integer("deliver_lock_attempts"),
-        lock_delay=float(settings.seconds("deliver_lock_delay")),
-        stale_lock_time=float(settings.seconds("stale_lock_time")),
-        locks=settings.strings("mailbox_delivery_lock"),
     )
 
 

@@ -267,10 +267,17 @@ class Mailbox:
     def suspend(self) -> None:
         """Release the index connection while the session idles (reopened on next use).
 
-        Cheap to call; the view, the subscriptions and every other state stay.
+        Cheap to call; the view, the subscriptions and the rest of the state stay. The
+        caches that are rebuilt on demand go: the copy of ``dovecot-uidlist`` (the next
+        sync reads only what the index does not know, as at an open), the directory
+        listings of the race-window check (the next sync rescans under the lock if a
+        directory is still that recent) and the sorted message list.
         """
         if not self._closed:
             self._index.suspend()
+            self._uidlist.forget()
+            self._listing.clear()
+            self._sorted = None
 
     def close(self) -> None:
         """Release the index and stop change notifications (idempotent)."""
