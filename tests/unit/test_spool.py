@@ -492,6 +492,48 @@ async def test_update_envelope_replaces_it_durably(spool: Spool, tmp_path: Path)
         await spool.update_envelope("4Wk3nB0h2Fz1x", updated, QueueName.INCOMING)
 
 
+async def test_read_message_data_gives_envelope_and_small_content_in_one_read(
+    spool: Spool,
+) -> None:
+    queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+    directory = spool.directory
+    envelope_data = directory.read_envelope_data(QueueName.INCOMING, queue_id)
+    assert envelope_data is not None
+    # small enough: the content comes along, byte for byte as stored
+    assert directory.read_message_data(QueueName.INCOMING, queue_id, 1 << 20) == (
+        envelope_data,
+        MESSAGE,
+    )
+    # too large for the limit: the envelope alone
+    assert directory.read_message_data(QueueName.INCOMING, queue_id, 10) == (envelope_data, None)
+    # an ID.env wins over the envelope inside the queue file, in both cases
+    envelope = Envelope.from_json(envelope_data)
+    delivered = dataclasses.replace(envelope.recipients[0], state=RecipientState.DELIVERED)
+    await spool.update_envelope(
+        queue_id, envelope.replace_recipient(0, delivered), QueueName.INCOMING
+    )
+    updated = directory.read_envelope_data(QueueName.INCOMING, queue_id)
+    assert updated is not None and updated != envelope_data
+    assert directory.read_message_data(QueueName.INCOMING, queue_id, 1 << 20) == (
+        updated,
+        MESSAGE,
+    )
+    assert directory.read_message_data(QueueName.INCOMING, queue_id, 10) == (updated, None)
+    assert directory.read_message_data(QueueName.DEFERRED, queue_id, 1 << 20) is None
+
+
+async def test_read_message_data_ignores_an_uncommitted_queue_file(
+    spool: Spool, tmp_path: Path
+) -> None:
+    queue_id = "4Wk3nB0h2Fz1x"
+    path = tmp_path / "queue" / "incoming" / queue_id
+    path.write_bytes(MESSAGE)  # being written: no trailer yet
+    assert spool.directory.read_message_data(QueueName.INCOMING, queue_id, 1 << 20) is None
+    assert spool.directory.read_message_data(QueueName.INCOMING, queue_id, 10) is None
+    path.write_bytes(b"x")  # shorter than a trailer
+    assert spool.directory.read_message_data(QueueName.INCOMING, queue_id, 1 << 20) is None
+
+
 async def test_update_of_a_missing_message_is_not_found_and_creates_nothing(
     spool: Spool, tmp_path: Path
 ) -> None:

@@ -1099,6 +1099,69 @@ class QueueDirectory:
         finally:
             os.close(fd)
 
+    def read_message_data(
+        self, queue: QueueName, queue_id: str, content_limit: int
+    ) -> tuple[bytes, bytes | None] | None:
+        """Read a message's current envelope and, when small, its content: one ``open``.
+
+        For the queue manager's read of a just-committed message (a page-cache read): a
+        queue file of at most ``content_limit`` bytes (content, envelope and trailer) is read
+        whole with one ``pread``, so that the delivery need not open it again.
+
+        Args:
+            queue: where the message is.
+            queue_id: the message.
+            content_limit: the largest queue file, in bytes, whose content is returned.
+
+        Returns:
+            (envelope JSON, content or None when the file is larger than
+            ``content_limit``); None when there is no committed message. The envelope is
+            ``ID.env`` when that exists, as in :meth:`read_envelope_data`.
+
+        Raises:
+            EnvelopeError: the queue file has no envelope (field ``file``).
+            OSError: reading failed.
+        """
+        _check_queue_id(queue_id)
+        try:
+            fd = os.open(self.file_name(queue, queue_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < TRAILER_LENGTH:
+                return None
+            if size > content_limit:
+                layout = parse_trailer(os.pread(fd, TRAILER_LENGTH, size - TRAILER_LENGTH), size)
+                data = None
+            else:
+                data = os.pread(fd, size, 0)
+                layout = (
+                    parse_trailer(data[size - TRAILER_LENGTH :], size)
+                    if len(data) == size
+                    else None
+                )
+            if layout is None:
+                return None
+            content = None if data is None else data[: layout.content_length]
+            try:
+                env_fd = os.open(
+                    self.file_name(queue, queue_id, ENVELOPE_SUFFIX), os.O_RDONLY | os.O_CLOEXEC
+                )
+            except FileNotFoundError:
+                pass
+            else:
+                with open(env_fd, "rb") as handle:
+                    return handle.read(), content
+            if layout.envelope_length == 0:
+                raise EnvelopeError("file", "the queue file has no envelope and no ID.env")
+            start = layout.content_length
+            if data is not None:
+                return data[start : start + layout.envelope_length], content
+            return os.pread(fd, layout.envelope_length, start), None
+        finally:
+            os.close(fd)
+
     def load_envelope(self, queue_id: str, queue: QueueName) -> Envelope:
         """Read and validate a message's envelope (``ID.env`` if present, else the one in
         the queue file).

@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from roost.address import AddressError, parse_mailbox
 from roost.delivery.router import Destination, Router
@@ -54,6 +54,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("roost.qmgr")
+
+#: The largest queue file (bytes) whose content the queue manager reads with the envelope,
+#: in one ``open`` and ``pread``, and hands to the transports from memory; larger ones are
+#: streamed from the queue file.
+CONTENT_IN_MEMORY: Final = 64 * 1024
 
 
 class Outcome:
@@ -95,6 +100,10 @@ class DeliveryJob:
         recipients: (index, recipient) pairs for this transport.
         open_content: opens the message content (a new binary file each call).
         content_size: the content's size in bytes.
+        content: the content itself when the queue manager has read it already (small
+            messages, :data:`CONTENT_IN_MEMORY`), else None. A transport that writes in
+            this process may use it instead of :attr:`open_content`; one that needs a file
+            descriptor (the privileged helper, a command's stdin) opens the file.
     """
 
     queue_id: str
@@ -102,6 +111,7 @@ class DeliveryJob:
     recipients: tuple[tuple[int, Recipient], ...]
     open_content: Callable[[], BinaryIO]
     content_size: int
+    content: bytes | None = None
 
 
 class Transport(Protocol):
@@ -333,7 +343,7 @@ class QueueManager:
             self._active.discard(queue_id)
 
     async def _process(self, queue_id: str, queue: QueueName, *, force: bool) -> None:
-        envelope = self._read_envelope_now(queue_id, queue)
+        envelope, content = self._read_message_now(queue_id, queue)
         if envelope is None:
             try:
                 envelope = await self.spool.load_envelope(queue_id, queue)
@@ -347,7 +357,7 @@ class QueueManager:
             if not recipient.is_final
             and (force or recipient.next_try is None or recipient.next_try <= started)
         ]
-        results = await self._deliver(queue_id, queue, envelope, due)
+        results = await self._deliver(queue_id, queue, envelope, due, content)
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, queue, envelope, results)
@@ -373,18 +383,25 @@ class QueueManager:
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
 
-    def _read_envelope_now(self, queue_id: str, queue: QueueName) -> Envelope | None:
-        """Read a just-committed envelope in the event loop: a page-cache read costs less
-        than a thread hand-off. None on any trouble (missing, corrupt): the caller then
-        asks the spool, which reports and quarantines."""
+    def _read_message_now(
+        self, queue_id: str, queue: QueueName
+    ) -> tuple[Envelope | None, bytes | None]:
+        """Read a just-committed message in the event loop: a page-cache read costs less
+        than a thread hand-off. The content too when the queue file is small
+        (:data:`CONTENT_IN_MEMORY`), so that its delivery does not open the file again.
+        (None, None) on any trouble (missing, corrupt): the caller then asks the spool,
+        which reports and quarantines."""
         try:
-            data = self.spool.directory.read_envelope_data(queue, queue_id)
-            if data is None:
-                return None
+            found = self.spool.directory.read_message_data(queue, queue_id, CONTENT_IN_MEMORY)
+            if found is None:
+                return None, None
+            data, content = found
             envelope = Envelope.from_json(data)
         except (OSError, ValueError):  # EnvelopeError is a ValueError
-            return None
-        return envelope if envelope.queue_id == queue_id else None
+            return None, None
+        if envelope.queue_id != queue_id:
+            return None, None
+        return envelope, content
 
     def _remove(self, queue_id: str, queue: QueueName) -> asyncio.Future[None]:
         """Remove a finished message soon, with others in one thread hand-off.
@@ -430,6 +447,7 @@ class QueueManager:
         queue: QueueName,
         envelope: Envelope,
         due: Sequence[tuple[int, Recipient]],
+        content: bytes | None = None,
     ) -> list[RecipientResult]:
         groups: dict[Destination, list[tuple[int, Recipient]]] = {}
         results: list[RecipientResult] = []
@@ -458,6 +476,7 @@ class QueueManager:
                 recipients=tuple(recipients),
                 open_content=functools.partial(directory.open_content, queue_id, queue),
                 content_size=envelope.size,
+                content=content,
             )
             try:
                 results += await transport.deliver(job)
