@@ -19,6 +19,7 @@ See Also: Postfix qmgr(8) "dead destination", SCHEDULER_README, CONNECTION_CACHE
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -170,7 +171,7 @@ class ConnectionCache(Generic[T]):
         self.idle_time = idle_time
         self._close = close
         self.per_key = per_key
-        # per destination, oldest first: (connection, the loop time it expires at)
+        # per destination, oldest first: (connection, when it expires: time.monotonic())
         self._idle: dict[str, list[tuple[T, float]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -185,11 +186,12 @@ class ConnectionCache(Generic[T]):
                 del self._idle[key]
             self._spawn_close(connection)
             return
-        loop = asyncio.get_running_loop()
-        expires = loop.time() + self.idle_time
+        # time.monotonic(), not the loop's clock: asyncio.get_running_loop() costs a getpid()
+        # system call (its fork check), and this runs for every message
+        expires = time.monotonic() + self.idle_time
         entries.append((connection, expires))
         if self._sweeper is None:
-            self._sweeper = loop.call_at(expires, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_time, self._sweep)
 
     def take(self, key: str) -> T | None:
         """The most recently used idle connection to ``key``, or None."""
@@ -207,8 +209,7 @@ class ConnectionCache(Generic[T]):
     def _sweep(self) -> None:
         """Close the connections idle for ``idle_time``; re-arm for the next to expire."""
         self._sweeper = None
-        loop = asyncio.get_running_loop()
-        now = loop.time() + 0.001  # a timer may fire a little early (millisecond clocks)
+        now = time.monotonic() + 0.001  # a timer may fire a little early (millisecond clocks)
         earliest: float | None = None
         for key in list(self._idle):
             entries = self._idle[key]
@@ -223,7 +224,8 @@ class ConnectionCache(Generic[T]):
             elif earliest is None or entries[0][1] < earliest:
                 earliest = entries[0][1]
         if earliest is not None:
-            self._sweeper = loop.call_at(earliest, self._sweep)
+            delay = max(0.0, earliest - time.monotonic())
+            self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
 
     def _spawn_close(self, connection: T) -> None:
         task = asyncio.get_running_loop().create_task(self._close(connection))
