@@ -511,6 +511,8 @@ def run_once(
                 )
             instance.hold()
         cpu_before = instance.cpu_seconds()  # roost in drain mode: 0, it is not running
+        master_pid = None if drain else _master_pid(instance)
+        master_before = common.process_cpu_seconds(master_pid) if master_pid else 0.0
         started = time.monotonic()
         sampler = Sampler(instance, sink, started)
         if drain:
@@ -527,6 +529,9 @@ def run_once(
             )
         ingest_end, failure = wait_for_sink(sink, started + args.timeout, args.stall, source)
         cpu = instance.cpu_seconds() - cpu_before
+        if master_pid:  # the master alone (queue manager, deliveries), without its children
+            master_cpu = common.process_cpu_seconds(master_pid) - master_before
+            extra["master_cpu_ms"] = 1000 * master_cpu / workload.messages
         if drain:
             first, last = sink.first_at or started, sink.reached_at or time.monotonic()
             seconds = last - first
@@ -581,6 +586,11 @@ def run_once(
         trace = instance.take_trace()  # the ``trace`` what-if patch's figures, if asked
         if trace:
             print(common.trace_lines(trace))
+
+
+def _master_pid(instance: Instance) -> int | None:
+    """roost's master process (queue manager, deliveries); None for Postfix."""
+    return instance.profile_pid() if isinstance(instance, common.RoostInstance) else None
 
 
 def _first_problem(maillog: Path) -> str:
@@ -711,10 +721,11 @@ def record_line(record: RunRecord) -> str:
         ingest = extra.get("ingest_seconds") or float("nan")
         timing = f"(smtp-source done at {ingest:.1f} s)"
     status = "" if record.ok else f"\n    FAILED: {record.note}"
+    master = f" (master {extra['master_cpu_ms']:.2f})" if "master_cpu_ms" in extra else ""
     return (
         f"  round {record.round} {record.server:<15} {record.rate:6.0f} msg/s at the sink"
         f"  {record.seconds:7.2f} s {timing}\n"
-        f"    CPU {record.cpu_ms_per_message:5.2f} ms/msg  load {record.load_before:4.1f}"
+        f"    CPU {record.cpu_ms_per_message:5.2f} ms/msg{master}  load {record.load_before:4.1f}"
         f"  sink sessions {extra.get('sink_sessions')}  max conns {extra.get('connections_max')}"
         f"  queue left {extra.get('queue_left')}{status}\n"
         f"    sink/queue/conns: {series_line(extra.get('series', []))}"

@@ -151,6 +151,25 @@ async def test_delivers_to_the_best_mx(dns: DnsServer, port: int, sinks: list[Si
     assert mx2.messages == []
 
 
+async def test_content_read_with_the_envelope_is_sent_as_it_is(
+    dns: DnsServer, port: int, sinks: list[Sink]
+) -> None:
+    # the queue manager hands small messages over already read (DeliveryJob.content): the
+    # transport must send those bytes and not open the queue file again
+    mx1 = await sink(sinks, MX1, port)
+    content = b"Subject: read once\r\n\r\n.leading dot\r\nbody\r\n"
+
+    def no_second_open() -> io.BytesIO:
+        raise AssertionError("the content was opened although the job carried it")
+
+    job = dataclasses.replace(
+        make_job("bob@remote.test", content=content), content=content, open_content=no_second_open
+    )
+    [result] = await make_transport(dns, port).deliver(job)
+    assert result.status == "sent"
+    assert mx1.messages[0].content == content
+
+
 async def test_best_mx_down_second_mx(
     dns: DnsServer, port: int, sinks: list[Sink], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,7 @@ from roost.delivery.smtpclient import (
     MAX_REPLY_BYTES,
     ClientLost,
     ClientProtocolError,
+    ClientTimeout,
     _Protocol,
     parse_extensions,
 )
@@ -92,3 +93,25 @@ def test_extensions() -> None:
         "auth": "LOGIN",
         "smtputf8": "",
     }
+
+
+async def test_each_wait_has_its_own_time_limit_with_one_timer() -> None:
+    # the timer set for a short wait fires while a later, longer wait is in progress:
+    # that wait goes on (the timer is set again for its own limit) until its reply arrives
+    loop = asyncio.get_running_loop()
+    protocol = _Protocol(loop)
+    short = asyncio.create_task(protocol.wait(0.05))
+    await asyncio.sleep(0)
+    protocol.data_received(b"250 first\r\n")
+    await short
+    long = asyncio.create_task(protocol.wait(30.0))
+    await asyncio.sleep(0.3)  # well past the first wait's limit
+    assert not long.done()
+    protocol.data_received(b"250 second\r\n")
+    await long
+    assert [code for code, _ in protocol.replies] == [250, 250]
+    # and a short wait after a long one is not held to the long limit
+    with pytest.raises(ClientTimeout):
+        await protocol.wait(0.05)
+    protocol.connection_lost(None)
+    assert protocol._timer is None

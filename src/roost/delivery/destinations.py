@@ -19,8 +19,8 @@ See Also: Postfix qmgr(8) "dead destination", SCHEDULER_README, CONNECTION_CACHE
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -99,29 +99,65 @@ class DestinationSlots:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._users: dict[str, int] = {}
 
-    @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        """Hold one of ``key``'s slots for the ``async with`` block."""
+    def slot(self, key: str) -> _Slot:
+        """Hold one of ``key``'s slots for the ``async with`` block.
+
+        (An object with ``__aenter__``/``__aexit__`` rather than an
+        ``asynccontextmanager``: it is entered once per delivery, and the generator
+        machinery cost more than the semaphore.)
+        """
+        return _Slot(self, key)
+
+    def _enter(self, key: str) -> asyncio.Semaphore:
         semaphore = self._semaphores.get(key)
         if semaphore is None:
             semaphore = self._semaphores[key] = asyncio.Semaphore(self.limit)
         self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with semaphore:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key]
-                del self._semaphores[key]
+        return semaphore
+
+    def _leave(self, key: str) -> None:
+        self._users[key] -= 1
+        if not self._users[key]:
+            del self._users[key]
+            del self._semaphores[key]
 
     def waiting_or_active(self, key: str) -> int:
         """Deliveries to ``key`` in progress or waiting for a slot."""
         return self._users.get(key, 0)
 
 
+class _Slot:
+    """One use of :meth:`DestinationSlots.slot`."""
+
+    __slots__ = ("_key", "_semaphore", "_slots")
+
+    def __init__(self, slots: DestinationSlots, key: str) -> None:
+        self._slots = slots
+        self._key = key
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> None:
+        semaphore = self._slots._enter(self._key)
+        try:
+            await semaphore.acquire()
+        except BaseException:
+            self._slots._leave(self._key)
+            raise
+        self._semaphore = semaphore
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        semaphore, self._semaphore = self._semaphore, None
+        if semaphore is not None:
+            semaphore.release()
+            self._slots._leave(self._key)
+
+
 class ConnectionCache(Generic[T]):
     """Idle connections per destination, each closed after ``idle_time`` unused.
+
+    Expiry is swept by one timer for the whole cache, armed for the oldest idle
+    connection, rather than a timer per connection: a connection is put back and taken
+    again for every message, and a timer each time cost more than the rest of the cache.
 
     Args:
         idle_time: seconds an idle connection is kept (0: none are kept).
@@ -135,28 +171,40 @@ class ConnectionCache(Generic[T]):
         self.idle_time = idle_time
         self._close = close
         self.per_key = per_key
-        self._idle: dict[str, list[tuple[T, asyncio.TimerHandle]]] = {}
+        # per destination, oldest first: (connection, when it expires: time.monotonic())
+        self._idle: dict[str, list[tuple[T, float]]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     def put(self, key: str, connection: T) -> None:
         """Keep ``connection`` for the next delivery to ``key`` (or close it)."""
-        entries = self._idle.setdefault(key, [])
+        entries = self._idle.get(key)
+        if entries is None:
+            entries = self._idle[key] = []
         if self.idle_time <= 0 or len(entries) >= self.per_key:
             if not entries:
                 del self._idle[key]
             self._spawn_close(connection)
             return
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.idle_time, self._expire, key, connection)
-        entries.append((connection, timer))
+        # time.monotonic(), not the loop's clock: asyncio.get_running_loop() costs a getpid()
+        # system call (its fork check), and this runs for every message
+        expires = time.monotonic() + self.idle_time
+        entries.append((connection, expires))
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_time, self._sweep)
 
     def take(self, key: str) -> T | None:
-        """The most recently used idle connection to ``key``, or None."""
+        """The idle connection to ``key`` that has waited longest, or None.
+
+        Oldest first (not the most recently used): while mail flows to a destination every
+        cached connection is used in turn and none idles out, so a destination that needs
+        its 20 connections only most of the time keeps them open rather than closing a few
+        at each lull and opening them again.
+        """
         entries = self._idle.get(key)
         if not entries:
             return None
-        connection, timer = entries.pop()
-        timer.cancel()
+        connection, _ = entries.pop(0)
         if not entries:
             del self._idle[key]
         return connection
@@ -164,15 +212,26 @@ class ConnectionCache(Generic[T]):
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._idle.values())
 
-    def _expire(self, key: str, connection: T) -> None:
-        entries = self._idle.get(key, [])
-        for position, (candidate, _) in enumerate(entries):
-            if candidate is connection:
-                del entries[position]
-                break
-        if not entries:
-            self._idle.pop(key, None)
-        self._spawn_close(connection)
+    def _sweep(self) -> None:
+        """Close the connections idle for ``idle_time``; re-arm for the next to expire."""
+        self._sweeper = None
+        now = time.monotonic() + 0.001  # a timer may fire a little early (millisecond clocks)
+        earliest: float | None = None
+        for key in list(self._idle):
+            entries = self._idle[key]
+            expired = 0
+            while expired < len(entries) and entries[expired][1] <= now:
+                expired += 1
+            for connection, _ in entries[:expired]:
+                self._spawn_close(connection)
+            del entries[:expired]
+            if not entries:
+                del self._idle[key]
+            elif earliest is None or entries[0][1] < earliest:
+                earliest = entries[0][1]
+        if earliest is not None:
+            delay = max(0.0, earliest - time.monotonic())
+            self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
 
     def _spawn_close(self, connection: T) -> None:
         task = asyncio.get_running_loop().create_task(self._close(connection))
@@ -181,9 +240,11 @@ class ConnectionCache(Generic[T]):
 
     async def close_all(self, timeout: float | None = None) -> None:
         """Close every idle connection; wait up to ``timeout`` for the closes in progress."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for entries in self._idle.values():
-            for connection, timer in entries:
-                timer.cancel()
+            for connection, _ in entries:
                 self._spawn_close(connection)
         self._idle.clear()
         if self._closing:

@@ -229,12 +229,13 @@ class Route:
     nexthops: tuple[Nexthop, ...] = ()
     text: str = ""
     configured: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """The destination: what concurrency, connection reuse and dead-destination backoff
+    are counted per (Postfix's transport queue name minus the transport). Computed once:
+    it is asked for several times per delivery."""
 
-    @property
-    def key(self) -> str:
-        """The destination: what concurrency, connection reuse and dead-destination
-        backoff are counted per (Postfix's transport queue name minus the transport)."""
-        return ", ".join(str(nexthop) for nexthop in self.nexthops)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ", ".join(str(nexthop) for nexthop in self.nexthops))
 
 
 def parse_transport(value: str) -> tuple[str, str]:

@@ -192,8 +192,10 @@ _ROUTE_CACHE_SIZE: Final = 10000
 
 
 def _read_content(job: DeliveryJob) -> _Content:
-    with job.open_content() as handle:
-        raw = handle.read()
+    raw = job.content  # read by the queue manager with the envelope (small messages)
+    if raw is None:
+        with job.open_content() as handle:
+            raw = handle.read()
     lines = raw.count(b"\n")
     if lines == raw.count(b"\r\n") == raw.count(b"\r"):
         payload = raw  # CRLF already (the spool's usual form): no rewrite
@@ -427,7 +429,7 @@ class SmtpTransport:
                 verdicts.append(Verdict(index, Status.DEFERRED, "4.3.5", route.text))
         if groups:
             try:
-                if job.content_size <= INLINE_READ_LIMIT:
+                if job.content is not None or job.content_size <= INLINE_READ_LIMIT:
                     content = _read_content(job)
                 else:
                     content = await asyncio.to_thread(_read_content, job)

@@ -101,6 +101,10 @@ class _Protocol(asyncio.Protocol):
         self.replies: deque[tuple[int, str]] = deque()
         self.error: ClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # the time limit of the read waiting now, and the one timer that enforces it
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -109,6 +113,9 @@ class _Protocol(asyncio.Protocol):
         if self.error is None:
             self.error = ClientLost(f"connection lost: {exc}" if exc else "connection closed")
         self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake()
 
     def eof_received(self) -> bool:
@@ -175,19 +182,40 @@ class _Protocol(asyncio.Protocol):
         self.replies.clear()
 
     async def wait(self, timeout: float) -> None:
-        waiter = self._loop.create_future()
+        """Wait until a reply (or an error) arrives, at most ``timeout`` seconds.
+
+        One timer per connection, not one per wait: it stays armed across waits and is
+        moved only when a wait's limit is earlier than the time it is set for; when it
+        fires before the limit of the wait then in progress it is set again for that limit.
+        (Two timers created and cancelled per relayed message cost more than the rest of
+        the wait.)
+        """
+        loop = self._loop
+        deadline = loop.time() + timeout
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+            self._timer_at = deadline
+        waiter = loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(ClientTimeout("timed out waiting for the server's reply"))
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nothing waits: the next wait sets the timer again
+        deadline = self._deadline
+        if self._loop.time() + 0.001 >= deadline:  # timers may fire a little early
+            waiter.set_exception(ClientTimeout("timed out waiting for the server's reply"))
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+            self._timer_at = deadline
 
 
 class SmtpConnection:
