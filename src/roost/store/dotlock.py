@@ -31,6 +31,7 @@ from roost.store.errors import LockTimeout
 __all__ = [
     "UIDLIST_LOCK_STALE_SECONDS",
     "dotlock",
+    "is_live_template",
     "keep_template",
     "release_template",
     "replace_file",
@@ -191,6 +192,17 @@ def _template_path(lock_path: str) -> str:
     if not os.path.isdir(tmp):
         tmp = directory
     return os.path.join(tmp, f".{name}.{_HOSTNAME}.{os.getpid()}")
+
+
+def is_live_template(name: str) -> bool:
+    """Tell whether ``name`` (a file in a Maildir's ``tmp/``) is the lock template of a
+    live process of this host (``.<name>.lock.<host>.<pid>``, see :func:`dotlock`)."""
+    if not name.startswith("."):
+        return False
+    head, _, pid_text = name.rpartition(".")
+    if not pid_text.isdigit() or not head.endswith(f".lock.{_HOSTNAME}"):
+        return False
+    return _pid_alive(int(pid_text))
 
 
 def _remove_dead_templates(template: str) -> None:
