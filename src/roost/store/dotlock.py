@@ -75,28 +75,28 @@ def _forget_locks_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
-def _take(lock_path: str, refs: int = 1) -> _Held:
-    """The entry of ``lock_path`` (made if missing), with ``refs`` more references."""
+def _take(lock_path: str) -> _Held:
+    """The entry of ``lock_path`` (made if missing), with one more reference."""
     with _registry_lock:
         held = _registry.get(lock_path)
         if held is None:
             held = _registry[lock_path] = _Held(threading.RLock())
-        held.refs += refs
+        held.refs += 1
         return held
 
 
-def _drop(lock_path: str, held: _Held, refs: int = 1) -> None:
-    """Give back ``refs`` references; the last one removes the entry (and a template
-    still on disk, which no user keeps any more)."""
+def _drop(lock_path: str, held: _Held) -> None:
+    """Give back a reference; the last one removes the entry (and a template still on
+    disk, which no user keeps any more)."""
     with _registry_lock:
-        held.refs -= refs
+        held.refs -= 1
         if held.refs > 0 or _registry.get(lock_path) is not held:
             return
         del _registry[lock_path]
-        template, held.template = held.template, None
-    if template is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(template)
+        if held.template is not None:  # rare; under the lock, as a new entry of the
+            with contextlib.suppress(OSError):  # path would make a file of the same name
+                os.unlink(held.template)
+            held.template = None
 
 
 @contextlib.contextmanager
