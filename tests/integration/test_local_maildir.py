@@ -147,6 +147,26 @@ def test_quota_from_maildirsize_which_is_updated(tmp_path: Path) -> None:
     assert (maildir / "maildirsize").read_text().endswith("\n40 1\n")
 
 
+def test_maildirsize_of_another_program_is_updated_without_a_roost_quota(
+    tmp_path: Path,
+) -> None:
+    """The file carries its own quota (Dovecot's maildir backend, Courier's maildrop):
+    every delivery adds to it, whatever roost's quota; none is made when absent, and a
+    symlink is not followed."""
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, b"x" * 10)
+    assert not (maildir / "maildirsize").exists()
+    (maildir / "maildirsize").write_text("5000S,10C\n0 0\n")
+    deliver_maildir(maildir, b"x" * 25)
+    assert (maildir / "maildirsize").read_text() == "5000S,10C\n0 0\n25 1\n"
+    (maildir / "maildirsize").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("1S\n")
+    (maildir / "maildirsize").symlink_to(elsewhere)
+    deliver_maildir(maildir, b"x" * 5)
+    assert elsewhere.read_text() == "1S\n"
+
+
 def test_mailbox_size_limit_per_message(tmp_path: Path) -> None:
     maildir = tmp_path / "Maildir"
     with pytest.raises(QuotaExceeded, match="size limit"):

@@ -31,6 +31,7 @@ from roost.store.errors import LockTimeout
 __all__ = [
     "UIDLIST_LOCK_STALE_SECONDS",
     "dotlock",
+    "is_live_template",
     "keep_template",
     "release_template",
     "replace_file",
@@ -53,8 +54,13 @@ class _Held:
     template: str | None = None
     #: How many open users (mailboxes) in this process keep the template.
     users: int = 0
+    #: Threads using the entry now (waiting for, holding or releasing the lock) plus
+    #: ``users``; the entry leaves the registry when this drops to 0.
+    refs: int = 0
 
 
+#: lock path -> entry, only while the lock is in use or its template is kept: a daemon
+#: that opens many mailboxes over its life does not keep one entry per mailbox.
 _registry: Final[dict[str, _Held]] = {}
 _registry_lock = threading.Lock()
 
@@ -69,12 +75,38 @@ def _forget_locks_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
-def _entry(lock_path: str) -> _Held:
+def _take(lock_path: str) -> _Held:
+    """The entry of ``lock_path`` (made if missing), with one more reference."""
     with _registry_lock:
         held = _registry.get(lock_path)
         if held is None:
             held = _registry[lock_path] = _Held(threading.RLock())
+        held.refs += 1
         return held
+
+
+def _drop(lock_path: str, held: _Held) -> None:
+    """Give back a reference; the last one removes the entry (and a template still on
+    disk, which no user keeps any more)."""
+    with _registry_lock:
+        held.refs -= 1
+        if held.refs > 0 or _registry.get(lock_path) is not held:
+            return
+        del _registry[lock_path]
+        if held.template is not None:  # rare; under the lock, as a new entry of the
+            with contextlib.suppress(OSError):  # path would make a file of the same name
+                os.unlink(held.template)
+            held.template = None
+
+
+@contextlib.contextmanager
+def _entry(lock_path: str) -> Iterator[_Held]:
+    """Use the entry of ``lock_path`` for the ``with`` block."""
+    held = _take(lock_path)
+    try:
+        yield held
+    finally:
+        _drop(lock_path, held)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -162,6 +194,17 @@ def _template_path(lock_path: str) -> str:
     return os.path.join(tmp, f".{name}.{_HOSTNAME}.{os.getpid()}")
 
 
+def is_live_template(name: str) -> bool:
+    """Tell whether ``name`` (a file in a Maildir's ``tmp/``) is the lock template of a
+    live process of this host (``.<name>.lock.<host>.<pid>``, see :func:`dotlock`)."""
+    if not name.startswith("."):
+        return False
+    head, _, pid_text = name.rpartition(".")
+    if not pid_text.isdigit() or not head.endswith(f".lock.{_HOSTNAME}"):
+        return False
+    return _pid_alive(int(pid_text))
+
+
 def _remove_dead_templates(template: str) -> None:
     """Remove the templates that processes of this host left behind when they died."""
     directory, name = os.path.split(template)
@@ -238,21 +281,28 @@ def _link_exclusive(
 
 
 def keep_template(path: Path) -> None:
-    """Count one more user of the lock template of ``<path>.lock`` (see :func:`dotlock`)."""
-    held = _entry(os.fspath(path) + ".lock")
+    """Count one more user of the lock template of ``<path>.lock`` (see :func:`dotlock`).
+
+    Each call must be balanced by one :func:`release_template`.
+    """
+    held = _take(os.fspath(path) + ".lock")  # the user's reference, until released
     with held.thread_lock:
         held.users += 1
 
 
 def release_template(path: Path) -> None:
-    """One user of ``<path>.lock``'s template is gone; the last removes the file."""
-    held = _entry(os.fspath(path) + ".lock")
-    with held.thread_lock:
-        held.users = max(0, held.users - 1)
+    """One user of ``<path>.lock``'s template is gone; the last removes the file (and
+    the registry entry, once no thread uses the lock either)."""
+    lock_path = os.fspath(path) + ".lock"
+    with _entry(lock_path) as held, held.thread_lock:
+        if held.users == 0:
+            return  # unbalanced: nothing to give back
+        held.users -= 1
         if held.users == 0 and held.depth == 0 and held.template is not None:
             with contextlib.suppress(OSError):
                 os.unlink(held.template)
             held.template = None
+    _drop(lock_path, held)  # the user's reference
 
 
 @contextlib.contextmanager
@@ -287,48 +337,59 @@ def dotlock(
         OSError: creating the lock file failed (ENOENT: the mailbox directory is gone).
     """
     lock_path = os.fspath(path) + ".lock"
-    held = _entry(lock_path)
-    if not held.thread_lock.acquire(timeout=timeout):
-        raise LockTimeout(f"timeout waiting for {lock_path}")
-    try:
-        if held.depth == 0:
-            content = f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
-            if held.users > 0:
-                held.inode = _link_exclusive(
-                    lock_path,
-                    held,
-                    timeout=timeout,
-                    stale_seconds=stale_seconds,
-                    mode=mode,
-                    chown=chown,
-                    content=content,
-                )
-            else:
-                fd = _create_exclusive(
-                    lock_path,
-                    timeout=timeout,
-                    stale_seconds=stale_seconds,
-                    mode=mode,
-                    own_pid_is_stale=True,
-                    content=content,
-                )
-                try:
-                    if chown is not None:
-                        chown(fd)
-                    held.inode = os.fstat(fd).st_ino
-                finally:
-                    os.close(fd)
-        held.depth += 1
+    with _entry(lock_path) as held:
+        if not held.thread_lock.acquire(timeout=timeout):
+            raise LockTimeout(f"timeout waiting for {lock_path}")
         try:
-            yield
-        finally:
-            held.depth -= 1
             if held.depth == 0:
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(lock_path).st_ino == held.inode:
-                        os.unlink(lock_path)
+                held.inode = _lock_file(held, lock_path, timeout, stale_seconds, mode, chown)
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+                if held.depth == 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(lock_path).st_ino == held.inode:
+                            os.unlink(lock_path)
+        finally:
+            held.thread_lock.release()
+
+
+def _lock_file(
+    held: _Held,
+    lock_path: str,
+    timeout: float,
+    stale_seconds: float,
+    mode: int,
+    chown: Callable[[int], None] | None,
+) -> int:
+    """Make the lock file for :func:`dotlock` (thread lock held); return its inode."""
+    content = f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
+    if held.users > 0:
+        return _link_exclusive(
+            lock_path,
+            held,
+            timeout=timeout,
+            stale_seconds=stale_seconds,
+            mode=mode,
+            chown=chown,
+            content=content,
+        )
+    fd = _create_exclusive(
+        lock_path,
+        timeout=timeout,
+        stale_seconds=stale_seconds,
+        mode=mode,
+        own_pid_is_stale=True,
+        content=content,
+    )
+    try:
+        if chown is not None:
+            chown(fd)
+        return os.fstat(fd).st_ino
     finally:
-        held.thread_lock.release()
+        os.close(fd)
 
 
 def replace_file(
@@ -367,39 +428,39 @@ def replace_file(
         OSError: writing or renaming failed.
     """
     lock_path = os.fspath(path) + ".lock"
-    held = _entry(lock_path)
-    if not held.thread_lock.acquire(timeout=timeout):
-        raise LockTimeout(f"timeout waiting for {lock_path}")
-    try:
-        fd = _create_exclusive(
-            lock_path,
-            timeout=timeout,
-            stale_seconds=stale_seconds,
-            mode=mode,
-            own_pid_is_stale=False,
-            content=b"",
-        )
+    with _entry(lock_path) as held:
+        if not held.thread_lock.acquire(timeout=timeout):
+            raise LockTimeout(f"timeout waiting for {lock_path}")
         try:
-            data = content()
-            if data is None:
-                os.unlink(lock_path)
-                return False
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if chown is not None:
-                chown(fd)
-            if before_rename is not None:
-                before_rename(fd)
-            if fsync:
-                os.fsync(fd)
-            os.rename(lock_path, path)
-            return True
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(lock_path)
-            raise
+            fd = _create_exclusive(
+                lock_path,
+                timeout=timeout,
+                stale_seconds=stale_seconds,
+                mode=mode,
+                own_pid_is_stale=False,
+                content=b"",
+            )
+            try:
+                data = content()
+                if data is None:
+                    os.unlink(lock_path)
+                    return False
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if chown is not None:
+                    chown(fd)
+                if before_rename is not None:
+                    before_rename(fd)
+                if fsync:
+                    os.fsync(fd)
+                os.rename(lock_path, path)
+                return True
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
+                raise
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
-    finally:
-        held.thread_lock.release()
+            held.thread_lock.release()

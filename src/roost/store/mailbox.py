@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import BinaryIO, Final
 
 from roost.store._fs import FsPolicy, unlink_quietly, write_all
 from roost.store.bus import ChangeBus, ChangeCallback, Subscription
-from roost.store.dotlock import dotlock, keep_template, release_template
+from roost.store.dotlock import dotlock, is_live_template, keep_template, release_template
 from roost.store.errors import LockTimeout, MailboxNotFound, MessageNotFound, StoreError
 from roost.store.filename import (
     DELETED,
@@ -86,7 +87,61 @@ _LINK_FALLBACK_ERRNOS: Final = frozenset(
     {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES, errno.ENOSYS}
 )
 
+#: Dovecot's ``MAILDIR_TMP_DELETE_SECS``: files in ``tmp/`` whose inode has not changed
+#: for this long are left over by a writer that died; they are deleted.
+TMP_DELETE_SECONDS: Final = 36 * 60 * 60
+#: Dovecot's ``MAILDIR_TMP_SCAN_SECS``: ``tmp/`` is scanned at most this often (by its
+#: atime, which the scan sets).
+TMP_SCAN_SECONDS: Final = 8 * 60 * 60
+
 QuotaCheck = Callable[[int], None]
+
+
+def clean_tmp(mailbox_dir: str, now: float) -> int:
+    """Delete the files of ``<mailbox_dir>/tmp/`` left over by dead writers (Dovecot's
+    ``maildir_check_tmp`` + ``unlink_old_files``, at mailbox open).
+
+    Nothing is done unless ``tmp/``'s atime is more than :data:`TMP_SCAN_SECONDS` before
+    ``now``; a scan first sets that atime to ``now`` (its mtime is kept), so other
+    processes skip it. A scan deletes the non-directory entries whose *ctime* is more
+    than :data:`TMP_DELETE_SECONDS` before ``now``, as Dovecot: not the mtime, which an
+    APPEND in progress sets to the message's INTERNALDATE (any age) before renaming the
+    file into ``cur/``; every write, ``utime`` or link changes the ctime, so a file being
+    delivered and a lock template (refreshed at each lock) are young. Lock templates of
+    live processes of this host are kept whatever their age. Errors (a read-only
+    mailbox, a file gone meanwhile) are ignored: the next scan tries again.
+
+    Args:
+        mailbox_dir: the Maildir (the directory holding ``cur/``, ``new/``, ``tmp/``).
+        now: the current time, seconds since the epoch.
+
+    Returns:
+        How many files were deleted.
+    """
+    tmp_dir = os.path.join(mailbox_dir, TMP)
+    try:
+        st = os.stat(tmp_dir)
+        if st.st_atime >= now - TMP_SCAN_SECONDS:
+            return 0
+        os.utime(tmp_dir, ns=(int(now * 1e9), st.st_mtime_ns))
+        entries = list(os.scandir(tmp_dir))
+    except OSError:
+        return 0
+    cutoff = now - TMP_DELETE_SECONDS
+    deleted = 0
+    for entry in entries:
+        try:
+            old = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(old.st_mode) or old.st_ctime >= cutoff:
+                continue
+            if is_live_template(entry.name):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        deleted += 1
+        logger.info("deleted old temporary file %s", entry.path)
+    return deleted
 
 
 def pop3_uidl(uid_validity: int, message: MessageInfo) -> str:
@@ -175,6 +230,7 @@ class Mailbox:
         self._quota_check = quota_check
         if not os.path.isdir(os.path.join(self._dir, CUR)):
             raise MailboxNotFound(f"mailbox {name!r} does not exist", mailbox=name)
+        clean_tmp(self._dir, time.time())
         self._uidlist = UidList(
             directory / UIDLIST_NAME,
             fsync=policy.fsync,
