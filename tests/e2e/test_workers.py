@@ -279,6 +279,9 @@ def test_changes_are_relayed_only_to_the_workers_watching_the_mailbox(
         )
         # a session in the other worker selects it: from then on each change goes there
         watcher.login("bob", "bob's secret")
+        watcher.select("INBOX")
+        wait_for(lambda: bus()["watches"] == start + 2, "the other worker watches INBOX")
+        # SELECT again: the watch may go and come back (or stay): changes still arrive
         _, data = watcher.select("INBOX")
         exists = int(data[0] or b"0")
         wait_for(lambda: bus()["watches"] == start + 2, "the other worker watches INBOX")

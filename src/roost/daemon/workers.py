@@ -30,7 +30,8 @@ JSON lines). Worker to master:
   effect before the client sees the answer; the master keeps each worker's share, to bring
   a new worker up to date and to take back the counts of a worker that died;
 * ``sub {p}``, ``unsub {p}``: mailbox ``p`` got its first subscriber in this worker (an
-  IMAP session selected it, a handed-over session watches it), or lost its last. The
+  IMAP session selected it, a handed-over session watches it), or lost its last (sent at
+  the end of a loop pass: a mailbox selected again meanwhile costs none). The
   master answers ``sub`` with a ``bus {p}`` to that worker: the subscription takes effect
   in the master only then, so the worker's subscribers sync once more, after every change
   the master did not relay to it (see :meth:`WorkerPool.watching`);
@@ -538,10 +539,30 @@ class Worker:
         channel = self._channel
         self.throttle.on_event = lambda event: self._share({"t": "throttle", "e": list(event)})
 
+        # What the master was told (sub/unsub), and the changes since, sent at the end of
+        # a loop pass: a mailbox that loses its last subscriber and gets a new one in
+        # between (a session that SELECTs the same mailbox again) costs no message, and the
+        # master relays its changes all along.
+        told: set[str] = set()
+        watch_changes: dict[str, bool] = {}
+        watch_lock = threading.Lock()
+
+        def send_watches() -> None:
+            with watch_lock:
+                changes = list(watch_changes.items())
+                watch_changes.clear()
+            for key, watched in changes:
+                if watched != (key in told):
+                    (told.add if watched else told.discard)(key)
+                    channel.send({"t": "sub" if watched else "unsub", "p": key})
+
         def watch(key: str, watched: bool) -> None:  # under the bus's lock, any thread
-            message: Message = {"t": "sub" if watched else "unsub", "p": key}
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(channel.send, message)
+            with watch_lock:
+                wake = not watch_changes
+                watch_changes[key] = watched
+            if wake:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(send_watches)
 
         anvil.PEERS.emit = lambda event: self._share({"t": "anvil", "e": event})
 
