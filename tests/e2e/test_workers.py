@@ -10,6 +10,7 @@ the replacement of a killed worker, and no other process with ``worker_processes
 from __future__ import annotations
 
 import base64
+import contextlib
 import imaplib
 import os
 import poplib
@@ -245,6 +246,68 @@ def test_idle_in_one_worker_sees_deliveries_and_changes_made_in_another(
     finally:
         idler.logout()
         other.logout()
+
+
+def test_changes_are_relayed_only_to_the_workers_watching_the_mailbox(
+    instance: Instance,
+) -> None:
+    def bus() -> dict[str, int]:
+        counts = status(instance)["bus"]
+        assert isinstance(counts, dict)
+        return counts
+
+    def appended(client: imaplib.IMAP4, count: int) -> None:
+        for n in range(count):
+            client.append("INBOX", None, None, f"Subject: {n}\r\n\r\nrelay\r\n".encode())
+
+    pids = worker_pids(instance)
+    writer, writer_pid = imap_in(instance, None, pids)
+    watcher, _ = imap_in(instance, None, pids, avoid=writer_pid)
+    try:
+        writer.login("bob", "bob's secret")
+        start = bus()["watches"]
+        writer.select("INBOX")
+        wait_for(lambda: bus()["watches"] == start + 1, "the writer's worker watches INBOX")
+        # no other worker watches bob's INBOX: its changes go to the master and stop there
+        before = bus()
+        appended(writer, 3)
+        wait_for(lambda: bus()["from_workers"] >= before["from_workers"] + 3, "the notices")
+        after = bus()
+        assert after["relayed"] == before["relayed"], (before, after)
+        assert after["unwatched"] - before["unwatched"] == (
+            after["from_workers"] - before["from_workers"]
+        )
+        # a session in the other worker selects it: from then on each change goes there
+        watcher.login("bob", "bob's secret")
+        watcher.select("INBOX")
+        wait_for(lambda: bus()["watches"] == start + 2, "the other worker watches INBOX")
+        # SELECT again: the watch may go and come back (or stay): changes still arrive
+        _, data = watcher.select("INBOX")
+        exists = int(data[0] or b"0")
+        wait_for(lambda: bus()["watches"] == start + 2, "the other worker watches INBOX")
+        tag = watcher._new_tag().decode()  # type: ignore[attr-defined]
+        watcher.send(f"{tag} IDLE\r\n".encode())
+        assert watcher.readline().startswith(b"+")
+        before = bus()
+        appended(writer, 1)
+        line = watcher.readline()
+        assert line == f"* {exists + 1} EXISTS\r\n".encode(), line
+        wait_for(lambda: bus()["from_workers"] > before["from_workers"], "the notice")
+        after = bus()
+        assert after["relayed"] - before["relayed"] == (
+            after["from_workers"] - before["from_workers"]
+        ), (before, after)
+        watcher.send(b"DONE\r\n")
+        line = watcher.readline()
+        while line.startswith(b"* "):  # RECENT
+            line = watcher.readline()
+        assert line.startswith(f"{tag} OK".encode()), line
+        watcher.close()  # CLOSE: the last subscriber in that worker goes, so does its watch
+        wait_for(lambda: bus()["watches"] == start + 1, "the watch ends with the session")
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            watcher.logout()
+        writer.logout()
 
 
 def test_pop3_maildrop_lock_holds_across_workers(instance: Instance) -> None:

@@ -523,6 +523,7 @@ class Daemon:
         if self.pool is not None:
             workers = await self.pool.status()
             answer["workers"] = workers
+            answer["bus"] = self.pool.bus_status()
             services.update(merge_worker_status(workers))
         return answer
 

@@ -36,8 +36,9 @@ The request's connection stays open as a control channel (JSON lines, as the wor
 channel of :mod:`roost.daemon.channel`): the worker sends ``stop`` (the daemon stops: the
 session ends with ``* BYE``/``-ERR [SYS/TEMP]`` at its next chance) and ``bus`` (a mailbox
 changed, for IMAP IDLE); the child sends ``watch``/``unwatch`` (a mailbox it has selected,
-so the worker subscribes to its changes on the daemon's bus,
-:mod:`roost.store.bus`) and ``pub`` (its own writes, which the worker publishes to the
+so the worker subscribes to its changes on the daemon's bus, :mod:`roost.store.bus`, and
+answers with a ``bus`` for it: the session syncs once more, after any change published
+before the worker's subscription) and ``pub`` (its own writes, which the worker publishes to the
 other sessions and processes). When the worker dies, the child sees the end of both
 sockets and ends the session.
 
@@ -369,8 +370,13 @@ class Proxy:
         kind, path = message.get("t"), message.get("p")
         if not isinstance(path, str):
             return
-        if kind == "watch" and path not in self._watches and len(self._watches) < 1000:
-            self._watches[path] = DEFAULT_BUS.subscribe(Path(path), self._changed, owner=self)
+        if kind == "watch" and len(self._watches) < 1000:
+            if path not in self._watches:
+                self._watches[path] = DEFAULT_BUS.subscribe(Path(path), self._changed, owner=self)
+            # The session read the mailbox after it subscribed in its own process, maybe
+            # before this subscription: a change published in between reached no one here.
+            # One more sync, asked for now, finds it (changes from now on are relayed).
+            self._channel.send({"t": "bus", "p": path})
         elif kind == "unwatch":
             subscription = self._watches.pop(path, None)
             if subscription is not None:

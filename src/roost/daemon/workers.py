@@ -29,8 +29,15 @@ JSON lines). Worker to master:
   Workers send these straight to each other too (:class:`Mesh`, datagrams), so they take
   effect before the client sees the answer; the master keeps each worker's share, to bring
   a new worker up to date and to take back the counts of a worker that died;
+* ``sub {p}``, ``unsub {p}``: mailbox ``p`` got its first subscriber in this worker (an
+  IMAP session selected it, a handed-over session watches it), or lost its last (sent at
+  the end of a loop pass: a mailbox selected again meanwhile costs none). The
+  master answers ``sub`` with a ``bus {p}`` to that worker: the subscription takes effect
+  in the master only then, so the worker's subscribers sync once more, after every change
+  the master did not relay to it (see :meth:`WorkerPool.watching`);
 * ``bus {p}``: a mailbox changed (IMAP IDLE): the master forwards it to the other workers
-  and publishes it to its own subscribers; the master's own deliveries go to every worker;
+  that watch ``p`` and publishes it to its own subscribers; the master's own deliveries go
+  to every worker that watches the mailbox;
 * ``status {id, services}``, ``reloaded {id, ok}``: answers.
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
@@ -531,6 +538,32 @@ class Worker:
             loop.add_signal_handler(signum, self._stop.set)
         channel = self._channel
         self.throttle.on_event = lambda event: self._share({"t": "throttle", "e": list(event)})
+
+        # What the master was told (sub/unsub), and the changes since, sent at the end of
+        # a loop pass: a mailbox that loses its last subscriber and gets a new one in
+        # between (a session that SELECTs the same mailbox again) costs no message, and the
+        # master relays its changes all along.
+        told: set[str] = set()
+        watch_changes: dict[str, bool] = {}
+        watch_lock = threading.Lock()
+
+        def send_watches() -> None:
+            with watch_lock:
+                changes = list(watch_changes.items())
+                watch_changes.clear()
+            for key, watched in changes:
+                if watched != (key in told):
+                    (told.add if watched else told.discard)(key)
+                    channel.send({"t": "sub" if watched else "unsub", "p": key})
+
+        def watch(key: str, watched: bool) -> None:  # under the bus's lock, any thread
+            with watch_lock:
+                wake = not watch_changes
+                watch_changes[key] = watched
+            if wake:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(send_watches)
+
         anvil.PEERS.emit = lambda event: self._share({"t": "anvil", "e": event})
 
         def relay(key: str) -> None:  # store threads publish too
@@ -552,6 +585,7 @@ class Worker:
             if self.mesh.open():
                 await self.mesh.start()
             await channel.start()
+            DEFAULT_BUS.set_watch_hook(watch)  # before any session can subscribe
             for service in self.services:
                 await service.start()
         except (OSError, TLSError, ConfigError) as exc:
@@ -597,6 +631,7 @@ class Worker:
                 await service.stop(grace)
             except Exception:
                 worker_log.exception("error stopping %s", service.name)
+        DEFAULT_BUS.set_watch_hook(None)
         if self.spool is not None:
             await self.spool.close()
         self.mesh.close()
@@ -676,6 +711,7 @@ class _Handle:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     anvil_active: dict[tuple[str, str], int] = field(default_factory=dict)
     counts: dict[tuple[str, Hashable], int] = field(default_factory=dict)
+    watching: set[str] = field(default_factory=set)  # mailbox keys (``sub``)
     retiring: bool = False
 
 
@@ -715,6 +751,13 @@ class WorkerPool:
         self._starting = False
         self._failed_start = False
         self._retiring: set[_Handle] = set()
+        self._watchers: dict[str, set[_Handle]] = {}  # mailbox key -> workers watching it
+        #: Change notices: received ``from_workers`` and ``from_master`` (the master's own
+        #: publishes, deliveries mostly, after gathering), ``relayed`` (lines sent to
+        #: workers), ``unwatched`` (received and sent to no worker).
+        self.bus_counts: dict[str, int] = dict.fromkeys(
+            ("from_workers", "from_master", "relayed", "unwatched"), 0
+        )
 
     async def start(self, timeout: float = 60.0) -> None:
         """Fork every worker and wait until each listens.
@@ -739,7 +782,8 @@ class WorkerPool:
                 keys = list(pending)
                 pending.clear()
             for key in keys:
-                self.broadcast({"t": "bus", "p": key}, None)
+                self.bus_counts["from_master"] += 1
+                self._relay_change(key, None)
 
         def relay(key: str) -> None:
             with pending_lock:
@@ -844,6 +888,13 @@ class WorkerPool:
         for (name, key), value in handle.counts.items():
             if value:
                 self.broadcast({"t": "count", "n": name, "k": key, "d": -value}, handle)
+        for key in handle.watching:
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard(handle)
+                if not watchers:
+                    del self._watchers[key]
+        handle.watching.clear()
         if handle.retiring:
             self._retiring.discard(handle)
         if not self.workers and not self._retiring:
@@ -877,13 +928,64 @@ class WorkerPool:
             if handle is not origin:
                 handle.channel.send(message)
 
+    def watching(self, key: str) -> list[int]:
+        """The indexes of the workers watching mailbox ``key`` (a resolved Maildir path).
+
+        A worker watches a mailbox from its ``sub`` to its ``unsub`` (or its end). A change
+        is relayed only to the workers watching it when the master handles it; the answer
+        to a ``sub`` (a ``bus`` notice) makes up for the changes handled before: a
+        session subscribes, then reads the mailbox; a change written after that read is
+        published after it, so either the master handles it after the ``sub`` (relayed)
+        or before (then it is on disk before the answer, and the sync the answer causes
+        finds it).
+        """
+        return sorted(h.index for h in self._watchers.get(key, ()))
+
+    def bus_status(self) -> dict[str, int]:
+        """The change-relay counters (:attr:`bus_counts`) and ``watches``: how many
+        (worker, mailbox) subscriptions the master knows of."""
+        watches = sum(len(handles) for handles in self._watchers.values())
+        return {**self.bus_counts, "watches": watches}
+
+    def _relay_change(self, key: str, origin: _Handle | None) -> None:
+        """Send a change notice to the workers watching ``key`` but ``origin``."""
+        sent = 0
+        watchers = self._watchers.get(key)
+        if watchers:
+            message: Message = {"t": "bus", "p": key}
+            for handle in watchers:
+                if handle is not origin:
+                    handle.channel.send(message)
+                    sent += 1
+        self.bus_counts["relayed"] += sent
+        if not sent:
+            self.bus_counts["unwatched"] += 1
+
+    def _watch(self, handle: _Handle, key: str, watched: bool) -> None:
+        if watched:
+            handle.watching.add(key)
+            self._watchers.setdefault(key, set()).add(handle)
+            handle.channel.send({"t": "bus", "p": key})  # see watching()
+        else:
+            handle.watching.discard(key)
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard(handle)
+                if not watchers:
+                    del self._watchers[key]
+
     def _message(self, handle: _Handle, message: Message) -> None:
         kind = message.get("t")
         if kind == "commit":
             self.on_commit(str(message["id"]))
         elif kind == "bus":
-            self.broadcast(message, handle)
-            DEFAULT_BUS.publish_relayed(str(message["p"]))
+            mailbox = str(message["p"])
+            self.bus_counts["from_workers"] += 1
+            self._relay_change(mailbox, handle)
+            DEFAULT_BUS.publish_relayed(mailbox)
+        elif kind in ("sub", "unsub"):
+            if handle in self._retiring or self.workers.get(handle.index) is handle:
+                self._watch(handle, str(message["p"]), kind == "sub")
         elif kind == "throttle":  # the workers have it already (Mesh): keep count only
             self.throttle.apply(_throttle_event(message["e"]))
         elif kind == "anvil":

@@ -14,7 +14,10 @@ Changes made by other processes (Dovecot, procmail, another roost) are not publi
 sessions still find them on their next ``sync()`` (e.g. an IDLE poll every few seconds).
 Roost's own worker processes are the exception: the daemon installs a ``relay`` that
 forwards every local publish through the master to the other processes, which hand it to
-their subscribers with :meth:`ChangeBus.publish_relayed`.
+their subscribers with :meth:`ChangeBus.publish_relayed`. A worker also installs a
+``watch hook`` (:meth:`ChangeBus.set_watch_hook`), told when a mailbox gets its first
+subscriber and loses its last, so that the master relays a change only to the workers
+watching that mailbox.
 """
 
 from __future__ import annotations
@@ -27,12 +30,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DEFAULT_BUS", "ChangeBus", "ChangeCallback", "Subscription", "notify_delivery"]
+__all__ = [
+    "DEFAULT_BUS",
+    "ChangeBus",
+    "ChangeCallback",
+    "Subscription",
+    "WatchHook",
+    "notify_delivery",
+]
 
 logger = logging.getLogger("roost.store")
 
 #: Called with the mailbox directory that changed.
 ChangeCallback = Callable[[Path], None]
+
+#: Called with a resolved mailbox directory and True (its first subscriber came) or
+#: False (its last went), under the bus's lock, in the subscribing or cancelling thread.
+WatchHook = Callable[[str, bool], None]
 
 
 def _key(path: Path | str) -> str:
@@ -63,6 +77,25 @@ class ChangeBus:
         self._subscriptions: dict[str, list[Subscription]] = {}
         #: Also called (in the publishing thread) with every local publish's directory.
         self.relay: Callable[[str], None] | None = None
+        self._watch_hook: WatchHook | None = None
+
+    def set_watch_hook(self, hook: WatchHook | None) -> None:
+        """Tell ``hook`` which mailboxes are watched, from now on.
+
+        ``hook(key, True)`` is called at once for every mailbox that has subscribers, then
+        whenever a mailbox gets its first subscriber; ``hook(key, False)`` when it loses
+        its last. The calls are made under the bus's lock, so they come in the order of
+        the changes they report (a hook that queues messages keeps them in order); the
+        hook must be quick and must not use the bus.
+
+        Args:
+            hook: the function, or None to stop.
+        """
+        with self._lock:
+            self._watch_hook = hook
+            if hook is not None:
+                for key in self._subscriptions:
+                    hook(key, True)
 
     def subscribe(
         self, mailbox_path: Path, callback: ChangeCallback, *, owner: object = None
@@ -78,8 +111,20 @@ class ChangeBus:
         key = _key(mailbox_path)
         subscription = Subscription(self, key, callback, owner)
         with self._lock:
-            self._subscriptions.setdefault(key, []).append(subscription)
+            subscriptions = self._subscriptions.get(key)
+            if subscriptions is None:
+                subscriptions = self._subscriptions[key] = []
+                if self._watch_hook is not None:
+                    self._call_hook(key, True)
+            subscriptions.append(subscription)
         return subscription
+
+    def _call_hook(self, key: str, watched: bool) -> None:
+        assert self._watch_hook is not None
+        try:
+            self._watch_hook(key, watched)
+        except Exception:
+            logger.exception("watch hook for %s failed", key)
 
     def _remove(self, key: str, subscription: Subscription) -> None:
         with self._lock:
@@ -92,6 +137,8 @@ class ChangeBus:
                 return
             if not subscriptions:
                 del self._subscriptions[key]
+                if self._watch_hook is not None:
+                    self._call_hook(key, False)
 
     def publish(self, mailbox_path: Path, *, origin: object = None) -> None:
         """Tell every subscriber of ``mailbox_path`` (except ``origin``'s) that it changed."""
