@@ -305,10 +305,12 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
 
         ``key`` (user, address) is counted in the registry already; it stays counted for
         the proxied session, and is released when the hand-off fails. ``credentials``
-        (login, password) are checked again by the privileged helper. What the client
-        sent behind its login (``unprocessed``: what the protocol's parser holds, then the
-        input buffer) goes to the session's process first; nothing is awaited between
-        taking it and the proxy taking over.
+        (login, password) are checked again by the privileged helper: when that check
+        fails, it counts in the failed-login throttle as a wrong password would (the
+        worker's own check counted a success). What the client sent behind its login
+        (``unprocessed``: what the protocol's parser holds, then the input buffer) goes to
+        the session's process first; nothing is awaited between taking it and the proxy
+        taking over.
 
         Args:
             handoff: the helper's hand-off.
@@ -325,6 +327,7 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
         """
         from roost.daemon.handoff import HandOffFailed
 
+        login = credentials[0]
         state = {
             "tag": tag,
             "tls": self.tls,
@@ -342,6 +345,8 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
             )
         except HandOffFailed as failure:
             registry.remove_user(key)
+            if failure.kind == "auth-failed":  # the helper logged it as a failed login
+                self.shared.throttle.record_failure(self.remote_ip, login)
             self._log.error(
                 "%s(%s): cannot start the mail process: %s", self.protocol, user.login, failure
             )
