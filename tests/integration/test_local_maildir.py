@@ -89,6 +89,26 @@ def test_hostname_is_escaped() -> None:
     assert name.endswith(".weird\\057host\\072name")
 
 
+def test_a_forked_child_names_its_files_with_its_own_pid() -> None:
+    """The pid part is computed once per process, so a worker or helper child forked
+    after the first delivery must not reuse its parent's (qmail's uniqueness rule)."""
+    parent = unique_name("mx")
+    assert f"P{os.getpid()}Q" in parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its name to the parent, then out without pytest's clean-up
+        try:
+            os.write(write, unique_name("mx").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert f"P{pid}Q" in child and child.endswith(".mx")
+    assert f"P{os.getpid()}Q" in unique_name("mx")  # the parent's own is unchanged
+
+
 def test_names_are_unique_across_threads(tmp_path: Path) -> None:
     maildir = tmp_path / "Maildir"
     with ThreadPoolExecutor(8) as pool:

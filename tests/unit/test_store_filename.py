@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -49,6 +50,22 @@ def test_sizes_from_base() -> None:
     assert size_from_base(base, "W") == 1030
     assert size_from_base("1.2.host", "S") is None
     assert size_from_base("1.2.host,S=12x", "S") is None
+
+
+def test_a_forked_child_generates_bases_with_its_own_pid() -> None:
+    assert f"P{os.getpid()}Q" in generate_base(1, 1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its base to the parent, then out without pytest's clean-up
+        try:
+            os.write(write, generate_base(1, 1).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert f"P{pid}Q" in child
 
 
 def test_generated_bases_are_unique_and_carry_sizes() -> None:
