@@ -17,6 +17,7 @@ import pytest
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
 from roost.delivery.maildir import DirectorySync, deliver_maildir, maildir_usage, unique_name
+from tests.conftest import in_forked_child
 
 MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
 NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,]+),S=(\d+),W=(\d+)")
@@ -92,19 +93,8 @@ def test_hostname_is_escaped() -> None:
 def test_a_forked_child_names_its_files_with_its_own_pid() -> None:
     """The pid part is computed once per process, so a worker or helper child forked
     after the first delivery must not reuse its parent's (qmail's uniqueness rule)."""
-    parent = unique_name("mx")
-    assert f"P{os.getpid()}Q" in parent
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its name to the parent, then out without pytest's clean-up
-        try:
-            os.write(write, unique_name("mx").encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        child = pipe.read().decode()
-    assert os.waitpid(pid, 0)[1] == 0
+    assert f"P{os.getpid()}Q" in unique_name("mx")
+    pid, child = in_forked_child(lambda: unique_name("mx"))
     assert f"P{pid}Q" in child and child.endswith(".mx")
     assert f"P{os.getpid()}Q" in unique_name("mx")  # the parent's own is unchanged
 

@@ -20,6 +20,7 @@ from roost.store.filename import (
     to_crlf,
     to_lf,
 )
+from tests.conftest import in_forked_child
 
 
 def test_split_and_letters() -> None:
@@ -54,17 +55,7 @@ def test_sizes_from_base() -> None:
 
 def test_a_forked_child_generates_bases_with_its_own_pid() -> None:
     assert f"P{os.getpid()}Q" in generate_base(1, 1)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its base to the parent, then out without pytest's clean-up
-        try:
-            os.write(write, generate_base(1, 1).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        child = pipe.read().decode()
-    assert os.waitpid(pid, 0)[1] == 0
+    pid, child = in_forked_child(lambda: generate_base(1, 1))
     assert f"P{pid}Q" in child
 
 

@@ -50,42 +50,39 @@ def plain_ip(address: str) -> str:
 
 class ServiceConfig(Protocol):
     """What :class:`MailSession` reads of a service's settings (IMAP and POP3
-    ``SessionConfig``)."""
+    ``SessionConfig``).
+
+    Attributes:
+        service: the ``master.cf`` service: ``imap``, ``imaps``, ``pop3``, ``pop3s``.
+        implicit_tls: TLS from the first octet (``imaps``, ``pop3s``).
+    """
 
     @property
-    def service(self) -> str:
-        """The ``master.cf`` service: ``imap``, ``imaps``, ``pop3``, ``pop3s``."""
-        ...
-
+    def service(self) -> str: ...
     @property
-    def implicit_tls(self) -> bool:
-        """TLS from the first octet (``imaps``, ``pop3s``)."""
-        ...
+    def implicit_tls(self) -> bool: ...
 
 
 class SessionShared(Protocol):
     """What :class:`MailSession` reads of the state its service's sessions share (IMAP
-    and POP3 ``Shared``)."""
+    and POP3 ``Shared``).
+
+    Attributes:
+        config: the service's settings.
+        throttle: failed-login throttling, shared by every protocol.
+        registry: logins per user and client address (``mail_max_userip_connections``).
+        handoff: hands sessions of other uids to a process of their own; None: they are
+            served here.
+    """
 
     @property
-    def config(self) -> ServiceConfig:
-        """The service's settings."""
-        ...
-
+    def config(self) -> ServiceConfig: ...
     @property
-    def throttle(self) -> Throttle:
-        """Failed-login throttling, shared by every protocol."""
-        ...
-
+    def throttle(self) -> Throttle: ...
     @property
-    def registry(self) -> UserIPCounts:
-        """Logins per user and client address (``mail_max_userip_connections``)."""
-        ...
-
+    def registry(self) -> UserIPCounts: ...
     @property
-    def handoff(self) -> HandOff | None:
-        """Hands sessions of other uids to a process of their own; None: served here."""
-        ...
+    def handoff(self) -> HandOff | None: ...
 
 
 @dataclass(frozen=True, slots=True)
