@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar, cast
 
-from roost.auth.login import UserIPCounts, login_fields
+from roost.auth.login import UserIPCounts, log_disconnected, login_fields
 from roost.auth.throttle import Throttle
 from roost.auth.users import User
 
@@ -284,6 +284,30 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
             secured=self.secured,
             mpid=mpid,
         )
+
+    def _ended_before_login(self, reason: str, *, plain: bool, disallowed: str = "") -> bool:
+        """At the session's end: log it if it never logged in (Dovecot's login process
+        line, :func:`roost.auth.login.log_disconnected`; ``plain``: without the reason).
+
+        Returns:
+            True when nothing is left to log: the session was not logged in, or it went
+            to a mail process of its own (which logged its end); False: the caller logs
+            the logout line.
+        """
+        if self._proxy is not None:
+            return True
+        if self.user is None:
+            log_disconnected(
+                self._log_login,
+                reason,
+                self._log_fields(),
+                plain=plain,
+                attempts=self._auth_attempts,
+                started=self.started,
+                disallowed=disallowed,
+            )
+            return True
+        return False
 
     # --- the hand-off (mail_process_per_user) -----------------------------------------------
 

@@ -47,7 +47,6 @@ from roost.auth.login import (
     UserIPCounts,
     check_password,
     decrement,
-    log_disconnected,
     wait_throttle,
 )
 from roost.auth.sasl import (
@@ -912,18 +911,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
-        if self._proxy is not None:
-            return  # the session's process logged its end
-        if self.user is None:
-            log_disconnected(
-                log_login,
-                reason,
-                self._log_fields(),
-                plain=reason in ("Connection closed", "Logged out"),
-                attempts=self._auth_attempts,
-                started=self.started,
-                disallowed=self._auth_disallowed,
-            )
+        plain = reason in ("Connection closed", "Logged out")
+        if self._ended_before_login(reason, plain=plain, disallowed=self._auth_disallowed):
             return
         values = dataclasses.asdict(self.stats)
         values["input"] = self._bytes_in - self._login_in

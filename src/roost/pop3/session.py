@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Final, Protocol
 from roost.auth.login import (
     UserIPCounts,
     check_password,
-    log_disconnected,
     wait_throttle,
 )
 from roost.auth.throttle import Throttle
@@ -869,17 +868,7 @@ class POP3Session(MailSession[Shared, Resumed]):
         if self._userip is not None:
             registry.remove_user(self._userip)
             self._userip = None
-        if self._proxy is not None:
-            return  # the session's process logged its end
-        if self.user is None:
-            log_disconnected(
-                log_login,
-                reason,
-                self._log_fields(),
-                plain=reason == "Connection closed",
-                attempts=self._auth_attempts,
-                started=self.started,
-            )
+        if self._ended_before_login(reason, plain=reason == "Connection closed"):
             return
         stats = self.stats
         values: dict[str, int | str] = {
