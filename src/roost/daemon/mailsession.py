@@ -5,7 +5,9 @@
 protocols only differ in by a constant:
 
 * the client's addresses, session id and the counters of the Dovecot log lines
-  (``rip``, ``lip``, ``session=<...>``, ``TLS`` or ``secured``, :meth:`_log_fields`);
+  (``rip``, ``lip``, ``session=<...>``, ``TLS`` or ``secured``, :meth:`_log_fields`), and
+  the login process's line at the end of a session that never logged in
+  (:meth:`_ended_before_login`);
 * the input buffer: ``data_received`` only buffers (reading pauses above
   :attr:`MailSession._read_high_water` octets) and wakes the session's task;
 * the daemon's control of a session (:class:`roost.daemon.serving.EndingSession`):
