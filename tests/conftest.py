@@ -7,7 +7,7 @@ import random
 import shutil
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -76,6 +76,23 @@ def free_port_for(hosts: Iterable[str]) -> int:
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now (see free_port_for)."""
     return free_port_for([host])
+
+
+def in_forked_child(make: Callable[[], str]) -> tuple[int, str]:
+    """Fork; the child returns ``make()`` through a pipe and exits without pytest's
+    clean-up. Returns the child's pid and what it made."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, make().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        made = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    return pid, made
 
 
 def write_instance(directory: Path, extra: str = "") -> Path:

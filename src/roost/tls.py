@@ -17,10 +17,11 @@ import ipaddress
 import os
 import ssl
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+
+from roost.files import write_atomically
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -163,8 +164,8 @@ def generate_selfsigned(
     )
     for path in (key_path, cert_path):
         _make_parents(path.parent)
-    _write_atomically(key_path, key_pem, 0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path, key_pem, 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _alt_names(hostname: str) -> list[x509.GeneralName]:
@@ -194,26 +195,6 @@ def _make_parents(directory: Path) -> None:
         with contextlib.suppress(FileExistsError):  # another process made it meanwhile
             created.mkdir()
             os.chmod(created, 0o755)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            os.fchmod(temp.fileno(), mode)
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --- loading ------------------------------------------------------------------------------

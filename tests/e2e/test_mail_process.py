@@ -327,6 +327,56 @@ def test_the_helper_checks_the_login_of_a_session_request_itself(
     assert PASSWORD not in log and OTHER_PASSWORD not in log
 
 
+def test_a_login_the_helper_refuses_counts_as_a_failed_login(
+    base: Path, accounts: Accounts
+) -> None:
+    """The worker's user database accepts zed (a passwd-file user with alice's uid), the
+    helper's (main.cf as it is now on disk, not reloaded) does not know him: each refused
+    hand-off, IMAP and POP3, counts in the failed-login throttle, so after two of them
+    the address is refused, even alice with her right password."""
+    from roost.auth.passwdfile import hash_password
+
+    alice = accounts.users["alice"]
+    users = base / "etc" / "users"
+    users.parent.mkdir(exist_ok=True)
+    hashed = hash_password(OTHER_PASSWORD, "SHA256-CRYPT")
+    users.write_text(f"zed:{hashed}:{alice.pw_uid}:{alice.pw_gid}::{alice.pw_dir}::\n")
+    backends = f"auth_backends = passwd-file:{users} pam\n"
+    daemon = RootDaemon(
+        base,
+        accounts,
+        extra=backends + "worker_processes = 1\n"
+        "auth_failure_refuse_after = 2\nauth_failure_delay_max = 0\n",
+    )
+    try:
+        daemon.wait_ready()
+        text = daemon.config.read_text()
+        daemon.config.write_text(text.replace(backends, "auth_backends = pam\n"))
+        with (
+            imaplib.IMAP4("127.0.0.1", daemon.ports["imap"], timeout=30) as imap,
+            pytest.raises(imaplib.IMAP4.error, match=r"AUTHENTICATIONFAILED"),
+        ):
+            imap.login("zed", OTHER_PASSWORD)
+        pop3 = poplib.POP3("127.0.0.1", daemon.ports["pop3"], timeout=30)
+        try:
+            pop3.user("zed")
+            with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+                pop3.pass_(OTHER_PASSWORD)
+        finally:
+            pop3.quit()
+        with (
+            imaplib.IMAP4("127.0.0.1", daemon.ports["imap"], timeout=30) as imap,
+            pytest.raises(imaplib.IMAP4.error, match=r"Too many failed login attempts"),
+        ):
+            imap.login(alice.pw_name, PASSWORD)
+        assert _mail_processes(daemon, alice.pw_uid) == []
+        log = daemon.log_text()
+        assert re.search(r"imap-login: session refused \(auth failed\): user=<zed>", log)
+        assert re.search(r"pop3-login: session refused \(auth failed\): user=<zed>", log)
+    finally:
+        daemon.stop()
+
+
 def test_switched_off_sessions_stay_in_the_worker(base: Path, accounts: Accounts) -> None:
     alice = accounts.users["alice"]
     daemon = RootDaemon(base, accounts, extra="mail_process_per_user = no\n")

@@ -17,6 +17,7 @@ import pytest
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
 from roost.delivery.maildir import DirectorySync, deliver_maildir, maildir_usage, unique_name
+from tests.conftest import in_forked_child
 
 MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
 NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,]+),S=(\d+),W=(\d+)")
@@ -87,6 +88,15 @@ def test_hostname_is_escaped() -> None:
     name = unique_name("weird/host:name", now=1700000000.25)
     assert name.startswith("1700000000.M250000P")
     assert name.endswith(".weird\\057host\\072name")
+
+
+def test_a_forked_child_names_its_files_with_its_own_pid() -> None:
+    """The pid part is computed once per process, so a worker or helper child forked
+    after the first delivery must not reuse its parent's (qmail's uniqueness rule)."""
+    assert f"P{os.getpid()}Q" in unique_name("mx")
+    pid, child = in_forked_child(lambda: unique_name("mx"))
+    assert f"P{pid}Q" in child and child.endswith(".mx")
+    assert f"P{os.getpid()}Q" in unique_name("mx")  # the parent's own is unchanged
 
 
 def test_names_are_unique_across_threads(tmp_path: Path) -> None:

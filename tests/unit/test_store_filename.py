@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -19,6 +20,7 @@ from roost.store.filename import (
     to_crlf,
     to_lf,
 )
+from tests.conftest import in_forked_child
 
 
 def test_split_and_letters() -> None:
@@ -49,6 +51,12 @@ def test_sizes_from_base() -> None:
     assert size_from_base(base, "W") == 1030
     assert size_from_base("1.2.host", "S") is None
     assert size_from_base("1.2.host,S=12x", "S") is None
+
+
+def test_a_forked_child_generates_bases_with_its_own_pid() -> None:
+    assert f"P{os.getpid()}Q" in generate_base(1, 1)
+    pid, child = in_forked_child(lambda: generate_base(1, 1))
+    assert f"P{pid}Q" in child
 
 
 def test_generated_bases_are_unique_and_carry_sizes() -> None:

@@ -6,8 +6,6 @@ See Also: postconf(1): no argument prints every parameter; ``-n`` only those set
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from roost.config import (
     parse_main_cf,
 )
 from roost.config.maincf import Problem
+from roost.files import existing_mode, write_atomically
 
 __all__ = ["edit_file", "markdown_reference", "show"]
 
@@ -48,26 +47,6 @@ def show(
     return lines, unknown
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, temp = tempfile.mkstemp(prefix=".main.cf.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def edit_file(path: Path, changes: dict[str, str | None]) -> list[Problem]:
     """Apply ``postconf -e``/``-X`` style changes to main.cf, atomically.
 
@@ -89,7 +68,7 @@ def edit_file(path: Path, changes: dict[str, str | None]) -> list[Problem]:
     if errors:
         raise ConfigError(errors)
     if new_text != text:
-        _atomic_write(path, new_text)
+        write_atomically(path, new_text.encode("utf-8"), existing_mode(path, 0o644))
     return [p for p in problems if p.warning]
 
 

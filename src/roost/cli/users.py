@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from roost.auth.factory import build_user_database
 from roost.auth.schemes import SCHEMES, PasswordSchemeError, hash_password, verify_password
 from roost.config import Settings
+from roost.files import existing_mode, write_atomically
 
 __all__ = ["add_user_commands", "read_password"]
 
@@ -70,18 +69,7 @@ def _passwd_file(args: argparse.Namespace) -> Path:
 
 def _rewrite(path: Path, lines: list[str]) -> None:
     """Replace the file atomically (same mode; 0600 for a new file)."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o600
-    fd, temp = tempfile.mkstemp(prefix=".users.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, "".join(lines).encode("utf-8"), existing_mode(path, 0o600))
 
 
 def _lines(path: Path) -> list[str]:

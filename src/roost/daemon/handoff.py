@@ -67,6 +67,7 @@ from roost.daemon.channel import Channel, Message
 from roost.store.bus import DEFAULT_BUS, ChangeBus, Subscription
 
 if TYPE_CHECKING:
+    from roost.daemon.mailsession import MailSession
     from roost.daemon.privhelper import HelperClient
 
 __all__ = [
@@ -203,11 +204,50 @@ class HandOff:
 # --- the worker's side: the proxy ----------------------------------------------------------
 
 
-class _ClientSide(asyncio.Protocol):
-    """The client's connection after the hand-off: octets go to the session process."""
+class _Side(asyncio.Protocol):
+    """One of the proxy's two connections; :meth:`_other` is the other one's transport.
+
+    Back-pressure: while this side's buffer is full, the other side is not read. The end
+    of this side closes the other once what is buffered there is out.
+    """
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
+
+    def _other(self) -> asyncio.Transport | None:
+        """The other connection's transport (None: not there yet)."""
+        raise NotImplementedError
+
+    def _mark_lost(self) -> None:
+        """Note in the proxy that this side is gone."""
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mark_lost()
+        other = self._other()
+        if other is not None:
+            other.close()
+        self.proxy.check_done()
+
+    def pause_writing(self) -> None:
+        other = self._other()
+        if other is not None:
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self._other()
+        if other is not None and not other.is_closing():
+            other.resume_reading()
+
+
+class _ClientSide(_Side):
+    """The client's connection after the hand-off: octets go to the session process."""
+
+    def _other(self) -> asyncio.Transport | None:
+        return self.proxy.child
+
+    def _mark_lost(self) -> None:
+        self.proxy.client_lost = True
 
     def data_received(self, data: bytes) -> None:
         child = self.proxy.child
@@ -221,27 +261,15 @@ class _ClientSide(asyncio.Protocol):
         # Keep a TCP connection open for the last answers (TLS transports close).
         return None if self.proxy.client_tls else True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        proxy = self.proxy
-        proxy.client_lost = True
-        if proxy.child is not None:
-            proxy.child.close()
-        proxy.check_done()
 
-    def pause_writing(self) -> None:
-        if self.proxy.child is not None:
-            self.proxy.child.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.proxy.child is not None and not self.proxy.child.is_closing():
-            self.proxy.child.resume_reading()
-
-
-class _ChildSide(asyncio.Protocol):
+class _ChildSide(_Side):
     """The socket to the session process: its octets go to the client."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def _other(self) -> asyncio.Transport | None:
+        return self.proxy.client
+
+    def _mark_lost(self) -> None:
+        self.proxy.child_lost = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         cast(asyncio.Transport, transport).pause_reading()  # until the client is attached
@@ -259,21 +287,6 @@ class _ChildSide(asyncio.Protocol):
         else:
             self.proxy.early_eof = True
         return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        proxy = self.proxy
-        proxy.child_lost = True
-        if proxy.client is not None:
-            proxy.client.close()
-        proxy.check_done()
-
-    def pause_writing(self) -> None:
-        if self.proxy.client is not None:
-            self.proxy.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.proxy.client is not None and not self.proxy.client.is_closing():
-            self.proxy.client.resume_reading()
 
 
 class Proxy:
@@ -629,7 +642,7 @@ class _SessionProcess:
         self.data = data
         self.conn = conn
         self.channel: Channel | None = None
-        self.session: Any = None
+        self.session: MailSession[Any, Any] | None = None
 
     def _send(self, message: Message) -> None:  # any thread
         channel = self.channel
@@ -641,9 +654,8 @@ class _SessionProcess:
     def _message(self, message: Message) -> None:
         kind = message.get("t")
         if kind == "stop":
-            shutdown = getattr(self.session, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
+            if self.session is not None:
+                self.session.shutdown()
         elif kind == "bus" and isinstance(message.get("p"), str):
             self.bus.publish_relayed(str(message["p"]))
 
@@ -667,8 +679,7 @@ class _SessionProcess:
         self.conn.setblocking(False)
         self.channel = Channel(self.conn, self._message, on_close=self._worker_gone)
         await self.channel.start()
-        session: Any = opened
-        self.session = session
+        self.session = session = opened
         self.data.setblocking(False)
         await self.loop.connect_accepted_socket(lambda: session, sock=self.data)
         task = session._task  # the session's loop, started by connection_made
@@ -679,11 +690,11 @@ class _SessionProcess:
         executor.shutdown(wait=True)
 
     def _worker_gone(self) -> None:
-        abort = getattr(self.session, "abort", None)
-        if abort is not None and not getattr(self.session, "done", True):
-            abort()
+        session = self.session
+        if session is not None and not session.done:
+            session.abort()
 
-    async def _open(self, executor: object) -> object:
+    async def _open(self, executor: object) -> MailSession[Any, Any]:
         """Open the store (IMAP) or the locked maildrop (POP3) and build the session.
 
         Raises:
@@ -696,7 +707,9 @@ class _SessionProcess:
             return await self._open_imap(executor, tls, remote_ip, local_ip)
         return await self._open_pop3(executor, tls, remote_ip, local_ip)
 
-    async def _open_imap(self, executor: object, tls: bool, remote: str, local: str) -> object:
+    async def _open_imap(
+        self, executor: object, tls: bool, remote: str, local: str
+    ) -> MailSession[Any, Any]:
         from roost.auth.throttle import Throttle
         from roost.imap.server import session_config, store_opener
         from roost.imap.session import IMAPSession, Registry, Resumed, Shared, StoreUnavailable
@@ -729,7 +742,9 @@ class _SessionProcess:
         )
         return IMAPSession(shared, resumed=resumed)
 
-    async def _open_pop3(self, executor: object, tls: bool, remote: str, local: str) -> object:
+    async def _open_pop3(
+        self, executor: object, tls: bool, remote: str, local: str
+    ) -> MailSession[Any, Any]:
         from roost.auth.throttle import Throttle
         from roost.pop3.server import maildrop_opener, session_config
         from roost.pop3.session import POP3Session, Registry, Resumed, Shared

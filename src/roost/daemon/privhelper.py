@@ -205,19 +205,11 @@ class HelperClient:
                 carries its status and text).
             HelperError: the helper is gone or answered nonsense.
         """
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with self._lock:
-                socket.send_fds(self._channel, [b"R"], [theirs.fileno()])
-            theirs.close()
-            mine.settimeout(timeout)
-            send_frame(mine, request, fds)
-            reply, extra = recv_frame(mine)
+            with self._connect(request, fds, timeout) as mine:
+                reply, extra = recv_frame(mine)
         except OSError as exc:
             raise HelperError(f"privileged helper: {exc}") from None
-        finally:
-            mine.close()
-            theirs.close()
         for fd in extra:
             os.close(fd)
         if reply.get("ok") is True:
@@ -245,13 +237,9 @@ class HelperClient:
         Raises:
             HelperError: the helper is gone or answered nonsense.
         """
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine: socket.socket | None = None
         try:
-            with self._lock:
-                socket.send_fds(self._channel, [b"R"], [theirs.fileno()])
-            theirs.close()
-            mine.settimeout(timeout)
-            send_frame(mine, request, fds)
+            mine = self._connect(request, fds, timeout)
             header = _recv_exactly(mine, _HEADER.size)
             (size,) = _HEADER.unpack(header)
             if size > MAX_FRAME:
@@ -260,16 +248,39 @@ class HelperClient:
             if not isinstance(reply, dict):
                 raise HelperError("a frame is not a JSON object")
         except (OSError, ValueError) as exc:
-            mine.close()
+            if mine is not None:
+                mine.close()
             raise HelperError(f"privileged helper: {exc}") from None
+        except BaseException:
+            if mine is not None:
+                mine.close()
+            raise
+        if reply.get("ok") is not True:
+            mine.close()
+        return reply, mine
+
+    def _connect(
+        self, request: Mapping[str, object], fds: Sequence[int], timeout: float | None
+    ) -> socket.socket:
+        """Open a connection of its own to the helper (which forks a child for it) and
+        send ``request`` on it, with ``fds``; the connection, for the reply.
+
+        Raises:
+            OSError: the helper is gone, or the request could not be sent.
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(self._channel, [b"R"], [theirs.fileno()])
+            theirs.close()
+            mine.settimeout(timeout)
+            send_frame(mine, request, fds)
         except BaseException:
             mine.close()
             raise
         finally:
             theirs.close()
-        if reply.get("ok") is not True:
-            mine.close()
-        return reply, mine
+        return mine
 
     def close(self) -> None:
         """Close the channel (the helper exits) and reap the helper."""

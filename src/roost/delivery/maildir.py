@@ -23,6 +23,7 @@ See Also: the Maildir specification (cr.yp.to/proto/maildir.html), Maildir++ (Co
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -60,6 +61,26 @@ _KNOWN_MAILDIRS_SIZE: Final = 10000
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
+#: ``P<pid>Q`` of the name: this process's pid (a forked child sets its own, below).
+_pid_part = f"P{os.getpid()}Q"
+
+
+def _after_fork() -> None:
+    """A forked child: its own pid in names; a fresh lock (another thread may have held
+    the parent's at the fork)."""
+    global _pid_part, _counter_lock
+    _pid_part = f"P{os.getpid()}Q"
+    _counter_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+@functools.lru_cache(maxsize=16)
+def _host_part(hostname: str | None) -> str:
+    """The name's host part, escaped (computed once per host name; None: this host's)."""
+    host = hostname or socket.gethostname()
+    return host.replace("/", "\\057").replace(":", "\\072")
 
 
 def unique_name(hostname: str | None = None, now: float | None = None) -> str:
@@ -83,8 +104,7 @@ def unique_name(hostname: str | None = None, now: float | None = None) -> str:
     micros = int((moment - seconds) * 1_000_000)
     with _counter_lock:
         number = next(_counter)
-    host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
-    return f"{seconds}.M{micros:06d}P{os.getpid()}Q{number}.{host}"
+    return f"{seconds}.M{micros:06d}{_pid_part}{number}.{_host_part(hostname)}"
 
 
 def _mkdir(path: Path, uid: int | None, gid: int | None) -> bool:

@@ -36,7 +36,6 @@ import datetime
 import functools
 import logging
 import re
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -48,8 +47,6 @@ from roost.auth.login import (
     UserIPCounts,
     check_password,
     decrement,
-    log_disconnected,
-    login_fields,
     wait_throttle,
 )
 from roost.auth.sasl import (
@@ -67,6 +64,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
+from roost.daemon.mailsession import MailSession, ResumedLogin
 from roost.imap.commands import (
     SEEN,
     Append,
@@ -198,7 +196,7 @@ from roost.store import (
 from roost.store import StoreMode as StoreFlagMode
 
 if TYPE_CHECKING:
-    from roost.daemon.handoff import HandOff, Proxy
+    from roost.daemon.handoff import HandOff
 
 __all__ = [
     "HANDLERS",
@@ -380,31 +378,16 @@ class Shared:
 
 
 @dataclass(frozen=True, slots=True)
-class Resumed:
-    """A session logged in by a worker and handed over to this process, running as the
-    user (:mod:`roost.daemon.handoff`): it answers the login and goes on from there.
+class Resumed(ResumedLogin):
+    """An IMAP session handed over to this process (:class:`ResumedLogin`).
 
     Attributes:
         tag: the tag of the LOGIN or AUTHENTICATE command.
-        user: who logged in.
         store: the user's store, opened by this process.
-        tls: the client's connection (to the worker) is TLS.
-        remote_ip: the client's address.
-        local_ip: the address it connected to.
-        session_id: the worker's session id (the logs of both processes share it).
-        method: the SASL mechanism (``PLAIN`` for LOGIN), for the log.
-        login: the login name, for the log.
     """
 
     tag: str
-    user: User
     store: UserStore
-    tls: bool
-    remote_ip: str
-    local_ip: str
-    session_id: str
-    method: str
-    login: str
 
 
 # --- the logout line ------------------------------------------------------------------------
@@ -471,8 +454,9 @@ Handler = Callable[["IMAPSession", Command], Awaitable[TaggedResponse | None]]
 # --- the session ------------------------------------------------------------------------------
 
 
-class IMAPSession(asyncio.Protocol):
-    """One client connection (see the module documentation).
+class IMAPSession(MailSession[Shared, Resumed]):
+    """One client connection (see the module documentation); what it shares with POP3
+    is in :class:`~roost.daemon.mailsession.MailSession`.
 
     Slotted, and without an :class:`asyncio.Event` per condition: a session waits on at
     most one future (:meth:`_wait_input`), which the protocol callbacks resolve. An idle
@@ -481,51 +465,31 @@ class IMAPSession(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_auth_attempts",
         "_auth_disallowed",
-        "_auth_login",
-        "_auth_method",
         "_bad_commands",
-        "_bytes_in",
-        "_bytes_out",
         "_changed",
         "_counted",
         "_drained",
-        "_eof",
         "_idle_tag",
-        "_incoming",
-        "_incoming_size",
-        "_login_in",
-        "_login_out",
-        "_loop",
-        "_lost",
         "_out",
-        "_proxy",
-        "_reading_paused",
-        "_resumed",
-        "_stopping",
-        "_task",
-        "_userip",
         "_waiter",
         "_writing_paused",
         "config",
         "conn",
         "enabled",
-        "local_ip",
         "mail",
-        "remote_ip",
         "selected",
-        "session_id",
-        "shared",
-        "started",
         "stats",
-        "tls",
-        "transport",
-        "user",
     )
 
+    protocol = "imap"
+    _abort_reply = b"* BYE Server shutting down.\r\n"
+    _read_high_water = _READ_HIGH_WATER
+    _log = log_imap
+    _log_login = log_login
+
     def __init__(self, shared: Shared, resumed: Resumed | None = None) -> None:
-        self.shared = shared
+        super().__init__(shared, resumed)
         self.config = shared.config
         config = self.config
         self.conn = Connection(
@@ -533,62 +497,27 @@ class IMAPSession(asyncio.Protocol):
             max_literal_size=config.max_line_length,
             max_append_size=config.append_limit,
         )
-        self.transport: asyncio.Transport | None = None
-        self.tls = config.implicit_tls
-        self.remote_ip = ""
-        self.local_ip = ""
-        self.session_id = secrets.token_urlsafe(9)
-        self.started = time.monotonic()
-        self.user: User | None = None
         self.mail: UserStore | None = None
         self.selected: SelectedMailbox | None = None
         self.enabled: set[str] = set()
         self.stats = _Stats()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._incoming: list[bytes] = []
-        self._incoming_size = 0
-        self._reading_paused = False
         self._writing_paused = False
         # What _wait_input awaits (None: nothing waits); resolved by _wake().
         self._waiter: asyncio.Future[None] | None = None
         # What _flush awaits while the transport's buffer is full (pause_writing).
         self._drained: asyncio.Future[None] | None = None
         self._changed = False  # the selected mailbox changed (set from the loop thread)
-        self._eof = False
-        self._lost = False
-        self._stopping = False
         self._out: list[bytes] = []
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._login_in = 0
-        self._login_out = 0
         self._bad_commands = 0
-        self._auth_attempts = 0
-        self._auth_method = ""
-        self._auth_login = ""
         self._auth_disallowed = ""
         self._idle_tag: str | None = None
-        self._userip: tuple[str, str] | None = None
         self._counted = False
-        self._proxy: Proxy | None = None
-        self._resumed = resumed
-        if resumed is not None:
-            self.tls = resumed.tls
-            self.remote_ip, self.local_ip = resumed.remote_ip, resumed.local_ip
-            self.session_id = resumed.session_id
-            self._auth_method, self._auth_login = resumed.method, resumed.login
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
-        if self._resumed is None:
-            peer = transport.get_extra_info("peername") or ("", 0)
-            sock = transport.get_extra_info("sockname") or ("", 0)
-            self.remote_ip = _plain_ip(str(peer[0]))
-            self.local_ip = _plain_ip(str(sock[0]))
+        super().connection_made(transport)
+        assert self.transport is not None and self._loop is not None
         registry = self.shared.registry
         count = registry.add(self, self.remote_ip)
         self._counted = True
@@ -607,16 +536,6 @@ class IMAPSession(asyncio.Protocol):
             self._counted = False
             return
         self._task = self._loop.create_task(self._run())
-
-    def data_received(self, data: bytes) -> None:
-        self._incoming.append(data)
-        self._incoming_size += len(data)
-        self._bytes_in += len(data)
-        if self._incoming_size > _READ_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            if self.transport is not None:
-                self.transport.pause_reading()
-        self._wake()
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -646,35 +565,7 @@ class IMAPSession(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    # --- daemon control ------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Ask the session to end with ``* BYE`` at its next chance (between commands)."""
-        self._stopping = True
-        self._wake()
-        if self._proxy is not None:
-            self._proxy.shutdown()
-
-    def abort(self) -> None:
-        """Close the connection at once (the grace time is over)."""
-        if self._proxy is not None:
-            self._proxy.abort()
-        elif self.transport is not None and not self._lost:
-            with contextlib.suppress(Exception):
-                self.transport.write(b"* BYE Server shutting down.\r\n")
-            self.transport.abort()
-
-    @property
-    def done(self) -> bool:
-        """Whether the session has ended."""
-        return self._task is None or self._task.done()
-
     # --- properties ----------------------------------------------------------------------
-
-    @property
-    def secured(self) -> bool:
-        """TLS, or both ends on the same address (Dovecot's "secured")."""
-        return self.tls or (bool(self.remote_ip) and self.remote_ip == self.local_ip)
 
     @property
     def mode(self) -> UpdateMode:
@@ -710,18 +601,6 @@ class IMAPSession(asyncio.Protocol):
         if custom and not custom[0].startswith("+"):
             return tuple(custom)
         return tuple(caps + post + [word.lstrip("+") for word in custom if word.lstrip("+")])
-
-    def _log_fields(self, *, method: bool = True, mpid: bool = False) -> str:
-        return login_fields(
-            self._auth_login,
-            self._auth_method if method else "",
-            self.remote_ip,
-            self.local_ip,
-            self.session_id,
-            tls=self.tls,
-            secured=self.secured,
-            mpid=mpid,
-        )
 
     @property
     def _prefix(self) -> str:
@@ -782,15 +661,6 @@ class IMAPSession(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
         return True
-
-    def _take_input(self) -> bytes:
-        data = b"".join(self._incoming)
-        self._incoming.clear()
-        self._incoming_size = 0
-        if self._reading_paused and self.transport is not None and not self._lost:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return data
 
     async def _receive(self) -> bytes:
         """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile."""
@@ -1041,18 +911,8 @@ class IMAPSession(asyncio.Protocol):
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
-        if self._proxy is not None:
-            return  # the session's process logged its end
-        if self.user is None:
-            log_disconnected(
-                log_login,
-                reason,
-                self._log_fields(),
-                plain=reason in ("Connection closed", "Logged out"),
-                attempts=self._auth_attempts,
-                started=self.started,
-                disallowed=self._auth_disallowed,
-            )
+        plain = reason in ("Connection closed", "Logged out")
+        if self._ended_before_login(reason, plain=plain, disallowed=self._auth_disallowed):
             return
         values = dataclasses.asdict(self.stats)
         values["input"] = self._bytes_in - self._login_in
@@ -1254,7 +1114,19 @@ class IMAPSession(asyncio.Protocol):
                 UNAVAILABLE,
             )
         if shared.handoff is not None and shared.handoff.wanted(user):
-            return await self._hand_off(shared.handoff, tag, user, key, (login, password))
+            failure = await self._hand_off(
+                shared.handoff,
+                user,
+                key,
+                (login, password),
+                tag=tag,
+                unprocessed=self.conn.take_unprocessed,
+            )
+            if failure is None:
+                raise _HandedOff
+            if failure.kind == "auth-failed":
+                return TaggedResponse(tag, "NO", "Authentication failed.", AUTHENTICATIONFAILED)
+            return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
         try:
             store = await self._call(shared.open_store, user)
         except (StoreUnavailable, StoreError) as error:
@@ -1263,53 +1135,6 @@ class IMAPSession(asyncio.Protocol):
             return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
         self._userip = key
         return await self._logged_in(tag, user, store)
-
-    async def _hand_off(
-        self,
-        handoff: HandOff,
-        tag: str,
-        user: User,
-        key: tuple[str, str],
-        credentials: tuple[str, str],
-    ) -> TaggedResponse:
-        """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
-        answers the login. ``credentials`` (login, password) are checked again by the
-        privileged helper. Raises :class:`_HandedOff` when it has taken over."""
-        from roost.daemon.handoff import HandOffFailed
-
-        state = {
-            "tag": tag,
-            "tls": self.tls,
-            "remote_ip": self.remote_ip,
-            "local_ip": self.local_ip,
-            "session_id": self.session_id,
-            "method": self._auth_method,
-            "login": self._auth_login,
-        }
-        try:
-            await self._flush()  # what was answered before the login goes first
-            proxy = await handoff.start("imap", self.config.service, user, state, credentials)
-        except HandOffFailed as failure:
-            self.shared.registry.remove_user(key)
-            log_imap.error("imap(%s): cannot start the mail process: %s", user.login, failure)
-            if failure.kind == "auth-failed":
-                return TaggedResponse(tag, "NO", "Authentication failed.", AUTHENTICATIONFAILED)
-            return TaggedResponse(tag, "NO", "Mailbox unavailable, try again later.", UNAVAILABLE)
-        except BaseException:
-            self.shared.registry.remove_user(key)
-            raise
-        self._userip = key
-        self.user = user
-        transport = self.transport
-        assert transport is not None
-        # Nothing may be awaited from here until the proxy owns the transport.
-        pending = self.conn.take_unprocessed() + self._take_input()
-        proxy.attach(transport, pending)
-        self._proxy = proxy
-        if self._stopping:
-            proxy.shutdown()
-        log_login.debug("handed over to mail process %d: %s", proxy.pid, self._log_fields())
-        raise _HandedOff
 
     async def _logged_in(self, tag: str, user: User, store: UserStore) -> TaggedResponse:
         """Enter the authenticated state with ``store`` open; the tagged OK."""
@@ -1951,11 +1776,6 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
     """A timer's end: resolve the session's waiter (unless something else did)."""
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _plain_ip(address: str) -> str:
-    """``::ffff:192.0.2.1`` as ``192.0.2.1``; other addresses as they are."""
-    return address[7:] if address.startswith("::ffff:") and "." in address else address
 
 
 def _allows_expunge(command: Command, *, qresync: bool) -> bool:

@@ -33,22 +33,19 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
 from roost.auth.login import (
     UserIPCounts,
     check_password,
-    log_disconnected,
-    login_fields,
     wait_throttle,
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
+from roost.daemon.mailsession import MailSession, ResumedLogin
 from roost.pop3 import render
 from roost.pop3.errors import store_failure
 from roost.pop3.maildrop import Maildrop
@@ -70,7 +67,7 @@ from roost.pop3.state import (
 from roost.store import LockTimeout, MessageNotFound, StoreError
 
 if TYPE_CHECKING:
-    from roost.daemon.handoff import HandOff, Proxy
+    from roost.daemon.handoff import HandOff
 
 __all__ = [
     "DEFAULT_LOGOUT_FORMAT",
@@ -203,29 +200,14 @@ class Shared:
 
 
 @dataclass(frozen=True, slots=True)
-class Resumed:
-    """A session logged in by a worker and handed over to this process, running as the
-    user (:mod:`roost.daemon.handoff`): it answers the login and goes on from there.
+class Resumed(ResumedLogin):
+    """A POP3 session handed over to this process (:class:`ResumedLogin`).
 
     Attributes:
-        user: who logged in.
         maildrop: the user's maildrop, opened and locked by this process.
-        tls: the client's connection (to the worker) is TLS.
-        remote_ip: the client's address.
-        local_ip: the address it connected to.
-        session_id: the worker's session id (the logs of both processes share it).
-        method: the SASL mechanism (``PLAIN`` for USER/PASS), for the log.
-        login: the login name, for the log.
     """
 
-    user: User
     maildrop: SessionMaildrop
-    tls: bool
-    remote_ip: str
-    local_ip: str
-    session_id: str
-    method: str
-    login: str
 
 
 # --- the logout line ----------------------------------------------------------------------
@@ -309,32 +291,31 @@ _ORDERLY: Final = frozenset({"Logged out", "Too many bad commands"})
 ``Disconnected for inactivity top=...`` or ``Connection closed top=...``)."""
 _SHUTTING_DOWN: Final = render.err("Server shutting down.", RespCode.SYS_TEMP)
 _INACTIVITY: Final = render.err("Disconnected for inactivity.")
-
-
-def _plain_ip(address: str) -> str:
-    """``::ffff:192.0.2.1`` -> ``192.0.2.1``; other addresses as they are."""
-    return address[7:] if address.startswith("::ffff:") and "." in address else address
+_HANDOFF_FAILURES: Final = {
+    "in-use": Failure.IN_USE,
+    "temporary": Failure.TEMPORARY,
+    "auth-failed": Failure.AUTH_FAILED,
+}
+"""The answer to a hand-off that failed, by :attr:`HandOffFailed.kind` (else PERMANENT)."""
 
 
 # --- the session --------------------------------------------------------------------------
 
 
-class POP3Session(asyncio.Protocol):
-    """One client connection (see the module documentation)."""
+class POP3Session(MailSession[Shared, Resumed]):
+    """One client connection (see the module documentation); what it shares with IMAP
+    is in :class:`~roost.daemon.mailsession.MailSession`."""
+
+    protocol = "pop3"
+    _abort_reply = _SHUTTING_DOWN
+    _read_high_water = _READ_HIGH_WATER
+    _log = log_pop3
+    _log_login = log_login
 
     def __init__(self, shared: Shared, resumed: Resumed | None = None) -> None:
-        self.shared = shared
+        super().__init__(shared, resumed)
         self.config = shared.config
-        self.transport: asyncio.Transport | None = None
-        self.tls = self.config.implicit_tls
-        self.remote_ip = ""
-        self.local_ip = ""
-        self.session_id = secrets.token_urlsafe(9)
-        self.started = time.monotonic()
-        self.user: User | None = None
         self.stats = _Stats()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
         self._maildrop: SessionMaildrop | None = None
         self._seen: set[int] = set()
         self._view: MaildropView | None = None
@@ -342,45 +323,19 @@ class POP3Session(asyncio.Protocol):
         self._ahead: tuple[int, bytes] | None = None  # (uid, the whole RETR response)
         self._inline: ServerState | None = None  # set in TRANSACTION: see _serve_inline
         self._pending: tuple[Event, Action] | object | None = None  # left to the task
-        self._incoming: list[bytes] = []
-        self._incoming_size = 0
-        self._reading_paused = False
         self._waiter: asyncio.Future[object] | None = None
         self._deadline = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self._eof = False
-        self._lost = False
-        self._stopping = False
         self._out: list[bytes] = []
         self._out_size = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._login_in = 0
-        self._login_out = 0
-        self._auth_attempts = 0
-        self._auth_method = ""
-        self._auth_login = ""
-        self._userip: tuple[str, str] | None = None
-        self._proxy: Proxy | None = None
-        self._resumed = resumed
-        if resumed is not None:
-            self.tls = resumed.tls
-            self.remote_ip, self.local_ip = resumed.remote_ip, resumed.local_ip
-            self.session_id = resumed.session_id
-            self._auth_method, self._auth_login = resumed.method, resumed.login
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
-        if self._resumed is None:
-            peer = transport.get_extra_info("peername") or ("", 0)
-            sock = transport.get_extra_info("sockname") or ("", 0)
-            self.remote_ip = _plain_ip(str(peer[0]))
-            self.local_ip = _plain_ip(str(sock[0]))
+        super().connection_made(transport)
+        assert self._loop is not None
         self.shared.registry.sessions.add(self)
         self._task = self._loop.create_task(self._run())
 
@@ -398,14 +353,7 @@ class POP3Session(asyncio.Protocol):
             self._bytes_in += len(data)
             self._serve_inline(self._inline, data)
             return
-        self._incoming.append(data)
-        self._incoming_size += len(data)
-        self._bytes_in += len(data)
-        if self._incoming_size > _READ_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            if self.transport is not None:
-                self.transport.pause_reading()
-        self._wake()
+        super().data_received(data)
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -442,50 +390,7 @@ class POP3Session(asyncio.Protocol):
         else:
             self._idle_timer = loop.call_at(self._deadline, self._idle_check)
 
-    # --- daemon control -------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Ask the session to end with ``-ERR [SYS/TEMP]`` when it next waits for input.
-
-        Nothing is deleted: the session did not get QUIT.
-        """
-        self._stopping = True
-        self._wake()
-        if self._proxy is not None:
-            self._proxy.shutdown()
-
-    def abort(self) -> None:
-        """Close the connection at once (the grace time is over)."""
-        if self._proxy is not None:
-            self._proxy.abort()
-        elif self.transport is not None and not self._lost:
-            with contextlib.suppress(Exception):
-                self.transport.write(_SHUTTING_DOWN)
-            self.transport.abort()
-
-    @property
-    def done(self) -> bool:
-        """Whether the session has ended."""
-        return self._task is None or self._task.done()
-
     # --- logging --------------------------------------------------------------------------
-
-    @property
-    def secured(self) -> bool:
-        """TLS, or both ends on the same address (Dovecot's "secured")."""
-        return self.tls or (bool(self.remote_ip) and self.remote_ip == self.local_ip)
-
-    def _log_fields(self, *, mpid: bool = False) -> str:
-        return login_fields(
-            self._auth_login,
-            self._auth_method,
-            self.remote_ip,
-            self.local_ip,
-            self.session_id,
-            tls=self.tls,
-            secured=self.secured,
-            mpid=mpid,
-        )
 
     @property
     def _prefix(self) -> str:
@@ -549,13 +454,7 @@ class POP3Session(asyncio.Protocol):
             raise _Disconnect("Server shutting down", _SHUTTING_DOWN)
         if not self._incoming:
             return b""
-        data = b"".join(self._incoming) if len(self._incoming) > 1 else self._incoming[0]
-        self._incoming.clear()
-        self._incoming_size = 0
-        if self._reading_paused and self.transport is not None and not self._lost:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return data
+        return self._take_input()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -763,7 +662,18 @@ class POP3Session(asyncio.Protocol):
             self._queue(render.err(text, RespCode.SYS_TEMP))
             return
         if shared.handoff is not None and shared.handoff.wanted(user):
-            await self._hand_off(shared.handoff, server, user, key, (login, credentials.password))
+            refused = await self._hand_off(
+                shared.handoff,
+                user,
+                key,
+                (login, credentials.password),
+                tag="",
+                unprocessed=server.connection.take_unprocessed,
+            )
+            if refused is None:
+                raise _HandedOff
+            failed = _HANDOFF_FAILURES.get(refused.kind, Failure.PERMANENT)
+            self._queue(server.login_failed(failed).data)
             return
         try:
             maildrop = await shared.open_maildrop(user)
@@ -782,60 +692,6 @@ class POP3Session(asyncio.Protocol):
             shared.registry.remove_user(key)
             self._userip = None
             await maildrop.close()
-
-    async def _hand_off(
-        self,
-        handoff: HandOff,
-        server: ServerState,
-        user: User,
-        key: tuple[str, str],
-        credentials: tuple[str, str],
-    ) -> None:
-        """Go on in a process running as ``user`` (:mod:`roost.daemon.handoff`); it
-        answers the login. ``credentials`` (login, password) are checked again by the
-        privileged helper. Raises :class:`_HandedOff` when it has taken over."""
-        from roost.daemon.handoff import HandOffFailed
-
-        state = {
-            "tag": "",
-            "tls": self.tls,
-            "remote_ip": self.remote_ip,
-            "local_ip": self.local_ip,
-            "session_id": self.session_id,
-            "method": self._auth_method,
-            "login": self._auth_login,
-        }
-        try:
-            await self._flush()  # what was answered before the login goes first
-            proxy = await handoff.start("pop3", self.config.service, user, state, credentials)
-        except HandOffFailed as failure:
-            self.shared.registry.remove_user(key)
-            log_pop3.error("pop3(%s): cannot start the mail process: %s", user.login, failure)
-            failed = {
-                "in-use": Failure.IN_USE,
-                "temporary": Failure.TEMPORARY,
-                "auth-failed": Failure.AUTH_FAILED,
-            }.get(failure.kind, Failure.PERMANENT)
-            self._queue(server.login_failed(failed).data)
-            return
-        except BaseException:
-            self.shared.registry.remove_user(key)
-            raise
-        self._userip = key
-        self.user = user
-        transport = self.transport
-        assert transport is not None
-        # Nothing may be awaited from here until the proxy owns the transport.
-        pending = server.connection.take_unprocessed() + b"".join(self._incoming)
-        self._incoming.clear()
-        self._incoming_size = 0
-        self._reading_paused = False
-        proxy.attach(transport, pending)
-        self._proxy = proxy
-        if self._stopping:
-            proxy.shutdown()
-        log_login.debug("handed over to mail process %d: %s", proxy.pid, self._log_fields())
-        raise _HandedOff
 
     def _logged_in(self, server: ServerState, user: User, maildrop: SessionMaildrop) -> bool:
         """Enter TRANSACTION with ``maildrop`` open and locked; False (the failure
@@ -1012,17 +868,7 @@ class POP3Session(asyncio.Protocol):
         if self._userip is not None:
             registry.remove_user(self._userip)
             self._userip = None
-        if self._proxy is not None:
-            return  # the session's process logged its end
-        if self.user is None:
-            log_disconnected(
-                log_login,
-                reason,
-                self._log_fields(),
-                plain=reason == "Connection closed",
-                attempts=self._auth_attempts,
-                started=self.started,
-            )
+        if self._ended_before_login(reason, plain=reason == "Connection closed"):
             return
         stats = self.stats
         values: dict[str, int | str] = {

@@ -134,6 +134,16 @@ def _escaped_hostname() -> str:
 
 
 _HOSTNAME: Final = _escaped_hostname()
+#: This process's pid, for new names (a forked child sets its own).
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def generate_base(size: int, vsize: int) -> str:
@@ -148,7 +158,7 @@ def generate_base(size: int, vsize: int) -> str:
     """
     now = time.time_ns()
     seconds, nanos = divmod(now, 1_000_000_000)
-    unique = f"M{nanos // 1000}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}"
+    unique = f"M{nanos // 1000}P{_pid}Q{next(_counter)}R{secrets.token_hex(4)}"
     return f"{seconds}.{unique}.{_HOSTNAME},S={size},W={vsize}"
 
 
