@@ -116,6 +116,19 @@ def worker_count(settings: Settings) -> int:
     raise settings.error("worker_processes", f"expected auto or a number from 1, not {text!r}")
 
 
+#: The worker services that queue mail (the others need no spool in the workers).
+_SPOOL_SERVICES: Final = frozenset({"smtp", "submission", "submissions"})
+
+
+def needs_spool(settings: Settings) -> bool:
+    """Whether a worker serving ``settings`` needs the spool: an SMTP service listens.
+
+    A worker that serves only IMAP and POP3 opens no spool, and so has none of its worker
+    threads and their memory (docs/performance.md, "IMAP memory: the base, session 4").
+    """
+    return any(listener.service in _SPOOL_SERVICES for listener in service_listeners(settings))
+
+
 def _set_parent_death_signal(signum: int) -> None:
     """Ask Linux to send ``signum`` when the parent process exits (prctl(2))."""
     name = ctypes.util.find_library("c")
@@ -123,6 +136,26 @@ def _set_parent_death_signal(signum: int) -> None:
         return
     libc = ctypes.CDLL(name, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    Called just before the fork server is forked. A free page left in the heap is part of
+    the image every later process starts from: the first process to reuse it copies it
+    and the fork server keeps the old copy, which nothing uses any more. Released, the
+    page comes back as a new zero page in the process that uses it, and no copy is left
+    behind (2.6 MiB less before any connection with IMAP and two workers: docs/performance.md,
+    "IMAP memory: the base, session 4"). Returns False where there is no glibc
+    ``malloc_trim`` (another C library): nothing changes then.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 # --- the fork server ---------------------------------------------------------------------
@@ -184,6 +217,7 @@ class Forker:
         with contextlib.suppress(ImportError):  # the workers' loop: import it once, shared
             import uvloop  # noqa: F401
         gc.collect()
+        release_free_heap()  # free heap pages: not part of the image the workers copy
         gc.freeze()  # what exists now stays in pages shared by every worker
         pid = os.fork()
         if pid == 0:  # the fork server
@@ -572,11 +606,12 @@ class Worker:
 
         DEFAULT_BUS.relay = relay
         try:
-            self.spool = Spool(
-                self.settings.path_of("queue_directory"),
-                on_commit=lambda queue_id: channel.send({"t": "commit", "id": queue_id}),
-            )
-            await self.spool.start()
+            if needs_spool(self.settings):  # the SMTP services only: not for IMAP/POP3
+                self.spool = Spool(
+                    self.settings.path_of("queue_directory"),
+                    on_commit=lambda queue_id: channel.send({"t": "commit", "id": queue_id}),
+                )
+                await self.spool.start()
             self.services = build_services(self._context(self.settings), WORKER_FACTORIES)
             for service in self.services:
                 for table in share_registry(service, self._emit_count):
