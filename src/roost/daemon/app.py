@@ -22,8 +22,6 @@ privileges"):
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import resource
@@ -48,7 +46,7 @@ from roost.daemon.privileges import PrivilegeError, Separation, separate_privile
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, set_default_loader, tls_files
-from roost.daemon.workers import Forker, WorkerMain, WorkerPool, worker_count
+from roost.daemon.workers import Forker, WorkerMain, WorkerPool, libc, worker_count
 from roost.queue.errors import SpoolError
 from roost.queue.pickup import Pickup
 from roost.queue.queue_id import is_queue_id
@@ -158,9 +156,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):  # the administrator's choice wins
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))
 

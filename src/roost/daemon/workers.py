@@ -55,6 +55,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import gc
 import json
 import logging
@@ -84,7 +85,17 @@ from roost.smtp import anvil
 from roost.store.bus import DEFAULT_BUS
 from roost.tls import TLSError
 
-__all__ = ["Forker", "Mesh", "WorkerMain", "WorkerPool", "run_worker", "worker_count"]
+__all__ = [
+    "Forker",
+    "Mesh",
+    "WorkerMain",
+    "WorkerPool",
+    "libc",
+    "needs_spool",
+    "release_free_heap",
+    "run_worker",
+    "worker_count",
+]
 
 log = logging.getLogger("roost.master")
 worker_log = logging.getLogger("roost.worker")
@@ -129,13 +140,35 @@ def needs_spool(settings: Settings) -> bool:
     return any(listener.service in _SPOOL_SERVICES for listener in service_listeners(settings))
 
 
-def _set_parent_death_signal(signum: int) -> None:
-    """Ask Linux to send ``signum`` when the parent process exits (prctl(2))."""
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library's functions (prctl, mallopt, malloc_trim), or None if not found.
+
+    Looked up among the symbols already loaded (``dlopen(NULL)``), and only then by
+    ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child process: the
+    master calls this before forking, and the fork server and every worker use the
+    same handle without a lookup of their own (a worker that ran ``find_library`` at its
+    start wrote to pages of the subprocess and regular expression code that the fork
+    server then kept copies of).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        loaded = ctypes.CDLL(None, use_errno=True)
+        if loaded.prctl and loaded.malloc_trim:  # glibc's, in this process already
+            return loaded
     name = ctypes.util.find_library("c")
     if name is None:
-        return
-    libc = ctypes.CDLL(name, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to send ``signum`` when the parent process exits (prctl(2))."""
+    library = libc()
+    if library is not None:
+        library.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def release_free_heap() -> bool:
@@ -150,9 +183,8 @@ def release_free_heap() -> bool:
     ``malloc_trim`` (another C library): nothing changes then.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+        trim = libc().malloc_trim  # type: ignore[union-attr]
+    except AttributeError:
         return False
     trim(0)
     return True
