@@ -41,7 +41,6 @@ from roost.daemon.compose import FACTORIES, MASTER_FACTORIES, build_services, pr
 from roost.daemon.control import ControlServer, daemon_running
 from roost.daemon.listeners import BOUND, Listener, bind_all, bind_socket, service_listeners
 from roost.daemon.logsetup import reopen_logs
-from roost.daemon.privhelper import tls_loader
 from roost.daemon.privileges import PrivilegeError, Separation, separate_privileges
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
@@ -267,6 +266,8 @@ class Daemon:
             _close_bound()
             return 1
         if self.privsep is not None:
+            from roost.daemon.privhelper import tls_loader  # only with a helper (root)
+
             set_default_loader(tls_loader(self.privsep.helper))
         return 0
 
