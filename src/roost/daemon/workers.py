@@ -10,14 +10,15 @@ How the processes come to be (see docs/architecture.md, "Process model and privi
 
 1. The master binds every listening socket and loads the TLS keys before any event loop
    exists (:meth:`roost.daemon.app.Daemon.prepare`).
-2. It calls :func:`gc.freeze` and forks the *fork server* (:class:`Forker`): a small
+2. It gives the C heap's free pages back (:func:`release_free_heap`), calls
+   :func:`gc.freeze` and forks the *fork server* (:class:`Forker`): a small
    process without threads or event loop that forks every worker, at start and whenever
    one must be replaced. A process with a running loop and threads (the master) never
    forks, and every worker starts from the same clean, shared memory pages.
 3. Each worker inherits the listening sockets (one accept queue per address shared by
    every worker: the kernel hands each connection to one of them, and connections queued
    while a worker restarts are taken by the others), builds its own loop, user database
-   and spool writer, and serves.
+   and, when an SMTP service is enabled, spool writer (:func:`needs_spool`), and serves.
 
 The master and each worker talk over a socket pair (:class:`~roost.daemon.channel.Channel`,
 JSON lines). Worker to master:
