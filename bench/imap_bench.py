@@ -621,6 +621,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--live", action="store_true", help="run src/roost, not a snapshot")
+    parser.add_argument(
+        "--roost-src", type=Path, help="run the roost package in this directory (PYTHONPATH)"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy roost once per mixed load")
     args = parser.parse_args()
     if args.quick:
@@ -636,7 +639,11 @@ def main() -> None:
     if "dovecot" in servers and (why := common.dovecot_usable("imap")) is not None:
         sys.exit(f"cannot run Dovecot: {why}")
     nofile = raise_nofile()
-    base = common.mailbox_bench_base(args.dir, "imap-bench-", live=args.live)
+    base = common.mailbox_bench_base(
+        args.dir, "imap-bench-", live=args.live or args.roost_src is not None
+    )
+    if args.roost_src is not None:  # e.g. a `git archive` of an older commit's src/
+        common.use_roost_source(base, snapshot=False, source=args.roost_src)
     machine = common.machine_description(base)
     if version := common.dovecot_version():
         machine["dovecot"] = version

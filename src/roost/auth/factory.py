@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from roost.auth.ldap import LdapBackend
     from roost.auth.pam import PamBackend
 
-__all__ = ["build_user_database", "check_user_database"]
+__all__ = ["build_user_database", "check_user_database", "password_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,36 @@ def build_user_database(settings: Settings) -> UserDatabase | None:
     if not backends:
         return None
     return UserDatabase(backends, default_realm=realm)
+
+
+def password_modules(settings: Settings) -> frozenset[str]:
+    """The libpass modules the configured user database may need to check passwords
+    (:func:`roost.auth.schemes.libpass_needs`), to import them before the worker processes
+    are forked (:func:`roost.auth.schemes.preload_libpass`).
+
+    A passwd-file's stored passwords are read for their schemes (plus SHA512-CRYPT, which
+    an unknown login is checked against); LDAP may hold any scheme; PAM needs none. An
+    unreadable file counts as needing nothing: a later change is still served, the module
+    is then imported at its first use.
+    """
+    from roost.auth.schemes import libpass_needs, sha512_crypt
+
+    modules: set[str] = set()
+    for word in settings.strings("auth_backends"):
+        kind, _, argument = word.partition(":")
+        if kind == "passwd-file" and argument:
+            modules.add(sha512_crypt.module)
+            try:
+                with open(argument, encoding="utf-8", errors="replace") as lines:
+                    for line in lines:
+                        fields = line.split(":", 2)
+                        if len(fields) > 1 and fields[1] and not line.startswith("#"):
+                            modules |= libpass_needs(fields[1])
+            except OSError:
+                continue
+        elif kind == "ldap":
+            modules |= libpass_needs("{CRYPT}") | libpass_needs("{ARGON2}")
+    return frozenset(modules)
 
 
 def check_user_database(settings: Settings) -> list[str]:

@@ -52,16 +52,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import importlib
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from passlib.exc import MissingBackendError
-from passlib.hash import argon2, bcrypt, des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
 __all__ = [
     "MAX_PASSWORD_BYTES",
@@ -73,6 +74,8 @@ __all__ = [
     "WeakSchemeError",
     "check_hash",
     "hash_password",
+    "libpass_needs",
+    "preload_libpass",
     "split_scheme",
     "verify_password",
 ]
@@ -132,6 +135,91 @@ class _Handler(Protocol):
     """The part of a libpass hash class used here (libpass is untyped)."""
 
     def verify(self, secret: bytes, hash: str) -> object: ...
+
+
+class _Libpass:
+    """A libpass hash class, imported at its first use.
+
+    libpass' handlers, and the argon2-cffi and bcrypt backends they load, are about
+    3.4 MiB in every process that imports them; a daemon whose users have PLAIN or
+    hashlib-only passwords never needs them (:func:`preload_libpass` imports what a
+    configuration needs before the worker processes are forked).
+
+    Args:
+        module: the libpass module, e.g. ``"passlib.handlers.sha2_crypt"``.
+        name: the class in it, e.g. ``"sha512_crypt"``.
+    """
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def load(self) -> Any:
+        """Import the module; return the libpass class (untyped)."""
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def verify(self, secret: bytes, hash: str) -> object:
+        return self.load().verify(secret, hash)
+
+    def using(self, **settings: object) -> Any:
+        return self.load().using(**settings)
+
+    def hash(self, secret: bytes) -> object:
+        return self.load().hash(secret)
+
+
+sha512_crypt: Final = _Libpass("passlib.handlers.sha2_crypt", "sha512_crypt")
+sha256_crypt: Final = _Libpass("passlib.handlers.sha2_crypt", "sha256_crypt")
+md5_crypt: Final = _Libpass("passlib.handlers.md5_crypt", "md5_crypt")
+des_crypt: Final = _Libpass("passlib.handlers.des_crypt", "des_crypt")
+bcrypt: Final = _Libpass("passlib.handlers.bcrypt", "bcrypt")
+argon2: Final = _Libpass("passlib.handlers.argon2", "argon2")
+
+#: The libpass classes each scheme may use (by base name, without encoding suffix).
+_LIBPASS_USERS: Final[Mapping[str, tuple[_Libpass, ...]]] = {
+    "SHA512-CRYPT": (sha512_crypt,),
+    "SHA256-CRYPT": (sha256_crypt,),
+    "BLF-CRYPT": (bcrypt,),
+    "CRYPT": (sha512_crypt, sha256_crypt, md5_crypt, des_crypt, bcrypt),
+    "DES-CRYPT": (des_crypt,),
+    "MD5-CRYPT": (md5_crypt,),
+    "MD5": (md5_crypt,),
+    "ARGON2ID": (argon2,),
+    "ARGON2": (argon2,),
+    "ARGON2I": (argon2,),
+}
+
+
+def libpass_needs(stored: str, default_scheme: str = "CRYPT") -> frozenset[str]:
+    """The libpass modules checking ``stored`` (see :func:`split_scheme`) may import.
+
+    Returns:
+        Module names (``passlib.handlers.*``); empty for the schemes written here on
+        ``hashlib`` and for an unknown scheme. CRYPT data is matched by its prefix.
+    """
+    scheme, data = split_scheme(stored, default_scheme)
+    base = scheme.upper().split(".")[0]
+    handlers = _LIBPASS_USERS.get(base, ())
+    if base == "CRYPT" and data:
+        handler = _crypt_prefix_handler(data)
+        handlers = (handler,) if handler is not None else handlers
+    return frozenset(h.module for h in handlers)
+
+
+def preload_libpass(modules: Iterable[str]) -> None:
+    """Import libpass modules (:func:`libpass_needs`) and their backends now, e.g. before
+    forking processes that will use them, so that their pages are shared.
+
+    Missing backends (argon2-cffi, bcrypt) are left for the first use to report.
+    """
+    for handler in {h.module: h for hs in _LIBPASS_USERS.values() for h in hs}.values():
+        if handler.module in modules:
+            with contextlib.suppress(ImportError, MissingBackendError):
+                get_backend = getattr(handler.load(), "get_backend", None)
+                if get_backend is not None:
+                    get_backend()
 
 
 Verifier = Callable[[bytes, bytes, bool], bool]
@@ -211,6 +299,21 @@ def _clamp(value: int | None, default: int, low: int, high: int) -> int:
 
 _DES_CRYPT: Final = re.compile(r"[./0-9A-Za-z]{13}")
 _BLF_PREFIX: Final = re.compile(r"\$2[a-z]\$\d\d\$")
+
+
+def _crypt_prefix_handler(stored: str) -> _Libpass | None:
+    """The libpass class for crypt(3) data, from its prefix (None: not one of them)."""
+    if stored.startswith("$6$"):
+        return sha512_crypt
+    if stored.startswith("$5$"):
+        return sha256_crypt
+    if stored.startswith("$1$"):
+        return md5_crypt
+    if stored.startswith("$2"):
+        return bcrypt
+    if _DES_CRYPT.fullmatch(stored):
+        return des_crypt
+    return None
 
 
 def _crypt_handler(stored: str) -> tuple[_Handler, str]:

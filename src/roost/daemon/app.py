@@ -22,8 +22,6 @@ privileges"):
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import resource
@@ -43,12 +41,11 @@ from roost.daemon.compose import FACTORIES, MASTER_FACTORIES, build_services, pr
 from roost.daemon.control import ControlServer, daemon_running
 from roost.daemon.listeners import BOUND, Listener, bind_all, bind_socket, service_listeners
 from roost.daemon.logsetup import reopen_logs
-from roost.daemon.privhelper import tls_loader
 from roost.daemon.privileges import PrivilegeError, Separation, separate_privileges
 from roost.daemon.sdnotify import Notifier
 from roost.daemon.service import Context, Service
 from roost.daemon.tlscontexts import TLSContexts, set_default_loader, tls_files
-from roost.daemon.workers import Forker, WorkerMain, WorkerPool, worker_count
+from roost.daemon.workers import Forker, WorkerMain, WorkerPool, libc, worker_count
 from roost.queue.errors import SpoolError
 from roost.queue.pickup import Pickup
 from roost.queue.queue_id import is_queue_id
@@ -158,9 +155,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):  # the administrator's choice wins
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))
 
@@ -270,6 +266,8 @@ class Daemon:
             _close_bound()
             return 1
         if self.privsep is not None:
+            from roost.daemon.privhelper import tls_loader  # only with a helper (root)
+
             set_default_loader(tls_loader(self.privsep.helper))
         return 0
 

@@ -99,13 +99,19 @@ WORKER_FACTORIES: Final[list[LazyFactory]] = FACTORIES[1:]
 
 
 def preload(settings: Settings, factories: Sequence[LazyFactory] = WORKER_FACTORIES) -> None:
-    """Import the modules of the services the settings enable (before a fork: the
-    children then share their pages instead of each importing its own copy)."""
-    for factory in factories:
-        if factory.enabled(settings):
-            factory.load()
-            for module in factory.uses:
-                importlib.import_module(module)
+    """Import the modules of the services the settings enable, and the password hashing
+    modules their user database needs (before a fork: the children then share their
+    pages instead of each importing its own copy)."""
+    enabled = [factory for factory in factories if factory.enabled(settings)]
+    for factory in enabled:
+        factory.load()
+        for module in factory.uses:
+            importlib.import_module(module)
+    if enabled:  # what the user database needs to check passwords (libpass: ~3.4 MiB)
+        from roost.auth.factory import password_modules
+        from roost.auth.schemes import preload_libpass
+
+        preload_libpass(password_modules(settings))
 
 
 def build_services(

@@ -10,14 +10,15 @@ How the processes come to be (see docs/architecture.md, "Process model and privi
 
 1. The master binds every listening socket and loads the TLS keys before any event loop
    exists (:meth:`roost.daemon.app.Daemon.prepare`).
-2. It calls :func:`gc.freeze` and forks the *fork server* (:class:`Forker`): a small
+2. It gives the C heap's free pages back (:func:`release_free_heap`), calls
+   :func:`gc.freeze` and forks the *fork server* (:class:`Forker`): a small
    process without threads or event loop that forks every worker, at start and whenever
    one must be replaced. A process with a running loop and threads (the master) never
    forks, and every worker starts from the same clean, shared memory pages.
 3. Each worker inherits the listening sockets (one accept queue per address shared by
    every worker: the kernel hands each connection to one of them, and connections queued
    while a worker restarts are taken by the others), builds its own loop, user database
-   and spool writer, and serves.
+   and, when an SMTP service is enabled, spool writer (:func:`needs_spool`), and serves.
 
 The master and each worker talk over a socket pair (:class:`~roost.daemon.channel.Channel`,
 JSON lines). Worker to master:
@@ -55,6 +56,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import gc
 import json
 import logging
@@ -84,7 +86,17 @@ from roost.smtp import anvil
 from roost.store.bus import DEFAULT_BUS
 from roost.tls import TLSError
 
-__all__ = ["Forker", "Mesh", "WorkerMain", "WorkerPool", "run_worker", "worker_count"]
+__all__ = [
+    "Forker",
+    "Mesh",
+    "WorkerMain",
+    "WorkerPool",
+    "libc",
+    "needs_spool",
+    "release_free_heap",
+    "run_worker",
+    "worker_count",
+]
 
 log = logging.getLogger("roost.master")
 worker_log = logging.getLogger("roost.worker")
@@ -116,13 +128,67 @@ def worker_count(settings: Settings) -> int:
     raise settings.error("worker_processes", f"expected auto or a number from 1, not {text!r}")
 
 
-def _set_parent_death_signal(signum: int) -> None:
-    """Ask Linux to send ``signum`` when the parent process exits (prctl(2))."""
+#: The worker services that queue mail (the others need no spool in the workers).
+_SPOOL_SERVICES: Final = frozenset({"smtp", "submission", "submissions"})
+
+
+def needs_spool(settings: Settings) -> bool:
+    """Whether a worker serving ``settings`` needs the spool: an SMTP service listens.
+
+    A worker that serves only IMAP and POP3 opens no spool, and so has none of its worker
+    threads and their memory (docs/performance.md, "IMAP memory: the base, session 4").
+    """
+    return any(listener.service in _SPOOL_SERVICES for listener in service_listeners(settings))
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library's functions (prctl, mallopt, malloc_trim), or None if not found.
+
+    Looked up among the symbols already loaded (``dlopen(NULL)``), and only then by
+    ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child process: the
+    master calls this before forking, and the fork server and every worker use the
+    same handle without a lookup of their own (a worker that ran ``find_library`` at its
+    start wrote to pages of the subprocess and regular expression code that the fork
+    server then kept copies of).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        loaded = ctypes.CDLL(None, use_errno=True)
+        if loaded.prctl and loaded.malloc_trim:  # glibc's, in this process already
+            return loaded
     name = ctypes.util.find_library("c")
     if name is None:
-        return
-    libc = ctypes.CDLL(name, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to send ``signum`` when the parent process exits (prctl(2))."""
+    library = libc()
+    if library is not None:
+        library.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    Called just before the fork server is forked. A free page left in the heap is part of
+    the image every later process starts from: the first process to reuse it copies it
+    and the fork server keeps the old copy, which nothing uses any more. Released, the
+    page comes back as a new zero page in the process that uses it, and no copy is left
+    behind (2.6 MiB less before any connection with IMAP and two workers: docs/performance.md,
+    "IMAP memory: the base, session 4"). Returns False where there is no glibc
+    ``malloc_trim`` (another C library): nothing changes then.
+    """
+    try:
+        trim = libc().malloc_trim  # type: ignore[union-attr]
+    except AttributeError:
+        return False
+    trim(0)
+    return True
 
 
 # --- the fork server ---------------------------------------------------------------------
@@ -184,6 +250,7 @@ class Forker:
         with contextlib.suppress(ImportError):  # the workers' loop: import it once, shared
             import uvloop  # noqa: F401
         gc.collect()
+        release_free_heap()  # free heap pages: not part of the image the workers copy
         gc.freeze()  # what exists now stays in pages shared by every worker
         pid = os.fork()
         if pid == 0:  # the fork server
@@ -572,11 +639,12 @@ class Worker:
 
         DEFAULT_BUS.relay = relay
         try:
-            self.spool = Spool(
-                self.settings.path_of("queue_directory"),
-                on_commit=lambda queue_id: channel.send({"t": "commit", "id": queue_id}),
-            )
-            await self.spool.start()
+            if needs_spool(self.settings):  # the SMTP services only: not for IMAP/POP3
+                self.spool = Spool(
+                    self.settings.path_of("queue_directory"),
+                    on_commit=lambda queue_id: channel.send({"t": "commit", "id": queue_id}),
+                )
+                await self.spool.start()
             self.services = build_services(self._context(self.settings), WORKER_FACTORIES)
             for service in self.services:
                 for table in share_registry(service, self._emit_count):
