@@ -1,12 +1,15 @@
 """One SMTP server session on aiosmtpd: ESMTP, STARTTLS, AUTH, policy and durable enqueue.
 
-aiosmtpd's ``SMTP`` protocol reads command lines, enforces the command line length, runs
-STARTTLS (discarding plaintext pipelined after it, RFC 3207 §4.2) and the idle timeout.
-This subclass replaces every command handler: replies come from :mod:`roost.smtp.reply`
-with RFC 3463 codes, addresses are parsed by :mod:`roost.address`, recipients go through
-the Postfix-style :class:`roost.smtp.policy.Policy`, AUTH uses the shared sans-IO SASL
-code, and DATA is read in large chunks through :class:`roost.smtp.data.DataDecoder`
-straight into the spool, which fsyncs before the ``250``.
+aiosmtpd's ``SMTP`` protocol runs STARTTLS (discarding plaintext pipelined after it,
+RFC 3207 §4.2) and sets up the connection. This subclass drives the session with its own
+command loop (aiosmtpd's ``_handle_client`` behaviour, command line limits included, with
+fewer calls per command; see :meth:`SMTPSession._command_loop`), keeps the idle timeout
+with one lazily moved timer, and replaces every command handler: replies come from
+:mod:`roost.smtp.reply` with RFC 3463 codes, addresses are parsed by
+:mod:`roost.address`, recipients go through the Postfix-style
+:class:`roost.smtp.policy.Policy`, AUTH uses the shared sans-IO SASL code, and DATA is
+read in large chunks through :class:`roost.smtp.data.DataDecoder` straight into the
+spool, which fsyncs before the ``250``.
 
 Error accounting is Postfix's: every 4xx/5xx reply counts; past
 ``smtpd_soft_error_limit`` each reply waits ``smtpd_error_sleep_time``; at
