@@ -289,11 +289,12 @@ class SMTPSession(SMTP):
                     del buffer[: end + 1]
                     reader._maybe_resume_transport()  # type: ignore[attr-defined]
                 else:
-                    read = await self._read_command_line()
-                    if read is None:
+                    try:
+                        line = await reader.readuntil()
+                    except asyncio.LimitOverrunError as error:
+                        await self._skip_long_line(error.consumed)
                         await self.push("500 Command line too long")
                         continue
-                    line = read
                 line = line.rstrip(b"\r\n")
                 if not line:
                     await self.push("500 Error: bad syntax")
@@ -339,20 +340,17 @@ class SMTPSession(SMTP):
             except Exception as error:
                 await self._loop_exception(error)
 
-    async def _read_command_line(self) -> bytes | None:
-        """The next line by ``readuntil``, or None when it was longer than the stream's
-        limit (the line is read to its end and dropped, as aiosmtpd does)."""
+    async def _skip_long_line(self, consumed: int) -> None:
+        """Drop a line longer than the stream's limit up to its end, as aiosmtpd does
+        (``consumed``: the bytes already known to be part of it)."""
         reader = self._reader
-        try:
-            return await reader.readuntil()
-        except asyncio.LimitOverrunError as error:
-            await reader.read(error.consumed)
-            while True:
-                try:
-                    await reader.readuntil()
-                    return None
-                except asyncio.LimitOverrunError as longer:
-                    await reader.read(longer.consumed)
+        await reader.read(consumed)
+        while True:
+            try:
+                await reader.readuntil()
+                return
+            except asyncio.LimitOverrunError as longer:
+                await reader.read(longer.consumed)
 
     async def _loop_exception(self, error: Exception) -> None:
         """aiosmtpd's handling of an exception out of a command: ask
