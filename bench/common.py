@@ -478,8 +478,8 @@ class RoostDaemon:
             environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), **(env or {})}
             # run as root without a mail_owner account, as the test suite does (docs/privsep.md)
             environment.setdefault("ROOST_STAY_ROOT", "1")
-            if RoostDaemon.python_path is not None:
-                environment["PYTHONPATH"] = str(RoostDaemon.python_path)
+            if self.python_path is not None:  # this instance's, else the class's
+                environment["PYTHONPATH"] = str(self.python_path)
             with open(self.directory / "daemon.out", "ab") as out:
                 process = subprocess.Popen(
                     command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT
@@ -1008,7 +1008,17 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
     """``kind``: ``roost``, ``roost:PATCH[+PATCH...]`` or ``postfix``.
 
     A PATCH is a key of :data:`ROOST_PATCHES`, or ``wN``: N daemons sharing the port.
+    ``roost@DIR`` (patches after it as usual) runs the ``roost`` package in DIR instead
+    of ``--roost-src`` or the snapshot, so that one invocation alternates two sources
+    (``--servers roost@/var/tmp/base/src,roost,postfix``).
     """
+    source: Path | None = None
+    if kind.startswith("roost@"):
+        head, _, patch_text = kind.partition(":")
+        source = Path(head[len("roost@") :]).resolve()
+        if not (source / "roost").is_dir():
+            raise ValueError(f"{kind!r}: no roost package in {source}")
+        kind = "roost" + (f":{patch_text}" if patch_text else "")
     if ":" in str(base.resolve()):
         raise ValueError(f"{base}: no ':' please, it separates mail_location's fields")
     # no ':' in the path: it separates the fields of mail_location (maildir:PATH:...)
@@ -1027,13 +1037,16 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
         raise ValueError(
             f"unknown server {kind!r} (patches: {', '.join(ROOST_PATCHES)}, wN, pN, pauto)"
         )
-    return RoostInstance(
+    instance = RoostInstance(
         directory,
         deliver=deliver,
         patches=patches,
         workers=max(workers or [1]),
         worker_processes=processes[-1] if processes else None,
     )
+    if source is not None:
+        instance.python_path = source
+    return instance
 
 
 # --- IMAP and POP3 servers (bench/imap_bench.py, bench/pop3_bench.py) ---------------------

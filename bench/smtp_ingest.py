@@ -60,6 +60,7 @@ def run_once(
     with common.serving(instance, profile):
         load = common.load_average()
         cpu_before = instance.cpu_seconds()
+        parts_before = cpu_by_process(instance)
         started = time.monotonic()
         try:
             result = subprocess.run(
@@ -78,6 +79,11 @@ def run_once(
             failure = f"smtp-source still running after {timeout:.0f} s"
         elapsed = time.monotonic() - started
         cpu = instance.cpu_seconds() - cpu_before
+        parts_after = cpu_by_process(instance)
+        parts = {
+            name: round((seconds - parts_before.get(name, 0.0)) * 1000 / workload.messages, 3)
+            for name, seconds in parts_after.items()
+        }
         accepted = instance.accepted()
         if not instance.deliver and accepted != workload.messages and not failure:
             failure = f"{accepted} messages in the queue, expected {workload.messages}"
@@ -91,7 +97,11 @@ def run_once(
             load_before=load,
             ok=not failure,
             note=failure,
-            extra={"accepted": accepted, "queues": instance.queue_counts()},
+            extra={
+                "accepted": accepted,
+                "queues": instance.queue_counts(),
+                "cpu_ms_per_message_by_process": parts,
+            },
         )
 
 
@@ -128,11 +138,49 @@ def main(argv: Sequence[str]) -> int:
 
 def record_line(record: RunRecord) -> str:
     status = "" if record.ok else f"  FAILED: {record.note}"
+    parts = record.extra.get("cpu_ms_per_message_by_process") or {}
+    detail = " (" + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ")" if parts else ""
     return (
         f"  round {record.round} {record.server:<15} {record.rate:7.0f} msg/s"
-        f"  {record.seconds:7.2f} s  CPU {record.cpu_ms_per_message:5.2f} ms/msg"
+        f"  {record.seconds:7.2f} s  CPU {record.cpu_ms_per_message:5.2f} ms/msg{detail}"
         f"  load {record.load_before:4.1f}{status}"
     )
+
+
+def cpu_by_process(instance: Instance) -> dict[str, float]:
+    """CPU seconds (utime + stime, reaped children included) of the server's processes
+    by role: roost's ``master`` and ``workers`` (the processes two levels below a daemon:
+    daemon, fork server, workers), else ``smtpd`` and ``other`` by process name."""
+    parts: dict[str, float] = {}
+    if isinstance(instance, common.RoostDaemon):
+        for daemon in instance.processes:
+            parts["master"] = parts.get("master", 0.0) + common.process_cpu_seconds(daemon.pid)
+            for pid in common.descendants(daemon.pid):
+                if pid == daemon.pid:
+                    continue
+                role = "workers" if _parent(pid) != daemon.pid else "forker"
+                parts[role] = parts.get(role, 0.0) + common.process_cpu_seconds(
+                    pid, reaped_children=True
+                )
+        return parts
+    master = getattr(instance, "master_pid", lambda: None)()
+    if master is None:
+        return parts
+    for pid in common.descendants(master):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        role = "smtpd" if name == "smtpd" else "cleanup" if name == "cleanup" else "other"
+        parts[role] = parts.get(role, 0.0) + common.process_cpu_seconds(pid, reaped_children=True)
+    return parts
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 if __name__ == "__main__":

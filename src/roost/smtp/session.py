@@ -1,12 +1,15 @@
 """One SMTP server session on aiosmtpd: ESMTP, STARTTLS, AUTH, policy and durable enqueue.
 
-aiosmtpd's ``SMTP`` protocol reads command lines, enforces the command line length, runs
-STARTTLS (discarding plaintext pipelined after it, RFC 3207 §4.2) and the idle timeout.
-This subclass replaces every command handler: replies come from :mod:`roost.smtp.reply`
-with RFC 3463 codes, addresses are parsed by :mod:`roost.address`, recipients go through
-the Postfix-style :class:`roost.smtp.policy.Policy`, AUTH uses the shared sans-IO SASL
-code, and DATA is read in large chunks through :class:`roost.smtp.data.DataDecoder`
-straight into the spool, which fsyncs before the ``250``.
+aiosmtpd's ``SMTP`` protocol runs STARTTLS (discarding plaintext pipelined after it,
+RFC 3207 §4.2) and sets up the connection. This subclass drives the session with its own
+command loop (aiosmtpd's ``_handle_client`` behaviour, command line limits included, with
+fewer calls per command; see :meth:`SMTPSession._command_loop`), keeps the idle timeout
+with one lazily moved timer, and replaces every command handler: replies come from
+:mod:`roost.smtp.reply` with RFC 3463 codes, addresses are parsed by
+:mod:`roost.address`, recipients go through the Postfix-style
+:class:`roost.smtp.policy.Policy`, AUTH uses the shared sans-IO SASL code, and DATA is
+read in large chunks through :class:`roost.smtp.data.DataDecoder` straight into the
+spool, which fsyncs before the ``250``.
 
 Error accounting is Postfix's: every 4xx/5xx reply counts; past
 ``smtpd_soft_error_limit`` each reply waits ``smtpd_error_sleep_time``; at
@@ -179,6 +182,10 @@ class SMTPSession(SMTP):
         "EHLO": reply.SYNTAX_EHLO,
     }
 
+    # asyncio's flow control state (FlowControlMixin, set by StreamReaderProtocol)
+    _paused: bool
+    _connection_lost: bool
+
     def __init__(self, shared: Shared) -> None:
         config = shared.config
         hostname, _, ident = config.banner.partition(" ")
@@ -207,6 +214,8 @@ class SMTPSession(SMTP):
         self.commands_ok: Counter[str] = Counter()
         self._admitted = False
         self._closing = False
+        self._deadline = 0.0  # loop time at which the idle timeout ends the session
+        self._armed_for = 0.0  # loop time at which the idle timer fires
         self._data_finished = asyncio.Event()
         self._data_finished.set()
 
@@ -249,11 +258,116 @@ class SMTPSession(SMTP):
             self._note_tls(transport)
 
     async def _handle_client(self) -> None:
-        """Look up the client's name before the greeting, as Postfix's smtpd does."""
+        """Look up the client's name before the greeting, as Postfix's smtpd does, then
+        run the command loop."""
         if self.config.peername_lookup and self.client_address != "unknown":
             self.client_name = await client_name(self.client_address)
         self.log.info("connect from %s", self.client)
-        await super()._handle_client()
+        await self._command_loop()
+
+    async def _command_loop(self) -> None:
+        """Greet, then read, check and dispatch command lines until the connection ends.
+
+        aiosmtpd's ``SMTP._handle_client`` with its behaviour kept (its replies, which
+        :meth:`push` maps to ours, its command line limits, the TLS checks and its
+        handling of errors and of a lost connection), and its per-command costs cut:
+        a line already in the stream's buffer is taken without a ``readuntil`` coroutine,
+        no per-line logging calls, the idle timer is moved lazily (:meth:`_reset_timeout`)
+        and replies skip ``drain()`` unless the transport is paused or closing
+        (:meth:`_send`). aiosmtpd's PROXY protocol and per-command call limits are not
+        used by roost (our error and junk command limits replace them).
+        """
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        reader = self._reader
+        buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+        methods: dict[str, Callable[[str | None], Any]] = self._smtp_methods
+        while self.transport is not None:
+            try:
+                end = buffer.find(b"\n")
+                if 0 <= end <= reader._limit:  # type: ignore[attr-defined]  # readuntil's fast case
+                    line = bytes(buffer[: end + 1])
+                    del buffer[: end + 1]
+                    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                else:
+                    try:
+                        line = await reader.readuntil()
+                    except asyncio.LimitOverrunError as error:
+                        await self._skip_long_line(error.consumed)
+                        await self.push("500 Command line too long")
+                        continue
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                arg: str | None = None
+                if arg_bytes:
+                    # non-UTF-8 arguments survive as surrogates (aiosmtpd's enable_SMTPUTF8)
+                    arg = str(arg_bytes.strip(), "utf-8", "surrogateescape")
+                assert self.session is not None
+                limit = (
+                    self.command_size_limits.get(command, self.command_size_limit)
+                    if self.session.extended_smtp
+                    else self.command_size_limit
+                )
+                if len(line) > limit:
+                    await self.push("500 Command line too long")
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 Command refused due to lack of security")
+                    continue
+                if (
+                    self.require_starttls
+                    and not self._tls_protocol
+                    and command not in aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS
+                ):
+                    await self.push("530 Must issue a STARTTLS command first")
+                    continue
+                method = methods.get(command)
+                if method is None:
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                self._reset_timeout()  # a valid command (as in aiosmtpd)
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()  # the connection went away, maybe during DATA
+                raise
+            except Exception as error:
+                await self._loop_exception(error)
+
+    async def _skip_long_line(self, consumed: int) -> None:
+        """Drop a line longer than the stream's limit up to its end, as aiosmtpd does
+        (``consumed``: the bytes already known to be part of it)."""
+        reader = self._reader
+        await reader.read(consumed)
+        while True:
+            try:
+                await reader.readuntil()
+                return
+            except asyncio.LimitOverrunError as longer:
+                await reader.read(longer.consumed)
+
+    async def _loop_exception(self, error: Exception) -> None:
+        """aiosmtpd's handling of an exception out of a command: ask
+        :meth:`handle_exception` for the reply; a failed TLS handshake ends the
+        connection."""
+        status: str | None = None
+        try:
+            status = await self.handle_exception(error)
+        except Exception as inner:
+            status = f"500 Error: ({type(inner).__name__}) {inner}"
+        finally:
+            if isinstance(error, aiosmtpd.smtp.TLSSetupException):
+                if self.transport is not None:
+                    self.transport.close()
+                self.connection_lost(error)
+            elif status is not None:
+                await self.push(status)
 
     def _note_tls(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -290,7 +404,31 @@ class SMTPSession(SMTP):
         self._reader.feed_eof()
         return self.tls_info is None  # keep the socket open to write the replies
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline to ``duration`` (default ``smtpd_timeout``) from now.
+
+        aiosmtpd cancels and re-creates its timer on every command and DATA chunk; here
+        the timer stays while it would fire no later than the new deadline, and
+        :meth:`_timeout_cb` re-arms it for the rest when it fires early.
+        """
+        loop = self.loop
+        delay = duration or self._timeout_duration
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and self._armed_for <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = loop.call_later(delay, self._timeout_cb)
+        self._armed_for = deadline
+
     def _timeout_cb(self) -> None:
+        remaining = self._deadline - self.loop.time()
+        if remaining > 0:  # the deadline moved since the timer was set
+            self._timeout_handle = self.loop.call_later(remaining, self._timeout_cb)
+            self._armed_for = self._deadline
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.log.info("timeout after %s from %s", self._last_command(), self.client)
             transport = cast(asyncio.WriteTransport, self.transport)
@@ -344,7 +482,8 @@ class SMTPSession(SMTP):
             await asyncio.sleep(self.config.error_sleep_time)
             self._reset_timeout()
         await self._send(text)
-        await self._enforce_hard_limit()
+        if self.errors >= self.config.hard_error_limit:
+            await self._enforce_hard_limit()
 
     async def _enforce_hard_limit(self) -> None:
         if self.errors < self.config.hard_error_limit or self._closing:
@@ -356,8 +495,16 @@ class SMTPSession(SMTP):
             self.transport.close()
 
     async def _send(self, text: str) -> None:
-        self._writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
-        await self._writer.drain()
+        """Write one reply line; wait in ``drain()`` only when it could wait or raise.
+
+        ``StreamWriter.drain`` returns at once unless the transport is paused (its buffer
+        above the high-water mark), closing, or the connection lost (then it raises), so
+        it is only awaited in those cases.
+        """
+        writer = self._writer
+        writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
+        if self._paused or self._connection_lost or writer.transport.is_closing():
+            await writer.drain()
 
     async def reply(self, answer: Reply | str, command: str | None = None) -> None:
         """Send ``answer`` and count ``command`` as successful when it is 2xx/3xx."""
