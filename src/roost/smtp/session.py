@@ -72,22 +72,6 @@ from roost.tls import describe_tls
 
 __all__ = ["SMTPSession", "SessionConfig", "Shared"]
 
-# Our error limits replace aiosmtpd's fixed budget of five unknown commands.
-aiosmtpd.smtp.BOGUS_LIMIT = 1 << 30
-
-_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
-
-
-def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
-    """aiosmtpd's command loop logs every command line twice (at DEBUG and INFO) through
-    this, which scans each line for AUTH data first; ``mail.log`` is at ERROR in the
-    daemon (see :mod:`roost.daemon.logsetup`), so skip the scan when nothing is logged."""
-    if aiosmtpd.smtp.log.isEnabledFor(logging.INFO):
-        _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
-
-
-aiosmtpd.smtp.sanitized_log = _sanitized_log
-
 _DATA_CHUNK: Final = 256 * 1024
 _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 
