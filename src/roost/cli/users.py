@@ -146,9 +146,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def _lookup(args: argparse.Namespace) -> int:
     from roost.address import AddressError, parse_mailbox
-    from roost.delivery.local import user_mailbox
+    from roost.delivery.mailbox import local_config, user_mailbox
     from roost.delivery.router import router_from_settings
-    from roost.queue.service import local_config, open_aliases
+    from roost.queue.service import open_aliases
 
     settings = _settings(args)
     users = build_user_database(settings)

@@ -77,7 +77,7 @@ class LazyFactory:
 
 
 #: What the IMAP and POP3 servers import to find and open a user's mailboxes.
-_MAILBOX_MODULES: Final = ("roost.delivery.errors", "roost.delivery.local", "sqlite3")
+_MAILBOX_MODULES: Final = ("roost.delivery.errors", "roost.delivery.mailbox", "sqlite3")
 
 #: Factories in start order (workers before the listeners that feed them).
 FACTORIES: Final[list[LazyFactory]] = [

@@ -572,8 +572,7 @@ def serve_session(
         state["login"] = user.login  # what the log says is who logged in
         preload()
         from roost.delivery.errors import DeliveryError
-        from roost.delivery.local import user_mailbox
-        from roost.queue.service import local_config
+        from roost.delivery.mailbox import local_config, user_mailbox
 
         try:
             mailbox = user_mailbox(user, local_config(settings))

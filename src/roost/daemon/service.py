@@ -6,13 +6,15 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from roost.auth.throttle import Throttle
 from roost.auth.users import UserDatabase
 from roost.config import Settings
-from roost.delivery.privileged import SystemDelivery
-from roost.queue.spool import Spool
+
+if TYPE_CHECKING:  # imported by the services that use them (not by an IMAP-only worker)
+    from roost.delivery.privileged import SystemDelivery
+    from roost.queue.spool import Spool
 
 __all__ = ["Context", "Service", "TLSProvider"]
 

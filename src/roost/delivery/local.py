@@ -5,14 +5,9 @@ of the whole local part, then of the user; the user's ``.forward``; the mailbox.
 a user of the user database (``auth_backends``) or a system account. For a recipient in a
 virtual mailbox domain the user database alone answers and the mail goes to the mailbox.
 
-Where the mailbox is:
-
-- ``home_mailbox`` set (Postfix): ``Maildir/`` (trailing slash) is a Maildir under the
-  home, anything else an mbox file under the home;
-- otherwise ``mail_location`` (Dovecot syntax, ``%u %n %d %h`` and ``~``), from the user
-  database's ``userdb_mail`` field or the global parameter: ``maildir:PATH`` or
-  ``mbox:PATH:INBOX=FILE`` (the INBOX file gets the mail). This is what IMAP and POP3
-  serve, so delivery and reading always agree.
+Where the mailbox is: :mod:`roost.delivery.mailbox` (``home_mailbox`` or
+``mail_location``), the same answer IMAP and POP3 serve, so delivery and reading always
+agree.
 
 Addresses in other domains that aliases or ``.forward`` lead to are queued again as a new
 message (same content, ``Delivered-To:`` added for loop detection).
@@ -33,8 +28,7 @@ from pathlib import Path
 from typing import Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
-from roost.auth.users import User, UserBackendError, UserDatabase, expand_mail_location
-from roost.config import Settings
+from roost.auth.users import UserBackendError, UserDatabase
 from roost.delivery._stream import MessageSource
 from roost.delivery.aliases import (
     AddressTarget,
@@ -50,6 +44,7 @@ from roost.delivery.command import CommandEnvironment, deliver_command
 from roost.delivery.errors import DeliveryError
 from roost.delivery.forward import find_forward, forward_paths, read_include
 from roost.delivery.headers import delivered_to_addresses, delivery_headers
+from roost.delivery.mailbox import Account, LocalConfig, resolve_mailbox
 from roost.delivery.maildir import deliver_maildir
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
@@ -60,14 +55,7 @@ from roost.queue.manager import DeliveryJob, Outcome, RecipientResult
 from roost.queue.spool import Spool
 from roost.store.bus import notify_delivery
 
-__all__ = [
-    "LocalConfig",
-    "LocalTransport",
-    "Mailbox",
-    "local_config",
-    "resolve_mailbox",
-    "user_mailbox",
-]
+__all__ = ["LocalTransport"]
 
 log = logging.getLogger("roost.local")
 
@@ -88,108 +76,12 @@ async def _in_thread(function: Callable[..., _T], /, *args: object) -> _T:
     return await asyncio.get_running_loop().run_in_executor(_pool, function, *args)
 
 
-@dataclass(frozen=True, slots=True)
-class LocalConfig:
-    """The local delivery parameters (postconf(5) and Dovecot names)."""
-
-    hostname: str
-    home_mailbox: str = ""
-    mail_spool_directory: str = "/var/mail"
-    mail_location: str = "maildir:~/Maildir"
-    recipient_delimiter: str = ""
-    forward_path: str = "$home/.forward${recipient_delimiter}${extension}, $home/.forward"
-    allow_mail_to_commands: tuple[str, ...] = ("alias", "forward")
-    allow_mail_to_files: tuple[str, ...] = ("alias", "forward")
-    propagate_unmatched_extensions: tuple[str, ...] = ("canonical", "virtual")
-    owner_request_special: bool = True
-    expand_owner_alias: bool = False
-    default_privs: str = "nobody"
-    mailbox_size_limit: int = 51200000
-    command_time_limit: float = 1000.0
-    autocreate_folder: bool = False
-    lock_timeout: float = 20.0
-    lock_delay: float = 1.0
-    stale_lock_time: float = 500.0
-    locks: tuple[str, ...] = ("fcntl", "dotlock")
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """Where one user's mail goes.
-
-    Attributes:
-        kind: ``maildir`` or ``mbox``.
-        path: the Maildir directory or the mbox file.
-        uid: the owner of created files (None: the daemon's user).
-        gid: their group.
-        quota_bytes: the user's quota (0: none).
-    """
-
-    kind: str
-    path: Path
-    uid: int | None = None
-    gid: int | None = None
-    quota_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Account:
-    name: str
-    home: str
-    uid: int | None
-    gid: int | None
-    shell: str = "/bin/sh"
-    user: User | None = None
-
-
-def resolve_mailbox(account: _Account, config: LocalConfig, domain: str) -> Mailbox:
-    """Choose the mailbox of an account (see the module docstring).
-
-    Raises:
-        DeliveryError: the account has no home where one is needed (4.3.0, as Postfix).
-    """
-    quota = account.user.quota_bytes or 0 if account.user is not None else 0
-    if config.home_mailbox and account.user is None:
-        if not account.home:
-            raise DeliveryError(True, "4.3.0", f"no home directory for user {account.name}")
-        path = Path(account.home) / config.home_mailbox
-        kind = "maildir" if config.home_mailbox.endswith("/") else "mbox"
-        return Mailbox(kind, path, account.uid, account.gid, quota)
-    if account.user is not None and account.user.mail_location:
-        location = account.user.mail_location
-    else:
-        local = account.name.partition("@")[0]
-        location = expand_mail_location(
-            config.mail_location, f"{local}@{domain}" if domain else local, domain, account.home
-        )
-    kind, _, rest = location.partition(":")
-    kind = kind.lower()
-    if kind == "maildir":
-        return Mailbox("maildir", Path(rest.split(":")[0]), account.uid, account.gid, quota)
-    if kind == "mbox":
-        inbox = [opt[6:] for opt in rest.split(":")[1:] if opt.upper().startswith("INBOX=")]
-        path = Path(inbox[0]) if inbox else Path(config.mail_spool_directory) / account.name
-        return Mailbox("mbox", path, account.uid, account.gid, quota)
-    raise DeliveryError(True, "4.3.5", f"unsupported mail_location {location!r}")
-
-
-def user_mailbox(user: User, config: LocalConfig) -> Mailbox:
-    """Where a user of the user database keeps mail: the one answer for delivery, IMAP, POP3.
-
-    Raises:
-        DeliveryError: the location cannot be used (no home where one is needed, or an
-            unsupported ``mail_location`` kind).
-    """
-    account = _Account(user.login, user.home or "", user.uid, user.gid, user=user)
-    return resolve_mailbox(account, config, user.domain)
-
-
-def _system_account(name: str) -> _Account | None:
+def _system_account(name: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         return None
-    return _Account(entry.pw_name, entry.pw_dir, entry.pw_uid, entry.pw_gid, entry.pw_shell)
+    return Account(entry.pw_name, entry.pw_dir, entry.pw_uid, entry.pw_gid, entry.pw_shell)
 
 
 @dataclass(slots=True)
@@ -214,7 +106,7 @@ class LocalTransport:
     aliases: AliasMaps
     users: UserDatabase | None
     spool: Spool
-    system_accounts: Callable[[str], _Account | None] = _system_account
+    system_accounts: Callable[[str], Account | None] = _system_account
     name: str = "local"
     system_delivery: SystemDelivery | None = None
 
@@ -224,7 +116,7 @@ class LocalTransport:
             return None
         return self.system_delivery
 
-    def _rights(self, source_user: str | None) -> _Account | None:
+    def _rights(self, source_user: str | None) -> Account | None:
         """Whose rights a ``|command`` or ``/file`` target runs with (Postfix local(8)
         "DELIVERY RIGHTS"): the user whose ``.forward`` listed it, else ``default_privs``."""
         account = self.system_accounts(source_user) if source_user else None
@@ -456,7 +348,7 @@ class LocalTransport:
         self,
         job: DeliveryJob,
         target: AddressTarget,
-        account: _Account,
+        account: Account,
         domain: str,
         original: str | None,
     ) -> str:
@@ -466,7 +358,7 @@ class LocalTransport:
         self,
         job: DeliveryJob,
         target: AddressTarget,
-        account: _Account,
+        account: Account,
         domain: str,
         original: str | None,
     ) -> str:
@@ -580,7 +472,7 @@ class LocalTransport:
         queue_id = await self.spool.enqueue(new, prepend + content)
         return f"forwarded as {queue_id}"
 
-    def _virtual_account_sync(self, address: str) -> _Account | None:
+    def _virtual_account_sync(self, address: str) -> Account | None:
         if self.users is None:
             return None
         try:
@@ -589,12 +481,12 @@ class LocalTransport:
             raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
         if user is None:
             return None
-        return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
+        return Account(user.login, user.home or "", user.uid, user.gid, user=user)
 
-    async def _local_account(self, name: str, domain: str) -> _Account | None:
+    async def _local_account(self, name: str, domain: str) -> Account | None:
         return await _in_thread(self._account_sync, name, domain)
 
-    def _account_sync(self, name: str, domain: str) -> _Account | None:
+    def _account_sync(self, name: str, domain: str) -> Account | None:
         """A local user: the user database (``name@domain``, then ``name``), else an account.
 
         Raises:
@@ -608,7 +500,7 @@ class LocalTransport:
             except UserBackendError as exc:
                 raise DeliveryError(True, "4.3.0", f"user lookup failed: {exc}") from None
             if user is not None:
-                return _Account(user.login, user.home or "", user.uid, user.gid, user=user)
+                return Account(user.login, user.home or "", user.uid, user.gid, user=user)
         return self.system_accounts(name.lower())
 
 
@@ -663,31 +555,3 @@ def _read_all(job: DeliveryJob) -> bytes:
         return job.content
     with job.open_content() as handle:
         return handle.read()
-
-
-def local_config(settings: Settings) -> LocalConfig:
-    """The local transport's parameters (here, not in ``roost.queue.service``, so that the
-    IMAP and POP3 servers can find mailboxes without importing the queue manager's
-    delivery agents)."""
-    return LocalConfig(
-        hostname=settings.string("myhostname"),
-        home_mailbox=settings.string("home_mailbox"),
-        mail_spool_directory=settings.string("mail_spool_directory"),
-        mail_location=settings.string("mail_location"),
-        recipient_delimiter=settings.string("recipient_delimiter"),
-        forward_path=settings.raw("forward_path"),
-        allow_mail_to_commands=settings.strings("allow_mail_to_commands"),
-        allow_mail_to_files=settings.strings("allow_mail_to_files"),
-        propagate_unmatched_extensions=settings.strings("propagate_unmatched_extensions"),
-        owner_request_special=settings.boolean("owner_request_special"),
-        expand_owner_alias=settings.boolean("expand_owner_alias"),
-        default_privs=settings.string("default_privs"),
-        mailbox_size_limit=settings.size("mailbox_size_limit"),
-        command_time_limit=float(settings.seconds("command_time_limit")),
-        autocreate_folder=settings.boolean("lda_mailbox_autocreate"),
-        lock_timeout=float(settings.seconds("deliver_lock_delay"))
-        * settings.integer("deliver_lock_attempts"),
-        lock_delay=float(settings.seconds("deliver_lock_delay")),
-        stale_lock_time=float(settings.seconds("stale_lock_time")),
-        locks=settings.strings("mailbox_delivery_lock"),
-    )

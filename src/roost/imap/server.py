@@ -6,7 +6,7 @@ database, the failed-login throttle, the connection counts (per client address a
 user and address) and a pool of worker threads for store calls. A reload builds new
 settings for new connections; sessions in progress keep theirs.
 
-Where a user's mail lives is local delivery's answer (``roost.delivery.local.user_mailbox``),
+Where a user's mail lives is local delivery's answer (``roost.delivery.mailbox.user_mailbox``),
 so delivery and IMAP always agree: ``maildir:`` locations are served; ``mbox:`` ones get
 ``NO [UNAVAILABLE]`` at login for now.
 """
@@ -122,7 +122,7 @@ def store_opener(settings: Settings, bus: ChangeBus = DEFAULT_BUS) -> StoreOpene
     """Open a user's Maildir++ store where local delivery puts their mail (changes
     published on ``bus``)."""
     from roost.delivery.errors import DeliveryError
-    from roost.delivery.local import local_config, user_mailbox
+    from roost.delivery.mailbox import local_config, user_mailbox
 
     config = local_config(settings)
 

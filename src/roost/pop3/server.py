@@ -6,7 +6,7 @@ database, the failed-login throttle, the logins per user and address, and a pool
 worker threads for store calls. A reload builds new settings for new connections; sessions
 in progress keep theirs.
 
-Where a user's mail lives is local delivery's answer (``roost.delivery.local.user_mailbox``),
+Where a user's mail lives is local delivery's answer (``roost.delivery.mailbox.user_mailbox``),
 so delivery, IMAP and POP3 always agree: ``maildir:`` locations are served (INBOX, through
 :mod:`roost.pop3.storedrop`); ``mbox:`` ones get ``-ERR [SYS/PERM]`` at login for now.
 """
@@ -94,7 +94,7 @@ def maildrop_opener(settings: Settings, service: str, executor: Executor) -> Mai
         ConfigError: ``pop3_uidl_format`` cannot be used.
     """
     from roost.delivery.errors import DeliveryError
-    from roost.delivery.local import local_config, user_mailbox
+    from roost.delivery.mailbox import local_config, user_mailbox
 
     config = local_config(settings)
     view = settings.for_service(service)

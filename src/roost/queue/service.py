@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from roost.config import ConfigError, Settings, TableError
 from roost.daemon.service import Context
 from roost.delivery.aliasfile import AliasMaps, open_alias_maps
-from roost.delivery.local import LocalTransport, local_config
+from roost.delivery.local import LocalTransport
+from roost.delivery.mailbox import local_config
 from roost.delivery.router import Destination, Router, router_from_settings
 from roost.delivery.smtp import SmtpTransport, smtp_transport_from_settings
 from roost.queue.manager import QueueManager, Transport
 from roost.queue.schedule import RetryPolicy
 
-__all__ = ["QueueService", "build_queue_service", "local_config", "open_aliases"]
+__all__ = ["QueueService", "build_queue_service", "open_aliases"]
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
