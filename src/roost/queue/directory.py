@@ -870,7 +870,7 @@ class QueueDirectory:
             missing, or someone holds the file's lock.
 
         Raises:
-            OSError: FileNotFoundError when there is no such file; another failure.
+            FileNotFoundError: there is no such file.
         """
         if not self._pool_has_room():
             return False
@@ -879,15 +879,22 @@ class QueueDirectory:
         except OSError:
             return False
         source = self._dir_fd(queue)
-        fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
+        try:
+            fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return False  # e.g. not writable: the unlink may still work
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError:
                 return False  # a reader (open_content) or a writer has it
             try:
                 _rename_noreplace(source, queue_id, pool, queue_id)
-            except FileExistsError:
+            except FileNotFoundError:
+                raise
+            except OSError:  # EEXIST, or e.g. ENOSPC for a new directory block: unlink
                 return False
             try:
                 os.ftruncate(fd, 0)
