@@ -192,7 +192,7 @@ _TAKER = textwrap.dedent(
             fd = directory.take_pooled(QueueName.INCOMING, queue_id)
             if fd is None:
                 misses += 1
-                time.sleep(0.06)  # past the pause between two listings
+                time.sleep(0.02)  # past the pause between two listings
                 continue
             taken.append([queue_id, os.fstat(fd).st_ino])  # fd kept open: locked
         print(json.dumps(taken), flush=True)

@@ -90,7 +90,7 @@ DEFAULT_POOL_LIMIT: Final = 256
 #: Seconds between two counts of the pool's files (each process counts for itself).
 _POOL_RECOUNT: Final = 1.0
 #: Seconds a process waits before listing an empty pool again.
-_POOL_RELIST: Final = 0.05
+_POOL_RELIST: Final = 0.005
 
 
 class QueueName(enum.StrEnum):
