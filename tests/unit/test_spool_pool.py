@@ -333,3 +333,20 @@ async def test_a_process_killed_while_recycling_loses_nothing_and_leaves_a_clean
         assert (queue / name).stat().st_size > 0, name
     assert pool(queue)
     assert all(info.st_size == 0 and info.st_nlink == 1 for info in pool(queue).values())
+
+
+async def test_a_message_without_a_spare_takes_a_pooled_file_too(queue: Path) -> None:
+    with QueueDirectory(queue) as directory:
+        old = commit(directory, QueueName.INCOMING)
+        directory.remove(old, QueueName.INCOMING, durable=False)
+    inode = pool(queue)[old].st_ino
+    async with Spool(queue, spare_files=0) as spool:  # each message gets its file at DATA
+        queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+        assert queue_id > old
+        assert (queue / "incoming" / queue_id).stat().st_ino == inode
+        assert pool(queue) == {}
+        with await spool.open_content(queue_id, QueueName.INCOMING) as content:
+            assert content.read() == MESSAGE
+        second = await spool.enqueue(make_envelope(), MESSAGE)  # the pool is empty: a create
+        assert (queue / "incoming" / second).stat().st_ino != inode
+        assert await spool.scan(QueueName.INCOMING) == [queue_id, second]

@@ -1192,7 +1192,9 @@ class QueueDirectory:
         finally:
             os.close(fd)
 
-    def create_content(self, queue: QueueName, queue_id: str, *, sync_dir: bool = False) -> int:
+    def create_content(
+        self, queue: QueueName, queue_id: str, *, sync_dir: bool = False, reuse: bool = False
+    ) -> int:
         """Create the (uncommitted) queue file for a new message and lock it.
 
         Args:
@@ -1202,6 +1204,9 @@ class QueueDirectory:
                 is durable before the commit; the commit then flushes only the file
                 (``_CommitJob(dir_synced=True)``). For a message received alone, while
                 the client still sends its content (see docs/spool.md).
+            reuse: take an empty file from the pool of recycled queue files when it has
+                one (:meth:`take_pooled`; the pool's directory is then fsynced, so that
+                the file's old name is gone for good before the message is written).
 
         Returns:
             A write-only fd holding an exclusive ``flock``; the caller owns it.
@@ -1212,10 +1217,19 @@ class QueueDirectory:
         """
         _check_queue_id(queue_id)
         path = self.file_name(queue, queue_id)
-        try:
-            fd = _create_locked(path)
-        except OSError as exc:
-            raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
+        fd = self.take_pooled(queue, queue_id) if reuse else None
+        if fd is not None:
+            try:
+                self.sync_pool()
+            except SpoolError:
+                _unlink_quietly(path)
+                _close_quietly(fd)
+                raise
+        else:
+            try:
+                fd = _create_locked(path)
+            except OSError as exc:
+                raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
         if sync_dir:
             try:
                 os.fsync(self._dir_fd(queue))

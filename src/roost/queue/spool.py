@@ -699,7 +699,11 @@ class MessageWriter:
         if spool.precreate:
             self._creating = spool._io.submit(
                 functools.partial(
-                    spool.directory.create_content, queue, queue_id, sync_dir=self._dir_synced
+                    spool.directory.create_content,
+                    queue,
+                    queue_id,
+                    sync_dir=self._dir_synced,
+                    reuse=queue is QueueName.INCOMING,  # a recycled queue file if any
                 )
             )
 
