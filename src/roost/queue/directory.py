@@ -87,8 +87,9 @@ _TEMP_ENVELOPE: Final = ENVELOPE_SUFFIX + TEMP_SUFFIX
 POOL_DIRECTORY: Final = "free"
 #: Most empty files kept in the pool; a removal beyond it unlinks the queue file.
 DEFAULT_POOL_LIMIT: Final = 256
-#: Seconds between two counts of the pool's files (each process counts for itself).
-_POOL_RECOUNT: Final = 1.0
+#: Seconds between two counts of the pool's files (each process counts for itself, and
+#: knows only its own adds and takes in between: the workers take what the master adds).
+_POOL_RECOUNT: Final = 0.1
 #: Seconds a process waits before listing an empty pool again.
 _POOL_RELIST: Final = 0.005
 
