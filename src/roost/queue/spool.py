@@ -339,8 +339,10 @@ class Spool:
             queue_id: the message.
             queue: where it is.
             durable: True: through the group commit, returning after the directory fsync.
-                False: two unlinks in an I/O thread, no fsync and no wait for the
-                committer (Postfix removes delivered queue files so); after a crash the
+                False: in an I/O thread, no fsync and no wait for the committer (Postfix
+                removes delivered queue files so); the queue file is recycled into the
+                pool ``free/`` when there is room (else unlinked, as is ``ID.env``:
+                :meth:`QueueDirectory.recycle_file`); after a crash the
                 message may be back, whole, and is then delivered again. For the queue
                 manager's delivered mail, never for ``roost queue delete``.
 
