@@ -59,6 +59,9 @@ def run_once(
         )
         load = common.load_average()
         cpu_before = instance.cpu_seconds()
+        # roost's master alone (queue manager, deliveries), without its worker processes
+        master_pid = instance.profile_pid() if isinstance(instance, common.RoostInstance) else None
+        master_before = common.process_cpu_seconds(master_pid) if master_pid else 0.0
         started = time.monotonic()
         sampler.start(started)
         source = subprocess.Popen(
@@ -87,6 +90,7 @@ def run_once(
             time.sleep(POLL_INTERVAL)
         elapsed = time.monotonic() - started
         cpu = instance.cpu_seconds() - cpu_before
+        master_cpu = common.process_cpu_seconds(master_pid) - master_before if master_pid else None
         sampler.stop()
         if source.poll() is None:
             source.kill()
@@ -113,6 +117,11 @@ def run_once(
                 "queue_max": max((q for _, q in series), default=0),
                 "queue_at_end": sum(instance.queue_counts().values()),
                 "queue_series": series,
+                **(
+                    {}
+                    if master_cpu is None
+                    else {"master_cpu_ms": 1000 * master_cpu / max(delivered, 1)}
+                ),
             },
         )
 
@@ -173,10 +182,13 @@ def main(argv: Sequence[str]) -> int:
 def record_line(record: RunRecord) -> str:
     ingest = record.extra["ingest_seconds"]
     status = "" if record.ok else f"  FAILED: {record.note}"
+    master = (
+        f" (master {record.extra['master_cpu_ms']:.2f})" if "master_cpu_ms" in record.extra else ""
+    )
     return (
         f"  round {record.round} {record.server:<15} {record.rate:6.0f} msg/s delivered"
         f"  {record.seconds:7.2f} s (smtp-source done at {ingest or float('nan'):.1f} s)"
-        f"  CPU {record.cpu_ms_per_message:5.2f} ms/msg  load {record.load_before:4.1f}"
+        f"  CPU {record.cpu_ms_per_message:5.2f} ms/msg{master}  load {record.load_before:4.1f}"
         f"{status}\n    queue: {queue_line(record.extra['queue_series'])}"
     )
 

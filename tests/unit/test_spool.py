@@ -72,8 +72,19 @@ def make_envelope(**changes: object) -> Envelope:
 
 
 def files(directory: Path) -> list[str]:
-    """All files under ``directory`` as sorted relative paths."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    """All files under ``directory`` as sorted relative paths, without the pool of
+    recycled queue files (``free/``: empty files, no messages; see :func:`pooled`)."""
+    return sorted(
+        name
+        for p in directory.rglob("*")
+        if p.is_file() and not (name := str(p.relative_to(directory))).startswith("free/")
+    )
+
+
+def pooled(directory: Path) -> dict[str, int]:
+    """The pool of recycled queue files under the queue directory: name -> size."""
+    pool = directory / "free"
+    return {p.name: p.stat().st_size for p in pool.iterdir()} if pool.is_dir() else {}
 
 
 @pytest.fixture
@@ -332,7 +343,7 @@ async def test_enqueue_stores_exact_bytes_and_a_versioned_envelope(
 async def test_start_creates_every_queue(tmp_path: Path) -> None:
     async with Spool(tmp_path / "q"):
         pass
-    assert sorted(os.listdir(tmp_path / "q")) == sorted(q.value for q in QueueName)
+    assert sorted(os.listdir(tmp_path / "q")) == sorted([*(q.value for q in QueueName), "free"])
 
 
 async def test_streamed_message_crossing_buffer_boundaries_is_stored_exactly(
@@ -610,6 +621,8 @@ async def test_remove_with_or_without_a_directory_fsync_deletes_both_files(
     )
     await spool.remove(gone, QueueName.INCOMING, durable=durable)
     assert files(tmp_path / "queue") == [f"incoming/{keep}"]
+    # without the fsync the queue file is recycled: kept, empty, in the pool
+    assert pooled(tmp_path / "queue") == ({} if durable else {gone: 0})
     with pytest.raises(SpoolError) as caught:
         await spool.remove(gone, QueueName.INCOMING, durable=durable)
     assert caught.value.kind is SpoolErrorKind.NOT_FOUND

@@ -36,6 +36,8 @@ import fcntl
 import io
 import logging
 import os
+import random
+import stat
 import threading
 import time
 import zlib
@@ -49,7 +51,9 @@ from roost.queue.errors import SpoolError, SpoolErrorKind
 from roost.queue.queue_id import QUEUE_ID_LENGTH, is_queue_id
 
 __all__ = [
+    "DEFAULT_POOL_LIMIT",
     "ENVELOPE_SUFFIX",
+    "POOL_DIRECTORY",
     "TEMP_SUFFIX",
     "TRAILER_LENGTH",
     "QueueDirectory",
@@ -78,6 +82,16 @@ TRAILER_LENGTH: Final = len(_TRAILER_MAGIC) + 16 + 1 + 8 + 1 + 8 + 1
 #: every queue file in another queue got there by a rename of a committed one.
 _CREATED_IN: Final = frozenset({"incoming", "maildrop"})
 _TEMP_ENVELOPE: Final = ENVELOPE_SUFFIX + TEMP_SUFFIX
+#: The pool of recycled queue files: a directory beside the queues, not a queue (no
+#: message is ever in it). See docs/spool.md, "Recycled queue files".
+POOL_DIRECTORY: Final = "free"
+#: Most empty files kept in the pool; a removal beyond it unlinks the queue file.
+DEFAULT_POOL_LIMIT: Final = 256
+#: Seconds between two counts of the pool's files (each process counts for itself, and
+#: knows only its own adds and takes in between: the workers take what the master adds).
+_POOL_RECOUNT: Final = 0.1
+#: Seconds a process waits before listing an empty pool again.
+_POOL_RELIST: Final = 0.005
 
 
 class QueueName(enum.StrEnum):
@@ -151,6 +165,25 @@ def _load_syncfs() -> Callable[[int], int] | None:
     return function
 
 
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2: Final = _load_renameat2()
+_RENAME_NOREPLACE: Final = 1
 _sync_file_range: Final = _load_writeback_starter()
 _syncfs: Final = _load_syncfs()
 _SYNC_FILE_RANGE_WRITE: Final = 2
@@ -169,6 +202,24 @@ def _call_syncfs(fd: int) -> None:
     if _syncfs(fd) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Rename ``src`` (relative to the directory fd ``src_dir``) to ``dst`` (relative to
+    ``dst_dir``), failing with ``EEXIST`` rather than replacing an existing ``dst``: the
+    ``O_EXCL`` of a queue file taken from the pool. Falls back to a plain rename where
+    ``renameat2(2)`` or its flag is missing (queue IDs are unique anyway).
+
+    Raises:
+        OSError: the rename failed (``FileNotFoundError``: ``src`` is gone).
+    """
+    if _renameat2 is not None:
+        if _renameat2(src_dir, src.encode(), dst_dir, dst.encode(), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), src)
+    os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -315,6 +366,27 @@ def _create_locked(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _hold_for_reading(fd: int, path: str) -> bool:
+    """Take a shared ``flock`` on the open queue file ``fd`` and tell whether ``path``
+    still names it.
+
+    The lock keeps the queue manager from recycling the file while it is read (it then
+    unlinks it instead, and the reader keeps the old content); waiting for it takes as
+    long as a commit's last step or a recycle. The name check catches a file recycled
+    (and perhaps reused for another message) between the reader's ``open`` and its lock.
+
+    Raises:
+        OSError: ``flock`` or ``fstat`` failed.
+    """
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    info = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (info.st_ino, info.st_dev)
 
 
 def _write_vector(fd: int, parts: Sequence[bytes | bytearray]) -> None:
@@ -598,17 +670,23 @@ class _MoveJob(_Job):
 
 
 class _RemoveJob(_Job):
-    """Remove a message: the queue file first (the removal's commit), then ``ID.env``."""
+    """Remove a message: the queue file first (the removal's commit), then ``ID.env``.
 
-    __slots__ = ("queue",)
+    With ``recycle`` the queue file goes to the pool of recycled files (emptied) when there
+    is room, else it is unlinked (see :meth:`QueueDirectory.recycle_file`).
+    """
 
-    def __init__(self, queue: QueueName, queue_id: str) -> None:
+    __slots__ = ("queue", "recycle")
+
+    def __init__(self, queue: QueueName, queue_id: str, *, recycle: bool = False) -> None:
         super().__init__(queue_id, queue)
         self.queue = queue
+        self.recycle = recycle
 
     def apply(self, qd: QueueDirectory) -> None:
         try:
-            os.unlink(qd.file_name(self.queue, self.queue_id))
+            if not (self.recycle and qd.recycle_file(self.queue, self.queue_id)):
+                os.unlink(qd.file_name(self.queue, self.queue_id))
         except FileNotFoundError:
             raise SpoolError(
                 f"no such message in {self.queue}",
@@ -643,6 +721,9 @@ class QueueDirectory:
             ``/var/spool/roost``.
         sync_method: how batches make new files durable.
         flush_threads: threads that ``fdatasync`` the files of one batch in parallel.
+        pool_limit: most empty files kept in the pool of recycled queue files
+            (``free/``; 0: none, removed queue files are unlinked). See
+            :meth:`recycle_file` and :meth:`take_pooled`.
 
     The methods block on disk I/O, fsync included: call them from a thread, or use
     :class:`roost.queue.spool.Spool` in the daemon.
@@ -654,6 +735,7 @@ class QueueDirectory:
         sync_method: SyncMethod = SyncMethod.FSYNC,
         *,
         flush_threads: int = 8,
+        pool_limit: int = DEFAULT_POOL_LIMIT,
     ) -> None:
         self.path = Path(path)
         self._root = os.fspath(self.path)
@@ -662,6 +744,14 @@ class QueueDirectory:
         self._flush_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._dir_fds: dict[QueueName, int] = {}
         self._lock = threading.Lock()
+        self.pool_limit = pool_limit
+        self._pool_dir: int | None = None
+        # this process's view of the pool: names to try (shuffled, so that processes
+        # taking at once rarely try the same), and an estimate of the pool's size
+        self._pool_names: list[str] = []
+        self._pool_listed = -1e9  # time.monotonic() of the last listing
+        self._pool_count = 0
+        self._pool_counted = -1e9  # time.monotonic() of the last count
 
     # -- names -----------------------------------------------------------------------------
 
@@ -684,6 +774,10 @@ class QueueDirectory:
         only after an update; :meth:`load_envelope` knows where the envelope is)."""
         return self.queue_path(queue) / (queue_id + ENVELOPE_SUFFIX)
 
+    def pool_path(self) -> Path:
+        """Return the directory of the pool of recycled queue files (``free/``)."""
+        return self.path / POOL_DIRECTORY
+
     def temp_path(self, queue: QueueName, queue_id: str) -> Path:
         """Return the path of the envelope temp file ``<queue>/<queue_id>.env.tmp``."""
         return self.queue_path(queue) / (queue_id + _TEMP_ENVELOPE)
@@ -699,9 +793,9 @@ class QueueDirectory:
         try:
             self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
             created = False
-            for queue in QueueName:
+            for directory in [*(self.queue_path(queue) for queue in QueueName), self.pool_path()]:
                 try:
-                    self.queue_path(queue).mkdir(mode=_DIR_MODE)
+                    directory.mkdir(mode=_DIR_MODE)
                     created = True
                 except FileExistsError:
                     pass
@@ -721,6 +815,9 @@ class QueueDirectory:
         """
         with self._lock:
             fds, self._dir_fds = list(self._dir_fds.values()), {}
+            if self._pool_dir is not None:
+                fds.append(self._pool_dir)
+                self._pool_dir = None
             pool, self._flush_pool = self._flush_pool, None
         for fd in fds:
             _close_quietly(fd)
@@ -740,6 +837,184 @@ class QueueDirectory:
                 fd = os.open(self.queue_path(queue), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 self._dir_fds[queue] = fd
             return fd
+
+    def _pool_fd(self) -> int:
+        """The pool directory's descriptor (``free/``), opened once.
+
+        Raises:
+            OSError: it cannot be opened (e.g. missing: a spool made by an older release).
+        """
+        with self._lock:
+            if self._pool_dir is None:
+                self._pool_dir = os.open(
+                    self.pool_path(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            return self._pool_dir
+
+    # -- the pool of recycled queue files -------------------------------------------------
+
+    def recycle_file(self, queue: QueueName, queue_id: str) -> bool:
+        """Remove the queue file ``<queue>/<queue_id>`` by moving it into the pool, emptied.
+
+        On ext4 without a journal every freed inode makes later file creations slower
+        (the allocator walks past recently freed inodes), so removed queue files are kept
+        as empty files for :meth:`take_pooled`. Under the file's exclusive ``flock`` (a
+        reader holding a shared one, or a writer, makes this give up): rename it to
+        ``free/<queue_id>``, then truncate it to 0 bytes. Neither step is fsynced: like the
+        unlink it replaces (``remove(durable=False)``), a crash may bring the message
+        back; a crash in between leaves an empty file in the queue or a non-empty one in
+        the pool, both deleted by :meth:`recover`. The caller unlinks ``ID.env``.
+
+        Returns:
+            True when the file is gone from the queue (pooled); False when it is still
+            there and the caller should unlink it: the pool is full (``pool_limit``) or
+            missing, or someone holds the file's lock.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+        """
+        if not self._pool_has_room():
+            return False
+        try:
+            pool = self._pool_fd()
+        except OSError:
+            return False
+        source = self._dir_fd(queue)
+        try:
+            fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return False  # e.g. not writable: the unlink may still work
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a reader (open_content) or a writer has it
+            try:
+                _rename_noreplace(source, queue_id, pool, queue_id)
+            except FileNotFoundError:
+                raise
+            except OSError:  # EEXIST, or e.g. ENOSPC for a new directory block: unlink
+                return False
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:  # never leave content in the pool
+                logger.warning("%s: cannot empty the recycled queue file: %s", queue_id, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(queue_id, dir_fd=pool)
+                return True
+        finally:
+            os.close(fd)  # lets takers have it
+        with self._lock:
+            self._pool_count += 1
+        return True
+
+    def take_pooled(self, queue: QueueName, queue_id: str) -> int | None:
+        """Take an empty file from the pool as the new queue file ``<queue>/<queue_id>``.
+
+        For :class:`roost.queue.spool.Spool`'s spare queue files: the file's exclusive
+        ``flock`` is taken first (a file being recycled, or taken by another process, is
+        skipped), its size checked (0), then it is renamed into the queue, refusing to
+        replace an existing name (the ``O_EXCL`` of :meth:`create_content`). Two processes
+        may try the same file: one rename wins, the other tries the next name. The new
+        directory entry is not fsynced: the caller fsyncs ``queue`` (and the pool, so that
+        the old entry cannot outlive a crash beside the new one).
+
+        Returns:
+            The open, locked, write-only fd of the empty queue file (the caller owns it),
+            or None when the pool has nothing to give (then create a file).
+
+        Raises:
+            SpoolError: the rename failed otherwise (e.g. ``EEXIST``: the queue ID is
+                taken).
+        """
+        _check_queue_id(queue_id)
+        if self.pool_limit <= 0:
+            return None
+        try:
+            pool = self._pool_fd()
+        except OSError:
+            return None
+        target = self._dir_fd(queue)
+        while (name := self._next_pooled()) is not None:
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=pool)
+            except OSError:
+                continue  # taken by another process meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                info = os.fstat(fd)
+                if info.st_size or info.st_nlink != 1 or not stat.S_ISREG(info.st_mode):
+                    os.close(fd)  # being recycled, or reused already: not ours
+                    continue
+                _rename_noreplace(pool, name, target, queue_id)
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
+            with self._lock:
+                self._pool_count -= 1
+            return fd
+        return None
+
+    def pool_spare(self, queue: QueueName, queue_id: str, fd: int) -> None:
+        """Put back an unused spare queue file (empty, locked by ``fd``) into the pool, or
+        unlink it when the pool is full; close ``fd`` either way. Never raises."""
+        try:
+            if self.pool_limit > 0 and os.fstat(fd).st_size == 0 and self._pool_has_room():
+                _rename_noreplace(self._dir_fd(queue), queue_id, self._pool_fd(), queue_id)
+                with self._lock:
+                    self._pool_count += 1
+                _close_quietly(fd)
+                return
+        except OSError:
+            pass
+        try:
+            _unlink_quietly(self.file_name(queue, queue_id))
+        finally:
+            _close_quietly(fd)
+
+    def _next_pooled(self) -> str | None:
+        """The next pool name to try; lists the pool when this process has none left (at
+        most every ``_POOL_RELIST`` seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._pool_names:
+                return self._pool_names.pop()
+            if now - self._pool_listed < _POOL_RELIST:
+                return None
+            self._pool_listed = now
+        try:
+            names = [name for name in os.listdir(self.pool_path()) if is_queue_id(name)]
+        except OSError:
+            names = []
+        random.shuffle(names)
+        with self._lock:
+            self._pool_count = len(names)
+            self._pool_counted = now
+            self._pool_names = names
+            return self._pool_names.pop() if self._pool_names else None
+
+    def _pool_has_room(self) -> bool:
+        """Whether the pool is below ``pool_limit``, by this process's estimate (counted
+        again every ``_POOL_RECOUNT`` seconds: other processes take and add)."""
+        if self.pool_limit <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if now - self._pool_counted < _POOL_RECOUNT:
+                return self._pool_count < self.pool_limit
+            self._pool_counted = now
+        try:
+            count = len(os.listdir(self.pool_path()))
+        except OSError:
+            count = self.pool_limit  # no pool (an older spool): recycle nothing
+        with self._lock:
+            self._pool_count = count
+        return count < self.pool_limit
 
     # -- the batch engine ------------------------------------------------------------------
 
@@ -918,7 +1193,9 @@ class QueueDirectory:
         finally:
             os.close(fd)
 
-    def create_content(self, queue: QueueName, queue_id: str, *, sync_dir: bool = False) -> int:
+    def create_content(
+        self, queue: QueueName, queue_id: str, *, sync_dir: bool = False, reuse: bool = False
+    ) -> int:
         """Create the (uncommitted) queue file for a new message and lock it.
 
         Args:
@@ -928,6 +1205,9 @@ class QueueDirectory:
                 is durable before the commit; the commit then flushes only the file
                 (``_CommitJob(dir_synced=True)``). For a message received alone, while
                 the client still sends its content (see docs/spool.md).
+            reuse: take an empty file from the pool of recycled queue files when it has
+                one (:meth:`take_pooled`; the pool's directory is then fsynced, so that
+                the file's old name is gone for good before the message is written).
 
         Returns:
             A write-only fd holding an exclusive ``flock``; the caller owns it.
@@ -938,10 +1218,19 @@ class QueueDirectory:
         """
         _check_queue_id(queue_id)
         path = self.file_name(queue, queue_id)
-        try:
-            fd = _create_locked(path)
-        except OSError as exc:
-            raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
+        fd = self.take_pooled(queue, queue_id) if reuse else None
+        if fd is not None:
+            try:
+                self.sync_pool()
+            except SpoolError:
+                _unlink_quietly(path)
+                _close_quietly(fd)
+                raise
+        else:
+            try:
+                fd = _create_locked(path)
+            except OSError as exc:
+                raise SpoolError.from_os_error(exc, f"create {queue}/", queue_id=queue_id) from exc
         if sync_dir:
             try:
                 os.fsync(self._dir_fd(queue))
@@ -950,6 +1239,29 @@ class QueueDirectory:
                 _close_quietly(fd)
                 raise SpoolError.from_os_error(exc, f"fsync {queue}/", queue_id=queue_id) from exc
         return fd
+
+    def sync_queue(self, queue: QueueName) -> None:
+        """fsync the directory of ``queue`` (its new entries become durable).
+
+        Raises:
+            SpoolError: the fsync failed.
+        """
+        try:
+            os.fsync(self._dir_fd(queue))
+        except OSError as exc:
+            raise SpoolError.from_os_error(exc, f"fsync {queue}/") from exc
+
+    def sync_pool(self) -> None:
+        """fsync the pool's directory: the names taken from it are gone for good, so that
+        after a crash no pool entry can name a file that became a message.
+
+        Raises:
+            SpoolError: the fsync failed.
+        """
+        try:
+            os.fsync(self._pool_fd())
+        except OSError as exc:
+            raise SpoolError.from_os_error(exc, f"fsync {POOL_DIRECTORY}/") from exc
 
     def commit(
         self,
@@ -1023,15 +1335,16 @@ class QueueDirectory:
         Args:
             queue_id: the message.
             queue: where it is.
-            durable: fsync the directory before returning (the default). False unlinks
-                only: after a crash the message may be back, whole (see
-                :meth:`roost.queue.spool.Spool.remove`).
+            durable: fsync the directory before returning (the default). False does not
+                fsync, and keeps the queue file in the pool of recycled files when there
+                is room (:meth:`recycle_file`): after a crash the message may be back,
+                whole (see :meth:`roost.queue.spool.Spool.remove`).
 
         Raises:
             SpoolError: NOT_FOUND when there is no such message, or an I/O failure.
         """
         _check_queue_id(queue_id)
-        job = _RemoveJob(queue, queue_id)
+        job = _RemoveJob(queue, queue_id, recycle=not durable)
         if durable:
             self._run_one(job)
             return
@@ -1082,12 +1395,13 @@ class QueueDirectory:
             OSError: reading failed.
         """
         _check_queue_id(queue_id)
+        path = self.file_name(queue, queue_id)
         try:
-            fd = os.open(self.file_name(queue, queue_id), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
-            layout = _read_layout(fd)
+            layout = _read_layout(fd) if _hold_for_reading(fd, path) else None
             if layout is None:
                 return None
             envelope = self.file_name(queue, queue_id, ENVELOPE_SUFFIX)
@@ -1233,7 +1547,8 @@ class QueueDirectory:
         except OSError as exc:
             raise SpoolError.from_os_error(exc, f"open {queue}/", queue_id=queue_id) from exc
         try:
-            layout = _read_layout(raw.fileno())
+            here = _hold_for_reading(raw.fileno(), self.file_name(queue, queue_id))
+            layout = _read_layout(raw.fileno()) if here else None
         except OSError as exc:
             raw.close()
             raise SpoolError.from_os_error(exc, f"read {queue}/", queue_id=queue_id) from exc
@@ -1330,6 +1645,7 @@ class QueueDirectory:
                 if queue is QueueName.CORRUPT or queue in committed.get(queue_id, ()):
                     continue
                 removed += self._recover_envelope(queue, queue_id, committed, envelopes)
+        removed += self._recover_pool(horizon)
         requeue = [
             _MoveJob(QueueName.ACTIVE, QueueName.INCOMING, queue_id, None)
             for queue_id in self.scan(QueueName.ACTIVE)
@@ -1343,6 +1659,43 @@ class QueueDirectory:
             requeued.append(job.queue_id)
         return RecoveryReport(tuple(removed), tuple(requeued), tuple(corrupt))
 
+    def _recover_pool(self, horizon: float) -> list[str]:
+        """Check the pool of recycled queue files (``free/``): keep empty, unlocked
+        regular files with one link, up to ``pool_limit``; delete the rest (a file whose
+        truncation did not reach the disk before a crash, a second name of a file, the
+        excess). Names that are no queue IDs are ignored. Return the paths removed."""
+        removed: list[str] = []
+        try:
+            names = sorted(name for name in os.listdir(self.pool_path()) if is_queue_id(name))
+        except OSError:
+            return removed
+        kept = 0
+        for name in names:
+            path = f"{self._root}/{POOL_DIRECTORY}/{name}"
+            try:
+                if os.lstat(path).st_mtime > horizon:
+                    kept += 1  # too young to judge; counts against the limit
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # not ours: left alone, as any other name
+                if info.st_size == 0 and info.st_nlink == 1 and kept < self.pool_limit:
+                    kept += 1
+                    continue
+                os.unlink(path)
+            except OSError:  # locked: being recycled or taken by a live process
+                continue
+            finally:
+                os.close(fd)
+            logger.info("removed %s/%s from the pool of recycled queue files", POOL_DIRECTORY, name)
+            removed.append(f"{POOL_DIRECTORY}/{name}")
+        return removed
+
     def _recover_file(self, queue: QueueName, queue_id: str, has_envelope: bool) -> str:
         """Classify one queue file: ``committed``, ``garbage`` (uncommitted, in a queue
         where files are created) or ``corrupt`` (no trailer where only committed files
@@ -1353,6 +1706,10 @@ class QueueDirectory:
         except OSError:
             return "gone"
         try:
+            if os.fstat(fd).st_size == 0 and queue is not QueueName.CORRUPT:
+                # never a message: a spare, or a recycled queue file whose rename into
+                # the pool did not reach the disk before a crash
+                return "garbage"
             layout = _read_layout(fd)
             if layout is not None and (queue.value not in _CREATED_IN or _crc_matches(fd, layout)):
                 return "committed"

@@ -339,8 +339,10 @@ class Spool:
             queue_id: the message.
             queue: where it is.
             durable: True: through the group commit, returning after the directory fsync.
-                False: two unlinks in an I/O thread, no fsync and no wait for the
-                committer (Postfix removes delivered queue files so); after a crash the
+                False: in an I/O thread, no fsync and no wait for the committer (Postfix
+                removes delivered queue files so); the queue file is recycled into the
+                pool ``free/`` when there is room (else unlinked, as is ``ID.env``:
+                :meth:`QueueDirectory.recycle_file`); after a crash the
                 message may be back, whole, and is then delivered again. For the queue
                 manager's delivered mail, never for ``roost queue delete``.
 
@@ -435,23 +437,33 @@ class Spool:
             self._expiry = asyncio.get_running_loop().call_later(SPARE_MAX_AGE, self._expire_spares)
 
     def _create_spares(self, spares: list[_Spare]) -> None:
-        """In an I/O thread: create the spares' files, then fsync ``incoming/`` once."""
+        """In an I/O thread: take the spares' files from the pool of recycled queue files
+        or create them, then fsync the pool (if it gave any) and ``incoming/`` once."""
         directory = self.directory
         fds: list[int] = []
         failure: SpoolError | None = None
+        pooled = False
         for spare in spares:
             try:
-                fds.append(
-                    directory.create_content(
-                        QueueName.INCOMING, spare.queue_id, sync_dir=spare is spares[-1]
-                    )
-                )
+                fd = directory.take_pooled(QueueName.INCOMING, spare.queue_id)
+                if fd is None:
+                    fd = directory.create_content(QueueName.INCOMING, spare.queue_id)
+                else:
+                    pooled = True
+                fds.append(fd)
             except SpoolError as exc:  # e.g. a full disk: the new messages will say so
                 failure = exc
                 break
+        if fds:
+            try:
+                if pooled:  # the old names are gone for good before a message is written
+                    directory.sync_pool()
+                directory.sync_queue(QueueName.INCOMING)
+            except SpoolError as exc:  # the commits fsync incoming/ themselves
+                failure = failure or exc
         for n, spare in enumerate(spares):
             if n < len(fds):
-                spare.dir_synced = failure is None  # the last create fsynced the directory
+                spare.dir_synced = failure is None  # incoming/ was fsynced after the creates
                 spare.created.set_result(fds[n])
             else:
                 assert failure is not None
@@ -475,13 +487,14 @@ class Spool:
             )
 
     def _discard_spares(self, spares: list[_Spare]) -> None:
-        """In an I/O thread: delete spares' files (waiting for their creation first)."""
+        """In an I/O thread: put unused spares' files back into the pool of recycled queue
+        files, or delete them when it is full (waiting for their creation first)."""
         for spare in spares:
             try:
                 spare_fd = spare.created.result()
             except SpoolError:
                 continue
-            _discard_content(self.directory.file_name(QueueName.INCOMING, spare.queue_id), spare_fd)
+            self.directory.pool_spare(QueueName.INCOMING, spare.queue_id, spare_fd)
 
     # -- machinery -------------------------------------------------------------------------
 
@@ -688,7 +701,11 @@ class MessageWriter:
         if spool.precreate:
             self._creating = spool._io.submit(
                 functools.partial(
-                    spool.directory.create_content, queue, queue_id, sync_dir=self._dir_synced
+                    spool.directory.create_content,
+                    queue,
+                    queue_id,
+                    sync_dir=self._dir_synced,
+                    reuse=queue is QueueName.INCOMING,  # a recycled queue file if any
                 )
             )
 
