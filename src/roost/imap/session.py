@@ -542,7 +542,7 @@ class IMAPSession(asyncio.Protocol):
         self.user: User | None = None
         self.mail: UserStore | None = None
         self.selected: SelectedMailbox | None = None
-        self.enabled: set[str] = set()
+        self.enabled: frozenset[str] = frozenset()  # ENABLEd extensions (new set each)
         self.stats = _Stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -847,14 +847,18 @@ class IMAPSession(asyncio.Protocol):
         return selected.mailbox if same else None
 
     async def _suspend_selected(self) -> None:
-        """Let the selected mailbox release its index connection while the client idles.
+        """Let the selected mailbox release its index connection and pack its message
+        lists while the client idles.
 
-        In a worker thread: the last connection to an index checkpoints its SQLite log.
+        In a worker thread: the last connection to an index checkpoints its SQLite log,
+        and packing is O(messages).
         """
         selected = self.selected
-        if selected is not None and not selected.mailbox.suspended:
+        if selected is None:
+            return
+        if not selected.mailbox.suspended or (len(selected) and not selected.packed):
             try:
-                await self._call_in_thread(selected.mailbox.suspend)
+                await self._call_in_thread(_suspend, selected)
             except Exception:
                 log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
 
@@ -1349,10 +1353,10 @@ class IMAPSession(asyncio.Protocol):
             canonical = _ENABLEABLE.get(name.upper())
             if canonical is None or canonical in self.enabled:
                 continue
-            self.enabled.add(canonical)
+            self.enabled |= {canonical}
             newly.append(canonical)
             if canonical == "QRESYNC":
-                self.enabled.add("CONDSTORE")
+                self.enabled |= {"CONDSTORE"}
             if canonical == "UTF8=ACCEPT":
                 self.conn.utf8 = True
         self._queue(EnabledResponse(tuple(newly)))
@@ -1360,7 +1364,7 @@ class IMAPSession(asyncio.Protocol):
 
     def _enable_condstore(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 §3.1)."""
-        self.enabled.add("CONDSTORE")
+        self.enabled |= {"CONDSTORE"}
 
     async def select(self, command: SelectCommand) -> TaggedResponse:
         """SELECT and EXAMINE (RFC 9051 §6.3.2-3; CONDSTORE and QRESYNC, RFC 7162)."""
@@ -2034,6 +2038,12 @@ def _open_mailbox(
     except BaseException:
         mailbox.close()
         raise
+
+
+def _suspend(selected: SelectedMailbox) -> None:
+    """Suspend the store mailbox, then pack the session's view (sharing the store's pack)."""
+    selected.mailbox.suspend()
+    selected.pack()
 
 
 def _sync(mailbox: MailboxProtocol) -> tuple[Changes, int, int, list[str] | None]:

@@ -32,6 +32,8 @@ logger = logging.getLogger("roost.store")
 
 KEYWORDS_NAME: Final = "dovecot-keywords"
 _MAX: Final = len(KEYWORD_LETTERS)
+#: The names of a file not read yet, shared (never changed in place).
+_NONE_DEFINED: Final[list[str | None]] = [None] * _MAX
 
 
 class Keywords:
@@ -56,7 +58,7 @@ class Keywords:
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
-        self._names: list[str | None] = [None] * _MAX
+        self._names: list[str | None] = _NONE_DEFINED  # copied before a change
         self._by_lower: dict[str, int] = {}
         self._stamp = ""
         self._mtime_ns = 0
@@ -90,7 +92,7 @@ class Keywords:
             index = int(index_text)
             if index < _MAX:
                 names[index] = name
-        self._names = names
+        self._names = names if any(names) else _NONE_DEFINED
         self._by_lower = {n.lower(): i for i, n in enumerate(names) if n is not None}
         self._stamp = stamp
         self._mtime_ns = int(stamp.rsplit(":", 1)[1]) if stamp else 0
@@ -132,6 +134,8 @@ class Keywords:
         name = f"unknown-{index}"
         while name.lower() in self._by_lower:
             name += "?"
+        if self._names is _NONE_DEFINED:
+            self._names = [None] * _MAX
         self._names[index] = name
         self._by_lower[name.lower()] = index
         self._write()
@@ -154,6 +158,8 @@ class Keywords:
                 index = self._names.index(None)
             except ValueError:
                 break
+            if self._names is _NONE_DEFINED:
+                self._names = [None] * _MAX
             self._names[index] = keyword
             self._by_lower[keyword.lower()] = index
             changed = True
