@@ -51,6 +51,7 @@ PERMANENT_SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen
 """The system flags in the order Dovecot shows them."""
 
 RECENT: Final = "\\Recent"
+_NO_UIDS: Final[frozenset[int]] = frozenset()
 _SYSTEM_RANK: Final = {flag: rank for rank, flag in enumerate(PERMANENT_SYSTEM_FLAGS)}
 
 
@@ -115,7 +116,7 @@ class SelectedMailbox:
         self._packed: tuple[PackedMessages, PackedUids] | None = None
         self._uids: list[int] = [info.uid for info in messages]
         self._infos: dict[int, MessageInfo] = {info.uid: info for info in messages}
-        self._recent: set[int] = set(recent)
+        self._recent: set[int] | None = set(recent)  # None: packed
         self.keywords: list[str] = list(keywords)
         self.uid_validity = uid_validity
         self.uid_next = uid_next
@@ -124,9 +125,9 @@ class SelectedMailbox:
         """The number of messages the client believes there are (its EXISTS)."""
         self.saved: list[int] | None = None
         """The UIDs saved by ``SEARCH RETURN (SAVE)`` (RFC 5182), or ``None``."""
-        self._expunged: set[int] = set()
+        self._expunged: frozenset[int] = _NO_UIDS  # replaced, never changed in place
         self._flag_updates: dict[int, None] = {}
-        self._recent_announced = len(self._recent)
+        self._recent_announced = len(self._recent or ())
         self._keywords_changed = False
 
     # --- packing -------------------------------------------------------------------------
@@ -157,7 +158,10 @@ class SelectedMailbox:
         """The UIDs that are ``\\Recent`` in this session."""
         if self._packed is not None:
             self._unpack()
-        return self._recent
+        recent = self._recent
+        if recent is None:
+            recent = self._recent = set()
+        return recent
 
     @property
     def packed(self) -> bool:
@@ -175,7 +179,10 @@ class SelectedMailbox:
         if self._packed is not None or not self._uids:
             return
         infos = self._infos
-        packed = (PackedMessages(infos[uid] for uid in self._uids), PackedUids(self._recent))
+        packed = (
+            PackedMessages(infos[uid] for uid in self._uids),
+            PackedUids(self._recent or ()),
+        )
         shared = self.mailbox.packed_view()
         if shared is not None:
             packed = (
@@ -185,7 +192,7 @@ class SelectedMailbox:
         self._packed = packed
         self._uids = []
         self._infos = {}
-        self._recent = set()
+        self._recent = None
 
     def _unpack(self) -> None:
         packed, self._packed = self._packed, None
@@ -196,7 +203,9 @@ class SelectedMailbox:
             self._recent = recent.unpack()
 
     def _recent_count(self) -> int:
-        return len(self._packed[1]) if self._packed is not None else len(self._recent)
+        if self._packed is not None:
+            return len(self._packed[1])
+        return len(self._recent or ())
 
     # --- numbers -------------------------------------------------------------------------
 
@@ -262,10 +271,13 @@ class SelectedMailbox:
         """Take in what the store's ``sync()`` reported (nothing is sent yet)."""
         self.uid_next = uid_next
         self.highest_modseq = max(self.highest_modseq, highest_modseq)
-        for uid in changes.expunged:
-            if uid in self.infos:
-                self._expunged.add(uid)
-                self._flag_updates.pop(uid, None)
+        if changes.expunged:
+            infos = self.infos
+            gone = [uid for uid in changes.expunged if uid in infos]
+            if gone:
+                self._expunged = self._expunged.union(gone)
+                for uid in gone:
+                    self._flag_updates.pop(uid, None)
         added = sorted(
             (info for info in changes.added if info.uid not in self.infos),
             key=lambda info: info.uid,
@@ -340,7 +352,7 @@ class SelectedMailbox:
             del self.infos[uid]
             self.recent.discard(uid)
             self._flag_updates.pop(uid, None)
-        self._expunged -= gone
+        self._expunged = self._expunged - gone or _NO_UIDS
         self.client_count -= len(gone)
         if self.saved is not None:
             self.saved = [uid for uid in self.saved if uid not in gone]

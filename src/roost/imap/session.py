@@ -410,6 +410,9 @@ class Resumed:
 # --- the logout line ------------------------------------------------------------------------
 
 
+_NOTHING_ENABLED: Final[frozenset[str]] = frozenset()
+
+
 @dataclass(slots=True)
 class _Stats:
     """Counters for Dovecot's ``imap_logout_format`` variables."""
@@ -542,7 +545,7 @@ class IMAPSession(asyncio.Protocol):
         self.user: User | None = None
         self.mail: UserStore | None = None
         self.selected: SelectedMailbox | None = None
-        self.enabled: frozenset[str] = frozenset()  # ENABLEd extensions (new set each)
+        self.enabled = _NOTHING_ENABLED  # ENABLEd extensions (a new frozenset each)
         self.stats = _Stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None

@@ -251,7 +251,7 @@ class Mailbox:
         self._sorted: list[MessageInfo] | None = None
         self._view_in_order = True
         self._top_uid = 0
-        self._recent_set: set[int] = set()
+        self._recent_set: set[int] | None = set()  # None: none (or packed)
         self._cursor = 0
         self._uid_validity = 0
         self._uid_next = 1
@@ -307,7 +307,10 @@ class Mailbox:
     def _recent(self) -> set[int]:
         if self._packed is not None:
             self._unpack()
-        return self._recent_set
+        recent = self._recent_set
+        if recent is None:
+            recent = self._recent_set = set()
+        return recent
 
     @_recent.setter
     def _recent(self, recent: set[int]) -> None:
@@ -385,9 +388,9 @@ class Mailbox:
                 messages: Iterable[MessageInfo] = view.values()
                 if not self._view_in_order:
                     messages = sorted(messages, key=lambda message: message.uid)
-                self._packed = (PackedMessages(messages), PackedUids(self._recent_set))
+                self._packed = (PackedMessages(messages), PackedUids(self._recent_set or ()))
                 self._view_dict = {}
-                self._recent_set = set()
+                self._recent_set = None
 
     def close(self) -> None:
         """Release the index and stop change notifications (idempotent)."""
