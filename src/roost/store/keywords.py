@@ -54,7 +54,8 @@ class Keywords:
         file_mode: int = 0o600,
         chown: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = path
+        #: A string, not a Path: an idle session keeps one per open mailbox.
+        self.path: str = os.fspath(path)
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
@@ -82,7 +83,8 @@ class Keywords:
             return False
         names: list[str | None] = [None] * _MAX
         try:
-            text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+            with open(self.path, "rb") as handle:
+                text = handle.read().decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             text = ""
         for line in text.splitlines():
@@ -178,7 +180,7 @@ class Keywords:
 
         data = text.encode("utf-8", "surrogateescape")
         replace_file(
-            self.path,
+            Path(self.path),
             lambda: data,
             fsync=self._fsync,
             mode=self._file_mode,
