@@ -935,8 +935,12 @@ class IMAPSession(asyncio.Protocol):
         try:
             resumed = self._resumed
             if resumed is None:
-                caps = ResponseCode.capability(self.capabilities())
-                self._queue(UntaggedResponse("OK", self.config.greeting, caps))
+                # No local: _run's frame lives as long as the session.
+                self._queue(
+                    UntaggedResponse(
+                        "OK", self.config.greeting, ResponseCode.capability(self.capabilities())
+                    )
+                )
             else:
                 self._queue(await self._logged_in(resumed.tag, resumed.user, resumed.store))
             await self._events()
