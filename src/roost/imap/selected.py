@@ -43,6 +43,7 @@ from roost.imap.response import (
 )
 from roost.imap.sequence import SequenceSet
 from roost.store import Changes, FlagUpdate, MailboxProtocol, MessageInfo
+from roost.store.packed import PackedMessages, PackedUids
 
 __all__ = ["PERMANENT_SYSTEM_FLAGS", "SelectedMailbox", "UpdateMode", "flag_order"]
 
@@ -50,6 +51,7 @@ PERMANENT_SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen
 """The system flags in the order Dovecot shows them."""
 
 RECENT: Final = "\\Recent"
+_NO_UIDS: Final[frozenset[int]] = frozenset()
 _SYSTEM_RANK: Final = {flag: rank for rank, flag in enumerate(PERMANENT_SYSTEM_FLAGS)}
 
 
@@ -109,9 +111,12 @@ class SelectedMailbox:
         self.name = name
         self.mailbox = mailbox
         self.readonly = readonly
-        self.uids: list[int] = [info.uid for info in messages]
-        self.infos: dict[int, MessageInfo] = {info.uid: info for info in messages}
-        self.recent: set[int] = set(recent)
+        # While the session idles, the three below are packed (see :meth:`pack`); the
+        # properties uids, infos and recent unpack them at their next use.
+        self._packed: tuple[PackedMessages, PackedUids] | None = None
+        self._uids: list[int] = [info.uid for info in messages]
+        self._infos: dict[int, MessageInfo] = {info.uid: info for info in messages}
+        self._recent: set[int] | None = set(recent)  # None: packed
         self.keywords: list[str] = list(keywords)
         self.uid_validity = uid_validity
         self.uid_next = uid_next
@@ -120,15 +125,94 @@ class SelectedMailbox:
         """The number of messages the client believes there are (its EXISTS)."""
         self.saved: list[int] | None = None
         """The UIDs saved by ``SEARCH RETURN (SAVE)`` (RFC 5182), or ``None``."""
-        self._expunged: set[int] = set()
+        self._expunged: frozenset[int] = _NO_UIDS  # replaced, never changed in place
         self._flag_updates: dict[int, None] = {}
-        self._recent_announced = len(self.recent)
+        self._recent_announced = len(self._recent or ())
         self._keywords_changed = False
+
+    # --- packing -------------------------------------------------------------------------
+
+    @property
+    def uids(self) -> list[int]:
+        """The UIDs of the client's view, ascending (index + 1: sequence number)."""
+        if self._packed is not None:
+            self._unpack()
+        return self._uids
+
+    @uids.setter
+    def uids(self, uids: list[int]) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._uids = uids
+
+    @property
+    def infos(self) -> dict[int, MessageInfo]:
+        """uid -> message for every UID of :attr:`uids` (flags as the client knows them
+        after the updates taken in)."""
+        if self._packed is not None:
+            self._unpack()
+        return self._infos
+
+    @property
+    def recent(self) -> set[int]:
+        """The UIDs that are ``\\Recent`` in this session."""
+        if self._packed is not None:
+            self._unpack()
+        recent = self._recent
+        if recent is None:
+            recent = self._recent = set()
+        return recent
+
+    @property
+    def packed(self) -> bool:
+        """True while :meth:`pack` keeps the view packed."""
+        return self._packed is not None
+
+    def pack(self) -> None:
+        """Pack the view while the session idles (unpacked at the next use).
+
+        An idle session needs none of its message objects; packed they take about a
+        quarter of the memory, and when the store mailbox holds an equal pack (it was
+        suspended with the same view: the usual case) the two share it. Call it after
+        the store mailbox's ``suspend()``. O(number of messages).
+        """
+        if self._packed is not None or not self._uids:
+            return
+        infos = self._infos
+        packed = (
+            PackedMessages(infos[uid] for uid in self._uids),
+            PackedUids(self._recent or ()),
+        )
+        shared = self.mailbox.packed_view()
+        if shared is not None:
+            packed = (
+                shared[0] if shared[0] == packed[0] else packed[0],
+                shared[1] if shared[1] == packed[1] else packed[1],
+            )
+        self._packed = packed
+        self._uids = []
+        self._infos = {}
+        self._recent = None
+
+    def _unpack(self) -> None:
+        packed, self._packed = self._packed, None
+        if packed is not None:
+            messages, recent = packed
+            self._infos = {info.uid: info for info in messages.unpack()}
+            self._uids = list(self._infos)
+            self._recent = recent.unpack()
+
+    def _recent_count(self) -> int:
+        if self._packed is not None:
+            return len(self._packed[1])
+        return len(self._recent or ())
 
     # --- numbers -------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.uids)
+        if self._packed is not None:
+            return len(self._packed[0])
+        return len(self._uids)
 
     def msn(self, uid: int) -> int | None:
         """The message sequence number of ``uid`` in the client's view, or ``None``."""
@@ -187,10 +271,13 @@ class SelectedMailbox:
         """Take in what the store's ``sync()`` reported (nothing is sent yet)."""
         self.uid_next = uid_next
         self.highest_modseq = max(self.highest_modseq, highest_modseq)
-        for uid in changes.expunged:
-            if uid in self.infos:
-                self._expunged.add(uid)
-                self._flag_updates.pop(uid, None)
+        if changes.expunged:
+            infos = self.infos
+            gone = [uid for uid in changes.expunged if uid in infos]
+            if gone:
+                self._expunged = self._expunged.union(gone)
+                for uid in gone:
+                    self._flag_updates.pop(uid, None)
         added = sorted(
             (info for info in changes.added if info.uid not in self.infos),
             key=lambda info: info.uid,
@@ -201,7 +288,8 @@ class SelectedMailbox:
                 bisect.insort(self.uids, info.uid)  # only a renumbered store does this
             else:
                 self.uids.append(info.uid)
-        self.recent.update(changes.recent)
+        if changes.recent:
+            self.recent.update(changes.recent)
         for update in changes.flags:
             if self._set_flags(update) and update.uid not in self._expunged:
                 self._flag_updates[update.uid] = None
@@ -264,7 +352,7 @@ class SelectedMailbox:
             del self.infos[uid]
             self.recent.discard(uid)
             self._flag_updates.pop(uid, None)
-        self._expunged -= gone
+        self._expunged = self._expunged - gone or _NO_UIDS
         self.client_count -= len(gone)
         if self.saved is not None:
             self.saved = [uid for uid in self.saved if uid not in gone]
@@ -299,14 +387,15 @@ class SelectedMailbox:
         if self._keywords_changed:
             self._keywords_changed = False
             responses += self.flags_response()
-        if len(self.uids) > self.client_count:
-            self.client_count = len(self.uids)
+        recent = self._recent_count()
+        if len(self) > self.client_count:
+            self.client_count = len(self)
             responses.append(ExistsResponse(self.client_count))
             if not mode.rev2:
-                responses.append(RecentResponse(len(self.recent)))
-        elif not mode.rev2 and len(self.recent) != self._recent_announced:
-            responses.append(RecentResponse(len(self.recent)))
-        self._recent_announced = len(self.recent)
+                responses.append(RecentResponse(recent))
+        elif not mode.rev2 and recent != self._recent_announced:
+            responses.append(RecentResponse(recent))
+        self._recent_announced = recent
         if self._flag_updates:
             for uid in list(self._flag_updates):
                 number = self.msn(uid)

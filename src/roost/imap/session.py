@@ -393,6 +393,9 @@ class Resumed(ResumedLogin):
 # --- the logout line ------------------------------------------------------------------------
 
 
+_NOTHING_ENABLED: Final[frozenset[str]] = frozenset()
+
+
 @dataclass(slots=True)
 class _Stats:
     """Counters for Dovecot's ``imap_logout_format`` variables."""
@@ -499,7 +502,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         )
         self.mail: UserStore | None = None
         self.selected: SelectedMailbox | None = None
-        self.enabled: set[str] = set()
+        self.enabled = _NOTHING_ENABLED  # ENABLEd extensions (a new frozenset each)
         self.stats = _Stats()
         self._writing_paused = False
         # What _wait_input awaits (None: nothing waits); resolved by _wake().
@@ -717,14 +720,18 @@ class IMAPSession(MailSession[Shared, Resumed]):
         return selected.mailbox if same else None
 
     async def _suspend_selected(self) -> None:
-        """Let the selected mailbox release its index connection while the client idles.
+        """Let the selected mailbox release its index connection and pack its message
+        lists while the client idles.
 
-        In a worker thread: the last connection to an index checkpoints its SQLite log.
+        In a worker thread: the last connection to an index checkpoints its SQLite log,
+        and packing is O(messages).
         """
         selected = self.selected
-        if selected is not None and not selected.mailbox.suspended:
+        if selected is None:
+            return
+        if not selected.mailbox.suspended or (len(selected) and not selected.packed):
             try:
-                await self._call_in_thread(selected.mailbox.suspend)
+                await self._call_in_thread(_suspend, selected)
             except Exception:
                 log_imap.exception("%s: suspending %s failed", self._prefix, selected.name)
 
@@ -798,8 +805,12 @@ class IMAPSession(MailSession[Shared, Resumed]):
         try:
             resumed = self._resumed
             if resumed is None:
-                caps = ResponseCode.capability(self.capabilities())
-                self._queue(UntaggedResponse("OK", self.config.greeting, caps))
+                # No local: _run's frame lives as long as the session.
+                self._queue(
+                    UntaggedResponse(
+                        "OK", self.config.greeting, ResponseCode.capability(self.capabilities())
+                    )
+                )
             else:
                 self._queue(await self._logged_in(resumed.tag, resumed.user, resumed.store))
             await self._events()
@@ -1174,10 +1185,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
             canonical = _ENABLEABLE.get(name.upper())
             if canonical is None or canonical in self.enabled:
                 continue
-            self.enabled.add(canonical)
+            self.enabled |= {canonical}
             newly.append(canonical)
             if canonical == "QRESYNC":
-                self.enabled.add("CONDSTORE")
+                self.enabled |= {"CONDSTORE"}
             if canonical == "UTF8=ACCEPT":
                 self.conn.utf8 = True
         self._queue(EnabledResponse(tuple(newly)))
@@ -1185,7 +1196,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
 
     def _enable_condstore(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 §3.1)."""
-        self.enabled.add("CONDSTORE")
+        self.enabled |= {"CONDSTORE"}
 
     async def select(self, command: SelectCommand) -> TaggedResponse:
         """SELECT and EXAMINE (RFC 9051 §6.3.2-3; CONDSTORE and QRESYNC, RFC 7162)."""
@@ -1854,6 +1865,12 @@ def _open_mailbox(
     except BaseException:
         mailbox.close()
         raise
+
+
+def _suspend(selected: SelectedMailbox) -> None:
+    """Suspend the store mailbox, then pack the session's view (sharing the store's pack)."""
+    selected.mailbox.suspend()
+    selected.pack()
 
 
 def _sync(mailbox: MailboxProtocol) -> tuple[Changes, int, int, list[str] | None]:

@@ -288,7 +288,8 @@ class Index:
         file_mode: int = 0o600,
         chown: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = path
+        #: A string, not a Path: an idle session keeps one per open mailbox.
+        self.path: str = os.fspath(path)
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
@@ -353,7 +354,7 @@ class Index:
             db, self._identity = taken
             return db
         created = False
-        if not self.path.exists():
+        if not os.path.exists(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
             os.close(fd)
             created = True

@@ -32,6 +32,8 @@ logger = logging.getLogger("roost.store")
 
 KEYWORDS_NAME: Final = "dovecot-keywords"
 _MAX: Final = len(KEYWORD_LETTERS)
+#: The names of a file not read yet, shared (never changed in place).
+_NONE_DEFINED: Final[list[str | None]] = [None] * _MAX
 
 
 class Keywords:
@@ -52,11 +54,12 @@ class Keywords:
         file_mode: int = 0o600,
         chown: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = path
+        #: A string, not a Path: an idle session keeps one per open mailbox.
+        self.path: str = os.fspath(path)
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
-        self._names: list[str | None] = [None] * _MAX
+        self._names: list[str | None] = _NONE_DEFINED  # copied before a change
         self._by_lower: dict[str, int] = {}
         self._stamp = ""
         self._mtime_ns = 0
@@ -80,7 +83,8 @@ class Keywords:
             return False
         names: list[str | None] = [None] * _MAX
         try:
-            text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+            with open(self.path, "rb") as handle:
+                text = handle.read().decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             text = ""
         for line in text.splitlines():
@@ -90,7 +94,7 @@ class Keywords:
             index = int(index_text)
             if index < _MAX:
                 names[index] = name
-        self._names = names
+        self._names = names if any(names) else _NONE_DEFINED
         self._by_lower = {n.lower(): i for i, n in enumerate(names) if n is not None}
         self._stamp = stamp
         self._mtime_ns = int(stamp.rsplit(":", 1)[1]) if stamp else 0
@@ -132,6 +136,8 @@ class Keywords:
         name = f"unknown-{index}"
         while name.lower() in self._by_lower:
             name += "?"
+        if self._names is _NONE_DEFINED:
+            self._names = [None] * _MAX
         self._names[index] = name
         self._by_lower[name.lower()] = index
         self._write()
@@ -154,6 +160,8 @@ class Keywords:
                 index = self._names.index(None)
             except ValueError:
                 break
+            if self._names is _NONE_DEFINED:
+                self._names = [None] * _MAX
             self._names[index] = keyword
             self._by_lower[keyword.lower()] = index
             changed = True
@@ -172,7 +180,7 @@ class Keywords:
 
         data = text.encode("utf-8", "surrogateescape")
         replace_file(
-            self.path,
+            Path(self.path),
             lambda: data,
             fsync=self._fsync,
             mode=self._file_mode,

@@ -64,6 +64,7 @@ from roost.store.model import (
     StoreFlagsResult,
     StoreMode,
 )
+from roost.store.packed import PackedMessages, PackedUids
 from roost.store.uidlist import UIDLIST_NAME, UidList, UidRecord
 from roost.store.uidvalidity import next_uid_validity
 
@@ -243,11 +244,14 @@ class Mailbox:
             file_mode=policy.file_mode,
             chown=policy.chown_fd,
         )
-        self._view: dict[int, MessageInfo] = {}
+        # While suspended, the view and \\Recent are packed (see :meth:`suspend`); the
+        # properties _view and _recent unpack them at their next use.
+        self._packed: tuple[PackedMessages, PackedUids] | None = None
+        self._view_dict: dict[int, MessageInfo] = {}
         self._sorted: list[MessageInfo] | None = None
         self._view_in_order = True
         self._top_uid = 0
-        self._recent: set[int] = set()
+        self._recent_set: set[int] | None = set()  # None: none (or packed)
         self._cursor = 0
         self._uid_validity = 0
         self._uid_next = 1
@@ -287,6 +291,47 @@ class Mailbox:
     # ----------------------------------------------------------------- properties
 
     @property
+    def _view(self) -> dict[int, MessageInfo]:
+        """uid -> message, this session's view (unpacked if :meth:`suspend` packed it)."""
+        if self._packed is not None:
+            self._unpack()
+        return self._view_dict
+
+    @_view.setter
+    def _view(self, view: dict[int, MessageInfo]) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._view_dict = view
+
+    @property
+    def _recent(self) -> set[int]:
+        if self._packed is not None:
+            self._unpack()
+        recent = self._recent_set
+        if recent is None:
+            recent = self._recent_set = set()
+        return recent
+
+    @_recent.setter
+    def _recent(self, recent: set[int]) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._recent_set = recent
+
+    def _unpack(self) -> None:
+        packed, self._packed = self._packed, None
+        if packed is not None:
+            messages, recent = packed
+            self._view_dict = {info.uid: info for info in messages.unpack()}
+            self._view_in_order = True
+            self._recent_set = recent.unpack()
+
+    def packed_view(self) -> tuple[PackedMessages, PackedUids] | None:
+        """The packed view and \\Recent UIDs while :meth:`suspend` keeps them packed,
+        else None; for a holder of an equal copy to share (the IMAP selected mailbox)."""
+        return self._packed
+
+    @property
     def uid_validity(self) -> int:
         """UIDVALIDITY (RFC 9051 §2.3.1.1), from ``dovecot-uidlist``."""
         return self._uid_validity
@@ -307,7 +352,9 @@ class Mailbox:
         return frozenset(self._recent)
 
     def __len__(self) -> int:
-        return len(self._view)
+        if self._packed is not None:
+            return len(self._packed[0])
+        return len(self._view_dict)
 
     def __enter__(self) -> Mailbox:
         return self
@@ -327,13 +374,23 @@ class Mailbox:
         caches that are rebuilt on demand go: the copy of ``dovecot-uidlist`` (the next
         sync reads only what the index does not know, as at an open), the directory
         listings of the race-window check (the next sync rescans under the lock if a
-        directory is still that recent) and the sorted message list.
+        directory is still that recent) and the sorted message list. The view and the
+        \\Recent UIDs are packed (:class:`~roost.store.packed.PackedMessages`, about a
+        quarter of the memory) until their next use.
         """
         if not self._closed:
             self._index.suspend()
             self._uidlist.forget()
             self._listing.clear()
             self._sorted = None
+            if self._has_view and self._packed is None and self._view_dict:
+                view = self._view_dict
+                messages: Iterable[MessageInfo] = view.values()
+                if not self._view_in_order:
+                    messages = sorted(messages, key=lambda message: message.uid)
+                self._packed = (PackedMessages(messages), PackedUids(self._recent_set or ()))
+                self._view_dict = {}
+                self._recent_set = None
 
     def close(self) -> None:
         """Release the index and stop change notifications (idempotent)."""

@@ -20,6 +20,7 @@ from roost.store.model import (
     StoreFlagsResult,
     StoreMode,
 )
+from roost.store.packed import PackedMessages, PackedUids
 
 __all__ = ["Cancellable", "MailStoreProtocol", "MailboxProtocol"]
 
@@ -148,6 +149,9 @@ class MailboxProtocol(Protocol):
     @property
     def suspended(self) -> bool:
         """True while :meth:`suspend` holds (nothing to release)."""
+
+    def packed_view(self) -> tuple[PackedMessages, PackedUids] | None:
+        """The view and \\Recent UIDs packed by :meth:`suspend`, or None."""
 
     def suspend(self) -> None:
         """Release what an idle session need not hold (reacquired on next use)."""

@@ -83,7 +83,8 @@ class UidList:
         file_mode: int = 0o600,
         chown: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = path
+        #: A string, not a Path: an idle session keeps one per open mailbox.
+        self.path: str = os.fspath(path)
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
@@ -374,7 +375,7 @@ class UidList:
             [f"{_VERSION} V{self.uid_validity} N{self.next_uid} G{self.guid}", *self.header_fields]
         )
         text = header + "\n" + "".join(_record_line(record) for record in kept)
-        temp = self.path.with_name(self.path.name + ".tmp")
+        temp = self.path + ".tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._file_mode)
         try:
             _write_all(fd, text.encode("utf-8", "surrogateescape"))
@@ -414,7 +415,7 @@ def _known_size(known: str, inode: int) -> int:
     return int(parts[1]) if int(parts[0]) == inode else 0
 
 
-def _file_size(path: Path) -> int:
+def _file_size(path: str) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
