@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 import re
@@ -280,6 +281,46 @@ def test_lines_keep_their_order_and_values_across_the_writer_thread(tmp_path: Pa
     log.info("value %s", changing)
     changing[0] = "after"  # the line shows the value at the time of the call
     assert [m["message"] for m in parsed(maillog)] == ["value ['before']"]
+
+
+def test_lines_queued_meanwhile_go_to_the_file_in_one_write(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    handler = logsetup._handlers[0]
+    writes: list[bytes] = []
+
+    class Recorder(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            chunk = bytes(data)  # type: ignore[call-overload]
+            writes.append(chunk)
+            return len(chunk)
+
+    handler.acquire()  # the writer thread waits for it at its first line
+    try:
+        assert isinstance(handler, logging.StreamHandler)
+        handler.stream = io.TextIOWrapper(io.BufferedWriter(Recorder()), encoding="utf-8")
+        log = logging.getLogger("roost.qmgr")
+        for n in range(50):
+            log.info("line %d", n)
+    finally:
+        handler.release()
+    flush_logs()
+    assert len(writes) == 1
+    lines = writes[0].decode().splitlines()
+    assert [LINE.fullmatch(line)["message"] for line in lines] == [  # type: ignore[index]
+        f"line {n}" for n in range(50)
+    ]
+
+
+def test_without_the_writer_thread_each_line_is_written_at_once(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    logsetup.stop_log_writer()  # as at exit: lines are written by the caller
+    logging.getLogger("roost.qmgr").info("at once")
+    assert maillog.read_text().endswith(f"roost/qmgr[{PID}]: at once\n")
 
 
 def test_timestamps_are_those_of_datetime(tmp_path: Path) -> None:

@@ -533,6 +533,10 @@ async def test_read_message_data_gives_envelope_and_small_content_in_one_read(
     )
     assert directory.read_message_data(QueueName.INCOMING, queue_id, 10) == (updated, None)
     assert directory.read_message_data(QueueName.DEFERRED, queue_id, 1 << 20) is None
+    # a just-committed message has no ID.env: without the probe, the queue file's envelope
+    assert directory.read_message_data(
+        QueueName.INCOMING, queue_id, 1 << 20, envelope_file=False
+    ) == (envelope_data, MESSAGE)
 
 
 async def test_read_message_data_ignores_an_uncommitted_queue_file(

@@ -470,9 +470,10 @@ class Daemon:
         return None
 
     def _notify_queue_manager(self, queue_id: str) -> None:
+        """A new message was committed (a worker's commit notice, pickup)."""
         manager = self._queue_manager()
         if manager is not None:
-            manager.notify(queue_id)
+            manager.committed(queue_id)
 
     async def _queue_command(self, word: str, arguments: list[str]) -> Mapping[str, object]:
         """The queue's control commands: pickup, flush, notify ID..., forget ID..., active."""

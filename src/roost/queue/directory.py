@@ -1418,7 +1418,7 @@ class QueueDirectory:
             os.close(fd)
 
     def read_message_data(
-        self, queue: QueueName, queue_id: str, content_limit: int
+        self, queue: QueueName, queue_id: str, content_limit: int, *, envelope_file: bool = True
     ) -> tuple[bytes, bytes | None] | None:
         """Read a message's current envelope and, when small, its content: one ``open``.
 
@@ -1430,11 +1430,15 @@ class QueueDirectory:
             queue: where the message is.
             queue_id: the message.
             content_limit: the largest queue file, in bytes, whose content is returned.
+            envelope_file: look for an ``ID.env`` beside the queue file. False only for a
+                message just committed (a new queue file under a new queue ID, which no
+                ``ID.env`` can belong to yet): it saves a system call per message.
 
         Returns:
             (envelope JSON, content or None when the file is larger than
             ``content_limit``); None when there is no committed message. The envelope is
-            ``ID.env`` when that exists, as in :meth:`read_envelope_data`.
+            ``ID.env`` when that exists (and ``envelope_file``), as in
+            :meth:`read_envelope_data`.
 
         Raises:
             EnvelopeError: the queue file has no envelope (field ``file``).
@@ -1467,7 +1471,7 @@ class QueueDirectory:
             try:
                 env_fd = (
                     os.open(env_name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
-                    if _exists(env_name, directory)
+                    if envelope_file and _exists(env_name, directory)
                     else None
                 )
             except FileNotFoundError:

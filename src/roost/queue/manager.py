@@ -165,7 +165,8 @@ class QueueManager:
         self.double_bounce_recipient = double_bounce_recipient
         self.bounce_size_limit = bounce_size_limit
         self.clock = clock
-        self._ready: asyncio.Queue[tuple[str, QueueName]] = asyncio.Queue()
+        # (queue ID, where it is, just committed: see committed())
+        self._ready: asyncio.Queue[tuple[str, QueueName, bool]] = asyncio.Queue()
         self._queued: set[str] = set()
         self._forced: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -190,7 +191,7 @@ class QueueManager:
 
     async def start(self) -> None:
         """Take up what is queued, then follow new commits."""
-        self.spool.set_on_commit(self.notify)
+        self.spool.set_on_commit(self.committed)
         for queue_id in await self.spool.scan(QueueName.INCOMING):
             self._enqueue(queue_id, QueueName.INCOMING)
         await self._scan_deferred()
@@ -242,9 +243,25 @@ class QueueManager:
         return frozenset(self._active).union(self._to_remove, self._removing)
 
     def notify(self, queue_id: str) -> None:
-        """The spool committed a new message (called in the event loop thread)."""
+        """A message is in ``incoming/`` (released from hold, requeued): take it up.
+
+        Called in the event loop thread. Its envelope may be an ``ID.env`` beside the queue
+        file (it was delivered to some recipients before); see :meth:`committed` for new
+        messages.
+        """
         if not self._stopping:
             self._enqueue(queue_id, QueueName.INCOMING)
+
+    def committed(self, queue_id: str) -> None:
+        """A new message was just committed to ``incoming/`` (the spool's ``on_commit``, a
+        worker's commit notice, pickup): take it up.
+
+        Called in the event loop thread. Unlike :meth:`notify`, the queue file is known to
+        be new, under a new queue ID: no ``ID.env`` can belong to it yet, so its first read
+        does not look for one (a system call less per message).
+        """
+        if not self._stopping:
+            self._enqueue(queue_id, QueueName.INCOMING, fresh=True)
 
     def forget(self, queue_id: str) -> None:
         """Drop the retry timer of a message that left ``deferred/`` (deleted or held)."""
@@ -263,11 +280,13 @@ class QueueManager:
 
     # --- scheduling -------------------------------------------------------------------
 
-    def _enqueue(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
+    def _enqueue(
+        self, queue_id: str, queue: QueueName, *, force: bool = False, fresh: bool = False
+    ) -> None:
         if queue_id in self._queued or queue_id in self._to_remove or queue_id in self._removing:
             return  # being delivered, or delivered and about to be removed
         self._queued.add(queue_id)
-        self._ready.put_nowait((queue_id, queue))
+        self._ready.put_nowait((queue_id, queue, fresh))
         if force:
             self._forced.add(queue_id)
 
@@ -306,15 +325,15 @@ class QueueManager:
 
     async def _run(self) -> None:
         while True:
-            queue_id, queue = await self._ready.get()
+            queue_id, queue, fresh = await self._ready.get()
             await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(queue_id, queue))
+            task = asyncio.create_task(self._guarded(queue_id, queue, fresh))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, queue_id: str, queue: QueueName) -> None:
+    async def _guarded(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
         try:
-            await self.process(queue_id, queue, force=queue_id in self._forced)
+            await self.process(queue_id, queue, force=queue_id in self._forced, fresh=fresh)
         except Exception:
             log.exception("%s: unexpected error; the message stays queued", queue_id)
         finally:
@@ -324,7 +343,9 @@ class QueueManager:
 
     # --- one message ------------------------------------------------------------------
 
-    async def process(self, queue_id: str, queue: QueueName, *, force: bool = False) -> None:
+    async def process(
+        self, queue_id: str, queue: QueueName, *, force: bool = False, fresh: bool = False
+    ) -> None:
         """Deliver what is due of one message, then remove, defer or bounce it.
 
         The message stays where it is on disk while it is delivered; it is in
@@ -335,15 +356,16 @@ class QueueManager:
             queue: where it is now (incoming or deferred; active only for what an older
                 version left there).
             force: try every deferred recipient now (queue flush).
+            fresh: the message was just committed (:meth:`committed`): no ``ID.env``.
         """
         self._active.add(queue_id)
         try:
-            await self._process(queue_id, queue, force=force)
+            await self._process(queue_id, queue, force=force, fresh=fresh)
         finally:
             self._active.discard(queue_id)
 
-    async def _process(self, queue_id: str, queue: QueueName, *, force: bool) -> None:
-        envelope, content = self._read_message_now(queue_id, queue)
+    async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> None:
+        envelope, content = self._read_message_now(queue_id, queue, fresh)
         if envelope is None:
             try:
                 envelope = await self.spool.load_envelope(queue_id, queue)
@@ -384,15 +406,17 @@ class QueueManager:
             self._schedule(queue_id, _next_try(envelope))
 
     def _read_message_now(
-        self, queue_id: str, queue: QueueName
+        self, queue_id: str, queue: QueueName, fresh: bool = False
     ) -> tuple[Envelope | None, bytes | None]:
         """Read a just-committed message in the event loop: a page-cache read costs less
         than a thread hand-off. The content too when the queue file is small
         (:data:`CONTENT_IN_MEMORY`), so that its delivery does not open the file again.
         (None, None) on any trouble (missing, corrupt): the caller then asks the spool,
-        which reports and quarantines."""
+        which reports and quarantines. ``fresh``: just committed, no ``ID.env`` to look for."""
         try:
-            found = self.spool.directory.read_message_data(queue, queue_id, CONTENT_IN_MEMORY)
+            found = self.spool.directory.read_message_data(
+                queue, queue_id, CONTENT_IN_MEMORY, envelope_file=not fresh
+            )
             if found is None:
                 return None, None
             data, content = found
