@@ -10,7 +10,13 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import hypothesis
 import pytest
+
+# Property tests check answers, never speed: hypothesis's default 200 ms deadline per
+# example is a timed assertion that fails on a busy machine (one did, under load).
+hypothesis.settings.register_profile("roost", deadline=None)
+hypothesis.settings.load_profile("roost")
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOST = [sys.executable, "-m", "roost"]
