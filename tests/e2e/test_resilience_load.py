@@ -49,6 +49,14 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: Descriptors a process may open once, lazily, during the waves and keep: a worker that
+#: serves its first IMAP login of a mailbox keeps its index's pooled SQLite connection
+#: (database, -wal, -shm), one that takes its first queue file from the pool keeps the
+#: spool's `free/` and `incoming/` directories open, plus a socket; for two workers. A leak
+#: per connection would leave hundreds (the waves open 2,000 each).
+SETTLED_EXTRA_FDS = 16
+
+
 @dataclass
 class LoadFigures:
     connections: int = 0
@@ -216,7 +224,7 @@ def run_load(
     def settled(name: str) -> None:
         """Wait (bounded) until the daemon has closed its side of every connection."""
         started = time.monotonic()
-        wait_until(lambda: open_fds(pid) <= figures.fds["baseline"] + 5, settle)
+        wait_until(lambda: open_fds(pid) <= figures.fds["baseline"] + SETTLED_EXTRA_FDS, settle)
         figures.settle_seconds[name] = round(time.monotonic() - started, 2)
         figures.fds[name] = open_fds(pid)
 
@@ -244,8 +252,8 @@ def test_2000_idle_and_slow_connections_do_not_stop_normal_mail(
     assert figures.dropped == 0, f"{figures.dropped} well-behaved connections were dropped"
     assert figures.normal_client_seconds < 5, figures.to_json()
     assert figures.fds["loaded"] >= figures.fds["baseline"] + figures.connections
-    assert figures.fds["after"] <= figures.fds["baseline"] + 5, figures.fds
-    assert figures.fds["after_second"] <= figures.fds["baseline"] + 5, figures.fds
+    assert figures.fds["after"] <= figures.fds["baseline"] + SETTLED_EXTRA_FDS, figures.fds
+    assert figures.fds["after_second"] <= figures.fds["baseline"] + SETTLED_EXTRA_FDS, figures.fds
     per_connection = figures.per_connection("Pss")
     assert per_connection < 64, f"{per_connection:.1f} KiB per connection: {figures.to_json()}"
     # bounded: a second wave of the same size does not grow the process further
