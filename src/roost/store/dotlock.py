@@ -141,6 +141,36 @@ def _is_stale(lock_path: str, stale_seconds: float, *, own_pid_is_stale: bool) -
     return True
 
 
+class _Waiting:
+    """The wait for a dotlock another holder has: a stale lock is removed at once, a live
+    one is polled with a doubling pause (2 ms up to :data:`_MAX_POLL_SECONDS`) until the
+    deadline."""
+
+    __slots__ = ("_deadline", "_delay", "_lock_path", "_own_pid_is_stale", "_stale_seconds")
+
+    def __init__(
+        self, lock_path: str, timeout: float, stale_seconds: float, *, own_pid_is_stale: bool
+    ) -> None:
+        self._lock_path = lock_path
+        self._deadline = time.monotonic() + timeout
+        self._delay = 0.002
+        self._stale_seconds = stale_seconds
+        self._own_pid_is_stale = own_pid_is_stale
+
+    def held(self) -> None:
+        """The lock exists: return when it is worth trying again.
+
+        Raises:
+            LockTimeout: the timeout has passed and the lock is still held.
+        """
+        if _is_stale(self._lock_path, self._stale_seconds, own_pid_is_stale=self._own_pid_is_stale):
+            return
+        if time.monotonic() >= self._deadline:
+            raise LockTimeout(f"timeout waiting for {self._lock_path}") from None
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, _MAX_POLL_SECONDS)
+
+
 def _create_exclusive(
     lock_path: str,
     *,
@@ -159,19 +189,13 @@ def _create_exclusive(
         LockTimeout: still held by a live process after ``timeout`` seconds.
         OSError: e.g. ENOENT when the directory is gone.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.002
+    waiting = _Waiting(lock_path, timeout, stale_seconds, own_pid_is_stale=own_pid_is_stale)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     while True:
         try:
             fd = os.open(lock_path, flags, mode)
         except FileExistsError:
-            if _is_stale(lock_path, stale_seconds, own_pid_is_stale=own_pid_is_stale):
-                continue
-            if time.monotonic() >= deadline:
-                raise LockTimeout(f"timeout waiting for {lock_path}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, _MAX_POLL_SECONDS)
+            waiting.held()
             continue
         try:
             if content:
@@ -256,8 +280,7 @@ def _link_exclusive(
 
     Waits for (or overrides) another holder like :func:`_create_exclusive`.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.002
+    waiting = _Waiting(lock_path, timeout, stale_seconds, own_pid_is_stale=True)
     while True:
         if held.template is None:
             held.template = _make_template(lock_path, mode, chown, content)
@@ -270,12 +293,7 @@ def _link_exclusive(
             held.template = None  # removed under us (tmp/ cleaning): make it again
             continue
         except FileExistsError:
-            if _is_stale(lock_path, stale_seconds, own_pid_is_stale=True):
-                continue
-            if time.monotonic() >= deadline:
-                raise LockTimeout(f"timeout waiting for {lock_path}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, _MAX_POLL_SECONDS)
+            waiting.held()
             continue
         return os.stat(lock_path).st_ino
 
