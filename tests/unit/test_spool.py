@@ -18,7 +18,7 @@ import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -868,17 +868,24 @@ async def test_a_commit_whose_file_is_still_being_created_waits_for_it_or_is_wit
     assert files(tmp_path / "q") == sorted(f"incoming/{qid}" for qid in kept)
 
 
-async def test_a_lone_message_has_its_directory_fsynced_at_create_others_in_the_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Which thread fsyncs a directory (os.fsync still runs: this only watches it).
-    directory_syncs: list[str] = []
+def directory_fsync_watcher(thread_names: list[str]) -> Callable[[int], None]:
+    """An ``os.fsync`` that still syncs, and appends the name of the thread that fsyncs a
+    directory to ``thread_names``."""
     real_fsync = os.fsync
 
     def watched_fsync(fd: int) -> None:
         if os.path.isdir(f"/proc/self/fd/{fd}"):
-            directory_syncs.append(threading.current_thread().name)
+            thread_names.append(threading.current_thread().name)
         real_fsync(fd)
+
+    return watched_fsync
+
+
+async def test_a_lone_message_has_its_directory_fsynced_at_create_others_in_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory_syncs: list[str] = []
+    watched_fsync = directory_fsync_watcher(directory_syncs)
 
     async with Spool(tmp_path / "q", spare_files=0) as spool:
         monkeypatch.setattr(os, "fsync", watched_fsync)
@@ -900,12 +907,7 @@ async def test_a_stream_of_messages_uses_spare_queue_files_created_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory_syncs: list[str] = []
-    real_fsync = os.fsync
-
-    def watched_fsync(fd: int) -> None:
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
-            directory_syncs.append(threading.current_thread().name)
-        real_fsync(fd)
+    watched_fsync = directory_fsync_watcher(directory_syncs)
 
     incoming = tmp_path / "q" / "incoming"
     async with Spool(tmp_path / "q", spare_files=4) as spool:
