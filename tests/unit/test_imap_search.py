@@ -7,6 +7,7 @@ tests also check that the parser's key tree means what the evaluator thinks it m
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -461,7 +462,14 @@ def test_search_header_gives_the_same_answers(criteria: str) -> None:
         assert matches(key(criteria), whole) == matches(key(criteria), part), criteria
 
 
-def parsed_context(message: ParsedMessage) -> MessageContext:
+def parsed_context(
+    message: ParsedMessage,
+    *,
+    load: Callable[[], ParsedMessage] | None = None,
+    header: bytes | None = None,
+) -> MessageContext:
+    """Message 1 of 1 (``load``: how the message is had, default ``message`` itself;
+    ``header``: the cached header fields, as the index's search cache gives them)."""
     return MessageContext(
         msn=1,
         uid=1,
@@ -470,7 +478,8 @@ def parsed_context(message: ParsedMessage) -> MessageContext:
         size=len(message.raw),
         max_msn=1,
         max_uid=1,
-        message=lambda: message,
+        message=load or (lambda: message),
+        header=header,
     )
 
 
@@ -492,17 +501,7 @@ def test_header_key_answers_the_same_with_the_raw_header(
     message = ParsedMessage.parse(raw)
     criteria = f'{name} "{needle}"'
     parsed = parsed_context(message)
-    shortcut = MessageContext(
-        msn=1,
-        uid=1,
-        flags=frozenset(),
-        internal_date=1_700_000_000.0,
-        size=len(raw),
-        max_msn=1,
-        max_uid=1,
-        message=lambda: message,
-        header=raw,
-    )
+    shortcut = parsed_context(message, header=raw)
     assert matches(key(criteria), shortcut) == matches(key(criteria), parsed), (raw, criteria)
 
 
@@ -515,17 +514,7 @@ def test_header_key_shortcut_skips_the_parse() -> None:
         loads.append(1)
         return ParsedMessage.parse(raw)
 
-    ctx = MessageContext(
-        msn=1,
-        uid=1,
-        flags=frozenset(),
-        internal_date=1_700_000_000.0,
-        size=len(raw),
-        max_msn=1,
-        max_uid=1,
-        message=load,
-        header=search_header(raw),
-    )
+    ctx = parsed_context(ParsedMessage.parse(raw), load=load, header=search_header(raw))
     assert not matches(key("FROM nobody7"), ctx)
     assert loads == []
     assert matches(key("FROM smith"), ctx)
