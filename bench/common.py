@@ -449,7 +449,8 @@ class RoostDaemon:
     (ready at ``READY=1``), stopped with SIGTERM; its CPU over its process tree.
 
     Subclasses set :attr:`directory` (output goes to ``directory/daemon.out``) and fill
-    :attr:`processes` through :meth:`spawn`.
+    :attr:`processes` through :meth:`spawn`; it comes first in their bases, before the
+    server class whose ``__init__`` it passes its arguments on to.
     """
 
     #: where ``roost`` is imported from (see :func:`use_roost_source`); None: the venv's
@@ -458,6 +459,10 @@ class RoostDaemon:
 
     directory: Path
     processes: list[subprocess.Popen[bytes]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.processes = []
 
     def spawn(
         self,
@@ -779,7 +784,6 @@ class RoostInstance(RoostDaemon, Instance):
         self.patches = tuple(patches) + (("reuseport",) if workers > 1 else ())
         self.workers = workers
         self.trace_path = directory.parent / f"{directory.name}.trace.json"
-        self.processes: list[subprocess.Popen[bytes]] = []
 
     def setup(self) -> None:
         from roost.auth.passwdfile import hash_password
@@ -1125,18 +1129,6 @@ class RoostMailbox(RoostDaemon, MailboxServer):
     ``USER@bench.test`` in a passwd-file."""
 
     name = "roost"
-
-    def __init__(
-        self,
-        directory: Path,
-        users: Sequence[str],
-        *,
-        protocol: str,
-        password: str,
-        settings: str = "",
-    ) -> None:
-        super().__init__(directory, users, protocol=protocol, password=password, settings=settings)
-        self.processes = []
 
     def login(self, user: str) -> str:
         return f"{user}@{DOMAIN}"
