@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -99,6 +100,25 @@ def in_forked_child(make: Callable[[], str]) -> tuple[int, str]:
         made = pipe.read().decode()
     assert os.waitpid(pid, 0)[1] == 0
     return pid, made
+
+
+class FailingReader(io.RawIOBase):
+    """A message whose read() raises ``error`` after ``good`` bytes (a spool file that
+    fails under a delivery)."""
+
+    def __init__(self, data: bytes, good: int, error: BaseException) -> None:
+        self.data, self.good, self.error, self.position = data, good, error, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.position >= self.good:
+            raise self.error
+        end = min(self.good, self.position + (size if size > 0 else self.good))
+        chunk = self.data[self.position : end]
+        self.position = end
+        return chunk
 
 
 def write_instance(directory: Path, extra: str = "") -> Path:

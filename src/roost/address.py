@@ -741,6 +741,26 @@ def parse_mailbox(
     return Address(local_part, domain)
 
 
+def _unquoted_index(text: str, start: int, stops: str) -> int:
+    """The index of the first of ``stops`` in ``text`` from ``start`` that is outside a
+    quoted string (where ``\\`` escapes the next character); ``len(text)`` if none is."""
+    in_quote = False
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch in stops:
+            return i
+        i += 1
+    return len(text)
+
+
 def split_command_argument(arg: str) -> tuple[str, str]:
     """Split the argument of ``MAIL FROM:`` / ``RCPT TO:`` into the path and the parameters.
 
@@ -765,39 +785,13 @@ def split_command_argument(arg: str) -> tuple[str, str]:
     text = arg.lstrip(" \t")
     if not text:
         raise _syntax("missing address")
-    in_quote = False
-    i = 0
     if text[0] == "<":
-        i = 1
-        while i < len(text):
-            ch = text[i]
-            if in_quote:
-                if ch == "\\":
-                    i += 1
-                elif ch == '"':
-                    in_quote = False
-            elif ch == '"':
-                in_quote = True
-            elif ch == ">":
-                break
-            i += 1
-        else:
+        end = _unquoted_index(text, 1, ">")
+        if end == len(text):
             raise _syntax("missing '>' after path")
-        end = i + 1
+        end += 1
     else:
-        while i < len(text):
-            ch = text[i]
-            if in_quote:
-                if ch == "\\":
-                    i += 1
-                elif ch == '"':
-                    in_quote = False
-            elif ch == '"':
-                in_quote = True
-            elif ch in " \t":
-                break
-            i += 1
-        end = i
+        end = _unquoted_index(text, 0, " \t")
     path, rest = text[:end], text[end:]
     if rest and rest[0] not in " \t":
         raise _syntax("junk after path")

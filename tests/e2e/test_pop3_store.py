@@ -51,6 +51,28 @@ def login(instance: Instance, user: str = ALICE) -> poplib.POP3:
     return client
 
 
+def deliver_subjects(instance: Instance, *subjects: str) -> None:
+    """Deliver a short message per subject to alice (whose INBOX is empty) and wait for
+    them all."""
+    with instance.smtp() as smtp:
+        for subject in subjects:
+            smtp.sendmail(
+                "sender@example.org", [ALICE], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+            )
+    instance.wait_delivered("alice", len(subjects))
+
+
+def expunge_by_imap(instance: Instance, subject: str) -> None:
+    """Expunge alice's message with ``subject`` in an IMAP session."""
+    imap = imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30)
+    imap.login(ALICE, PASSWORD)
+    imap.select("INBOX")
+    _, found = imap.search(None, "SUBJECT", f'"{subject}"')
+    imap.store(found[0].decode(), "+FLAGS", "\\Deleted")
+    imap.expunge()
+    imap.logout()
+
+
 def wire(stored: bytes) -> bytes:
     """What RETR must send after its status line: CRLF line ends, dot-stuffing, ``.``."""
     lines = stored.split(b"\n")
@@ -280,12 +302,7 @@ def test_uidls_match_a_real_dovecot(tmp_path: Path) -> None:
 
 
 def test_pop3_deletions_and_seen_reach_an_imap_session(instance: Instance) -> None:
-    with instance.smtp() as smtp:
-        for subject in ("to read", "to delete"):
-            smtp.sendmail(
-                "sender@example.org", [ALICE], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
-            )
-    instance.wait_delivered("alice", 2)
+    deliver_subjects(instance, "to read", "to delete")
     imap = imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30)
     imap.login(ALICE, PASSWORD)
     typ, data = imap.select("INBOX")
@@ -352,25 +369,14 @@ def test_unsupported_uidl_format_stops_the_start(tmp_path: Path) -> None:
 
 
 def test_message_expunged_by_imap_during_a_pop3_session(instance: Instance) -> None:
-    with instance.smtp() as smtp:
-        for subject in ("stays", "expunged by imap"):
-            smtp.sendmail(
-                "sender@example.org", [ALICE], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
-            )
-    instance.wait_delivered("alice", 2)
+    deliver_subjects(instance, "stays", "expunged by imap")
     client = login(instance)
     assert client.stat()[0] == 2
     numbers = {}
     for msg in (1, 2):
         subject = next(line for line in client.top(msg, 0)[1] if line.startswith(b"Subject"))
         numbers[subject[9:].decode()] = msg
-    imap = imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30)
-    imap.login(ALICE, PASSWORD)
-    imap.select("INBOX")
-    _, found = imap.search(None, "SUBJECT", '"expunged by imap"')
-    imap.store(found[0].decode(), "+FLAGS", "\\Deleted")
-    imap.expunge()
-    imap.logout()
+    expunge_by_imap(instance, "expunged by imap")
     gone = numbers["expunged by imap"]
     with pytest.raises(poplib.error_proto, match=f"-ERR Message {gone} expunged."):
         client.retr(gone)
@@ -386,22 +392,11 @@ def test_message_expunged_by_imap_during_a_pop3_session(instance: Instance) -> N
 def test_message_read_ahead_then_expunged_by_imap(instance: Instance) -> None:
     """After RETR n the server reads message n+1 ahead; if IMAP expunges it meanwhile,
     RETR n+1 must still answer that it is gone, not send what was read ahead."""
-    with instance.smtp() as smtp:
-        for subject in ("first", "second"):
-            smtp.sendmail(
-                "sender@example.org", [ALICE], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
-            )
-    instance.wait_delivered("alice", 2)
+    deliver_subjects(instance, "first", "second")
     client = login(instance)
     assert client.stat()[0] == 2
     assert b"Subject: first" in client.retr(1)[1]  # message 2 is read ahead now
-    imap = imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30)
-    imap.login(ALICE, PASSWORD)
-    imap.select("INBOX")
-    _, found = imap.search(None, "SUBJECT", '"second"')
-    imap.store(found[0].decode(), "+FLAGS", "\\Deleted")
-    imap.expunge()
-    imap.logout()
+    expunge_by_imap(instance, "second")
     with pytest.raises(poplib.error_proto, match="-ERR Message 2 expunged."):
         client.retr(2)
     client.dele(1)

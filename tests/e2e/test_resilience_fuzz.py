@@ -125,6 +125,28 @@ class Probe:
     def story(self) -> str:
         return "\n".join(entry.decode(errors="replace") for entry in self.transcript[-40:])
 
+    def exchange(self, data: bytes) -> bool:
+        """Send ``data`` and a sentinel; check every answer; False once the session ended."""
+        raise NotImplementedError
+
+    def said_goodbye(self) -> bool:
+        """Whether the server said the protocol's goodbye before it closed."""
+        raise NotImplementedError
+
+    def play(self, session: list[bytes]) -> None:
+        """Exchange each input of ``session`` (STARTTLS/STLS as NOOP) until the session
+        ends; a connection the server closes must have had its goodbye. Closes the probe."""
+        try:
+            for data in map(without_tls, session):
+                try:
+                    if not self.exchange(data):
+                        break
+                except Closed as exc:
+                    assert self.said_goodbye(), f"closed without goodbye ({exc}):\n{self.story()}"
+                    break
+        finally:
+            self.close()
+
 
 counter = itertools.count()
 
@@ -187,6 +209,10 @@ class SMTPProbe(Probe):
         super().__init__(port)
         self.reply()  # the greeting
 
+    def said_goodbye(self) -> bool:
+        last = self.transcript[-1] if self.transcript else b""
+        return re.match(rb"S: (221|421)", last) is not None
+
     def reply(self) -> tuple[int, list[bytes]]:
         lines = []
         while True:
@@ -224,20 +250,7 @@ class SMTPProbe(Probe):
 @LIVE
 @given(session=smtp_sessions)
 def test_smtp_answers_every_line(instance: Instance, session: list[bytes]) -> None:
-    probe = SMTPProbe(instance.ports["smtp"])
-    try:
-        for data in map(without_tls, session):
-            try:
-                if not probe.exchange(data):
-                    break
-            except Closed as exc:
-                last = probe.transcript[-1] if probe.transcript else b""
-                assert re.match(rb"S: (221|421)", last), (
-                    f"closed without goodbye ({exc}):\n{probe.story()}"
-                )
-                break
-    finally:
-        probe.close()
+    SMTPProbe(instance.ports["smtp"]).play(session)
 
 
 # --- IMAP -----------------------------------------------------------------------------------
@@ -265,6 +278,9 @@ class IMAPProbe(Probe):
         super().__init__(port)
         greeting = self.line()
         assert greeting is not None and greeting.startswith(b"* OK"), greeting
+
+    def said_goodbye(self) -> bool:
+        return any(entry.startswith(b"S: * BYE") for entry in self.transcript)
 
     def exchange(self, data: bytes) -> bool:
         sentinels: set[bytes] = set()
@@ -299,18 +315,7 @@ class IMAPProbe(Probe):
 @LIVE
 @given(session=st.lists(imap_inputs, min_size=1, max_size=6))
 def test_imap_answers_every_command(instance: Instance, session: list[bytes]) -> None:
-    probe = IMAPProbe(instance.ports["imap"])
-    try:
-        for data in map(without_tls, session):
-            try:
-                if not probe.exchange(data):
-                    break
-            except Closed as exc:
-                said_bye = any(entry.startswith(b"S: * BYE") for entry in probe.transcript)
-                assert said_bye, f"closed without * BYE ({exc}):\n{probe.story()}"
-                break
-    finally:
-        probe.close()
+    IMAPProbe(instance.ports["imap"]).play(session)
 
 
 # --- POP3 -----------------------------------------------------------------------------------
@@ -331,6 +336,9 @@ class POP3Probe(Probe):
         super().__init__(port)
         greeting = self.line()
         assert greeting is not None and greeting.startswith(b"+OK"), greeting
+
+    def said_goodbye(self) -> bool:
+        return any(POP3_GOODBYE.match(entry) for entry in self.transcript)
 
     def exchange(self, data: bytes) -> bool:
         """Send ``data`` then CAPA; read to the end of CAPA's list (the sentinel)."""
@@ -364,18 +372,7 @@ class POP3Probe(Probe):
 @LIVE
 @given(session=st.lists(pop3_inputs, min_size=1, max_size=6))
 def test_pop3_answers_every_command(instance: Instance, session: list[bytes]) -> None:
-    probe = POP3Probe(instance.ports["pop3"])
-    try:
-        for data in map(without_tls, session):
-            try:
-                if not probe.exchange(data):
-                    break
-            except Closed as exc:
-                said_bye = any(POP3_GOODBYE.match(entry) for entry in probe.transcript)
-                assert said_bye, f"closed without a goodbye ({exc}):\n{probe.story()}"
-                break
-    finally:
-        probe.close()
+    POP3Probe(instance.ports["pop3"]).play(session)
 
 
 def test_server_still_serves_after_the_fuzzing(instance: Instance) -> None:

@@ -264,36 +264,35 @@ def test_2000_idle_and_slow_connections_do_not_stop_normal_mail(
 def test_per_address_limits_answer_with_the_documented_replies(instance: Instance) -> None:
     raise_nofile()
 
+    async def connect(
+        service: str, source: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", instance.ports[service], local_addr=(source, 0)
+        )
+
+    async def over_the_limit(
+        service: str, source: str, greeting: bytes, held: list[asyncio.StreamWriter]
+    ) -> tuple[bytes, bool]:
+        """Hold 50 connections from ``source`` (the service's default count limit), then
+        open one more: its first line, and whether the server closed it."""
+        for _ in range(50):
+            reader, writer = await connect(service, source)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(greeting)
+            held.append(writer)
+        reader, writer = await connect(service, source)
+        refusal = await asyncio.wait_for(reader.readline(), 10)
+        closed = await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        return refusal, closed
+
     async def scenario() -> tuple[bytes, bytes, int, int]:
-        held = []
-        for _ in range(50):  # smtpd_client_connection_count_limit default
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", instance.ports["smtp"], local_addr=("127.0.9.1", 0)
-            )
-            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
-            held.append(writer)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", instance.ports["smtp"], local_addr=("127.0.9.1", 0)
-        )
-        smtp_refusal = await asyncio.wait_for(reader.readline(), 10)
-        smtp_closed = await asyncio.wait_for(reader.read(), 10) == b""
-        writer.close()
-        for _ in range(50):  # imap_client_connection_count_limit default
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", instance.ports["imap"], local_addr=("127.0.9.2", 0)
-            )
-            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"* OK")
-            held.append(writer)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", instance.ports["imap"], local_addr=("127.0.9.2", 0)
-        )
-        imap_refusal = await asyncio.wait_for(reader.readline(), 10)
-        imap_closed = await asyncio.wait_for(reader.read(), 10) == b""
-        writer.close()
+        held: list[asyncio.StreamWriter] = []
+        # smtpd_client_connection_count_limit, imap_client_connection_count_limit
+        smtp_refusal, smtp_closed = await over_the_limit("smtp", "127.0.9.1", b"220", held)
+        imap_refusal, imap_closed = await over_the_limit("imap", "127.0.9.2", b"* OK", held)
         # another address is not affected
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", instance.ports["smtp"], local_addr=("127.0.9.3", 0)
-        )
+        reader, writer = await connect("smtp", "127.0.9.3")
         other = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
         for held_writer in held:

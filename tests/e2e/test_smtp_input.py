@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Self
 
 import pytest
 
@@ -48,8 +49,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
 class Wire:
     """A raw client: bytes out, reply lines in (its own buffer, no makefile)."""
 
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), 30, (source, 0))
+    def __init__(self, port: int, source: str = "127.0.0.1", timeout: float = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout, (source, 0))
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -67,6 +68,7 @@ class Wire:
         return line.decode("utf-8", "replace")
 
     def reply(self) -> list[str]:
+        """All lines of the next reply."""
         lines = [self.line()]
         while lines[-1][3:4] == "-":
             lines.append(self.line())
@@ -78,6 +80,7 @@ class Wire:
         return self.reply()
 
     def rest(self) -> bytes:
+        """Everything until the server closes the connection."""
         data, self.buffer = self.buffer, b""
         while chunk := self.sock.recv(65536):
             data += chunk
@@ -86,7 +89,7 @@ class Wire:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Wire:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.daemon import roost_cli
 from tests.e2e.instance import PASSWORD, Instance, start_instance
+from tests.e2e.test_smtp_input import Wire
 
 HOST = "mx.roost.test"
 TOO_MANY_ERRORS = f"421 4.7.0 {HOST} Error: too many errors"
@@ -70,37 +71,8 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     running.daemon.stop()
 
 
-class Client:
-    """A raw SMTP client that reads reply lines itself (so it can ask "is more coming?")."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1", timeout: float = 30) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout, (source, 0))
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def line(self) -> str:
-        """One reply line without CRLF; "" at end of stream."""
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                rest, self.buffer = self.buffer, b""
-                return rest.decode()
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line.decode()
-
-    def reply(self) -> list[str]:
-        """All lines of the next reply."""
-        lines = [self.line()]
-        while lines[-1][3:4] == "-":
-            lines.append(self.line())
-        return lines
-
-    def command(self, text: str) -> list[str]:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self.reply()
+class Client(Wire):
+    """A raw SMTP client that can also ask "is more coming?" and time a command."""
 
     def timed(self, text: str) -> tuple[float, list[str]]:
         start = time.monotonic()
@@ -113,22 +85,6 @@ class Client:
             return True
         readable, _, _ = select.select([self.sock], [], [], seconds)
         return bool(readable)
-
-    def rest(self) -> bytes:
-        """Everything until the server closes the connection."""
-        data, self.buffer = self.buffer, b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        return data
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def greeted(client: Client) -> Client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -17,32 +16,11 @@ import pytest
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
 from roost.delivery.maildir import DirectorySync, deliver_maildir, maildir_usage, unique_name
-from tests.conftest import in_forked_child
+from tests.conftest import FailingReader, in_forked_child
 
 MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
 NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,]+),S=(\d+),W=(\d+)")
 IS_ROOT = os.geteuid() == 0
-
-
-class FailingReader(io.RawIOBase):
-    """A message whose read() fails after ``good`` bytes."""
-
-    def __init__(self, data: bytes, good: int, error: BaseException) -> None:
-        self.data = data
-        self.good = good
-        self.error = error
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self.position >= self.good:
-            raise self.error
-        end = min(self.good, self.position + (size if size > 0 else self.good))
-        chunk = self.data[self.position : end]
-        self.position = end
-        return chunk
 
 
 def entries(directory: Path) -> list[str]:

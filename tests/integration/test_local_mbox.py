@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -20,28 +19,11 @@ import pytest
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
 from roost.delivery.mbox import deliver_mbox
+from tests.conftest import FailingReader
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGE = b"Subject: hi\r\n\r\nFrom the start\r\n>From quoted\r\nplain\r\n"
 FROM_LINE = re.compile(rb"From (\S+) \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\n")
-
-
-class FailingReader(io.RawIOBase):
-    """A message whose read() fails after ``good`` bytes."""
-
-    def __init__(self, data: bytes, good: int, error: BaseException) -> None:
-        self.data, self.good, self.error, self.position = data, good, error, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self.position >= self.good:
-            raise self.error
-        end = min(self.good, self.position + (size if size > 0 else self.good))
-        chunk = self.data[self.position : end]
-        self.position = end
-        return chunk
 
 
 @pytest.fixture

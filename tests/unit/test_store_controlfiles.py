@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from roost.store.bus import ChangeBus, notify_delivery
-from roost.store.dotlock import dotlock, keep_template, release_template, replace_file
+from roost.store.dotlock import (
+    dotlock,
+    keep_template,
+    lock_content,
+    release_template,
+    remove_if_stale,
+    replace_file,
+)
 from roost.store.errors import LockTimeout
 from roost.store.keywords import Keywords
 from roost.store.subscriptions import read_subscriptions, set_subscribed
@@ -133,6 +140,20 @@ def test_dotlock_overrides_dead_holder_and_old_lock(tmp_path: Path) -> None:
     os.utime(lock, (old, old))
     with dotlock(tmp_path / "f", timeout=1, stale_seconds=120):
         pass
+
+
+def test_remove_if_stale_keeps_a_held_lock_and_says_what_it_removes(tmp_path: Path) -> None:
+    lock = tmp_path / "f.lock"
+    seen: list[bytes] = []
+    assert remove_if_stale(lock, 120, own_pid_is_stale=False, on_stale=seen.append)  # none
+    lock.write_bytes(lock_content())
+    assert lock_content() == f"{os.getpid()}:{os.uname().nodename}".encode()
+    # our pid, held by the caller: not stale
+    assert not remove_if_stale(lock, 120, own_pid_is_stale=False, on_stale=seen.append)
+    assert lock.exists() and seen == []
+    # our pid, not held by the caller: a leftover of an earlier process with this pid
+    assert remove_if_stale(lock, 120, own_pid_is_stale=True, on_stale=seen.append)
+    assert not lock.exists() and seen == [lock_content()]
 
 
 def test_dotlock_serialises_threads(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypedDict, cast
 
 from roost.auth.users import User
 from roost.config import Settings, load_settings
@@ -67,6 +67,8 @@ from roost.daemon.channel import Channel, Message
 from roost.store.bus import DEFAULT_BUS, ChangeBus, Subscription
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from roost.daemon.mailsession import MailSession
     from roost.daemon.privhelper import HelperClient
 
@@ -693,22 +695,29 @@ class _SessionProcess:
         if session is not None and not session.done:
             session.abort()
 
-    async def _open(self, executor: object) -> MailSession[Any, Any]:
-        """Open the store (IMAP) or the locked maildrop (POP3) and build the session.
+    async def _open(self, executor: Executor) -> MailSession[Any, Any]:
+        """Open the store (IMAP) or the locked maildrop (POP3) and build the session,
+        logged in as the worker's state says.
 
         Raises:
             HandOffFailed: it cannot be opened.
         """
         state = self.state
-        tls = bool(state.get("tls"))
-        remote_ip, local_ip = _str(state, "remote_ip"), _str(state, "local_ip")
+        login = _LoginFields(
+            user=self.user,
+            tls=bool(state.get("tls")),
+            remote_ip=_str(state, "remote_ip"),
+            local_ip=_str(state, "local_ip"),
+            session_id=_str(state, "session_id"),
+            method=_str(state, "method"),
+            login=_str(state, "login"),
+        )
         if self.protocol == "imap":
-            return await self._open_imap(executor, tls, remote_ip, local_ip)
-        return await self._open_pop3(executor, tls, remote_ip, local_ip)
+            return await self._open_imap(executor, login)
+        return await self._open_pop3(executor, login)
 
-    async def _open_imap(
-        self, executor: object, tls: bool, remote: str, local: str
-    ) -> MailSession[Any, Any]:
+    async def _open_imap(self, executor: Executor, login: _LoginFields) -> MailSession[Any, Any]:
+        """:meth:`_open` for IMAP: the user's store."""
         from roost.auth.throttle import Throttle
         from roost.imap.server import session_config, store_opener
         from roost.imap.session import IMAPSession, Registry, Resumed, Shared, StoreUnavailable
@@ -716,40 +725,30 @@ class _SessionProcess:
 
         opener = store_opener(self.settings, bus=self.bus)
         try:
-            store = await self.loop.run_in_executor(executor, opener, self.user)  # type: ignore[arg-type]
+            store = await self.loop.run_in_executor(executor, opener, self.user)
         except (StoreUnavailable, StoreError) as exc:
             raise HandOffFailed("temporary", f"cannot open the mail store: {exc}") from None
-        shared = Shared(
-            config=session_config(self.settings, self.service),
-            users=None,
-            throttle=Throttle(),
-            tls_context=_no_tls,
-            open_store=opener,
-            registry=Registry(),
-            executor=executor,  # type: ignore[arg-type]
+        return IMAPSession(
+            Shared(
+                config=session_config(self.settings, self.service),
+                users=None,
+                throttle=Throttle(),
+                tls_context=_no_tls,
+                open_store=opener,
+                registry=Registry(),
+                executor=executor,
+            ),
+            resumed=Resumed(**login, tag=_str(self.state, "tag"), store=store),
         )
-        resumed = Resumed(
-            tag=_str(self.state, "tag"),
-            user=self.user,
-            store=store,
-            tls=tls,
-            remote_ip=remote,
-            local_ip=local,
-            session_id=_str(self.state, "session_id"),
-            method=_str(self.state, "method"),
-            login=_str(self.state, "login"),
-        )
-        return IMAPSession(shared, resumed=resumed)
 
-    async def _open_pop3(
-        self, executor: object, tls: bool, remote: str, local: str
-    ) -> MailSession[Any, Any]:
+    async def _open_pop3(self, executor: Executor, login: _LoginFields) -> MailSession[Any, Any]:
+        """:meth:`_open` for POP3: the user's maildrop, locked."""
         from roost.auth.throttle import Throttle
         from roost.pop3.server import maildrop_opener, session_config
         from roost.pop3.session import POP3Session, Registry, Resumed, Shared
         from roost.store import LockTimeout, StoreError
 
-        opener = maildrop_opener(self.settings, self.service, executor)  # type: ignore[arg-type]
+        opener = maildrop_opener(self.settings, self.service, executor)
         try:
             maildrop = await opener(self.user)
         except LockTimeout as exc:
@@ -757,25 +756,29 @@ class _SessionProcess:
         except StoreError as exc:
             kind = "temporary" if exc.temporary else "permanent"
             raise HandOffFailed(kind, f"cannot open the maildrop: {exc}") from None
-        shared = Shared(
-            config=session_config(self.settings, self.service),
-            users=None,
-            throttle=Throttle(),
-            tls_context=_no_tls,
-            open_maildrop=opener,
-            registry=Registry(),
+        return POP3Session(
+            Shared(
+                config=session_config(self.settings, self.service),
+                users=None,
+                throttle=Throttle(),
+                tls_context=_no_tls,
+                open_maildrop=opener,
+                registry=Registry(),
+            ),
+            resumed=Resumed(**login, maildrop=maildrop),
         )
-        resumed = Resumed(
-            user=self.user,
-            maildrop=maildrop,
-            tls=tls,
-            remote_ip=remote,
-            local_ip=local,
-            session_id=_str(self.state, "session_id"),
-            method=_str(self.state, "method"),
-            login=_str(self.state, "login"),
-        )
-        return POP3Session(shared, resumed=resumed)
+
+
+class _LoginFields(TypedDict):
+    """The fields of :class:`roost.daemon.mailsession.ResumedLogin`, from the worker."""
+
+    user: User
+    tls: bool
+    remote_ip: str
+    local_ip: str
+    session_id: str
+    method: str
+    login: str
 
 
 def _no_tls() -> ssl.SSLContext:

@@ -39,9 +39,7 @@ import functools
 import logging
 import os
 import re
-import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from typing import Final, Protocol, TypeVar
 
 from roost.pop3.maildrop import MaildropMessage, valid_uidl
 from roost.store import LockTimeout, MailboxProtocol, MessageInfo, StoreError, StoreMode
+from roost.store.dotlock import lock_content, remove_if_stale
 
 __all__ = [
     "DEFAULT_UIDL_FORMAT",
@@ -81,7 +80,6 @@ _LOCK_POLL: Final = 0.1
 _CACHED_READ_MAX: Final = 256 * 1024
 """Largest message (octets) read on the event loop when it is all in the page cache."""
 _RWF_NOWAIT: Final[int | None] = getattr(os, "RWF_NOWAIT", None)
-_HOSTNAME: Final = socket.gethostname()
 _SEEN: Final = "\\Seen"
 _DELETED: Final = "\\Deleted"
 
@@ -210,16 +208,6 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SessionLock:
     """Dovecot's POP3 session lock (``pop3_lock_session``): ``dovecot-pop3-session.lock``.
 
@@ -278,7 +266,7 @@ class SessionLock:
                         return False
                     continue
                 try:
-                    os.write(fd, f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace"))
+                    os.write(fd, lock_content())
                     if self._uid is not None or self._gid is not None:
                         os.fchown(
                             fd,
@@ -298,25 +286,13 @@ class SessionLock:
             return False
 
     def _remove_if_stale(self) -> bool:
-        try:
-            st = os.stat(self.path)
-            with open(self.path, "rb") as handle:
-                content = handle.read(256)
-        except FileNotFoundError:
-            return True
-        stale = time.time() - st.st_mtime > self._stale_seconds
-        pid_text, sep, host = content.decode("ascii", "replace").strip().partition(":")
-        if not stale and sep and host == _HOSTNAME and pid_text.isdigit():
-            pid = int(pid_text)
-            # Our own pid but not held here: a leftover of an earlier process.
-            stale = pid == os.getpid() or not _pid_alive(pid)
-        if not stale:
-            return False
+        # Our own pid but not held here (``_held``): a leftover of an earlier process.
+        return remove_if_stale(
+            self.path, self._stale_seconds, own_pid_is_stale=True, on_stale=self._log_stale
+        )
+
+    def _log_stale(self, content: bytes) -> None:
         log.warning("removing stale POP3 session lock %s (%s)", self.path, content[:64])
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.path).st_ino == st.st_ino:
-                os.unlink(self.path)
-        return True
 
     def refresh(self) -> bool:
         """Update the lock file's mtime so others do not take it for stale.

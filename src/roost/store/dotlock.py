@@ -33,7 +33,9 @@ __all__ = [
     "dotlock",
     "is_live_template",
     "keep_template",
+    "lock_content",
     "release_template",
+    "remove_if_stale",
     "replace_file",
 ]
 
@@ -119,8 +121,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(lock_path: str, stale_seconds: float, *, own_pid_is_stale: bool) -> bool:
-    """Tell whether an existing lock file may be overridden (and remove it if so)."""
+def lock_content() -> bytes:
+    """What a dotlock of this process holds: ``<pid>:<hostname>`` in ASCII (Dovecot's
+    ``file_dotlock_create``), which :func:`remove_if_stale` reads back."""
+    return f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
+
+
+def remove_if_stale(
+    lock_path: str | os.PathLike[str],
+    stale_seconds: float,
+    *,
+    own_pid_is_stale: bool,
+    on_stale: Callable[[bytes], None] | None = None,
+) -> bool:
+    """Tell whether an existing lock file may be overridden, and remove it if so.
+
+    A lock is stale when its mtime is more than ``stale_seconds`` old, or when it holds
+    ``<pid>:<hostname>`` (see :func:`lock_content`) of this host and that process is gone
+    (Dovecot's ``file_dotlock_create`` stale check). Our own pid counts as stale when
+    ``own_pid_is_stale`` (the caller does not hold the lock itself, so the file is a
+    leftover of an earlier process with this pid).
+
+    Args:
+        lock_path: the lock file.
+        stale_seconds: age in seconds after which the lock is stale whoever holds it.
+        own_pid_is_stale: whether a lock holding this process's pid is stale.
+        on_stale: called with the first 256 bytes of a stale lock before it is removed
+            (e.g. to log it); not called when the file is already gone.
+
+    Returns:
+        True when the lock is gone (it was stale and is removed, or it did not exist);
+        False when a live holder has it. A lock replaced between the check and the
+        removal is left in place (True all the same: worth trying again).
+
+    Raises:
+        OSError: the lock file exists but cannot be read (e.g. EACCES).
+    """
     try:
         st = os.stat(lock_path)
         with open(lock_path, "rb") as handle:
@@ -135,6 +171,8 @@ def _is_stale(lock_path: str, stale_seconds: float, *, own_pid_is_stale: bool) -
         stale = own_pid_is_stale if pid == os.getpid() else not _pid_alive(pid)
     if not stale:
         return False
+    if on_stale is not None:
+        on_stale(content)
     with contextlib.suppress(FileNotFoundError):
         if os.stat(lock_path).st_ino == st.st_ino:
             os.unlink(lock_path)
@@ -163,7 +201,9 @@ class _Waiting:
         Raises:
             LockTimeout: the timeout has passed and the lock is still held.
         """
-        if _is_stale(self._lock_path, self._stale_seconds, own_pid_is_stale=self._own_pid_is_stale):
+        if remove_if_stale(
+            self._lock_path, self._stale_seconds, own_pid_is_stale=self._own_pid_is_stale
+        ):
             return
         if time.monotonic() >= self._deadline:
             raise LockTimeout(f"timeout waiting for {self._lock_path}") from None
@@ -383,7 +423,7 @@ def _lock_file(
     chown: Callable[[int], None] | None,
 ) -> int:
     """Make the lock file for :func:`dotlock` (thread lock held); return its inode."""
-    content = f"{os.getpid()}:{_HOSTNAME}".encode("ascii", "replace")
+    content = lock_content()
     if held.users > 0:
         return _link_exclusive(
             lock_path,

@@ -88,19 +88,7 @@ class UidList:
         self._fsync = fsync
         self._file_mode = file_mode
         self._chown = chown
-        self.uid_validity = 0
-        self.next_uid = 1
-        self.guid = ""
-        self.header_fields: list[str] = []
-        self.records: dict[int, UidRecord] = {}
-        self.by_base: dict[str, int] = {}
-        self.needs_rewrite = False
-        #: Only the records after the caller's known offset were read.
-        self.partial = False
-        self._version = 0
-        self._inode = 0
-        self._offset = 0
-        self._last_uid = 0
+        self._reset()
 
     @property
     def exists(self) -> bool:
@@ -121,13 +109,15 @@ class UidList:
         self._reset()
 
     def _reset(self) -> None:
+        """Nothing read yet (the state of a new object)."""
         self.uid_validity = 0
         self.next_uid = 1
         self.guid = ""
-        self.header_fields = []
-        self.records = {}
-        self.by_base = {}
+        self.header_fields: list[str] = []
+        self.records: dict[int, UidRecord] = {}
+        self.by_base: dict[str, int] = {}
         self.needs_rewrite = False
+        #: Only the records after the caller's known offset were read.
         self.partial = False
         self._version = 0
         self._inode = 0
