@@ -238,6 +238,39 @@ def warn_if_tmpfs(base: Path) -> None:
         )
 
 
+#: whether :func:`settle_filesystem` runs before each SMTP run (``--no-settle`` turns it off)
+SETTLE = True
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+#: the programs Postfix's master starts on demand, read back into the cache after a settle
+POSTFIX_DAEMONS = Path("/usr/lib/postfix/sbin")
+
+
+def settle_filesystem() -> None:
+    """Before a run: write every dirty buffer out (``sync``) and drop the clean caches
+    (``/proc/sys/vm/drop_caches``, root only; a warning if that is refused), then read
+    Postfix's daemon programs back in.
+
+    Why: on ext4 *without a journal* (this machine's root file system), each new inode's
+    allocation skips every inode of the group deleted in the last 60 s, or 360 s while its
+    inode-table block is dirty, as long as that block is still in the buffer cache (the
+    kernel's ``recently_deleted()`` in fs/ext4/ialloc.c). A run that follows the removal of
+    the previous run's instance (20,000 files and more) then pays 0.3-0.6 ms of kernel CPU
+    per file it creates, for the earlier run's files, and more or less depending on which
+    server ran before it. After a sync and a drop of the caches every run starts from the
+    same state; the files a server deletes during its own run still cost it (they are its
+    work). With a journal, ext4 does not make this check. docs/performance.md, "Method".
+    """
+    os.sync()
+    try:
+        DROP_CACHES.write_text("1\n")
+    except OSError as error:
+        print(f"warning: caches not dropped ({DROP_CACHES}: {error.strerror})", file=sys.stderr)
+        return
+    for program in sorted(POSTFIX_DAEMONS.glob("*")) if POSTFIX_DAEMONS.is_dir() else []:
+        with contextlib.suppress(OSError):
+            program.read_bytes()  # a server started on demand is not read from disk mid-run
+
+
 # --- CPU accounting from /proc -------------------------------------------------------------
 
 
@@ -1676,7 +1709,9 @@ def run_workloads(
 def serving(instance: Instance, profile: Path | None = None) -> Iterator[Instance]:
     """Set up and start ``instance`` (py-spy recording it into ``profile`` if given and it
     is roost); afterwards stop it, remove its directory and print the ``trace`` patch's
-    figures, if any."""
+    figures, if any. Unless ``--no-settle``, :func:`settle_filesystem` first."""
+    if SETTLE:
+        settle_filesystem()
     instance.setup()
     instance.start()
     profiler = None
@@ -1727,6 +1762,11 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--roost-src", type=Path, help="run the roost package in this directory (PYTHONPATH)"
     )
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="no sync and cache drop before each run (see common.settle_filesystem)",
+    )
 
 
 def prepare_comparison(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -1737,7 +1777,10 @@ def prepare_comparison(args: argparse.Namespace) -> tuple[list[str], dict[str, s
     if "postfix" in servers and (problem := postfix_usable()):
         sys.exit(f"cannot run Postfix: {problem} (or leave it out with --servers roost)")
     warn_if_tmpfs(args.dir)
+    global SETTLE
+    SETTLE = not args.no_settle
     machine = machine_description(args.dir)
+    machine["before_each_run"] = "sync, drop caches" if SETTLE else "nothing (--no-settle)"
     machine["roost_source"] = use_roost_source(
         args.dir, snapshot=not args.no_snapshot, source=args.roost_src
     )

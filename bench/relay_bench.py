@@ -488,6 +488,8 @@ def run_once(
     sampler: Sampler | None = None
     extra: dict[str, Any] = {}
     try:
+        if common.SETTLE:
+            common.settle_filesystem()
         instance.setup()
         instance.start()
         time.sleep(0.5)  # let start-up work (process spawns, first queue scan) finish
