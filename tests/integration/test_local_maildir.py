@@ -433,3 +433,16 @@ def test_a_batch_creates_a_maildir_removed_since_the_last_delivery(tmp_path: Pat
     results = deliver_maildir_batch([MaildirDelivery(maildir, MESSAGE)] * 2)
     assert all(isinstance(result, Path) for result in results)
     assert len(entries(maildir / "new")) == 2
+
+
+def test_a_batch_adds_each_message_to_an_existing_maildirsize(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    (maildir / "maildirsize").write_text("1000000S\n0 0\n")
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE), MaildirDelivery(maildir, b"Subject: x\r\n\r\nyz\r\n")]
+    )
+    sizes = [path.stat().st_size for path in results if isinstance(path, Path)]
+    assert len(sizes) == 2
+    lines = (maildir / "maildirsize").read_text().splitlines()
+    assert lines == ["1000000S", "0 0", f"{sizes[0]} 1", f"{sizes[1]} 1"]

@@ -286,10 +286,16 @@ class LocalTransport:
         deliveries: list[MaildirDelivery] = []
         opened: list[BinaryIO] = []  # queue files of messages not read into memory
         config = self.config
+        # the batch's recipients are mostly the same few: one lookup each per batch
+        found: dict[tuple[str, str], tuple[AddressTarget, Mailbox] | None] = {}
         try:
             for position, item in enumerate(items):
                 try:
-                    simple = self._virtual_simple_sync(item)
+                    key = (item.local_part, item.domain)
+                    if key in found:
+                        simple = found[key]
+                    else:
+                        simple = found[key] = self._virtual_simple_sync(item)
                     if simple is None:
                         outcomes[position] = self._virtual_sync(
                             item.job, item.index, item.local_part, item.domain, item.original

@@ -653,9 +653,12 @@ def deliver_maildir_batch(
                         _discard(-1, None, final)
                 raise
             continue
+        sizes: dict[str, list[int]] = {}
         for item, final in items:
-            _update_maildirsize(item.known, item.converter.size)
+            sizes.setdefault(item.known, []).append(item.converter.size)
             results[item.index] = Path(final)
+        for known, added in sizes.items():
+            _update_maildirsize(known, *added)
     return [
         result if result is not None else _lost(deliveries[i]) for i, result in enumerate(results)
     ]
@@ -753,8 +756,9 @@ def _create_tmp(target: str, hostname: str | None) -> tuple[str, int, str]:
     raise DeliveryError(True, "4.3.0", f"cannot create a unique file in {target}/tmp")
 
 
-def _update_maildirsize(maildir: str, size: int) -> None:
-    """Append ``size 1`` to Maildir++ ``maildirsize`` when the file exists.
+def _update_maildirsize(maildir: str, *sizes: int) -> None:
+    """Append ``size 1`` for each of ``sizes`` to Maildir++ ``maildirsize`` when the file
+    exists (one ``access`` and one ``write`` for them all).
 
     Whatever roost's own quota: the file carries its quota in its first line, and the
     program that made it (Dovecot's ``maildir`` quota backend, Courier's maildrop) counts
@@ -771,7 +775,7 @@ def _update_maildirsize(maildir: str, size: int) -> None:
         return
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.write(fd, f"{size} 1\n".encode())
+            os.write(fd, "".join(f"{size} 1\n" for size in sizes).encode())
     except OSError:
         pass  # the next full recalculation fixes it
     finally:
