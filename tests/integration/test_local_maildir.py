@@ -446,3 +446,21 @@ def test_a_batch_adds_each_message_to_an_existing_maildirsize(tmp_path: Path) ->
     assert len(sizes) == 2
     lines = (maildir / "maildirsize").read_text().splitlines()
     assert lines == ["1000000S", "0 0", f"{sizes[0]} 1", f"{sizes[1]} 1"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="changing owners needs root")
+def test_a_batch_gives_each_maildir_and_message_its_owner(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "vmail" / "alice", tmp_path / "vmail" / "bob"
+    results = deliver_maildir_batch(
+        [
+            MaildirDelivery(alice, MESSAGE, uid=65534, gid=65534),
+            MaildirDelivery(bob, MESSAGE, uid=65533, gid=65533),
+            MaildirDelivery(alice, MESSAGE, uid=65534, gid=65534),
+        ]
+    )
+    paths = [result for result in results if isinstance(result, Path)]
+    assert len(paths) == 3
+    for owner, maildir, messages in ((65534, alice, paths[::2]), (65533, bob, paths[1:2])):
+        for item in (maildir, maildir / "new", maildir / "tmp", maildir / "cur", *messages):
+            info = item.stat()
+            assert (info.st_uid, info.st_gid) == (owner, owner), item
