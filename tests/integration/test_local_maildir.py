@@ -430,9 +430,14 @@ def test_a_batch_creates_a_maildir_removed_since_the_last_delivery(tmp_path: Pat
     maildir = tmp_path / "Maildir"
     deliver_maildir(maildir, MESSAGE)
     shutil.rmtree(maildir)  # the process remembers it as complete
-    results = deliver_maildir_batch([MaildirDelivery(maildir, MESSAGE)] * 2)
+    fsync = CountingFsync()
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE)] * 2, directory_sync=DirectorySync(fsync)
+    )
     assert all(isinstance(result, Path) for result in results)
     assert len(entries(maildir / "new")) == 2
+    # the first, delivered alone to create the Maildir again, used the batch's fsync too
+    assert fsync.calls == [str(maildir / "new")] * 2
 
 
 def test_a_batch_adds_each_message_to_an_existing_maildirsize(tmp_path: Path) -> None:

@@ -599,7 +599,7 @@ def deliver_maildir_batch(
             if delivery.quota_bytes > 0:
                 results[index] = _deliver_one(delivery, directory_sync)
                 continue
-            item = _start_one(index, delivery)
+            item = _start_one(index, delivery, directory_sync)
             if isinstance(item, _Written):
                 written.append(item)
             else:
@@ -701,7 +701,9 @@ def _deliver_one(delivery: MaildirDelivery, directory_sync: DirectorySync) -> Pa
         return exc
 
 
-def _start_one(index: int, delivery: MaildirDelivery) -> _Written | Path | Exception:
+def _start_one(
+    index: int, delivery: MaildirDelivery, directory_sync: DirectorySync
+) -> _Written | Path | Exception:
     """Phase 1 of a batch for one message: the Maildir made sure of, the message written
     into ``tmp/`` and its write-back started, the descriptor left open. A Maildir removed
     since this process last saw it: :func:`deliver_maildir` whole (it creates it again)."""
@@ -722,7 +724,7 @@ def _start_one(index: int, delivery: MaildirDelivery) -> _Written | Path | Excep
     except DeliveryError as exc:
         if isinstance(exc.__cause__, FileNotFoundError) and known in _known_maildirs:
             _known_maildirs.discard(known)
-            return _deliver_one(delivery, DIRECTORY_SYNC)
+            return _deliver_one(delivery, directory_sync)
         return exc
     try:
         uid, gid = delivery.uid, delivery.gid
