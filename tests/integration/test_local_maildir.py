@@ -15,7 +15,14 @@ import pytest
 
 from roost.delivery.errors import DeliveryError, QuotaExceeded
 from roost.delivery.headers import delivery_headers
-from roost.delivery.maildir import DirectorySync, deliver_maildir, maildir_usage, unique_name
+from roost.delivery.maildir import (
+    DirectorySync,
+    MaildirDelivery,
+    deliver_maildir,
+    deliver_maildir_batch,
+    maildir_usage,
+    unique_name,
+)
 from tests.conftest import FailingReader, in_forked_child
 
 MESSAGE = b"Subject: hello\r\nFrom: bob@example.org\r\n\r\nline one\r\nline two\r\n"
@@ -300,3 +307,143 @@ def test_names_sort_in_delivery_order_across_a_tenth_of_a_second() -> None:
     later = unique_name("mx", now=1700000000.125)
     assert ".M062500P" in earlier
     assert sorted([later, earlier]) == [earlier, later]
+
+
+class CountingFsync:
+    """A directory fsync that records its calls and may fail for some directories."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.calls: list[str] = []
+        self.failing = failing
+
+    def __call__(self, directory: str) -> None:
+        self.calls.append(directory)
+        if directory in self.failing:
+            raise OSError(5, "Input/output error")
+        os.close(os.open(directory, os.O_RDONLY))
+
+
+def test_a_batch_writes_what_single_deliveries_write_with_one_fsync_per_new(
+    tmp_path: Path,
+) -> None:
+    alice, bob = tmp_path / "alice" / "Maildir", tmp_path / "bob" / "Maildir"
+    fsync = CountingFsync()
+    sync = DirectorySync(fsync)
+    big = b"Subject: big\r\n\r\n" + b"0123456789\r\n" * 20_000  # several writes
+    prepend = delivery_headers("bob@example.org", "alice@example.com")
+    with (tmp_path / "big.eml").open("wb") as handle:
+        handle.write(big)
+    with (tmp_path / "big.eml").open("rb") as from_file:
+        results = deliver_maildir_batch(
+            [
+                MaildirDelivery(alice, MESSAGE, prepend=prepend, hostname="mx.example.com"),
+                MaildirDelivery(bob, MESSAGE, hostname="mx.example.com"),
+                MaildirDelivery(alice, from_file, hostname="mx.example.com"),  # type: ignore[arg-type]
+            ],
+            directory_sync=sync,
+        )
+    single = deliver_maildir(tmp_path / "single", MESSAGE, prepend=prepend, hostname="h")
+    paths = [result for result in results if isinstance(result, Path)]
+    assert len(paths) == 3
+    assert paths[0].read_bytes() == single.read_bytes()
+    assert paths[2].read_bytes() == big.replace(b"\r\n", b"\n")
+    for path in paths:
+        match = NAME.fullmatch(path.name)
+        assert match is not None and int(match.group(6)) == path.stat().st_size
+    assert [p.parent for p in paths] == [alice / "new", bob / "new", alice / "new"]
+    assert entries(alice / "tmp") == [] and entries(bob / "tmp") == []
+    assert sorted(fsync.calls) == sorted([str(alice / "new"), str(bob / "new")])
+
+
+def test_a_failing_message_of_a_batch_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    reader = FailingReader(b"a" * 200_000, 70_000, OSError(5, "Input/output error"))
+    results = deliver_maildir_batch(
+        [
+            MaildirDelivery(maildir, MESSAGE),
+            MaildirDelivery(maildir, reader),  # type: ignore[arg-type]
+            MaildirDelivery(maildir, b"z\r\n" * 1000, size_limit=100),
+            MaildirDelivery(maildir, MESSAGE),
+        ]
+    )
+    assert isinstance(results[0], Path) and isinstance(results[3], Path)
+    assert isinstance(results[1], DeliveryError) and results[1].temporary
+    assert "error reading message" in results[1].text
+    assert isinstance(results[2], QuotaExceeded)
+    assert entries(maildir / "tmp") == []
+    assert entries(maildir / "new") == sorted([results[0].name, results[3].name])
+
+
+def test_a_failed_fsync_of_new_fails_the_messages_renamed_into_it(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    sync = DirectorySync(CountingFsync(failing=(str(bad / "new"),)))
+    results = deliver_maildir_batch(
+        [
+            MaildirDelivery(bad, MESSAGE),
+            MaildirDelivery(good, MESSAGE),
+            MaildirDelivery(bad, MESSAGE),
+        ],
+        directory_sync=sync,
+    )
+    assert isinstance(results[1], Path)
+    for failed in (results[0], results[2]):
+        assert isinstance(failed, DeliveryError) and failed.temporary
+        assert "Input/output error" in failed.text
+    assert entries(bad / "new") == [] and entries(bad / "tmp") == []
+    assert entries(good / "new") == [results[1].name]
+
+
+def test_a_batch_delivers_quota_messages_one_after_the_other(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    size = len(MESSAGE.replace(b"\r\n", b"\n"))
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE, quota_bytes=size * 2) for _ in range(3)]
+    )
+    assert isinstance(results[0], Path) and isinstance(results[1], Path)
+    assert isinstance(results[2], QuotaExceeded)  # the first two filled the quota
+    assert len(entries(maildir / "new")) == 2
+
+
+def test_a_batch_creates_a_maildir_removed_since_the_last_delivery(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    shutil.rmtree(maildir)  # the process remembers it as complete
+    fsync = CountingFsync()
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE)] * 2, directory_sync=DirectorySync(fsync)
+    )
+    assert all(isinstance(result, Path) for result in results)
+    assert len(entries(maildir / "new")) == 2
+    # the first, delivered alone to create the Maildir again, used the batch's fsync too
+    assert fsync.calls == [str(maildir / "new")] * 2
+
+
+def test_a_batch_adds_each_message_to_an_existing_maildirsize(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    deliver_maildir(maildir, MESSAGE)
+    (maildir / "maildirsize").write_text("1000000S\n0 0\n")
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE), MaildirDelivery(maildir, b"Subject: x\r\n\r\nyz\r\n")]
+    )
+    sizes = [path.stat().st_size for path in results if isinstance(path, Path)]
+    assert len(sizes) == 2
+    lines = (maildir / "maildirsize").read_text().splitlines()
+    assert lines == ["1000000S", "0 0", f"{sizes[0]} 1", f"{sizes[1]} 1"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="changing owners needs root")
+def test_a_batch_gives_each_maildir_and_message_its_owner(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "vmail" / "alice", tmp_path / "vmail" / "bob"
+    results = deliver_maildir_batch(
+        [
+            MaildirDelivery(alice, MESSAGE, uid=65534, gid=65534),
+            MaildirDelivery(bob, MESSAGE, uid=65533, gid=65533),
+            MaildirDelivery(alice, MESSAGE, uid=65534, gid=65534),
+        ]
+    )
+    paths = [result for result in results if isinstance(result, Path)]
+    assert len(paths) == 3
+    for owner, maildir, messages in ((65534, alice, paths[::2]), (65533, bob, paths[1:2])):
+        for item in (maildir, maildir / "new", maildir / "tmp", maildir / "cur", *messages):
+            info = item.stat()
+            assert (info.st_uid, info.st_gid) == (owner, owner), item

@@ -23,9 +23,9 @@ import logging
 import os
 import pwd
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypedDict, TypeVar
+from typing import BinaryIO, Final, TypedDict, TypeVar
 
 from roost.address import AddressError, parse_mailbox, split_extension
 from roost.auth.users import UserBackendError, UserDatabase
@@ -44,8 +44,8 @@ from roost.delivery.command import CommandEnvironment, deliver_command
 from roost.delivery.errors import DeliveryError
 from roost.delivery.forward import find_forward, forward_paths, read_include
 from roost.delivery.headers import delivered_to_addresses, delivery_headers
-from roost.delivery.mailbox import Account, LocalConfig, resolve_mailbox
-from roost.delivery.maildir import deliver_maildir
+from roost.delivery.mailbox import Account, LocalConfig, Mailbox, resolve_mailbox
+from roost.delivery.maildir import MaildirDelivery, deliver_maildir, deliver_maildir_batch
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
 from roost.delivery.router import Destination, Router, parse_recipient
@@ -70,10 +70,100 @@ _T = TypeVar("_T")
 
 async def _in_thread(function: Callable[..., _T], /, *args: object) -> _T:
     """Run a blocking call in the delivery threads."""
+    return await asyncio.get_running_loop().run_in_executor(_executor(), function, *args)
+
+
+#: Most virtual deliveries one thread hand-off carries (:class:`_VirtualBatches`).
+BATCH_LIMIT: Final = 32
+#: Batches of virtual deliveries written at the same time, each by one delivery thread.
+#: Under load the deliveries ready together share a thread hand-off, a loop wake-up and
+#: the fsync of ``new/``; a lone delivery starts a batch of its own at once.
+BATCH_RUNNERS: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _VirtualItem:
+    """One recipient of a virtual mailbox domain waiting for its batch."""
+
+    job: DeliveryJob
+    index: int
+    local_part: str
+    domain: str
+    original: str | None
+
+
+_Outcome = RecipientResult | BaseException
+
+
+class _VirtualBatches:
+    """Gathers the virtual deliveries ready at the same time into batches, each written by
+    one delivery thread (:meth:`LocalTransport._virtual_many_sync`): one thread hand-off
+    and one loop wake-up per batch instead of per message. Event loop only.
+
+    Args:
+        run: the blocking function that delivers one batch, one outcome per item.
+    """
+
+    def __init__(self, run: Callable[[list[_VirtualItem]], list[_Outcome]]) -> None:
+        self._run = run
+        self._pending: list[tuple[_VirtualItem, asyncio.Future[RecipientResult]]] = []
+        self._running = 0
+        self._scheduled = False
+
+    async def deliver(self, item: _VirtualItem) -> RecipientResult:
+        """Deliver one recipient with the next batch; its result.
+
+        Raises:
+            DeliveryError: as :meth:`LocalTransport._virtual_sync` raises it.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RecipientResult] = loop.create_future()
+        self._pending.append((item, future))
+        if not self._scheduled and self._running < BATCH_RUNNERS:
+            # after the other tasks of this loop iteration: what they add joins the batch
+            self._scheduled = True
+            loop.call_soon(self._start, loop)
+        return await future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        while self._pending and self._running < BATCH_RUNNERS:
+            free = BATCH_RUNNERS - self._running
+            size = min(BATCH_LIMIT, -(-len(self._pending) // free))
+            batch, self._pending = self._pending[:size], self._pending[size:]
+            self._running += 1
+            done = loop.run_in_executor(_executor(), self._run, [item for item, _ in batch])
+            done.add_done_callback(functools.partial(self._finished, loop, batch))
+
+    def _finished(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[_VirtualItem, asyncio.Future[RecipientResult]]],
+        done: asyncio.Future[list[_Outcome]],
+    ) -> None:
+        self._running -= 1
+        if done.cancelled():
+            outcomes: list[_Outcome] = [asyncio.CancelledError()] * len(batch)
+        elif (error := done.exception()) is not None:
+            outcomes = [error] * len(batch)
+        else:
+            outcomes = done.result()
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        if self._pending:
+            self._start(loop)
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(DELIVERY_THREADS, "roost-local")
-    return await asyncio.get_running_loop().run_in_executor(_pool, function, *args)
+    return _pool
 
 
 def _system_account(name: str) -> Account | None:
@@ -109,6 +199,10 @@ class LocalTransport:
     system_accounts: Callable[[str], Account | None] = _system_account
     name: str = "local"
     system_delivery: SystemDelivery | None = None
+    _batches: _VirtualBatches = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._batches = _VirtualBatches(self._virtual_many_sync)
 
     def _as_user(self, uid: int | None) -> SystemDelivery | None:
         """The privileged helper when ``uid`` is not the daemon's own (one indirection)."""
@@ -155,10 +249,10 @@ class LocalTransport:
         domain = address.domain_key if address.domain else ""
         original = _orcpt_address(recipient)
         if self.router.destination(address) is Destination.VIRTUAL:
-            # the user lookup and the mailbox write in one thread hand-off
-            return await _in_thread(
-                self._virtual_sync, job, index, address.local_part, domain, original
-            )
+            # the user lookup and the mailbox write in one thread hand-off, shared with
+            # the other virtual deliveries ready now
+            item = _VirtualItem(job, index, address.local_part, domain, original)
+            return await self._batches.deliver(item)
         expansion = await self._expand(recipient.address, await seen())
         return await self._deliver_expansion(job, index, expansion, domain, original)
 
@@ -177,6 +271,95 @@ class LocalTransport:
         target = AddressTarget(f"{local_part}@{domain}", True, base, extension, domain)
         where = self._to_mailbox_sync(job, target, account, domain, original)
         return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
+
+    def _virtual_many_sync(self, items: list[_VirtualItem]) -> list[_Outcome]:
+        """Deliver a batch of virtual recipients (blocking); one outcome per item.
+
+        A recipient whose mail goes to a Maildir INBOX written by this process joins one
+        :func:`deliver_maildir_batch`; any other (unknown user, mbox, a folder, the
+        privileged helper's rights) is delivered alone by :meth:`_virtual_sync`, as
+        before. An outcome is the result, or the exception its delivery raised
+        (``DeliveryError`` for a deferral or bounce).
+        """
+        outcomes: list[_Outcome | None] = [None] * len(items)
+        batched: list[tuple[int, Path]] = []  # (position in items, Maildir)
+        deliveries: list[MaildirDelivery] = []
+        opened: list[BinaryIO] = []  # queue files of messages not read into memory
+        config = self.config
+        # the batch's recipients are mostly the same few: one lookup each per batch
+        found: dict[tuple[str, str], tuple[AddressTarget, Mailbox] | None] = {}
+        try:
+            for position, item in enumerate(items):
+                try:
+                    key = (item.local_part, item.domain)
+                    if key in found:
+                        simple = found[key]
+                    else:
+                        simple = found[key] = self._virtual_simple_sync(item)
+                    if simple is None:
+                        outcomes[position] = self._virtual_sync(
+                            item.job, item.index, item.local_part, item.domain, item.original
+                        )
+                        continue
+                    target, mailbox = simple
+                    prepend = delivery_headers(
+                        item.job.envelope.envelope_sender,
+                        target.delivered_to,
+                        original_recipient=item.original or target.original_recipient,
+                    )
+                    message: MessageSource
+                    if item.job.content is not None:
+                        message = item.job.content
+                    else:
+                        message = item.job.open_content()
+                        opened.append(message)
+                except Exception as exc:
+                    outcomes[position] = exc
+                    continue
+                batched.append((position, mailbox.path))
+                deliveries.append(
+                    MaildirDelivery(
+                        mailbox.path,
+                        message,
+                        prepend=prepend,
+                        uid=mailbox.uid,
+                        gid=mailbox.gid,
+                        quota_bytes=mailbox.quota_bytes,
+                        size_limit=config.mailbox_size_limit,
+                        hostname=config.hostname,
+                    )
+                )
+            written = deliver_maildir_batch(deliveries) if deliveries else []
+        finally:
+            for handle in opened:
+                handle.close()
+        notified: set[Path] = set()
+        for (position, maildir), result in zip(batched, written, strict=True):
+            if isinstance(result, Exception):
+                outcomes[position] = result
+                continue
+            if maildir not in notified:  # IMAP IDLE and POP3 learn at once
+                notified.add(maildir)
+                notify_delivery(maildir)
+            outcomes[position] = RecipientResult(
+                items[position].index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual"
+            )
+        return [
+            outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes
+        ]
+
+    def _virtual_simple_sync(self, item: _VirtualItem) -> tuple[AddressTarget, Mailbox] | None:
+        """The target and mailbox of a virtual recipient whose mail goes to a Maildir INBOX
+        written in this process; None for any other case (:meth:`_virtual_sync` does it)."""
+        local_part, domain = item.local_part, item.domain
+        account = self._virtual_account_sync(f"{local_part}@{domain}")
+        if account is None:
+            return None  # unknown, or an extension to look up without it
+        mailbox = resolve_mailbox(account, self.config, domain)
+        if mailbox.kind != "maildir" or self._as_user(mailbox.uid) is not None:
+            return None
+        target = AddressTarget(f"{local_part}@{domain}", True, local_part, None, domain)
+        return target, mailbox
 
     async def _expand(self, address: str, seen: Collection[str]) -> Expansion:
         domain = address.rpartition("@")[2].lower() if "@" in address else ""

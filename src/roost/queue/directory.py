@@ -277,10 +277,15 @@ def parse_trailer(trailer: bytes, file_size: int) -> QueueFileLayout | None:
     if len(trailer) != TRAILER_LENGTH or not trailer.startswith(_TRAILER_MAGIC):
         return None
     fields = trailer[len(_TRAILER_MAGIC) : -1].split(b" ")
-    if trailer[-1:] != b"\n" or [len(f) for f in fields] != [16, 8, 8]:
+    if trailer[-1:] != b"\n" or len(fields) != 3:
+        return None
+    content_field, envelope_field, crc_field = fields
+    if len(content_field) != 16 or len(envelope_field) != 8 or len(crc_field) != 8:
         return None
     try:
-        content_length, envelope_length, crc = (int(f, 16) for f in fields)
+        content_length = int(content_field, 16)
+        envelope_length = int(envelope_field, 16)
+        crc = int(crc_field, 16)
     except ValueError:
         return None
     if content_length + envelope_length + TRAILER_LENGTH != file_size:
