@@ -39,6 +39,8 @@ __all__ = [
 
 #: The ``"v"`` written into every envelope. Readers reject other versions.
 ENVELOPE_VERSION: Final = 1
+#: One encoder for every envelope (``json.dumps`` with options builds one per call).
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class EnvelopeError(ValueError):
@@ -340,7 +342,7 @@ class Envelope:
         }
         if self.delay_warned:  # optional: older readers ignore it
             document["delay_warned"] = True
-        return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(document)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:

@@ -1181,7 +1181,9 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
 
 #: Per session class: the attributes aiosmtpd's ``SMTP.__init__`` sets on top of
 #: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them.
-_INIT_TEMPLATES: dict[type[SMTP], dict[str, Any]] = {}
+#: Each entry: (name, how, value), ``how`` one of the ``_KEEP`` ... ``_REBIND`` below.
+_INIT_TEMPLATES: dict[type[SMTP], list[tuple[str, int, Any]]] = {}
+_KEEP, _METHOD, _METHODS, _COPY, _REBIND = range(5)
 
 
 def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) -> None:
@@ -1217,7 +1219,7 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
             loop=session.loop,
         )
         own = set(vars(session)) - set(vars(probe))
-        _INIT_TEMPLATES[cls] = {name: vars(session)[name] for name in own}
+        _INIT_TEMPLATES[cls] = [_template_entry(name, vars(session)[name]) for name in sorted(own)]
         return
     loop = asyncio.get_event_loop()
     asyncio.StreamReaderProtocol.__init__(
@@ -1227,12 +1229,40 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
         loop=loop,
     )
     attributes = vars(session)
-    for name, value in template.items():
-        attributes[name] = _rebind(value, session)
+    method_type = types.MethodType
+    for name, how, value in template:
+        if how == _KEEP:
+            attributes[name] = value
+        elif how == _METHOD:
+            attributes[name] = method_type(value, session)
+        elif how == _METHODS:
+            attributes[name] = {key: method_type(function, session) for key, function in value}
+        elif how == _COPY:
+            attributes[name] = value.copy()
+        else:
+            attributes[name] = _rebind(value, session)
     session.loop = loop
     session.hostname = hostname
     session.__ident__ = ident
     session._timeout_duration = timeout
+
+
+def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
+    """How :func:`_init_aiosmtpd` copies a template attribute (the cases of
+    :func:`_rebind`, sorted out once per class instead of once per session)."""
+    if _own_method(value):
+        return name, _METHOD, value.__func__
+    if isinstance(value, collections.defaultdict | collections.OrderedDict | list | set):
+        return name, _COPY, value
+    if type(value) is dict and all(_own_method(item) for item in value.values()):
+        return name, _METHODS, tuple((key, item.__func__) for key, item in value.items())
+    if isinstance(value, dict | tuple | collections.deque):
+        return name, _REBIND, value
+    return name, _KEEP, value
+
+
+def _own_method(value: Any) -> bool:
+    return isinstance(value, types.MethodType) and isinstance(value.__self__, SMTP)
 
 
 def _rebind(value: Any, session: SMTP) -> Any:
