@@ -202,6 +202,8 @@ class SMTPSession(SMTP):
         self._armed_for = 0.0  # loop time at which the idle timer fires
         self._data_finished = asyncio.Event()
         self._data_finished.set()
+        # a committed message's log lines, written after its reply (smtp_DATA)
+        self._queued: tuple[str, _Transaction, int, bytes | None, MessageWriter] | None = None
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -246,11 +248,14 @@ class SMTPSession(SMTP):
         run the command loop."""
         if self.config.peername_lookup and self.client_address != "unknown":
             self.client_name = await client_name(self.client_address)
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        # after the greeting, off the client's path (still the session's first line)
         self.log.info("connect from %s", self.client)
         await self._command_loop()
 
     async def _command_loop(self) -> None:
-        """Greet, then read, check and dispatch command lines until the connection ends.
+        """Read, check and dispatch command lines until the connection ends (after the
+        greeting, :meth:`_handle_client`).
 
         aiosmtpd's ``SMTP._handle_client`` with its behaviour kept (its replies, which
         :meth:`push` maps to ours, its command line limits, the TLS checks and its
@@ -261,7 +266,6 @@ class SMTPSession(SMTP):
         (:meth:`_send`). aiosmtpd's PROXY protocol and per-command call limits are not
         used by roost (our error and junk command limits replace them).
         """
-        await self.push(f"220 {self.hostname} {self.__ident__}")
         reader = self._reader
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         methods: dict[str, Callable[[str | None], Any]] = self._smtp_methods
@@ -911,6 +915,7 @@ class SMTPSession(SMTP):
             return
         writer = self.shared.spool.new_message()
         self._data_finished.clear()
+        self._queued = None
         try:
             try:
                 answer = await self._receive(transaction, writer)
@@ -920,6 +925,11 @@ class SMTPSession(SMTP):
             await self.reply(answer, "DATA")
         finally:
             self._data_finished.set()
+            # the message's log lines after its 250: off the path to the client's next
+            # command (the log writer writes them a moment later anyway)
+            if self._queued is not None:
+                self._log_queued(*self._queued)
+                self._queued = None
 
     async def _receive(self, transaction: _Transaction, writer: MessageWriter) -> Reply:
         await self._send(reply.START_DATA)
@@ -995,7 +1005,7 @@ class SMTPSession(SMTP):
             queue_id = await writer.commit(envelope)
         except SpoolError as exc:
             return self._spool_failure(exc)
-        self._log_queued(queue_id, transaction, size, has_id, writer)
+        self._queued = (queue_id, transaction, size, has_id, writer)
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
     def _spool_failure(self, error: SpoolError) -> Reply:
