@@ -952,3 +952,40 @@ async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
         later = await spool.enqueue(make_envelope(), MESSAGE)
         assert later > ids[-1]
     assert sorted(os.listdir(incoming)) == [*ids, later]
+
+
+def committer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("roost-spool-commit")]
+
+
+async def test_close_stops_the_committer_threads(tmp_path: Path) -> None:
+    before = committer_threads()
+    async with Spool(tmp_path / "q") as spool:
+        await spool.enqueue(make_envelope(), MESSAGE)
+        started = [t for t in committer_threads() if t not in before]
+        assert len(started) == 1  # group commit: one committer
+    assert not [t for t in started if t.is_alive()]
+
+
+async def test_without_group_commit_batches_run_in_parallel_committer_threads(
+    tmp_path: Path,
+) -> None:
+    # Each of two commits waits in its batch for the other to start: they can only both
+    # finish if two committer threads run at once (the barrier's timeout only ends a hang).
+    barrier = threading.Barrier(2, timeout=30)
+    names: list[str] = []
+    before = committer_threads()
+    async with Spool(tmp_path / "q", group_commit=False, io_threads=4) as spool:
+        run_batch = spool.directory.run_batch
+
+        def meeting(jobs: object) -> None:
+            names.append(threading.current_thread().name)
+            barrier.wait()
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = meeting  # type: ignore[method-assign]
+        ids = await asyncio.gather(*(spool.enqueue(make_envelope(), MESSAGE) for _ in range(2)))
+        assert await spool.scan(QueueName.INCOMING) == sorted(ids)
+        assert len(set(names)) == 2
+        started = [t for t in committer_threads() if t not in before]
+    assert started and not [t for t in started if t.is_alive()]

@@ -641,10 +641,12 @@ class _Committers:
     the way there and back (no ``concurrent.futures.Future`` with its condition and
     callbacks, no future chaining): one ``SimpleQueue.put`` wakes a waiting thread, one
     ``call_soon_threadsafe`` hands the result back. With one SMTP session this round trip
-    is on every message's path to the ``250``. Threads start when first needed.
+    is on every message's path to the ``250``. Threads start when first needed: a new
+    one while every thread started so far has a call (as a ``ThreadPoolExecutor`` would),
+    up to ``count``. Used from one event loop's thread only.
     """
 
-    __slots__ = ("_count", "_name", "_queue", "_threads")
+    __slots__ = ("_busy", "_count", "_name", "_queue", "_threads")
 
     def __init__(self, count: int, name: str) -> None:
         self._count = count
@@ -656,6 +658,7 @@ class _Committers:
             | None
         ] = queue_module.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._busy = 0  # calls submitted and not yet answered (counted in the loop)
 
     def submit(
         self, loop: asyncio.AbstractEventLoop, function: Callable[..., _T], *args: Any
@@ -663,7 +666,8 @@ class _Committers:
         """Run ``function(*args)`` in a committer thread; the returned future (of ``loop``)
         gets its result or exception. Cancelling the future does not stop the call."""
         future: asyncio.Future[_T] = loop.create_future()
-        if not self._threads or (len(self._threads) < self._count and not self._queue.empty()):
+        self._busy += 1
+        if self._busy > len(self._threads) and len(self._threads) < self._count:
             self._start_thread()
         self._queue.put((loop, future, function, args))
         return future
@@ -683,26 +687,34 @@ class _Committers:
                 result = function(*args)
             except BaseException as exc:  # handed to the caller, as an executor would
                 with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(_resolve, future, None, exc)
+                    loop.call_soon_threadsafe(self._resolve, future, None, exc)
             else:
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_resolve, future, result, None)
+                    loop.call_soon_threadsafe(self._resolve, future, result, None)
             del item, future, function, args
 
-    def shutdown(self) -> None:
-        """Let the threads end once the work queued so far is done (not waiting)."""
-        for _ in self._threads:
+    def _resolve(
+        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
+    ) -> None:
+        self._busy -= 1
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the threads: each ends after the calls queued before this, and this waits
+        for them up to ``timeout`` seconds in all (the spool calls it with no batch left,
+        so the threads are idle and end at once)."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
             self._queue.put(None)
-        self._threads = []
-
-
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._busy = 0
 
 
 class _State(enum.Enum):
