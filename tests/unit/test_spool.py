@@ -310,6 +310,14 @@ def test_any_valid_envelope_survives_json(envelope: Envelope) -> None:
     assert Envelope.from_json(envelope.to_json().encode("utf-8")) == envelope
 
 
+@given(_envelopes)
+def test_the_envelope_text_is_what_json_dumps_writes(envelope: Envelope) -> None:
+    # to_json's encoder is made once (json's C encoder); the text stays json.dumps's
+    document = json.loads(envelope.to_json())
+    expected = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert envelope.to_json() == expected
+
+
 @given(st.binary(max_size=200) | st.text(max_size=200))
 def test_from_json_never_fails_with_anything_but_envelope_error(junk: bytes | str) -> None:
     with contextlib.suppress(EnvelopeError):
