@@ -73,6 +73,9 @@ from roost.tls import describe_tls
 __all__ = ["SMTPSession", "SessionConfig", "Shared"]
 
 _DATA_CHUNK: Final = 256 * 1024
+#: The loggers of the Postfix programs whose lines a queued message gets (cleanup, qmgr).
+_CLEANUP_LOG: Final = logging.getLogger("roost.cleanup")
+_QMGR_LOG: Final = logging.getLogger("roost.qmgr")
 _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 
 
@@ -1089,8 +1092,8 @@ class SMTPSession(SMTP):
             if found_id is not None
             else message_id(queue_id, self.config.hostname)
         )
-        logging.getLogger("roost.cleanup").info("%s: message-id=%s", queue_id, shown_id)
-        logging.getLogger("roost.qmgr").info(
+        _CLEANUP_LOG.info("%s: message-id=%s", queue_id, shown_id)
+        _QMGR_LOG.info(
             "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
             queue_id,
             transaction.sender,
@@ -1193,7 +1196,7 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
 #: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them.
 #: Each entry: (name, how, value), ``how`` one of the ``_KEEP`` ... ``_REBIND`` below.
 _INIT_TEMPLATES: dict[type[SMTP], list[tuple[str, int, Any]]] = {}
-_KEEP, _METHOD, _METHODS, _COPY, _REBIND = range(5)
+_KEEP, _METHOD, _METHODS, _RECORDS, _COPY, _REBIND = range(6)
 
 
 def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) -> None:
@@ -1247,6 +1250,11 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
             attributes[name] = method_type(value, session)
         elif how == _METHODS:
             attributes[name] = {key: method_type(function, session) for key, function in value}
+        elif how == _RECORDS:
+            attributes[name] = {
+                key: make([method_type(item, session) if bound else item for bound, item in items])
+                for key, make, items in value
+            }
         elif how == _COPY:
             attributes[name] = value.copy()
         else:
@@ -1266,6 +1274,16 @@ def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
         return name, _COPY, value
     if type(value) is dict and all(_own_method(item) for item in value.values()):
         return name, _METHODS, tuple((key, item.__func__) for key, item in value.items())
+    if type(value) is dict and all(_is_record(item) for item in value.values()):
+        # aiosmtpd's _auth_methods: {name: _AuthMechAttr(bound method, flag)}
+        return (
+            name,
+            _RECORDS,
+            tuple(
+                (key, type(item)._make, tuple(_record_field(field) for field in item))
+                for key, item in value.items()
+            ),
+        )
     if isinstance(value, dict | tuple | collections.deque):
         return name, _REBIND, value
     return name, _KEEP, value
@@ -1273,6 +1291,23 @@ def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
 
 def _own_method(value: Any) -> bool:
     return isinstance(value, types.MethodType) and isinstance(value.__self__, SMTP)
+
+
+def _is_record(value: Any) -> bool:
+    """A named tuple whose fields are our own bound methods or plain values (what
+    :func:`_rebind` copies field by field)."""
+    return (
+        isinstance(value, tuple)
+        and hasattr(value, "_make")
+        and not any(isinstance(field, dict | list | set | tuple) for field in value)
+    )
+
+
+def _record_field(value: Any) -> tuple[bool, Any]:
+    """(rebind?, the function or the value) for one field of a :func:`_is_record` tuple."""
+    if _own_method(value):
+        return True, value.__func__
+    return False, value
 
 
 def _rebind(value: Any, session: SMTP) -> Any:
