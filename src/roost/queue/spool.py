@@ -667,7 +667,8 @@ class _Committers:
         gets its result or exception. Cancelling the future does not stop the call."""
         future: asyncio.Future[_T] = loop.create_future()
         self._busy += 1
-        if self._busy > len(self._threads) and len(self._threads) < self._count:
+        started = len(self._threads)
+        if started < self._count and (self._busy > started or not started):
             self._start_thread()
         self._queue.put((loop, future, function, args))
         return future
