@@ -310,6 +310,14 @@ def test_any_valid_envelope_survives_json(envelope: Envelope) -> None:
     assert Envelope.from_json(envelope.to_json().encode("utf-8")) == envelope
 
 
+@given(_envelopes)
+def test_the_envelope_text_is_what_json_dumps_writes(envelope: Envelope) -> None:
+    # to_json's encoder is made once (json's C encoder); the text stays json.dumps's
+    document = json.loads(envelope.to_json())
+    expected = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert envelope.to_json() == expected
+
+
 @given(st.binary(max_size=200) | st.text(max_size=200))
 def test_from_json_never_fails_with_anything_but_envelope_error(junk: bytes | str) -> None:
     with contextlib.suppress(EnvelopeError):
@@ -952,3 +960,40 @@ async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
         later = await spool.enqueue(make_envelope(), MESSAGE)
         assert later > ids[-1]
     assert sorted(os.listdir(incoming)) == [*ids, later]
+
+
+def committer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("roost-spool-commit")]
+
+
+async def test_close_stops_the_committer_threads(tmp_path: Path) -> None:
+    before = committer_threads()
+    async with Spool(tmp_path / "q") as spool:
+        await spool.enqueue(make_envelope(), MESSAGE)
+        started = [t for t in committer_threads() if t not in before]
+        assert len(started) == 1  # group commit: one committer
+    assert not [t for t in started if t.is_alive()]
+
+
+async def test_without_group_commit_batches_run_in_parallel_committer_threads(
+    tmp_path: Path,
+) -> None:
+    # Each of two commits waits in its batch for the other to start: they can only both
+    # finish if two committer threads run at once (the barrier's timeout only ends a hang).
+    barrier = threading.Barrier(2, timeout=30)
+    names: list[str] = []
+    before = committer_threads()
+    async with Spool(tmp_path / "q", group_commit=False, io_threads=4) as spool:
+        run_batch = spool.directory.run_batch
+
+        def meeting(jobs: object) -> None:
+            names.append(threading.current_thread().name)
+            barrier.wait()
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = meeting  # type: ignore[method-assign]
+        ids = await asyncio.gather(*(spool.enqueue(make_envelope(), MESSAGE) for _ in range(2)))
+        assert await spool.scan(QueueName.INCOMING) == sorted(ids)
+        assert len(set(names)) == 2
+        started = [t for t in committer_threads() if t not in before]
+    assert started and not [t for t in started if t.is_alive()]

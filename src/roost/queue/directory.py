@@ -1037,7 +1037,12 @@ class QueueDirectory:
             failed_ids = {id(job) for job in failed}
             live[:] = [job for job in live if id(job) not in failed_ids]
 
-        live[:] = [job for job in live if job.prepared or self.prepare_job(job)]
+        # Starting the writeback of each file as it is written lets the first flushes of a
+        # batch overlap the writes of the rest; a batch of one flushes at once.
+        writeback = len(live) > 1
+        live[:] = [
+            job for job in live if job.prepared or self.prepare_job(job, writeback=writeback)
+        ]
 
         failed = self._flush_files(live)
         drop(failed)
@@ -1065,11 +1070,16 @@ class QueueDirectory:
         for job in live:
             job.finish(self)
 
-    def prepare_job(self, job: _Job) -> bool:
+    def prepare_job(self, job: _Job, *, writeback: bool = True) -> bool:
         """Run a job's first phase (writing its new files) ahead of its batch.
 
         The spool calls this from its I/O threads so that writing overlaps the committer's
         fsyncs; :meth:`run_batch` calls it for jobs not yet prepared.
+
+        Args:
+            job: the job.
+            writeback: start the writeback of its new files at once (``sync_file_range``),
+                so that they reach the disk while the rest of a batch is written.
 
         Returns:
             True on success; False after a failure (``job.error`` is set and the job rolled
@@ -1082,7 +1092,7 @@ class QueueDirectory:
             job.rollback(self)
             return False
         job.prepared = True
-        if self.sync_method is SyncMethod.FSYNC:
+        if writeback and self.sync_method is SyncMethod.FSYNC:
             for fd in job.sync_fds:
                 _start_writeback(fd)
         return True

@@ -39,6 +39,37 @@ __all__ = [
 
 #: The ``"v"`` written into every envelope. Readers reject other versions.
 ENVELOPE_VERSION: Final = 1
+#: One encoder for every envelope (``json.dumps`` with options builds one per call).
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _c_encoder() -> Callable[[object], str] | None:
+    """The C encoder behind :data:`_ENCODER`, made once: ``JSONEncoder.encode`` makes a new
+    one per call, half the cost of encoding an envelope. The same text (its arguments are
+    what ``encode`` passes), without the circular-reference check: an envelope's document
+    is a fresh tree. None where CPython's ``_json`` is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    encoder = make(
+        None,  # markers: no circular-reference check
+        _ENCODER.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(document: object) -> str:
+        return "".join(encoder(document, 0))
+
+    return encode
+
+
+_ENCODE: Final = _c_encoder() or _ENCODER.encode
 
 
 class EnvelopeError(ValueError):
@@ -340,7 +371,7 @@ class Envelope:
         }
         if self.delay_warned:  # optional: older readers ignore it
             document["delay_warned"] = True
-        return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _ENCODE(document)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:

@@ -17,7 +17,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -86,6 +86,10 @@ def interface_networks(style: str) -> list[Network]:
     return sorted(set(networks), key=lambda n: (n.version, n))
 
 
+#: Addresses whose network match a :class:`NetworkMatcher` remembers (then it starts over).
+_KNOWN_LIMIT: Final = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkMatcher:
     """Tells whether a client address is trusted.
@@ -97,19 +101,36 @@ class NetworkMatcher:
 
     networks: tuple[Network, ...]
     tables: tuple[LookupTable, ...] = ()
+    # address text -> (in the networks, the parsed address for the tables); the same
+    # client asks once per connection and per recipient
+    _known: dict[str, tuple[bool, str | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __contains__(self, address: object) -> bool:
         if not isinstance(address, str):
             return False
+        known = self._known.get(address)
+        if known is None:
+            known = self._match_networks(address)
+            if len(self._known) >= _KNOWN_LIMIT:
+                self._known.clear()
+            self._known[address] = known
+        in_networks, parsed = known
+        if in_networks:
+            return True
+        if parsed is None:
+            return False
+        return any(table.lookup(parsed) is not None for table in self.tables)
+
+    def _match_networks(self, address: str) -> tuple[bool, str | None]:
         try:
             parsed = ipaddress.ip_address(address.strip("[]"))
         except ValueError:
-            return False
+            return False, None
         if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
             parsed = parsed.ipv4_mapped
-        if any(parsed.version == n.version and parsed in n for n in self.networks):
-            return True
-        return any(table.lookup(str(parsed)) is not None for table in self.tables)
+        return any(parsed.version == n.version and parsed in n for n in self.networks), str(parsed)
 
     def describe(self) -> str:
         """The networks as ``postconf -x mynetworks`` would show them."""

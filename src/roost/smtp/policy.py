@@ -123,6 +123,10 @@ class Decision:
         return self.action in (Action.PERMIT, Action.DUNNO)
 
 
+#: "No decision" (frozen: one instance serves every evaluation).
+_DUNNO: Final = Decision(Action.DUNNO)
+
+
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What is known about the SMTP session when a restriction list is evaluated.
@@ -281,7 +285,10 @@ class Policy:
     async def check_recipient(self, facts: Facts) -> Decision:
         """Evaluate every list for one RCPT TO, then the implicit unlisted-recipient check."""
         for list_name, what in LISTS:
-            decision = await self._evaluate(self.lists.get(list_name, ()), facts, what)
+            restrictions = self.lists.get(list_name)
+            if not restrictions:  # most lists are empty: no coroutine for them
+                continue
+            decision = await self._evaluate(restrictions, facts, what)
             if not decision.accepted:
                 return decision
         if (
@@ -290,7 +297,7 @@ class Policy:
             and facts.destination in (Destination.LOCAL, Destination.VIRTUAL)
         ):
             return await self._unlisted(facts)
-        return Decision(Action.DUNNO)
+        return _DUNNO
 
     async def _evaluate(
         self, restrictions: Iterable[Restriction], facts: Facts, what: str
@@ -299,7 +306,7 @@ class Policy:
             decision = await self._apply(restriction, facts, what)
             if decision.action is not Action.DUNNO:
                 return decision
-        return Decision(Action.DUNNO)
+        return _DUNNO
 
     async def _apply(self, restriction: Restriction, facts: Facts, what: str) -> Decision:
         name = restriction.name
@@ -345,7 +352,7 @@ class Policy:
             return await self._login_mismatch(sender, facts, rule)
         elif restriction.table is not None:
             return await self._access(restriction, facts, what)
-        return Decision(Action.DUNNO)
+        return _DUNNO
 
     def _authorized_destination(self, recipient: Address, destination: Destination) -> bool:
         """Postfix's reject_unauth_destination: ours or relayed for, and no routing tricks."""
@@ -357,7 +364,7 @@ class Policy:
         assert facts.recipient is not None
         status = await self.checks.recipient_status(facts.recipient)
         if status is RecipientStatus.KNOWN:
-            return Decision(Action.DUNNO)
+            return _DUNNO
         prefix = _bracket(str(facts.recipient))
         if status is RecipientStatus.TEMPFAIL:
             return self._refuse(reply.RECIPIENT_LOOKUP_FAILED, prefix, "reject_unlisted_recipient")
@@ -378,13 +385,13 @@ class Policy:
         if facts.sasl_username is None:
             if owners:
                 return self._refuse(reply.SENDER_NOT_LOGGED_IN, prefix, rule)
-            return Decision(Action.DUNNO)
+            return _DUNNO
         login = facts.sasl_username.lower()
         if owners is None or login not in {owner.lower() for owner in owners}:
             base = reply.SENDER_LOGIN_MISMATCH
             text = base.text.format(user=facts.sasl_username)
             return self._refuse(Reply(base.code, base.enhanced, text), prefix, rule)
-        return Decision(Action.DUNNO)
+        return _DUNNO
 
     def _subject(self, facts: Facts, what: str) -> str:
         if what == "Client host":
@@ -423,7 +430,7 @@ class Policy:
                 return self._refuse(base, self._subject(facts, what), str(restriction))
             if value is not None:
                 return await self._access_result(value, facts, what, str(restriction))
-        return Decision(Action.DUNNO)
+        return _DUNNO
 
     async def _access_result(self, value: str, facts: Facts, what: str, rule: str) -> Decision:
         word, _, text = value.strip().partition(" ")

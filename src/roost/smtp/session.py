@@ -73,6 +73,9 @@ from roost.tls import describe_tls
 __all__ = ["SMTPSession", "SessionConfig", "Shared"]
 
 _DATA_CHUNK: Final = 256 * 1024
+#: The loggers of the Postfix programs whose lines a queued message gets (cleanup, qmgr).
+_CLEANUP_LOG: Final = logging.getLogger("roost.cleanup")
+_QMGR_LOG: Final = logging.getLogger("roost.qmgr")
 _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 
 
@@ -202,6 +205,8 @@ class SMTPSession(SMTP):
         self._armed_for = 0.0  # loop time at which the idle timer fires
         self._data_finished = asyncio.Event()
         self._data_finished.set()
+        # a committed message's log lines, written after its reply (smtp_DATA)
+        self._queued: tuple[str, _Transaction, int, bytes | None, MessageWriter] | None = None
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -246,11 +251,14 @@ class SMTPSession(SMTP):
         run the command loop."""
         if self.config.peername_lookup and self.client_address != "unknown":
             self.client_name = await client_name(self.client_address)
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        # after the greeting, off the client's path (still the session's first line)
         self.log.info("connect from %s", self.client)
         await self._command_loop()
 
     async def _command_loop(self) -> None:
-        """Greet, then read, check and dispatch command lines until the connection ends.
+        """Read, check and dispatch command lines until the connection ends (after the
+        greeting, :meth:`_handle_client`).
 
         aiosmtpd's ``SMTP._handle_client`` with its behaviour kept (its replies, which
         :meth:`push` maps to ours, its command line limits, the TLS checks and its
@@ -261,7 +269,6 @@ class SMTPSession(SMTP):
         (:meth:`_send`). aiosmtpd's PROXY protocol and per-command call limits are not
         used by roost (our error and junk command limits replace them).
         """
-        await self.push(f"220 {self.hostname} {self.__ident__}")
         reader = self._reader
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         methods: dict[str, Callable[[str | None], Any]] = self._smtp_methods
@@ -911,6 +918,7 @@ class SMTPSession(SMTP):
             return
         writer = self.shared.spool.new_message()
         self._data_finished.clear()
+        self._queued = None
         try:
             try:
                 answer = await self._receive(transaction, writer)
@@ -920,6 +928,11 @@ class SMTPSession(SMTP):
             await self.reply(answer, "DATA")
         finally:
             self._data_finished.set()
+            # the message's log lines after its 250: off the path to the client's next
+            # command (the log writer writes them a moment later anyway)
+            if self._queued is not None:
+                self._log_queued(*self._queued)
+                self._queued = None
 
     async def _receive(self, transaction: _Transaction, writer: MessageWriter) -> Reply:
         await self._send(reply.START_DATA)
@@ -995,7 +1008,7 @@ class SMTPSession(SMTP):
             queue_id = await writer.commit(envelope)
         except SpoolError as exc:
             return self._spool_failure(exc)
-        self._log_queued(queue_id, transaction, size, has_id, writer)
+        self._queued = (queue_id, transaction, size, has_id, writer)
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
     def _spool_failure(self, error: SpoolError) -> Reply:
@@ -1079,8 +1092,8 @@ class SMTPSession(SMTP):
             if found_id is not None
             else message_id(queue_id, self.config.hostname)
         )
-        logging.getLogger("roost.cleanup").info("%s: message-id=%s", queue_id, shown_id)
-        logging.getLogger("roost.qmgr").info(
+        _CLEANUP_LOG.info("%s: message-id=%s", queue_id, shown_id)
+        _QMGR_LOG.info(
             "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
             queue_id,
             transaction.sender,
@@ -1181,7 +1194,9 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
 
 #: Per session class: the attributes aiosmtpd's ``SMTP.__init__`` sets on top of
 #: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them.
-_INIT_TEMPLATES: dict[type[SMTP], dict[str, Any]] = {}
+#: Each entry: (name, how, value), ``how`` one of the ``_KEEP`` ... ``_REBIND`` below.
+_INIT_TEMPLATES: dict[type[SMTP], list[tuple[str, int, Any]]] = {}
+_KEEP, _METHOD, _METHODS, _RECORDS, _COPY, _REBIND = range(6)
 
 
 def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) -> None:
@@ -1217,7 +1232,7 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
             loop=session.loop,
         )
         own = set(vars(session)) - set(vars(probe))
-        _INIT_TEMPLATES[cls] = {name: vars(session)[name] for name in own}
+        _INIT_TEMPLATES[cls] = [_template_entry(name, vars(session)[name]) for name in sorted(own)]
         return
     loop = asyncio.get_event_loop()
     asyncio.StreamReaderProtocol.__init__(
@@ -1227,12 +1242,72 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
         loop=loop,
     )
     attributes = vars(session)
-    for name, value in template.items():
-        attributes[name] = _rebind(value, session)
+    method_type = types.MethodType
+    for name, how, value in template:
+        if how == _KEEP:
+            attributes[name] = value
+        elif how == _METHOD:
+            attributes[name] = method_type(value, session)
+        elif how == _METHODS:
+            attributes[name] = {key: method_type(function, session) for key, function in value}
+        elif how == _RECORDS:
+            attributes[name] = {
+                key: make([method_type(item, session) if bound else item for bound, item in items])
+                for key, make, items in value
+            }
+        elif how == _COPY:
+            attributes[name] = value.copy()
+        else:
+            attributes[name] = _rebind(value, session)
     session.loop = loop
     session.hostname = hostname
     session.__ident__ = ident
     session._timeout_duration = timeout
+
+
+def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
+    """How :func:`_init_aiosmtpd` copies a template attribute (the cases of
+    :func:`_rebind`, sorted out once per class instead of once per session)."""
+    if _own_method(value):
+        return name, _METHOD, value.__func__
+    if isinstance(value, collections.defaultdict | collections.OrderedDict | list | set):
+        return name, _COPY, value
+    if type(value) is dict and all(_own_method(item) for item in value.values()):
+        return name, _METHODS, tuple((key, item.__func__) for key, item in value.items())
+    if type(value) is dict and all(_is_record(item) for item in value.values()):
+        # aiosmtpd's _auth_methods: {name: _AuthMechAttr(bound method, flag)}
+        return (
+            name,
+            _RECORDS,
+            tuple(
+                (key, type(item)._make, tuple(_record_field(field) for field in item))
+                for key, item in value.items()
+            ),
+        )
+    if isinstance(value, dict | tuple | collections.deque):
+        return name, _REBIND, value
+    return name, _KEEP, value
+
+
+def _own_method(value: Any) -> bool:
+    return isinstance(value, types.MethodType) and isinstance(value.__self__, SMTP)
+
+
+def _is_record(value: Any) -> bool:
+    """A named tuple whose fields are our own bound methods or plain values (what
+    :func:`_rebind` copies field by field)."""
+    return (
+        isinstance(value, tuple)
+        and hasattr(value, "_make")
+        and not any(isinstance(field, dict | list | set | tuple) for field in value)
+    )
+
+
+def _record_field(value: Any) -> tuple[bool, Any]:
+    """(rebind?, the function or the value) for one field of a :func:`_is_record` tuple."""
+    if _own_method(value):
+        return True, value.__func__
+    return False, value
 
 
 def _rebind(value: Any, session: SMTP) -> Any:
