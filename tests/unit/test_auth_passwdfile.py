@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from roost.auth.passwdfile import (
     hash_password,
     parse_passwd_file,
     parse_quota_rule,
+    retain_preloaded,
 )
 from roost.auth.users import (
     FailureReason,
@@ -322,6 +324,122 @@ def test_file_removed_after_loading_is_a_backend_error(tmp_path: Path) -> None:
     assert backend.verify("a", "one").ok
     path.unlink()
     assert backend.verify("a", "one").failure is FailureReason.BACKEND_ERROR
+
+
+def test_entries_are_parsed_again_from_their_lines() -> None:
+    data = (
+        b"# users\r\n"
+        b"a@x.test:{PLAIN}one:1001:1001::/home/a::userdb_quota_rule=*:storage=1K\r\n"
+        b"broken:{PLAIN}x:notanumber\n"
+        b"\n"
+        b"A@X.test:{PLAIN}second\n"
+        b"b:{PLAIN}two::::::nologin reason=gone\n"
+        b"c:{PLAIN}three"  # no newline at the end
+    )
+    parsed = parse_passwd_file(data, path="mem", default_domain="d.test")
+    assert list(parsed.entries) == ["a@x.test", "b", "c"]
+    assert len(parsed.entries) == 3 and "b" in parsed.entries and "zoe" not in parsed.entries
+    assert parsed.entries.get("zoe") is None
+    a = parsed.entries["a@x.test"]  # the first of the two lines, without its \r
+    assert (a.line, a.password, a.user.uid, a.user.home) == (2, "{PLAIN}one", 1001, "/home/a")
+    assert a.user.quota_bytes == 1024 and a.user.backend == "passwd-file:mem"
+    b = parsed.entries["b"]
+    assert (b.line, b.nologin, b.reason, b.user.address) == (6, True, "gone", "b@d.test")
+    c = parsed.entries["c"]
+    assert (c.line, c.password) == (7, "{PLAIN}three")
+    assert parsed.entries["c"] == c  # each read is a new record of the same line
+    assert [p.line for p in parsed.problems] == [3, 5]
+
+
+# --- reading before the fork (preload) ----------------------------------------------------
+
+
+@pytest.fixture
+def no_preloaded() -> Iterator[None]:
+    retain_preloaded([])
+    yield
+    retain_preloaded([])
+
+
+def reads(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("read" in record.getMessage() for record in caplog.records)
+
+
+def test_a_preloaded_file_is_not_read_again_by_later_backends(
+    tmp_path: Path, no_preloaded: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "u", "a:{PLAIN}one\n")
+    with caplog.at_level(logging.INFO, logger="roost.auth.passwdfile"):
+        assert PasswdFileBackend(path, default_domain="d.test").preload()
+        assert reads(caplog) == 1
+        later = PasswdFileBackend(path, default_domain="d.test")
+        assert later.verify("a", "one").ok
+        user = later.lookup("a")
+        assert user is not None and user.address == "a@d.test"
+        assert reads(caplog) == 1
+        # other settings shape the parse otherwise: that backend reads the file itself
+        other = PasswdFileBackend(path, default_domain="e.test")
+        user = other.lookup("a")
+        assert user is not None and user.address == "a@e.test"
+        assert reads(caplog) == 2
+
+
+def test_a_preloaded_file_that_changed_is_read_again(
+    tmp_path: Path, no_preloaded: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "u", "a:{PLAIN}one\n")
+    assert PasswdFileBackend(path).preload()
+    write(path, "a:{PLAIN}two\nb:{PLAIN}three\n")
+    with caplog.at_level(logging.INFO, logger="roost.auth.passwdfile"):
+        backend = PasswdFileBackend(path)
+        assert not backend.verify("a", "one").ok
+        assert backend.verify("a", "two").ok
+        assert backend.lookup("b") is not None
+        assert reads(caplog) == 1
+        # the new read replaced the kept one: the next backend starts from it
+        assert PasswdFileBackend(path).verify("b", "three").ok
+        assert reads(caplog) == 1
+
+
+def test_a_preloaded_file_removed_later_is_a_backend_error(
+    tmp_path: Path, no_preloaded: None
+) -> None:
+    path = write(tmp_path / "u", "a:{PLAIN}one\n")
+    assert PasswdFileBackend(path).preload()
+    path.unlink()
+    backend = PasswdFileBackend(path)
+    assert backend.verify("a", "one").failure is FailureReason.BACKEND_ERROR
+    with pytest.raises(LookupWouldBlock):  # a preloaded parse is not trusted unchecked
+        backend.lookup_nowait("a")
+    with pytest.raises(UserBackendError):
+        backend.lookup("a")
+
+
+def test_preloading_a_missing_file_keeps_nothing(tmp_path: Path, no_preloaded: None) -> None:
+    path = tmp_path / "u"
+    write(path, "a:{PLAIN}one\n")
+    assert PasswdFileBackend(path).preload()
+    path.unlink()
+    assert not PasswdFileBackend(path).preload()  # and the old parse is forgotten
+    backend = PasswdFileBackend(path)
+    result = backend.verify("a", "one")
+    assert result.failure is FailureReason.BACKEND_ERROR and str(path) in result.message
+    write(path, "a:{PLAIN}two\n")  # created later: read at the next use
+    assert backend.verify("a", "two").ok
+
+
+def test_retain_preloaded_forgets_the_files_no_backend_reads(
+    tmp_path: Path, no_preloaded: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = write(tmp_path / "kept", "a:{PLAIN}one\n")
+    dropped = write(tmp_path / "dropped", "b:{PLAIN}two\n")
+    assert PasswdFileBackend(kept).preload() and PasswdFileBackend(dropped).preload()
+    retain_preloaded([PasswdFileBackend(kept)])
+    with caplog.at_level(logging.INFO, logger="roost.auth.passwdfile"):
+        assert PasswdFileBackend(kept).verify("a", "one").ok
+        assert reads(caplog) == 0
+        assert PasswdFileBackend(dropped).verify("b", "two").ok
+        assert reads(caplog) == 1
 
 
 # --- through the database -----------------------------------------------------------------

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from roost.auth.passwdfile import PasswdFileBackend
+from roost.auth.passwdfile import PasswdFileBackend, retain_preloaded
 from roost.auth.users import UserBackend, UserBackendError, UserDatabase
 from roost.config import ConfigError, Settings
 
@@ -31,7 +31,12 @@ if TYPE_CHECKING:
     from roost.auth.ldap import LdapBackend
     from roost.auth.pam import PamBackend
 
-__all__ = ["build_user_database", "check_user_database", "password_modules"]
+__all__ = [
+    "build_user_database",
+    "check_user_database",
+    "password_modules",
+    "preload_user_database",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +97,29 @@ def build_user_database(settings: Settings) -> UserDatabase | None:
             backends.append(_pam_backend(settings, realm))
         else:
             raise settings.error("auth_backends", f"unknown backend {word!r} ({_EXPECTED})")
+    retain_preloaded(backends)  # a reload that changed the files: forget the old ones
     if not backends:
         return None
     return UserDatabase(backends, default_realm=realm)
+
+
+def preload_user_database(settings: Settings) -> None:
+    """Read the configured passwd-files now (:meth:`PasswdFileBackend.preload`), before
+    the worker processes are forked: each worker's user database then starts from that
+    read, in pages every process shares, instead of reading the file itself at its first
+    login. A file that changes later is read again as always; one that cannot be read is
+    reported at its first use, as before. Parses of files no longer configured are
+    dropped (:func:`~roost.auth.passwdfile.retain_preloaded`).
+    """
+    realm = settings.string("auth_default_realm") or None
+    backends: list[PasswdFileBackend] = []
+    for word in settings.strings("auth_backends"):
+        kind, _, argument = word.partition(":")
+        if kind == "passwd-file" and argument:
+            backends.append(PasswdFileBackend(Path(argument), default_domain=realm))
+    retain_preloaded(backends)
+    for backend in backends:
+        backend.preload()
 
 
 def password_modules(settings: Settings) -> frozenset[str]:

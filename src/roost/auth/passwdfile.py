@@ -30,14 +30,16 @@ A line with an error is skipped (its user is unknown) and reported as ``FILE:LIN
 reason`` in the log and in :attr:`PasswdFileBackend.problems`; the other lines work. The
 first of two lines for the same user wins, as in Dovecot.
 
-The file is read on first use and read again whenever ``(st_mtime_ns, st_size, st_ino)``
-changes (Dovecot checks mtime and size). Password checks ``stat`` the file every time;
-lookups (recipient validation, delivery) of users it holds are answered from memory, in
-the event loop (:meth:`PasswdFileBackend.lookup_nowait`), if the file was found unchanged
-less than :data:`LOOKUP_RECHECK_SECONDS` ago; a removed user may thus still be found for
-that long. A name not found in memory is always checked against the file (a user added
-a moment ago is known at once). A
-missing or unreadable file is a backend error (temporary failure), not "no users".
+The file is read on first use (or before the worker processes are forked:
+:meth:`PasswdFileBackend.preload`) and read again whenever ``(st_mtime_ns, st_size,
+st_ino)`` changes (Dovecot checks mtime and size). What is kept of a read is the file's
+bytes and where each user's line starts; a lookup parses that one line again. Password
+checks ``stat`` the file every time; lookups (recipient validation, delivery) of users it
+holds are answered from memory, in the event loop
+(:meth:`PasswdFileBackend.lookup_nowait`), if the file was found unchanged less than
+:data:`LOOKUP_RECHECK_SECONDS` ago; a removed user may thus still be found for that long. A
+name not found in memory is always checked against the file (a user added a moment ago is
+known at once). A missing or unreadable file is a backend error (temporary failure), not "no users".
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
@@ -74,10 +76,19 @@ __all__ = [
     "hash_password",
     "parse_passwd_file",
     "parse_quota_rule",
+    "retain_preloaded",
     "verify_password",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Files read before the worker processes were forked (:meth:`PasswdFileBackend.preload`),
+#: by :attr:`PasswdFileBackend.key`: the parse and the ``(st_mtime_ns, st_size, st_ino)``
+#: it was read at. A backend made for the same file in a forked worker starts from it, in
+#: pages every worker shares, instead of each worker reading the file again at its first
+#: login (docs/performance.md, "IMAP memory: base and first use, session 5"); its first use
+#: still checks the file's stamp, as every use does.
+_PRELOADED: dict[tuple[str, str | None, str, bool], tuple[tuple[int, int, int], PasswdFile]] = {}
 
 _SECRET_FIELDS: Final = frozenset({"pass", "password", "userdb_pass", "userdb_password"})
 _MAX_ID: Final = 2**32 - 2
@@ -301,6 +312,66 @@ def _parse_line(
     return entry, warnings
 
 
+class _LineEntries(Mapping[str, PasswdEntry]):
+    """A passwd-file's usable entries, kept as the file's bytes and where each user's line
+    starts; an entry is parsed again from its line when it is read (about 15 us), except
+    for the last :data:`_RECENT_ENTRIES` read, which are kept.
+
+    The parse of every line (1.1 MiB for 1,000 users) is thrown away once checked. What is
+    kept is one bytes object and one dictionary of names to numbers, which a lookup reads
+    without writing to: read before the worker processes are forked
+    (:meth:`PasswdFileBackend.preload`), it stays in pages they all share, where whole
+    parsed records would be copied into each worker page by page as its logins touched
+    their reference counts (docs/performance.md, "IMAP memory: base and first use,
+    session 5").
+    """
+
+    __slots__ = ("_backend", "_data", "_default_domain", "_lock", "_places", "_recent")
+
+    def __init__(
+        self, data: bytes, places: dict[str, int], *, backend: str, default_domain: str | None
+    ) -> None:
+        self._data = data
+        self._places = places  # lowercased login: line start << 32 | line number
+        self._backend = backend
+        self._default_domain = default_domain
+        self._lock = threading.Lock()
+        self._recent: dict[str, PasswdEntry] = {}
+
+    def __getitem__(self, name: str) -> PasswdEntry:
+        entry = self._recent.get(name)
+        if entry is not None:
+            return entry
+        place = self._places[name]
+        start = place >> 32
+        end = self._data.find(b"\n", start)
+        raw = self._data[start : None if end < 0 else end].removesuffix(b"\r")
+        entry, _ = _parse_line(
+            raw.decode("utf-8"),
+            place & 0xFFFFFFFF,
+            backend=self._backend,
+            default_domain=self._default_domain,
+        )
+        with self._lock:
+            if len(self._recent) >= _RECENT_ENTRIES:
+                del self._recent[next(iter(self._recent))]
+            self._recent[name] = entry
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._places)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._places
+
+
+#: How many parsed entries a passwd-file keeps (the users read last).
+_RECENT_ENTRIES: Final = 64
+
+
 def parse_passwd_file(
     data: bytes,
     *,
@@ -327,9 +398,11 @@ def parse_passwd_file(
         The usable entries and the problems found.
     """
     backend_name = backend if backend is not None else f"passwd-file:{path}"
-    entries: dict[str, PasswdEntry] = {}
+    places: dict[str, int] = {}  # lowercased login: line start << 32 | line number
     problems: list[LineProblem] = []
+    start = 0
     for number, raw in enumerate(data.split(b"\n"), start=1):
+        line_start, start = start, start + len(raw) + 1
         raw = raw.removesuffix(b"\r")
         try:
             line = raw.decode("utf-8")
@@ -347,9 +420,10 @@ def parse_passwd_file(
             problems.append(LineProblem(path, number, str(exc)))
             continue
         key = entry.user.login.lower()
-        first = entries.get(key)
+        first = places.get(key)
         if first is not None:
-            reason = f"user {entry.user.login} exists more than once (line {first.line} is used)"
+            line_number = first & 0xFFFFFFFF
+            reason = f"user {entry.user.login} exists more than once (line {line_number} is used)"
             problems.append(LineProblem(path, number, reason))
             continue
         for warning in warnings:
@@ -368,8 +442,9 @@ def parse_passwd_file(
                         skipped=False,
                     )
                 )
-        entries[key] = entry
-    return PasswdFile(entries=MappingProxyType(entries), problems=tuple(problems))
+        places[key] = line_start << 32 | number
+    entries = _LineEntries(data, places, backend=backend_name, default_domain=default_domain)
+    return PasswdFile(entries=entries, problems=tuple(problems))
 
 
 @cache
@@ -411,6 +486,32 @@ class PasswdFileBackend:
         self._stamp: tuple[int, int, int] | None = None
         self._file: PasswdFile | None = None
         self._checked = -LOOKUP_RECHECK_SECONDS  # time.monotonic() of the last good stat
+        if (preloaded := _PRELOADED.get(self.key)) is not None:
+            self._stamp, self._file = preloaded  # checked at the first use, like any read
+
+    @property
+    def key(self) -> tuple[str, str | None, str, bool]:
+        """What a preloaded parse is kept by: the path and the settings that shape it."""
+        return (self._path, self._default_domain, self._default_scheme, self._allow_weak)
+
+    def preload(self) -> bool:
+        """Read the file now and keep the parse for every backend made later for the same
+        file, with the same settings, in this process and the processes it forks (call
+        before the worker processes are forked, so that they share it).
+
+        A backend that starts from it checks the file's stamp at its first use, as at
+        every use, and reads the file again if it changed; the new parse then replaces
+        the kept one. Returns False when the file cannot be read: nothing is kept, and
+        each backend reads the file at its first use and reports the error then.
+        """
+        try:
+            parsed = self.load()
+        except UserBackendError:
+            _PRELOADED.pop(self.key, None)
+            return False
+        if self._stamp is not None:
+            _PRELOADED[self.key] = (self._stamp, parsed)
+        return True
 
     @property
     def name(self) -> str:
@@ -464,6 +565,8 @@ class PasswdFileBackend:
             logger.info("passwd-file %s: read %d users", self._path, len(parsed.entries))
             self._file, self._stamp = parsed, stamp
             self._checked = time.monotonic()
+            if self.key in _PRELOADED:  # the kept parse is stale: keep this one instead
+                _PRELOADED[self.key] = (stamp, parsed)
             return parsed
 
     def lookup(self, name: str) -> User | None:
@@ -519,6 +622,16 @@ class PasswdFileBackend:
             detail = f"{where}: nologin" + (f" ({entry.reason})" if entry.reason else "")
             return VerifyResult.fail(FailureReason.DISABLED, detail)
         return VerifyResult.success(entry.user)
+
+
+def retain_preloaded(backends: Iterable[object]) -> None:
+    """Drop the preloaded parses (:meth:`PasswdFileBackend.preload`) of files that none of
+    ``backends`` reads with the same settings: after a reload that changed
+    ``auth_backends``, the old files' users are not kept in memory for nothing.
+    """
+    wanted = {backend.key for backend in backends if isinstance(backend, PasswdFileBackend)}
+    for key in [key for key in _PRELOADED if key not in wanted]:
+        del _PRELOADED[key]
 
 
 def _stamp(result: os.stat_result) -> tuple[int, int, int]:

@@ -99,19 +99,20 @@ WORKER_FACTORIES: Final[list[LazyFactory]] = FACTORIES[1:]
 
 
 def preload(settings: Settings, factories: Sequence[LazyFactory] = WORKER_FACTORIES) -> None:
-    """Import the modules of the services the settings enable, and the password hashing
-    modules their user database needs (before a fork: the children then share their
-    pages instead of each importing its own copy)."""
+    """Import the modules of the services the settings enable and the password hashing
+    modules their user database needs, and read its passwd-files (before a fork: the
+    children then share these pages instead of each importing and reading its own copy)."""
     enabled = [factory for factory in factories if factory.enabled(settings)]
     for factory in enabled:
         factory.load()
         for module in factory.uses:
             importlib.import_module(module)
     if enabled:  # what the user database needs to check passwords (libpass: ~3.4 MiB)
-        from roost.auth.factory import password_modules
+        from roost.auth.factory import password_modules, preload_user_database
         from roost.auth.schemes import preload_libpass
 
         preload_libpass(password_modules(settings))
+        preload_user_database(settings)  # the passwd-files' users, parsed once for all
 
 
 def build_services(

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from roost.auth.factory import build_user_database
+from roost.auth.factory import build_user_database, preload_user_database
 from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message
@@ -224,6 +224,7 @@ class WorkerMain:
             log.error("fork server: keeping the old settings: %s", str(exc).replace("\n", "; "))
             return
         self.settings, self.tls = settings, tls
+        preload_user_database(settings)  # the new workers start from the files as they are
 
 
 class Forker:
