@@ -130,6 +130,7 @@ from roost.imap.fetch import (
     search_messages,
     substitute_saved,
 )
+from roost.imap.hibernate import SLACK, Alarms
 from roost.imap.mailboxes import (
     DELIMITER,
     ListEntry,
@@ -364,6 +365,7 @@ class Shared:
         ip_connection_limit: connections per client address (0: no limit).
         handoff: hands sessions of other uids to a process of their own
             (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
+        alarms: the deadlines of the hibernated sessions (:mod:`roost.imap.hibernate`).
     """
 
     config: SessionConfig
@@ -375,6 +377,7 @@ class Shared:
     executor: Executor
     ip_connection_limit: int = 0
     handoff: HandOff | None = None
+    alarms: Alarms = field(default_factory=Alarms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +450,10 @@ class _HandedOff(_Disconnect):
         super().__init__("Handed over")
 
 
+class _Hibernated(Exception):
+    """The session hibernates: its task ends without ending the session."""
+
+
 class _Bad(Exception):
     """The command is invalid in a way the grammar cannot see: ``tag BAD text``."""
 
@@ -473,7 +480,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
         "_changed",
         "_counted",
         "_drained",
+        "_hibernated",
         "_idle_tag",
+        "_next_check",
+        "_next_notify",
         "_out",
         "_waiter",
         "_writing_paused",
@@ -514,6 +524,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._bad_commands = 0
         self._auth_disallowed = ""
         self._idle_tag: str | None = None
+        # In IDLE: when to poll the mailbox and to send the keepalive (time.monotonic()).
+        self._next_check = self._next_notify = 0.0
+        # Hibernated: no task runs; _wake starts one (roost.imap.hibernate).
+        self._hibernated = False
         self._counted = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -557,10 +571,27 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._resume()
 
     def _wake(self) -> None:
-        """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change)."""
+        """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change), or
+        start the task of a hibernated session."""
+        if self._hibernated:
+            self._hibernated = False
+            assert self._loop is not None
+            self._task = self._loop.create_task(self._run(resuming=True))
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _alarm(self, when: float) -> None:
+        """A deadline of :class:`~roost.imap.hibernate.Alarms`: wake up if it is still
+        this session's (the poll or the keepalive is due)."""
+        if self._hibernated and when == min(self._next_check, self._next_notify):
+            self._wake()
+
+    @property
+    def done(self) -> bool:
+        """Whether the session has ended (a hibernated session has no task but goes on)."""
+        return not self._hibernated and (self._task is None or self._task.done())
 
     def _resume(self) -> None:
         self._writing_paused = False
@@ -686,27 +717,54 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 )
                 raise _Disconnect(reason, "Disconnected for inactivity.")
             return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
-        # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers.
+        # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers. The
+        # deadlines are slots, for the task that goes on after hibernation.
         config = self.config
-        now = time.monotonic()
-        next_notify = now + config.idle_notify_interval
-        next_check = now + config.idle_check_interval
         while True:
-            wait = max(0.0, min(next_notify, next_check) - time.monotonic())
             await self._suspend_selected()
+            self._hibernate_if_quiet()
+            wait = max(0.0, min(self._next_notify, self._next_check) - time.monotonic())
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
                 return self._take_input()
             now = time.monotonic()
-            if self._changed or now >= next_check:
+            if self._changed or now + SLACK >= self._next_check:
                 self._changed = False
-                next_check = now + config.idle_check_interval
+                self._next_check = now + config.idle_check_interval
                 await self._sync_selected(allow_expunge=True)
-            if now >= next_notify:
+            if now + SLACK >= self._next_notify:
                 self._queue(UntaggedResponse("OK", "Still here"))
-                next_notify = now + config.idle_notify_interval
+                self._next_notify = now + config.idle_notify_interval
             await self._flush()
+
+    def _hibernate_if_quiet(self) -> None:
+        """In IDLE with nothing to do before the next deadline: end the task
+        (:class:`_Hibernated`); the next event starts another (:mod:`roost.imap.hibernate`).
+
+        Not with input, EOF, a change or a stop pending, nor with output queued or held
+        back by a full transport buffer, nor for a session handed over to a process of
+        its own.
+        """
+        if (
+            self._incoming
+            or self._eof
+            or self._lost
+            or self._stopping
+            or self._changed
+            or self._out
+            or self._writing_paused
+            or self._proxy is not None
+            or self._loop is None
+        ):
+            return
+        when = min(self._next_notify, self._next_check)
+        if when - time.monotonic() <= SLACK:
+            return
+        self.shared.alarms.add(when, self)
+        self._hibernated = True
+        self._task = None
+        raise _Hibernated
 
     def _selected_as(self, name: str) -> MailboxProtocol | None:
         """The selected mailbox if ``name`` names it (APPEND needs no second open)."""
@@ -800,11 +858,14 @@ class IMAPSession(MailSession[Shared, Resumed]):
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, *, resuming: bool = False) -> None:
+        """The session's task; ``resuming``: a new task after hibernation."""
         reason = "Connection closed"
         try:
             resumed = self._resumed
-            if resumed is None:
+            if resuming:
+                pass
+            elif resumed is None:
                 # No local: _run's frame lives as long as the session.
                 self._queue(
                     UntaggedResponse(
@@ -814,6 +875,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             else:
                 self._queue(await self._logged_in(resumed.tag, resumed.user, resumed.store))
             await self._events()
+        except _Hibernated:
+            return
         except _Disconnect as stop:
             reason = stop.reason
             if stop.bye is not None:
@@ -822,8 +885,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
             log_imap.exception("%s: session failed", self._prefix)
             reason = "Internal error"
             self._queue(UntaggedResponse("BYE", "Internal error occurred."))
-        finally:
+        except BaseException:  # cancelled
             await self._finish(reason)
+            raise
+        await self._finish(reason)
 
     async def _events(self) -> None:
         conn = self.conn
@@ -1296,18 +1361,19 @@ class IMAPSession(MailSession[Shared, Resumed]):
         return TaggedResponse(tag, "OK", f"{verb} completed.", code)
 
     def _changed_callback(self) -> Callable[[object], None]:
+        # A bound method: no closures and cells kept per selected mailbox.
+        return self._notify_change
+
+    def _notify_change(self, _path: object) -> None:
+        """The selected mailbox changed (called in the publishing thread)."""
         loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_change)
 
-        def on_loop() -> None:
-            self._changed = True
-            self._wake()
-
-        def notify(_path: object) -> None:
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(on_loop)
-
-        return notify
+    def _on_change(self) -> None:
+        self._changed = True
+        self._wake()
 
     async def _deselect(self) -> None:
         selected, self.selected = self.selected, None
@@ -1470,6 +1536,9 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._queue(ContinuationResponse("idling"))
         self.conn.start_idle(command.tag)
         self._idle_tag = command.tag
+        now = time.monotonic()
+        self._next_notify = now + self.config.idle_notify_interval
+        self._next_check = now + self.config.idle_check_interval
 
     async def get_quota_root(self, command: GetQuotaRoot) -> TaggedResponse:
         """GETQUOTAROOT (RFC 9208 §4.3): one root, ``User quota``, for all mailboxes."""

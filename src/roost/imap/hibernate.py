@@ -1,0 +1,88 @@
+"""One timer for every hibernated IMAP session of an event loop.
+
+A session in IDLE with nothing to do *hibernates* (as Dovecot's ``imap_hibernate_timeout``
+moves such a connection to its ``imap-hibernate`` process): its task ends, and with it
+its coroutine frames and its wait's future and timer. What is left is the session object
+(its slots, the sans-IO connection, the selected mailbox, suspended and packed), which
+the transport keeps as its protocol. Client input, the connection's end, a change
+notification of the selected mailbox or a shutdown starts a new task
+(:meth:`roost.imap.session.IMAPSession._wake`), which carries on where the old one
+stopped. So does the session's next deadline (the ``mailbox_idle_check_interval`` poll,
+the ``imap_idle_notify_interval`` keepalive): those are kept here, in one heap per event
+loop with one timer for its earliest entry, instead of one timer per session.
+
+See docs/performance.md, "IMAP memory: hibernation, session 5".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from typing import Final, Protocol
+
+__all__ = ["Alarms", "Sleeper"]
+
+logger = logging.getLogger("roost.imap")
+
+#: A deadline this close (seconds) counts as reached: the loop's timers have millisecond
+#: resolution, and a session woken a hair early would only hibernate again.
+SLACK: Final = 0.005
+
+
+class Sleeper(Protocol):
+    """A hibernated session, as :class:`Alarms` sees it."""
+
+    def _alarm(self, when: float) -> None:
+        """The deadline ``when`` (``time.monotonic()`` seconds) was reached; the session
+        ignores a deadline it no longer has (it woke up and set another meanwhile)."""
+
+
+class Alarms:
+    """The deadlines of hibernated sessions: a heap and one loop timer.
+
+    Entries are not removed when a session wakes up early; the session ignores the
+    stale alarm (:meth:`Sleeper._alarm`). Use on the event loop's thread only.
+    """
+
+    __slots__ = ("_count", "_heap", "_timer", "_timer_at")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Sleeper]] = []
+        self._count = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def __len__(self) -> int:
+        """Entries pending (stale ones included)."""
+        return len(self._heap)
+
+    def add(self, when: float, sleeper: Sleeper) -> None:
+        """Call ``sleeper._alarm(when)`` at ``when`` (``time.monotonic()`` seconds) or
+        just after. Needs a running event loop."""
+        heapq.heappush(self._heap, (when, next(self._count), sleeper))
+        if self._timer is None or when < self._timer_at:
+            self._arm(asyncio.get_running_loop())
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._heap:
+            when = self._heap[0][0]
+            self._timer_at = when
+            self._timer = loop.call_later(max(0.0, when - time.monotonic()), self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        heap = self._heap
+        due = time.monotonic() + SLACK
+        while heap and heap[0][0] <= due:
+            when, _, sleeper = heapq.heappop(heap)
+            try:
+                sleeper._alarm(when)
+            except Exception:
+                logger.exception("waking a hibernated session failed")
+        self._arm(loop)
