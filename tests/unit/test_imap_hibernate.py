@@ -1,0 +1,62 @@
+"""roost.imap.hibernate.Alarms: one timer for the deadlines of hibernated sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from roost.imap.hibernate import Alarms
+
+
+class _Sleeper:
+    def __init__(self, name: str, woken: list[tuple[str, float]], done: asyncio.Event) -> None:
+        self.name = name
+        self.woken = woken
+        self.done = done
+
+    def _alarm(self, when: float) -> None:
+        self.woken.append((self.name, when))
+        if self.name == "last":
+            self.done.set()
+
+
+def test_alarms_fire_in_deadline_order_once_each_with_one_timer() -> None:
+    async def run() -> tuple[list[tuple[str, float]], list[float], int]:
+        alarms = Alarms()
+        woken: list[tuple[str, float]] = []
+        done = asyncio.Event()
+        now = time.monotonic()
+        deadlines = {"c": now + 0.06, "a": now + 0.02, "last": now + 0.1, "b": now + 0.04}
+        for name, when in deadlines.items():
+            alarms.add(when, _Sleeper(name, woken, done))
+        # A second deadline for the same sleeper is a second entry (the session
+        # ignores the stale one); a past deadline fires at once.
+        alarms.add(now - 1.0, _Sleeper("past", woken, done))
+        pending = len(alarms)
+        await asyncio.wait_for(done.wait(), 10)
+        fired_at = time.monotonic()
+        return (
+            woken,
+            [deadlines.get(name, now - 1.0) for name, _ in woken],
+            pending + int(fired_at < deadlines["last"] - 0.005),
+        )
+
+    woken, expected, pending = asyncio.run(run())
+    assert [name for name, _ in woken] == ["past", "a", "b", "c", "last"]
+    assert [when for _, when in woken] == expected
+    assert pending == 5  # and "last" did not fire before its deadline
+
+
+def test_alarms_reschedule_for_an_earlier_deadline() -> None:
+    async def run() -> list[str]:
+        alarms = Alarms()
+        woken: list[tuple[str, float]] = []
+        done = asyncio.Event()
+        now = time.monotonic()
+        alarms.add(now + 30.0, _Sleeper("late", woken, done))
+        alarms.add(now + 0.01, _Sleeper("last", woken, done))
+        await asyncio.wait_for(done.wait(), 10)
+        assert len(alarms) == 1  # "late" still waits
+        return [name for name, _ in woken]
+
+    assert asyncio.run(run()) == ["last"]
