@@ -165,3 +165,33 @@ def test_keepalives_and_shutdown_of_hibernated_sessions(tmp_path: Path) -> None:
         assert log.count("Disconnected: Server shutting down") == 3, log[-3000:]
     finally:
         running.daemon.stop()
+
+
+def test_silent_sessions_hibernate_until_their_inactivity_timeout(tmp_path: Path) -> None:
+    # Outside IDLE a session hibernates after 5 s of silence (its mailbox suspended), and
+    # the inactivity timeout is its deadline.
+    running = start_imap_instance(tmp_path, "imap_client_timeout = 7s\n")
+    try:
+        user = add_user(running)
+        selected = RawClient(running, timeout=30)
+        assert selected.command("l", f'LOGIN "{user[0]}" "{user[1]}"')[-1].startswith(b"l OK")
+        assert selected.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
+        anonymous = RawClient(running, timeout=30)  # before login
+        time.sleep(5.5)
+        # A change notification wakes the selected session, which goes back to sleep:
+        # the update waits for the next command (RFC 9051 §7.5.1).
+        deliver(running, user[0], "while silent")
+        time.sleep(SETTLE)
+        reply = selected.command("n", "NOOP")
+        assert reply == [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n", b"n OK Noop completed.\r\n"]
+        # Silent again: disconnected 7 s after the NOOP, asleep from the fifth second.
+        assert selected.line() == b"* BYE Disconnected for inactivity.\r\n"
+        assert selected.line() == b""
+        assert anonymous.line() == b"* BYE Disconnected for inactivity.\r\n"
+        assert anonymous.line() == b""
+        wait_log(running, r"imap\(.*\): Disconnected: Inactivity - no input for 7 secs in=")
+        wait_log(running, r"imap-login\[\d+\]: Disconnected: Inactivity \(no auth attempts")
+        selected.close()
+        anonymous.close()
+    finally:
+        running.daemon.stop()

@@ -485,6 +485,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         "_next_check",
         "_next_notify",
         "_out",
+        "_quiet_until",
         "_waiter",
         "_writing_paused",
         "config",
@@ -526,6 +527,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._idle_tag: str | None = None
         # In IDLE: when to poll the mailbox and to send the keepalive (time.monotonic()).
         self._next_check = self._next_notify = 0.0
+        # Outside IDLE: when silence ends the session (0.0: not waiting for input).
+        self._quiet_until = 0.0
         # Hibernated: no task runs; _wake starts one (roost.imap.hibernate).
         self._hibernated = False
         self._counted = False
@@ -585,7 +588,11 @@ class IMAPSession(MailSession[Shared, Resumed]):
     def _alarm(self, when: float) -> None:
         """A deadline of :class:`~roost.imap.hibernate.Alarms`: wake up if it is still
         this session's (the poll or the keepalive is due)."""
-        if self._hibernated and when == min(self._next_check, self._next_notify):
+        if self._idle_tag is None:
+            due = self._quiet_until
+        else:
+            due = min(self._next_check, self._next_notify)
+        if self._hibernated and when == due:
             self._wake()
 
     @property
@@ -696,33 +703,44 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._waiter = None
         return True
 
-    async def _receive(self) -> bytes:
-        """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile."""
+    async def _receive(self, *, hibernate: bool = False) -> bytes:
+        """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile.
+
+        With ``hibernate`` (the command loop's call, not one inside a command) a
+        session with nothing to do hibernates (:meth:`_hibernate_if_quiet`): silent for
+        :data:`_SUSPEND_AFTER_SECONDS` outside IDLE, at once in IDLE.
+        """
         if self._idle_tag is None:
             authenticated = self.conn.state is not State.NOT_AUTHENTICATED
             timeout = self.config.client_timeout
             if not authenticated:
                 timeout = min(timeout, LOGIN_TIMEOUT)
-            ready = False
-            if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
-                ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
-                if not ready:
-                    await self._suspend_selected()
-                    timeout -= _SUSPEND_AFTER_SECONDS
-            if not ready and not await self._wait_input(timeout):
-                reason = (
-                    "Inactivity"
-                    if not authenticated
-                    else f"Inactivity - no input for {timeout:.0f} secs"
-                )
-                raise _Disconnect(reason, "Disconnected for inactivity.")
-            return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
+            if self._quiet_until == 0.0:
+                # A new wait (a task that goes on after hibernation keeps the deadline).
+                self._quiet_until = time.monotonic() + timeout
+                if await self._wait_input(min(timeout, _SUSPEND_AFTER_SECONDS)):
+                    return self._input_taken()
+                await self._suspend_selected()
+            while True:
+                if hibernate:
+                    self._hibernate_if_quiet(self._quiet_until)
+                remaining = self._quiet_until - time.monotonic()
+                if await self._wait_input(remaining):
+                    return self._input_taken()
+                if remaining <= SLACK:
+                    break
+            self._quiet_until = 0.0
+            reason = "Inactivity"
+            if authenticated:
+                reason = f"Inactivity - no input for {timeout:.0f} secs"
+            raise _Disconnect(reason, "Disconnected for inactivity.")
         # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers. The
         # deadlines are slots, for the task that goes on after hibernation.
         config = self.config
         while True:
             await self._suspend_selected()
-            self._hibernate_if_quiet()
+            if hibernate:
+                self._hibernate_if_quiet(min(self._next_notify, self._next_check))
             wait = max(0.0, min(self._next_notify, self._next_check) - time.monotonic())
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
@@ -738,27 +756,31 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._next_notify = now + config.idle_notify_interval
             await self._flush()
 
-    def _hibernate_if_quiet(self) -> None:
-        """In IDLE with nothing to do before the next deadline: end the task
-        (:class:`_Hibernated`); the next event starts another (:mod:`roost.imap.hibernate`).
+    def _input_taken(self) -> bytes:
+        self._quiet_until = 0.0
+        return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
 
-        Not with input, EOF, a change or a stop pending, nor with output queued or held
-        back by a full transport buffer, nor for a session handed over to a process of
-        its own.
+    def _hibernate_if_quiet(self, when: float) -> None:
+        """Nothing to do before ``when`` (``time.monotonic()`` seconds, the next deadline):
+        end the task (:class:`_Hibernated`); the next event starts another
+        (:mod:`roost.imap.hibernate`).
+
+        Not with input, EOF, a stop or (in IDLE) a change pending, nor with output
+        queued or held back by a full transport buffer, nor for a session handed over to
+        a process of its own.
         """
         if (
             self._incoming
             or self._eof
             or self._lost
             or self._stopping
-            or self._changed
+            or (self._changed and self._idle_tag is not None)
             or self._out
             or self._writing_paused
             or self._proxy is not None
             or self._loop is None
         ):
             return
-        when = min(self._next_notify, self._next_check)
         if when - time.monotonic() <= SLACK:
             return
         self.shared.alarms.add(when, self)
@@ -898,7 +920,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 await self._flush()
                 if self._stopping and self._idle_tag is None:
                     raise _Disconnect("Server shutting down", "Server shutting down.")
-                conn.receive_data(await self._receive())
+                conn.receive_data(await self._receive(hibernate=True))
                 continue
             match event:
                 case ConnectionClosed():
