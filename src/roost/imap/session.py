@@ -2,7 +2,9 @@
 
 :class:`IMAPSession` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
 one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in, events
-out), dispatching each command through :data:`HANDLERS`, one explicit table. Store calls
+out), dispatching each command through :data:`HANDLERS`, one explicit table. A session
+with nothing to do (in IDLE, or silent for a few seconds) hibernates: its task ends, and
+the next event starts another from the same state (:mod:`roost.imap.hibernate`). Store calls
 that read or sync run on the event loop (a few ``stat`` calls and index reads when
 nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
 EXPUNGE, COPY, MOVE, mailbox changes) or may take long (SELECT, FETCH and SEARCH over
@@ -469,9 +471,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
     is in :class:`~roost.daemon.mailsession.MailSession`.
 
     Slotted, and without an :class:`asyncio.Event` per condition: a session waits on at
-    most one future (:meth:`_wait_input`), which the protocol callbacks resolve. An idle
-    session is then its slots, its task's coroutine frames, the transport and its
-    mailbox's suspended state (docs/performance.md, "IMAP memory, session 3").
+    most one future (:meth:`_wait_input`), which the protocol callbacks resolve. A
+    hibernated session (:meth:`_hibernate_if_quiet`) has no task either: it is its slots,
+    the transport and its mailbox's suspended state (docs/performance.md, "IMAP memory:
+    hibernation, session 5").
     """
 
     __slots__ = (
