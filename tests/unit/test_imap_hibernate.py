@@ -19,6 +19,9 @@ class _Sleeper:
         if self.name == "last":
             self.done.set()
 
+    def _alarm_pending(self, when: float) -> bool:
+        return True
+
 
 def test_alarms_fire_in_deadline_order_once_each_with_one_timer() -> None:
     async def run() -> tuple[list[tuple[str, float]], list[float], int]:
@@ -60,3 +63,38 @@ def test_alarms_reschedule_for_an_earlier_deadline() -> None:
         return [name for name, _ in woken]
 
     assert asyncio.run(run()) == ["last"]
+
+
+class _Stale:
+    """A sleeper whose entries are all stale but the one for ``latest``."""
+
+    def __init__(self) -> None:
+        self.latest = 0.0
+
+    def _alarm(self, when: float) -> None:
+        raise AssertionError("no deadline of this test is reached")
+
+    def _alarm_pending(self, when: float) -> bool:
+        return when == self.latest
+
+
+def test_alarms_drop_stale_entries_as_the_heap_grows() -> None:
+    async def run() -> list[int]:
+        alarms = Alarms()
+        now = time.monotonic()
+        sleepers = [_Stale() for _ in range(10)]
+        sizes = []
+        for step in range(1000):
+            sleeper = sleepers[step % 10]
+            sleeper.latest = now + 3600 + step
+            alarms.add(sleeper.latest, sleeper)
+            sizes.append(len(alarms))
+        return sizes
+
+    sizes = asyncio.run(run())
+    # Without the clean-up the heap would hold all 1,000 entries; each sleeper has one
+    # live entry (the one just added included), so after a clean-up 10 are left.
+    assert sizes[255] == 256
+    assert sizes[256] == 10
+    assert max(sizes) == 256
+    assert sizes[-1] < 256

@@ -31,6 +31,9 @@ logger = logging.getLogger("roost.imap")
 #: resolution, and a session woken a hair early would only hibernate again.
 SLACK: Final = 0.005
 
+#: Entries before the first clean-up of stale ones (:meth:`Alarms.add`).
+_MIN_LIMIT: Final = 256
+
 
 class Sleeper(Protocol):
     """A hibernated session, as :class:`Alarms` sees it."""
@@ -39,21 +42,28 @@ class Sleeper(Protocol):
         """The deadline ``when`` (``time.monotonic()`` seconds) was reached; the session
         ignores a deadline it no longer has (it woke up and set another meanwhile)."""
 
+    def _alarm_pending(self, when: float) -> bool:
+        """Whether the session still sleeps until ``when`` (else the entry is stale)."""
+
 
 class Alarms:
     """The deadlines of hibernated sessions: a heap and one loop timer.
 
     Entries are not removed when a session wakes up early; the session ignores the
-    stale alarm (:meth:`Sleeper._alarm`). Use on the event loop's thread only.
+    stale alarm (:meth:`Sleeper._alarm`). Stale entries keep their session object alive
+    until their deadline (up to the inactivity timeout), so when the heap has grown to
+    twice its size after the last clean-up, :meth:`add` drops them (amortized O(1) per
+    entry). Use on the event loop's thread only.
     """
 
-    __slots__ = ("_count", "_heap", "_timer", "_timer_at")
+    __slots__ = ("_count", "_heap", "_limit", "_timer", "_timer_at")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Sleeper]] = []
         self._count = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._limit = _MIN_LIMIT
 
     def __len__(self) -> int:
         """Entries pending (stale ones included)."""
@@ -62,7 +72,12 @@ class Alarms:
     def add(self, when: float, sleeper: Sleeper) -> None:
         """Call ``sleeper._alarm(when)`` at ``when`` (``time.monotonic()`` seconds) or
         just after. Needs a running event loop."""
-        heapq.heappush(self._heap, (when, next(self._count), sleeper))
+        heap = self._heap
+        if len(heap) >= self._limit:
+            heap[:] = [entry for entry in heap if entry[2]._alarm_pending(entry[0])]
+            heapq.heapify(heap)
+            self._limit = max(_MIN_LIMIT, 2 * len(heap))
+        heapq.heappush(heap, (when, next(self._count), sleeper))
         if self._timer is None or when < self._timer_at:
             self._arm(asyncio.get_running_loop())
 

@@ -478,6 +478,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
     """
 
     __slots__ = (
+        "_alarm_at",
         "_auth_disallowed",
         "_bad_commands",
         "_changed",
@@ -534,6 +535,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._quiet_until = 0.0
         # Hibernated: no task runs; _wake starts one (roost.imap.hibernate).
         self._hibernated = False
+        # The deadline of this session's latest entry in shared.alarms (0.0: none).
+        self._alarm_at = 0.0
         self._counted = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -591,12 +594,18 @@ class IMAPSession(MailSession[Shared, Resumed]):
     def _alarm(self, when: float) -> None:
         """A deadline of :class:`~roost.imap.hibernate.Alarms`: wake up if it is still
         this session's (the poll or the keepalive is due)."""
+        if when == self._alarm_at:
+            self._alarm_at = 0.0
         if self._idle_tag is None:
             due = self._quiet_until
         else:
             due = min(self._next_check, self._next_notify)
         if self._hibernated and when == due:
             self._wake()
+
+    def _alarm_pending(self, when: float) -> bool:
+        """Whether the entry for ``when`` in shared.alarms is this session's latest."""
+        return when == self._alarm_at
 
     @property
     def done(self) -> bool:
@@ -770,7 +779,9 @@ class IMAPSession(MailSession[Shared, Resumed]):
 
         Not with input, EOF, a stop or (in IDLE) a change pending, nor with output
         queued or held back by a full transport buffer, nor for a session handed over to
-        a process of its own.
+        a process of its own (neither the worker's proxy nor the session in that process:
+        the process lives as long as the session's first task,
+        :mod:`roost.daemon.handoff`).
         """
         if (
             self._incoming
@@ -781,12 +792,15 @@ class IMAPSession(MailSession[Shared, Resumed]):
             or self._out
             or self._writing_paused
             or self._proxy is not None
+            or self._resumed is not None
             or self._loop is None
         ):
             return
         if when - time.monotonic() <= SLACK:
             return
-        self.shared.alarms.add(when, self)
+        if when != self._alarm_at:  # else woken early: the entry is still there
+            self.shared.alarms.add(when, self)
+            self._alarm_at = when
         self._hibernated = True
         self._task = None
         raise _Hibernated
@@ -999,6 +1013,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._queue_all(selected.take_updates(self.mode, allow_expunge=allow_expunge))
 
     async def _finish(self, reason: str) -> None:
+        self._alarm_at = 0.0  # an entry left in shared.alarms is stale
         if self._proxy is not None:
             await self._proxy.wait()
         with contextlib.suppress(_Disconnect):
