@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from roost.imap.hibernate import Alarms
 
 
@@ -98,3 +100,33 @@ def test_alarms_drop_stale_entries_as_the_heap_grows() -> None:
     assert sizes[256] == 10
     assert max(sizes) == 256
     assert sizes[-1] < 256
+
+
+def test_heap_trim_runs_once_per_burst_and_not_more_often_than_its_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import roost.daemon.workers
+    from roost.imap import hibernate
+
+    trims: list[float] = []
+    monkeypatch.setattr(hibernate, "TRIM_DELAY", 0.05)
+    monkeypatch.setattr(hibernate, "TRIM_INTERVAL", 0.3)
+    monkeypatch.setattr(
+        roost.daemon.workers, "release_free_heap", lambda: trims.append(time.monotonic()) or True
+    )
+
+    async def run() -> float:
+        trim = hibernate.HeapTrim()
+        began = time.monotonic()
+        for _ in range(50):  # a burst: one trim
+            trim.soon()
+        await asyncio.sleep(0.15)
+        assert len(trims) == 1
+        trim.soon()  # soon after the first trim: waits for the interval
+        await asyncio.sleep(0.5)
+        return began
+
+    began = asyncio.run(run())
+    assert len(trims) == 2
+    assert trims[0] - began >= 0.05 - hibernate.SLACK
+    assert trims[1] - trims[0] >= 0.3 - hibernate.SLACK

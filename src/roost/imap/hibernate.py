@@ -11,7 +11,11 @@ stopped. So does the session's next deadline (the ``mailbox_idle_check_interval`
 the ``imap_idle_notify_interval`` keepalive): those are kept here, in one heap per event
 loop with one timer for its earliest entry, instead of one timer per session.
 
-See docs/performance.md, "IMAP memory: hibernation, session 5".
+:class:`HeapTrim` gives the C heap's free pages back once sessions have settled: what a
+burst of logins and SELECTs used for a moment (SQLite's page caches, in the store threads'
+malloc arena too) leaves free pages among the ones the idle sessions keep.
+
+See docs/performance.md, "IMAP idle memory, session 5".
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import time
 from typing import Final, Protocol
 
-__all__ = ["Alarms", "Sleeper"]
+__all__ = ["Alarms", "HeapTrim", "Sleeper"]
 
 logger = logging.getLogger("roost.imap")
 
@@ -33,6 +37,11 @@ SLACK: Final = 0.005
 
 #: Entries before the first clean-up of stale ones (:meth:`Alarms.add`).
 _MIN_LIMIT: Final = 256
+
+#: :class:`HeapTrim`: seconds from the first request to the trim, and the least seconds
+#: between two trims.
+TRIM_DELAY: Final = 1.0
+TRIM_INTERVAL: Final = 3.0
 
 
 class Sleeper(Protocol):
@@ -101,3 +110,40 @@ class Alarms:
             except Exception:
                 logger.exception("waking a hibernated session failed")
         self._arm(loop)
+
+
+class HeapTrim:
+    """``malloc_trim(0)`` once sessions have settled, at most every :data:`TRIM_INTERVAL`.
+
+    :meth:`soon` is called when a session hibernates or ends: the first call after a trim
+    arms one loop timer, :data:`TRIM_DELAY` seconds later but not before
+    :data:`TRIM_INTERVAL` seconds after the last trim; calls while it is armed change
+    nothing. So a steady stream of wake-ups trims every few seconds, not never. A trim
+    takes about a millisecond, on the loop's thread; with 550 idle sessions in two
+    workers it gave back about 2.8 MiB of free heap pages (the main heap and the store
+    threads' arena). No-op without glibc. Use on the event loop's thread only.
+    """
+
+    __slots__ = ("_last", "_timer")
+
+    def __init__(self) -> None:
+        self._last = -TRIM_INTERVAL
+        self._timer: asyncio.TimerHandle | None = None
+
+    def soon(self) -> None:
+        """Trim in :data:`TRIM_DELAY` seconds or later (see the class), unless a trim is
+        already due. Needs a running event loop."""
+        if self._timer is None:
+            now = time.monotonic()
+            delay = max(TRIM_DELAY, self._last + TRIM_INTERVAL - now)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._last = time.monotonic()
+        try:
+            from roost.daemon.workers import release_free_heap
+
+            release_free_heap()
+        except Exception:
+            logger.exception("trimming the heap failed")

@@ -132,7 +132,7 @@ from roost.imap.fetch import (
     search_messages,
     substitute_saved,
 )
-from roost.imap.hibernate import SLACK, Alarms
+from roost.imap.hibernate import SLACK, Alarms, HeapTrim
 from roost.imap.mailboxes import (
     DELIMITER,
     ListEntry,
@@ -368,6 +368,7 @@ class Shared:
         handoff: hands sessions of other uids to a process of their own
             (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
         alarms: the deadlines of the hibernated sessions (:mod:`roost.imap.hibernate`).
+        heap_trim: trims the C heap once sessions have hibernated or ended.
     """
 
     config: SessionConfig
@@ -380,6 +381,7 @@ class Shared:
     ip_connection_limit: int = 0
     handoff: HandOff | None = None
     alarms: Alarms = field(default_factory=Alarms)
+    heap_trim: HeapTrim = field(default_factory=HeapTrim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -803,6 +805,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             self._alarm_at = when
         self._hibernated = True
         self._task = None
+        self.shared.heap_trim.soon()
         raise _Hibernated
 
     def _selected_as(self, name: str) -> MailboxProtocol | None:
@@ -1027,6 +1030,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
+        self.shared.heap_trim.soon()
         plain = reason in ("Connection closed", "Logged out")
         if self._ended_before_login(reason, plain=plain, disallowed=self._auth_disallowed):
             return
