@@ -475,8 +475,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
     Slotted, and without an :class:`asyncio.Event` per condition: a session waits on at
     most one future (:meth:`_wait_input`), which the protocol callbacks resolve. A
     hibernated session (:meth:`_hibernate_if_quiet`) has no task either: it is its slots,
-    the transport and its mailbox's suspended state (docs/performance.md, "IMAP memory:
-    hibernation, session 5").
+    the transport and its mailbox's suspended state (docs/performance.md, "IMAP idle
+    memory, session 5").
     """
 
     __slots__ = (
