@@ -95,6 +95,27 @@ class SelectedMailbox:
         highest_modseq: HIGHESTMODSEQ.
     """
 
+    # Slotted: an idle session keeps one for as long as it has the mailbox selected.
+    __slots__ = (
+        "_expunged",
+        "_flag_updates",
+        "_infos",
+        "_keywords_changed",
+        "_packed",
+        "_recent",
+        "_recent_announced",
+        "_uids",
+        "client_count",
+        "highest_modseq",
+        "keywords",
+        "mailbox",
+        "name",
+        "readonly",
+        "saved",
+        "uid_next",
+        "uid_validity",
+    )
+
     def __init__(
         self,
         name: str,

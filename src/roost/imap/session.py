@@ -2,7 +2,9 @@
 
 :class:`IMAPSession` is an :class:`asyncio.Protocol`: ``data_received`` only buffers, and
 one task per connection runs the h11-style loop of :mod:`roost.imap` (octets in, events
-out), dispatching each command through :data:`HANDLERS`, one explicit table. Store calls
+out), dispatching each command through :data:`HANDLERS`, one explicit table. A session
+with nothing to do (in IDLE, or silent for a few seconds) hibernates: its task ends, and
+the next event starts another from the same state (:mod:`roost.imap.hibernate`). Store calls
 that read or sync run on the event loop (a few ``stat`` calls and index reads when
 nothing changed: cheaper than a thread hand-off); those that fsync (APPEND, STORE,
 EXPUNGE, COPY, MOVE, mailbox changes) or may take long (SELECT, FETCH and SEARCH over
@@ -130,6 +132,7 @@ from roost.imap.fetch import (
     search_messages,
     substitute_saved,
 )
+from roost.imap.hibernate import SLACK, Alarms, HeapTrim
 from roost.imap.mailboxes import (
     DELIMITER,
     ListEntry,
@@ -364,6 +367,8 @@ class Shared:
         ip_connection_limit: connections per client address (0: no limit).
         handoff: hands sessions of other uids to a process of their own
             (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
+        alarms: the deadlines of the hibernated sessions (:mod:`roost.imap.hibernate`).
+        heap_trim: trims the C heap once sessions have hibernated or ended.
     """
 
     config: SessionConfig
@@ -375,6 +380,8 @@ class Shared:
     executor: Executor
     ip_connection_limit: int = 0
     handoff: HandOff | None = None
+    alarms: Alarms = field(default_factory=Alarms)
+    heap_trim: HeapTrim = field(default_factory=HeapTrim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +454,10 @@ class _HandedOff(_Disconnect):
         super().__init__("Handed over")
 
 
+class _Hibernated(Exception):
+    """The session hibernates: its task ends without ending the session."""
+
+
 class _Bad(Exception):
     """The command is invalid in a way the grammar cannot see: ``tag BAD text``."""
 
@@ -462,19 +473,25 @@ class IMAPSession(MailSession[Shared, Resumed]):
     is in :class:`~roost.daemon.mailsession.MailSession`.
 
     Slotted, and without an :class:`asyncio.Event` per condition: a session waits on at
-    most one future (:meth:`_wait_input`), which the protocol callbacks resolve. An idle
-    session is then its slots, its task's coroutine frames, the transport and its
-    mailbox's suspended state (docs/performance.md, "IMAP memory, session 3").
+    most one future (:meth:`_wait_input`), which the protocol callbacks resolve. A
+    hibernated session (:meth:`_hibernate_if_quiet`) has no task either: it is its slots,
+    the transport and its mailbox's suspended state (docs/performance.md, "IMAP idle
+    memory, session 5").
     """
 
     __slots__ = (
+        "_alarm_at",
         "_auth_disallowed",
         "_bad_commands",
         "_changed",
         "_counted",
         "_drained",
+        "_hibernated",
         "_idle_tag",
+        "_next_check",
+        "_next_notify",
         "_out",
+        "_quiet_until",
         "_waiter",
         "_writing_paused",
         "config",
@@ -514,6 +531,14 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._bad_commands = 0
         self._auth_disallowed = ""
         self._idle_tag: str | None = None
+        # In IDLE: when to poll the mailbox and to send the keepalive (time.monotonic()).
+        self._next_check = self._next_notify = 0.0
+        # Outside IDLE: when silence ends the session (0.0: not waiting for input).
+        self._quiet_until = 0.0
+        # Hibernated: no task runs; _wake starts one (roost.imap.hibernate).
+        self._hibernated = False
+        # The deadline of this session's latest entry in shared.alarms (0.0: none).
+        self._alarm_at = 0.0
         self._counted = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -557,10 +582,37 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._resume()
 
     def _wake(self) -> None:
-        """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change)."""
+        """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change), or
+        start the task of a hibernated session."""
+        if self._hibernated:
+            self._hibernated = False
+            assert self._loop is not None
+            self._task = self._loop.create_task(self._run(resuming=True))
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _alarm(self, when: float) -> None:
+        """A deadline of :class:`~roost.imap.hibernate.Alarms`: wake up if it is still
+        this session's (the poll or the keepalive is due)."""
+        if when == self._alarm_at:
+            self._alarm_at = 0.0
+        if self._idle_tag is None:
+            due = self._quiet_until
+        else:
+            due = min(self._next_check, self._next_notify)
+        if self._hibernated and when == due:
+            self._wake()
+
+    def _alarm_pending(self, when: float) -> bool:
+        """Whether the entry for ``when`` in shared.alarms is this session's latest."""
+        return when == self._alarm_at
+
+    @property
+    def done(self) -> bool:
+        """Whether the session has ended (a hibernated session has no task but goes on)."""
+        return not self._hibernated and (self._task is None or self._task.done())
 
     def _resume(self) -> None:
         self._writing_paused = False
@@ -665,48 +717,96 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._waiter = None
         return True
 
-    async def _receive(self) -> bytes:
-        """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile."""
+    async def _receive(self, *, hibernate: bool = False) -> bytes:
+        """The next octets from the client (``b""`` at EOF); IDLE updates meanwhile.
+
+        With ``hibernate`` (the command loop's call, not one inside a command) a
+        session with nothing to do hibernates (:meth:`_hibernate_if_quiet`): silent for
+        :data:`_SUSPEND_AFTER_SECONDS` outside IDLE, at once in IDLE.
+        """
         if self._idle_tag is None:
             authenticated = self.conn.state is not State.NOT_AUTHENTICATED
             timeout = self.config.client_timeout
             if not authenticated:
                 timeout = min(timeout, LOGIN_TIMEOUT)
-            ready = False
-            if self.selected is not None and timeout > _SUSPEND_AFTER_SECONDS:
-                ready = await self._wait_input(_SUSPEND_AFTER_SECONDS)
-                if not ready:
-                    await self._suspend_selected()
-                    timeout -= _SUSPEND_AFTER_SECONDS
-            if not ready and not await self._wait_input(timeout):
-                reason = (
-                    "Inactivity"
-                    if not authenticated
-                    else f"Inactivity - no input for {timeout:.0f} secs"
-                )
-                raise _Disconnect(reason, "Disconnected for inactivity.")
-            return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
-        # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers.
+            if self._quiet_until == 0.0:
+                # A new wait (a task that goes on after hibernation keeps the deadline).
+                self._quiet_until = time.monotonic() + timeout
+                if await self._wait_input(min(timeout, _SUSPEND_AFTER_SECONDS)):
+                    return self._input_taken()
+                await self._suspend_selected()
+            while True:
+                if hibernate:
+                    self._hibernate_if_quiet(self._quiet_until)
+                remaining = self._quiet_until - time.monotonic()
+                if await self._wait_input(remaining):
+                    return self._input_taken()
+                if remaining <= SLACK:
+                    break
+            self._quiet_until = 0.0
+            reason = "Inactivity"
+            if authenticated:
+                reason = f"Inactivity - no input for {timeout:.0f} secs"
+            raise _Disconnect(reason, "Disconnected for inactivity.")
+        # IDLE (RFC 2177): no inactivity limit; keepalives find dead peers. The
+        # deadlines are slots, for the task that goes on after hibernation.
         config = self.config
-        now = time.monotonic()
-        next_notify = now + config.idle_notify_interval
-        next_check = now + config.idle_check_interval
         while True:
-            wait = max(0.0, min(next_notify, next_check) - time.monotonic())
             await self._suspend_selected()
+            if hibernate:
+                self._hibernate_if_quiet(min(self._next_notify, self._next_check))
+            wait = max(0.0, min(self._next_notify, self._next_check) - time.monotonic())
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
                     return b""
                 return self._take_input()
             now = time.monotonic()
-            if self._changed or now >= next_check:
+            if self._changed or now + SLACK >= self._next_check:
                 self._changed = False
-                next_check = now + config.idle_check_interval
+                self._next_check = now + config.idle_check_interval
                 await self._sync_selected(allow_expunge=True)
-            if now >= next_notify:
+            if now + SLACK >= self._next_notify:
                 self._queue(UntaggedResponse("OK", "Still here"))
-                next_notify = now + config.idle_notify_interval
+                self._next_notify = now + config.idle_notify_interval
             await self._flush()
+
+    def _input_taken(self) -> bytes:
+        self._quiet_until = 0.0
+        return b"" if not self._incoming and (self._eof or self._lost) else self._take_input()
+
+    def _hibernate_if_quiet(self, when: float) -> None:
+        """Nothing to do before ``when`` (``time.monotonic()`` seconds, the next deadline):
+        end the task (:class:`_Hibernated`); the next event starts another
+        (:mod:`roost.imap.hibernate`).
+
+        Not with input, EOF, a stop or (in IDLE) a change pending, nor with output
+        queued or held back by a full transport buffer, nor for a session handed over to
+        a process of its own (neither the worker's proxy nor the session in that process:
+        the process lives as long as the session's first task,
+        :mod:`roost.daemon.handoff`).
+        """
+        if (
+            self._incoming
+            or self._eof
+            or self._lost
+            or self._stopping
+            or (self._changed and self._idle_tag is not None)
+            or self._out
+            or self._writing_paused
+            or self._proxy is not None
+            or self._resumed is not None
+            or self._loop is None
+        ):
+            return
+        if when - time.monotonic() <= SLACK:
+            return
+        if when != self._alarm_at:  # else woken early: the entry is still there
+            self.shared.alarms.add(when, self)
+            self._alarm_at = when
+        self._hibernated = True
+        self._task = None
+        self.shared.heap_trim.soon()
+        raise _Hibernated
 
     def _selected_as(self, name: str) -> MailboxProtocol | None:
         """The selected mailbox if ``name`` names it (APPEND needs no second open)."""
@@ -800,11 +900,14 @@ class IMAPSession(MailSession[Shared, Resumed]):
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, *, resuming: bool = False) -> None:
+        """The session's task; ``resuming``: a new task after hibernation."""
         reason = "Connection closed"
         try:
             resumed = self._resumed
-            if resumed is None:
+            if resuming:
+                pass
+            elif resumed is None:
                 # No local: _run's frame lives as long as the session.
                 self._queue(
                     UntaggedResponse(
@@ -814,6 +917,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             else:
                 self._queue(await self._logged_in(resumed.tag, resumed.user, resumed.store))
             await self._events()
+        except _Hibernated:
+            return
         except _Disconnect as stop:
             reason = stop.reason
             if stop.bye is not None:
@@ -822,8 +927,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
             log_imap.exception("%s: session failed", self._prefix)
             reason = "Internal error"
             self._queue(UntaggedResponse("BYE", "Internal error occurred."))
-        finally:
+        except BaseException:  # cancelled
             await self._finish(reason)
+            raise
+        await self._finish(reason)
 
     async def _events(self) -> None:
         conn = self.conn
@@ -833,7 +940,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 await self._flush()
                 if self._stopping and self._idle_tag is None:
                     raise _Disconnect("Server shutting down", "Server shutting down.")
-                conn.receive_data(await self._receive())
+                conn.receive_data(await self._receive(hibernate=True))
                 continue
             match event:
                 case ConnectionClosed():
@@ -909,6 +1016,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._queue_all(selected.take_updates(self.mode, allow_expunge=allow_expunge))
 
     async def _finish(self, reason: str) -> None:
+        self._alarm_at = 0.0  # an entry left in shared.alarms is stale
         if self._proxy is not None:
             await self._proxy.wait()
         with contextlib.suppress(_Disconnect):
@@ -922,6 +1030,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             self.shared.registry.remove(self, self.remote_ip)
         if self._userip is not None:
             self.shared.registry.remove_user(self._userip)
+        self.shared.heap_trim.soon()
         plain = reason in ("Connection closed", "Logged out")
         if self._ended_before_login(reason, plain=plain, disallowed=self._auth_disallowed):
             return
@@ -1296,18 +1405,19 @@ class IMAPSession(MailSession[Shared, Resumed]):
         return TaggedResponse(tag, "OK", f"{verb} completed.", code)
 
     def _changed_callback(self) -> Callable[[object], None]:
+        # A bound method: no closures and cells kept per selected mailbox.
+        return self._notify_change
+
+    def _notify_change(self, _path: object) -> None:
+        """The selected mailbox changed (called in the publishing thread)."""
         loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_change)
 
-        def on_loop() -> None:
-            self._changed = True
-            self._wake()
-
-        def notify(_path: object) -> None:
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(on_loop)
-
-        return notify
+    def _on_change(self) -> None:
+        self._changed = True
+        self._wake()
 
     async def _deselect(self) -> None:
         selected, self.selected = self.selected, None
@@ -1470,6 +1580,9 @@ class IMAPSession(MailSession[Shared, Resumed]):
         self._queue(ContinuationResponse("idling"))
         self.conn.start_idle(command.tag)
         self._idle_tag = command.tag
+        now = time.monotonic()
+        self._next_notify = now + self.config.idle_notify_interval
+        self._next_check = now + self.config.idle_check_interval
 
     async def get_quota_root(self, command: GetQuotaRoot) -> TaggedResponse:
         """GETQUOTAROOT (RFC 9208 §4.3): one root, ``User quota``, for all mailboxes."""
