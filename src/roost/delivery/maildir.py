@@ -430,27 +430,7 @@ def deliver_maildir(
         try:
             if uid is not None or gid is not None:
                 os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-            converter = UnixConverter()
-            pending: list[bytes] = []  # written together: one write() for a small message
-            pending_size = 0
-            for data in with_prepend(prepend, message):
-                out = converter.feed(data)
-                if size_limit and converter.size > size_limit:
-                    raise QuotaExceeded(
-                        f"message larger than the mailbox size limit ({size_limit} bytes)"
-                    )
-                pending.append(out)
-                pending_size += len(out)
-                if pending_size >= _WRITE_SIZE:
-                    _write_all(fd, b"".join(pending))
-                    pending.clear()
-                    pending_size = 0
-            pending.append(converter.finish())
-            _write_all(fd, b"".join(pending))
-            if size_limit and converter.size > size_limit:
-                raise QuotaExceeded(
-                    f"message larger than the mailbox size limit ({size_limit} bytes)"
-                )
+            converter = _write_converted(fd, message, prepend, size_limit)
             os.fsync(fd)
         finally:
             os.close(fd)
