@@ -1350,6 +1350,16 @@ def dovecot_version() -> str | None:
     return subprocess.run([dovecot, "--version"], capture_output=True, text=True).stdout.strip()
 
 
+MAILBOX_SERVERS: tuple[str, ...] = ("roost", "dovecot")
+
+
+def check_mailbox_servers(servers: Sequence[str], *, hint: str = "") -> None:
+    """Exit with a message unless every one of ``servers`` is ``roost`` or ``dovecot`` (the
+    IMAP and POP3 benchmarks take no ``roost@DIR`` and no patches); ``hint`` ends it."""
+    if unknown := [s for s in servers if s not in MAILBOX_SERVERS]:
+        sys.exit(f"unknown server {', '.join(unknown)}: roost or dovecot{hint}")
+
+
 def make_mailbox_server(
     kind: str,
     base: Path,

@@ -636,6 +636,7 @@ def main() -> None:
     modes = args.modes.split(",")
     concurrencies = [int(n) for n in args.clients.split(",")]
     servers = args.servers.split(",")
+    common.check_mailbox_servers(servers, hint=" (another roost source: --roost-src DIR)")
     if "dovecot" in servers and (why := common.dovecot_usable("imap")) is not None:
         sys.exit(f"cannot run Dovecot: {why}")
     nofile = raise_nofile()

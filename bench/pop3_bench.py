@@ -414,6 +414,7 @@ def main() -> None:
         ]
         args.seconds = min(args.seconds, 3.0)
     servers = args.servers.split(",")
+    common.check_mailbox_servers(servers)
     if "dovecot" in servers and (why := common.dovecot_usable("pop3")) is not None:
         sys.exit(f"cannot run Dovecot: {why}")
     base = common.mailbox_bench_base(args.dir, "pop3-bench-", live=args.live)
