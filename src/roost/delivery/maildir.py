@@ -23,8 +23,6 @@ See Also: the Maildir specification (cr.yp.to/proto/maildir.html), Maildir++ (Co
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import itertools
 import os
@@ -40,6 +38,7 @@ from typing import Final
 
 from roost.delivery._stream import MessageReadError, MessageSource, UnixConverter, with_prepend
 from roost.delivery.errors import DeliveryError, QuotaExceeded
+from roost.files import start_writeback
 
 __all__ = [
     "DIRECTORY_SYNC",
@@ -279,29 +278,6 @@ def maildir_usage(maildir: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
-
-
-def _load_writeback_starter() -> Callable[[int, int, int, int], int] | None:
-    """Find ``sync_file_range(2)`` in the C library (Linux); None elsewhere."""
-    name = ctypes.util.find_library("c")
-    try:
-        function = ctypes.CDLL(name, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range: Final = _load_writeback_starter()
-_SYNC_FILE_RANGE_WRITE: Final = 2
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (a hint:
-    errors surface in the fsync), so that a batch's files are written in parallel."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _check_folder(folder: str) -> None:
@@ -711,7 +687,7 @@ def _start_one(
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         converter = _write_converted(fd, delivery.message, delivery.prepend, delivery.size_limit)
-        _start_writeback(fd)
+        start_writeback(fd)
     except BaseException as exc:
         _discard(fd, tmp_path, None)
         if isinstance(exc, FileNotFoundError):

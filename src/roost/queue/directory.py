@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from roost.files import start_writeback
 from roost.queue.envelope import Envelope, EnvelopeError
 from roost.queue.errors import SpoolError, SpoolErrorKind
 from roost.queue.queue_id import QUEUE_ID_LENGTH, is_queue_id
@@ -141,19 +142,6 @@ class RecoveryReport:
     corrupt: tuple[str, ...] = ()
 
 
-def _load_writeback_starter() -> Callable[[int, int, int, int], int] | None:
-    """Find ``sync_file_range(2)`` in the C library (Linux); None elsewhere."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
 def _load_syncfs() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     try:
@@ -184,16 +172,8 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
 
 _renameat2: Final = _load_renameat2()
 _RENAME_NOREPLACE: Final = 1
-_sync_file_range: Final = _load_writeback_starter()
 _syncfs: Final = _load_syncfs()
-_SYNC_FILE_RANGE_WRITE: Final = 2
 _fdatasync: Final = getattr(os, "fdatasync", os.fsync)
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: errors surface in fsync
 
 
 def _call_syncfs(fd: int) -> None:
@@ -1094,7 +1074,7 @@ class QueueDirectory:
         job.prepared = True
         if writeback and self.sync_method is SyncMethod.FSYNC:
             for fd in job.sync_fds:
-                _start_writeback(fd)
+                start_writeback(fd)
         return True
 
     def _flush_files(self, jobs: Sequence[_Job]) -> list[_Job]:
