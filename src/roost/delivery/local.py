@@ -166,6 +166,16 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
     return _pool
 
 
+def _delivery_prepend(job: DeliveryJob, target: Target, original: str | None) -> bytes:
+    """The ``Return-Path:`` and ``Delivered-To:`` lines written before a message delivered
+    to ``target`` (:func:`delivery_headers`); ``original``: the ORCPT address, if any."""
+    return delivery_headers(
+        job.envelope.envelope_sender,
+        target.delivered_to,
+        original_recipient=original or target.original_recipient,
+    )
+
+
 def _system_account(name: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
@@ -302,11 +312,7 @@ class LocalTransport:
                         )
                         continue
                     target, mailbox = simple
-                    prepend = delivery_headers(
-                        item.job.envelope.envelope_sender,
-                        target.delivered_to,
-                        original_recipient=item.original or target.original_recipient,
-                    )
+                    prepend = _delivery_prepend(item.job, target, item.original)
                     message: MessageSource
                     if item.job.content is not None:
                         message = item.job.content
@@ -465,11 +471,7 @@ class LocalTransport:
         self, job: DeliveryJob, target: Target, domain: str, original: str | None
     ) -> str:
         envelope = job.envelope
-        prepend = delivery_headers(
-            envelope.envelope_sender,
-            target.delivered_to,
-            original_recipient=original or target.original_recipient,
-        )
+        prepend = _delivery_prepend(job, target, original)
         if isinstance(target, AddressTarget):
             account = await self._local_account(target.user, domain)
             if account is None:
@@ -547,11 +549,7 @@ class LocalTransport:
     ) -> str:
         """Write into the account's mailbox (blocking); return the result text."""
         mailbox = resolve_mailbox(account, self.config, domain)
-        prepend = delivery_headers(
-            job.envelope.envelope_sender,
-            target.delivered_to,
-            original_recipient=original or target.original_recipient,
-        )
+        prepend = _delivery_prepend(job, target, original)
         folder = None
         if target.extension and mailbox.kind == "maildir":
             folder = target.extension

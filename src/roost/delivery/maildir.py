@@ -358,11 +358,7 @@ def deliver_maildir(
     action = f"cannot deliver to maildir {maildir}"
     known = str(maildir)
     try:
-        if known not in _known_maildirs:
-            ensure_maildir(maildir, uid=uid, gid=gid)
-            if len(_known_maildirs) >= _KNOWN_MAILDIRS_SIZE:
-                _known_maildirs.clear()
-            _known_maildirs.add(known)
+        _ensure_known(maildir, uid, gid)
         target = maildir
         if folder is not None:
             candidate = maildir / f".{folder}"
@@ -667,11 +663,7 @@ def _start_one(
     known = str(maildir)
     action = f"cannot deliver to maildir {maildir}"
     try:
-        if known not in _known_maildirs:
-            ensure_maildir(maildir, uid=delivery.uid, gid=delivery.gid)
-            if len(_known_maildirs) >= _KNOWN_MAILDIRS_SIZE:
-                _known_maildirs.clear()
-            _known_maildirs.add(known)
+        _ensure_known(maildir, delivery.uid, delivery.gid)
     except OSError as exc:
         return _as_delivery_error(exc, action)
     directory = known
@@ -696,6 +688,17 @@ def _start_one(
             raise
         return _as_delivery_error(exc, action)
     return _Written(index, known, directory, base, fd, tmp_path, converter)
+
+
+def _ensure_known(maildir: Path, uid: int | None, gid: int | None) -> None:
+    """Create the Maildir (:func:`ensure_maildir`) unless this process has already made
+    sure of it (``_known_maildirs``, keyed by ``str(maildir)``). Raises OSError."""
+    known = str(maildir)
+    if known not in _known_maildirs:
+        ensure_maildir(maildir, uid=uid, gid=gid)
+        if len(_known_maildirs) >= _KNOWN_MAILDIRS_SIZE:
+            _known_maildirs.clear()
+        _known_maildirs.add(known)
 
 
 def _create_tmp(target: str, hostname: str | None) -> tuple[str, int, str]:
