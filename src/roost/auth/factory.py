@@ -78,6 +78,16 @@ def _ldap_backend(settings: Settings, path: str, realm: str | None) -> LdapBacke
         raise settings.error("auth_backends", str(exc)) from None
 
 
+def _passwd_file_backend(word: str, realm: str | None) -> PasswdFileBackend | None:
+    """The backend an ``auth_backends`` word ``passwd-file:PATH`` names (the same for the
+    user database and its preload, so that the preloaded read is found); None for any
+    other word."""
+    kind, _, argument = word.partition(":")
+    if kind == "passwd-file" and argument:
+        return PasswdFileBackend(Path(argument), default_domain=realm)
+    return None
+
+
 def build_user_database(settings: Settings) -> UserDatabase | None:
     """Return the user database, or None when ``auth_backends`` is empty.
 
@@ -89,8 +99,8 @@ def build_user_database(settings: Settings) -> UserDatabase | None:
     realm = settings.string("auth_default_realm") or None
     for word in settings.strings("auth_backends"):
         kind, _, argument = word.partition(":")
-        if kind == "passwd-file" and argument:
-            backends.append(PasswdFileBackend(Path(argument), default_domain=realm))
+        if (passwd_file := _passwd_file_backend(word, realm)) is not None:
+            backends.append(passwd_file)
         elif kind == "ldap" and argument:
             backends.append(_ldap_backend(settings, argument, realm))
         elif word == "pam":
@@ -112,11 +122,11 @@ def preload_user_database(settings: Settings) -> None:
     dropped (:func:`~roost.auth.passwdfile.retain_preloaded`).
     """
     realm = settings.string("auth_default_realm") or None
-    backends: list[PasswdFileBackend] = []
-    for word in settings.strings("auth_backends"):
-        kind, _, argument = word.partition(":")
-        if kind == "passwd-file" and argument:
-            backends.append(PasswdFileBackend(Path(argument), default_domain=realm))
+    backends = [
+        backend
+        for word in settings.strings("auth_backends")
+        if (backend := _passwd_file_backend(word, realm)) is not None
+    ]
     retain_preloaded(backends)
     for backend in backends:
         backend.preload()
