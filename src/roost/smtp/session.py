@@ -58,6 +58,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import FailureReason, UserDatabase
+from roost.daemon.logsetup import log_info
 from roost.delivery.router import Router
 from roost.queue.envelope import BodyType, Envelope, Notify, Recipient, Ret, WithProtocol
 from roost.queue.errors import SpoolError, SpoolErrorKind
@@ -253,7 +254,7 @@ class SMTPSession(SMTP):
             self.client_name = await client_name(self.client_address)
         await self.push(f"220 {self.hostname} {self.__ident__}")
         # after the greeting, off the client's path (still the session's first line)
-        self.log.info("connect from %s", self.client)
+        log_info(self.log, f"connect from {self.client}")
         await self._command_loop()
 
     async def _command_loop(self) -> None:
@@ -271,15 +272,26 @@ class SMTPSession(SMTP):
         """
         reader = self._reader
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-        methods: dict[str, Callable[[str | None], Any]] = self._smtp_methods
+        limit_: int = reader._limit  # type: ignore[attr-defined]
+        methods = _command_table(type(self))
         while self.transport is not None:
             try:
                 end = buffer.find(b"\n")
-                if 0 <= end <= reader._limit:  # type: ignore[attr-defined]  # readuntil's fast case
+                if 0 <= end <= limit_:  # readuntil's fast case
                     line = bytes(buffer[: end + 1])
                     del buffer[: end + 1]
                     reader._maybe_resume_transport()  # type: ignore[attr-defined]
-                else:
+                elif (
+                    end < 0
+                    and len(buffer) <= limit_
+                    and not reader._eof  # type: ignore[attr-defined]
+                    and reader.exception() is None
+                ):
+                    # no line yet: wait for more input, then look again (readuntil's
+                    # own wait, without its coroutine and its buffer scan)
+                    await reader._wait_for_data("readuntil")  # type: ignore[attr-defined]
+                    continue
+                else:  # end of input, an error, or an over-long line: readuntil's answer
                     try:
                         line = await reader.readuntil()
                     except asyncio.LimitOverrunError as error:
@@ -324,12 +336,26 @@ class SMTPSession(SMTP):
                     await self.push(f'500 Error: command "{command}" not recognized')
                     continue
                 self._reset_timeout()  # a valid command (as in aiosmtpd)
-                await method(arg)
+                await method(self, arg)
             except (asyncio.CancelledError, ConnectionResetError):
                 self._writer.close()  # the connection went away, maybe during DATA
                 raise
             except Exception as error:
                 await self._loop_exception(error)
+
+    @property
+    def _smtp_methods(self) -> dict[str, Callable[[str | None], Any]]:
+        """aiosmtpd's table of command handlers (``smtp_*`` methods bound to this
+        session), made when asked for: the command loop uses the class's table of
+        functions (:func:`_command_table`) instead of binding every handler per session."""
+        return {
+            name: types.MethodType(function, self)
+            for name, function in _command_table(type(self)).items()
+        }
+
+    @_smtp_methods.setter
+    def _smtp_methods(self, value: dict[str, Any]) -> None:
+        """aiosmtpd's ``__init__`` assigns its table; the property makes it instead."""
 
     async def _skip_long_line(self, consumed: int) -> None:
         """Drop a line longer than the stream's limit up to its end, as aiosmtpd does
@@ -382,8 +408,8 @@ class SMTPSession(SMTP):
             counts.append(f"{name.lower()}={ok}" if ok == total else f"{name.lower()}={ok}/{total}")
         ok_all, total_all = sum(self.commands_ok.values()), sum(self.commands.values())
         commands = f"{ok_all}" if ok_all == total_all else f"{ok_all}/{total_all}"
-        self.log.info(
-            "disconnect from %s %s", self.client, " ".join([*counts, f"commands={commands}"])
+        log_info(
+            self.log, f"disconnect from {self.client} {' '.join([*counts, f'commands={commands}'])}"
         )
 
     def eof_received(self) -> bool | None:
@@ -1086,19 +1112,17 @@ class SMTPSession(SMTP):
             if self.sasl_username
             else ""
         )
-        self.log.info("%s: client=%s%s", queue_id, self.client, sasl)
+        log_info(self.log, f"{queue_id}: client={self.client}{sasl}")
         shown_id = (
             found_id.decode("utf-8", "replace")
             if found_id is not None
             else message_id(queue_id, self.config.hostname)
         )
-        _CLEANUP_LOG.info("%s: message-id=%s", queue_id, shown_id)
-        _QMGR_LOG.info(
-            "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
-            queue_id,
-            transaction.sender,
-            writer.size,
-            len(transaction.recipients),
+        log_info(_CLEANUP_LOG, f"{queue_id}: message-id={shown_id}")
+        log_info(
+            _QMGR_LOG,
+            f"{queue_id}: from=<{transaction.sender}>, size={writer.size:d}, "
+            f"nrcpt={len(transaction.recipients):d} (queue active)",
         )
 
     # --- the rest ------------------------------------------------------------------------
@@ -1188,6 +1212,23 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     """Give back bytes read past the end of DATA (pipelined commands, RFC 2920)."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     buffer[0:0] = data
+
+
+#: Per session class: command name (``EHLO``) -> its ``smtp_*`` function (unbound).
+_COMMAND_TABLES: dict[type[SMTP], dict[str, Callable[[Any, str | None], Any]]] = {}
+
+
+def _command_table(cls: type[SMTP]) -> dict[str, Callable[[Any, str | None], Any]]:
+    """The commands of ``cls`` as aiosmtpd finds them (every ``smtp_*`` attribute, the
+    name after ``smtp_``), as plain functions, made once per class."""
+    table = _COMMAND_TABLES.get(cls)
+    if table is None:
+        table = _COMMAND_TABLES[cls] = {
+            name.replace("smtp_", ""): getattr(cls, name)
+            for name in dir(cls)
+            if name.startswith("smtp_")
+        }
+    return table
 
 
 # --- aiosmtpd's per-connection set-up, done once per class ------------------------------
