@@ -187,7 +187,7 @@ class SMTPSession(SMTP):
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         self.shared = shared
         self.config = config
-        self.log = logging.getLogger(config.log_name)
+        self.log = _logger(config.log_name)
         self.client_address = "unknown"
         self.client_name = "unknown"
         self.helo: str | None = None
@@ -489,10 +489,13 @@ class SMTPSession(SMTP):
         Like Postfix's smtpd: past ``smtpd_soft_error_limit`` every reply waits
         ``smtpd_error_sleep_time`` (the wait does not count against the idle timeout).
         """
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        await self._answer(with_enhanced_code(text))
+
+    async def _answer(self, text: str) -> None:
+        """:meth:`push` for a reply already in our shape (``CODE X.Y.Z text``)."""
         if self._closing or self.transport is None or self.transport.is_closing():
             return
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        text = with_enhanced_code(text)
         if text[:1] in ("4", "5") and not text.startswith("421"):
             self.errors += 1
         if self.errors > self.config.soft_error_limit:
@@ -528,7 +531,10 @@ class SMTPSession(SMTP):
         text = str(answer)
         if command is not None and text[:1] in ("2", "3"):
             self.commands_ok[command] += 1
-        await self.push(text)
+        if isinstance(answer, Reply):  # ours: nothing of aiosmtpd's to map
+            await self._answer(text)
+        else:
+            await self.push(text)
 
     def _count(self, command: str) -> None:
         self.commands[command] += 1
@@ -788,7 +794,7 @@ class SMTPSession(SMTP):
             return
         smtputf8 = "SMTPUTF8" in params and config.smtputf8
         try:
-            sender = parse_path(
+            sender = _parse_path(
                 path_text,
                 allow_null=True,
                 smtputf8=smtputf8,
@@ -859,11 +865,15 @@ class SMTPSession(SMTP):
         try:
             path_text, params_text = split_command_argument(arg[3:].strip())
             params = parse_esmtp_params(params_text, smtputf8=transaction.smtputf8)
-            recipient = parse_path(
-                path_text,
-                allow_null=False,
-                smtputf8=transaction.smtputf8,
-                strict=self.config.strict_envelopes,
+            recipient = cast(
+                Address,  # allow_null=False: never the null path
+                _parse_path(
+                    path_text,
+                    allow_null=False,
+                    smtputf8=transaction.smtputf8,
+                    strict=self.config.strict_envelopes,
+                    enforce_length_limits=True,
+                ),
             )
         except AddressError as exc:
             answer = (
@@ -1196,6 +1206,38 @@ async def client_name(address: str, timeout: float = 5.0) -> str:
     return "unknown"
 
 
+#: Paths parsed lately: (text, allow_null, smtputf8, strict, enforce_length_limits) ->
+#: the immutable result of :func:`roost.address.parse_path` (see :func:`_parse_path`).
+_PATHS: dict[tuple[str, bool, bool, bool, bool], Address | NullPath] = {}
+_PATHS_MAX: Final = 1024
+
+
+def _parse_path(
+    text: str, *, allow_null: bool, smtputf8: bool, strict: bool, enforce_length_limits: bool
+) -> Address | NullPath:
+    """:func:`roost.address.parse_path`, remembered for the last up to 1,024 paths.
+
+    The parse depends only on its arguments and its results are immutable (a frozen
+    :class:`Address`, or the one :data:`roost.address.NULL_PATH`), so a path seen again (the same
+    senders and local recipients come back all the time) is not parsed again. Paths that
+    do not parse raise as before and are not remembered. The table is emptied when full.
+    """
+    key = (text, allow_null, smtputf8, strict, enforce_length_limits)
+    found = _PATHS.get(key)
+    if found is None:
+        found = parse_path(
+            text,
+            allow_null=allow_null,
+            smtputf8=smtputf8,
+            strict=strict,
+            enforce_length_limits=enforce_length_limits,
+        )
+        if len(_PATHS) >= _PATHS_MAX:
+            _PATHS.clear()
+        _PATHS[key] = found
+    return found
+
+
 def _bad_value(parameter: str) -> Reply:
     return Reply(501, "5.5.4", f"Bad {parameter} parameter value")
 
@@ -1229,6 +1271,17 @@ def _command_table(cls: type[SMTP]) -> dict[str, Callable[[Any, str | None], Any
             if name.startswith("smtp_")
         }
     return table
+
+
+#: The services' loggers by name (``logging.getLogger`` takes logging's lock each time).
+_LOGGERS: dict[str, logging.Logger] = {}
+
+
+def _logger(name: str) -> logging.Logger:
+    found = _LOGGERS.get(name)
+    if found is None:
+        found = _LOGGERS[name] = logging.getLogger(name)
+    return found
 
 
 # --- aiosmtpd's per-connection set-up, done once per class ------------------------------
@@ -1312,6 +1365,8 @@ def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
     if _own_method(value):
         return name, _METHOD, value.__func__
     if isinstance(value, collections.defaultdict | collections.OrderedDict | list | set):
+        return name, _COPY, value
+    if type(value) is dict and not value:
         return name, _COPY, value
     if type(value) is dict and all(_own_method(item) for item in value.values()):
         return name, _METHODS, tuple((key, item.__func__) for key, item in value.items())
