@@ -457,6 +457,7 @@ def log_info(logger: logging.Logger, message: str) -> None:
                 None,
             )
         ).copy()
+        attributes["args"] = None  # as _QueueFront.prepare leaves a record it merged
     record = logging.LogRecord.__new__(logging.LogRecord)
     fields = record.__dict__
     fields.update(attributes)
@@ -529,6 +530,8 @@ def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> lis
     for front in _front:
         logger.removeHandler(front)
     _front.clear()
+    for handler in _handlers:  # on the logger itself since stop_log_writer or a fork
+        logger.removeHandler(handler)
     if _listener is not None:
         _listener.stop()  # writes what is queued, then ends the thread
         _listener = _log_queue = None
