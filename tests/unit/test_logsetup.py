@@ -414,3 +414,14 @@ def test_log_info_takes_the_usual_way_when_others_would_see_the_record(
     with caplog.at_level(logging.INFO):
         logsetup.log_info(log, "unconfigured")
     assert [r.getMessage() for r in caplog.records] == ["unconfigured"]
+
+
+def test_control_characters_become_question_marks_and_the_rest_stays(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    log.info("tab\there, escape\x1b, delete\x7f, nul\x00, bell\x07, été and \xa0")
+    log.info("printable: été ünïcode <a@b> 100%")
+    first, second = parsed(maillog)
+    assert first["message"] == "tab\there, escape?, delete?, nul?, bell?, été and \xa0"
+    assert second["message"] == "printable: été ünïcode <a@b> 100%"

@@ -116,7 +116,8 @@ class _PostfixFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             message = f"{message}: {_describe_exception(record.exc_info[1])}"
-        message = message.translate(_UNPRINTABLE)
+        if not message.isprintable():  # the usual line has no control character: skip
+            message = message.translate(_UNPRINTABLE)  # the per-character table lookups
         program = self._programs.get(record.name)
         if program is None:
             program = self._programs[record.name] = program_name(record.name, self._syslog_name)
