@@ -265,25 +265,29 @@ class SMTPSession(SMTP):
         :meth:`push` maps to ours, its command line limits, the TLS checks and its
         handling of errors and of a lost connection), and its per-command costs cut:
         a line already in the stream's buffer is taken without a ``readuntil`` coroutine,
-        no per-line logging calls, the idle timer is moved lazily (:meth:`_reset_timeout`)
-        and replies skip ``drain()`` unless the transport is paused or closing
+        and while there is none the loop waits with the stream's own wait and looks again
+        (``readuntil`` only at the end of the input, after a stream error or for an
+        over-long line, for its answers), the handlers come from the class's table
+        (:func:`_command_table`) instead of methods bound per session, no per-line
+        logging calls, the idle timer is moved lazily (:meth:`_reset_timeout`) and
+        replies skip ``drain()`` unless the transport is paused or closing
         (:meth:`_send`). aiosmtpd's PROXY protocol and per-command call limits are not
         used by roost (our error and junk command limits replace them).
         """
         reader = self._reader
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-        limit_: int = reader._limit  # type: ignore[attr-defined]
+        line_limit: int = reader._limit  # type: ignore[attr-defined]
         methods = _command_table(type(self))
         while self.transport is not None:
             try:
                 end = buffer.find(b"\n")
-                if 0 <= end <= limit_:  # readuntil's fast case
+                if 0 <= end <= line_limit:  # readuntil's fast case
                     line = bytes(buffer[: end + 1])
                     del buffer[: end + 1]
                     reader._maybe_resume_transport()  # type: ignore[attr-defined]
                 elif (
                     end < 0
-                    and len(buffer) <= limit_
+                    and len(buffer) <= line_limit
                     and not reader._eof  # type: ignore[attr-defined]
                     and reader.exception() is None
                 ):
