@@ -11,7 +11,8 @@ stderr in the foreground. Parameters: ``syslog_name``, ``syslog_facility``,
 ``maillog_file`` (Postfix >= 3.4).
 
 The event loop only queues each record (a ``QueueHandler``: the message's ``%`` arguments
-are merged at once, nothing else); one thread formats the lines and writes them, so a
+are merged at once, nothing else; :func:`log_info` queues a finished line's record itself,
+with less work); one thread formats the lines and writes them, so a
 slow ``write`` to a busy disk never holds up the sessions. Once the thread has written
 what was queued it sleeps :data:`WRITER_PAUSE` before it waits for more, so the records of
 a busy stream gather meanwhile and queueing one wakes no thread (a wake-up per record was
