@@ -332,3 +332,96 @@ def test_timestamps_are_those_of_datetime(tmp_path: Path) -> None:
         expected = dt.datetime.fromtimestamp(created).astimezone()
         line = logsetup._handlers[0].format(record)  # the maillog file's formatter
         assert line.startswith(expected.isoformat(timespec="microseconds") + " ")
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, object]:
+    """A record's attributes but its times."""
+    times = {"created", "msecs", "relativeCreated"}
+    return {k: v for k, v in vars(record).items() if k not in times}
+
+
+def test_log_info_queues_the_record_logger_info_would_queue(tmp_path: Path) -> None:
+    setup_logging(to_syslog=False, maillog_file=tmp_path / "maillog")
+    queued: list[logging.LogRecord] = []
+    assert logsetup._log_queue is not None
+    writer = logsetup._log_queue
+    log = logging.getLogger("roost.smtpd")
+
+    class Spy:  # in place of the queue: what each way hands to the writer thread
+        def put_nowait(self, record: logging.LogRecord) -> None:
+            queued.append(record)
+
+    logsetup._fast = (Spy(), *logsetup._fast[1:])  # type: ignore[arg-type,misc]
+    logsetup._front[0].queue = Spy()  # type: ignore[attr-defined]
+    try:
+        log.info("4F2AB0C1D: client=%s%s", "unknown[127.0.0.1]", "")
+        logsetup.log_info(log, "4F2AB0C1D: client=unknown[127.0.0.1]")
+        log.info("100%s sure", "%")  # a % in the finished line stays as it is
+        logsetup.log_info(log, "100% sure")
+    finally:
+        logsetup._fast = (writer, *logsetup._fast[1:])  # type: ignore[misc]
+        logsetup._front[0].queue = writer  # type: ignore[attr-defined]
+    assert len(queued) == 4
+    assert _record_fields(queued[0]) == _record_fields(queued[1])
+    assert _record_fields(queued[2]) == _record_fields(queued[3])
+    assert queued[1].getMessage() == "4F2AB0C1D: client=unknown[127.0.0.1]"
+    assert queued[3].getMessage() == "100% sure"
+    assert queued[0].created <= queued[1].created <= queued[0].created + 5
+    assert queued[1].relativeCreated == pytest.approx(
+        (queued[1].created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    )
+
+
+def test_log_info_lines_in_the_file(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    logsetup.log_info(logging.getLogger("roost.cleanup"), "4F2AB0C1D: message-id=<a@b>")
+    logging.getLogger("roost.qmgr").info("between")
+    logsetup.log_info(logging.getLogger("roost.smtpd"), "disconnect from x[1.2.3.4] ehlo=1")
+    assert [(m["program"], int(m["pid"]), m["message"]) for m in parsed(maillog)] == [
+        ("roost/cleanup", PID, "4F2AB0C1D: message-id=<a@b>"),
+        ("roost/qmgr", PID, "between"),
+        ("roost/smtpd", PID, "disconnect from x[1.2.3.4] ehlo=1"),
+    ]
+
+
+def test_log_info_takes_the_usual_way_when_others_would_see_the_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        logsetup.log_info(log, "to both")
+    finally:
+        log.removeHandler(keep)
+    log.setLevel(logging.WARNING)
+    try:
+        logsetup.log_info(log, "below the level")
+    finally:
+        log.setLevel(logging.NOTSET)
+    assert seen == ["to both"]
+    assert [m["message"] for m in parsed(maillog)] == ["to both"]
+    close_logging()  # no writer thread: the record goes to the root logger's handlers
+    with caplog.at_level(logging.INFO):
+        logsetup.log_info(log, "unconfigured")
+    assert [r.getMessage() for r in caplog.records] == ["unconfigured"]
+
+
+def test_control_characters_become_question_marks_and_the_rest_stays(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    log = logging.getLogger("roost.smtpd")
+    log.info("tab\there, escape\x1b, delete\x7f, nul\x00, bell\x07, été and \xa0")
+    log.info("printable: été ünïcode <a@b> 100%")
+    first, second = parsed(maillog)
+    assert first["message"] == "tab\there, escape?, delete?, nul?, bell?, été and \xa0"
+    assert second["message"] == "printable: été ünïcode <a@b> 100%"

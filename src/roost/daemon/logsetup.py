@@ -11,7 +11,8 @@ stderr in the foreground. Parameters: ``syslog_name``, ``syslog_facility``,
 ``maillog_file`` (Postfix >= 3.4).
 
 The event loop only queues each record (a ``QueueHandler``: the message's ``%`` arguments
-are merged at once, nothing else); one thread formats the lines and writes them, so a
+are merged at once, nothing else; :func:`log_info` queues a finished line's record itself,
+with less work); one thread formats the lines and writes them, so a
 slow ``write`` to a busy disk never holds up the sessions. Once the thread has written
 what was queued it sleeps :data:`WRITER_PAUSE` before it waits for more, so the records of
 a busy stream gather meanwhile and queueing one wakes no thread (a wake-up per record was
@@ -34,11 +35,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 __all__ = [
     "close_logging",
     "flush_logs",
+    "log_info",
     "program_name",
     "reopen_logs",
     "setup_logging",
@@ -63,6 +65,14 @@ _handlers: list[logging.Handler] = []  # the destinations, fed by _listener
 _front: list[logging.Handler] = []  # on the roost logger: the QueueHandler
 _listener: _Writer | None = None
 _log_queue: queue.SimpleQueue[logging.LogRecord] | None = None
+#: What :func:`log_info` needs to queue a record itself: the queue, the ``roost`` logger
+#: and its only handler (the queue's front); None while lines are not queued.
+_fast: tuple[queue.SimpleQueue[logging.LogRecord], logging.Logger, logging.Handler] | None = None
+#: Per logger name: the attributes of an info record without arguments (see
+#: :func:`log_info`), all but the message and the times.
+_info_records: dict[str, dict[str, Any]] = {}
+#: This process's ID for the lines' ``[PID]`` (kept at fork; a ``getpid`` per line before).
+_pid = os.getpid()
 
 
 def program_name(logger_name: str, syslog_name: str = "roost") -> str:
@@ -107,11 +117,12 @@ class _PostfixFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             message = f"{message}: {_describe_exception(record.exc_info[1])}"
-        message = message.translate(_UNPRINTABLE)
+        if not message.isprintable():  # the usual line has no control character: skip
+            message = message.translate(_UNPRINTABLE)  # the per-character table lookups
         program = self._programs.get(record.name)
         if program is None:
             program = self._programs[record.name] = program_name(record.name, self._syslog_name)
-        pid = record.process if record.process is not None else os.getpid()
+        pid = record.process if record.process is not None else _pid
         prefix = _SEVERITY_PREFIX.get(record.levelno, "")
         if record.levelno > logging.CRITICAL:
             prefix = "fatal: "
@@ -401,6 +412,69 @@ def flush_logs(timeout: float = 10.0) -> None:
     mark.written.wait(timeout)
 
 
+def log_info(logger: logging.Logger, message: str) -> None:
+    """``logger.info(message)`` for a finished line (no ``%`` arguments), with less work.
+
+    While the writer thread takes the lines (:func:`setup_logging`) and nothing else would
+    see the record (``logger`` a direct child of ``roost`` without handlers or filters,
+    ``roost``'s one handler the queue's front, the standard record factory), the record is
+    made from a per-logger copy of an info record's attributes and queued directly: the
+    same record, queued in the same order, as ``logger.info`` would queue, without
+    ``Logger._log``, ``makeRecord``, ``LogRecord.__init__`` (a file-name split per record)
+    and the handler's lock. Otherwise it is ``logger.info(message)``.
+
+    Args:
+        logger: a logger under ``roost`` (``roost.smtpd``).
+        message: the whole line's message; ``%`` in it is kept, as ``logger.info``
+            keeps it without arguments.
+    """
+    fast = _fast
+    if (
+        fast is None
+        or logger.parent is not fast[1]
+        or logger.handlers
+        or logger.filters
+        or not logger.propagate
+        or len(fast[1].handlers) != 1
+        or fast[1].handlers[0] is not fast[2]
+        or fast[2].filters
+        or fast[2].level > logging.INFO
+        or logging.getLogRecordFactory() is not logging.LogRecord
+        or not logger.isEnabledFor(logging.INFO)
+    ):
+        logger.info(message)
+        return
+    attributes = _info_records.get(logger.name)
+    if attributes is None:
+        attributes = _info_records[logger.name] = vars(
+            logging.LogRecord(
+                logger.name,
+                logging.INFO,
+                "(unknown file)",
+                0,
+                "",
+                (),
+                None,
+                "(unknown function)",
+                None,
+            )
+        ).copy()
+        attributes["args"] = None  # as _QueueFront.prepare leaves a record it merged
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    fields = record.__dict__
+    fields.update(attributes)
+    created = time.time()  # as LogRecord.__init__ sets the three times
+    fields["msg"] = message
+    fields["created"] = created
+    fields["msecs"] = int((created - int(created)) * 1000) + 0.0
+    fields["relativeCreated"] = (created - _START_TIME) * 1000
+    fast[0].put_nowait(record)
+
+
+#: logging's start time, from which records count ``relativeCreated``.
+_START_TIME: Final[float] = logging._startTime  # type: ignore[attr-defined]
+
+
 #: Libraries whose records go through roost's handlers (one line, control characters
 #: escaped) instead of Python's raw last-resort stderr output.
 _LIBRARY_LOGGERS: Final = ("asyncio", "mail.log", "ldap3")
@@ -452,10 +526,14 @@ def _unreachable(address: str) -> str | None:
 def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> list[logging.Handler]:
     """Install ``new`` behind a fresh queue and writer thread; stop the old thread after
     it has written every line queued so far. Return the old handlers (to close)."""
-    global _listener, _log_queue
+    global _listener, _log_queue, _fast
+    _fast = None
+    _info_records.clear()  # made again with the current record settings
     for front in _front:
         logger.removeHandler(front)
     _front.clear()
+    for handler in _handlers:  # on the logger itself since stop_log_writer or a fork
+        logger.removeHandler(handler)
     if _listener is not None:
         _listener.stop()  # writes what is queued, then ends the thread
         _listener = _log_queue = None
@@ -468,6 +546,7 @@ def _replace_handlers(logger: logging.Logger, new: list[logging.Handler]) -> lis
         front = _QueueFront(_log_queue)
         _front.append(front)
         logger.addHandler(front)
+        _fast = (_log_queue, logger, front)
     return old
 
 
@@ -480,9 +559,9 @@ def stop_log_writer() -> None:
     runs before the handlers are closed); a forked worker that leaves by ``os._exit``
     calls it itself.
     """
-    global _listener, _log_queue
+    global _listener, _log_queue, _fast
     with _lock:
-        listener, _listener, _log_queue = _listener, None, None
+        listener, _listener, _log_queue, _fast = _listener, None, None, None
         logger = logging.getLogger(ROOT_LOGGER)
         for front in _front:  # lines logged from now on are written at once
             logger.removeHandler(front)
@@ -497,9 +576,10 @@ def _after_fork_in_child() -> None:
     """In a forked child (fork server, worker) the writer thread does not exist: log
     synchronously, with fresh locks, until :func:`start_log_writer`. Lines the parent had
     queued but not written stay the parent's (no duplicates)."""
-    global _listener, _log_queue, _lock
+    global _listener, _log_queue, _lock, _fast, _pid
     _lock = threading.Lock()  # another thread may have held it at the fork
-    _listener = _log_queue = None
+    _listener = _log_queue = _fast = None
+    _pid = os.getpid()
     logger = logging.getLogger(ROOT_LOGGER)
     for front in _front:
         logger.removeHandler(front)

@@ -58,6 +58,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import FailureReason, UserDatabase
+from roost.daemon.logsetup import log_info
 from roost.delivery.router import Router
 from roost.queue.envelope import BodyType, Envelope, Notify, Recipient, Ret, WithProtocol
 from roost.queue.errors import SpoolError, SpoolErrorKind
@@ -186,7 +187,7 @@ class SMTPSession(SMTP):
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         self.shared = shared
         self.config = config
-        self.log = logging.getLogger(config.log_name)
+        self.log = _logger(config.log_name)
         self.client_address = "unknown"
         self.client_name = "unknown"
         self.helo: str | None = None
@@ -253,7 +254,7 @@ class SMTPSession(SMTP):
             self.client_name = await client_name(self.client_address)
         await self.push(f"220 {self.hostname} {self.__ident__}")
         # after the greeting, off the client's path (still the session's first line)
-        self.log.info("connect from %s", self.client)
+        log_info(self.log, f"connect from {self.client}")
         await self._command_loop()
 
     async def _command_loop(self) -> None:
@@ -264,22 +265,37 @@ class SMTPSession(SMTP):
         :meth:`push` maps to ours, its command line limits, the TLS checks and its
         handling of errors and of a lost connection), and its per-command costs cut:
         a line already in the stream's buffer is taken without a ``readuntil`` coroutine,
-        no per-line logging calls, the idle timer is moved lazily (:meth:`_reset_timeout`)
-        and replies skip ``drain()`` unless the transport is paused or closing
+        and while there is none the loop waits with the stream's own wait and looks again
+        (``readuntil`` only at the end of the input, after a stream error or for an
+        over-long line, for its answers), the handlers come from the class's table
+        (:func:`_command_table`) instead of methods bound per session, no per-line
+        logging calls, the idle timer is moved lazily (:meth:`_reset_timeout`) and
+        replies skip ``drain()`` unless the transport is paused or closing
         (:meth:`_send`). aiosmtpd's PROXY protocol and per-command call limits are not
         used by roost (our error and junk command limits replace them).
         """
         reader = self._reader
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-        methods: dict[str, Callable[[str | None], Any]] = self._smtp_methods
+        line_limit: int = reader._limit  # type: ignore[attr-defined]
+        methods = _command_table(type(self))
         while self.transport is not None:
             try:
                 end = buffer.find(b"\n")
-                if 0 <= end <= reader._limit:  # type: ignore[attr-defined]  # readuntil's fast case
+                if 0 <= end <= line_limit:  # readuntil's fast case
                     line = bytes(buffer[: end + 1])
                     del buffer[: end + 1]
                     reader._maybe_resume_transport()  # type: ignore[attr-defined]
-                else:
+                elif (
+                    end < 0
+                    and len(buffer) <= line_limit
+                    and not reader._eof  # type: ignore[attr-defined]
+                    and reader.exception() is None
+                ):
+                    # no line yet: wait for more input, then look again (readuntil's
+                    # own wait, without its coroutine and its buffer scan)
+                    await reader._wait_for_data("readuntil")  # type: ignore[attr-defined]
+                    continue
+                else:  # end of input, an error, or an over-long line: readuntil's answer
                     try:
                         line = await reader.readuntil()
                     except asyncio.LimitOverrunError as error:
@@ -324,12 +340,26 @@ class SMTPSession(SMTP):
                     await self.push(f'500 Error: command "{command}" not recognized')
                     continue
                 self._reset_timeout()  # a valid command (as in aiosmtpd)
-                await method(arg)
+                await method(self, arg)
             except (asyncio.CancelledError, ConnectionResetError):
                 self._writer.close()  # the connection went away, maybe during DATA
                 raise
             except Exception as error:
                 await self._loop_exception(error)
+
+    @property
+    def _smtp_methods(self) -> dict[str, Callable[[str | None], Any]]:
+        """aiosmtpd's table of command handlers (``smtp_*`` methods bound to this
+        session), made when asked for: the command loop uses the class's table of
+        functions (:func:`_command_table`) instead of binding every handler per session."""
+        return {
+            name: types.MethodType(function, self)
+            for name, function in _command_table(type(self)).items()
+        }
+
+    @_smtp_methods.setter
+    def _smtp_methods(self, value: dict[str, Any]) -> None:
+        """aiosmtpd's ``__init__`` assigns its table; the property makes it instead."""
 
     async def _skip_long_line(self, consumed: int) -> None:
         """Drop a line longer than the stream's limit up to its end, as aiosmtpd does
@@ -382,8 +412,8 @@ class SMTPSession(SMTP):
             counts.append(f"{name.lower()}={ok}" if ok == total else f"{name.lower()}={ok}/{total}")
         ok_all, total_all = sum(self.commands_ok.values()), sum(self.commands.values())
         commands = f"{ok_all}" if ok_all == total_all else f"{ok_all}/{total_all}"
-        self.log.info(
-            "disconnect from %s %s", self.client, " ".join([*counts, f"commands={commands}"])
+        log_info(
+            self.log, f"disconnect from {self.client} {' '.join([*counts, f'commands={commands}'])}"
         )
 
     def eof_received(self) -> bool | None:
@@ -463,10 +493,13 @@ class SMTPSession(SMTP):
         Like Postfix's smtpd: past ``smtpd_soft_error_limit`` every reply waits
         ``smtpd_error_sleep_time`` (the wait does not count against the idle timeout).
         """
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        await self._answer(with_enhanced_code(text))
+
+    async def _answer(self, text: str) -> None:
+        """:meth:`push` for a reply already in our shape (``CODE X.Y.Z text``)."""
         if self._closing or self.transport is None or self.transport.is_closing():
             return
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        text = with_enhanced_code(text)
         if text[:1] in ("4", "5") and not text.startswith("421"):
             self.errors += 1
         if self.errors > self.config.soft_error_limit:
@@ -502,7 +535,10 @@ class SMTPSession(SMTP):
         text = str(answer)
         if command is not None and text[:1] in ("2", "3"):
             self.commands_ok[command] += 1
-        await self.push(text)
+        if isinstance(answer, Reply):  # ours: nothing of aiosmtpd's to map
+            await self._answer(text)
+        else:
+            await self.push(text)
 
     def _count(self, command: str) -> None:
         self.commands[command] += 1
@@ -762,7 +798,7 @@ class SMTPSession(SMTP):
             return
         smtputf8 = "SMTPUTF8" in params and config.smtputf8
         try:
-            sender = parse_path(
+            sender = _parse_path(
                 path_text,
                 allow_null=True,
                 smtputf8=smtputf8,
@@ -833,11 +869,15 @@ class SMTPSession(SMTP):
         try:
             path_text, params_text = split_command_argument(arg[3:].strip())
             params = parse_esmtp_params(params_text, smtputf8=transaction.smtputf8)
-            recipient = parse_path(
-                path_text,
-                allow_null=False,
-                smtputf8=transaction.smtputf8,
-                strict=self.config.strict_envelopes,
+            recipient = cast(
+                Address,  # allow_null=False: never the null path
+                _parse_path(
+                    path_text,
+                    allow_null=False,
+                    smtputf8=transaction.smtputf8,
+                    strict=self.config.strict_envelopes,
+                    enforce_length_limits=True,
+                ),
             )
         except AddressError as exc:
             answer = (
@@ -1086,19 +1126,17 @@ class SMTPSession(SMTP):
             if self.sasl_username
             else ""
         )
-        self.log.info("%s: client=%s%s", queue_id, self.client, sasl)
+        log_info(self.log, f"{queue_id}: client={self.client}{sasl}")
         shown_id = (
             found_id.decode("utf-8", "replace")
             if found_id is not None
             else message_id(queue_id, self.config.hostname)
         )
-        _CLEANUP_LOG.info("%s: message-id=%s", queue_id, shown_id)
-        _QMGR_LOG.info(
-            "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
-            queue_id,
-            transaction.sender,
-            writer.size,
-            len(transaction.recipients),
+        log_info(_CLEANUP_LOG, f"{queue_id}: message-id={shown_id}")
+        log_info(
+            _QMGR_LOG,
+            f"{queue_id}: from=<{transaction.sender}>, size={writer.size:d}, "
+            f"nrcpt={len(transaction.recipients):d} (queue active)",
         )
 
     # --- the rest ------------------------------------------------------------------------
@@ -1172,6 +1210,38 @@ async def client_name(address: str, timeout: float = 5.0) -> str:
     return "unknown"
 
 
+#: Paths parsed lately: (text, allow_null, smtputf8, strict, enforce_length_limits) ->
+#: the immutable result of :func:`roost.address.parse_path` (see :func:`_parse_path`).
+_PATHS: dict[tuple[str, bool, bool, bool, bool], Address | NullPath] = {}
+_PATHS_MAX: Final = 1024
+
+
+def _parse_path(
+    text: str, *, allow_null: bool, smtputf8: bool, strict: bool, enforce_length_limits: bool
+) -> Address | NullPath:
+    """:func:`roost.address.parse_path`, remembered for the last up to 1,024 paths.
+
+    The parse depends only on its arguments and its results are immutable (a frozen
+    :class:`Address`, or the one :data:`roost.address.NULL_PATH`), so a path seen again (the same
+    senders and local recipients come back all the time) is not parsed again. Paths that
+    do not parse raise as before and are not remembered. The table is emptied when full.
+    """
+    key = (text, allow_null, smtputf8, strict, enforce_length_limits)
+    found = _PATHS.get(key)
+    if found is None:
+        found = parse_path(
+            text,
+            allow_null=allow_null,
+            smtputf8=smtputf8,
+            strict=strict,
+            enforce_length_limits=enforce_length_limits,
+        )
+        if len(_PATHS) >= _PATHS_MAX:
+            _PATHS.clear()
+        _PATHS[key] = found
+    return found
+
+
 def _bad_value(parameter: str) -> Reply:
     return Reply(501, "5.5.4", f"Bad {parameter} parameter value")
 
@@ -1188,6 +1258,34 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     """Give back bytes read past the end of DATA (pipelined commands, RFC 2920)."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     buffer[0:0] = data
+
+
+#: Per session class: command name (``EHLO``) -> its ``smtp_*`` function (unbound).
+_COMMAND_TABLES: dict[type[SMTP], dict[str, Callable[[Any, str | None], Any]]] = {}
+
+
+def _command_table(cls: type[SMTP]) -> dict[str, Callable[[Any, str | None], Any]]:
+    """The commands of ``cls`` as aiosmtpd finds them (every ``smtp_*`` attribute, the
+    name after ``smtp_``), as plain functions, made once per class."""
+    table = _COMMAND_TABLES.get(cls)
+    if table is None:
+        table = _COMMAND_TABLES[cls] = {
+            name.replace("smtp_", ""): getattr(cls, name)
+            for name in dir(cls)
+            if name.startswith("smtp_")
+        }
+    return table
+
+
+#: The services' loggers by name (``logging.getLogger`` takes logging's lock each time).
+_LOGGERS: dict[str, logging.Logger] = {}
+
+
+def _logger(name: str) -> logging.Logger:
+    found = _LOGGERS.get(name)
+    if found is None:
+        found = _LOGGERS[name] = logging.getLogger(name)
+    return found
 
 
 # --- aiosmtpd's per-connection set-up, done once per class ------------------------------
@@ -1271,6 +1369,8 @@ def _template_entry(name: str, value: Any) -> tuple[str, int, Any]:
     if _own_method(value):
         return name, _METHOD, value.__func__
     if isinstance(value, collections.defaultdict | collections.OrderedDict | list | set):
+        return name, _COPY, value
+    if type(value) is dict and not value:
         return name, _COPY, value
     if type(value) is dict and all(_own_method(item) for item in value.values()):
         return name, _METHODS, tuple((key, item.__func__) for key, item in value.items())
