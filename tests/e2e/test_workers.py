@@ -442,7 +442,12 @@ def test_reload_with_new_listening_ports_replaces_the_workers(tmp_path: Path) ->
             )
         )
         assert roost_cli(main_cf, "reload").returncode == 0
-        wait_for(lambda: not set(worker_pids(running)) & set(old_pids), "new workers")
+
+        def replaced() -> bool:  # both new workers registered, none of the old ones listed
+            pids = set(worker_pids(running))
+            return len(pids) == 2 and not pids & set(old_pids)
+
+        wait_for(replaced, "two new workers")
         new_pids = worker_pids(running)
         assert len(new_pids) == 2
         served = set()

@@ -580,6 +580,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()  # another thread may have held it at the fork
     _listener = _log_queue = _fast = None
     _pid = os.getpid()
+    _info_records.clear()  # their ``process`` and ``thread`` are the parent's
     logger = logging.getLogger(ROOT_LOGGER)
     for front in _front:
         logger.removeHandler(front)
