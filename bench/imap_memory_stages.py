@@ -135,7 +135,7 @@ def report(stage: str, root: int, pages: bool) -> None:
             totals[field] += values.get(field, 0)
         shown = " ".join(f"{f}={values.get(f, 0) / 1024:.1f}" for f in ROLLUP_FIELDS)
         print(f"  {role:8} {pid:7} {shown}")
-        if pages and role.startswith("worker") and forkers:
+        if pages and (role.startswith("worker") or role == "master") and forkers:
             classes = page_classes(pid, forkers[0])
             overall: dict[str, int] = {}
             for name, counts in sorted(classes.items(), key=lambda item: -sum(item[1].values())):
