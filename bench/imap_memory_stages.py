@@ -153,7 +153,7 @@ def report(stage: str, root: int, pages: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--pages", action="store_true", help="classify the workers' pages")
     parser.add_argument("--roost-src", type=Path, help="run the roost package in this directory")

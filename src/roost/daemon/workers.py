@@ -64,7 +64,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -192,43 +191,6 @@ def release_free_heap() -> bool:
     return True
 
 
-def grow_interned_strings(limit: int = 100_000) -> bool:
-    """Make CPython's table of interned strings grow once, now (before the fork).
-
-    ``pathlib`` interns every component of every path it parses (``sys.intern``): user
-    names, the Maildir's file names, message file names. A worker's sessions thus add
-    interned strings, most of which die again (each leaves a dummy slot); the table the
-    processes inherit was ~3,300 slots from full, so each worker soon made a table of
-    its own (938 KiB at 65,536 slots, every page of it new) while the image's old one
-    stayed in the fork server. Grown before the fork, the table has room for ~20,000
-    more insertions in every process, which copy only the pages they write to.
-
-    The table is reached only through ``sys.intern``: strings are interned one by one
-    until one insertion allocates more than 128 KiB (``tracemalloc``, which traces the
-    new table), then released. Returns True if the table grew within ``limit`` strings,
-    False if it did not or if ``tracemalloc`` was already tracing (left as it was).
-    Measured in docs/performance.md, "IMAP memory: the base, session 7".
-    """
-    import tracemalloc  # the daemon needs it only here, once
-
-    if tracemalloc.is_tracing():
-        return False
-    probes: list[str] = []
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for number in range(limit):
-            probes.append(sys.intern(f"{number:x}.roost-intern"))
-            now = tracemalloc.get_traced_memory()[0]
-            if now - before > 128 * 1024:
-                return True
-            before = now
-        return False
-    finally:
-        tracemalloc.stop()
-        probes.clear()
-
-
 # --- the fork server ---------------------------------------------------------------------
 
 
@@ -288,7 +250,6 @@ class Forker:
         master_end, forker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with contextlib.suppress(ImportError):  # the workers' loop: import it once, shared
             import uvloop  # noqa: F401
-        grow_interned_strings()  # room for the paths the workers intern (pathlib)
         gc.collect()
         release_free_heap()  # free heap pages: not part of the image the workers copy
         gc.freeze()  # what exists now stays in pages shared by every worker
