@@ -135,7 +135,7 @@ def report(stage: str, root: int, pages: bool) -> None:
             totals[field] += values.get(field, 0)
         shown = " ".join(f"{f}={values.get(f, 0) / 1024:.1f}" for f in ROLLUP_FIELDS)
         print(f"  {role:8} {pid:7} {shown}")
-        if pages and role.startswith("worker") and forkers:
+        if pages and (role.startswith("worker") or role == "master") and forkers:
             classes = page_classes(pid, forkers[0])
             overall: dict[str, int] = {}
             for name, counts in sorted(classes.items(), key=lambda item: -sum(item[1].values())):
@@ -153,7 +153,7 @@ def report(stage: str, root: int, pages: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--pages", action="store_true", help="classify the workers' pages")
     parser.add_argument("--roost-src", type=Path, help="run the roost package in this directory")

@@ -80,3 +80,35 @@ def test_the_worker_factories_are_the_listener_services() -> None:
         "roost.pop3.server",
     ]
     assert FACTORIES[0].disable == "qmgr"
+
+
+def test_the_image_is_made_immortal_where_cpython_can_and_sockets_stay_closable() -> None:
+    # CPython 3.12/3.13: objects of the image keep their pages shared after the fork
+    # (never counted); a socket (it has a finalizer) is still closed by its last
+    # reference. Elsewhere (3.11) nothing changes. In a child: immortality is for good.
+    code = (
+        "import gc, os, socket, sys\n"
+        "from roost.daemon.workers import immortalize_image\n"
+        "class Thing:\n"
+        "    pass\n"
+        "thing, sock = Thing(), socket.socket()\n"
+        "fd, before = sock.fileno(), sys.getrefcount(thing)\n"
+        "count = immortalize_image()\n"
+        "held = [thing] * 10\n"
+        "if (3, 12) <= sys.version_info[:2] <= (3, 13):\n"
+        "    assert count > 10000, count\n"
+        "    assert sys.getrefcount(thing) == sys.getrefcount(Thing) == 2**32 - 1\n"
+        "    assert sys.getrefcount(sock) < 10\n"
+        "else:\n"
+        "    assert count == 0\n"
+        "    assert sys.getrefcount(thing) == before + 10\n"
+        "del sock\n"
+        "gc.collect()\n"
+        "try:\n"
+        "    os.fstat(fd)\n"
+        "except OSError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('the socket was not closed')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
