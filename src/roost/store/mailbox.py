@@ -232,12 +232,8 @@ class Mailbox:
         if not os.path.isdir(os.path.join(self._dir, CUR)):
             raise MailboxNotFound(f"mailbox {name!r} does not exist", mailbox=name)
         clean_tmp(self._dir, time.time())
-        self._uidlist = UidList(
-            directory / UIDLIST_NAME,
-            fsync=policy.fsync,
-            file_mode=policy.file_mode,
-            chown=policy.chown_fd,
-        )
+        # Made at first use, dropped by suspend() (a forgotten UidList is a new one).
+        self._uidlist_kept: UidList | None = None
         self._keywords = Keywords(
             directory / KEYWORDS_NAME,
             fsync=policy.fsync,
@@ -292,6 +288,21 @@ class Mailbox:
             self._keep_template()
 
     # ----------------------------------------------------------------- properties
+
+    @property
+    def _uidlist(self) -> UidList:
+        """The ``dovecot-uidlist`` reader (a new one, with nothing read, after
+        :meth:`suspend`)."""
+        uidlist = self._uidlist_kept
+        if uidlist is None:
+            policy = self._policy
+            uidlist = self._uidlist_kept = UidList(
+                os.path.join(self._dir, UIDLIST_NAME),
+                fsync=policy.fsync,
+                file_mode=policy.file_mode,
+                chown=policy.chown_fd,
+            )
+        return uidlist
 
     @property
     def _view(self) -> dict[int, MessageInfo]:
@@ -374,7 +385,7 @@ class Mailbox:
         """Release the index connection while the session idles (reopened on next use).
 
         Cheap to call; the view, the subscriptions and the rest of the state stay. The
-        caches that are rebuilt on demand go: the copy of ``dovecot-uidlist`` (the next
+        caches that are rebuilt on demand go: the ``dovecot-uidlist`` reader (the next
         sync reads only what the index does not know, as at an open), the directory
         listings of the race-window check (the next sync rescans under the lock if a
         directory is still that recent), the sorted message list and the lock template's
@@ -385,7 +396,7 @@ class Mailbox:
         """
         if not self._closed:
             self._index.suspend()
-            self._uidlist.forget()
+            self._uidlist_kept = None  # its copy of the file, and its path string
             self._listing.clear()
             self._sorted = None
             self._release_template()
