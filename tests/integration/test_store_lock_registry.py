@@ -76,3 +76,21 @@ def test_template_outlives_a_closed_user_while_another_keeps_it(tmp_path: Path) 
     second.close()
     assert _templates(directory) == []
     assert _entries_under(tmp_path) == []
+
+
+def test_a_suspended_mailbox_gives_back_its_template_until_its_next_write(
+    tmp_path: Path,
+) -> None:
+    store = MailStore(tmp_path / "Maildir", fsync=False, bus=ChangeBus())
+    with store.open("INBOX") as box:
+        box.append(b"Subject: x\r\n\r\nbody\r\n")
+        assert _entries_under(tmp_path) and _templates(store.root)
+        box.suspend()  # an idle session: no registry entry, no template file
+        assert _entries_under(tmp_path) == []
+        assert _templates(store.root) == []
+        box.messages()  # a read does not take it again
+        assert _entries_under(tmp_path) == []
+        box.append(b"Subject: y\r\n\r\nbody\r\n")  # the next write does
+        assert _entries_under(tmp_path) and _templates(store.root)
+    assert _entries_under(tmp_path) == []
+    assert _templates(store.root) == []

@@ -411,6 +411,38 @@ def test_idle_other_than_done() -> None:
     assert feed(conn, b"c NOOP\r\n") == [Noop("c")]
 
 
+def test_park_and_unpark_between_commands_and_in_idle() -> None:
+    limits = {"max_line_size": 100, "max_literal_size": 100, "max_append_size": 1000}
+    conn = Connection(state=State.SELECTED, utf8=True, literal_plus=False)
+    assert feed(conn, b"a IDLE\r\n") == [Idle("a")]
+    conn.start_idle("a")
+    parked = conn.park()
+    assert parked == (State.SELECTED, True, False, "a")
+    again = Connection.unpark(parked, **limits)
+    assert (again.state, again.utf8, again.literal_plus, again.max_line_size) == (
+        State.SELECTED, True, False, 100,
+    )  # fmt: skip
+    assert feed(again, b"DONE\r\nb NOOP\r\n") == [IdleDone("a"), Noop("b")]
+    parked = again.park()
+    assert parked == (State.SELECTED, True, False, None)  # between commands
+    assert feed(Connection.unpark(parked, **limits), b"c NOOP\r\n") == [Noop("c")]
+
+
+def test_no_park_with_input_or_a_command_in_progress() -> None:
+    conn = Connection(state=State.AUTHENTICATED)
+    assert feed(conn, b"a NOO") == []
+    assert conn.park() is None  # half a line
+    assert feed(conn, b"P\r\nb SELECT {3}\r\n") == [Noop("a"), ContinuationNeeded(3, "b")]
+    assert conn.park() is None  # a literal awaited
+    other = Connection()
+    assert feed(other, b"a AUTHENTICATE PLAIN\r\n") == [Authenticate("a", "PLAIN")]
+    other.start_authenticate()
+    assert other.park() is None
+    closed = Connection()
+    closed.receive_data(b"")
+    assert closed.park() is None
+
+
 def test_idle_only_between_commands() -> None:
     conn = Connection()
     feed(conn, b"a LOGIN {3}\r\n")

@@ -117,6 +117,7 @@ __all__ = [
     "IdleDone",
     "LineTooLong",
     "NeedData",
+    "Parked",
     "State",
     "valid_in",
 ]
@@ -337,6 +338,10 @@ _TOO_LONG: Final = -2
 # --- the connection ---------------------------------------------------------------------------
 
 
+#: :meth:`Connection.park`: state, UTF8=ACCEPT, LITERAL+, the IDLE tag (None: not in IDLE).
+Parked: TypeAlias = tuple[State, bool, bool, str | None]
+
+
 class Connection:
     """One IMAP server connection's protocol state, without I/O.
 
@@ -455,6 +460,54 @@ class Connection:
         self._buf.clear()
         self._pos = self._scan = 0
         return data
+
+    # --- parking ----------------------------------------------------------------------------
+
+    def park(self) -> Parked | None:
+        """What :meth:`unpark` needs to make an equal connection, when nothing is buffered
+        or half-framed: a hibernated IMAP session keeps that instead of this object and
+        its buffers (docs/performance.md, "IMAP idle memory per connection, session 7").
+
+        Returns:
+            ``(state, utf8, literal_plus, IDLE tag or None)``, or None mid-command, with
+            input not yet parsed, after the end of the input or in AUTHENTICATE.
+        """
+        if (
+            self._buf
+            or self._eof
+            or self._in_command()
+            or self._lines
+            or self._literals
+            or self._skip_tail
+            or self._mode is _Mode.AUTHENTICATE
+        ):
+            return None
+        idle_tag = self._idle_tag if self._mode is _Mode.IDLE else None
+        return (self.state, self.utf8, self.literal_plus, idle_tag)
+
+    @classmethod
+    def unpark(
+        cls,
+        parked: Parked,
+        *,
+        max_line_size: int,
+        max_literal_size: int,
+        max_append_size: int,
+    ) -> Connection:
+        """A connection equal to the one :meth:`park` described, with these limits (the
+        session's: they are not part of what is parked)."""
+        state, utf8, literal_plus, idle_tag = parked
+        conn = cls(
+            state=state,
+            max_line_size=max_line_size,
+            max_literal_size=max_literal_size,
+            max_append_size=max_append_size,
+            literal_plus=literal_plus,
+            utf8=utf8,
+        )
+        if idle_tag is not None:
+            conn.start_idle(idle_tag)
+        return conn
 
     # --- modes ------------------------------------------------------------------------------
 

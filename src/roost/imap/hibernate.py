@@ -3,8 +3,10 @@
 A session in IDLE with nothing to do *hibernates* (as Dovecot's ``imap_hibernate_timeout``
 moves such a connection to its ``imap-hibernate`` process): its task ends, and with it
 its coroutine frames and its wait's future and timer. What is left is the session object
-(its slots, the sans-IO connection, the selected mailbox, suspended and packed), which
-the transport keeps as its protocol. Client input, the connection's end, a change
+(its slots; the sans-IO connection reduced to its parked state when nothing is buffered;
+the selected mailbox, suspended and packed into one compressed string, without its
+``dovecot-uidlist`` reader and its lock template), which the transport keeps as its
+protocol. Client input, the connection's end, a change
 notification of the selected mailbox or a shutdown starts a new task
 (:meth:`roost.imap.session.IMAPSession._wake`), which carries on where the old one
 stopped. So does the session's next deadline (the ``mailbox_idle_check_interval`` poll,
@@ -15,7 +17,8 @@ loop with one timer for its earliest entry, instead of one timer per session.
 burst of logins and SELECTs used for a moment (SQLite's page caches, in the store threads'
 malloc arena too) leaves free pages among the ones the idle sessions keep.
 
-See docs/performance.md, "IMAP idle memory, session 5".
+See docs/performance.md, "IMAP idle memory, session 5" and "IMAP idle memory per
+connection, session 7".
 """
 
 from __future__ import annotations

@@ -120,6 +120,7 @@ from roost.imap.connection import (
     ContinuationNeeded,
     IdleDone,
     LineTooLong,
+    Parked,
     State,
 )
 from roost.imap.errors import store_error_response
@@ -484,6 +485,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         "_auth_disallowed",
         "_bad_commands",
         "_changed",
+        "_conn",
         "_counted",
         "_drained",
         "_hibernated",
@@ -491,11 +493,11 @@ class IMAPSession(MailSession[Shared, Resumed]):
         "_next_check",
         "_next_notify",
         "_out",
+        "_parked",
         "_quiet_until",
         "_waiter",
         "_writing_paused",
         "config",
-        "conn",
         "enabled",
         "mail",
         "selected",
@@ -512,11 +514,14 @@ class IMAPSession(MailSession[Shared, Resumed]):
         super().__init__(shared, resumed)
         self.config = shared.config
         config = self.config
-        self.conn = Connection(
+        # The sans-IO connection; None while hibernated with nothing buffered, when
+        # _parked describes it and the conn property makes it again.
+        self._conn: Connection | None = Connection(
             max_line_size=config.max_line_length,
             max_literal_size=config.max_line_length,
             max_append_size=config.append_limit,
         )
+        self._parked: Parked | None = None
         self.mail: UserStore | None = None
         self.selected: SelectedMailbox | None = None
         self.enabled = _NOTHING_ENABLED  # ENABLEd extensions (a new frozenset each)
@@ -621,6 +626,32 @@ class IMAPSession(MailSession[Shared, Resumed]):
             drained.set_result(None)
 
     # --- properties ----------------------------------------------------------------------
+
+    @property
+    def conn(self) -> Connection:
+        """The sans-IO connection (made again after hibernation, see :meth:`_park`)."""
+        conn = self._conn
+        if conn is None:
+            assert self._parked is not None
+            config = self.config
+            conn = self._conn = Connection.unpark(
+                self._parked,
+                max_line_size=config.max_line_length,
+                max_literal_size=config.max_line_length,
+                max_append_size=config.append_limit,
+            )
+            self._parked = None
+        return conn
+
+    def _park(self) -> None:
+        """Let go of the sans-IO connection while hibernated, when it holds nothing but
+        its state (about 0.5 KiB a session with its buffers)."""
+        conn = self._conn
+        if conn is not None:
+            parked = conn.park()
+            if parked is not None:
+                self._parked = parked
+                self._conn = None
 
     @property
     def mode(self) -> UpdateMode:
@@ -805,6 +836,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             self._alarm_at = when
         self._hibernated = True
         self._task = None
+        self._park()
         self.shared.heap_trim.soon()
         raise _Hibernated
 

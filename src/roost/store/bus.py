@@ -50,7 +50,11 @@ WatchHook = Callable[[str, bool], None]
 
 
 def _key(path: Path | str) -> str:
-    return os.path.realpath(path)
+    # The caller's string when it is already the real path: an idle session's mailbox
+    # subscription keeps no second copy of its directory's name.
+    name = os.fspath(path)
+    real = os.path.realpath(name)
+    return name if real == name else real
 
 
 class Subscription:

@@ -232,12 +232,8 @@ class Mailbox:
         if not os.path.isdir(os.path.join(self._dir, CUR)):
             raise MailboxNotFound(f"mailbox {name!r} does not exist", mailbox=name)
         clean_tmp(self._dir, time.time())
-        self._uidlist = UidList(
-            directory / UIDLIST_NAME,
-            fsync=policy.fsync,
-            file_mode=policy.file_mode,
-            chown=policy.chown_fd,
-        )
+        # Made at first use, dropped by suspend() (a forgotten UidList is a new one).
+        self._uidlist_kept: UidList | None = None
         self._keywords = Keywords(
             directory / KEYWORDS_NAME,
             fsync=policy.fsync,
@@ -264,6 +260,8 @@ class Mailbox:
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self._has_view = view
+        # The lock template is kept between writes, but not while suspended (suspend).
+        self._template_kept = False
         try:
             self._index = Index(
                 index_path,
@@ -284,11 +282,27 @@ class Mailbox:
                     self._recent = set(self._claim_recent(self._view))
         except BaseException:
             self._index.close()
+            self._release_template()
             raise
         if view:  # a session's mailbox: its writes lock by linking a template
-            keep_template(directory / UIDLIST_NAME)
+            self._keep_template()
 
     # ----------------------------------------------------------------- properties
+
+    @property
+    def _uidlist(self) -> UidList:
+        """The ``dovecot-uidlist`` reader (a new one, with nothing read, after
+        :meth:`suspend`)."""
+        uidlist = self._uidlist_kept
+        if uidlist is None:
+            policy = self._policy
+            uidlist = self._uidlist_kept = UidList(
+                os.path.join(self._dir, UIDLIST_NAME),
+                fsync=policy.fsync,
+                file_mode=policy.file_mode,
+                chown=policy.chown_fd,
+            )
+        return uidlist
 
     @property
     def _view(self) -> dict[int, MessageInfo]:
@@ -371,18 +385,21 @@ class Mailbox:
         """Release the index connection while the session idles (reopened on next use).
 
         Cheap to call; the view, the subscriptions and the rest of the state stay. The
-        caches that are rebuilt on demand go: the copy of ``dovecot-uidlist`` (the next
+        caches that are rebuilt on demand go: the ``dovecot-uidlist`` reader (the next
         sync reads only what the index does not know, as at an open), the directory
         listings of the race-window check (the next sync rescans under the lock if a
-        directory is still that recent) and the sorted message list. The view and the
+        directory is still that recent), the sorted message list and the lock template's
+        registry entry (:func:`~roost.store.dotlock.keep_template`, taken again by the
+        next write; about 0.4 KiB a session). The view and the
         \\Recent UIDs are packed (:class:`~roost.store.packed.PackedMessages`, about a
         quarter of the memory) until their next use.
         """
         if not self._closed:
             self._index.suspend()
-            self._uidlist.forget()
+            self._uidlist_kept = None  # its copy of the file, and its path string
             self._listing.clear()
             self._sorted = None
+            self._release_template()
             if self._has_view and self._packed is None and self._view_dict:
                 view = self._view_dict
                 messages: Iterable[MessageInfo] = view.values()
@@ -401,7 +418,18 @@ class Mailbox:
             subscription.cancel()
         self._subscriptions.clear()
         self._index.close()
-        if self._has_view:
+        self._release_template()
+
+    def _keep_template(self) -> None:
+        """Keep the lock template of a session's mailbox (:func:`keep_template`) until
+        :meth:`suspend` or :meth:`close`: its writes link it instead of making one."""
+        if self._has_view and not self._template_kept and not self._closed:
+            keep_template(self.directory / UIDLIST_NAME)
+            self._template_kept = True
+
+    def _release_template(self) -> None:
+        if self._template_kept:
+            self._template_kept = False
             release_template(self.directory / UIDLIST_NAME)
 
     # ---------------------------------------------------------------- reading
@@ -631,6 +659,7 @@ class Mailbox:
 
     @contextlib.contextmanager
     def _locked(self, *, nowait: bool = False) -> Iterator[None]:
+        self._keep_template()  # released by suspend()
         with dotlock(
             self.directory / UIDLIST_NAME,
             mode=self._policy.file_mode,

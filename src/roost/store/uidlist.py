@@ -30,7 +30,6 @@ import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 __all__ = ["UIDLIST_NAME", "UidList", "UidRecord"]
@@ -77,7 +76,7 @@ class UidList:
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         fsync: bool = True,
         file_mode: int = 0o600,
