@@ -721,14 +721,20 @@ def _timed_function(owner, name, key):
             _trace[key].append(_time.perf_counter() - started)
     setattr(owner, name, timed)
 _prepare_job = _directory.QueueDirectory.prepare_job
-def _timed_prepare_job(self, job):
+def _timed_prepare_job(self, job, **kwargs):
     started, cpu = _time.perf_counter(), _time.thread_time()
     try:
-        return _prepare_job(self, job)
+        return _prepare_job(self, job, **kwargs)
     finally:
         _trace["prepare"].append(_time.perf_counter() - started)
         _trace["prepare_cpu"].append(_time.thread_time() - cpu)
 _directory.QueueDirectory.prepare_job = _timed_prepare_job
+_commit_prepare = _directory._CommitJob.prepare
+def _counted_commit_prepare(self, qd):
+    _commit_prepare(self, qd)
+    if self.sync_dirs:  # its directory entry was not durable yet: the batch fsyncs it
+        _trace.setdefault("jobs with a directory fsync", []).append(1)
+_directory._CommitJob.prepare = _counted_commit_prepare
 _timed_function(_directory.QueueDirectory, "_flush_files", "flush")
 _daemon_run = _app.Daemon.run
 async def _traced_daemon_run(self):
