@@ -380,6 +380,13 @@ class QueueManager:
             and (force or recipient.next_try is None or recipient.next_try <= started)
         ]
         results = await self._deliver(queue_id, queue, envelope, due, content)
+        if len(due) == len(envelope.recipients) and self._all_sent(
+            queue_id, envelope, results, started
+        ):
+            # every recipient delivered in one go, none asking for a success DSN: nothing
+            # to expire, notify or warn about, and no envelope to write before the removal
+            await asyncio.shield(self._remove(queue_id, queue))
+            return
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, queue, envelope, results)
@@ -511,6 +518,53 @@ class QueueManager:
                     for index, _ in recipients
                 ]
         return results
+
+    def _all_sent(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        results: Sequence[RecipientResult],
+        started: float,
+    ) -> bool:
+        """The common case's :meth:`_apply`: when every recipient was just delivered (one
+        result each, all ``sent``) and none wants a success DSN (RFC 3461 NOTIFY), log and
+        count them as :meth:`_apply` does and return True; the message is then done and
+        :meth:`_expire`, :meth:`_notifications` and :meth:`_delay_warning` have nothing
+        to do, so the updated envelope they would read is not built. Otherwise return
+        False having done nothing."""
+        recipients = envelope.recipients
+        if len(results) != len(recipients):
+            return False
+        for result in results:
+            if result.status != Outcome.SENT:
+                return False
+            notify = recipients[result.index].notify
+            if notify is not None and wants_dsn(recipients[result.index], Action.DELIVERED):
+                return False
+        if len({result.index for result in results}) != len(recipients):
+            return False
+        now = self.clock()
+        arrival = envelope.arrival_time
+        delay, before, took = (
+            _pretty(now - arrival),
+            _pretty(started - arrival),
+            _pretty(now - started),
+        )
+        for result in results:
+            self.delivered += 1
+            log.info(
+                "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
+                queue_id,
+                recipients[result.index].address,
+                result.relay,
+                delay,
+                before,
+                took,
+                result.dsn,
+                result.status,
+                result.reason,
+            )
+        return True
 
     def _apply(
         self,
