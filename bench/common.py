@@ -296,6 +296,14 @@ def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
+def process_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads) in seconds: user space and kernel."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0, 0.0
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it, from /proc."""
     children: dict[int, list[int]] = collections.defaultdict(list)

@@ -62,6 +62,7 @@ def run_once(
         # roost's master alone (queue manager, deliveries), without its worker processes
         master_pid = instance.profile_pid() if isinstance(instance, common.RoostInstance) else None
         master_before = common.process_cpu_seconds(master_pid) if master_pid else 0.0
+        split_before = common.process_cpu_split(master_pid) if master_pid else (0.0, 0.0)
         started = time.monotonic()
         sampler.start(started)
         source = subprocess.Popen(
@@ -91,6 +92,8 @@ def run_once(
         elapsed = time.monotonic() - started
         cpu = instance.cpu_seconds() - cpu_before
         master_cpu = common.process_cpu_seconds(master_pid) - master_before if master_pid else None
+        split_after = common.process_cpu_split(master_pid) if master_pid else (0.0, 0.0)
+        master_user, master_sys = (a - b for a, b in zip(split_after, split_before, strict=True))
         sampler.stop()
         if source.poll() is None:
             source.kill()
@@ -120,7 +123,12 @@ def run_once(
                 **(
                     {}
                     if master_cpu is None
-                    else {"master_cpu_ms": 1000 * master_cpu / max(delivered, 1)}
+                    else {
+                        "master_cpu_ms": 1000 * master_cpu / max(delivered, 1),
+                        # user space (mostly Python) and kernel, for the master's changes
+                        "master_user_ms": 1000 * master_user / max(delivered, 1),
+                        "master_sys_ms": 1000 * master_sys / max(delivered, 1),
+                    }
                 ),
             },
         )
@@ -183,7 +191,11 @@ def record_line(record: RunRecord) -> str:
     ingest = record.extra["ingest_seconds"]
     status = "" if record.ok else f"  FAILED: {record.note}"
     master = (
-        f" (master {record.extra['master_cpu_ms']:.2f})" if "master_cpu_ms" in record.extra else ""
+        f" (master {record.extra['master_cpu_ms']:.2f}"
+        f" = user {record.extra.get('master_user_ms', 0.0):.2f}"
+        f" + sys {record.extra.get('master_sys_ms', 0.0):.2f})"
+        if "master_cpu_ms" in record.extra
+        else ""
     )
     return (
         f"  round {record.round} {record.server:<15} {record.rate:6.0f} msg/s delivered"

@@ -167,6 +167,32 @@ def test_unknown_user_behind_an_alias_bounces_with_a_dsn(instance: Instance) -> 
     assert f"{queue_id}: sender non-delivery notification: " in instance.log()
 
 
+def test_notify_success_gets_a_delivery_notice(instance: Instance) -> None:
+    # a message delivered in one go is removed without its envelope being rewritten,
+    # except when a recipient asked for a success DSN (RFC 3461 NOTIFY=SUCCESS)
+    alice, bob = len(instance.delivered("alice")), len(instance.delivered("bob"))
+    queue_id = send(
+        instance,
+        ["bob@virtual.test"],
+        "tell me",
+        sender="alice@virtual.test",
+        rcpt_options=["NOTIFY=SUCCESS"],
+    )
+    instance.wait_delivered("bob", bob + 1)
+    [path] = instance.wait_delivered("alice", alice + 1)[alice:]
+    dsn = read(path)
+    assert dsn.get_content_type() == "multipart/report"
+    _, report, _ = dsn.iter_parts()
+    per_message, per_recipient = report.get_payload()
+    assert per_message["X-Roost-Queue-ID"] == queue_id
+    assert per_recipient["Final-Recipient"] == "rfc822; bob@virtual.test"
+    assert per_recipient["Action"] == "delivered"
+    assert per_recipient["Status"] == "2.0.0"
+    log = instance.log()
+    assert f"{queue_id}: sender delivery status notification: " in log
+    assert f"{queue_id}: removed" in log
+
+
 def test_notify_never_means_no_bounce(instance: Instance) -> None:
     alice = len(instance.delivered("alice"))
     queue_id = send(

@@ -7,6 +7,7 @@ jobs are what the queue manager hands over (content already read into memory).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from roost.auth.passwdfile import PasswdFileBackend
 from roost.auth.users import UserDatabase
 from roost.delivery import maildir as maildir_module
 from roost.delivery.aliasfile import open_alias_maps
-from roost.delivery.local import BATCH_RUNNERS, LocalTransport
+from roost.delivery.local import BATCH_GATHER, BATCH_RUNNERS, LocalTransport
 from roost.delivery.mailbox import LocalConfig
 from roost.delivery.router import Router
 from roost.queue.envelope import Envelope, Recipient, WithProtocol
@@ -105,6 +106,52 @@ def test_deliveries_ready_together_share_batches(
     )
     # 40 deliveries started in one loop iteration: at most BATCH_RUNNERS thread hand-offs
     assert sum(sizes) == 40 and len(sizes) <= BATCH_RUNNERS
+
+
+def test_a_lone_delivery_starts_at_once_and_later_ones_gather(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = make_transport(tmp_path)
+    sizes: list[int] = []
+    gate = threading.Event()
+    real_batch = maildir_module.deliver_maildir_batch
+
+    def held(deliveries, **options):  # type: ignore[no-untyped-def]
+        sizes.append(len(deliveries))
+        if len(sizes) == 1:
+            gate.wait(30)  # the first batch is still being written
+        return real_batch(deliveries, **options)
+
+    monkeypatch.setattr("roost.delivery.local.deliver_maildir_batch", held)
+
+    async def until(condition: object) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[list[RecipientResult]]:
+        first = asyncio.create_task(transport.deliver(job(0, "alice@virtual.test")))
+        await until(lambda: sizes == [1])
+        assert sizes == [1]  # no waiting for company when nothing is being written
+        later = [
+            asyncio.create_task(transport.deliver(job(n, "alice@virtual.test")))
+            for n in range(1, BATCH_GATHER)
+        ]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sizes == [1]  # fewer than BATCH_GATHER wait while a batch is written
+        later.append(asyncio.create_task(transport.deliver(job(99, "alice@virtual.test"))))
+        await until(lambda: len(sizes) == 2)
+        assert sizes == [1, BATCH_GATHER]
+        gate.set()
+        return [await first, *[await task for task in later]]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        gate.set()
+    assert [r.status for rs in results for r in rs] == [Outcome.SENT] * (BATCH_GATHER + 1)
+    assert len(list(maildir_new(tmp_path, "alice").iterdir())) == BATCH_GATHER + 1
 
 
 def test_a_batch_mixes_unknown_users_extensions_and_a_broken_maildir(tmp_path: Path) -> None:

@@ -447,3 +447,30 @@ def test_a_batch_gives_each_maildir_and_message_its_owner(tmp_path: Path) -> Non
         for item in (maildir, maildir / "new", maildir / "tmp", maildir / "cur", *messages):
             info = item.stat()
             assert (info.st_uid, info.st_gid) == (owner, owner), item
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"a\r\nb\r\n",
+        b"lone\rCR\r\r\nand CR CR LF\r\n",
+        b"ends with CR\r",
+        b"\r\n\r\n\r\n",
+        b"no line end",
+        b"x" * (64 * 1024 - 3) + b"\r\n\r\ny\r\n",  # across the chunked reader's boundary
+    ],
+)
+def test_a_message_in_memory_is_written_as_the_same_message_read_from_a_file(
+    tmp_path: Path, message: bytes
+) -> None:
+    prepend = delivery_headers("bob@example.org", "alice@example.com")
+    source = tmp_path / "queued"
+    source.write_bytes(message)
+    from_memory = deliver_maildir(tmp_path / "memory", message, prepend=prepend, hostname="h")
+    with source.open("rb") as handle:
+        from_file = deliver_maildir(tmp_path / "file", handle, prepend=prepend, hostname="h")
+
+    expected = (prepend + message).replace(b"\r\n", b"\n")
+    assert from_memory.read_bytes() == from_file.read_bytes() == expected
+    # the S= and W= sizes in the names agree too
+    assert from_memory.name.split(",", 1)[1] == from_file.name.split(",", 1)[1]

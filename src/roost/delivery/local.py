@@ -79,6 +79,11 @@ BATCH_LIMIT: Final = 32
 #: Under load the deliveries ready together share a thread hand-off, a loop wake-up and
 #: the fsync of ``new/``; a lone delivery starts a batch of its own at once.
 BATCH_RUNNERS: Final = 4
+#: While a batch is being written, the deliveries ready meanwhile start another only once
+#: this many wait (else they wait for a runner to finish, and go as one larger batch): a
+#: steady stream of mail then shares each hand-off among several messages instead of
+#: starting a batch of one or two per arrival. With no batch running, one starts at once.
+BATCH_GATHER: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,11 @@ class _VirtualBatches:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RecipientResult] = loop.create_future()
         self._pending.append((item, future))
-        if not self._scheduled and self._running < BATCH_RUNNERS:
+        if (
+            not self._scheduled
+            and self._running < BATCH_RUNNERS
+            and (not self._running or len(self._pending) >= BATCH_GATHER)
+        ):
             # after the other tasks of this loop iteration: what they add joins the batch
             self._scheduled = True
             loop.call_soon(self._start, loop)
@@ -128,8 +137,10 @@ class _VirtualBatches:
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         while self._pending and self._running < BATCH_RUNNERS:
+            if self._running and len(self._pending) < BATCH_GATHER:
+                break  # gather more while the running batches are written
             free = BATCH_RUNNERS - self._running
-            size = min(BATCH_LIMIT, -(-len(self._pending) // free))
+            size = min(BATCH_LIMIT, max(BATCH_GATHER, -(-len(self._pending) // free)))
             batch, self._pending = self._pending[:size], self._pending[size:]
             self._running += 1
             done = loop.run_in_executor(_executor(), self._run, [item for item, _ in batch])

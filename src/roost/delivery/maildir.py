@@ -482,6 +482,17 @@ def _write_converted(
     """Write ``prepend`` and the message with LF endings to ``fd``; return the converter
     (its sizes). Raises QuotaExceeded past ``size_limit``, and what the message raises."""
     converter = UnixConverter()
+    if type(message) is bytes and len(message) <= _WRITE_SIZE:
+        # a message held in memory (the queue manager read it): converted whole, the
+        # same bytes the chunked conversion below produces, with one write()
+        out = (prepend + message).replace(b"\r\n", b"\n")
+        converter.size = len(out)
+        converter.newlines = out.count(b"\n")
+        converter.last = out[-1:]
+        if size_limit and converter.size > size_limit:
+            raise QuotaExceeded(f"message larger than the mailbox size limit ({size_limit} bytes)")
+        _write_all(fd, out)
+        return converter
     pending: list[bytes] = []  # written together: one write() for a small message
     pending_size = 0
     for data in with_prepend(prepend, message):

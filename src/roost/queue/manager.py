@@ -178,6 +178,7 @@ class QueueManager:
         # batch being removed now: still on disk, so still active
         self._to_remove: dict[str, QueueName] = {}
         self._removing: dict[str, QueueName] = {}
+        self._no_envelope_file: set[str] = set()  # of _to_remove: no ID.env to look for
         self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
         self._remover: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -380,6 +381,14 @@ class QueueManager:
             and (force or recipient.next_try is None or recipient.next_try <= started)
         ]
         results = await self._deliver(queue_id, queue, envelope, due, content)
+        if len(due) == len(envelope.recipients) and self._all_sent(
+            queue_id, envelope, results, started
+        ):
+            # every recipient delivered in one go, none asking for a success DSN: nothing
+            # to expire, notify or warn about, and no envelope to write before the removal
+            no_envelope_file = fresh and queue is QueueName.INCOMING
+            await asyncio.shield(self._remove(queue_id, queue, no_envelope_file))
+            return
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, queue, envelope, results)
@@ -427,11 +436,15 @@ class QueueManager:
             return None, None
         return envelope, content
 
-    def _remove(self, queue_id: str, queue: QueueName) -> asyncio.Future[None]:
+    def _remove(
+        self, queue_id: str, queue: QueueName, no_envelope_file: bool = False
+    ) -> asyncio.Future[None]:
         """Remove a finished message soon, with others in one thread hand-off.
 
         Not durable (no directory fsync, as Postfix): a crash may bring the message back,
         and it is then delivered again; every delivery is durable before this.
+        ``no_envelope_file``: the message has no ``ID.env`` (just committed, its envelope
+        never rewritten), so none is looked for.
 
         Returns:
             A future done when the batch holding the message has been removed. The
@@ -439,6 +452,8 @@ class QueueManager:
             (delivered again after a crash) are never more than the concurrency.
         """
         self._to_remove[queue_id] = queue
+        if no_envelope_file:
+            self._no_envelope_file.add(queue_id)
         if self._to_remove_done is None:
             self._to_remove_done = asyncio.get_running_loop().create_future()
         if self._remover is None or self._remover.done():
@@ -450,8 +465,11 @@ class QueueManager:
             self._removing, self._to_remove = self._to_remove, {}
             done, self._to_remove_done = self._to_remove_done, None
             batch = list(self._removing.items())
+            fresh, self._no_envelope_file = self._no_envelope_file, set()
             try:
-                errors: list[SpoolError | None] = await self.spool.remove_many(batch)
+                errors: list[SpoolError | None] = await self.spool.remove_many(
+                    batch, no_envelope_file=fresh
+                )
             except Exception as exc:  # the spool is closing, or a bug
                 log.error("cannot remove delivered messages: %s", exc)
                 errors = [SpoolError(str(exc), SpoolErrorKind.LOCAL_ERROR)] * len(batch)
@@ -511,6 +529,53 @@ class QueueManager:
                     for index, _ in recipients
                 ]
         return results
+
+    def _all_sent(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        results: Sequence[RecipientResult],
+        started: float,
+    ) -> bool:
+        """The common case's :meth:`_apply`: when every recipient was just delivered (one
+        result each, all ``sent``) and none wants a success DSN (RFC 3461 NOTIFY), log and
+        count them as :meth:`_apply` does and return True; the message is then done and
+        :meth:`_expire`, :meth:`_notifications` and :meth:`_delay_warning` have nothing
+        to do, so the updated envelope they would read is not built. Otherwise return
+        False having done nothing."""
+        recipients = envelope.recipients
+        if len(results) != len(recipients):
+            return False
+        for result in results:
+            if result.status != Outcome.SENT:
+                return False
+            notify = recipients[result.index].notify
+            if notify is not None and wants_dsn(recipients[result.index], Action.DELIVERED):
+                return False
+        if len({result.index for result in results}) != len(recipients):
+            return False
+        now = self.clock()
+        arrival = envelope.arrival_time
+        delay, before, took = (
+            _pretty(now - arrival),
+            _pretty(started - arrival),
+            _pretty(now - started),
+        )
+        for result in results:
+            self.delivered += 1
+            log.info(
+                "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
+                queue_id,
+                recipients[result.index].address,
+                result.relay,
+                delay,
+                before,
+                took,
+                result.dsn,
+                result.status,
+                result.reason,
+            )
+        return True
 
     def _apply(
         self,
