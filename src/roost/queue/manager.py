@@ -554,27 +554,10 @@ class QueueManager:
                 return False
         if len({result.index for result in results}) != len(recipients):
             return False
-        now = self.clock()
-        arrival = envelope.arrival_time
-        delay, before, took = (
-            _pretty(now - arrival),
-            _pretty(started - arrival),
-            _pretty(now - started),
-        )
+        delays = _delays(envelope.arrival_time, started, self.clock())
         for result in results:
             self.delivered += 1
-            log.info(
-                "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
-                queue_id,
-                recipients[result.index].address,
-                result.relay,
-                delay,
-                before,
-                took,
-                result.dsn,
-                result.status,
-                result.reason,
-            )
+            _log_result(queue_id, recipients[result.index].address, result, delays)
         return True
 
     def _apply(
@@ -608,18 +591,8 @@ class QueueManager:
                     dsn_status=result.dsn,
                 ),
             )
-            before = started - envelope.arrival_time
-            log.info(
-                "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
-                queue_id,
-                recipient.address,
-                result.relay,
-                _pretty(now - envelope.arrival_time),
-                _pretty(before),
-                _pretty(now - started),
-                result.dsn,
-                result.status,
-                result.reason,
+            _log_result(
+                queue_id, recipient.address, result, _delays(envelope.arrival_time, started, now)
             )
         return envelope
 
@@ -772,6 +745,33 @@ def _dsn_line(recipient: Recipient, action: Action, result: RecipientResult | No
         diagnostic=diagnostic,
         remote_mta=None,
         smtp_reply=bool(result and result.remote_reply),
+    )
+
+
+def _delays(arrival: float, started: float, now: float) -> tuple[str, str, str]:
+    """A delivery's ``delay`` and the first and last of its ``delays=a/b/c/d`` (seconds
+    since the epoch in; Postfix's rounding out): since arrival, before the attempt, the
+    attempt."""
+    return _pretty(now - arrival), _pretty(started - arrival), _pretty(now - started)
+
+
+def _log_result(
+    queue_id: str, address: str, result: RecipientResult, delays: tuple[str, str, str]
+) -> None:
+    """Log one recipient's result as Postfix's delivery agents do (``status=sent``,
+    ``deferred`` or ``bounced``, with ``relay``, ``delay``, ``delays`` and ``dsn``)."""
+    delay, before, took = delays
+    log.info(
+        "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
+        queue_id,
+        address,
+        result.relay,
+        delay,
+        before,
+        took,
+        result.dsn,
+        result.status,
+        result.reason,
     )
 
 
