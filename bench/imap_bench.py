@@ -261,16 +261,29 @@ def run_mixed(
         server.remove()
 
 
-def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:
-    count = args.idle_connections
+@contextlib.contextmanager
+def idle_server(
+    kind: str, base: Path, count: int, *, fsync: str = "always"
+) -> Iterator[common.MailboxServer]:
+    """The ``idle`` workload's server, started: ``count`` users ``idle1``... with 10
+    messages each in INBOX; stopped and removed on the way out."""
     users = [f"idle{i}" for i in range(1, count + 1)]
-    server = make_server(kind, base, "idle", users, fsync=args.dovecot_fsync)
+    server = make_server(kind, base, "idle", users, fsync=fsync)
     try:
         server.setup()
         for user in users:
             fill_maildir(server.maildir(user), user, 10)
         server.own_mail()
         server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove()
+
+
+def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:
+    count = args.idle_connections
+    with idle_server(kind, base, count, fsync=args.dovecot_fsync) as server:
         time.sleep(1.0)
         before = server.memory()
         load_before = common.load_average()
@@ -309,9 +322,6 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
             notes=sessions.errors[:3] + server.notes()[:5],
             errors=len(sessions.errors),
         )
-    finally:
-        server.stop()
-        server.remove()
 
 
 def run_big(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:

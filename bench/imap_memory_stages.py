@@ -35,7 +35,7 @@ from pathlib import Path
 
 import common
 import imap_load
-from imap_bench import fill_maildir, make_server, raise_nofile
+from imap_bench import idle_server, raise_nofile
 
 PAGE = 4096
 ROLLUP_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Private_Dirty", "Shared_Dirty", "Rss")
@@ -163,41 +163,35 @@ def main() -> None:
     base = common.mailbox_bench_base(args.dir, "imap-memory-", live=True)
     if args.roost_src is not None:
         common.use_roost_source(base, snapshot=False, source=args.roost_src)
-    users = [f"idle{i}" for i in range(1, args.connections + 1)]
-    server = make_server("roost", base, "idle", users)
     try:
-        server.setup()
-        for user in users:
-            fill_maildir(server.maildir(user), user, 10)
-        server.own_mail()
-        server.start()
-        time.sleep(1.5)
-        root = server.root_pid()
-        assert root is not None
-        print(f"load {os.getloadavg()[0]:.2f}", flush=True)
-        report("after start", root, args.pages)
+        with idle_server("roost", base, args.connections) as server:
+            time.sleep(1.5)
+            root = server.root_pid()
+            assert root is not None
+            print(f"load {os.getloadavg()[0]:.2f}", flush=True)
+            report("after start", root, args.pages)
 
-        async def stages() -> None:
-            logins = server.logins()
-            first = await imap_load.open_idle_sessions("127.0.0.1", server.port, logins[:10], 10)
-            await asyncio.sleep(2)
-            report("10 IDLE (first logins)", root, args.pages)
-            await first.close()
-            await asyncio.sleep(1)
-            report("after those 10 ended", root, args.pages)
-            many = await imap_load.open_idle_sessions(
-                "127.0.0.1", server.port, logins, args.connections
-            )
-            await asyncio.sleep(5)
-            if many.errors:
-                print(f"errors: {len(many.errors)}, e.g. {many.errors[0]}")
-            report(f"{args.connections} IDLE", root, args.pages)
-            await many.close()
+            async def stages() -> None:
+                logins = server.logins()
+                first = await imap_load.open_idle_sessions(
+                    "127.0.0.1", server.port, logins[:10], 10
+                )
+                await asyncio.sleep(2)
+                report("10 IDLE (first logins)", root, args.pages)
+                await first.close()
+                await asyncio.sleep(1)
+                report("after those 10 ended", root, args.pages)
+                many = await imap_load.open_idle_sessions(
+                    "127.0.0.1", server.port, logins, args.connections
+                )
+                await asyncio.sleep(5)
+                if many.errors:
+                    print(f"errors: {len(many.errors)}, e.g. {many.errors[0]}")
+                report(f"{args.connections} IDLE", root, args.pages)
+                await many.close()
 
-        imap_load.event_loop_run(stages())
+            imap_load.event_loop_run(stages())
     finally:
-        server.stop()
-        server.remove()
         shutil.rmtree(base, ignore_errors=True)
 
 
