@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from roost.address import NULL_PATH, AddressError, parse_path
-from roost.smtp import session
 from roost.smtp.session import _parse_path
 
 FLAGS = [
@@ -40,14 +39,14 @@ def _outcome(text: str, flags: dict[str, bool], parse: object) -> object:
 
 @pytest.mark.parametrize("flags", FLAGS)
 def test_the_memo_answers_as_parse_path_the_first_time_and_after(flags: dict[str, bool]) -> None:
-    session._PATHS.clear()
+    _parse_path.cache_clear()
     for _ in range(3):  # the first call parses, the others find it
         for text in PATHS:
             assert _outcome(text, flags, _parse_path) == _outcome(text, flags, parse_path), text
 
 
 def test_the_flags_are_part_of_the_key() -> None:
-    session._PATHS.clear()
+    _parse_path.cache_clear()
     lenient = FLAGS[0]
     assert _parse_path("<>", **lenient) is NULL_PATH
     with pytest.raises(AddressError):  # the same text where the null path is not allowed
@@ -59,12 +58,14 @@ def test_the_flags_are_part_of_the_key() -> None:
 
 
 def test_bad_paths_are_not_remembered_and_the_table_stays_bounded() -> None:
-    session._PATHS.clear()
+    _parse_path.cache_clear()
     for _ in range(2):
         with pytest.raises(AddressError):
             _parse_path("<user@example..com>", **FLAGS[1])
-    assert not session._PATHS
-    for n in range(session._PATHS_MAX + 10):
+    assert _parse_path.cache_info().currsize == 0
+    maxsize = _parse_path.cache_info().maxsize
+    assert maxsize == 1024
+    for n in range(maxsize + 10):
         _parse_path(f"<user{n}@example.com>", **FLAGS[1])
-    assert 0 < len(session._PATHS) <= session._PATHS_MAX
+    assert 0 < _parse_path.cache_info().currsize <= maxsize
     assert str(_parse_path("<user5@example.com>", **FLAGS[1])) == "user5@example.com"

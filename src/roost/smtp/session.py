@@ -23,6 +23,7 @@ import collections
 import contextlib
 import copy
 import email.utils
+import functools
 import logging
 import socket
 import time
@@ -1210,12 +1211,7 @@ async def client_name(address: str, timeout: float = 5.0) -> str:
     return "unknown"
 
 
-#: Paths parsed lately: (text, allow_null, smtputf8, strict, enforce_length_limits) ->
-#: the immutable result of :func:`roost.address.parse_path` (see :func:`_parse_path`).
-_PATHS: dict[tuple[str, bool, bool, bool, bool], Address | NullPath] = {}
-_PATHS_MAX: Final = 1024
-
-
+@functools.lru_cache(maxsize=1024)
 def _parse_path(
     text: str, *, allow_null: bool, smtputf8: bool, strict: bool, enforce_length_limits: bool
 ) -> Address | NullPath:
@@ -1224,22 +1220,15 @@ def _parse_path(
     The parse depends only on its arguments and its results are immutable (a frozen
     :class:`Address`, or the one :data:`roost.address.NULL_PATH`), so a path seen again (the same
     senders and local recipients come back all the time) is not parsed again. Paths that
-    do not parse raise as before and are not remembered. The table is emptied when full.
+    do not parse raise as before and are not remembered (``lru_cache`` keeps no errors).
     """
-    key = (text, allow_null, smtputf8, strict, enforce_length_limits)
-    found = _PATHS.get(key)
-    if found is None:
-        found = parse_path(
-            text,
-            allow_null=allow_null,
-            smtputf8=smtputf8,
-            strict=strict,
-            enforce_length_limits=enforce_length_limits,
-        )
-        if len(_PATHS) >= _PATHS_MAX:
-            _PATHS.clear()
-        _PATHS[key] = found
-    return found
+    return parse_path(
+        text,
+        allow_null=allow_null,
+        smtputf8=smtputf8,
+        strict=strict,
+        enforce_length_limits=enforce_length_limits,
+    )
 
 
 def _bad_value(parameter: str) -> Reply:
