@@ -102,11 +102,6 @@ class UidList:
             return ""
         return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
-    def forget(self) -> None:
-        """Drop what was read (to save memory): the next :meth:`refresh` reads the file
-        again as on a first call (only its tail, when given what the caller knows)."""
-        self._reset()
-
     def _reset(self) -> None:
         """Nothing read yet (the state of a new object)."""
         self.uid_validity = 0
