@@ -61,7 +61,6 @@ def run_once(
         cpu_before = instance.cpu_seconds()
         # roost's master alone (queue manager, deliveries), without its worker processes
         master_pid = instance.profile_pid() if isinstance(instance, common.RoostInstance) else None
-        master_before = common.process_cpu_seconds(master_pid) if master_pid else 0.0
         split_before = common.process_cpu_split(master_pid) if master_pid else (0.0, 0.0)
         started = time.monotonic()
         sampler.start(started)
@@ -91,9 +90,9 @@ def run_once(
             time.sleep(POLL_INTERVAL)
         elapsed = time.monotonic() - started
         cpu = instance.cpu_seconds() - cpu_before
-        master_cpu = common.process_cpu_seconds(master_pid) - master_before if master_pid else None
         split_after = common.process_cpu_split(master_pid) if master_pid else (0.0, 0.0)
         master_user, master_sys = (a - b for a, b in zip(split_after, split_before, strict=True))
+        master_cpu = master_user + master_sys if master_pid else None
         sampler.stop()
         if source.poll() is None:
             source.kill()
