@@ -167,6 +167,21 @@ def test_unknown_user_behind_an_alias_bounces_with_a_dsn(instance: Instance) -> 
     assert f"{queue_id}: sender non-delivery notification: " in instance.log()
 
 
+def test_a_bounce_that_bounces_goes_to_postmaster_once(instance: Instance) -> None:
+    # never a bounce to <>: the double bounce goes to 2bounce_notice_recipient (postmaster,
+    # aliased to alice here), logged as Postfix's bounce(8) logs it
+    alice = len(instance.delivered("alice"))
+    queue_id = send(instance, ["broken@roost.test"], "bounce of a bounce", sender="")
+    [path] = instance.wait_delivered("alice", alice + 1)[alice:]
+    dsn = read(path)
+    assert dsn["Subject"] == "Undelivered Mail Returned to Sender"
+    assert dsn["To"] == "postmaster"
+    assert dsn["Return-Path"] == "<>"
+    log = instance.log()
+    assert f"{queue_id}: postmaster non-delivery notification: " in log
+    assert f"{queue_id}: sender non-delivery notification: " not in log
+
+
 def test_notify_success_gets_a_delivery_notice(instance: Instance) -> None:
     # a message delivered in one go is removed without its envelope being rewritten,
     # except when a recipient asked for a success DSN (RFC 3461 NOTIFY=SUCCESS)

@@ -651,7 +651,7 @@ class QueueManager:
         for lines, kind in ((failed, "non-delivery"), (delivered, "delivery status")):
             if not lines:
                 continue
-            to = envelope.envelope_sender
+            to, notified = envelope.envelope_sender, "sender"
             if to == "":
                 if kind != "non-delivery" or all(
                     line.recipient.address.lower().startswith(self.double_bounce_recipient)
@@ -659,8 +659,8 @@ class QueueManager:
                 ):
                     log.info("%s: discarding a notice about a bounce to <>", queue_id)
                     continue
-                to = self.double_bounce_recipient
-            await self._send_dsn(queue_id, queue, envelope, lines, to, kind)
+                to, notified = self.double_bounce_recipient, "postmaster"
+            await self._send_dsn(queue_id, queue, envelope, lines, to, kind, notified=notified)
 
     async def _delay_warning(self, queue_id: str, queue: QueueName, envelope: Envelope) -> Envelope:
         """Send one "delayed" DSN once the message is ``delay_warning_time`` old."""
@@ -701,8 +701,13 @@ class QueueManager:
         to: str,
         kind: str,
         *,
+        notified: str = "sender",
         will_retry_until: float | None = None,
     ) -> None:
+        """Queue a DSN of ``kind`` (``non-delivery``, ``delivery status``, ``delay``) to
+        ``to`` and log it as Postfix's bounce(8) does: ``ID: sender non-delivery
+        notification: NEWID``, or with ``notified = "postmaster"`` for a double bounce
+        (to ``2bounce_notice_recipient``). A spool error is logged, not raised."""
         try:
             original = await asyncio.to_thread(
                 _read_limited, self.spool.directory, queue_id, queue, self.bounce_size_limit + 1
@@ -727,7 +732,7 @@ class QueueManager:
         except (SpoolError, OSError) as exc:
             log.error("%s: cannot queue the %s notification: %s", queue_id, kind, exc)
             return
-        log.info("%s: sender %s notification: %s", queue_id, kind, new_id)
+        log.info("%s: %s %s notification: %s", queue_id, notified, kind, new_id)
 
 
 def _read_limited(directory: QueueDirectory, queue_id: str, queue: QueueName, limit: int) -> bytes:
