@@ -296,12 +296,27 @@ def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
-def process_cpu_split(pid: int) -> tuple[float, float]:
-    """(utime, stime) of ``pid`` (all its threads) in seconds: user space and kernel."""
+def process_cpu_split(pid: int, *, reaped_children: bool = False) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads) in seconds: user space and kernel;
+    with ``reaped_children``, (utime + cutime, stime + cstime)."""
     fields = _stat_fields(pid)
     if fields is None:
         return 0.0, 0.0
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    user, system = int(fields[11]), int(fields[12])
+    if reaped_children:
+        user, system = user + int(fields[13]), system + int(fields[14])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def tree_cpu_split(roots: Iterable[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of the process trees below ``roots``, reaped children
+    included (as :func:`tree_cpu_seconds`)."""
+    user = system = 0.0
+    for root in roots:
+        for pid in descendants(root):
+            u, s = process_cpu_split(pid, reaped_children=True)
+            user, system = user + u, system + s
+    return user, system
 
 
 def descendants(root: int) -> list[int]:
@@ -1055,8 +1070,79 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+class FloorInstance(Instance):
+    """``bench/smtp_floor.py``: the least server for smtp-source's ingest load, in
+    ``directory`` (its message files and counts); ``floor``, ``floor:sync``, ``floor:raw``,
+    ``floor:raw+sync`` in ``--servers`` (docs/performance.md, "The aiosmtpd floor").
+
+    Args:
+        directory: created by the server.
+        deliver: must be False (the floor delivers nothing).
+        engine: ``aiosmtpd`` (its stock SMTP class) or ``raw`` (an asyncio.Protocol).
+        sync: a new file and ``fdatasync`` per message before its ``250``.
+        workers: worker processes sharing the listening socket (roost's default: 2 here).
+    """
+
+    name = "floor"
+
+    def __init__(
+        self, directory: Path, *, deliver: bool, engine: str, sync: bool, workers: int = 2
+    ) -> None:
+        if deliver:
+            raise ValueError("the floor server accepts only (--mode accept)")
+        super().__init__(directory, deliver=deliver)
+        self.engine, self.sync, self.workers = engine, sync, workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def setup(self) -> None:
+        self.directory.mkdir(parents=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        command = [sys.executable, str(ROOT / "bench" / "smtp_floor.py"), "--port", str(self.port)]
+        command += ["--dir", str(self.directory), "--workers", str(self.workers)]
+        command += ["--engine", self.engine] + (["--sync"] if self.sync else [])
+        with open(self.directory.parent / f"{self.directory.name}.out", "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        if not wait_for_greeting(self.port, b"220", b"QUIT\r\n", timeout=timeout):
+            raise RuntimeError(f"the floor server did not start: {' '.join(command)}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            end_process(self.process, timeout=30)
+
+    def remove(self) -> None:
+        super().remove()
+        Path(self.directory.parent / f"{self.directory.name}.out").unlink(missing_ok=True)
+
+    def master_pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None, "the floor server is not running"
+        return tree_cpu_seconds(self.process.pid)
+
+    def profile_pid(self) -> int | None:
+        return self.master_pid()
+
+    def queue_counts(self) -> dict[str, int]:
+        """The workers' counts of ``250`` replies (the greeting check's session has none)."""
+        try:
+            counts = (self.directory / "counts").read_bytes()
+        except OSError:
+            return {"accepted": 0}
+        return {
+            "accepted": sum(
+                int.from_bytes(counts[i : i + 8], sys.byteorder) for i in range(0, len(counts), 8)
+            )
+        }
+
+    def maildir_new(self) -> Path:
+        return self.directory / "no-maildir"
+
+
 def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instance:
-    """``kind``: ``roost``, ``roost:PATCH[+PATCH...]`` or ``postfix``.
+    """``kind``: ``roost``, ``roost:PATCH[+PATCH...]``, ``postfix`` or ``floor[:raw][+sync]``
+    (:class:`FloorInstance`).
 
     A PATCH is a key of :data:`ROOST_PATCHES`, or ``wN``: N daemons sharing the port.
     ``roost@DIR`` (patches after it as usual) runs the ``roost`` package in DIR instead
@@ -1078,6 +1164,12 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
     directory.rmdir()  # setup() creates it
     if kind == "postfix":
         return PostfixInstance(directory, deliver=deliver)
+    if kind == "floor" or kind.startswith("floor:"):
+        options = set(kind.partition(":")[2].split("+")) - {""}
+        if options - {"raw", "sync"}:
+            raise ValueError(f"unknown server {kind!r} (floor[:raw][+sync])")
+        engine = "raw" if "raw" in options else "aiosmtpd"
+        return FloorInstance(directory, deliver=deliver, engine=engine, sync="sync" in options)
     name, _, patch_text = kind.partition(":")
     patches = patch_text.split("+") if patch_text else []
     workers = [int(p[1:]) for p in patches if p[:1] == "w" and p[1:].isdigit()]

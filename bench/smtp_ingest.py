@@ -20,7 +20,8 @@ Usage (as root, so that Postfix's master can start)::
 Workloads (``--quick``: 10x fewer messages): ``4k-20`` 20 sessions x 20,000 messages of
 4 KB (in all, as smtp-source's ``-m``), ``4k-1`` 1 session x 5,000 x 4 KB, ``100k-20`` 20 x
 5,000 x 100 KB. ``--servers roost:syncfs`` or ``roost:fastinit+nolog`` run what-if variants of the
-daemon (see ``ROOST_PATCHES`` in common.py).
+daemon (see ``ROOST_PATCHES`` in common.py); ``floor``, ``floor:sync``, ``floor:raw`` and
+``floor:raw+sync`` run bench/smtp_floor.py (the least server, for comparison).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def run_once(
         load = common.load_average()
         cpu_before = instance.cpu_seconds()
         parts_before = cpu_by_process(instance)
+        split_before = common.tree_cpu_split(server_roots(instance))
         started = time.monotonic()
         try:
             result = subprocess.run(
@@ -80,6 +82,12 @@ def run_once(
         elapsed = time.monotonic() - started
         cpu = instance.cpu_seconds() - cpu_before
         parts_after = cpu_by_process(instance)
+        split = [
+            round((after - before) * 1000 / workload.messages, 3)
+            for before, after in zip(
+                split_before, common.tree_cpu_split(server_roots(instance)), strict=True
+            )
+        ]
         parts = {
             name: round((seconds - parts_before.get(name, 0.0)) * 1000 / workload.messages, 3)
             for name, seconds in parts_after.items()
@@ -101,6 +109,7 @@ def run_once(
                 "accepted": accepted,
                 "queues": instance.queue_counts(),
                 "cpu_ms_per_message_by_process": parts,
+                "cpu_ms_per_message_user_sys": split,
             },
         )
 
@@ -140,6 +149,8 @@ def record_line(record: RunRecord) -> str:
     status = "" if record.ok else f"  FAILED: {record.note}"
     parts = record.extra.get("cpu_ms_per_message_by_process") or {}
     detail = " (" + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ")" if parts else ""
+    if split := record.extra.get("cpu_ms_per_message_user_sys"):
+        detail += f" = user {split[0]:.2f} + sys {split[1]:.2f}"
     return (
         f"  round {record.round} {record.server:<15} {record.rate:7.0f} msg/s"
         f"  {record.seconds:7.2f} s  CPU {record.cpu_ms_per_message:5.2f} ms/msg{detail}"
@@ -174,6 +185,15 @@ def cpu_by_process(instance: Instance) -> dict[str, float]:
         role = "smtpd" if name == "smtpd" else "cleanup" if name == "cleanup" else "other"
         parts[role] = parts.get(role, 0.0) + common.process_cpu_seconds(pid, reaped_children=True)
     return parts
+
+
+def server_roots(instance: Instance) -> list[int]:
+    """The processes at the top of the server's trees: roost's daemons, Postfix's master
+    or the floor server's parent."""
+    if isinstance(instance, common.RoostDaemon):
+        return [p.pid for p in instance.processes]
+    master = getattr(instance, "master_pid", lambda: None)()
+    return [] if master is None else [master]
 
 
 def _parent(pid: int) -> int | None:
