@@ -27,6 +27,7 @@ daemon (see ``ROOST_PATCHES`` in common.py); ``floor``, ``floor:sync``, ``floor:
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ def run_once(
         cpu_before = instance.cpu_seconds()
         parts_before = cpu_by_process(instance)
         split_before = common.tree_cpu_split(server_roots(instance))
+        client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         try:
             result = subprocess.run(
@@ -80,6 +82,14 @@ def run_once(
         except subprocess.TimeoutExpired:
             failure = f"smtp-source still running after {timeout:.0f} s"
         elapsed = time.monotonic() - started
+        client_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # smtp-source, reaped
+        client = [
+            round((after - before) * 1000 / workload.messages, 3)
+            for before, after in (
+                (client_before.ru_utime, client_after.ru_utime),
+                (client_before.ru_stime, client_after.ru_stime),
+            )
+        ]
         cpu = instance.cpu_seconds() - cpu_before
         parts_after = cpu_by_process(instance)
         split = [
@@ -110,6 +120,7 @@ def run_once(
                 "queues": instance.queue_counts(),
                 "cpu_ms_per_message_by_process": parts,
                 "cpu_ms_per_message_user_sys": split,
+                "client_cpu_ms_per_message_user_sys": client,
             },
         )
 
@@ -151,6 +162,8 @@ def record_line(record: RunRecord) -> str:
     detail = " (" + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ")" if parts else ""
     if split := record.extra.get("cpu_ms_per_message_user_sys"):
         detail += f" = user {split[0]:.2f} + sys {split[1]:.2f}"
+    if client := record.extra.get("client_cpu_ms_per_message_user_sys"):
+        detail += f"; smtp-source {client[0]:.2f} + {client[1]:.2f}"
     return (
         f"  round {record.round} {record.server:<15} {record.rate:7.0f} msg/s"
         f"  {record.seconds:7.2f} s  CPU {record.cpu_ms_per_message:5.2f} ms/msg{detail}"
