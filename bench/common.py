@@ -1072,13 +1072,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class FloorInstance(Instance):
     """``bench/smtp_floor.py``: the least server for smtp-source's ingest load, in
-    ``directory`` (its message files and counts); ``floor``, ``floor:sync``, ``floor:raw``,
-    ``floor:raw+sync`` in ``--servers`` (docs/performance.md, "The aiosmtpd floor").
+    ``directory`` (its message files and counts); ``floor[:raw|:streams][+sync]`` in
+    ``--servers`` (docs/performance.md, "The aiosmtpd floor, session 8").
 
     Args:
         directory: created by the server.
         deliver: must be False (the floor delivers nothing).
-        engine: ``aiosmtpd`` (its stock SMTP class) or ``raw`` (an asyncio.Protocol).
+        engine: ``aiosmtpd`` (its stock SMTP class), ``streams`` (a StreamReaderProtocol and a
+            coroutine per connection, aiosmtpd's shape) or ``raw`` (an asyncio.Protocol).
         sync: a new file and ``fdatasync`` per message before its ``250``.
         workers: worker processes sharing the listening socket (roost's default: 2 here).
     """
@@ -1141,8 +1142,8 @@ class FloorInstance(Instance):
 
 
 def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instance:
-    """``kind``: ``roost``, ``roost:PATCH[+PATCH...]``, ``postfix`` or ``floor[:raw][+sync]``
-    (:class:`FloorInstance`).
+    """``kind``: ``roost``, ``roost:PATCH[+PATCH...]``, ``postfix`` or
+    ``floor[:raw|:streams][+sync]`` (:class:`FloorInstance`).
 
     A PATCH is a key of :data:`ROOST_PATCHES`, or ``wN``: N daemons sharing the port.
     ``roost@DIR`` (patches after it as usual) runs the ``roost`` package in DIR instead
@@ -1166,9 +1167,10 @@ def make_instance(kind: str, base: Path, label: str, *, deliver: bool) -> Instan
         return PostfixInstance(directory, deliver=deliver)
     if kind == "floor" or kind.startswith("floor:"):
         options = set(kind.partition(":")[2].split("+")) - {""}
-        if options - {"raw", "sync"}:
-            raise ValueError(f"unknown server {kind!r} (floor[:raw][+sync])")
-        engine = "raw" if "raw" in options else "aiosmtpd"
+        engines = options & {"raw", "streams"}
+        if options - {"raw", "streams", "sync"} or len(engines) > 1:
+            raise ValueError(f"unknown server {kind!r} (floor[:raw|:streams][+sync])")
+        engine = engines.pop() if engines else "aiosmtpd"
         return FloorInstance(directory, deliver=deliver, engine=engine, sync="sync" in options)
     name, _, patch_text = kind.partition(":")
     patches = patch_text.split("+") if patch_text else []

@@ -9,6 +9,11 @@ each a uvloop event loop. Per message it does only what the variant says:
   command loop, line-by-line DATA, no logging configured, so its ``log.info`` calls stop
   at the level check) with a handler whose ``handle_DATA`` answers ``250 2.0.0 Ok: queued
   as X``.
+- ``--engine streams``: aiosmtpd's shape without its code: an ``asyncio.StreamReaderProtocol``
+  and a session coroutine per connection (``readuntil`` per command, ``read`` for the
+  content, ``write`` and ``drain`` per reply), the same replies as ``raw``. Roost's session
+  keeps this shape (it subclasses aiosmtpd's ``SMTP``), so this is the floor of any server
+  built on aiosmtpd, however much of aiosmtpd's code it replaces.
 - ``--engine raw``: an ``asyncio.Protocol`` with the least state machine that answers
   smtp-source (banner, HELO/EHLO, MAIL, RCPT, DATA up to ``CRLF.CRLF``, RSET, NOOP, QUIT);
   no library under it: what aiosmtpd's layer costs is the difference. (It answers
@@ -25,7 +30,7 @@ mapping), so the bench can check the number of messages accepted.
 Usage::
 
     python bench/smtp_floor.py --port 2525 --dir /var/tmp/floor [--workers 2]
-        [--engine aiosmtpd|raw] [--sync]
+        [--engine aiosmtpd|streams|raw] [--sync]
 """
 
 from __future__ import annotations
@@ -115,6 +120,64 @@ def aiosmtpd_factory(store: Store, count: Any) -> Any:
     return lambda: SMTP(handler, hostname=HOSTNAME, ident="floor", loop=loop)
 
 
+# --- asyncio streams (aiosmtpd's shape without its code) ----------------------------------
+
+
+def streams_factory(store: Store, count: Any) -> Any:
+    """A ``StreamReaderProtocol`` and a coroutine per connection, as aiosmtpd's ``SMTP`` is
+    built (and roost's session, which keeps that base): ``readuntil`` per command, the
+    content read with ``read`` until ``CRLF.CRLF``, each reply written and drained."""
+    loop = asyncio.get_running_loop()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 " + HOSTNAME.encode() + b" ESMTP floor\r\n")
+        await writer.drain()
+        try:
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    await writer.drain()
+                    content = b"\r\n"  # the content's first line may be the lone dot
+                    while (end := content.find(b"\r\n.\r\n")) < 0:
+                        data = await reader.read(65536)
+                        if not data:
+                            return
+                        content += data
+                    # smtp-source waits for the 250: nothing follows the dot in the buffer
+                    message = content[: end + 2].replace(b"\r\n..", b"\r\n.")[2:]
+                    queue_id = store.next_id()
+                    if store.sync:
+                        await loop.run_in_executor(None, store._write, queue_id, message)
+                    count()
+                    writer.write(f"250 2.0.0 Ok: queued as {queue_id}\r\n".encode())
+                elif verb == b"MAIL":
+                    writer.write(b"250 2.1.0 Ok\r\n")
+                elif verb == b"RCPT":
+                    writer.write(b"250 2.1.5 Ok\r\n")
+                elif verb in (b"HELO", b"EHLO"):
+                    writer.write(b"250 " + HOSTNAME.encode() + b"\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    await writer.drain()
+                    break
+                elif verb in (b"RSET", b"NOOP"):
+                    writer.write(b"250 2.0.0 Ok\r\n")
+                else:
+                    writer.write(b"502 5.5.2 Error: command not recognized\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=1001, loop=loop), session)
+
+    return factory
+
+
 # --- raw asyncio.Protocol -----------------------------------------------------------------
 
 
@@ -200,6 +263,8 @@ async def serve(sock: socket.socket, args: argparse.Namespace, index: int) -> No
     count = counter(args.dir, index)
     if args.engine == "raw":
         factory: Any = lambda: RawSMTP(store, count)  # noqa: E731
+    elif args.engine == "streams":
+        factory = streams_factory(store, count)
     else:
         factory = aiosmtpd_factory(store, count)
     server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
@@ -222,7 +287,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True, help="counts and stored messages")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--engine", choices=("aiosmtpd", "raw"), default="aiosmtpd")
+    parser.add_argument("--engine", choices=("aiosmtpd", "streams", "raw"), default="aiosmtpd")
     parser.add_argument("--sync", action="store_true", help="a file + fdatasync per message")
     args = parser.parse_args(argv)
 

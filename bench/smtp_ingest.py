@@ -20,8 +20,9 @@ Usage (as root, so that Postfix's master can start)::
 Workloads (``--quick``: 10x fewer messages): ``4k-20`` 20 sessions x 20,000 messages of
 4 KB (in all, as smtp-source's ``-m``), ``4k-1`` 1 session x 5,000 x 4 KB, ``100k-20`` 20 x
 5,000 x 100 KB. ``--servers roost:syncfs`` or ``roost:fastinit+nolog`` run what-if variants of the
-daemon (see ``ROOST_PATCHES`` in common.py); ``floor``, ``floor:sync``, ``floor:raw`` and
-``floor:raw+sync`` run bench/smtp_floor.py (the least server, for comparison).
+daemon (see ``ROOST_PATCHES`` in common.py); ``floor``, ``floor:streams``, ``floor:raw``, each
+also ``+sync`` (e.g. ``floor:sync``, ``floor:raw+sync``), run bench/smtp_floor.py (the least
+server, for comparison: stock aiosmtpd, aiosmtpd's shape, a bare asyncio.Protocol).
 """
 
 from __future__ import annotations
