@@ -941,6 +941,58 @@ async def test_a_stream_of_messages_uses_spare_queue_files_created_ahead(
     assert sorted(os.listdir(incoming)) == ids  # close() deleted the unused spares
 
 
+async def test_messages_on_spares_still_being_created_commit_abort_and_fail(
+    tmp_path: Path,
+) -> None:
+    # The spares of one refill share one future: a writer that takes a spare before its
+    # create has ended commits (the committer waits for the create), aborts (its file is
+    # deleted once created), or fails with the refill's error, each on its own.
+    incoming = tmp_path / "q" / "incoming"
+    gate = threading.Event()
+    async with Spool(tmp_path / "q", spare_files=6) as spool:
+        create = spool.directory.create_content
+        fail = False
+
+        def slow_create(queue: QueueName, queue_id: str, **options: bool) -> int:
+            gate.wait(30)
+            if fail:
+                raise SpoolError(f"create {queue_id}: no", SpoolErrorKind.INSUFFICIENT_STORAGE)
+            return create(queue, queue_id, **options)
+
+        spool.directory.create_content = slow_create  # type: ignore[method-assign]
+        spool.directory.take_pooled = lambda queue, queue_id: None  # type: ignore[method-assign]
+        first = spool.new_message()  # its own create (not a spare): waits for the gate too
+        second = spool.new_message()  # a stream: this one starts the refill, takes a spare
+        third = spool.new_message()
+        assert second.queue_id < third.queue_id
+        for writer in (first, second, third):
+            await writer.write(MESSAGE)
+        committing = asyncio.create_task(second.commit(make_envelope()))
+        aborting = asyncio.create_task(third.abort())
+        await asyncio.sleep(0.05)
+        assert not committing.done() and not aborting.done()
+        gate.set()
+        assert await committing == second.queue_id
+        await aborting
+        await first.commit(make_envelope())
+        assert await spool.scan(QueueName.INCOMING) == sorted([first.queue_id, second.queue_id])
+        assert third.queue_id not in os.listdir(incoming)
+        # a refill that fails: the messages on its spares fail, nothing is left behind
+        await asyncio.sleep(spool_module.SPARE_MAX_AGE + 0.3)  # the old spares expire
+        fail = True
+        gate.clear()
+        writers = [spool.new_message() for _ in range(3)]
+        for writer in writers:
+            await writer.write(MESSAGE)
+        gate.set()
+        for writer in writers:
+            with pytest.raises(SpoolError):
+                await writer.commit(make_envelope())
+            await writer.abort()
+        assert await spool.scan(QueueName.INCOMING) == sorted([first.queue_id, second.queue_id])
+        assert sorted(os.listdir(incoming)) == sorted([first.queue_id, second.queue_id])
+
+
 async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,21 +69,43 @@ _BUSY_GAP: Final = 0.25
 _T = TypeVar("_T")
 
 
-@dataclasses.dataclass(slots=True)
 class _Spare:
     """A queue file created ahead of its message (empty, locked), or being created.
 
-    ``created`` resolves to the open, locked fd (or to the create's SpoolError) in the I/O
-    thread that made it, after ``dir_synced`` tells whether the directory entry is durable:
-    read ``dir_synced`` only once ``created`` is done.
+    The spares of one refill share the I/O thread's one future (``fill``): once it is
+    done, :meth:`result` gives the spare's open, locked fd or raises its create's
+    :class:`SpoolError`, and ``dir_synced`` tells whether its directory entry is durable.
+    A future per spare cost a lock and a condition each, in the event loop. The spare
+    stands in for such a future where a message's create is awaited (:meth:`done`,
+    :meth:`result`: :class:`MessageWriter`, ``_CommitJob``).
     """
 
-    queue_id: str
-    reserved: float  # time.monotonic() when the queue ID was handed out
-    created: concurrent.futures.Future[int] = dataclasses.field(
-        default_factory=concurrent.futures.Future
-    )
-    dir_synced: bool = False
+    __slots__ = ("dir_synced", "error", "fd", "fill", "queue_id", "reserved")
+
+    def __init__(self, queue_id: str, reserved: float) -> None:
+        self.queue_id = queue_id
+        self.reserved = reserved  # time.monotonic() when the queue ID was handed out
+        self.fill: concurrent.futures.Future[None] | None = None  # set when submitted
+        self.fd = -1  # set by the I/O thread before ``fill`` is done
+        self.error: SpoolError | None = None  # or this
+        self.dir_synced = False
+
+    def done(self) -> bool:
+        """Whether the create has ended (well or not)."""
+        return self.fill is not None and self.fill.done()
+
+    def result(self, timeout: float | None = None) -> int:
+        """Wait for the create; the open, locked fd (the caller owns it).
+
+        Raises:
+            SpoolError: the create failed.
+            Exception: the refill itself failed (a bug), as its future says.
+        """
+        assert self.fill is not None
+        self.fill.result(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.fd
 
 
 class Spool:
@@ -437,9 +459,12 @@ class Spool:
     def _fill_spares(self, count: int, now: float) -> None:
         """Reserve ``count`` queue IDs for spares (in the loop, so that IDs are handed out
         in order) and create their files in one I/O thread hand-off."""
-        spares = [_Spare(self._queue_ids(), now) for _ in range(count)]
+        make_id = self._queue_ids
+        spares = [_Spare(make_id(), now) for _ in range(count)]
         self._spares.extend(spares)
-        self._filling = self._io.submit(self._create_spares, spares)
+        self._filling = filling = self._io.submit(self._create_spares, spares)
+        for spare in spares:
+            spare.fill = filling
         if self._expiry is None:
             self._expiry = asyncio.get_running_loop().call_later(SPARE_MAX_AGE, self._expire_spares)
 
@@ -468,13 +493,13 @@ class Spool:
                 directory.sync_queue(QueueName.INCOMING)
             except SpoolError as exc:  # the commits fsync incoming/ themselves
                 failure = failure or exc
-        for n, spare in enumerate(spares):
+        for n, spare in enumerate(spares):  # read once the refill's future is done
             if n < len(fds):
                 spare.dir_synced = failure is None  # incoming/ was fsynced after the creates
-                spare.created.set_result(fds[n])
+                spare.fd = fds[n]
             else:
                 assert failure is not None
-                spare.created.set_exception(failure)
+                spare.error = failure
 
     def _expire_spares(self) -> None:
         """Delete spares unused for :data:`SPARE_MAX_AGE` seconds (the stream has ended)."""
@@ -498,7 +523,7 @@ class Spool:
         files, or delete them when it is full (waiting for their creation first)."""
         for spare in spares:
             try:
-                spare_fd = spare.created.result()
+                spare_fd = spare.result()
             except SpoolError:
                 continue
             self.directory.pool_spare(QueueName.INCOMING, spare.queue_id, spare_fd)
@@ -771,7 +796,7 @@ class MessageWriter:
         self._fd: int | None = None
         self._spare = spare
         if spare is not None:  # created ahead (Spool's spare_files), or being created
-            self._creating: concurrent.futures.Future[int] | None = spare.created
+            self._creating: concurrent.futures.Future[int] | _Spare | None = spare
             self._dir_synced = False  # see commit()
             spool._receiving += 1
             return
@@ -879,7 +904,7 @@ class MessageWriter:
             if envelope.queue_id == self._queue_id and envelope.size == self._size
             else dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
         )
-        creating: concurrent.futures.Future[int] | None = None
+        creating: concurrent.futures.Future[int] | _Spare | None = None
         if self._fd is None and self._creating is not None:
             if self._creating.done():
                 try:
@@ -932,7 +957,12 @@ class MessageWriter:
         creating, self._creating = self._creating, None
         if creating is not None and self._fd is None:
             with contextlib.suppress(BaseException):
-                self._fd = await asyncio.wrap_future(creating)
+                if isinstance(creating, _Spare):
+                    assert creating.fill is not None
+                    await asyncio.wrap_future(creating.fill)
+                    self._fd = creating.result()
+                else:
+                    self._fd = await asyncio.wrap_future(creating)
         fd, self._fd = self._fd, None
         if fd is not None:
             path = self._spool.directory.file_name(self._queue, self._queue_id)
