@@ -1014,6 +1014,58 @@ async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
     assert sorted(os.listdir(incoming)) == [*ids, later]
 
 
+async def test_a_commit_cancelled_once_its_batch_runs_still_commits_and_is_announced(
+    tmp_path: Path,
+) -> None:
+    # A lone commit (its batch starts at once) whose caller goes away mid-flush: the
+    # message is committed all the same, on_commit fires, and close() waits for it.
+    notified: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    async with Spool(tmp_path / "q", on_commit=notified.append) as spool:
+        run_batch = spool.directory.run_batch
+
+        def held(jobs: object) -> None:
+            started.set()
+            release.wait(30)
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = held  # type: ignore[method-assign]
+        writer = spool.new_message()
+        await writer.write(MESSAGE)
+        task = asyncio.create_task(writer.commit(make_envelope()))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+    assert notified == [writer.queue_id]
+    assert files(tmp_path / "q") == [f"incoming/{writer.queue_id}"]
+
+
+async def test_a_failing_batch_engine_fails_its_callers_and_the_next_batch_runs(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path / "q") as spool:
+        run_batch = spool.directory.run_batch
+        calls = 0
+
+        def broken_once(jobs: object) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = broken_once  # type: ignore[method-assign]
+        with pytest.raises(SpoolError) as caught:
+            await spool.enqueue(make_envelope(), MESSAGE)
+        assert caught.value.kind is SpoolErrorKind.LOCAL_ERROR
+        assert "committer stopped" in str(caught.value)
+        queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+        assert await spool.scan(QueueName.INCOMING) == [queue_id]
+
+
 def committer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("roost-spool-commit")]
 

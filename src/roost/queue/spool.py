@@ -170,9 +170,8 @@ class Spool:
         self._io = concurrent.futures.ThreadPoolExecutor(io_threads, "roost-spool-io")
         self._commit_pool = _Committers(self._max_committers, "roost-spool-commit")
         self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
-        self._committers: set[asyncio.Task[None]] = set()
-        self._batches: set[asyncio.Future[None]] = set()  # batches in the committer pool
-        self._running_committers = 0  # counted by the loops themselves: no done-callback lag
+        self._running_committers = 0  # batches in committer threads
+        self._drained: asyncio.Future[None] | None = None  # close(): set when none is left
         self._receiving = 0  # MessageWriters created and not yet committing or aborted
         self._closed = False
         self._spare_files = (
@@ -201,8 +200,10 @@ class Spool:
         uncommitted files for :meth:`recover` to delete.
         """
         self._closed = True
-        while self._committers or self._batches:
-            await asyncio.gather(*self._committers, *self._batches, return_exceptions=True)
+        while self._running_committers:  # each batch starts the next one waiting
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -550,100 +551,67 @@ class Spool:
         """
         self._check_open()
         loop = asyncio.get_running_loop()
-        if not self._pending and self._running_committers == 0:
-            await self._run_alone(loop, job)
-            return
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.append((job, waiter))
         if self._running_committers < self._max_committers:
-            self._start_committer(loop)
+            self._dispatch(loop)
         await waiter
 
-    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._running_committers += 1
-        task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
-        self._committers.add(task)
-        task.add_done_callback(self._committers.discard)
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the jobs waiting (up to ``max_batch``) as one batch in a committer thread.
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
-        """Run a job that finds the spool idle as a batch of its own, from the caller's
-        task: no committer task to start and wake, the caller resumes as soon as the
-        batch's thread is done. Jobs arriving meanwhile wait in ``_pending`` for a
-        committer started when this batch ends (they would wait for it anyway).
-
-        Raises:
-            SpoolError: the job failed (its files are removed).
+        No task of its own: the committer thread's answer comes back as one callback in
+        the loop (:meth:`_batch_done`), which answers the batch's callers and starts the
+        next batch from what gathered meanwhile. Jobs whose callers stopped waiting
+        before their batch started are withdrawn (a commit's file is deleted).
         """
-        self._running_committers += 1
-        try:
-            await self._run_batch(loop, [job], lambda: self._answer_alone(job))
-        except Exception as exc:  # a bug in the batch engine
-            raise SpoolError(
-                f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR
-            ) from exc
-        finally:
-            self._running_committers -= 1
-            if self._pending and self._running_committers < self._max_committers:
-                self._start_committer(loop)
-        if job.error is not None:
-            raise job.error
+        while self._pending:
+            batch = [
+                self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))
+            ]
+            jobs: list[_Job] = []
+            for job, waiter in batch:
+                if not waiter.cancelled():
+                    jobs.append(job)
+                elif isinstance(job, _CommitJob):
+                    jobs.append(_DiscardJob(job))
+            if not jobs:
+                continue
+            self._running_committers += 1
+            self._commit_pool.submit(
+                loop,
+                functools.partial(self._batch_done, loop, batch),
+                self.directory.run_batch,
+                jobs,
+            )
+            return
 
-    def _answer_alone(self, job: _Job) -> None:
-        if isinstance(job, _CommitJob) and job.committed and job.error is None:
-            self._notify(job.queue_id)
-
-    async def _run_batch(
-        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], answer: Callable[[], None]
+    def _batch_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[_Job, asyncio.Future[None]]],
+        error: BaseException | None,
     ) -> None:
-        """Run ``jobs`` as one batch in the committer thread, then call ``answer``.
-
-        Cancelling the wait does not stop the batch: it goes on in its thread, and this
-        waits for it, so that its callers hear the truth and ``on_commit`` fires for what
-        it committed; ``answer`` is then called before CancelledError is raised again.
-
-        Raises:
-            asyncio.CancelledError: after the batch has ended (answered if it completed).
-            Exception: the batch engine failed (a bug); nobody was answered.
-        """
-        running = self._commit_pool.submit(loop, self.directory.run_batch, jobs)
-        self._batches.add(running)
-        running.add_done_callback(self._batches.discard)
+        """In the loop, once a batch has ended: answer its callers (``on_commit`` for what
+        it committed), then start the next batch if jobs are waiting."""
+        self._running_committers -= 1
         try:
-            await asyncio.shield(running)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await running
-            if running.done() and not running.cancelled() and not running.exception():
-                answer()
-            raise
-        answer()
-
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[_Job, asyncio.Future[None]]] = []
-        try:
-            while self._pending:
-                batch = [
-                    self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))
-                ]
-                jobs: list[_Job] = []
-                for job, waiter in batch:
-                    if not waiter.cancelled():
-                        jobs.append(job)
-                    elif isinstance(job, _CommitJob):
-                        jobs.append(_DiscardJob(job))
-                await self._run_batch(loop, jobs, functools.partial(self._answer, batch))
-                batch = []
-        except BaseException as exc:  # cancelled at loop shutdown, or a bug
-            # (callers the batch answered are done already and left alone)
-            failure = SpoolError(f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR)
-            for _, waiter in [*batch, *self._pending]:
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            self._pending.clear()
-            raise
+            if error is None:
+                self._answer(batch)
+            else:  # the batch engine failed (a bug): nobody's job is known to be done
+                failure = SpoolError(
+                    f"spool committer stopped: {error!r}", SpoolErrorKind.LOCAL_ERROR
+                )
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
         finally:
-            self._running_committers -= 1
+            if self._pending and self._running_committers < self._max_committers:
+                self._dispatch(loop)
+            if not self._running_committers and self._drained is not None:
+                if not self._drained.done():
+                    self._drained.set_result(None)
+                self._drained = None
 
     def _answer(self, batch: list[tuple[_Job, asyncio.Future[None]]]) -> None:
         for job, waiter in batch:
@@ -667,15 +635,15 @@ class Spool:
 
 class _Committers:
     """The committer threads: run a batch function in one of ``count`` dedicated threads
-    and resolve an asyncio future with its result in the caller's loop.
+    and call the caller's callback with the outcome in the caller's loop.
 
     What ``loop.run_in_executor`` with a ``ThreadPoolExecutor`` does, with less work on
     the way there and back (no ``concurrent.futures.Future`` with its condition and
-    callbacks, no future chaining): one ``SimpleQueue.put`` wakes a waiting thread, one
-    ``call_soon_threadsafe`` hands the result back. With one SMTP session this round trip
-    is on every message's path to the ``250``. Threads start when first needed: a new
-    one while every thread started so far has a call (as a ``ThreadPoolExecutor`` would),
-    up to ``count``. Used from one event loop's thread only.
+    callbacks, no asyncio future and task to wake in turn): one ``SimpleQueue.put`` wakes
+    a waiting thread, one ``call_soon_threadsafe`` runs the callback. With one SMTP
+    session this round trip is on every message's path to the ``250``. Threads start when
+    first needed: a new one while every thread started so far has a call (as a
+    ``ThreadPoolExecutor`` would), up to ``count``. Used from one event loop's thread only.
     """
 
     __slots__ = ("_busy", "_count", "_name", "_queue", "_threads")
@@ -685,7 +653,10 @@ class _Committers:
         self._name = name
         self._queue: queue_module.SimpleQueue[
             tuple[
-                asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]
+                asyncio.AbstractEventLoop,
+                Callable[[BaseException | None], None],
+                Callable[..., object],
+                tuple[Any, ...],
             ]
             | None
         ] = queue_module.SimpleQueue()
@@ -693,17 +664,19 @@ class _Committers:
         self._busy = 0  # calls submitted and not yet answered (counted in the loop)
 
     def submit(
-        self, loop: asyncio.AbstractEventLoop, function: Callable[..., _T], *args: Any
-    ) -> asyncio.Future[_T]:
-        """Run ``function(*args)`` in a committer thread; the returned future (of ``loop``)
-        gets its result or exception. Cancelling the future does not stop the call."""
-        future: asyncio.Future[_T] = loop.create_future()
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[BaseException | None], None],
+        function: Callable[..., object],
+        *args: Any,
+    ) -> None:
+        """Run ``function(*args)`` in a committer thread, then ``done(error)`` in
+        ``loop``'s thread (``error`` None when the call returned, else what it raised)."""
         self._busy += 1
         started = len(self._threads)
         if started < self._count and (self._busy > started or not started):
             self._start_thread()
-        self._queue.put((loop, future, function, args))
-        return future
+        self._queue.put((loop, done, function, args))
 
     def _start_thread(self) -> None:
         thread = threading.Thread(
@@ -715,27 +688,21 @@ class _Committers:
     def _work(self) -> None:
         get = self._queue.get
         while (item := get()) is not None:
-            loop, future, function, args = item
+            loop, done, function, args = item
+            error: BaseException | None = None
             try:
-                result = function(*args)
+                function(*args)
             except BaseException as exc:  # handed to the caller, as an executor would
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(self._resolve, future, None, exc)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._resolve, future, result, None)
-            del item, future, function, args
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._resolve, done, error)
+            del item, done, function, args, error
 
     def _resolve(
-        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
+        self, done: Callable[[BaseException | None], None], error: BaseException | None
     ) -> None:
         self._busy -= 1
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        done(error)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the threads: each ends after the calls queued before this, and this waits
