@@ -281,7 +281,11 @@ class SMTPSession(SMTP):
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         line_limit: int = reader._limit  # type: ignore[attr-defined]
         methods = _command_table(type(self))
-        while self.transport is not None:
+        # until the transport closes: after QUIT (or a 421) the loop ends here, at once,
+        # rather than wait for more input until connection_lost() cancels it (an exception
+        # through the loop per connection); nothing could be answered on a closing
+        # transport anyway (_answer)
+        while (transport := self.transport) is not None and not transport.is_closing():
             try:
                 end = buffer.find(b"\n")
                 if 0 <= end <= line_limit:  # readuntil's fast case
