@@ -1066,6 +1066,25 @@ async def test_a_failing_batch_engine_fails_its_callers_and_the_next_batch_runs(
         assert await spool.scan(QueueName.INCOMING) == [queue_id]
 
 
+async def test_a_committer_thread_that_cannot_start_fails_its_batch_and_removes_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async with Spool(tmp_path / "q", spare_files=0) as spool:
+        monkeypatch.setattr(spool_module._Committers, "_start_thread", refuse)
+        with pytest.raises(SpoolError) as caught:
+            await spool.enqueue(make_envelope(), MESSAGE)
+        assert caught.value.kind is SpoolErrorKind.LOCAL_ERROR
+        monkeypatch.undo()
+        while files(tmp_path / "q"):  # the rollback runs in an I/O thread
+            await asyncio.sleep(0.01)
+        queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+        assert await spool.scan(QueueName.INCOMING) == [queue_id]
+    assert files(tmp_path / "q") == [f"incoming/{queue_id}"]
+
+
 def committer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("roost-spool-commit")]
 

@@ -578,12 +578,24 @@ class Spool:
             if not jobs:
                 continue
             self._running_committers += 1
-            self._commit_pool.submit(
-                loop,
-                functools.partial(self._batch_done, loop, batch),
-                self.directory.run_batch,
-                jobs,
-            )
+            try:
+                self._commit_pool.submit(
+                    loop,
+                    functools.partial(self._batch_done, loop, batch),
+                    self.directory.run_batch,
+                    jobs,
+                )
+            except Exception as exc:  # no thread could be started: fail this batch
+                self._running_committers -= 1
+                failure = SpoolError(
+                    f"spool committer not started: {exc!r}", SpoolErrorKind.LOCAL_ERROR
+                )
+                # its files go as a failed batch's would (in an I/O thread, off the loop)
+                self._io.submit(_roll_back, self.directory, jobs)
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+                continue
             return
 
     def _batch_done(
@@ -672,10 +684,10 @@ class _Committers:
     ) -> None:
         """Run ``function(*args)`` in a committer thread, then ``done(error)`` in
         ``loop``'s thread (``error`` None when the call returned, else what it raised)."""
-        self._busy += 1
         started = len(self._threads)
-        if started < self._count and (self._busy > started or not started):
-            self._start_thread()
+        if started < self._count and (self._busy >= started or not started):
+            self._start_thread()  # may raise RuntimeError: nothing was queued
+        self._busy += 1
         self._queue.put((loop, done, function, args))
 
     def _start_thread(self) -> None:
@@ -953,6 +965,15 @@ class MessageWriter:
             raise RuntimeError(f"message {self._queue_id} is {self._state.value}")
         if self._flush is not None and not self._flush.done():
             raise RuntimeError(f"message {self._queue_id}: a write() is still in progress")
+
+
+def _roll_back(directory: QueueDirectory, jobs: list[_Job]) -> None:
+    """Undo jobs that never reached their batch (their commits' files are deleted)."""
+    for job in jobs:
+        try:
+            job.rollback(directory)
+        except Exception:
+            logger.exception("%s: cannot roll back", job.queue_id)
 
 
 def _discard_content(path: str, fd: int) -> None:
