@@ -993,6 +993,29 @@ async def test_messages_on_spares_still_being_created_commit_abort_and_fail(
         assert sorted(os.listdir(incoming)) == sorted([first.queue_id, second.queue_id])
 
 
+async def test_an_abort_cancelled_while_its_spare_is_queued_leaves_the_refill_alone(
+    tmp_path: Path,
+) -> None:
+    # The one I/O thread is held up, so the refill is still queued when a writer on one of
+    # its spares aborts and that abort is cancelled: the refill must still run for the
+    # other spares (cancelling the shared future would fail their messages).
+    release = threading.Event()
+    async with Spool(tmp_path / "q", io_threads=1, spare_files=4) as spool:
+        spool._io.submit(release.wait, 30)
+        first = spool.new_message()  # its own create, queued behind the blocker
+        second = spool.new_message()  # a stream: the refill is queued, this takes a spare
+        third = spool.new_message()
+        for writer in (first, second, third):
+            await writer.write(MESSAGE)
+        aborting = asyncio.create_task(second.abort())
+        await asyncio.sleep(0.05)
+        aborting.cancel()
+        await asyncio.gather(aborting, return_exceptions=True)
+        release.set()
+        kept = [await first.commit(make_envelope()), await third.commit(make_envelope())]
+        assert await spool.scan(QueueName.INCOMING) == kept
+
+
 async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -938,7 +938,9 @@ class MessageWriter:
             with contextlib.suppress(BaseException):
                 if isinstance(creating, _Spare):
                     assert creating.fill is not None
-                    await asyncio.wrap_future(creating.fill)
+                    # shielded: cancelling this wait must not cancel the refill that
+                    # other messages' spares depend on (wrap_future would)
+                    await asyncio.shield(asyncio.wrap_future(creating.fill))
                     self._fd = creating.result()
                 else:
                     self._fd = await asyncio.wrap_future(creating)
