@@ -941,6 +941,81 @@ async def test_a_stream_of_messages_uses_spare_queue_files_created_ahead(
     assert sorted(os.listdir(incoming)) == ids  # close() deleted the unused spares
 
 
+async def test_messages_on_spares_still_being_created_commit_abort_and_fail(
+    tmp_path: Path,
+) -> None:
+    # The spares of one refill share one future: a writer that takes a spare before its
+    # create has ended commits (the committer waits for the create), aborts (its file is
+    # deleted once created), or fails with the refill's error, each on its own.
+    incoming = tmp_path / "q" / "incoming"
+    gate = threading.Event()
+    async with Spool(tmp_path / "q", spare_files=6) as spool:
+        create = spool.directory.create_content
+        fail = False
+
+        def slow_create(queue: QueueName, queue_id: str, **options: bool) -> int:
+            gate.wait(30)
+            if fail:
+                raise SpoolError(f"create {queue_id}: no", SpoolErrorKind.INSUFFICIENT_STORAGE)
+            return create(queue, queue_id, **options)
+
+        spool.directory.create_content = slow_create  # type: ignore[method-assign]
+        spool.directory.take_pooled = lambda queue, queue_id: None  # type: ignore[method-assign]
+        first = spool.new_message()  # its own create (not a spare): waits for the gate too
+        second = spool.new_message()  # a stream: this one starts the refill, takes a spare
+        third = spool.new_message()
+        assert second.queue_id < third.queue_id
+        for writer in (first, second, third):
+            await writer.write(MESSAGE)
+        committing = asyncio.create_task(second.commit(make_envelope()))
+        aborting = asyncio.create_task(third.abort())
+        await asyncio.sleep(0.05)
+        assert not committing.done() and not aborting.done()
+        gate.set()
+        assert await committing == second.queue_id
+        await aborting
+        await first.commit(make_envelope())
+        assert await spool.scan(QueueName.INCOMING) == sorted([first.queue_id, second.queue_id])
+        assert third.queue_id not in os.listdir(incoming)
+        # a refill that fails: the messages on its spares fail, nothing is left behind
+        await asyncio.sleep(spool_module.SPARE_MAX_AGE + 0.3)  # the old spares expire
+        fail = True
+        gate.clear()
+        writers = [spool.new_message() for _ in range(3)]
+        for writer in writers:
+            await writer.write(MESSAGE)
+        gate.set()
+        for writer in writers:
+            with pytest.raises(SpoolError):
+                await writer.commit(make_envelope())
+            await writer.abort()
+        assert await spool.scan(QueueName.INCOMING) == sorted([first.queue_id, second.queue_id])
+        assert sorted(os.listdir(incoming)) == sorted([first.queue_id, second.queue_id])
+
+
+async def test_an_abort_cancelled_while_its_spare_is_queued_leaves_the_refill_alone(
+    tmp_path: Path,
+) -> None:
+    # The one I/O thread is held up, so the refill is still queued when a writer on one of
+    # its spares aborts and that abort is cancelled: the refill must still run for the
+    # other spares (cancelling the shared future would fail their messages).
+    release = threading.Event()
+    async with Spool(tmp_path / "q", io_threads=1, spare_files=4) as spool:
+        spool._io.submit(release.wait, 30)
+        first = spool.new_message()  # its own create, queued behind the blocker
+        second = spool.new_message()  # a stream: the refill is queued, this takes a spare
+        third = spool.new_message()
+        for writer in (first, second, third):
+            await writer.write(MESSAGE)
+        aborting = asyncio.create_task(second.abort())
+        await asyncio.sleep(0.05)
+        aborting.cancel()
+        await asyncio.gather(aborting, return_exceptions=True)
+        release.set()
+        kept = [await first.commit(make_envelope()), await third.commit(make_envelope())]
+        assert await spool.scan(QueueName.INCOMING) == kept
+
+
 async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -960,6 +1035,77 @@ async def test_unused_spare_queue_files_are_deleted_and_ids_stay_in_order(
         later = await spool.enqueue(make_envelope(), MESSAGE)
         assert later > ids[-1]
     assert sorted(os.listdir(incoming)) == [*ids, later]
+
+
+async def test_a_commit_cancelled_once_its_batch_runs_still_commits_and_is_announced(
+    tmp_path: Path,
+) -> None:
+    # A lone commit (its batch starts at once) whose caller goes away mid-flush: the
+    # message is committed all the same, on_commit fires, and close() waits for it.
+    notified: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    async with Spool(tmp_path / "q", on_commit=notified.append) as spool:
+        run_batch = spool.directory.run_batch
+
+        def held(jobs: object) -> None:
+            started.set()
+            release.wait(30)
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = held  # type: ignore[method-assign]
+        writer = spool.new_message()
+        await writer.write(MESSAGE)
+        task = asyncio.create_task(writer.commit(make_envelope()))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+    assert notified == [writer.queue_id]
+    assert files(tmp_path / "q") == [f"incoming/{writer.queue_id}"]
+
+
+async def test_a_failing_batch_engine_fails_its_callers_and_the_next_batch_runs(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path / "q") as spool:
+        run_batch = spool.directory.run_batch
+        calls = 0
+
+        def broken_once(jobs: object) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            run_batch(jobs)  # type: ignore[arg-type]
+
+        spool.directory.run_batch = broken_once  # type: ignore[method-assign]
+        with pytest.raises(SpoolError) as caught:
+            await spool.enqueue(make_envelope(), MESSAGE)
+        assert caught.value.kind is SpoolErrorKind.LOCAL_ERROR
+        assert "committer stopped" in str(caught.value)
+        queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+        assert await spool.scan(QueueName.INCOMING) == [queue_id]
+
+
+async def test_a_committer_thread_that_cannot_start_fails_its_batch_and_removes_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async with Spool(tmp_path / "q", spare_files=0) as spool:
+        monkeypatch.setattr(spool_module._Committers, "_start_thread", refuse)
+        with pytest.raises(SpoolError) as caught:
+            await spool.enqueue(make_envelope(), MESSAGE)
+        assert caught.value.kind is SpoolErrorKind.LOCAL_ERROR
+        monkeypatch.undo()
+        while files(tmp_path / "q"):  # the rollback runs in an I/O thread
+            await asyncio.sleep(0.01)
+        queue_id = await spool.enqueue(make_envelope(), MESSAGE)
+        assert await spool.scan(QueueName.INCOMING) == [queue_id]
+    assert files(tmp_path / "q") == [f"incoming/{queue_id}"]
 
 
 def committer_threads() -> list[threading.Thread]:

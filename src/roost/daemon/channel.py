@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["MAX_MESSAGE", "Channel", "Message"]
+__all__ = ["MAX_MESSAGE", "Channel", "Message", "commit_line"]
 
 #: A message as sent: a JSON object (the type in ``"t"``).
 Message = dict[str, object]
@@ -26,6 +26,19 @@ Message = dict[str, object]
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 
 log = logging.getLogger("roost.master")
+
+
+def _encode(message: Message) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def commit_line(queue_id: str) -> bytes:
+    """The line of ``{"t": "commit", "id": queue_id}``, as :meth:`Channel.send` encodes it,
+    made without ``json.dumps`` when the ID is ASCII letters and digits (a queue ID:
+    nothing to escape), else with it."""
+    if not (queue_id.isascii() and queue_id.isalnum()):
+        return _encode({"t": "commit", "id": queue_id})
+    return b'{"t":"commit","id":"' + queue_id.encode("ascii") + b'"}\n'
 
 
 class Channel:
@@ -71,7 +84,19 @@ class Channel:
             return
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self._outgoing.append(_encode(message))
+
+    def send_line(self, line: bytes) -> None:
+        """Queue one message already encoded: a JSON object on one line, ending in
+        ``\n`` (what :meth:`send` would make of it). For a message sent very often, so
+        that its encoding can be made without ``json.dumps`` (a worker's commit notices,
+        :func:`commit_line`); otherwise as :meth:`send`."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(line)
 
     def _flush(self) -> None:
         lines, self._outgoing = self._outgoing, []

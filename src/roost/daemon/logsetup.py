@@ -365,6 +365,15 @@ class _Writer(logging.handlers.QueueListener):
             record: logging.LogRecord | None = log_queue.get()
             for handler in batched:
                 handler.batching = True
+            direct = self._direct()
+            if direct is not None:
+                # the batch's lines straight into the file's buffer, under the handler's
+                # lock for the whole batch (reopen() waits for it): what handle() does
+                # per record (filters, a lock, emit's calls) without its per-line calls
+                direct.acquire()
+                write = direct.stream.write
+                format_line = direct.formatter.format  # type: ignore[union-attr]
+                level, end = direct.level, direct.terminator
             try:
                 while True:
                     if record is None:  # QueueListener's sentinel: stop()
@@ -374,6 +383,12 @@ class _Writer(logging.handlers.QueueListener):
                         for handler in batched:
                             handler.batching = True
                         record.written.set()
+                    elif direct is not None:
+                        if record.levelno >= level:
+                            try:
+                                write(format_line(record) + end)
+                            except Exception:
+                                direct.handleError(record)
                     else:
                         self.handle(record)
                     try:
@@ -381,8 +396,26 @@ class _Writer(logging.handlers.QueueListener):
                     except queue.Empty:
                         break
             finally:
+                if direct is not None:
+                    direct.release()
                 _flush_batch(batched, record)
             time.sleep(WRITER_PAUSE)
+
+    def _direct(self) -> _MaillogHandler | None:
+        """The one destination when records can skip :meth:`handle`: a ``maillog_file``
+        (the only handler, no filters, a formatter set, handler levels respected or
+        none set); None otherwise."""
+        if len(self.handlers) != 1:
+            return None
+        handler = self.handlers[0]
+        if (
+            type(handler) is not _MaillogHandler
+            or handler.filters
+            or handler.formatter is None
+            or (not self.respect_handler_level and handler.level != logging.NOTSET)
+        ):
+            return None
+        return handler
 
 
 def _flush_batch(handlers: list[_MaillogHandler], record: logging.LogRecord | None) -> None:

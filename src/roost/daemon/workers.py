@@ -76,7 +76,7 @@ from typing import Final
 from roost.auth.factory import build_user_database, preload_user_database
 from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
-from roost.daemon.channel import Channel, Message
+from roost.daemon.channel import Channel, Message, commit_line
 from roost.daemon.compose import WORKER_FACTORIES, build_services
 from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.logsetup import start_log_writer, stop_log_writer
@@ -697,7 +697,7 @@ class Worker:
             if needs_spool(self.settings):  # the SMTP services only: not for IMAP/POP3
                 self.spool = Spool(
                     self.settings.path_of("queue_directory"),
-                    on_commit=lambda queue_id: channel.send({"t": "commit", "id": queue_id}),
+                    on_commit=lambda queue_id: channel.send_line(commit_line(queue_id)),
                 )
                 await self.spool.start()
             self.services = build_services(self._context(self.settings), WORKER_FACTORIES)

@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from roost.files import start_writeback
 from roost.queue.envelope import Envelope, EnvelopeError
@@ -386,6 +386,13 @@ def _write_vector(fd: int, parts: Sequence[bytes | bytearray]) -> None:
             pending[0] = pending[0][written:]
 
 
+class _Creating(Protocol):
+    """A queue file's create still running in an I/O thread: a ``Future[int]`` of its
+    fd, or a spare queue file of :class:`roost.queue.spool.Spool` (which acts as one)."""
+
+    def result(self, timeout: float | None = None) -> int: ...
+
+
 class _Job:
     """One change to the queue; see the module docs for the phases."""
 
@@ -459,7 +466,7 @@ class _CommitJob(_Job):
         content_length: int,
         crc: int = 0,
         dir_synced: bool = False,
-        creating: concurrent.futures.Future[int] | None = None,
+        creating: _Creating | None = None,
     ) -> None:
         super().__init__(queue_id, queue)
         self._dir_synced = dir_synced  # the directory was fsynced after the file's create

@@ -69,21 +69,43 @@ _BUSY_GAP: Final = 0.25
 _T = TypeVar("_T")
 
 
-@dataclasses.dataclass(slots=True)
 class _Spare:
     """A queue file created ahead of its message (empty, locked), or being created.
 
-    ``created`` resolves to the open, locked fd (or to the create's SpoolError) in the I/O
-    thread that made it, after ``dir_synced`` tells whether the directory entry is durable:
-    read ``dir_synced`` only once ``created`` is done.
+    The spares of one refill share the I/O thread's one future (``fill``): once it is
+    done, :meth:`result` gives the spare's open, locked fd or raises its create's
+    :class:`SpoolError`, and ``dir_synced`` tells whether its directory entry is durable.
+    A future per spare cost a lock and a condition each, in the event loop. The spare
+    stands in for such a future where a message's create is awaited (:meth:`done`,
+    :meth:`result`: :class:`MessageWriter`, ``_CommitJob``).
     """
 
-    queue_id: str
-    reserved: float  # time.monotonic() when the queue ID was handed out
-    created: concurrent.futures.Future[int] = dataclasses.field(
-        default_factory=concurrent.futures.Future
-    )
-    dir_synced: bool = False
+    __slots__ = ("dir_synced", "error", "fd", "fill", "queue_id", "reserved")
+
+    def __init__(self, queue_id: str, reserved: float) -> None:
+        self.queue_id = queue_id
+        self.reserved = reserved  # time.monotonic() when the queue ID was handed out
+        self.fill: concurrent.futures.Future[None] | None = None  # set when submitted
+        self.fd = -1  # set by the I/O thread before ``fill`` is done
+        self.error: SpoolError | None = None  # or this
+        self.dir_synced = False
+
+    def done(self) -> bool:
+        """Whether the create has ended (well or not)."""
+        return self.fill is not None and self.fill.done()
+
+    def result(self, timeout: float | None = None) -> int:
+        """Wait for the create; the open, locked fd (the caller owns it).
+
+        Raises:
+            SpoolError: the create failed.
+            Exception: the refill itself failed (a bug), as its future says.
+        """
+        assert self.fill is not None
+        self.fill.result(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.fd
 
 
 class Spool:
@@ -148,9 +170,8 @@ class Spool:
         self._io = concurrent.futures.ThreadPoolExecutor(io_threads, "roost-spool-io")
         self._commit_pool = _Committers(self._max_committers, "roost-spool-commit")
         self._pending: collections.deque[tuple[_Job, asyncio.Future[None]]] = collections.deque()
-        self._committers: set[asyncio.Task[None]] = set()
-        self._batches: set[asyncio.Future[None]] = set()  # batches in the committer pool
-        self._running_committers = 0  # counted by the loops themselves: no done-callback lag
+        self._running_committers = 0  # batches in committer threads
+        self._drained: asyncio.Future[None] | None = None  # close(): set when none is left
         self._receiving = 0  # MessageWriters created and not yet committing or aborted
         self._closed = False
         self._spare_files = (
@@ -179,8 +200,10 @@ class Spool:
         uncommitted files for :meth:`recover` to delete.
         """
         self._closed = True
-        while self._committers or self._batches:
-            await asyncio.gather(*self._committers, *self._batches, return_exceptions=True)
+        while self._running_committers:  # each batch starts the next one waiting
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -437,9 +460,12 @@ class Spool:
     def _fill_spares(self, count: int, now: float) -> None:
         """Reserve ``count`` queue IDs for spares (in the loop, so that IDs are handed out
         in order) and create their files in one I/O thread hand-off."""
-        spares = [_Spare(self._queue_ids(), now) for _ in range(count)]
+        make_id = self._queue_ids
+        spares = [_Spare(make_id(), now) for _ in range(count)]
         self._spares.extend(spares)
-        self._filling = self._io.submit(self._create_spares, spares)
+        self._filling = filling = self._io.submit(self._create_spares, spares)
+        for spare in spares:
+            spare.fill = filling
         if self._expiry is None:
             self._expiry = asyncio.get_running_loop().call_later(SPARE_MAX_AGE, self._expire_spares)
 
@@ -468,13 +494,13 @@ class Spool:
                 directory.sync_queue(QueueName.INCOMING)
             except SpoolError as exc:  # the commits fsync incoming/ themselves
                 failure = failure or exc
-        for n, spare in enumerate(spares):
+        for n, spare in enumerate(spares):  # read once the refill's future is done
             if n < len(fds):
                 spare.dir_synced = failure is None  # incoming/ was fsynced after the creates
-                spare.created.set_result(fds[n])
+                spare.fd = fds[n]
             else:
                 assert failure is not None
-                spare.created.set_exception(failure)
+                spare.error = failure
 
     def _expire_spares(self) -> None:
         """Delete spares unused for :data:`SPARE_MAX_AGE` seconds (the stream has ended)."""
@@ -498,7 +524,7 @@ class Spool:
         files, or delete them when it is full (waiting for their creation first)."""
         for spare in spares:
             try:
-                spare_fd = spare.created.result()
+                spare_fd = spare.result()
             except SpoolError:
                 continue
             self.directory.pool_spare(QueueName.INCOMING, spare.queue_id, spare_fd)
@@ -525,100 +551,79 @@ class Spool:
         """
         self._check_open()
         loop = asyncio.get_running_loop()
-        if not self._pending and self._running_committers == 0:
-            await self._run_alone(loop, job)
-            return
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.append((job, waiter))
         if self._running_committers < self._max_committers:
-            self._start_committer(loop)
+            self._dispatch(loop)
         await waiter
 
-    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._running_committers += 1
-        task = loop.create_task(self._commit_loop(), name="roost-spool-commit")
-        self._committers.add(task)
-        task.add_done_callback(self._committers.discard)
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the jobs waiting (up to ``max_batch``) as one batch in a committer thread.
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
-        """Run a job that finds the spool idle as a batch of its own, from the caller's
-        task: no committer task to start and wake, the caller resumes as soon as the
-        batch's thread is done. Jobs arriving meanwhile wait in ``_pending`` for a
-        committer started when this batch ends (they would wait for it anyway).
-
-        Raises:
-            SpoolError: the job failed (its files are removed).
+        No task of its own: the committer thread's answer comes back as one callback in
+        the loop (:meth:`_batch_done`), which answers the batch's callers and starts the
+        next batch from what gathered meanwhile. Jobs whose callers stopped waiting
+        before their batch started are withdrawn (a commit's file is deleted).
         """
-        self._running_committers += 1
-        try:
-            await self._run_batch(loop, [job], lambda: self._answer_alone(job))
-        except Exception as exc:  # a bug in the batch engine
-            raise SpoolError(
-                f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR
-            ) from exc
-        finally:
-            self._running_committers -= 1
-            if self._pending and self._running_committers < self._max_committers:
-                self._start_committer(loop)
-        if job.error is not None:
-            raise job.error
+        while self._pending:
+            batch = [
+                self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))
+            ]
+            jobs: list[_Job] = []
+            for job, waiter in batch:
+                if not waiter.cancelled():
+                    jobs.append(job)
+                elif isinstance(job, _CommitJob):
+                    jobs.append(_DiscardJob(job))
+            if not jobs:
+                continue
+            self._running_committers += 1
+            try:
+                self._commit_pool.submit(
+                    loop,
+                    functools.partial(self._batch_done, loop, batch),
+                    self.directory.run_batch,
+                    jobs,
+                )
+            except Exception as exc:  # no thread could be started: fail this batch
+                self._running_committers -= 1
+                failure = SpoolError(
+                    f"spool committer not started: {exc!r}", SpoolErrorKind.LOCAL_ERROR
+                )
+                # its files go as a failed batch's would (in an I/O thread, off the loop)
+                self._io.submit(_roll_back, self.directory, jobs)
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+                continue
+            return
 
-    def _answer_alone(self, job: _Job) -> None:
-        if isinstance(job, _CommitJob) and job.committed and job.error is None:
-            self._notify(job.queue_id)
-
-    async def _run_batch(
-        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], answer: Callable[[], None]
+    def _batch_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[_Job, asyncio.Future[None]]],
+        error: BaseException | None,
     ) -> None:
-        """Run ``jobs`` as one batch in the committer thread, then call ``answer``.
-
-        Cancelling the wait does not stop the batch: it goes on in its thread, and this
-        waits for it, so that its callers hear the truth and ``on_commit`` fires for what
-        it committed; ``answer`` is then called before CancelledError is raised again.
-
-        Raises:
-            asyncio.CancelledError: after the batch has ended (answered if it completed).
-            Exception: the batch engine failed (a bug); nobody was answered.
-        """
-        running = self._commit_pool.submit(loop, self.directory.run_batch, jobs)
-        self._batches.add(running)
-        running.add_done_callback(self._batches.discard)
+        """In the loop, once a batch has ended: answer its callers (``on_commit`` for what
+        it committed), then start the next batch if jobs are waiting."""
+        self._running_committers -= 1
         try:
-            await asyncio.shield(running)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await running
-            if running.done() and not running.cancelled() and not running.exception():
-                answer()
-            raise
-        answer()
-
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[_Job, asyncio.Future[None]]] = []
-        try:
-            while self._pending:
-                batch = [
-                    self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))
-                ]
-                jobs: list[_Job] = []
-                for job, waiter in batch:
-                    if not waiter.cancelled():
-                        jobs.append(job)
-                    elif isinstance(job, _CommitJob):
-                        jobs.append(_DiscardJob(job))
-                await self._run_batch(loop, jobs, functools.partial(self._answer, batch))
-                batch = []
-        except BaseException as exc:  # cancelled at loop shutdown, or a bug
-            # (callers the batch answered are done already and left alone)
-            failure = SpoolError(f"spool committer stopped: {exc!r}", SpoolErrorKind.LOCAL_ERROR)
-            for _, waiter in [*batch, *self._pending]:
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            self._pending.clear()
-            raise
+            if error is None:
+                self._answer(batch)
+            else:  # the batch engine failed (a bug): nobody's job is known to be done
+                failure = SpoolError(
+                    f"spool committer stopped: {error!r}", SpoolErrorKind.LOCAL_ERROR
+                )
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
         finally:
-            self._running_committers -= 1
+            if self._pending and self._running_committers < self._max_committers:
+                self._dispatch(loop)
+            if not self._running_committers and self._drained is not None:
+                if not self._drained.done():
+                    self._drained.set_result(None)
+                self._drained = None
 
     def _answer(self, batch: list[tuple[_Job, asyncio.Future[None]]]) -> None:
         for job, waiter in batch:
@@ -642,15 +647,15 @@ class Spool:
 
 class _Committers:
     """The committer threads: run a batch function in one of ``count`` dedicated threads
-    and resolve an asyncio future with its result in the caller's loop.
+    and call the caller's callback with the outcome in the caller's loop.
 
     What ``loop.run_in_executor`` with a ``ThreadPoolExecutor`` does, with less work on
     the way there and back (no ``concurrent.futures.Future`` with its condition and
-    callbacks, no future chaining): one ``SimpleQueue.put`` wakes a waiting thread, one
-    ``call_soon_threadsafe`` hands the result back. With one SMTP session this round trip
-    is on every message's path to the ``250``. Threads start when first needed: a new
-    one while every thread started so far has a call (as a ``ThreadPoolExecutor`` would),
-    up to ``count``. Used from one event loop's thread only.
+    callbacks, no asyncio future and task to wake in turn): one ``SimpleQueue.put`` wakes
+    a waiting thread, one ``call_soon_threadsafe`` runs the callback. With one SMTP
+    session this round trip is on every message's path to the ``250``. Threads start when
+    first needed: a new one while every thread started so far has a call (as a
+    ``ThreadPoolExecutor`` would), up to ``count``. Used from one event loop's thread only.
     """
 
     __slots__ = ("_busy", "_count", "_name", "_queue", "_threads")
@@ -660,7 +665,10 @@ class _Committers:
         self._name = name
         self._queue: queue_module.SimpleQueue[
             tuple[
-                asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]
+                asyncio.AbstractEventLoop,
+                Callable[[BaseException | None], None],
+                Callable[..., object],
+                tuple[Any, ...],
             ]
             | None
         ] = queue_module.SimpleQueue()
@@ -668,17 +676,19 @@ class _Committers:
         self._busy = 0  # calls submitted and not yet answered (counted in the loop)
 
     def submit(
-        self, loop: asyncio.AbstractEventLoop, function: Callable[..., _T], *args: Any
-    ) -> asyncio.Future[_T]:
-        """Run ``function(*args)`` in a committer thread; the returned future (of ``loop``)
-        gets its result or exception. Cancelling the future does not stop the call."""
-        future: asyncio.Future[_T] = loop.create_future()
-        self._busy += 1
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[BaseException | None], None],
+        function: Callable[..., object],
+        *args: Any,
+    ) -> None:
+        """Run ``function(*args)`` in a committer thread, then ``done(error)`` in
+        ``loop``'s thread (``error`` None when the call returned, else what it raised)."""
         started = len(self._threads)
-        if started < self._count and (self._busy > started or not started):
-            self._start_thread()
-        self._queue.put((loop, future, function, args))
-        return future
+        if started < self._count and (self._busy >= started or not started):
+            self._start_thread()  # may raise RuntimeError: nothing was queued
+        self._busy += 1
+        self._queue.put((loop, done, function, args))
 
     def _start_thread(self) -> None:
         thread = threading.Thread(
@@ -690,27 +700,21 @@ class _Committers:
     def _work(self) -> None:
         get = self._queue.get
         while (item := get()) is not None:
-            loop, future, function, args = item
+            loop, done, function, args = item
+            error: BaseException | None = None
             try:
-                result = function(*args)
+                function(*args)
             except BaseException as exc:  # handed to the caller, as an executor would
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(self._resolve, future, None, exc)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._resolve, future, result, None)
-            del item, future, function, args
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._resolve, done, error)
+            del item, done, function, args, error
 
     def _resolve(
-        self, future: asyncio.Future[Any], result: Any, error: BaseException | None
+        self, done: Callable[[BaseException | None], None], error: BaseException | None
     ) -> None:
         self._busy -= 1
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        done(error)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the threads: each ends after the calls queued before this, and this waits
@@ -771,7 +775,7 @@ class MessageWriter:
         self._fd: int | None = None
         self._spare = spare
         if spare is not None:  # created ahead (Spool's spare_files), or being created
-            self._creating: concurrent.futures.Future[int] | None = spare.created
+            self._creating: concurrent.futures.Future[int] | _Spare | None = spare
             self._dir_synced = False  # see commit()
             spool._receiving += 1
             return
@@ -879,7 +883,7 @@ class MessageWriter:
             if envelope.queue_id == self._queue_id and envelope.size == self._size
             else dataclasses.replace(envelope, queue_id=self._queue_id, size=self._size)
         )
-        creating: concurrent.futures.Future[int] | None = None
+        creating: concurrent.futures.Future[int] | _Spare | None = None
         if self._fd is None and self._creating is not None:
             if self._creating.done():
                 try:
@@ -932,7 +936,14 @@ class MessageWriter:
         creating, self._creating = self._creating, None
         if creating is not None and self._fd is None:
             with contextlib.suppress(BaseException):
-                self._fd = await asyncio.wrap_future(creating)
+                if isinstance(creating, _Spare):
+                    assert creating.fill is not None
+                    # shielded: cancelling this wait must not cancel the refill that
+                    # other messages' spares depend on (wrap_future would)
+                    await asyncio.shield(asyncio.wrap_future(creating.fill))
+                    self._fd = creating.result()
+                else:
+                    self._fd = await asyncio.wrap_future(creating)
         fd, self._fd = self._fd, None
         if fd is not None:
             path = self._spool.directory.file_name(self._queue, self._queue_id)
@@ -956,6 +967,15 @@ class MessageWriter:
             raise RuntimeError(f"message {self._queue_id} is {self._state.value}")
         if self._flush is not None and not self._flush.done():
             raise RuntimeError(f"message {self._queue_id}: a write() is still in progress")
+
+
+def _roll_back(directory: QueueDirectory, jobs: list[_Job]) -> None:
+    """Undo jobs that never reached their batch (their commits' files are deleted)."""
+    for job in jobs:
+        try:
+            job.rollback(directory)
+        except Exception:
+            logger.exception("%s: cannot roll back", job.queue_id)
 
 
 def _discard_content(path: str, fd: int) -> None:

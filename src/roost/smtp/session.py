@@ -28,7 +28,6 @@ import logging
 import socket
 import time
 import types
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, cast
@@ -77,6 +76,8 @@ __all__ = ["SMTPSession", "SessionConfig", "Shared"]
 _DATA_CHUNK: Final = 256 * 1024
 #: The loggers of the Postfix programs whose lines a queued message gets (cleanup, qmgr).
 _CLEANUP_LOG: Final = logging.getLogger("roost.cleanup")
+#: A session's command line limits before EHLO gives it its own dict (never changed)
+_NO_LIMITS: Final[dict[str, int]] = {}
 _QMGR_LOG: Final = logging.getLogger("roost.qmgr")
 _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 
@@ -184,8 +185,9 @@ class SMTPSession(SMTP):
             ident=ident or config.mail_name,
             timeout=config.timeout,
         )
-        # aiosmtpd keeps these limits in a class-level dict; each session needs its own
-        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        # aiosmtpd keeps these limits in a class-level dict; a session gets its own at EHLO
+        # (_greet), the only place that sets any (until then, none: the default applies)
+        self.command_size_limits = _NO_LIMITS
         self.shared = shared
         self.config = config
         self.log = _logger(config.log_name)
@@ -199,14 +201,14 @@ class SMTPSession(SMTP):
         self.transaction: _Transaction | None = None
         self.errors = 0
         self.junk = 0
-        self.commands: Counter[str] = Counter()
-        self.commands_ok: Counter[str] = Counter()
+        self.commands: dict[str, int] = {}  # per command name, in order of first use
+        self.commands_ok: dict[str, int] = {}
         self._admitted = False
         self._closing = False
         self._deadline = 0.0  # loop time at which the idle timeout ends the session
         self._armed_for = 0.0  # loop time at which the idle timer fires
-        self._data_finished = asyncio.Event()
-        self._data_finished.set()
+        self._in_data = False  # a message is being received or committed (smtp_DATA)
+        self._data_finished: asyncio.Event | None = None  # made when shutdown() must wait
         # a committed message's log lines, written after its reply (smtp_DATA)
         self._queued: tuple[str, _Transaction, int, bytes | None, MessageWriter] | None = None
 
@@ -279,7 +281,11 @@ class SMTPSession(SMTP):
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         line_limit: int = reader._limit  # type: ignore[attr-defined]
         methods = _command_table(type(self))
-        while self.transport is not None:
+        # until the transport closes: after QUIT (or a 421) the loop ends here, at once,
+        # rather than wait for more input until connection_lost() cancels it (an exception
+        # through the loop per connection); nothing could be answered on a closing
+        # transport anyway (_answer)
+        while (transport := self.transport) is not None and not transport.is_closing():
             try:
                 end = buffer.find(b"\n")
                 if 0 <= end <= line_limit:  # readuntil's fast case
@@ -409,7 +415,7 @@ class SMTPSession(SMTP):
         self.shared.anvil.disconnect(self.client_address)
         counts = []
         for name in self.commands:
-            ok, total = self.commands_ok[name], self.commands[name]
+            ok, total = self.commands_ok.get(name, 0), self.commands[name]
             counts.append(f"{name.lower()}={ok}" if ok == total else f"{name.lower()}={ok}/{total}")
         ok_all, total_all = sum(self.commands_ok.values()), sum(self.commands.values())
         commands = f"{ok_all}" if ok_all == total_all else f"{ok_all}/{total_all}"
@@ -474,7 +480,9 @@ class SMTPSession(SMTP):
         ``data_grace`` seconds): a 421 for a message the queue keeps would make the client
         send it again.
         """
-        if not self._data_finished.is_set():
+        if self._in_data:
+            if self._data_finished is None:
+                self._data_finished = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._data_finished.wait(), data_grace)
         if self.transport is not None and not self.transport.is_closing():
@@ -535,14 +543,16 @@ class SMTPSession(SMTP):
         """Send ``answer`` and count ``command`` as successful when it is 2xx/3xx."""
         text = str(answer)
         if command is not None and text[:1] in ("2", "3"):
-            self.commands_ok[command] += 1
+            counts = self.commands_ok
+            counts[command] = counts.get(command, 0) + 1
         if isinstance(answer, Reply):  # ours: nothing of aiosmtpd's to map
             await self._answer(text)
         else:
             await self.push(text)
 
     def _count(self, command: str) -> None:
-        self.commands[command] += 1
+        counts = self.commands
+        counts[command] = counts.get(command, 0) + 1
 
     async def _junk(self, command: str) -> None:
         """NOOP, VRFY, RSET, HELP past ``smtpd_junk_command_limit`` count as errors."""
@@ -614,8 +624,10 @@ class SMTPSession(SMTP):
         if self.config.smtputf8:
             lines.append("SMTPUTF8")
         # aiosmtpd sizes the MAIL command line limit from what EHLO offered
-        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10 + 140
-        self.command_size_limits["RCPT"] = self.command_size_limit + 140
+        self.command_size_limits = {
+            "MAIL": self.command_size_limit + 26 + 10 + 140,
+            "RCPT": self.command_size_limit + 140,
+        }
         await self.reply(reply.multiline(250, lines), command)
 
     def _starttls_offered(self) -> bool:
@@ -653,7 +665,7 @@ class SMTPSession(SMTP):
             self.log.warning("cannot start TLS: %s", exc)
             await self.reply(reply.TLS_UNAVAILABLE)
             return
-        self.commands_ok["STARTTLS"] += 1
+        self.commands_ok["STARTTLS"] = self.commands_ok.get("STARTTLS", 0) + 1
         # RFC 3207 §4.2: forget everything learned before TLS
         self.helo = None
         self.esmtp = False
@@ -958,7 +970,9 @@ class SMTPSession(SMTP):
             await self.reply(reply.NO_VALID_RECIPIENTS if transaction.rejected else reply.NEED_RCPT)
             return
         writer = self.shared.spool.new_message()
-        self._data_finished.clear()
+        self._in_data = True
+        if self._data_finished is not None:
+            self._data_finished.clear()
         self._queued = None
         try:
             try:
@@ -968,7 +982,9 @@ class SMTPSession(SMTP):
             self.transaction = None
             await self.reply(answer, "DATA")
         finally:
-            self._data_finished.set()
+            self._in_data = False
+            if self._data_finished is not None:
+                self._data_finished.set()
             # the message's log lines after its 250: off the path to the client's next
             # command (the log writer writes them a moment later anyway)
             if self._queued is not None:
