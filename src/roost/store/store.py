@@ -232,8 +232,20 @@ class MailStore:
         return folders
 
     def exists(self, name: str) -> bool:
-        """True if ``name`` is a selectable mailbox."""
-        return (self.mailbox_path(name) / CUR).is_dir()
+        """True if ``name`` is a selectable mailbox.
+
+        Raises:
+            InvalidMailboxName: see :func:`normalize_mailbox_name`.
+        """
+        # A string path, not mailbox_path(): pathlib interns each component it parses,
+        # and every login checks the special-use folders (ensure_special_use), so a
+        # worker's logins added five short-lived interned strings each, until the
+        # table of interned strings grew (~1 MiB a process; docs/performance.md, "IMAP
+        # idle memory, session 8").
+        name = normalize_mailbox_name(name)
+        if name == INBOX:
+            return os.path.isdir(os.path.join(self.root, CUR))
+        return os.path.isdir(os.path.join(self.root, "." + encode_mutf7(name), CUR))
 
     # ------------------------------------------------------------------ listing
 
