@@ -50,7 +50,7 @@ class FsPolicy:
                 path, -1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid
             )
 
-    def mkdir(self, path: Path) -> None:
+    def mkdir(self, path: Path | str) -> None:
         """Create one directory with ``dir_mode`` and the owner.
 
         Raises:

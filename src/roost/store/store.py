@@ -232,8 +232,20 @@ class MailStore:
         return folders
 
     def exists(self, name: str) -> bool:
-        """True if ``name`` is a selectable mailbox."""
-        return (self.mailbox_path(name) / CUR).is_dir()
+        """True if ``name`` is a selectable mailbox.
+
+        Raises:
+            InvalidMailboxName: see :func:`normalize_mailbox_name`.
+        """
+        # A string path, not mailbox_path(): pathlib interns each component it parses,
+        # and every login checks the special-use folders (ensure_special_use), so a
+        # worker's logins added five short-lived interned strings each, until the
+        # table of interned strings grew (~1 MiB a process; docs/performance.md, "IMAP
+        # idle memory, session 8").
+        name = normalize_mailbox_name(name)
+        if name == INBOX:
+            return os.path.isdir(os.path.join(self.root, CUR))
+        return os.path.isdir(os.path.join(self.root, "." + encode_mutf7(name), CUR))
 
     # ------------------------------------------------------------------ listing
 
@@ -293,24 +305,30 @@ class MailStore:
         attribute = None if special_use is None else _special_use(special_use)
         if name == INBOX:
             raise MailboxExists("INBOX always exists", mailbox=name)
-        directory = self.mailbox_path(name)
+        # A string path, as in exists(): the first login creates the special-use
+        # folders, and pathlib would intern each folder's name (short-lived).
+        directory = os.path.join(self.root, "." + encode_mutf7(name))
         policy = self._policy
         try:
             try:
                 policy.mkdir(directory)
             except FileExistsError:
-                if (directory / CUR).exists() or (directory / UIDLIST_NAME).exists():
+                if os.path.exists(os.path.join(directory, CUR)) or os.path.exists(
+                    os.path.join(directory, UIDLIST_NAME)
+                ):
                     raise MailboxExists(f"mailbox {name!r} exists", mailbox=name) from None
             for sub in (TMP, NEW):
                 with contextlib.suppress(FileExistsError):
-                    policy.mkdir(directory / sub)
+                    policy.mkdir(os.path.join(directory, sub))
             marker = os.open(
-                directory / MAILDIRFOLDER_NAME, os.O_WRONLY | os.O_CREAT, policy.file_mode
+                os.path.join(directory, MAILDIRFOLDER_NAME),
+                os.O_WRONLY | os.O_CREAT,
+                policy.file_mode,
             )
             policy.chown_fd(marker)
             os.close(marker)
             uidlist = UidList(
-                directory / UIDLIST_NAME,
+                os.path.join(directory, UIDLIST_NAME),
                 fsync=policy.fsync,
                 file_mode=policy.file_mode,
                 chown=policy.chown_fd,
@@ -319,7 +337,7 @@ class MailStore:
                 self.root, file_mode=policy.file_mode, chown=policy.chown_fd
             )
             uidlist.rewrite([], uid_validity=validity, next_uid=1)
-            policy.mkdir(directory / CUR)  # last: now it is selectable
+            policy.mkdir(os.path.join(directory, CUR))  # last: now it is selectable
         except OSError as exc:
             raise StoreError.from_os_error(exc, f"create {name}", mailbox=name) from exc
         if attribute is not None:
