@@ -130,6 +130,12 @@ def _special_use(attribute: str) -> str:
     return canonical
 
 
+def _folder_directory(name: str) -> str:
+    """The Maildir++ directory name of folder ``name`` (normalized, not INBOX): ``.``
+    and its modified UTF-7 (RFC 3501 §5.1.3), e.g. ``.Sent`` or ``.Parent.Child``."""
+    return "." + encode_mutf7(name)
+
+
 class MailStore:
     """One user's mail: a Maildir++ tree laid out as Dovecot lays it out.
 
@@ -202,7 +208,7 @@ class MailStore:
         name = normalize_mailbox_name(name)
         if name == INBOX:
             return self.root
-        return self.root / ("." + encode_mutf7(name))
+        return self.root / _folder_directory(name)
 
     def _index_path(self, name: str, directory: Path) -> Path:
         if self.index_dir is None:
@@ -245,7 +251,7 @@ class MailStore:
         name = normalize_mailbox_name(name)
         if name == INBOX:
             return os.path.isdir(os.path.join(self.root, CUR))
-        return os.path.isdir(os.path.join(self.root, "." + encode_mutf7(name), CUR))
+        return os.path.isdir(os.path.join(self.root, _folder_directory(name), CUR))
 
     # ------------------------------------------------------------------ listing
 
@@ -307,7 +313,7 @@ class MailStore:
             raise MailboxExists("INBOX always exists", mailbox=name)
         # A string path, as in exists(): the first login creates the special-use
         # folders, and pathlib would intern each folder's name (short-lived).
-        directory = os.path.join(self.root, "." + encode_mutf7(name))
+        directory = os.path.join(self.root, _folder_directory(name))
         policy = self._policy
         try:
             try:
