@@ -13,6 +13,7 @@ import pytest
 from roost.store import (
     ChangeBus,
     Mailbox,
+    MailboxNotFound,
     MailStore,
     MessageNotFound,
     StoreMode,
@@ -191,6 +192,55 @@ def test_recent_goes_to_one_session_only(mail: MailStore) -> None:
         assert two.sync().recent == (2,)
         assert one.sync().recent == ()
         assert 2 in two.recent and 2 not in one.recent
+
+
+def _seen_by(box: Mailbox) -> tuple[object, ...]:
+    return (
+        [(m.uid, m.flags, m.modseq, m.filename) for m in box.messages()],
+        box.recent,
+        box.keywords(),
+        box.uid_validity,
+        box.uid_next,
+        box.highest_modseq,
+    )
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_reselect_sees_what_a_new_open_sees(mail: MailStore, readonly: bool) -> None:
+    """SELECT of the selected mailbox reuses its object (:meth:`Mailbox.reselect`): the
+    view and \\Recent are those of closing it and opening it again."""
+    deliver(mail.root, "1.a.host")
+    with mail.open("INBOX", readonly=readonly) as box:
+        assert box.recent == {1}
+        with mail.open("INBOX") as other:  # another session's changes meanwhile
+            other.store_flags([1], ["\\Flagged", "$Work"], StoreMode.ADD)
+            other.append(b"Subject: two\n\nx\n")
+        deliver(mail.root, "3.c.host")  # a delivery nobody has seen yet
+        box.reselect()
+        after = _seen_by(box)
+        box.reselect()  # nothing changed: the same again, nothing recent claimed twice
+        again = _seen_by(box)
+    with mail.open("INBOX", readonly=readonly) as fresh_after:
+        fresh = _seen_by(fresh_after)
+    uids = [uid for uid, *_ in after[0]]  # type: ignore[misc]
+    assert uids == [1, 2, 3]
+    # 1 was claimed by the first open (the other session's open would have had it);
+    # 2 (appended by a session that has not synced since) and 3 nobody has claimed.
+    assert after[1] == {2, 3}
+    if readonly:  # EXAMINE claims nothing: they stay recent
+        assert again[1] == {2, 3} == fresh[1]
+    else:  # the reselect claimed them
+        assert again[1] == frozenset() == fresh[1]
+    assert after[2:] == fresh[2:]
+    assert after[0] == fresh[0]
+
+
+def test_reselect_of_a_deleted_mailbox_fails(mail: MailStore) -> None:
+    mail.create("Work")
+    with mail.open("Work") as box:
+        mail.delete("Work")
+        with pytest.raises(MailboxNotFound):
+            box.reselect()
 
 
 def test_bus_wakes_other_sessions_not_the_writer(mail: MailStore, bus: ChangeBus) -> None:

@@ -1361,20 +1361,31 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._close_later(previous)
             raise
         readonly = command.read_only
-        try:
-            opened = await self._call_in_thread(
-                _open_mailbox,
-                self._store(),
-                name,
-                readonly,
-                qresync.mod_seq if qresync is not None else None,
-                self._changed_callback(),
-                previous,
-            )
-        except asyncio.CancelledError:
-            if previous is not None:  # the call may not have run (closing twice is harmless)
+        since = qresync.mod_seq if qresync is not None else None
+        if _reselectable(previous, name, readonly):
+            assert previous is not None
+            # The selected mailbox again, its index connection open: start its view
+            # over on the loop (a sync, as after any command), no thread hand-off.
+            try:
+                opened = _reselect(previous, since)
+            except BaseException:
                 self._close_later(previous)
-            raise
+                raise
+        else:
+            try:
+                opened = await self._call_in_thread(
+                    _open_mailbox,
+                    self._store(),
+                    name,
+                    readonly,
+                    since,
+                    self._changed_callback(),
+                    previous,
+                )
+            except asyncio.CancelledError:
+                if previous is not None:  # the call may not have run (closing twice is harmless)
+                    self._close_later(previous)
+                raise
         if qresync is not None and qresync.uid_validity != opened.mailbox.uid_validity:
             opened = dataclasses.replace(opened, vanished=None)
         selected = SelectedMailbox(
@@ -2010,6 +2021,33 @@ def _open_mailbox(
     except BaseException:
         mailbox.close()
         raise
+
+
+def _reselectable(previous: MailboxProtocol | None, name: str, readonly: bool) -> bool:
+    """Tell whether a SELECT of ``name`` can reuse the mailbox selected before: the
+    same mailbox in the same mode, not suspended (resuming opens the index: a thread's
+    job)."""
+    if previous is None or previous.readonly != readonly or previous.suspended:
+        return False
+    try:
+        return normalize_mailbox_name(name) == normalize_mailbox_name(previous.name)
+    except StoreError:
+        return False
+
+
+def _reselect(mailbox: MailboxProtocol, since: int | None) -> _Opened:
+    """:func:`_open_mailbox` for the mailbox selected before (:func:`_reselectable`)."""
+    mailbox.reselect()
+    return _Opened(
+        mailbox,
+        mailbox.messages(),
+        mailbox.recent,
+        mailbox.keywords(),
+        mailbox.uid_validity,
+        mailbox.uid_next,
+        mailbox.highest_modseq,
+        None if since is None else mailbox.expunged_since(since),
+    )
 
 
 def _suspend(selected: SelectedMailbox) -> None:

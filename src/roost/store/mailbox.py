@@ -632,6 +632,29 @@ class Mailbox:
             self._sync_disk_if_needed()
             return self._refresh_view()
 
+    def reselect(self) -> None:
+        """Start this session's view over, as closing and opening the mailbox again
+        would (a SELECT or EXAMINE of the mailbox the session has selected, in the same
+        mode): sync, then keep as ``\\Recent`` only what an open would show so.
+
+        Read-write, that is what this sync claimed (what the session saw before was
+        claimed by it, and an open would not see it as recent); read-only, every
+        message at or above the index's first recent UID, as an open computes it. The
+        index connection, the lock template and the subscriptions stay (no open, no
+        schema check, no ``tmp/`` clean-up: the first open did that).
+
+        Raises:
+            MailboxNotFound: the mailbox was deleted.
+            StoreError: reading the Maildir or the index failed, or the mailbox is
+                closed.
+        """
+        changes = self.sync()
+        if self.readonly:
+            with self._errors("open"):
+                self._recent = set(self._claim_recent(self._view))
+        else:
+            self._recent = set(changes.recent)
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("mailbox is closed", temporary=False, mailbox=self.name)
