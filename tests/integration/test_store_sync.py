@@ -575,3 +575,25 @@ def test_quiet_rescans_in_the_race_window_still_find_a_rename(mail: MailStore) -
         os.utime(root / "cur", ns=(0, os.stat(root / "cur").st_mtime_ns))  # mtime kept
         changes = inbox.sync()
         assert [(f.uid, f.flags) for f in changes.flags] == [(uid, frozenset({"\\Seen"}))]
+
+
+def test_a_sync_that_finds_nothing_reads_the_index_state_once(mail: MailStore) -> None:
+    """The state row read to compare the Maildir with the index also tells that the
+    view is current: no second read transaction (one per IMAP command otherwise)."""
+    with mail.open("INBOX") as inbox:
+        inbox.append(b"Subject: one\r\n\r\nx\r\n")
+        inbox.sync()
+        old = time.time_ns() - 10**9  # out of the race window: no listing either
+        for subdir in ("new", "cur"):
+            os.utime(mail.root / subdir, ns=(old, old))
+        inbox.sync()  # rescans (the mtimes changed), records them
+        statements: list[str] = []
+        inbox._index.db.set_trace_callback(statements.append)
+        assert not inbox.sync()
+        assert [s.split()[0] for s in statements] == ["SELECT", "SELECT"]  # state, new/
+        statements.clear()
+        with mail.open("INBOX") as other:
+            other.store_flags([1], ["\\Seen"], StoreMode.ADD)
+        changes = inbox.sync()  # the index changed: its rows are read
+        assert [(f.uid, f.flags) for f in changes.flags] == [(1, frozenset({"\\Seen"}))]
+        assert "BEGIN" in statements

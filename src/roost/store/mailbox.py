@@ -629,7 +629,11 @@ class Mailbox:
         """
         self._check_open()
         with self._errors("sync"):
-            self._sync_disk_if_needed()
+            state = self._index.state()
+            if self._index_current(state):
+                return self._refresh_view(state)
+            with self._locked():
+                self._sync_disk()
             return self._refresh_view()
 
     def reselect(self) -> None:
@@ -717,47 +721,51 @@ class Mailbox:
                 dirty.append(subdir)
         return dirty
 
-    def _needs_disk_sync(self, state: IndexState | None) -> bool:
-        if state is None:
-            return True
-        if self._dirty_dirs(state):
-            return True
-        if self._uidlist.stamp() != state.uidlist_stamp:
-            return True
-        if self._keywords.stamp() != state.keywords_stamp:
-            return True
-        return not self.readonly and self._index.has_new()
+    def _index_current(self, state: IndexState | None) -> bool:
+        """Without the lock: tell whether the index matches the Maildir, nothing to
+        rescan.
 
-    def _sync_disk_if_needed(self, *, force: bool = False) -> None:
-        if not force:
-            state = self._index.state()
-            if not self._needs_disk_sync(state):
-                return
-            if state is not None and self._only_race_window(state):
-                return
-        with self._locked():
-            self._sync_disk(force=force)
-
-    def _only_race_window(self, state: IndexState) -> bool:
-        """Without the lock: tell whether the directories are exactly as the index has
-        them, and only their recent mtimes (the race window) made them look dirty.
-
-        Then nothing needs the lock or a write transaction; the time of this check is
-        recorded (without fsync: it only saves rescans) once it ends the race window.
+        The directories' mtimes, the control files' stamps and (read-write) messages
+        left in ``new/`` are compared with the index; a directory whose mtime is within
+        the race window of the last scan is listed and its names compared with the
+        index's (:meth:`_only_race_window`).
         """
+        if state is None:
+            return False
+        checked_at = time.time_ns()  # before the stamps: the window ends no sooner
+        stamps = self._disk_stamps()
+        in_window = False
+        for now, recorded in zip(stamps, (state.new_mtime_ns, state.cur_mtime_ns), strict=True):
+            if now != recorded:
+                return False
+            if recorded >= state.synced_at_ns - _race_window(recorded):
+                in_window = True
         if self._uidlist.stamp() != state.uidlist_stamp:
             return False
         if self._keywords.stamp() != state.keywords_stamp:
             return False
         if not self.readonly and self._index.has_new():
             return False
-        checked_at = time.time_ns()
+        return not in_window or self._only_race_window(state, stamps, checked_at)
+
+    def _sync_disk_if_needed(self, *, force: bool = False) -> None:
+        if not force and self._index_current(self._index.state()):
+            return
+        with self._locked():
+            self._sync_disk(force=force)
+
+    def _only_race_window(
+        self, state: IndexState, stamps: tuple[int, int], checked_at: int
+    ) -> bool:
+        """The part of :meth:`_index_current` for directories in the race window:
+        ``stamps`` (their mtimes, equal to the index's) were taken at ``checked_at`` or
+        after; their listings must hold the names the index has there.
+
+        Then nothing needs the lock or a write transaction; the time of this check is
+        recorded (without fsync: it only saves rescans) once it ends the race window.
+        """
         ends_window = True
-        for subdir, now, recorded in zip(
-            _SUBDIRS, self._disk_stamps(), (state.new_mtime_ns, state.cur_mtime_ns), strict=True
-        ):
-            if now != recorded:
-                return False
+        for subdir, recorded in zip(_SUBDIRS, stamps, strict=True):
             window = _race_window(recorded)
             if recorded < state.synced_at_ns - window:
                 continue
@@ -1201,7 +1209,17 @@ class Mailbox:
                 db.execute("UPDATE state SET first_recent_uid = ?", (candidates[-1] + 1,))
         return [uid for uid in candidates if uid >= first]
 
-    def _refresh_view(self) -> Changes:
+    def _refresh_view(self, current: IndexState | None = None) -> Changes:
+        """Bring the view up to the index; ``current``: the state just read (a sync that
+        found the Maildir as the index has it), which spares a read when it shows
+        nothing new."""
+        if (
+            current is not None
+            and current.uid_validity == self._uid_validity
+            and current.highest_modseq == self._cursor
+        ):
+            self._uid_next = current.uid_next
+            return Changes()
         with self._index.read():
             state = self._require_state()
             renumbered = state.uid_validity != self._uid_validity
@@ -1291,9 +1309,7 @@ class Mailbox:
             index.defer_sync = nowait
             try:
                 state = index.state()
-                if state is not None and (
-                    not self._needs_disk_sync(state) or self._only_race_window(state)
-                ):
+                if state is not None and self._index_current(state):
                     # The index is current: only this object's copies of the control
                     # files may lag (another session wrote them).
                     self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
