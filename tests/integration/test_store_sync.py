@@ -597,3 +597,35 @@ def test_a_sync_that_finds_nothing_reads_the_index_state_once(mail: MailStore) -
         changes = inbox.sync()  # the index changed: its rows are read
         assert [(f.uid, f.flags) for f in changes.flags] == [(1, frozenset({"\\Seen"}))]
         assert "BEGIN" in statements
+
+
+def test_own_writes_need_no_read_back_but_others_changes_are_seen(mail: MailStore) -> None:
+    """A STORE or EXPUNGE on a current view leaves it current at the write's MODSEQ:
+    the next sync reads no rows. A write on a view that lags still lets that sync
+    report what the view lacks."""
+    with mail.open("INBOX") as one, mail.open("INBOX") as two:
+        for n in range(3):
+            one.append(b"Subject: %d\r\n\r\nx\r\n" % n)
+        one.sync()
+        two.sync()
+        statements: list[str] = []
+        one._index.db.set_trace_callback(statements.append)
+        one.store_flags([1], ["\\Deleted"], StoreMode.ADD)
+        statements.clear()
+        assert not one.sync()
+        assert "BEGIN" not in statements  # its own change: nothing read back
+        assert one.expunge() == [1]
+        statements.clear()
+        assert not one.sync()
+        assert "BEGIN" not in statements
+        assert one.highest_modseq == one.status().highest_modseq
+        # two lags behind one's changes; its own write must not hide them.
+        two.store_flags([2], ["\\Seen"], StoreMode.ADD)
+        changes = two.sync()
+        assert changes.expunged == (1,)
+        assert [(m.uid, m.flags) for m in two.messages()] == [
+            (2, frozenset({"\\Seen"})),
+            (3, frozenset()),
+        ]
+        changes = one.sync()
+        assert [(f.uid, f.flags) for f in changes.flags] == [(2, frozenset({"\\Seen"}))]

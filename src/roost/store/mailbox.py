@@ -257,6 +257,9 @@ class Mailbox:
         # lists the same names at the same generation has nothing to reconcile.
         self._listing: dict[str, tuple[int, set[str]]] = {}
         self._notes: list[tuple[str, str | None, str | None]] = []
+        # Inside _writing: the MODSEQ at which the view was current when the write
+        # began, if it was (see _step_cursor), else None.
+        self._write_base: int | None = None
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self._has_view = view
@@ -1309,7 +1312,13 @@ class Mailbox:
             index.defer_sync = nowait
             try:
                 state = index.state()
+                self._write_base = None
                 if state is not None and self._index_current(state):
+                    if (
+                        state.highest_modseq == self._cursor
+                        and state.uid_validity == self._uid_validity
+                    ):
+                        self._write_base = state.highest_modseq
                     # The index is current: only this object's copies of the control
                     # files may lag (another session wrote them).
                     self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
@@ -1323,7 +1332,16 @@ class Mailbox:
                 yield
             finally:
                 index.defer_sync = False
+                self._write_base = None
         self._bus.publish(self.directory, origin=self)
+
+    def _step_cursor(self, base: int | None, modseq: int) -> None:
+        """After a write that gave its changes MODSEQ ``modseq`` and applied them to the
+        view: when the view was current at ``base`` (:attr:`_write_base`) and nothing
+        else changed since (``modseq`` is the next one), the view is current at
+        ``modseq``, and the next sync need not read the write's own rows back."""
+        if base is not None and modseq == base + 1:
+            self._cursor = modseq
 
     def sync_index(self) -> None:
         """Make the index commits of the writes called with ``nowait`` durable (an
@@ -1539,7 +1557,10 @@ class Mailbox:
             return StoreFlagsResult()
         fresh: list[Row] = []
         failed: list[int] = []
+        modseq = 0
+        current_at: int | None = None
         with self._writing("store flags", nowait=nowait):
+            current_at = self._write_base
             keywords = given - SYSTEM_FLAGS
             if keywords and mode is not StoreMode.REMOVE:
                 self._keywords.assign(sorted(keywords))
@@ -1593,6 +1614,8 @@ class Mailbox:
             self._view[message.uid] = message
             updated.append(FlagUpdate(message.uid, message.flags, message.modseq))
         self._view_changed()
+        if modseq:
+            self._step_cursor(current_at, modseq)
         return StoreFlagsResult(updated=tuple(updated), failed=tuple(failed))
 
     def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
@@ -1655,13 +1678,16 @@ class Mailbox:
                 if path is not None:
                     unlink_quietly(path)
         done = [uid for uid, _, _ in victims]
+        current_at = self._write_base
         with self._index.write():
-            self._index.expunge(done, self._index.next_modseq())
+            modseq = self._index.next_modseq()
+            self._index.expunge(done, modseq)
             self._finish(self._uidlist)
         for uid in done:
             self._view.pop(uid, None)
             self._recent.discard(uid)
         self._view_changed()
+        self._step_cursor(current_at, modseq)
         return done
 
     def copy(self, uids: Collection[int], dest: Mailbox) -> list[tuple[int, int]]:
