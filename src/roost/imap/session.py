@@ -182,7 +182,7 @@ from roost.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
-from roost.imap.selected import SelectedMailbox, UpdateMode
+from roost.imap.selected import RECENT, SelectedMailbox, UpdateMode
 from roost.imap.sequence import SequenceSet
 from roost.store import (
     Changes,
@@ -1711,8 +1711,13 @@ class IMAPSession(MailSession[Shared, Resumed]):
         if uses_modseq:
             self._enable_condstore()
         mode = self.mode
+        infos, recent = selected.infos, selected.recent
         targets = [
-            SearchTarget(number, selected.infos[uid], frozenset(selected.flags(uid, _REV1)))
+            SearchTarget(
+                number,
+                info := infos[uid],
+                info.flags | _RECENT_ONLY if uid in recent else info.flags,
+            )
             for number, uid in enumerate(selected.uids, 1)
         ]
         zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
@@ -1828,7 +1833,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             stats.fetch_body_count += batch.body_count
             stats.fetch_body_bytes += batch.body_octets
             self._out.extend(batch.responses)
-            await self._flush()
+            if position < len(targets):  # the last batch goes out with the tagged reply
+                await self._flush()
         if unknown_cte:
             return TaggedResponse(tag, "NO", "Unknown Content-Transfer-Encoding.", UNKNOWN_CTE)
         if missing:
@@ -1931,7 +1937,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
 # --- helpers -------------------------------------------------------------------------------
 
 
-_REV1: Final = UpdateMode()
+#: ``\\Recent`` as a flag set, for SEARCH (which sees it, as IMAP4rev1 shows it).
+_RECENT_ONLY: Final = frozenset({RECENT})
 _STORE_MODES: Final = {
     StoreMode.ADD: StoreFlagMode.ADD,
     StoreMode.REMOVE: StoreFlagMode.REMOVE,
