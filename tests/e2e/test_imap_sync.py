@@ -109,6 +109,8 @@ def test_select_of_the_selected_mailbox_starts_over(
         b"* 2 FETCH (FLAGS ())\r\n",
         b"* 3 FETCH (FLAGS (\\Recent))\r\n",
     ]
+    assert raw.command("r", "SEARCH RECENT")[0] == b"* SEARCH 3\r\n"
+    assert raw.command("k", "SEARCH KEYWORD $Later")[0] == b"* SEARCH 1\r\n"
     third = raw.command("s3", "SELECT INBOX")
     assert b"* 0 RECENT\r\n" in third
     examined = raw.command("e", "EXAMINE INBOX")
