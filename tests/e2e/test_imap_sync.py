@@ -78,6 +78,55 @@ def test_idle_reports_flags_and_expunges_of_another_session(
     raw.close()
 
 
+def test_select_of_the_selected_mailbox_starts_over(
+    imap_instance: Instance, user: tuple[str, str]
+) -> None:
+    """SELECT of the mailbox already selected (answered without reopening it) reports
+    what a new selection would: counts, \\Recent taken by the first SELECT, another
+    session's changes, a delivery; EXAMINE then SELECT switch the mode; a deleted
+    mailbox leaves nothing selected."""
+    deliver(imap_instance, user[0], "one")
+    deliver(imap_instance, user[0], "two")
+    raw = _login(imap_instance, user)
+    first = raw.command("s1", "SELECT INBOX")
+    assert b"* 2 EXISTS\r\n" in first and b"* 2 RECENT\r\n" in first
+    assert b"* OK [UNSEEN 1] First unseen.\r\n" in first
+    other = connect(imap_instance, *user)
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Seen $Later)")
+    other.logout()
+    deliver(imap_instance, user[0], "three")
+    again = raw.command("s2", "SELECT INBOX")
+    assert again[0] == b"* OK [CLOSED] Previous mailbox closed.\r\n"
+    assert b"* 3 EXISTS\r\n" in again
+    assert b"* 1 RECENT\r\n" in again  # only the delivery: 1 and 2 were taken before
+    assert b"* OK [UNSEEN 2] First unseen.\r\n" in again
+    assert any(line.startswith(b"* FLAGS (") and b"$Later" in line for line in again)
+    assert again[-1].startswith(b"s2 OK [READ-WRITE]")
+    fetched = raw.command("f", "FETCH 1:* (FLAGS)")
+    assert fetched[:3] == [
+        b"* 1 FETCH (FLAGS (\\Seen $Later))\r\n",
+        b"* 2 FETCH (FLAGS ())\r\n",
+        b"* 3 FETCH (FLAGS (\\Recent))\r\n",
+    ]
+    assert raw.command("r", "SEARCH RECENT")[0] == b"* SEARCH 3\r\n"
+    assert raw.command("k", "SEARCH KEYWORD $Later")[0] == b"* SEARCH 1\r\n"
+    third = raw.command("s3", "SELECT INBOX")
+    assert b"* 0 RECENT\r\n" in third
+    examined = raw.command("e", "EXAMINE INBOX")
+    assert b"* 3 EXISTS\r\n" in examined and examined[-1].startswith(b"e OK [READ-ONLY]")
+    assert raw.command("x", "STORE 1 +FLAGS (\\Flagged)")[-1].startswith(b"x NO")
+    assert raw.command("s4", "SELECT INBOX")[-1].startswith(b"s4 OK [READ-WRITE]")
+    assert raw.command("c", 'CREATE "Gone"')[-1].startswith(b"c OK")
+    assert raw.command("s5", 'SELECT "Gone"')[-1].startswith(b"s5 OK")
+    remover = connect(imap_instance, *user)
+    remover.delete("Gone")
+    remover.logout()
+    assert raw.command("s6", 'SELECT "Gone"')[-1].startswith(b"s6 NO")
+    assert raw.command("n", "FETCH 1 (FLAGS)")[-1].startswith(b"n BAD")  # nothing selected
+    raw.close()
+
+
 def test_idle_without_a_selected_mailbox_and_bad_done(
     imap_instance: Instance, user: tuple[str, str]
 ) -> None:

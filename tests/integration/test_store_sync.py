@@ -13,6 +13,7 @@ import pytest
 from roost.store import (
     ChangeBus,
     Mailbox,
+    MailboxNotFound,
     MailStore,
     MessageNotFound,
     StoreMode,
@@ -191,6 +192,55 @@ def test_recent_goes_to_one_session_only(mail: MailStore) -> None:
         assert two.sync().recent == (2,)
         assert one.sync().recent == ()
         assert 2 in two.recent and 2 not in one.recent
+
+
+def _seen_by(box: Mailbox) -> tuple[object, ...]:
+    return (
+        [(m.uid, m.flags, m.modseq, m.filename) for m in box.messages()],
+        box.recent,
+        box.keywords(),
+        box.uid_validity,
+        box.uid_next,
+        box.highest_modseq,
+    )
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_reselect_sees_what_a_new_open_sees(mail: MailStore, readonly: bool) -> None:
+    """SELECT of the selected mailbox reuses its object (:meth:`Mailbox.reselect`): the
+    view and \\Recent are those of closing it and opening it again."""
+    deliver(mail.root, "1.a.host")
+    with mail.open("INBOX", readonly=readonly) as box:
+        assert box.recent == {1}
+        with mail.open("INBOX") as other:  # another session's changes meanwhile
+            other.store_flags([1], ["\\Flagged", "$Work"], StoreMode.ADD)
+            other.append(b"Subject: two\n\nx\n")
+        deliver(mail.root, "3.c.host")  # a delivery nobody has seen yet
+        box.reselect()
+        after = _seen_by(box)
+        box.reselect()  # nothing changed: the same again, nothing recent claimed twice
+        again = _seen_by(box)
+    with mail.open("INBOX", readonly=readonly) as fresh_after:
+        fresh = _seen_by(fresh_after)
+    uids = [uid for uid, *_ in after[0]]  # type: ignore[misc]
+    assert uids == [1, 2, 3]
+    # 1 was claimed by the first open (the other session's open would have had it);
+    # 2 (appended by a session that has not synced since) and 3 nobody has claimed.
+    assert after[1] == {2, 3}
+    if readonly:  # EXAMINE claims nothing: they stay recent
+        assert again[1] == {2, 3} == fresh[1]
+    else:  # the reselect claimed them
+        assert again[1] == frozenset() == fresh[1]
+    assert after[2:] == fresh[2:]
+    assert after[0] == fresh[0]
+
+
+def test_reselect_of_a_deleted_mailbox_fails(mail: MailStore) -> None:
+    mail.create("Work")
+    with mail.open("Work") as box:
+        mail.delete("Work")
+        with pytest.raises(MailboxNotFound):
+            box.reselect()
 
 
 def test_bus_wakes_other_sessions_not_the_writer(mail: MailStore, bus: ChangeBus) -> None:
@@ -525,3 +575,57 @@ def test_quiet_rescans_in_the_race_window_still_find_a_rename(mail: MailStore) -
         os.utime(root / "cur", ns=(0, os.stat(root / "cur").st_mtime_ns))  # mtime kept
         changes = inbox.sync()
         assert [(f.uid, f.flags) for f in changes.flags] == [(uid, frozenset({"\\Seen"}))]
+
+
+def test_a_sync_that_finds_nothing_reads_the_index_state_once(mail: MailStore) -> None:
+    """The state row read to compare the Maildir with the index also tells that the
+    view is current: no second read transaction (one per IMAP command otherwise)."""
+    with mail.open("INBOX") as inbox:
+        inbox.append(b"Subject: one\r\n\r\nx\r\n")
+        inbox.sync()
+        old = time.time_ns() - 10**9  # out of the race window: no listing either
+        for subdir in ("new", "cur"):
+            os.utime(mail.root / subdir, ns=(old, old))
+        inbox.sync()  # rescans (the mtimes changed), records them
+        statements: list[str] = []
+        inbox._index.db.set_trace_callback(statements.append)
+        assert not inbox.sync()
+        assert [s.split()[0] for s in statements] == ["SELECT", "SELECT"]  # state, new/
+        statements.clear()
+        with mail.open("INBOX") as other:
+            other.store_flags([1], ["\\Seen"], StoreMode.ADD)
+        changes = inbox.sync()  # the index changed: its rows are read
+        assert [(f.uid, f.flags) for f in changes.flags] == [(1, frozenset({"\\Seen"}))]
+        assert "BEGIN" in statements
+
+
+def test_own_writes_need_no_read_back_but_others_changes_are_seen(mail: MailStore) -> None:
+    """A STORE or EXPUNGE on a current view leaves it current at the write's MODSEQ:
+    the next sync reads no rows. A write on a view that lags still lets that sync
+    report what the view lacks."""
+    with mail.open("INBOX") as one, mail.open("INBOX") as two:
+        for n in range(3):
+            one.append(b"Subject: %d\r\n\r\nx\r\n" % n)
+        one.sync()
+        two.sync()
+        statements: list[str] = []
+        one._index.db.set_trace_callback(statements.append)
+        one.store_flags([1], ["\\Deleted"], StoreMode.ADD)
+        statements.clear()
+        assert not one.sync()
+        assert "BEGIN" not in statements  # its own change: nothing read back
+        assert one.expunge() == [1]
+        statements.clear()
+        assert not one.sync()
+        assert "BEGIN" not in statements
+        assert one.highest_modseq == one.status().highest_modseq
+        # two lags behind one's changes; its own write must not hide them.
+        two.store_flags([2], ["\\Seen"], StoreMode.ADD)
+        changes = two.sync()
+        assert changes.expunged == (1,)
+        assert [(m.uid, m.flags) for m in two.messages()] == [
+            (2, frozenset({"\\Seen"})),
+            (3, frozenset()),
+        ]
+        changes = one.sync()
+        assert [(f.uid, f.flags) for f in changes.flags] == [(2, frozenset({"\\Seen"}))]

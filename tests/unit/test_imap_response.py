@@ -156,8 +156,16 @@ def test_render_flag_list() -> None:
     assert r.render_flag_list(()) == b"()"
     assert r.render_flag_list(("\\Seen", "$Forwarded")) == b"(\\Seen $Forwarded)"
     for bad in ("two words", "(", "", "ü"):
-        with pytest.raises((ValueError, UnicodeEncodeError)):
-            r.render_flag_list((bad,))
+        for _ in range(2):  # a bad list is refused every time (only good ones are kept)
+            with pytest.raises((ValueError, UnicodeEncodeError)):
+                r.render_flag_list((bad,))
+            with pytest.raises((ValueError, UnicodeEncodeError)):
+                bytes(r.RawItem(bad, b"()"))
+    # Lists (tuples kept, iterables not) and atoms render the same the second time.
+    for _ in range(2):
+        assert r.render_flag_list(("\\Seen", "$Forwarded")) == b"(\\Seen $Forwarded)"
+        assert r.render_flag_list(iter(["\\Seen"])) == b"(\\Seen)"
+        assert bytes(r.RawItem("ENVELOPE", b"(NIL)")) == b"ENVELOPE (NIL)"
 
 
 def test_render_date_time() -> None:

@@ -353,9 +353,10 @@ def _count(batch: FetchBatch, item: FetchItem, size: int) -> None:
 # --- SEARCH ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SearchTarget:
-    """One message to test: its number, index data and flags (``\\Recent`` included)."""
+    """One message to test: its number, index data and flags (``\\Recent`` included);
+    one per message of each SEARCH, so a plain dataclass (read-only by convention)."""
 
     msn: int
     info: MessageInfo

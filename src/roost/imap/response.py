@@ -169,12 +169,30 @@ def render_mailbox(name: str) -> bytes:
     return render_string(name)
 
 
+#: flag tuple -> its rendered list, and atom -> its octets: renderings already checked
+#: (a mailbox has few distinct flag sets; FETCH shows one per message).
+_FLAG_LISTS: dict[tuple[str, ...], bytes] = {}
+_ATOMS: dict[str, bytes] = {}
+_RENDERED_MAX: Final = 4096
+
+
 def render_flag_list(flags: Iterable[str]) -> bytes:
     """Render ``(\\Seen $Forwarded)``; flags are atoms (``\\*`` included).
 
     Raises:
         ValueError: a flag holds a space, a parenthesis or an 8-bit or control character.
     """
+    if type(flags) is tuple:
+        known = _FLAG_LISTS.get(flags)
+        if known is None:
+            if len(_FLAG_LISTS) >= _RENDERED_MAX:
+                _FLAG_LISTS.clear()
+            known = _FLAG_LISTS[flags] = _render_flag_list(flags)
+        return known
+    return _render_flag_list(flags)
+
+
+def _render_flag_list(flags: Iterable[str]) -> bytes:
     rendered = []
     for flag in flags:
         data = flag.encode("utf-8")
@@ -210,9 +228,15 @@ def render_text(text: str) -> bytes:
 
 
 def _atom(value: str) -> bytes:
+    data = _ATOMS.get(value)
+    if data is not None:
+        return data
     data = value.encode("ascii")
     if not data or any(octet <= 0x20 or octet >= 0x7F or octet in b'(){%*"\\]' for octet in data):
         raise ValueError(f"not an atom: {value!r}")
+    if len(_ATOMS) >= _RENDERED_MAX:
+        _ATOMS.clear()
+    _ATOMS[value] = data
     return data
 
 

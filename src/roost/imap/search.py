@@ -66,9 +66,10 @@ __all__ = ["MessageContext", "header_fields", "matches", "needs_message"]
 _UTC: Final = datetime.UTC
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageContext:
-    """What a search may ask about one message.
+    """What a search may ask about one message (one per message of each SEARCH: a plain
+    dataclass, made in less than half a frozen one's time; treat it as read-only).
 
     Attributes:
         msn: the message sequence number.

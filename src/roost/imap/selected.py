@@ -62,6 +62,13 @@ def flag_order(flags: Iterable[str]) -> tuple[str, ...]:
     )
 
 
+_RECENT_ONLY: Final = frozenset({RECENT})
+#: flag set -> :func:`flag_order` of it: a mailbox has few distinct sets, and FETCH and
+#: the updates after each command order them for every message they show.
+_ORDERED: dict[frozenset[str], tuple[str, ...]] = {}
+_ORDERED_MAX: Final = 4096
+
+
 class UpdateMode:
     """What the client has enabled that changes how updates look.
 
@@ -274,10 +281,15 @@ class SelectedMailbox:
 
     def flags(self, uid: int, mode: UpdateMode) -> tuple[str, ...]:
         """The flags to show for ``uid`` (``\\Recent`` only for IMAP4rev1)."""
-        flags: Iterable[str] = self.infos[uid].flags
+        flags = self.infos[uid].flags
         if uid in self.recent and not mode.rev2:
-            flags = [*flags, RECENT]
-        return flag_order(flags)
+            flags = flags | _RECENT_ONLY
+        ordered = _ORDERED.get(flags)
+        if ordered is None:
+            if len(_ORDERED) >= _ORDERED_MAX:
+                _ORDERED.clear()
+            ordered = _ORDERED[flags] = flag_order(flags)
+        return ordered
 
     # --- changes ---------------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ from roost.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
-from roost.imap.selected import SelectedMailbox, UpdateMode
+from roost.imap.selected import RECENT, SelectedMailbox, UpdateMode
 from roost.imap.sequence import SequenceSet
 from roost.store import (
     Changes,
@@ -1361,20 +1361,31 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._close_later(previous)
             raise
         readonly = command.read_only
-        try:
-            opened = await self._call_in_thread(
-                _open_mailbox,
-                self._store(),
-                name,
-                readonly,
-                qresync.mod_seq if qresync is not None else None,
-                self._changed_callback(),
-                previous,
-            )
-        except asyncio.CancelledError:
-            if previous is not None:  # the call may not have run (closing twice is harmless)
+        since = qresync.mod_seq if qresync is not None else None
+        if _reselectable(previous, name, readonly):
+            assert previous is not None
+            # The selected mailbox again, its index connection open: start its view
+            # over on the loop (a sync, as after any command), no thread hand-off.
+            try:
+                opened = _reselect(previous, since)
+            except BaseException:
                 self._close_later(previous)
-            raise
+                raise
+        else:
+            try:
+                opened = await self._call_in_thread(
+                    _open_mailbox,
+                    self._store(),
+                    name,
+                    readonly,
+                    since,
+                    self._changed_callback(),
+                    previous,
+                )
+            except asyncio.CancelledError:
+                if previous is not None:  # the call may not have run (closing twice is harmless)
+                    self._close_later(previous)
+                raise
         if qresync is not None and qresync.uid_validity != opened.mailbox.uid_validity:
             opened = dataclasses.replace(opened, vanished=None)
         selected = SelectedMailbox(
@@ -1700,8 +1711,13 @@ class IMAPSession(MailSession[Shared, Resumed]):
         if uses_modseq:
             self._enable_condstore()
         mode = self.mode
+        infos, recent = selected.infos, selected.recent
         targets = [
-            SearchTarget(number, selected.infos[uid], frozenset(selected.flags(uid, _REV1)))
+            SearchTarget(
+                number,
+                info := infos[uid],
+                info.flags | _RECENT_ONLY if uid in recent else info.flags,
+            )
             for number, uid in enumerate(selected.uids, 1)
         ]
         zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
@@ -1817,7 +1833,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             stats.fetch_body_count += batch.body_count
             stats.fetch_body_bytes += batch.body_octets
             self._out.extend(batch.responses)
-            await self._flush()
+            if position < len(targets):  # the last batch goes out with the tagged reply
+                await self._flush()
         if unknown_cte:
             return TaggedResponse(tag, "NO", "Unknown Content-Transfer-Encoding.", UNKNOWN_CTE)
         if missing:
@@ -1920,7 +1937,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
 # --- helpers -------------------------------------------------------------------------------
 
 
-_REV1: Final = UpdateMode()
+#: ``\\Recent`` as a flag set, for SEARCH (which sees it, as IMAP4rev1 shows it).
+_RECENT_ONLY: Final = frozenset({RECENT})
 _STORE_MODES: Final = {
     StoreMode.ADD: StoreFlagMode.ADD,
     StoreMode.REMOVE: StoreFlagMode.REMOVE,
@@ -2010,6 +2028,33 @@ def _open_mailbox(
     except BaseException:
         mailbox.close()
         raise
+
+
+def _reselectable(previous: MailboxProtocol | None, name: str, readonly: bool) -> bool:
+    """Tell whether a SELECT of ``name`` can reuse the mailbox selected before: the
+    same mailbox in the same mode, not suspended (resuming opens the index: a thread's
+    job)."""
+    if previous is None or previous.readonly != readonly or previous.suspended:
+        return False
+    try:
+        return normalize_mailbox_name(name) == normalize_mailbox_name(previous.name)
+    except StoreError:
+        return False
+
+
+def _reselect(mailbox: MailboxProtocol, since: int | None) -> _Opened:
+    """:func:`_open_mailbox` for the mailbox selected before (:func:`_reselectable`)."""
+    mailbox.reselect()
+    return _Opened(
+        mailbox,
+        mailbox.messages(),
+        mailbox.recent,
+        mailbox.keywords(),
+        mailbox.uid_validity,
+        mailbox.uid_next,
+        mailbox.highest_modseq,
+        None if since is None else mailbox.expunged_since(since),
+    )
 
 
 def _suspend(selected: SelectedMailbox) -> None:

@@ -257,6 +257,9 @@ class Mailbox:
         # lists the same names at the same generation has nothing to reconcile.
         self._listing: dict[str, tuple[int, set[str]]] = {}
         self._notes: list[tuple[str, str | None, str | None]] = []
+        # Inside _writing: the MODSEQ at which the view was current when the write
+        # began, if it was (see _step_cursor), else None.
+        self._write_base: int | None = None
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self._has_view = view
@@ -629,8 +632,35 @@ class Mailbox:
         """
         self._check_open()
         with self._errors("sync"):
-            self._sync_disk_if_needed()
+            state = self._index.state()
+            if self._index_current(state):
+                return self._refresh_view(state)
+            with self._locked():
+                self._sync_disk()
             return self._refresh_view()
+
+    def reselect(self) -> None:
+        """Start this session's view over, as closing and opening the mailbox again
+        would (a SELECT or EXAMINE of the mailbox the session has selected, in the same
+        mode): sync, then keep as ``\\Recent`` only what an open would show so.
+
+        Read-write, that is what this sync claimed (what the session saw before was
+        claimed by it, and an open would not see it as recent); read-only, every
+        message at or above the index's first recent UID, as an open computes it. The
+        index connection, the lock template and the subscriptions stay (no open, no
+        schema check, no ``tmp/`` clean-up: the first open did that).
+
+        Raises:
+            MailboxNotFound: the mailbox was deleted.
+            StoreError: reading the Maildir or the index failed, or the mailbox is
+                closed.
+        """
+        changes = self.sync()
+        if self.readonly:
+            with self._errors("open"):
+                self._recent = set(self._claim_recent(self._view))
+        else:
+            self._recent = set(changes.recent)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -694,47 +724,51 @@ class Mailbox:
                 dirty.append(subdir)
         return dirty
 
-    def _needs_disk_sync(self, state: IndexState | None) -> bool:
-        if state is None:
-            return True
-        if self._dirty_dirs(state):
-            return True
-        if self._uidlist.stamp() != state.uidlist_stamp:
-            return True
-        if self._keywords.stamp() != state.keywords_stamp:
-            return True
-        return not self.readonly and self._index.has_new()
+    def _index_current(self, state: IndexState | None) -> bool:
+        """Without the lock: tell whether the index matches the Maildir, nothing to
+        rescan.
 
-    def _sync_disk_if_needed(self, *, force: bool = False) -> None:
-        if not force:
-            state = self._index.state()
-            if not self._needs_disk_sync(state):
-                return
-            if state is not None and self._only_race_window(state):
-                return
-        with self._locked():
-            self._sync_disk(force=force)
-
-    def _only_race_window(self, state: IndexState) -> bool:
-        """Without the lock: tell whether the directories are exactly as the index has
-        them, and only their recent mtimes (the race window) made them look dirty.
-
-        Then nothing needs the lock or a write transaction; the time of this check is
-        recorded (without fsync: it only saves rescans) once it ends the race window.
+        The directories' mtimes, the control files' stamps and (read-write) messages
+        left in ``new/`` are compared with the index; a directory whose mtime is within
+        the race window of the last scan is listed and its names compared with the
+        index's (:meth:`_only_race_window`).
         """
+        if state is None:
+            return False
+        checked_at = time.time_ns()  # before the stamps: the window ends no sooner
+        stamps = self._disk_stamps()
+        in_window = False
+        for now, recorded in zip(stamps, (state.new_mtime_ns, state.cur_mtime_ns), strict=True):
+            if now != recorded:
+                return False
+            if recorded >= state.synced_at_ns - _race_window(recorded):
+                in_window = True
         if self._uidlist.stamp() != state.uidlist_stamp:
             return False
         if self._keywords.stamp() != state.keywords_stamp:
             return False
         if not self.readonly and self._index.has_new():
             return False
-        checked_at = time.time_ns()
+        return not in_window or self._only_race_window(state, stamps, checked_at)
+
+    def _sync_disk_if_needed(self, *, force: bool = False) -> None:
+        if not force and self._index_current(self._index.state()):
+            return
+        with self._locked():
+            self._sync_disk(force=force)
+
+    def _only_race_window(
+        self, state: IndexState, stamps: tuple[int, int], checked_at: int
+    ) -> bool:
+        """The part of :meth:`_index_current` for directories in the race window:
+        ``stamps`` (their mtimes, equal to the index's) were taken at ``checked_at`` or
+        after; their listings must hold the names the index has there.
+
+        Then nothing needs the lock or a write transaction; the time of this check is
+        recorded (without fsync: it only saves rescans) once it ends the race window.
+        """
         ends_window = True
-        for subdir, now, recorded in zip(
-            _SUBDIRS, self._disk_stamps(), (state.new_mtime_ns, state.cur_mtime_ns), strict=True
-        ):
-            if now != recorded:
-                return False
+        for subdir, recorded in zip(_SUBDIRS, stamps, strict=True):
             window = _race_window(recorded)
             if recorded < state.synced_at_ns - window:
                 continue
@@ -1178,7 +1212,17 @@ class Mailbox:
                 db.execute("UPDATE state SET first_recent_uid = ?", (candidates[-1] + 1,))
         return [uid for uid in candidates if uid >= first]
 
-    def _refresh_view(self) -> Changes:
+    def _refresh_view(self, current: IndexState | None = None) -> Changes:
+        """Bring the view up to the index; ``current``: the state just read (a sync that
+        found the Maildir as the index has it), which spares a read when it shows
+        nothing new."""
+        if (
+            current is not None
+            and current.uid_validity == self._uid_validity
+            and current.highest_modseq == self._cursor
+        ):
+            self._uid_next = current.uid_next
+            return Changes()
         with self._index.read():
             state = self._require_state()
             renumbered = state.uid_validity != self._uid_validity
@@ -1268,9 +1312,13 @@ class Mailbox:
             index.defer_sync = nowait
             try:
                 state = index.state()
-                if state is not None and (
-                    not self._needs_disk_sync(state) or self._only_race_window(state)
-                ):
+                self._write_base = None
+                if state is not None and self._index_current(state):
+                    if (
+                        state.highest_modseq == self._cursor
+                        and state.uid_validity == self._uid_validity
+                    ):
+                        self._write_base = state.highest_modseq
                     # The index is current: only this object's copies of the control
                     # files may lag (another session wrote them).
                     self._uidlist.refresh(state.uidlist_stamp, state.uid_next)
@@ -1284,7 +1332,16 @@ class Mailbox:
                 yield
             finally:
                 index.defer_sync = False
+                self._write_base = None
         self._bus.publish(self.directory, origin=self)
+
+    def _step_cursor(self, base: int | None, modseq: int) -> None:
+        """After a write that gave its changes MODSEQ ``modseq`` and applied them to the
+        view: when the view was current at ``base`` (:attr:`_write_base`) and nothing
+        else changed since (``modseq`` is the next one), the view is current at
+        ``modseq``, and the next sync need not read the write's own rows back."""
+        if base is not None and modseq == base + 1:
+            self._cursor = modseq
 
     def sync_index(self) -> None:
         """Make the index commits of the writes called with ``nowait`` durable (an
@@ -1500,7 +1557,10 @@ class Mailbox:
             return StoreFlagsResult()
         fresh: list[Row] = []
         failed: list[int] = []
+        modseq = 0
+        current_at: int | None = None
         with self._writing("store flags", nowait=nowait):
+            current_at = self._write_base
             keywords = given - SYSTEM_FLAGS
             if keywords and mode is not StoreMode.REMOVE:
                 self._keywords.assign(sorted(keywords))
@@ -1554,6 +1614,8 @@ class Mailbox:
             self._view[message.uid] = message
             updated.append(FlagUpdate(message.uid, message.flags, message.modseq))
         self._view_changed()
+        if modseq:
+            self._step_cursor(current_at, modseq)
         return StoreFlagsResult(updated=tuple(updated), failed=tuple(failed))
 
     def expunge(self, uids: Collection[int] | None = None, *, nowait: bool = False) -> list[int]:
@@ -1616,13 +1678,16 @@ class Mailbox:
                 if path is not None:
                     unlink_quietly(path)
         done = [uid for uid, _, _ in victims]
+        current_at = self._write_base
         with self._index.write():
-            self._index.expunge(done, self._index.next_modseq())
+            modseq = self._index.next_modseq()
+            self._index.expunge(done, modseq)
             self._finish(self._uidlist)
         for uid in done:
             self._view.pop(uid, None)
             self._recent.discard(uid)
         self._view_changed()
+        self._step_cursor(current_at, modseq)
         return done
 
     def copy(self, uids: Collection[int], dest: Mailbox) -> list[tuple[int, int]]:

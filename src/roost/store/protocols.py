@@ -147,6 +147,14 @@ class MailboxProtocol(Protocol):
         """Be told of changes by other sessions and deliveries."""
 
     @property
+    def readonly(self) -> bool:
+        """Opened read-only (EXAMINE)."""
+
+    def reselect(self) -> None:
+        """Sync and start the session's view over as a new open would (SELECT of the
+        selected mailbox in the same mode)."""
+
+    @property
     def suspended(self) -> bool:
         """True while :meth:`suspend` holds (nothing to release)."""
 
