@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from roost.queue import Envelope, Recipient, Spool, WithProtocol
 from tests.e2e.daemon import RoostDaemon
 from tests.e2e.instance import Instance, start_instance
 
@@ -319,3 +321,43 @@ def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
         assert warned.log().count(f"{queue_id}: sender delay notification: ") == 1
     finally:
         warned.daemon.stop()
+
+
+async def _commit_unannounced(queue: Path, recipient: str) -> str:
+    """Commit a message into the daemon's ``incoming/`` as an SMTP worker does, from
+    another process, without the commit notice (a worker killed between the two)."""
+    async with Spool(queue, spare_files=0) as spool:
+        async with spool.new_message() as writer:
+            await writer.write(b"From: <sender@example.org>\r\nSubject: orphan\r\n\r\nhello\r\n")
+            envelope = Envelope(
+                envelope_sender="sender@example.org",
+                recipients=(Recipient(recipient),),
+                arrival_time=time.time(),
+                protocol=WithProtocol.ESMTP,
+                client_address="127.0.0.1",
+                client_hostname="localhost",
+                helo_name="client.example",
+            )
+            await writer.commit(envelope)
+        return writer.queue_id
+
+
+def test_a_committed_message_nobody_announced_is_taken_up_by_the_queue_scan(
+    tmp_path: Path,
+) -> None:
+    scanned = start_instance(tmp_path, "queue_run_delay = 1s\n")
+    try:
+        queue_id = asyncio.run(_commit_unannounced(scanned.queue, "alice@virtual.test"))
+        assert scanned.queued() == [queue_id]
+        [path] = scanned.wait_delivered("alice", 1, timeout=20)
+        assert read(path)["Subject"] == "orphan"
+        deadline = time.monotonic() + 3  # more scans: neither taken up nor delivered again
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(scanned.delivered("alice")) == 1
+        assert scanned.queued() == []
+        log = scanned.log()
+        assert log.count(f"{queue_id}: taken up from incoming/ without a commit notice") == 1
+        assert f"{queue_id}: to=<alice@virtual.test>" in log
+    finally:
+        scanned.daemon.stop()

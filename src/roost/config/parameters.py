@@ -485,7 +485,13 @@ _TABLE.extend(
     [
         _qmgr("minimal_backoff_time", T, "300s", "The first wait before retrying deferred mail."),
         _qmgr("maximal_backoff_time", T, "4000s", "The longest wait between delivery attempts."),
-        _qmgr("queue_run_delay", T, "300s", "How often the deferred queue is scanned."),
+        _qmgr(
+            "queue_run_delay",
+            T,
+            "300s",
+            "How often the deferred queue is scanned (and incoming/ for messages whose "
+            "commit was never announced).",
+        ),
         _qmgr(
             "maximal_queue_lifetime",
             T,

@@ -3,7 +3,8 @@
 Like Postfix's qmgr(8): new mail is picked up the moment the spool commits it (the spool's
 ``on_commit`` hook, no polling); at start-up everything in ``incoming/`` (including what a
 crash left in ``active/`` by an older version, which the spool's recovery moved back) and
-``deferred/`` is taken up.
+``deferred/`` is taken up. Every ``queue_run_delay`` the deferred queue is scanned for
+messages due, and ``incoming/`` for committed messages whose announcement was lost.
 
 The active queue is kept in memory (:meth:`QueueManager.active_ids`): a message is
 delivered where it lies (``incoming/`` or ``deferred/``), not moved to ``active/`` on disk.
@@ -318,11 +319,45 @@ class QueueManager:
                 continue
             self._schedule(queue_id, _next_try(envelope))
 
+    async def _scan_incoming(self, unclaimed: frozenset[str]) -> frozenset[str]:
+        """Take up committed messages in ``incoming/`` that were never announced.
+
+        Every new message is announced when it is committed (:meth:`committed`); one whose
+        announcement was lost (an SMTP worker killed between its commit and its commit
+        notice, a ``roost queue release`` whose notice did not reach the daemon) would
+        otherwise wait for the next start. Postfix's qmgr finds such files at its periodic
+        wakeup.
+        A message is taken up only when it was unclaimed at the previous scan too
+        (``unclaimed``, at least ``queue_run_delay`` earlier), so that one whose notice is
+        merely on its way is never taken up twice.
+
+        Returns:
+            The queue IDs unclaimed at this scan and not taken up (for the next one).
+
+        Raises:
+            SpoolError: ``incoming/`` cannot be read.
+        """
+        known = self.active_ids()
+        found = frozenset(
+            queue_id
+            for queue_id in await self.spool.scan(QueueName.INCOMING)
+            if queue_id not in known
+            and queue_id not in self._queued
+            and queue_id not in self._timers
+        )
+        for queue_id in sorted(found & unclaimed):
+            log.warning("%s: taken up from incoming/ without a commit notice", queue_id)
+            self.notify(queue_id)
+        return found - unclaimed
+
     async def _scan_loop(self) -> None:
+        unclaimed: frozenset[str] = frozenset()
         while True:
             await asyncio.sleep(self.retry.queue_run_delay)
             with contextlib.suppress(SpoolError):
                 await self._scan_deferred()
+            with contextlib.suppress(SpoolError):
+                unclaimed = await self._scan_incoming(unclaimed)
 
     async def _run(self) -> None:
         while True:
