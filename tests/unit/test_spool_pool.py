@@ -28,6 +28,7 @@ from roost.queue import (
     WithProtocol,
 )
 from roost.queue.directory import POOL_DIRECTORY
+from roost.queue.errors import SpoolErrorKind
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MESSAGE = b"Received: by mx.example (roost)\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -113,6 +114,41 @@ def test_a_file_being_read_is_unlinked_not_recycled(queue: Path) -> None:
             assert pool(queue) == {}  # the reader's shared lock kept it out of the pool
             assert content.read() == MESSAGE  # and its content intact
         assert queue_files(queue) == []
+
+
+def test_remove_many_does_what_remove_without_fsync_does_for_each_message(queue: Path) -> None:
+    """The queue manager's batched removal: per message the outcome of
+    ``remove(durable=False)`` (recycled while the pool has room, else unlinked; ``ID.env``
+    removed unless the caller says there is none; a missing message is NOT_FOUND and the
+    others go on); a malformed queue ID removes nothing."""
+    with QueueDirectory(queue, pool_limit=2) as directory:
+        plain = commit(directory, QueueName.INCOMING)
+        updated = commit(directory, QueueName.DEFERRED)
+        directory.update_envelope(updated, make_envelope(queue_id=updated), QueueName.DEFERRED)
+        beyond = commit(directory, QueueName.INCOMING)  # the pool is full by then
+        told = commit(directory, QueueName.INCOMING)
+        (queue / "incoming" / f"{told}.env").write_bytes(b"{}")  # said not to exist
+        missing = QueueIdGenerator()()
+        with pytest.raises(ValueError):
+            directory.remove_many([(plain, QueueName.INCOMING), ("../x", QueueName.INCOMING)])
+        assert len(queue_files(queue)) == 6 and pool(queue) == {}  # nothing removed
+        errors = directory.remove_many(
+            [
+                (plain, QueueName.INCOMING),
+                (missing, QueueName.INCOMING),
+                (updated, QueueName.DEFERRED),
+                (beyond, QueueName.INCOMING),
+                (told, QueueName.INCOMING),
+            ],
+            no_envelope_file={told},
+        )
+        assert errors[0] is None and errors[2:] == [None, None, None]
+        assert errors[1] is not None and errors[1].kind is SpoolErrorKind.NOT_FOUND
+        assert {name: info.st_size for name, info in pool(queue).items()} == {
+            plain: 0,
+            updated: 0,
+        }
+        assert queue_files(queue) == [f"incoming/{told}.env"]  # not looked for, as told
 
 
 def test_take_renames_a_pooled_file_to_the_new_queue_id_locked(queue: Path) -> None:

@@ -204,3 +204,32 @@ async def test_channel_sends_the_messages_of_one_loop_pass_together_in_order() -
     finally:
         await channel.close()
         there.close()
+
+
+async def test_channel_reads_lines_split_and_joined_across_reads_in_order() -> None:
+    """Lines arrive as the socket gives them: several in one read, one across reads, a
+    malformed one (logged and skipped), and an unterminated last one at the end."""
+    here, there = socket.socketpair()
+    received: list[Message] = []
+    channel = Channel(here, received.append)
+    await channel.start()
+    try:
+        there.sendall(b'{"t":"commit","id":"a"}\n{"t":"commit","id":"b"}\n{"t":"com')
+        while len(received) < 2:
+            await asyncio.sleep(0.01)
+        assert received == [{"t": "commit", "id": "a"}, {"t": "commit", "id": "b"}]
+        there.sendall(b'mit","id":"c"}\nnot json\n[1]\n{"t":"commit","id":"d"}\n{"t":"x"}')
+        while len(received) < 4:
+            await asyncio.sleep(0.01)
+        there.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(channel.closed.wait(), 10)
+        assert received == [
+            {"t": "commit", "id": "a"},
+            {"t": "commit", "id": "b"},
+            {"t": "commit", "id": "c"},
+            {"t": "commit", "id": "d"},
+            {"t": "x"},
+        ]
+    finally:
+        await channel.close()
+        there.close()

@@ -24,6 +24,8 @@ Message = dict[str, object]
 
 #: The longest message line in bytes (a throttle snapshot of many clients is the biggest).
 MAX_MESSAGE: Final = 64 * 1024 * 1024
+#: Bytes taken from the socket's buffer per read.
+_READ_SIZE: Final = 256 * 1024
 
 log = logging.getLogger("roost.master")
 
@@ -105,22 +107,34 @@ class Channel:
             writer.write(b"".join(lines))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        # what has arrived is taken in one read and split into lines here: a batch of
+        # commit notices costs one wake-up of this task, not one readline() each
+        partial: list[bytes] = []  # the start of a line whose end has not arrived
+        partial_size = 0
         try:
             while True:
-                line = await reader.readline()
-                if not line:
+                data = await reader.read(_READ_SIZE)
+                if not data:
                     break
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.error("worker channel: malformed message %.80r", line)
+                end = data.rfind(b"\n")
+                if end < 0 or partial_size + end > MAX_MESSAGE:
+                    partial.append(data)
+                    partial_size += len(data)
+                    if partial_size > MAX_MESSAGE:
+                        raise ValueError("a message line over the limit")
                     continue
-                if not isinstance(message, dict):
-                    continue
-                try:
-                    self._handler(message)
-                except Exception:
-                    log.exception("worker channel: cannot handle %.80r", line)
+                if partial:
+                    partial.append(data[:end])
+                    lines = b"".join(partial).split(b"\n")
+                else:
+                    lines = data[:end].split(b"\n")
+                rest = data[end + 1 :]
+                partial = [rest] if rest else []
+                partial_size = len(rest)
+                for line in lines:
+                    self._receive(line)
+            if partial:  # the last line, unterminated (as readline() returned it)
+                self._receive(b"".join(partial))
         except (ConnectionError, ValueError, OSError):  # ValueError: a line over the limit
             pass
         finally:
@@ -129,6 +143,20 @@ class Channel:
                 self._writer.close()
             if self._on_close is not None:
                 self._on_close()
+
+    def _receive(self, line: bytes) -> None:
+        """Hand one received line's message to the handler (a bad line is logged)."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.error("worker channel: malformed message %.80r", line)
+            return
+        if not isinstance(message, dict):
+            return
+        try:
+            self._handler(message)
+        except Exception:
+            log.exception("worker channel: cannot handle %.80r", line)
 
     async def close(self) -> None:
         """Send what is queued, close the socket and stop reading."""

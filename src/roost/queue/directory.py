@@ -41,7 +41,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
@@ -876,7 +876,11 @@ class QueueDirectory:
             pool = self._pool_fd()
         except OSError:
             return False
-        source = self._dir_fd(queue)
+        return self._recycle_at(self._dir_fd(queue), pool, queue_id)
+
+    def _recycle_at(self, source: int, pool: int, queue_id: str) -> bool:
+        """:meth:`recycle_file` once the pool is known to have room: ``source`` is the
+        queue's directory descriptor, ``pool`` the pool's. Same results and errors."""
         try:
             fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
         except FileNotFoundError:
@@ -1367,6 +1371,67 @@ class QueueDirectory:
             assert job.error is not None
             raise job.error from exc
         job.finish(self)
+
+    def remove_many(
+        self, messages: Sequence[tuple[str, QueueName]], *, no_envelope_file: Set[str] = frozenset()
+    ) -> list[SpoolError | None]:
+        """:meth:`remove` with ``durable=False`` for each message, in order: the queue
+        manager's removal of delivered mail (a crash may bring a message back, whole).
+
+        The same steps and outcomes per message as that call (queue file recycled into the
+        pool when there is room, else unlinked; then ``ID.env``), with the per-message
+        bookkeeping done once per call: queue IDs checked together, directory descriptors
+        looked up once, no job object per message.
+
+        Args:
+            messages: (queue ID, queue) pairs.
+            no_envelope_file: queue IDs known to have no ``ID.env`` (as ``envelope_file=False``
+                of :meth:`remove`): none is looked for.
+
+        Returns:
+            Per message, in order: None when removed, else the :class:`SpoolError`
+            (NOT_FOUND, or an I/O failure), as :meth:`remove` raises it.
+
+        Raises:
+            ValueError: a queue ID is malformed (nothing was removed).
+        """
+        for queue_id, _ in messages:
+            _check_queue_id(queue_id)
+        pool: int | None = None
+        if self.pool_limit > 0:
+            with contextlib.suppress(OSError):
+                pool = self._pool_fd()
+        sources: dict[QueueName, int] = {}
+        errors: list[SpoolError | None] = []
+        for queue_id, queue in messages:
+            try:
+                source = sources.get(queue)
+                if source is None:
+                    source = sources[queue] = self._dir_fd(queue)
+                if not (
+                    pool is not None
+                    and self._pool_has_room()
+                    and self._recycle_at(source, pool, queue_id)
+                ):
+                    os.unlink(queue_id, dir_fd=source)
+                if queue_id not in no_envelope_file:
+                    envelope = queue_id + ENVELOPE_SUFFIX
+                    if _exists(envelope, source):  # only after an envelope update
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(envelope, dir_fd=source)
+            except FileNotFoundError:
+                errors.append(
+                    SpoolError(
+                        f"no such message in {queue}", SpoolErrorKind.NOT_FOUND, queue_id=queue_id
+                    )
+                )
+            except OSError as exc:
+                errors.append(
+                    SpoolError.from_os_error(exc, f"remove {queue}/{queue_id}", queue_id=queue_id)
+                )
+            else:
+                errors.append(None)
+        return errors
 
     # -- reading ---------------------------------------------------------------------------
 

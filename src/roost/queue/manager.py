@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol
 
 from roost.address import AddressError
+from roost.daemon.logsetup import log_info
 from roost.delivery.router import Destination, Router, parse_recipient
 from roost.queue.bounce import Action, DsnRecipient, build_dsn, wants_dsn
 from roost.queue.directory import QueueDirectory, QueueName
@@ -513,7 +514,7 @@ class QueueManager:
                     done.set_result(None)
             for (queue_id, _), error in zip(batch, errors, strict=True):
                 if error is None:
-                    log.info("%s: removed", queue_id)
+                    log_info(log, f"{queue_id}: removed")
                 else:  # e.g. deleted by the administrator meanwhile
                     log.warning("%s: cannot remove the queue file: %s", queue_id, error)
             self._removing = {}
@@ -801,17 +802,11 @@ def _log_result(
     """Log one recipient's result as Postfix's delivery agents do (``status=sent``,
     ``deferred`` or ``bounced``, with ``relay``, ``delay``, ``delays`` and ``dsn``)."""
     delay, before, took = delays
-    log.info(
-        "%s: to=<%s>, relay=%s, delay=%s, delays=%s/0/0/%s, dsn=%s, status=%s (%s)",
-        queue_id,
-        address,
-        result.relay,
-        delay,
-        before,
-        took,
-        result.dsn,
-        result.status,
-        result.reason,
+    log_info(
+        log,
+        f"{queue_id}: to=<{address}>, relay={result.relay}, delay={delay},"
+        f" delays={before}/0/0/{took}, dsn={result.dsn}, status={result.status}"
+        f" ({result.reason})",
     )
 
 

@@ -401,27 +401,14 @@ class Spool:
         Raises:
             ValueError: a queue ID is malformed (nothing was removed).
         """
-        for queue_id, _ in messages:
-            _check_queue_id(queue_id)
-        directory = self.directory
-
-        def remove_all() -> list[SpoolError | None]:
-            errors: list[SpoolError | None] = []
-            for queue_id, queue in messages:
-                try:
-                    directory.remove(
-                        queue_id,
-                        QueueName(queue),
-                        durable=False,
-                        envelope_file=queue_id not in no_envelope_file,
-                    )
-                except SpoolError as exc:
-                    errors.append(exc)
-                else:
-                    errors.append(None)
-            return errors
-
-        return await self._in_thread(remove_all)
+        batch = [
+            (queue_id, queue if isinstance(queue, QueueName) else QueueName(queue))
+            for queue_id, queue in messages
+        ]
+        # QueueDirectory.remove_many checks every queue ID before it removes anything
+        return await self._in_thread(
+            functools.partial(self.directory.remove_many, batch, no_envelope_file=no_envelope_file)
+        )
 
     async def recover(self, *, orphan_age: float = 0.0) -> RecoveryReport:
         """Clean up after a crash; call once at start-up, before the queue manager runs.
