@@ -45,7 +45,13 @@ from roost.imap.sequence import SequenceSet
 from roost.store import Changes, FlagUpdate, MailboxProtocol, MessageInfo
 from roost.store.packed import PackedMessages, PackedUids
 
-__all__ = ["PERMANENT_SYSTEM_FLAGS", "SelectedMailbox", "UpdateMode", "flag_order"]
+__all__ = [
+    "PERMANENT_SYSTEM_FLAGS",
+    "RECENT_ONLY",
+    "SelectedMailbox",
+    "UpdateMode",
+    "flag_order",
+]
 
 PERMANENT_SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 """The system flags in the order Dovecot shows them."""
@@ -62,7 +68,8 @@ def flag_order(flags: Iterable[str]) -> tuple[str, ...]:
     )
 
 
-_RECENT_ONLY: Final = frozenset({RECENT})
+#: ``\\Recent`` as a flag set (added to a message's flags where IMAP4rev1 shows it).
+RECENT_ONLY: Final = frozenset({RECENT})
 #: flag set -> :func:`flag_order` of it: a mailbox has few distinct sets, and FETCH and
 #: the updates after each command order them for every message they show.
 _ORDERED: dict[frozenset[str], tuple[str, ...]] = {}
@@ -283,7 +290,7 @@ class SelectedMailbox:
         """The flags to show for ``uid`` (``\\Recent`` only for IMAP4rev1)."""
         flags = self.infos[uid].flags
         if uid in self.recent and not mode.rev2:
-            flags = flags | _RECENT_ONLY
+            flags = flags | RECENT_ONLY
         ordered = _ORDERED.get(flags)
         if ordered is None:
             if len(_ORDERED) >= _ORDERED_MAX:

@@ -182,7 +182,7 @@ from roost.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
-from roost.imap.selected import RECENT, SelectedMailbox, UpdateMode
+from roost.imap.selected import RECENT_ONLY, SelectedMailbox, UpdateMode
 from roost.imap.sequence import SequenceSet
 from roost.store import (
     Changes,
@@ -1716,7 +1716,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             SearchTarget(
                 number,
                 info := infos[uid],
-                info.flags | _RECENT_ONLY if uid in recent else info.flags,
+                info.flags | RECENT_ONLY if uid in recent else info.flags,
             )
             for number, uid in enumerate(selected.uids, 1)
         ]
@@ -1937,8 +1937,6 @@ class IMAPSession(MailSession[Shared, Resumed]):
 # --- helpers -------------------------------------------------------------------------------
 
 
-#: ``\\Recent`` as a flag set, for SEARCH (which sees it, as IMAP4rev1 shows it).
-_RECENT_ONLY: Final = frozenset({RECENT})
 _STORE_MODES: Final = {
     StoreMode.ADD: StoreFlagMode.ADD,
     StoreMode.REMOVE: StoreFlagMode.REMOVE,
