@@ -23,6 +23,7 @@ client input cannot inject a response line.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Final, Literal, TypeAlias
@@ -169,10 +170,8 @@ def render_mailbox(name: str) -> bytes:
     return render_string(name)
 
 
-#: flag tuple -> its rendered list, and atom -> its octets: renderings already checked
-#: (a mailbox has few distinct flag sets; FETCH shows one per message).
-_FLAG_LISTS: dict[tuple[str, ...], bytes] = {}
-_ATOMS: dict[str, bytes] = {}
+#: How many checked renderings of flag lists and of atoms are kept (each): a mailbox has
+#: few distinct flag sets, and FETCH shows one per message.
 _RENDERED_MAX: Final = 4096
 
 
@@ -183,12 +182,7 @@ def render_flag_list(flags: Iterable[str]) -> bytes:
         ValueError: a flag holds a space, a parenthesis or an 8-bit or control character.
     """
     if type(flags) is tuple:
-        known = _FLAG_LISTS.get(flags)
-        if known is None:
-            if len(_FLAG_LISTS) >= _RENDERED_MAX:
-                _FLAG_LISTS.clear()
-            known = _FLAG_LISTS[flags] = _render_flag_list(flags)
-        return known
+        return _render_flag_tuple(flags)
     return _render_flag_list(flags)
 
 
@@ -200,6 +194,10 @@ def _render_flag_list(flags: Iterable[str]) -> bytes:
             raise ValueError(f"not a flag: {flag!r}")
         rendered.append(data)
     return b"(" + b" ".join(rendered) + b")"
+
+
+#: :func:`render_flag_list` of a tuple, kept once checked (a bad list raises each time).
+_render_flag_tuple: Final = functools.lru_cache(maxsize=_RENDERED_MAX)(_render_flag_list)
 
 
 def render_date_time(value: datetime.datetime) -> bytes:
@@ -227,16 +225,11 @@ def render_text(text: str) -> bytes:
     return text.encode("utf-8").translate(_TEXT_UNSAFE)
 
 
+@functools.lru_cache(maxsize=_RENDERED_MAX)
 def _atom(value: str) -> bytes:
-    data = _ATOMS.get(value)
-    if data is not None:
-        return data
     data = value.encode("ascii")
     if not data or any(octet <= 0x20 or octet >= 0x7F or octet in b'(){%*"\\]' for octet in data):
         raise ValueError(f"not an atom: {value!r}")
-    if len(_ATOMS) >= _RENDERED_MAX:
-        _ATOMS.clear()
-    _ATOMS[value] = data
     return data
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -70,10 +71,9 @@ def flag_order(flags: Iterable[str]) -> tuple[str, ...]:
 
 #: ``\\Recent`` as a flag set (added to a message's flags where IMAP4rev1 shows it).
 RECENT_ONLY: Final = frozenset({RECENT})
-#: flag set -> :func:`flag_order` of it: a mailbox has few distinct sets, and FETCH and
+#: :func:`flag_order` of a flag set, kept: a mailbox has few distinct sets, and FETCH and
 #: the updates after each command order them for every message they show.
-_ORDERED: dict[frozenset[str], tuple[str, ...]] = {}
-_ORDERED_MAX: Final = 4096
+_ordered: Final = functools.lru_cache(maxsize=4096)(flag_order)
 
 
 class UpdateMode:
@@ -291,12 +291,7 @@ class SelectedMailbox:
         flags = self.infos[uid].flags
         if uid in self.recent and not mode.rev2:
             flags = flags | RECENT_ONLY
-        ordered = _ORDERED.get(flags)
-        if ordered is None:
-            if len(_ORDERED) >= _ORDERED_MAX:
-                _ORDERED.clear()
-            ordered = _ORDERED[flags] = flag_order(flags)
-        return ordered
+        return _ordered(flags)
 
     # --- changes ---------------------------------------------------------------------------
 

@@ -1996,6 +1996,21 @@ class _Opened:
     highest_modseq: int
     vanished: list[int] | None
 
+    @classmethod
+    def read(cls, mailbox: MailboxProtocol, since: int | None) -> _Opened:
+        """What SELECT shows of the open ``mailbox``; ``since``: QRESYNC's known
+        MODSEQ, for the UIDs expunged after it (RFC 7162 §3.2.5)."""
+        return cls(
+            mailbox,
+            mailbox.messages(),
+            mailbox.recent,
+            mailbox.keywords(),
+            mailbox.uid_validity,
+            mailbox.uid_next,
+            mailbox.highest_modseq,
+            None if since is None else mailbox.expunged_since(since),
+        )
+
 
 def _open_mailbox(
     store: UserStore,
@@ -2013,16 +2028,7 @@ def _open_mailbox(
     mailbox = store.open(name, readonly=readonly)
     try:
         mailbox.watch(callback)
-        return _Opened(
-            mailbox,
-            mailbox.messages(),
-            mailbox.recent,
-            mailbox.keywords(),
-            mailbox.uid_validity,
-            mailbox.uid_next,
-            mailbox.highest_modseq,
-            None if since is None else mailbox.expunged_since(since),
-        )
+        return _Opened.read(mailbox, since)
     except BaseException:
         mailbox.close()
         raise
@@ -2043,16 +2049,7 @@ def _reselectable(previous: MailboxProtocol | None, name: str, readonly: bool) -
 def _reselect(mailbox: MailboxProtocol, since: int | None) -> _Opened:
     """:func:`_open_mailbox` for the mailbox selected before (:func:`_reselectable`)."""
     mailbox.reselect()
-    return _Opened(
-        mailbox,
-        mailbox.messages(),
-        mailbox.recent,
-        mailbox.keywords(),
-        mailbox.uid_validity,
-        mailbox.uid_next,
-        mailbox.highest_modseq,
-        None if since is None else mailbox.expunged_since(since),
-    )
+    return _Opened.read(mailbox, since)
 
 
 def _suspend(selected: SelectedMailbox) -> None:
