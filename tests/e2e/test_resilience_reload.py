@@ -220,3 +220,47 @@ def test_sigterm_never_answers_421_for_a_message_it_keeps(
             f"{sorted({told[n] for _, n in verdict.unexpected})}: {verdict.unexpected}; "
             f"{verdict.summary()}"
         )
+
+
+def test_sigterm_during_data_answers_the_message_then_421(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A session in the middle of DATA at SIGTERM gets its message answered (250) before
+    the 421: the stop waits for the message (up to its grace), and the message is kept."""
+    instance = start_instance(tmp_path, "shutdown_grace_time = 0s\n")
+    request.addfinalizer(instance.daemon.kill)
+    with socket.create_connection(("127.0.0.1", instance.ports["smtp"]), timeout=30) as conn:
+        replies = conn.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := replies.readline())[3:4] == b"-":
+                pass
+            return line
+
+        assert reply().startswith(b"220 ")
+        for command, code in (
+            (b"EHLO client.example", b"250"),
+            (b"MAIL FROM:<sender@example.org>", b"250"),
+            (b"RCPT TO:<alice@virtual.test>", b"250"),
+            (b"DATA", b"354"),
+        ):
+            conn.sendall(command + b"\r\n")
+            assert reply().startswith(code), command
+        conn.sendall(b"Subject: caught by the stop\r\n\r\nfirst line\r\n")
+        instance.daemon.signal(signal.SIGTERM)
+        instance.daemon.notify.wait_for("STOPPING=1")
+        # Let the worker's stop reach the session (nothing signals it): its 421 must then
+        # wait for this message. A slower stop cannot fail the test, only leave the 250
+        # answered before the stop began (the rest is checked all the same).
+        time.sleep(0.5)
+        conn.sendall(b"last line\r\n.\r\n")
+        answer = reply()
+        assert answer.startswith(b"250 2.0.0 Ok: queued as "), answer
+        assert reply().startswith(b"421 4.3.2 "), "no 421 after the message"
+    assert instance.daemon.process.wait(30) == 0
+    queue_id = answer.decode().split()[-1]
+    assert f"{queue_id}: client=" in instance.log()
+    kept = instance.queued() == [queue_id] or any(
+        b"Subject: caught by the stop" in path.read_bytes() for path in instance.delivered("alice")
+    )
+    assert kept, "the message answered 250 is neither queued nor delivered"
