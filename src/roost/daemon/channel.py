@@ -81,12 +81,7 @@ class Channel:
         It is written when the event loop has run what is ready now, together with the
         other messages sent meanwhile, in order.
         """
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            return
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(_encode(message))
+        self.send_line(_encode(message))
 
     def send_line(self, line: bytes) -> None:
         """Queue one message already encoded: a JSON object on one line, ending in
@@ -117,13 +112,15 @@ class Channel:
                 if not data:
                     break
                 end = data.rfind(b"\n")
-                if end < 0 or partial_size + end > MAX_MESSAGE:
+                if end < 0:
                     partial.append(data)
                     partial_size += len(data)
                     if partial_size > MAX_MESSAGE:
                         raise ValueError("a message line over the limit")
                     continue
                 if partial:
+                    if partial_size + data.find(b"\n") > MAX_MESSAGE:  # the line it ends
+                        raise ValueError("a message line over the limit")
                     partial.append(data[:end])
                     lines = b"".join(partial).split(b"\n")
                 else:

@@ -668,15 +668,12 @@ class _RemoveJob(_Job):
     is room, else it is unlinked (see :meth:`QueueDirectory.recycle_file`).
     """
 
-    __slots__ = ("envelope_file", "queue", "recycle")
+    __slots__ = ("queue", "recycle")
 
-    def __init__(
-        self, queue: QueueName, queue_id: str, *, recycle: bool = False, envelope_file: bool = True
-    ) -> None:
+    def __init__(self, queue: QueueName, queue_id: str, *, recycle: bool = False) -> None:
         super().__init__(queue_id, queue)
         self.queue = queue
         self.recycle = recycle
-        self.envelope_file = envelope_file
 
     def apply(self, qd: QueueDirectory) -> None:
         try:
@@ -689,8 +686,6 @@ class _RemoveJob(_Job):
                 queue_id=self.queue_id,
             ) from None
         self.touched.add(self.queue)
-        if not self.envelope_file:
-            return
         envelope = qd.file_name(self.queue, self.queue_id, ENVELOPE_SUFFIX)
         if _exists(envelope):  # only after an envelope update (most messages have none)
             with contextlib.suppress(FileNotFoundError):
@@ -1340,9 +1335,7 @@ class QueueDirectory:
         data = None if envelope is None else encode_envelope(envelope)
         self._run_one(_MoveJob(from_queue, to_queue, queue_id, data))
 
-    def remove(
-        self, queue_id: str, queue: QueueName, *, durable: bool = True, envelope_file: bool = True
-    ) -> None:
+    def remove(self, queue_id: str, queue: QueueName, *, durable: bool = True) -> None:
         """Delete a message: its queue file first (the removal's commit), then its ``ID.env``.
 
         Args:
@@ -1352,15 +1345,12 @@ class QueueDirectory:
                 fsync, and keeps the queue file in the pool of recycled files when there
                 is room (:meth:`recycle_file`): after a crash the message may be back,
                 whole (see :meth:`roost.queue.spool.Spool.remove`).
-            envelope_file: look for an ``ID.env`` to delete. False only when the caller
-                knows there is none (a message committed under a new queue ID whose
-                envelope was never updated): it saves a system call.
 
         Raises:
             SpoolError: NOT_FOUND when there is no such message, or an I/O failure.
         """
         _check_queue_id(queue_id)
-        job = _RemoveJob(queue, queue_id, recycle=not durable, envelope_file=envelope_file)
+        job = _RemoveJob(queue, queue_id, recycle=not durable)
         if durable:
             self._run_one(job)
             return
@@ -1385,8 +1375,8 @@ class QueueDirectory:
 
         Args:
             messages: (queue ID, queue) pairs.
-            no_envelope_file: queue IDs known to have no ``ID.env`` (as ``envelope_file=False``
-                of :meth:`remove`): none is looked for.
+            no_envelope_file: queue IDs known to have no ``ID.env`` (committed under a new
+                queue ID, the envelope never rewritten): none is looked for.
 
         Returns:
             Per message, in order: None when removed, else the :class:`SpoolError`
