@@ -140,7 +140,8 @@ def test_delivery_via_the_best_mx_with_starttls(
     relay = f"mx1.remote.test[127.0.0.10]:{world.port}"
     line = wait_log(
         world.instance,
-        rf"{queue_id}: to=<bob@remote\.test>, relay={re.escape(relay)}, delay=[\d.]+, "
+        rf"roost/smtp\[\d+\]: {queue_id}: to=<bob@remote\.test>, relay={re.escape(relay)}, "
+        r"delay=[\d.]+, "
         r"delays=[\d./]+, dsn=2\.0\.0, status=sent \(250 2\.0\.0 Ok: queued as \w+\)",
     )
     assert line
@@ -227,7 +228,11 @@ def test_null_mx_and_transport_maps_bounce(world: World) -> None:
     assert "d@void.test" not in status
     wait_log(
         world.instance,
-        rf"{queue_id}: to=<d@void\.test>, relay=none, .*status=sent \(discarded: testing discard\)",
+        rf"roost/discard\[\d+\]: {queue_id}: to=<d@void\.test>, relay=none, "
+        r".*status=sent \(discarded: testing discard\)",
+    )
+    wait_log(
+        world.instance, rf"roost/error\[\d+\]: {queue_id}: to=<c@error\.test>, .*status=bounced"
     )
 
 

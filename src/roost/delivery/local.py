@@ -253,7 +253,9 @@ class LocalTransport:
                 results.append(await self._one(job, index, recipient, seen_delivered_to))
             except DeliveryError as exc:
                 status = Outcome.DEFERRED if exc.temporary else Outcome.BOUNCED
-                results.append(RecipientResult(index, status, exc.dsn, exc.text, "local"))
+                results.append(
+                    RecipientResult(index, status, exc.dsn, exc.text, "local", agent="local")
+                )
         return results
 
     async def _one(
@@ -266,7 +268,9 @@ class LocalTransport:
         try:
             address = parse_recipient(recipient.address)
         except AddressError as exc:
-            return RecipientResult(index, Outcome.BOUNCED, "5.1.3", str(exc), "local")
+            return RecipientResult(
+                index, Outcome.BOUNCED, "5.1.3", str(exc), "local", agent="local"
+            )
         domain = address.domain_key if address.domain else ""
         original = _orcpt_address(recipient)
         if self.router.destination(address) is Destination.VIRTUAL:
@@ -291,7 +295,7 @@ class LocalTransport:
             return _unknown(index, local_part, "virtual")
         target = AddressTarget(f"{local_part}@{domain}", True, base, extension, domain)
         where = self._to_mailbox_sync(job, target, account, domain, original)
-        return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual")
+        return RecipientResult(index, Outcome.SENT, "2.0.0", where, "virtual", agent="virtual")
 
     def _virtual_many_sync(self, items: list[_VirtualItem]) -> list[_Outcome]:
         """Deliver a batch of virtual recipients (blocking); one outcome per item.
@@ -359,7 +363,12 @@ class LocalTransport:
                 notified.add(maildir)
                 notify_delivery(maildir)
             outcomes[position] = RecipientResult(
-                items[position].index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual"
+                items[position].index,
+                Outcome.SENT,
+                "2.0.0",
+                "delivered to maildir",
+                "virtual",
+                agent="virtual",
             )
         return [
             outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes
@@ -470,12 +479,19 @@ class LocalTransport:
             except SpoolError as exc:
                 temporary.append(f"cannot queue forwarded mail: {exc}")
         if temporary:
-            return RecipientResult(index, Outcome.DEFERRED, "4.3.0", "; ".join(temporary), "local")
+            return RecipientResult(
+                index, Outcome.DEFERRED, "4.3.0", "; ".join(temporary), "local", agent="local"
+            )
         if permanent:
             dsn, text = permanent[0]
-            return RecipientResult(index, Outcome.BOUNCED, dsn, text, "local")
+            return RecipientResult(index, Outcome.BOUNCED, dsn, text, "local", agent="local")
         return RecipientResult(
-            index, Outcome.SENT, "2.0.0", ", ".join(delivered) or "delivered", "local"
+            index,
+            Outcome.SENT,
+            "2.0.0",
+            ", ".join(delivered) or "delivered",
+            "local",
+            agent="local",
         )
 
     async def _target(
@@ -718,7 +734,9 @@ def _orcpt_address(recipient: Recipient) -> str | None:
 
 
 def _unknown(index: int, user: str, relay: str) -> RecipientResult:
-    return RecipientResult(index, Outcome.BOUNCED, "5.1.1", f'unknown user: "{user}"', relay)
+    return RecipientResult(
+        index, Outcome.BOUNCED, "5.1.1", f'unknown user: "{user}"', relay, agent=relay
+    )
 
 
 @contextlib.contextmanager

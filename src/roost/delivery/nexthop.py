@@ -678,7 +678,9 @@ class Status(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One recipient's result (converted to the queue manager's ``RecipientResult``)."""
+    """One recipient's result (converted to the queue manager's ``RecipientResult``;
+    ``agent`` is the program its log line names: ``smtp``, or ``discard``, ``error`` and
+    ``retry`` for those routes, as Postfix's discard(8), error(8) and retry log)."""
 
     index: int
     status: Status
@@ -686,6 +688,7 @@ class Verdict:
     reason: str
     relay: str = "none"
     remote_reply: bool = False
+    agent: str = "smtp"
 
 
 class Attempt:

@@ -418,13 +418,13 @@ class SmtpTransport:
                 groups.setdefault(route.key, (route, []))[1].append((index, recipient))
             elif route.kind is RouteKind.ERROR:
                 dsn, reason = _status_text(route.text, "5")
-                verdicts.append(Verdict(index, Status.BOUNCED, dsn, reason))
+                verdicts.append(Verdict(index, Status.BOUNCED, dsn, reason, agent="error"))
             elif route.kind is RouteKind.RETRY:
                 dsn, reason = _status_text(route.text, "4")
-                verdicts.append(Verdict(index, Status.DEFERRED, dsn, reason))
+                verdicts.append(Verdict(index, Status.DEFERRED, dsn, reason, agent="retry"))
             elif route.kind is RouteKind.DISCARD:
                 reason = f"discarded: {route.text}" if route.text else "discarded"
-                verdicts.append(Verdict(index, Status.SENT, "2.0.0", reason))
+                verdicts.append(Verdict(index, Status.SENT, "2.0.0", reason, agent="discard"))
             else:
                 verdicts.append(Verdict(index, Status.DEFERRED, "4.3.5", route.text))
         if groups:
@@ -452,7 +452,9 @@ class SmtpTransport:
                 for part in parts:
                     verdicts += part
         return [
-            RecipientResult(v.index, v.status.value, v.dsn, v.reason, v.relay, v.remote_reply)
+            RecipientResult(
+                v.index, v.status.value, v.dsn, v.reason, v.relay, v.remote_reply, v.agent
+            )
             for v in sorted(verdicts, key=lambda verdict: verdict.index)
         ]
 

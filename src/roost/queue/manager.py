@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("roost.qmgr")
+#: The loggers of the delivery agents' result lines, by agent (:func:`_log_result`), and
+#: bounce(8)'s for the notification lines.
+_AGENT_LOGS: dict[str, logging.Logger] = {"qmgr": log, "bounce": logging.getLogger("roost.bounce")}
 
 #: The largest queue file (bytes) whose content the queue manager reads with the envelope,
 #: in one ``open`` and ``pread``, and hands to the transports from memory; larger ones are
@@ -82,6 +85,10 @@ class RecipientResult:
         reason: the text for logs, ``mailq`` and DSNs (``delivered to maildir``).
         relay: the next hop for the log (``local``, ``mx.example[192.0.2.1]:25``).
         remote_reply: True when ``reason`` is a remote SMTP server's reply.
+        agent: the program whose name the result's log line carries, Postfix's delivery
+            agent for the result (``local``, ``virtual``, ``smtp``, ``discard``,
+            ``error``, ``retry``: ``roost/local[PID]: ID: to=<...>, ... status=sent``);
+            ``qmgr`` for the queue manager's own verdicts (no transport, bad address).
     """
 
     index: int
@@ -90,6 +97,7 @@ class RecipientResult:
     reason: str
     relay: str = "none"
     remote_reply: bool = False
+    agent: str = "qmgr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -768,7 +776,7 @@ class QueueManager:
         except (SpoolError, OSError) as exc:
             log.error("%s: cannot queue the %s notification: %s", queue_id, kind, exc)
             return
-        log.info("%s: %s %s notification: %s", queue_id, notified, kind, new_id)
+        _AGENT_LOGS["bounce"].info("%s: %s %s notification: %s", queue_id, notified, kind, new_id)
 
 
 def _read_limited(directory: QueueDirectory, queue_id: str, queue: QueueName, limit: int) -> bytes:
@@ -800,10 +808,14 @@ def _log_result(
     queue_id: str, address: str, result: RecipientResult, delays: tuple[str, str, str]
 ) -> None:
     """Log one recipient's result as Postfix's delivery agents do (``status=sent``,
-    ``deferred`` or ``bounced``, with ``relay``, ``delay``, ``delays`` and ``dsn``)."""
+    ``deferred`` or ``bounced``, with ``relay``, ``delay``, ``delays`` and ``dsn``), under
+    the name of the result's agent (``roost/local``, ``roost/smtp``, ...)."""
     delay, before, took = delays
+    agent_log = _AGENT_LOGS.get(result.agent)
+    if agent_log is None:
+        agent_log = _AGENT_LOGS[result.agent] = logging.getLogger(f"roost.{result.agent}")
     log_info(
-        log,
+        agent_log,
         f"{queue_id}: to=<{address}>, relay={result.relay}, delay={delay},"
         f" delays={before}/0/0/{took}, dsn={result.dsn}, status={result.status}"
         f" ({result.reason})",
