@@ -662,23 +662,19 @@ class _MoveJob(_Job):
 
 
 class _RemoveJob(_Job):
-    """Remove a message: the queue file first (the removal's commit), then ``ID.env``.
+    """Remove a message durably: the queue file first (the removal's commit), then
+    ``ID.env``; the batch fsyncs the directory. (Without fsync, and recycling the queue
+    file, :meth:`QueueDirectory.remove_many` removes.)"""
 
-    With ``recycle`` the queue file goes to the pool of recycled files (emptied) when there
-    is room, else it is unlinked (see :meth:`QueueDirectory.recycle_file`).
-    """
+    __slots__ = ("queue",)
 
-    __slots__ = ("queue", "recycle")
-
-    def __init__(self, queue: QueueName, queue_id: str, *, recycle: bool = False) -> None:
+    def __init__(self, queue: QueueName, queue_id: str) -> None:
         super().__init__(queue_id, queue)
         self.queue = queue
-        self.recycle = recycle
 
     def apply(self, qd: QueueDirectory) -> None:
         try:
-            if not (self.recycle and qd.recycle_file(self.queue, self.queue_id)):
-                os.unlink(qd.file_name(self.queue, self.queue_id))
+            os.unlink(qd.file_name(self.queue, self.queue_id))
         except FileNotFoundError:
             raise SpoolError(
                 f"no such message in {self.queue}",
@@ -715,7 +711,7 @@ class QueueDirectory:
         flush_threads: threads that ``fdatasync`` the files of one batch in parallel.
         pool_limit: most empty files kept in the pool of recycled queue files
             (``free/``; 0: none, removed queue files are unlinked). See
-            :meth:`recycle_file` and :meth:`take_pooled`.
+            :meth:`remove_many` and :meth:`take_pooled`.
 
     The methods block on disk I/O, fsync included: call them from a thread, or use
     :class:`roost.queue.spool.Spool` in the daemon.
@@ -845,37 +841,28 @@ class QueueDirectory:
 
     # -- the pool of recycled queue files -------------------------------------------------
 
-    def recycle_file(self, queue: QueueName, queue_id: str) -> bool:
-        """Remove the queue file ``<queue>/<queue_id>`` by moving it into the pool, emptied.
+    def _recycle_at(self, source: int, pool: int, queue_id: str) -> bool:
+        """Remove the queue file ``queue_id`` of the queue whose directory descriptor is
+        ``source`` by moving it into the pool (descriptor ``pool``, known to have room),
+        emptied (:meth:`remove_many`).
 
         On ext4 without a journal every freed inode makes later file creations slower
         (the allocator walks past recently freed inodes), so removed queue files are kept
         as empty files for :meth:`take_pooled`. Under the file's exclusive ``flock`` (a
         reader holding a shared one, or a writer, makes this give up): rename it to
         ``free/<queue_id>``, then truncate it to 0 bytes. Neither step is fsynced: like the
-        unlink it replaces (``remove(durable=False)``), a crash may bring the message
-        back; a crash in between leaves an empty file in the queue or a non-empty one in
-        the pool, both deleted by :meth:`recover`. The caller unlinks ``ID.env``.
+        unlink it replaces, a crash may bring the message back; a crash in between leaves
+        an empty file in the queue or a non-empty one in the pool, both deleted by
+        :meth:`recover`. The caller unlinks ``ID.env``.
 
         Returns:
             True when the file is gone from the queue (pooled); False when it is still
-            there and the caller should unlink it: the pool is full (``pool_limit``) or
-            missing, or someone holds the file's lock.
+            there and the caller should unlink it: someone holds the file's lock, or the
+            rename failed (a name taken, no space for a directory block).
 
         Raises:
             FileNotFoundError: there is no such file.
         """
-        if not self._pool_has_room():
-            return False
-        try:
-            pool = self._pool_fd()
-        except OSError:
-            return False
-        return self._recycle_at(self._dir_fd(queue), pool, queue_id)
-
-    def _recycle_at(self, source: int, pool: int, queue_id: str) -> bool:
-        """:meth:`recycle_file` once the pool is known to have room: ``source`` is the
-        queue's directory descriptor, ``pool`` the pool's. Same results and errors."""
         try:
             fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
         except FileNotFoundError:
@@ -1341,26 +1328,21 @@ class QueueDirectory:
         Args:
             queue_id: the message.
             queue: where it is.
-            durable: fsync the directory before returning (the default). False does not
-                fsync, and keeps the queue file in the pool of recycled files when there
-                is room (:meth:`recycle_file`): after a crash the message may be back,
-                whole (see :meth:`roost.queue.spool.Spool.remove`).
+            durable: fsync the directory before returning (the default). False is
+                :meth:`remove_many` of this one message: no fsync, and the queue file
+                kept in the pool of recycled files when there is room; after a crash the
+                message may be back, whole (see :meth:`roost.queue.spool.Spool.remove`).
 
         Raises:
             SpoolError: NOT_FOUND when there is no such message, or an I/O failure.
         """
-        _check_queue_id(queue_id)
-        job = _RemoveJob(queue, queue_id, recycle=not durable)
-        if durable:
-            self._run_one(job)
+        if not durable:
+            [error] = self.remove_many([(queue_id, queue)])
+            if error is not None:
+                raise error
             return
-        try:
-            job.apply(self)
-        except Exception as exc:  # OSError, SpoolError
-            job.fail(exc, f"remove {job.describe()}")
-            assert job.error is not None
-            raise job.error from exc
-        job.finish(self)
+        _check_queue_id(queue_id)
+        self._run_one(_RemoveJob(queue, queue_id))
 
     def remove_many(
         self, messages: Sequence[tuple[str, QueueName]], *, no_envelope_file: Set[str] = frozenset()

@@ -365,7 +365,7 @@ class Spool:
                 False: in an I/O thread, no fsync and no wait for the committer (Postfix
                 removes delivered queue files so); the queue file is recycled into the
                 pool ``free/`` when there is room (else unlinked, as is ``ID.env``:
-                :meth:`QueueDirectory.recycle_file`); after a crash the
+                :meth:`QueueDirectory.remove_many`); after a crash the
                 message may be back, whole, and is then delivered again. For the queue
                 manager's delivered mail, never for ``roost queue delete``.
 
