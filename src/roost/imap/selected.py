@@ -24,7 +24,7 @@ import bisect
 import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from roost.imap.commands import SYSTEM_FLAGS
 from roost.imap.response import (
@@ -164,6 +164,21 @@ class SelectedMailbox:
         self._flag_updates: dict[int, None] = {}
         self._recent_announced = len(self._recent or ())
         self._keywords_changed = False
+
+    # --- moving to another process ----------------------------------------------------------
+
+    def hibernation_state(self) -> dict[str, object]:
+        """The client's view without the store mailbox (picklable; packed if it was),
+        for a session moving to the master (:mod:`roost.daemon.hibernation`)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "mailbox"}
+
+    @classmethod
+    def from_hibernation(cls, state: dict[str, Any]) -> SelectedMailbox:
+        """The view :meth:`hibernation_state` described; the caller sets ``mailbox``."""
+        selected = cls.__new__(cls)
+        for name, value in state.items():
+            setattr(selected, name, value)
+        return selected
 
     # --- packing -------------------------------------------------------------------------
 
