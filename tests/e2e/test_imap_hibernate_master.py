@@ -23,6 +23,7 @@ from tests.e2e.instance import Instance
 from tests.e2e.test_imap_helpers import (
     RawClient,
     add_user,
+    connect,
     deliver,
     maildir,
     start_imap_instance,
@@ -110,6 +111,38 @@ def test_delivery_wakes_a_session_in_the_master_and_it_goes_on(instance: Instanc
     assert int(found.group(1)) == sum(len(line) + 2 for line in [*sent, b"o LOGOUT"])
     assert len(re.findall(rf"imap\({re.escape(user[0])}\): Disconnected", instance.log())) == 1
     assert counter(instance, "sessions") == 0
+    raw.close()
+
+
+def test_flag_changes_and_expunges_reach_a_session_woken_from_the_master(
+    instance: Instance,
+) -> None:
+    user = add_user(instance)
+    for subject in ("one", "two", "three"):
+        deliver(instance, user[0], subject)
+    taken = counter(instance)
+    raw = idle(instance, user)
+    moved(instance, taken)
+    other = connect(instance, *user)
+    other.select("INBOX")
+    other.store("2", "+FLAGS", "(\\Flagged)")
+    assert re.match(rb"\* 2 FETCH \(FLAGS \(\\Flagged \\Recent\)\)\r\n", raw.line())
+    moved(instance, taken, 2)  # back in the master, with the new flags in its view
+    other.store("1", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    lines = [raw.line()]
+    while lines[-1] != b"* 1 EXPUNGE\r\n":
+        assert re.match(rb"\* 1 FETCH \(FLAGS \(\\Deleted \\Recent\)\)\r\n", lines[-1]), lines
+        lines.append(raw.line())
+    assert raw.line() == b"* 2 RECENT\r\n"
+    raw.send(b"DONE\r\n")
+    assert raw.line() == b"i OK Idle completed.\r\n"
+    reply = raw.command("f", "FETCH 1:* (UID FLAGS)")
+    assert reply[:-1] == [
+        b"* 1 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n",
+        b"* 2 FETCH (UID 3 FLAGS (\\Recent))\r\n",
+    ], reply
+    other.logout()
     raw.close()
 
 

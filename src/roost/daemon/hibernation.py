@@ -56,6 +56,7 @@ import os
 import select
 import socket
 import time
+import zlib
 from collections.abc import Callable, Hashable, Iterable
 from typing import Final
 
@@ -77,6 +78,25 @@ _RECV_SIZE: Final = 256 * 1024
 #: Seconds between attempts to wake sessions no worker could take (none running, or
 #: its socket buffer full).
 _RETRY: Final = 0.2
+#: Dovecot's default ``imap_logout_format`` (the parameter table's): a worker leaves
+#: it out of the header.
+DEFAULT_LOGOUT_FORMAT: Final = (
+    "in=%i out=%o deleted=%{deleted} expunged=%{expunged} trashed=%{trashed}"
+    " hdr_count=%{fetch_hdr_count} hdr_bytes=%{fetch_hdr_bytes}"
+    " body_count=%{fetch_body_count} body_bytes=%{fetch_body_bytes}"
+)
+#: The logout line's values (a worker sends those that are not 0).
+_LOGOUT_VALUES: Final = (
+    "input",
+    "output",
+    "deleted",
+    "expunged",
+    "trashed",
+    "fetch_hdr_count",
+    "fetch_hdr_bytes",
+    "fetch_body_count",
+    "fetch_body_bytes",
+)
 #: Dovecot's shutdown reply, as a worker sends it.
 BYE_SHUTDOWN: Final = b"* BYE Server shutting down.\r\n"
 KEEPALIVE: Final = b"* OK Still here\r\n"
@@ -226,20 +246,17 @@ class HibernationLink:
 class _Parked:
     """One session in the master: its descriptor and bytes (see the module docstring).
 
-    ``stamps`` is a tuple of ints (:func:`maildir_stamps`), ``notify_at`` a
-    ``time.monotonic()`` time, ``out`` the octets the master wrote to the client.
+    ``key`` is the mailbox key (one string object per mailbox), ``stamps`` the hash of
+    its :func:`maildir_stamps` when it came, ``notify_at`` when the keepalive is due
+    (``time.monotonic()``), ``header`` the rest of the worker's header (:data:`_COLD`,
+    zlib-compressed JSON), ``blob`` the session's packed state, ``out`` the octets the
+    master wrote to the client. About 100 bytes besides the two ``bytes`` objects.
     """
 
     __slots__ = ("blob", "fd", "header", "key", "notify_at", "out", "stamps")
 
     def __init__(
-        self,
-        fd: int,
-        key: str,
-        stamps: tuple[int, ...],
-        notify_at: float,
-        header: bytes,
-        blob: bytes,
+        self, fd: int, key: str, stamps: int, notify_at: float, header: bytes, blob: bytes
     ) -> None:
         self.fd = fd
         self.key = key
@@ -248,6 +265,27 @@ class _Parked:
         self.header = header
         self.blob = blob
         self.out = 0
+
+    def cold(self) -> dict[str, object]:
+        """The header fields the master needs only at a wake, a keepalive or the end."""
+        header = json.loads(zlib.decompress(self.header))
+        assert isinstance(header, dict)
+        return header
+
+    def set_cold(self, header: dict[str, object]) -> None:
+        """Keep ``header`` (compressed)."""
+        self.header = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+
+
+#: The header fields kept compressed (:meth:`_Parked.cold`).
+_COLD: Final = ("counts", "prefix", "format", "values", "notify", "out", "pending", "why")
+
+
+def _stamp_hash(stamps: Iterable[int]) -> int:
+    """The stamps of :func:`maildir_stamps` as one int (Python's tuple hash: the same in
+    every process for ints; a collision, 2**-64, would only leave a change to the next
+    notice or wake-up)."""
+    return hash(tuple(stamps))
 
 
 #: Sends a woken session to a worker: ``(packet, fd)``; False when no worker can take it
@@ -287,8 +325,10 @@ class HibernatedSessions:
         return len(self._by_fd)
 
     def status(self) -> dict[str, int]:
-        """``sessions`` now in the master and the counters."""
-        return {"sessions": len(self._by_fd), **self.counters}
+        """``sessions`` now in the master, ``bytes`` of state they keep (compressed
+        headers and packed states), and the counters."""
+        kept = sum(len(p.header) + len(p.blob) for p in self._by_fd.values())
+        return {"sessions": len(self._by_fd), "bytes": kept, **self.counters}
 
     def watches(self, key: str) -> bool:
         """Whether a session here has mailbox ``key`` selected."""
@@ -296,8 +336,8 @@ class HibernatedSessions:
 
     # --- taking -------------------------------------------------------------------------
 
-    def take(self, header: dict[str, object], raw: bytes, blob: bytes, fd: int) -> bool:
-        """Keep a session a worker sent (``header`` as parsed, ``raw`` as received);
+    def take(self, header: dict[str, object], blob: bytes, fd: int) -> bool:
+        """Keep a session a worker sent (``header`` as parsed, ``blob`` its state);
         False (the caller closes ``fd``) when the daemon stops."""
         if self.stopping:
             self.counters["refused"] += 1
@@ -308,12 +348,18 @@ class HibernatedSessions:
             self._loop = loop
             loop.add_reader(self._epoll.fileno(), self._ready)
         key = str(header["key"])
-        stamps = tuple(int(s) for s in header["stamps"])  # type: ignore[attr-defined]
+        stamps = _stamp_hash(int(s) for s in header["stamps"])  # type: ignore[attr-defined]
         now = time.monotonic()
-        parked = _Parked(fd, key, stamps, now + _number(header["notify_in"]), raw, blob)
+        fds = self._by_key.get(key)
+        if fds is None:
+            fds = self._by_key[key] = []
+        elif fds:
+            key = self._by_fd[fds[0]].key  # one string per mailbox
+        parked = _Parked(fd, key, stamps, now + _number(header["notify_in"]), b"", blob)
+        parked.set_cold({name: header[name] for name in _COLD if name in header})
         self._interval = min(self._interval, max(1.0, _number(header["check"])))
         self._by_fd[fd] = parked
-        self._by_key.setdefault(key, []).append(fd)
+        fds.append(fd)
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
         self.counters["taken"] += 1
         if self._sweep_timer is None:
@@ -324,7 +370,7 @@ class HibernatedSessions:
 
     def _check_one(self, fd: int) -> None:
         parked = self._by_fd.get(fd)
-        if parked is not None and tuple(maildir_stamps(parked.key)) != parked.stamps:
+        if parked is not None and _stamp_hash(maildir_stamps(parked.key)) != parked.stamps:
             self.wake(fd, "poll")
 
     # --- waking ------------------------------------------------------------------------
@@ -364,9 +410,8 @@ class HibernatedSessions:
         parked = self._forget(fd)
         if parked is None:
             return
-        header = json.loads(parked.header[1:])
-        header.pop("id", None)
-        header["out"] = int(header.get("out", 0)) + parked.out
+        header = parked.cold()
+        header["out"] = int(_number(header.get("out", 0))) + parked.out
         header["pending"] = pending.decode("latin-1")
         header["why"] = why
         packet = _encode(b"W", header, parked.blob)
@@ -377,7 +422,7 @@ class HibernatedSessions:
             self.counters[why] = self.counters.get(why, 0) + 1
             return
         # Kept, unwatched, until a worker can take it.
-        parked.header = b"H" + json.dumps(header, separators=(",", ":")).encode()
+        parked.set_cold(header)
         parked.out = 0
         self._by_fd[fd] = parked
         self._retry.append(fd)
@@ -392,7 +437,7 @@ class HibernatedSessions:
             if parked is None:
                 continue
             self._by_key.setdefault(parked.key, []).append(fd)  # _forget finds it
-            header = json.loads(parked.header[1:])
+            header = parked.cold()
             why = str(header.get("why", "input"))
             self.wake(fd, why, str(header.get("pending", "")).encode("latin-1"))
 
@@ -401,13 +446,13 @@ class HibernatedSessions:
     def _sweep(self) -> None:
         self._sweep_timer = None
         now = time.monotonic()
-        seen: dict[str, tuple[int, ...]] = {}
+        seen: dict[str, int] = {}
         for fd, parked in list(self._by_fd.items()):
             if fd in self._retry:
                 continue
             stamps = seen.get(parked.key)
             if stamps is None:
-                stamps = seen[parked.key] = tuple(maildir_stamps(parked.key))
+                stamps = seen[parked.key] = _stamp_hash(maildir_stamps(parked.key))
             if stamps != parked.stamps:
                 self.wake(fd, "poll")
             elif now >= parked.notify_at:
@@ -416,8 +461,7 @@ class HibernatedSessions:
             self._sweep_timer = self._loop.call_later(self._interval, self._sweep)
 
     def _keepalive(self, parked: _Parked, now: float) -> None:
-        header = json.loads(parked.header[1:])
-        parked.notify_at = now + _number(header["notify"])
+        parked.notify_at = now + _number(parked.cold()["notify"])
         try:
             written = os.write(parked.fd, KEEPALIVE)
         except BlockingIOError:
@@ -448,9 +492,11 @@ class HibernatedSessions:
                 parked.out += os.write(fd, BYE_SHUTDOWN)
             os.close(fd)
             self.counters["ended"] += 1
-            header = json.loads(parked.header[1:])
+            header = parked.cold()
             self._release(_counts(header))
-            _log_end(header, int(header.get("out", 0)) + parked.out, "Server shutting down")
+            _log_end(
+                header, int(_number(header.get("out", 0))) + parked.out, "Server shutting down"
+            )
         self._retry.clear()
         if self._epoll is not None:
             if self._loop is not None:
@@ -475,7 +521,8 @@ def _log_end(header: dict[str, object], out: int, reason: str) -> None:
     """The session's ``imap(user): Disconnected: <reason> in=... out=...`` line."""
     from roost.imap.session import format_logout
 
-    values = {str(k): int(v) for k, v in dict(header.get("values", {})).items()}  # type: ignore[call-overload]
-    values["output"] = values.get("output", 0) + out
-    line = format_logout(str(header.get("format", "in=%i out=%o")), values)
+    values = dict.fromkeys(_LOGOUT_VALUES, 0)
+    values.update({str(k): int(v) for k, v in dict(header.get("values", {})).items()})  # type: ignore[call-overload]
+    values["output"] += out
+    line = format_logout(str(header.get("format", DEFAULT_LOGOUT_FORMAT)), values)
     log_imap.info("%s: Disconnected: %s %s", header.get("prefix", "imap()"), reason, line)

@@ -1245,7 +1245,7 @@ class WorkerPool:
             header = json.loads(raw[1:])
             if data[:1] != b"H" or not fds or not isinstance(header, dict):
                 raise ValueError("not a hibernation request")
-            ok = self.hibernated.take(header, raw, blob, fds[0])
+            ok = self.hibernated.take(header, blob, fds[0])
         except (ValueError, KeyError, TypeError) as exc:
             log.error("worker %d: bad hibernation packet: %s", handle.index, exc)
             for fd in fds:

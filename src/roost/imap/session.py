@@ -69,7 +69,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
-from roost.daemon.hibernation import maildir_stamps
+from roost.daemon.hibernation import DEFAULT_LOGOUT_FORMAT, maildir_stamps
 from roost.daemon.mailsession import MailSession, ResumedLogin
 from roost.imap.commands import (
     SEEN,
@@ -190,7 +190,6 @@ from roost.imap.selected import RECENT_ONLY, SelectedMailbox, UpdateMode
 from roost.imap.sequence import SequenceSet
 from roost.store import (
     Changes,
-    FlagUpdate,
     LockTimeout,
     MailboxInfo,
     MailboxNotFound,
@@ -472,6 +471,14 @@ class _Hibernated(Exception):
     """The session hibernates: its task ends without ending the session."""
 
 
+#: The layout of a hibernated session's packed state (:meth:`IMAPSession._move_out`).
+_STATE_VERSION: Final = 1
+#: The fields of a :class:`User`, in the order the packed state holds them (``extra``
+#: and ``backend`` last).
+_USER_FIELDS: Final = tuple(
+    sorted(dataclasses.fields(User), key=lambda f: f.name in ("extra", "backend"))
+)
+
 #: Seconds before a session that could not move to the master tries again (a change of
 #: its Maildir within the file system's timestamp granularity, output pending...).
 _MOVE_RETRY: Final = 1.0
@@ -579,6 +586,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         assert self.transport is not None and self._loop is not None
         registry = self.shared.registry
         if self._adopt is not None:  # woken in the master: its counts come with it
+            if self._userip is not None:
+                self._userip = (self._userip[0], self.remote_ip)
             registry.sessions.add(self)
             _move_count(registry.per_ip, self.remote_ip, 1)
             self._counted = True
@@ -882,31 +891,36 @@ class IMAPSession(MailSession[Shared, Resumed]):
         await self._sync_selected(allow_expunge=True)
         if self._out:
             return  # the updates go out first
-        await self._suspend_selected()
         conn = self.conn
         parked = conn.park()
-        if parked is None or not self._quiet() or transport.get_write_buffer_size():
+        view = selected.hibernation_state()
+        if view is None or parked is None:
+            return
+        await self._suspend_selected()  # the view read above unpacked it
+        if not self._quiet() or transport.get_write_buffer_size():
             return
         sock = transport.get_extra_info("socket")
         if sock is None or self.user is None or self.selected is not selected:
             self._move_at = 0.0
             return
         now = time.monotonic()
-        state = {
-            "service": self.config.service,
-            "user": _user_fields(self.user),
-            "enabled": self.enabled,
-            "parked": parked,
-            "selected": selected.hibernation_state(),
-            "stats": self.stats,
-            "bad": self._bad_commands,
-            "io": (self._bytes_in, self._bytes_out, self._login_in, self._login_out),
-            "auth": (self._auth_method, self._auth_login, self._auth_attempts),
-            "session_id": self.session_id,
-            "started": self.started,
-            "userip": self._userip,
-        }
-        blob = zlib.compress(pickle.dumps(state, pickle.HIGHEST_PROTOCOL), 1)
+        user = self.user
+        state = (
+            _STATE_VERSION,
+            self.config.service,
+            (*(getattr(user, f.name) for f in _USER_FIELDS[:-2]), dict(user.extra), user.backend),
+            tuple(sorted(self.enabled)),
+            (parked[0].value, *parked[1:]),
+            view,
+            dataclasses.astuple(self.stats),
+            self._bad_commands,
+            (self._bytes_in, self._bytes_out, self._login_in, self._login_out),
+            (self._auth_method, self._auth_login, self._auth_attempts),
+            self.session_id,
+            self.started,
+            self._userip is not None,
+        )
+        blob = zlib.compress(pickle.dumps(state, pickle.HIGHEST_PROTOCOL), 9)
         registry = self.shared.registry
         counts: list[list[object]] = []
         if self._counted:
@@ -916,6 +930,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         values: dict[str, int] = dataclasses.asdict(self.stats)
         values["input"] = self._bytes_in - self._login_in
         values["output"] = self._bytes_out - self._login_out
+        values = {name: value for name, value in values.items() if value}
         header: dict[str, object] = {
             "key": key,
             "stamps": stamps,
@@ -924,9 +939,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
             "check": self.config.idle_check_interval,
             "counts": counts,
             "prefix": self._prefix,
-            "format": self.config.logout_format,
             "values": values,
         }
+        if self.config.logout_format != DEFAULT_LOGOUT_FORMAT:
+            header["format"] = self.config.logout_format
         transport.pause_reading()
         if not await link.hand_over(header, blob, sock.fileno()):
             if not self._lost:
@@ -968,51 +984,58 @@ class IMAPSession(MailSession[Shared, Resumed]):
         """A session the master woke into this worker (``header`` and the packed state
         ``blob`` of :meth:`_move_out`); the caller connects it to the socket, and its
         task reopens the store and the mailbox and syncs (:meth:`_readopt`)."""
-        state: dict[str, Any] = pickle.loads(zlib.decompress(blob))
+        state: tuple[Any, ...] = pickle.loads(zlib.decompress(blob))
+        if state[0] != _STATE_VERSION:
+            raise ValueError(f"hibernated state version {state[0]!r}")
+        (_, _, user, enabled, parked, view, stats, bad, io, auth, session_id, started, counted) = (
+            state
+        )
         session = cls(shared)
-        session.user = User(**state["user"])
-        session.enabled = state["enabled"]
+        session.user = User(**dict(zip((f.name for f in _USER_FIELDS), user, strict=True)))
+        session.enabled = frozenset(enabled)
         session._conn = None
-        session._parked = state["parked"]
-        session.stats = state["stats"]
-        session._bad_commands = state["bad"]
-        bytes_in, bytes_out, login_in, login_out = state["io"]
+        session._parked = (State(parked[0]), *parked[1:])
+        session.stats = _Stats(*stats)
+        session._bad_commands = bad
+        bytes_in, bytes_out, login_in, login_out = io
         session._bytes_in, session._login_in, session._login_out = bytes_in, login_in, login_out
         session._bytes_out = bytes_out + int(header.get("out", 0))  # type: ignore[call-overload]
-        method, login, attempts = state["auth"]
-        session._auth_method, session._auth_login, session._auth_attempts = method, login, attempts
-        session.session_id = state["session_id"]
-        session.started = state["started"]
-        userip = state["userip"]
-        session._userip = tuple(userip) if userip is not None else None
-        session._idle_tag = state["parked"][3]
-        session._adopt = (state, header)
+        session._auth_method, session._auth_login, session._auth_attempts = auth
+        session.session_id = session_id
+        session.started = started
+        if counted:
+            session._userip = (session.user.login.lower(), "")  # the address: connection_made
+        session._idle_tag = parked[3]
+        session._adopt = (view, header)
         return session
 
     async def _readopt(self) -> None:
         """Open the store and the selected mailbox again and queue what changed since
         the move (the master's unwritten keepalive first)."""
         assert self._adopt is not None and self.user is not None
-        state, header = self._adopt
+        view_state, header = self._adopt
         self._adopt = None
         pending = str(header.get("pending", "")).encode("latin-1")
         if pending:
             self._queue(pending)
         try:
             self.mail = await self._call(self.shared.open_store, self.user)
-            view = SelectedMailbox.from_hibernation(state["selected"])
-            reopened = await self._call_in_thread(
-                _reopen, self.mail, view, self._changed_callback()
+            view, changes, keywords = await self._call_in_thread(
+                _reopen, self.mail, view_state, self._changed_callback()
             )
         except (StoreUnavailable, StoreError) as error:
             log_imap.warning("%s: reopening after hibernation failed: %s", self._prefix, error)
             raise _Disconnect("Mailbox unavailable", "Mailbox unavailable.") from None
-        mailbox, changes, uid_next, modseq, keywords = reopened
-        view.mailbox = mailbox
         self.selected = view
         if changes.uid_validity_changed:
             raise _Disconnect("Mailbox UIDVALIDITY changed", "Mailbox UIDVALIDITY changed.")
-        view.apply(changes, uid_next=uid_next, highest_modseq=modseq, keywords=keywords)
+        mailbox = view.mailbox
+        view.apply(
+            changes,
+            uid_next=mailbox.uid_next,
+            highest_modseq=mailbox.highest_modseq,
+            keywords=keywords,
+        )
         self._queue_all(view.take_updates(self.mode, allow_expunge=True))
         now = time.monotonic()
         config = self.config
@@ -2284,42 +2307,21 @@ def _suspend(selected: SelectedMailbox) -> None:
 
 
 def _reopen(
-    store: UserStore, view: SelectedMailbox, callback: Callable[[object], None]
-) -> tuple[MailboxProtocol, Changes, int, int, list[str]]:
-    """Open a hibernated session's mailbox again (in another process, maybe) and compare
-    it with the client's ``view``: what was added, expunged and changed meanwhile."""
-    mailbox = store.open(view.name, readonly=view.readonly)
+    store: UserStore, view: tuple[Any, ...], callback: Callable[[object], None]
+) -> tuple[SelectedMailbox, Changes, list[str]]:
+    """Open a hibernated session's mailbox again (in another process, maybe): the
+    client's view (:meth:`SelectedMailbox.hibernation_state`) and what changed since."""
+    name, readonly = view[0], view[1]
+    mailbox = store.open(name, readonly=readonly)
     try:
         mailbox.watch(callback)
-        if mailbox.uid_validity != view.uid_validity:
-            return mailbox, Changes(uid_validity_changed=True), 0, 0, []
-        fresh = mailbox.messages()
-        infos = view.infos
-        present = {info.uid for info in fresh}
-        added = tuple(info for info in fresh if info.uid not in infos)
-        recent = mailbox.recent
-        changes = Changes(
-            added=added,
-            expunged=tuple(sorted(uid for uid in infos if uid not in present)),
-            flags=tuple(
-                FlagUpdate(info.uid, info.flags, info.modseq)
-                for info in fresh
-                if (old := infos.get(info.uid)) is not None
-                and (old.flags != info.flags or old.modseq != info.modseq)
-            ),
-            recent=tuple(info.uid for info in added if info.uid in recent),
+        selected, changes = SelectedMailbox.from_hibernation(
+            view, mailbox, mailbox.messages(), mailbox.recent
         )
-        return mailbox, changes, mailbox.uid_next, mailbox.highest_modseq, mailbox.keywords()
+        return selected, changes, mailbox.keywords()
     except BaseException:
         mailbox.close()
         raise
-
-
-def _user_fields(user: User) -> dict[str, object]:
-    """``user`` as picklable fields (``extra`` is a read-only mapping proxy)."""
-    fields = {f.name: getattr(user, f.name) for f in dataclasses.fields(user)}
-    fields["extra"] = dict(user.extra)
-    return fields
 
 
 def _table_name(table: object) -> str:
