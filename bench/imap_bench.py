@@ -59,11 +59,13 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import common
 import imap_load
@@ -176,6 +178,35 @@ def split_memory(server: common.MailboxServer) -> dict[str, float]:
             elif line.startswith("Pss_Anon:"):
                 totals[f"{who}_anon"] += int(line.split()[1])
     return totals
+
+
+def roost_status(server: common.MailboxServer) -> dict[str, Any]:
+    """``roost status`` of a roost server through its control socket ({} otherwise)."""
+    path = getattr(server, "directory", None)
+    if path is None or not (path / "lib" / "control.sock").exists():
+        return {}
+    from roost.daemon.control import request
+
+    try:
+        return dict(request(path / "lib" / "control.sock", "status"))
+    except OSError:
+        return {}
+
+
+def replace_workers(server: common.MailboxServer, timeout: float = 60.0) -> None:
+    """SIGTERM every roost worker (each stops gracefully and the master forks a new one)
+    and wait until the new ones serve."""
+    workers = roost_status(server).get("workers", [])
+    old = {int(worker["pid"]) for worker in workers}
+    for pid in old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = {int(worker["pid"]) for worker in roost_status(server).get("workers", [])}
+        if len(now) == len(old) and not now & old:
+            return
+        time.sleep(0.2)
 
 
 def make_server(
@@ -332,6 +363,16 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
                 await asyncio.sleep(args.idle_wait)
                 split["waited"] = split_memory(server)
                 split["waited_total"] = {"pss": server.memory().pss_kib}
+                parked = roost_status(server).get("hibernated", {})
+                split["hibernated"] = {"sessions": float(parked.get("sessions", 0))}
+                if args.idle_recycle and parked.get("sessions"):
+                    # What the recycle of idle workers (branch recycle) would give: every
+                    # worker replaced by a fresh fork, the sessions staying in the master.
+                    await asyncio.to_thread(replace_workers, server)
+                    await asyncio.sleep(3.0)
+                    split["recycled"] = split_memory(server)
+                    parked = roost_status(server).get("hibernated", {})
+                    split["hibernated_after"] = {"sessions": float(parked.get("sessions", 0))}
             await sessions.close()
             return sessions, memory
 
@@ -577,7 +618,7 @@ def idle_split_table(runs: Sequence[Run]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for workload, _, name, own in groups(runs):
-        for stage in ("before", "setup", "waited"):
+        for stage in ("before", "setup", "waited", "recycled"):
             if f"{stage}_master_pss_kib" not in own[0].values:
                 continue
 
@@ -700,6 +741,12 @@ def main() -> None:
         help="idle: seconds after the first reading before a second one (hibernation)",
     )
     parser.add_argument("--hibernate-timeout", default="30s", help="roost's imap_hibernate_timeout")
+    parser.add_argument(
+        "--idle-recycle",
+        action="store_true",
+        help="idle: after --idle-wait, replace every roost worker (SIGTERM) when the"
+        " sessions are in the master, and read the memory again",
+    )
     parser.add_argument("--big-messages", type=int, default=100_000)
     parser.add_argument("--warm", type=int, default=3, help="big: warm sessions timed")
     parser.add_argument("--dovecot-fsync", default="always", choices=("always", "optimized", "no"))
