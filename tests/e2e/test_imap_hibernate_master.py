@@ -65,8 +65,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
         time.sleep(0.05)
 
 
-def idle(instance: Instance, user: tuple[str, str], *, tls: bool = False) -> RawClient:
+def idle(
+    instance: Instance, user: tuple[str, str], *, tls: bool = False, starttls: bool = False
+) -> RawClient:
     raw = RawClient(instance, service="imaps" if tls else "imap")
+    if starttls:
+        raw.starttls()
     assert raw.command("l", f'LOGIN "{user[0]}" "{user[1]}"')[-1].startswith(b"l OK")
     assert raw.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
     raw.send(b"i IDLE\r\n")
@@ -200,11 +204,12 @@ def test_a_killed_worker_leaves_the_sessions_in_the_master(instance: Instance) -
     raw.close()
 
 
-def test_a_tls_session_stays_in_its_worker(instance: Instance) -> None:
+@pytest.mark.parametrize("how", ["imaps", "starttls"])
+def test_a_tls_session_stays_in_its_worker(instance: Instance, how: str) -> None:
     user = add_user(instance)
     plain_user = add_user(instance)
     taken = counter(instance)
-    tls = idle(instance, user, tls=True)
+    tls = idle(instance, user, tls=how == "imaps", starttls=how == "starttls")
     plain = idle(instance, plain_user)
     moved(instance, taken)  # the plaintext one, started later, moved
     time.sleep(1.5)  # an ordering aid: the TLS session's timeout passed too
