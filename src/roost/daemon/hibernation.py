@@ -248,33 +248,38 @@ class _Parked:
 
     ``key`` is the mailbox key (one string object per mailbox), ``stamps`` the hash of
     its :func:`maildir_stamps` when it came, ``notify_at`` when the keepalive is due
-    (``time.monotonic()``), ``header`` the rest of the worker's header (:data:`_COLD`,
-    zlib-compressed JSON), ``blob`` the session's packed state, ``out`` the octets the
-    master wrote to the client. About 100 bytes besides the two ``bytes`` objects.
+    (``time.monotonic()``), ``data`` the rest of the worker's header (:data:`_COLD`,
+    zlib-compressed JSON, its first ``cut`` bytes) and the session's packed state, ``out``
+    the octets the master wrote to the client. About 150 bytes besides ``data``.
     """
 
-    __slots__ = ("blob", "fd", "header", "key", "notify_at", "out", "stamps")
+    __slots__ = ("cut", "data", "fd", "key", "notify_at", "out", "stamps")
 
-    def __init__(
-        self, fd: int, key: str, stamps: int, notify_at: float, header: bytes, blob: bytes
-    ) -> None:
+    def __init__(self, fd: int, key: str, stamps: int, notify_at: float) -> None:
         self.fd = fd
         self.key = key
         self.stamps = stamps
         self.notify_at = notify_at
-        self.header = header
-        self.blob = blob
+        self.data = b""
+        self.cut = 0
         self.out = 0
+
+    @property
+    def blob(self) -> bytes:
+        """The session's packed state (opaque here)."""
+        return self.data[self.cut :]
 
     def cold(self) -> dict[str, object]:
         """The header fields the master needs only at a wake, a keepalive or the end."""
-        header = json.loads(zlib.decompress(self.header))
+        header = json.loads(zlib.decompress(memoryview(self.data)[: self.cut]))
         assert isinstance(header, dict)
         return header
 
-    def set_cold(self, header: dict[str, object]) -> None:
-        """Keep ``header`` (compressed)."""
-        self.header = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    def keep(self, header: dict[str, object], blob: bytes) -> None:
+        """Keep ``header`` (compressed) and ``blob``, as one ``bytes``."""
+        cold = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+        self.data = cold + blob
+        self.cut = len(cold)
 
 
 #: The header fields kept compressed (:meth:`_Parked.cold`).
@@ -308,7 +313,8 @@ class HibernatedSessions:
         self._send = send
         self._release = release
         self._by_fd: dict[int, _Parked] = {}
-        self._by_key: dict[str, list[int]] = {}
+        # mailbox key -> the descriptor of its one session here, or a list when several
+        self._by_key: dict[str, int | list[int]] = {}
         self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
@@ -327,7 +333,7 @@ class HibernatedSessions:
     def status(self) -> dict[str, int]:
         """``sessions`` now in the master, ``bytes`` of state they keep (compressed
         headers and packed states), and the counters."""
-        kept = sum(len(p.header) + len(p.blob) for p in self._by_fd.values())
+        kept = sum(len(p.data) for p in self._by_fd.values())
         return {"sessions": len(self._by_fd), "bytes": kept, **self.counters}
 
     def watches(self, key: str) -> bool:
@@ -350,16 +356,11 @@ class HibernatedSessions:
         key = str(header["key"])
         stamps = _stamp_hash(int(s) for s in header["stamps"])  # type: ignore[attr-defined]
         now = time.monotonic()
-        fds = self._by_key.get(key)
-        if fds is None:
-            fds = self._by_key[key] = []
-        elif fds:
-            key = self._by_fd[fds[0]].key  # one string per mailbox
-        parked = _Parked(fd, key, stamps, now + _number(header["notify_in"]), b"", blob)
-        parked.set_cold({name: header[name] for name in _COLD if name in header})
+        parked = _Parked(fd, key, stamps, now + _number(header["notify_in"]))
+        parked.keep({name: header[name] for name in _COLD if name in header}, blob)
         self._interval = min(self._interval, max(1.0, _number(header["check"])))
         self._by_fd[fd] = parked
-        fds.append(fd)
+        self._index(parked)
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
         self.counters["taken"] += 1
         if self._sweep_timer is None:
@@ -367,6 +368,34 @@ class HibernatedSessions:
         # A change made while the session moved: on disk before its notice, so seen now.
         loop.call_soon(self._check_one, fd)
         return True
+
+    def _index(self, parked: _Parked) -> None:
+        """Enter ``parked`` in the index by mailbox key."""
+        known = self._by_key.get(parked.key)
+        if known is None:
+            self._by_key[parked.key] = parked.fd
+            return
+        first = known if isinstance(known, int) else known[0]
+        parked.key = self._by_fd[first].key  # one string per mailbox
+        if isinstance(known, int):
+            self._by_key[parked.key] = [known, parked.fd]
+        else:
+            known.append(parked.fd)
+
+    def _unindex(self, parked: _Parked) -> None:
+        known = self._by_key.get(parked.key)
+        if known is None:
+            return
+        if isinstance(known, int):
+            if known == parked.fd:
+                del self._by_key[parked.key]
+            return
+        with contextlib.suppress(ValueError):
+            known.remove(parked.fd)
+        if len(known) == 1:
+            self._by_key[parked.key] = known[0]
+        elif not known:
+            del self._by_key[parked.key]
 
     def _check_one(self, fd: int) -> None:
         parked = self._by_fd.get(fd)
@@ -377,10 +406,9 @@ class HibernatedSessions:
 
     def changed(self, key: str) -> None:
         """A change notice for mailbox ``key``: wake its sessions."""
-        fds = self._by_key.get(key)
-        if fds:
-            for fd in list(fds):
-                self.wake(fd, "change")
+        known = self._by_key.get(key)
+        for fd in [known] if isinstance(known, int) else list(known or ()):
+            self.wake(fd, "change")
 
     def _ready(self) -> None:
         if self._epoll is None:
@@ -392,12 +420,7 @@ class HibernatedSessions:
         parked = self._by_fd.pop(fd, None)
         if parked is None:
             return None
-        fds = self._by_key.get(parked.key)
-        if fds is not None:
-            with contextlib.suppress(ValueError):
-                fds.remove(fd)
-            if not fds:
-                del self._by_key[parked.key]
+        self._unindex(parked)
         if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
@@ -414,7 +437,8 @@ class HibernatedSessions:
         header["out"] = int(_number(header.get("out", 0))) + parked.out
         header["pending"] = pending.decode("latin-1")
         header["why"] = why
-        packet = _encode(b"W", header, parked.blob)
+        blob = parked.blob
+        packet = _encode(b"W", header, blob)
         counts = _counts(header)
         if self._send(packet, fd, counts):
             os.close(fd)
@@ -422,7 +446,7 @@ class HibernatedSessions:
             self.counters[why] = self.counters.get(why, 0) + 1
             return
         # Kept, unwatched, until a worker can take it.
-        parked.set_cold(header)
+        parked.keep(header, blob)
         parked.out = 0
         self._by_fd[fd] = parked
         self._retry.append(fd)
@@ -436,7 +460,7 @@ class HibernatedSessions:
             parked = self._by_fd.get(fd)
             if parked is None:
                 continue
-            self._by_key.setdefault(parked.key, []).append(fd)  # _forget finds it
+            self._index(parked)  # as _forget expects
             header = parked.cold()
             why = str(header.get("why", "input"))
             self.wake(fd, why, str(header.get("pending", "")).encode("latin-1"))
