@@ -180,6 +180,18 @@ def test_a_change_by_another_program_is_found_by_the_masters_poll(instance: Inst
     raw.close()
 
 
+def test_a_client_that_closes_in_the_master_ends_its_session_once(instance: Instance) -> None:
+    user = add_user(instance)
+    taken = counter(instance)
+    raw = idle(instance, user)
+    moved(instance, taken)
+    raw.close()
+    pattern = rf"imap\({re.escape(user[0])}\): Disconnected: Connection closed in=24 "
+    wait_log(instance, pattern)  # "s SELECT INBOX", "i IDLE": what the client sent
+    wait_for(lambda: counter(instance, "sessions") == 0, "the master to let it go")
+    assert len(re.findall(rf"imap\({re.escape(user[0])}\): Disconnected", instance.log())) == 1
+
+
 def test_a_killed_worker_leaves_the_sessions_in_the_master(instance: Instance) -> None:
     user = add_user(instance)
     taken = counter(instance)

@@ -890,7 +890,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
             return
         await self._sync_selected(allow_expunge=True)
         if self._out:
-            return  # the updates go out first
+            await self._flush()  # the updates go out now; the move waits
+            return
         conn = self.conn
         parked = conn.park()
         view = selected.hibernation_state()
