@@ -6,9 +6,11 @@ the master, as Dovecot moves such a connection from its ``imap`` process to its
 ``imap-hibernate`` process. The master keeps the client's socket and a few hundred bytes
 (the session's state, packed by the worker and opaque to the master) and no task, future,
 transport or timer of its own per connection; it hands the session back to a worker when
-something happens. So 1,000 idle clients cost the workers nothing and the master about
-one :class:`_Parked` each (docs/performance.md, "IMAP hibernation into the master,
-session 9").
+something happens. So 1,000 idle clients cost the master about 1 KiB each (one
+:class:`_Parked`: some 400 bytes of state with a 10-message INBOX and its Python
+objects) and the workers nothing, once a worker that has no connections left is
+replaced (its heap keeps the pages the sessions used: docs/performance.md, "IMAP
+hibernation into the master, session 9").
 
 The move (over a ``SOCK_SEQPACKET`` socket pair per worker beside the JSON channel of
 :mod:`roost.daemon.channel`; descriptors go as ``SCM_RIGHTS``):
@@ -39,6 +41,10 @@ the daemon's stop ``* BYE Server shutting down.`` with the session's
 ``Disconnected: ...`` line. As in a worker, IDLE has no inactivity limit
 (``imap_client_timeout`` does not apply during IDLE, docs/imap.md): keepalives find dead
 peers.
+
+The master never decodes the packed state (a ``pickle`` that only workers read); of
+the header it reads JSON, stats the key's Maildir, and writes nothing but the keepalive
+and ``* BYE`` to the descriptor.
 
 A session being moved when its worker dies is either in the master (the packet was sent:
 the master reads it before it takes back the dead worker's counts) or closed with the

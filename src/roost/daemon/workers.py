@@ -42,7 +42,11 @@ JSON lines). Worker to master:
 * ``status {id, services}``, ``reloaded {id, ok}``: answers.
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
-``status {id}``, ``reload {id}``, ``stop {grace}``. When the master dies, the fork server and
+``status {id}``, ``reload {id}``, ``stop {grace}``. Beside the channel, a second socket pair per
+worker (``SOCK_SEQPACKET``) carries IMAP sessions idle in IDLE to the master and back,
+one packet and one descriptor per session (``imap_hibernate_timeout``,
+:mod:`roost.daemon.hibernation`); the master keeps those sessions and their connection
+counts while no worker has them. When the master dies, the fork server and
 the workers are killed at once (``PR_SET_PDEATHSIG`` with SIGKILL; a worker also exits when
 its channel ends without a ``stop``): a worker must not go on committing messages while a
 restarted master recovers the queue.
