@@ -747,8 +747,8 @@ _TABLE.extend(
             " hundred bytes of state and hands it back to a worker when the client sends"
             " something, its mailbox changes or the poll finds a change (0: never). Only"
             " plaintext connections (TLS state cannot move) and only with worker_processes"
-            " above 1. Dovecot's default is 0; roost's is 30s: a session woken moves back"
-            " within milliseconds and nothing is lost (docs/imap.md, IDLE).",
+            " above 1. Dovecot's default is 0; roost's is 30s: waking a session takes"
+            " milliseconds and nothing is lost (docs/imap.md, IDLE).",
             section="imap",
         ),
         Parameter(
