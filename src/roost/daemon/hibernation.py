@@ -68,6 +68,7 @@ from typing import Final
 
 __all__ = [
     "MAX_PACKET",
+    "RECV_SIZE",
     "HibernatedSessions",
     "HibernationLink",
     "maildir_stamps",
@@ -80,7 +81,7 @@ log_imap = logging.getLogger("roost.imap")
 #: bigger (a selected mailbox of many thousand messages) stays in its worker.
 MAX_PACKET: Final = 48 * 1024
 #: Bytes a receiver reads per packet (more than :data:`MAX_PACKET` plus the header).
-_RECV_SIZE: Final = 256 * 1024
+RECV_SIZE: Final = 64 * 1024
 #: Seconds between attempts to wake sessions no worker could take (none running, or
 #: its socket buffer full).
 _RETRY: Final = 0.2
@@ -217,7 +218,7 @@ class HibernationLink:
     def _readable(self) -> None:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.sock, _RECV_SIZE, 1)
+                data, fds, _, _ = socket.recv_fds(self.sock, RECV_SIZE, 1)
             except BlockingIOError:
                 return
             except OSError:

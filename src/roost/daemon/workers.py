@@ -82,7 +82,7 @@ from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message, commit_line
 from roost.daemon.compose import WORKER_FACTORIES, build_services
-from roost.daemon.hibernation import HibernatedSessions, HibernationLink
+from roost.daemon.hibernation import RECV_SIZE, HibernatedSessions, HibernationLink
 from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.logsetup import start_log_writer, stop_log_writer
 from roost.daemon.service import Context, Service
@@ -1231,7 +1231,7 @@ class WorkerPool:
             return
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(sock, 256 * 1024, 1)
+                data, fds, _, _ = socket.recv_fds(sock, RECV_SIZE, 1)
             except BlockingIOError:
                 return
             except OSError:
