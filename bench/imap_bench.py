@@ -59,11 +59,13 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import common
 import imap_load
@@ -151,11 +153,69 @@ namespace inbox {
 """
 
 
+#: ``imap_hibernate_timeout`` of the roost servers (``--hibernate-timeout``; one element,
+#: set by main()). A base without the parameter ignores it (unknown parameters warn).
+HIBERNATE_TIMEOUT = ["30s"]
+
+
+def split_memory(server: common.MailboxServer) -> dict[str, float]:
+    """PSS and anonymous PSS (KiB) of the server's first process (roost: the master) and
+    of the others (the fork server and the workers), from ``/proc/PID/smaps_rollup``."""
+    root = server.root_pid()
+    totals = dict.fromkeys(("master_pss", "master_anon", "others_pss", "others_anon"), 0.0)
+    if root is None:
+        return totals
+    for pid in common.descendants(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                text = rollup.read()
+        except OSError:
+            continue
+        who = "master" if pid == root else "others"
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                totals[f"{who}_pss"] += int(line.split()[1])
+            elif line.startswith("Pss_Anon:"):
+                totals[f"{who}_anon"] += int(line.split()[1])
+    return totals
+
+
+def roost_status(server: common.MailboxServer) -> dict[str, Any]:
+    """``roost status`` of a roost server through its control socket ({} otherwise)."""
+    path = getattr(server, "directory", None)
+    if path is None or not (path / "lib" / "control.sock").exists():
+        return {}
+    from roost.daemon.control import request
+
+    try:
+        return dict(request(path / "lib" / "control.sock", "status"))
+    except OSError:
+        return {}
+
+
+def replace_workers(server: common.MailboxServer, timeout: float = 60.0) -> None:
+    """SIGTERM every roost worker (each stops gracefully and the master forks a new one)
+    and wait until the new ones serve."""
+    workers = roost_status(server).get("workers", [])
+    old = {int(worker["pid"]) for worker in workers}
+    for pid in old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = {int(worker["pid"]) for worker in roost_status(server).get("workers", [])}
+        if len(now) == len(old) and not now & old:
+            return
+        time.sleep(0.2)
+
+
 def make_server(
     kind: str, base: Path, label: str, users: Sequence[str], *, fsync: str = "always"
 ) -> common.MailboxServer:
     """roost or Dovecot serving IMAP to ``users``; ``fsync``: Dovecot's ``mail_fsync``."""
     roost = "mail_max_userip_connections = 2000\nimap_client_connection_count_limit = 0\n"
+    # Explicit, so that runs of bases without the parameter are told apart in the output.
+    roost += f"imap_hibernate_timeout = {HIBERNATE_TIMEOUT[0]}\n"
     if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
         roost += f"worker_processes = {processes}\n"
     dovecot = f"mail_fsync = {fsync}\nmail_max_userip_connections = 2000\n{DOVECOT_NAMESPACE}"
@@ -286,8 +346,11 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
     with idle_server(kind, base, count, fsync=args.dovecot_fsync) as server:
         time.sleep(1.0)
         before = server.memory()
+        split_before = split_memory(server)
         load_before = common.load_average()
         cpu_before = server.cpu_seconds()
+
+        split: dict[str, dict[str, float]] = {"before": split_before}
 
         async def measure() -> tuple[imap_load.IdleSessions, common.Memory]:
             sessions = await imap_load.open_idle_sessions(
@@ -295,6 +358,21 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
             )
             await asyncio.sleep(args.idle_settle)
             memory = server.memory()
+            split["setup"] = split_memory(server)
+            if args.idle_wait > 0:  # e.g. past imap_hibernate_timeout
+                await asyncio.sleep(args.idle_wait)
+                split["waited"] = split_memory(server)
+                split["waited_total"] = {"pss": server.memory().pss_kib}
+                parked = roost_status(server).get("hibernated", {})
+                split["hibernated"] = {"sessions": float(parked.get("sessions", 0))}
+                if args.idle_recycle and parked.get("sessions"):
+                    # What the recycle of idle workers (branch recycle) would give: every
+                    # worker replaced by a fresh fork, the sessions staying in the master.
+                    await asyncio.to_thread(replace_workers, server)
+                    await asyncio.sleep(3.0)
+                    split["recycled"] = split_memory(server)
+                    parked = roost_status(server).get("hibernated", {})
+                    split["hibernated_after"] = {"sessions": float(parked.get("sessions", 0))}
             await sessions.close()
             return sessions, memory
 
@@ -311,6 +389,9 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
             "setup_seconds": sessions.seconds,
             "setup_cpu_ms_per_connection": 1000 * cpu / max(opened, 1),
         }
+        for stage, parts in split.items():
+            for name, kib in parts.items():
+                values[f"{stage}_{name}_kib"] = kib
         return Run(
             server=kind,
             workload=f"idle-{count}",
@@ -526,6 +607,34 @@ def mixed_table(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
+def idle_split_table(runs: Sequence[Run]) -> str:
+    """The master's and the other processes' PSS (anonymous PSS) in MiB: before the
+    connections, right after their set-up and after ``--idle-wait``."""
+    lines = [
+        f"imap_hibernate_timeout = {HIBERNATE_TIMEOUT[0]} (roost)",
+        "",
+        "| load | server | runs | stage | master PSS (anon) MiB | others PSS (anon) MiB "
+        "| total PSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for workload, _, name, own in groups(runs):
+        for stage in ("before", "setup", "waited", "recycled"):
+            if f"{stage}_master_pss_kib" not in own[0].values:
+                continue
+
+            def mib(field: str, stage: str = stage, own: Sequence[Run] = own) -> str:
+                values = sorted(run.values.get(f"{stage}_{field}_kib", 0.0) for run in own)
+                return f"{values[len(values) // 2] / 1024:.1f}"
+
+            total = float(mib("master_pss")) + float(mib("others_pss"))
+            lines.append(
+                f"| {workload} | {name} | {len(own)} | {stage} | {mib('master_pss')} "
+                f"({mib('master_anon')}) | {mib('others_pss')} ({mib('others_anon')}) "
+                f"| {total:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def idle_table(runs: Sequence[Run]) -> str:
     lines = [
         "| load | server | runs | connections | PSS MiB total (before) | KiB/connection | "
@@ -625,6 +734,19 @@ def main() -> None:
     parser.add_argument("--idle-connections", type=int, default=1000)
     parser.add_argument("--idle-concurrency", type=int, default=20, help="logins at a time")
     parser.add_argument("--idle-settle", type=float, default=5.0, help="seconds before reading")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=0.0,
+        help="idle: seconds after the first reading before a second one (hibernation)",
+    )
+    parser.add_argument("--hibernate-timeout", default="30s", help="roost's imap_hibernate_timeout")
+    parser.add_argument(
+        "--idle-recycle",
+        action="store_true",
+        help="idle: after --idle-wait, replace every roost worker (SIGTERM) when the"
+        " sessions are in the master, and read the memory again",
+    )
     parser.add_argument("--big-messages", type=int, default=100_000)
     parser.add_argument("--warm", type=int, default=3, help="big: warm sessions timed")
     parser.add_argument("--dovecot-fsync", default="always", choices=("always", "optimized", "no"))
@@ -636,6 +758,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=Path, help="py-spy roost once per mixed load")
     args = parser.parse_args()
+    HIBERNATE_TIMEOUT[0] = args.hibernate_timeout
     if args.quick:
         args.rounds = min(args.rounds, 1)
         args.seconds = min(args.seconds, 4.0)
@@ -706,6 +829,7 @@ def main() -> None:
     idle = [run for run in runs if run.workload.startswith("idle")]
     if idle:
         print(idle_table(idle), end="\n\n")
+        print(idle_split_table(idle), end="\n\n")
     big = [run for run in runs if run.workload.startswith("big")]
     if big:
         print(big_table(big), end="\n\n")

@@ -739,6 +739,19 @@ _TABLE.extend(
             section="imap",
         ),
         Parameter(
+            "imap_hibernate_timeout",
+            T,
+            "30s",
+            "Dovecot: how long an IMAP session stays in IDLE with nothing to send before it"
+            " moves from its worker into the master, which keeps only the socket and a few"
+            " hundred bytes of state and hands it back to a worker when the client sends"
+            " something, its mailbox changes or the poll finds a change (0: never). Only"
+            " plaintext connections (TLS state cannot move) and only with worker_processes"
+            " above 1. Dovecot's default is 0; roost's is 30s: waking a session takes"
+            " milliseconds and nothing is lost (docs/imap.md, IDLE).",
+            section="imap",
+        ),
+        Parameter(
             "mailbox_idle_check_interval",
             T,
             "5s",

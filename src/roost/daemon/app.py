@@ -523,6 +523,7 @@ class Daemon:
             workers = await self.pool.status()
             answer["workers"] = workers
             answer["bus"] = self.pool.bus_status()
+            answer["hibernated"] = self.pool.hibernated.status()
             services.update(merge_worker_status(workers))
         return answer
 

@@ -13,6 +13,7 @@ from roost.auth.users import UserDatabase
 from roost.config import Settings
 
 if TYPE_CHECKING:  # imported by the services that use them (not by an IMAP-only worker)
+    from roost.daemon.hibernation import HibernationLink
     from roost.delivery.privileged import SystemDelivery
     from roost.queue.spool import Spool
 
@@ -44,6 +45,9 @@ class Context:
         throttle: failed-login throttling shared by SMTP, IMAP and POP3.
         system_delivery: deliveries as system users through the privileged helper (None:
             the daemon writes itself; docs/privsep.md).
+        hibernation: a worker's link to the master for IMAP sessions idle in IDLE
+            (``imap_hibernate_timeout``, :mod:`roost.daemon.hibernation`); None in the
+            master and with ``worker_processes = 1``.
     """
 
     settings: Settings
@@ -53,6 +57,7 @@ class Context:
     users: UserDatabase | None = None
     throttle: Throttle = field(default_factory=Throttle)
     system_delivery: SystemDelivery | None = None
+    hibernation: HibernationLink | None = None
 
 
 class Service(Protocol):

@@ -82,6 +82,14 @@ class SharedCounts(dict[Any, int]):
         _add(self.local, key, delta)
         self._emit(self.name, key, delta)
 
+    def move(self, key: Hashable, delta: int) -> None:
+        """Move ``delta`` of ``key``'s count between this process's share and the others'
+        without telling them (the sum stays): a hibernated IMAP session leaving for the
+        master (-1) or coming back (+1); the master moves its own books the same way
+        (:mod:`roost.daemon.hibernation`)."""
+        _add(self.local, key, delta)
+        _add(self.remote, key, -delta)
+
     def apply(self, key: Hashable, delta: int) -> None:
         """Account another process's change."""
         _add(self.remote, key, delta)

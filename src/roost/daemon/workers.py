@@ -42,7 +42,11 @@ JSON lines). Worker to master:
 * ``status {id, services}``, ``reloaded {id, ok}``: answers.
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
-``status {id}``, ``reload {id}``, ``stop {grace}``. When the master dies, the fork server and
+``status {id}``, ``reload {id}``, ``stop {grace}``. Beside the channel, a second socket pair per
+worker (``SOCK_SEQPACKET``) carries IMAP sessions idle in IDLE to the master and back,
+one packet and one descriptor per session (``imap_hibernate_timeout``,
+:mod:`roost.daemon.hibernation`); the master keeps those sessions and their connection
+counts while no worker has them. When the master dies, the fork server and
 the workers are killed at once (``PR_SET_PDEATHSIG`` with SIGKILL; a worker also exits when
 its channel ends without a ``stop``): a worker must not go on committing messages while a
 restarted master recovers the queue.
@@ -78,6 +82,7 @@ from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message, commit_line
 from roost.daemon.compose import WORKER_FACTORIES, build_services
+from roost.daemon.hibernation import RECV_SIZE, HibernatedSessions, HibernationLink
 from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.logsetup import start_log_writer, stop_log_writer
 from roost.daemon.service import Context, Service
@@ -262,9 +267,12 @@ class WorkerMain:
         self.settings = settings
         self.tls = tls
 
-    def __call__(self, index: int, sock: socket.socket) -> int:
-        """Run worker ``index`` in this (new) process; return its exit status."""
-        return run_worker(self.config, self.settings, self.tls, index, sock)
+    def __call__(
+        self, index: int, sock: socket.socket, hibernation: socket.socket | None = None
+    ) -> int:
+        """Run worker ``index`` in this (new) process (``sock``: its channel's end,
+        ``hibernation``: its end of the hibernation socket pair); return its exit status."""
+        return run_worker(self.config, self.settings, self.tls, index, sock, hibernation)
 
     def reconfigure(self) -> None:
         """Re-read main.cf and the certificates for the workers forked from now on (the
@@ -407,6 +415,9 @@ def _reap(sock: socket.socket) -> None:
 
 def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple[int, int]) -> None:
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # IMAP sessions moving to the master and back, with their descriptors
+    # (roost.daemon.hibernation): one packet per session.
+    hib_parent, hib_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # the worker
         status = 1
@@ -416,6 +427,7 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
                 os.close(fd)
             sock.close()
             parent_end.close()
+            hib_parent.close()
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the master
@@ -425,7 +437,7 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
             _set_parent_death_signal(signal.SIGKILL)
             if os.getppid() == 1:  # the fork server died meanwhile
                 os._exit(1)
-            status = worker_main(index, child_end)
+            status = worker_main(index, child_end, hib_child)
         except BaseException:
             worker_log.exception("worker %d failed", index)
         finally:
@@ -433,11 +445,15 @@ def _spawn(sock: socket.socket, index: int, worker_main: WorkerMain, wake: tuple
             logging.shutdown()
             os._exit(status)
     child_end.close()
+    hib_child.close()
     report = {"t": "spawned", "index": index, "pid": pid}
     try:
-        socket.send_fds(sock, [json.dumps(report).encode()], [parent_end.fileno()])
+        socket.send_fds(
+            sock, [json.dumps(report).encode()], [parent_end.fileno(), hib_parent.fileno()]
+        )
     finally:
         parent_end.close()
+        hib_parent.close()
 
 
 # --- a worker process --------------------------------------------------------------------
@@ -605,7 +621,12 @@ class Mesh(asyncio.DatagramProtocol):
 
 
 def run_worker(
-    config: Path, settings: Settings, tls: TLSContexts, index: int, sock: socket.socket
+    config: Path,
+    settings: Settings,
+    tls: TLSContexts,
+    index: int,
+    sock: socket.socket,
+    hibernation: socket.socket | None = None,
 ) -> int:
     """Run one worker's event loop until it is told to stop; return the exit status."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
@@ -614,7 +635,7 @@ def run_worker(
 
         loop_factory = uvloop.new_event_loop
     start_log_writer()  # forked: lines are formatted and written by a thread of our own
-    worker = Worker(config, settings, tls, index, sock)
+    worker = Worker(config, settings, tls, index, sock, hibernation)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(worker.run())
 
@@ -628,10 +649,18 @@ class Worker:
         tls: the TLS contexts the master loaded (before privileges were dropped).
         index: the worker's number, 0 to ``worker_processes`` - 1.
         sock: its end of the channel to the master.
+        hibernation: its end of the hibernation socket pair (IMAP sessions idle in IDLE
+            move to the master and back: :mod:`roost.daemon.hibernation`); None: none.
     """
 
     def __init__(
-        self, config: Path, settings: Settings, tls: TLSContexts, index: int, sock: socket.socket
+        self,
+        config: Path,
+        settings: Settings,
+        tls: TLSContexts,
+        index: int,
+        sock: socket.socket,
+        hibernation: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -652,6 +681,7 @@ class Worker:
         self.mesh = Mesh(
             settings.path_of("data_directory"), index, worker_count(settings), self._message
         )
+        self.hibernation = HibernationLink(hibernation) if hibernation is not None else None
 
     async def run(self) -> int:
         """Serve until ``stop``, SIGTERM/SIGINT or the master's end; return the status."""
@@ -708,6 +738,8 @@ class Worker:
             if self.mesh.open():
                 await self.mesh.start()
             await channel.start()
+            if self.hibernation is not None:
+                self.hibernation.start()
             DEFAULT_BUS.set_watch_hook(watch)  # before any session can subscribe
             for service in self.services:
                 await service.start()
@@ -737,6 +769,7 @@ class Worker:
             spool=self.spool,
             users=build_user_database(settings),
             throttle=self.throttle,
+            hibernation=self.hibernation,
         )
 
     def _share(self, message: Message) -> None:
@@ -755,6 +788,8 @@ class Worker:
             except Exception:
                 worker_log.exception("error stopping %s", service.name)
         DEFAULT_BUS.set_watch_hook(None)
+        if self.hibernation is not None:
+            self.hibernation.close()
         if self.spool is not None:
             await self.spool.close()
         self.mesh.close()
@@ -813,6 +848,14 @@ class Worker:
         self._channel.send({"t": "reloaded", "id": request, "ok": True})
 
 
+def _add_count(counts: dict[tuple[str, Hashable], int], key: tuple[str, Hashable], d: int) -> None:
+    value = counts.get(key, 0) + d
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
 def _throttle_event(raw: object) -> ThrottleEvent:
     if not isinstance(raw, list) or len(raw) != 4:
         raise ValueError(f"not a throttle event: {raw!r}")
@@ -836,6 +879,7 @@ class _Handle:
     counts: dict[tuple[str, Hashable], int] = field(default_factory=dict)
     watching: set[str] = field(default_factory=set)  # mailbox keys (``sub``)
     retiring: bool = False
+    hibernation: socket.socket | None = None  # the master's end of the hibernation pair
 
 
 class WorkerPool:
@@ -881,6 +925,10 @@ class WorkerPool:
         self.bus_counts: dict[str, int] = dict.fromkeys(
             ("from_workers", "from_master", "relayed", "unwatched"), 0
         )
+        #: IMAP sessions idle in IDLE that the workers moved here.
+        self.hibernated = HibernatedSessions(self._send_woken, self._release_counts)
+        #: The connection counts those sessions hold (taken from the workers' shares).
+        self._parked_counts: dict[tuple[str, Hashable], int] = {}
 
     async def start(self, timeout: float = 60.0) -> None:
         """Fork every worker and wait until each listens.
@@ -944,7 +992,7 @@ class WorkerPool:
 
     def _forker_readable(self) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.forker.sock, 65536, 1)
+            data, fds, _, _ = socket.recv_fds(self.forker.sock, 65536, 2)
         except BlockingIOError:
             return
         except OSError:
@@ -960,8 +1008,9 @@ class WorkerPool:
         report = json.loads(data)
         if report.get("t") == "spawned" and fds:
             sock = socket.socket(fileno=fds[0])
+            hib = socket.socket(fileno=fds[1]) if len(fds) > 1 else None
             asyncio.get_running_loop().create_task(
-                self._attach(int(report["index"]), int(report["pid"]), sock)
+                self._attach(int(report["index"]), int(report["pid"]), sock, hib)
             )
         elif report.get("t") == "exited":
             self._note_exit(int(report["pid"]), int(report["status"]))
@@ -969,7 +1018,9 @@ class WorkerPool:
             for fd in fds:
                 os.close(fd)
 
-    async def _attach(self, index: int, pid: int, sock: socket.socket) -> None:
+    async def _attach(
+        self, index: int, pid: int, sock: socket.socket, hib: socket.socket | None = None
+    ) -> None:
         handle: _Handle | None = None
 
         def handler(message: Message) -> None:
@@ -981,8 +1032,11 @@ class WorkerPool:
             self._gone(handle)
 
         channel = Channel(sock, handler, on_close=closed)
-        handle = _Handle(index, pid, channel, time.monotonic())
+        handle = _Handle(index, pid, channel, time.monotonic(), hibernation=hib)
         self.workers[index] = handle
+        if hib is not None:
+            hib.setblocking(False)
+            asyncio.get_running_loop().add_reader(hib.fileno(), self._hibernation_readable, handle)
         await channel.start()
         channel.send(
             {
@@ -1005,6 +1059,10 @@ class WorkerPool:
         """A worker's channel closed: it exited. Take back its counts; replace it."""
         if self.workers.get(handle.index) is handle:
             del self.workers[handle.index]
+        if handle.hibernation is not None:
+            # Sessions it sent before it died are the master's (and so are their counts).
+            self._hibernation_readable(handle)
+            self._close_hibernation(handle)
         for (name, address), active in handle.anvil_active.items():
             for _ in range(active):
                 self.broadcast({"t": "anvil", "e": ["leave", name, address, 0.0]}, handle)
@@ -1071,8 +1129,12 @@ class WorkerPool:
         return {**self.bus_counts, "watches": watches}
 
     def _relay_change(self, key: str, origin: _Handle | None) -> None:
-        """Send a change notice to the workers watching ``key`` but ``origin``."""
+        """Send a change notice to the workers watching ``key`` but ``origin``, and wake
+        the sessions hibernated here that have it selected."""
         sent = 0
+        if self.hibernated.watches(key):
+            self.hibernated.changed(key)
+            sent += 1
         watchers = self._watchers.get(key)
         if watchers:
             message: Message = {"t": "bus", "p": key}
@@ -1152,11 +1214,94 @@ class WorkerPool:
         return events
 
     def _counts_snapshot(self) -> list[list[object]]:
-        return [
+        snapshot: list[list[object]] = [
             [name, key, value]
             for handle in self.workers.values()
             for (name, key), value in handle.counts.items()
         ]
+        snapshot += [[name, key, value] for (name, key), value in self._parked_counts.items()]
+        return snapshot
+
+    # --- hibernated IMAP sessions (roost.daemon.hibernation) ------------------------------
+
+    def _hibernation_readable(self, handle: _Handle) -> None:
+        """Take the sessions ``handle``'s worker sends (all its pending packets)."""
+        sock = handle.hibernation
+        if sock is None:
+            return
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, RECV_SIZE, 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._close_hibernation(handle)
+                for fd in fds:
+                    os.close(fd)
+                return
+            self._take_hibernated(handle, data, fds)
+
+    def _take_hibernated(self, handle: _Handle, data: bytes, fds: list[int]) -> None:
+        raw, _, blob = data.partition(b"\n")
+        try:
+            header = json.loads(raw[1:])
+            if data[:1] != b"H" or not fds or not isinstance(header, dict):
+                raise ValueError("not a hibernation request")
+            ok = self.hibernated.take(header, blob, fds[0])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("worker %d: bad hibernation packet: %s", handle.index, exc)
+            for fd in fds:
+                os.close(fd)
+            return
+        if ok:
+            for name, key in header.get("counts", []):
+                count_key = (str(name), decode_key(key))
+                _add_count(handle.counts, count_key, -1)
+                _add_count(self._parked_counts, count_key, 1)
+        else:
+            os.close(fds[0])
+        if handle.hibernation is not None:
+            answer = b"A" + json.dumps({"id": header.get("id"), "ok": ok}).encode() + b"\n"
+            with contextlib.suppress(OSError):
+                handle.hibernation.send(answer)
+
+    def _close_hibernation(self, handle: _Handle) -> None:
+        sock, handle.hibernation = handle.hibernation, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _load(self, handle: _Handle) -> int:
+        return sum(v for (name, _), v in handle.counts.items() if name.endswith(".per_ip"))
+
+    def _send_woken(self, packet: bytes, fd: int, counts: list[tuple[str, Hashable]]) -> bool:
+        """Hand a woken session to the least loaded worker (never a retiring one); move
+        its counts to that worker's share. False when none can take it now."""
+        candidates = [
+            h
+            for h in self.workers.values()
+            if h.hibernation is not None and h.ready.is_set() and not h.retiring
+        ]
+        for handle in sorted(candidates, key=self._load):
+            assert handle.hibernation is not None
+            try:
+                socket.send_fds(handle.hibernation, [packet], [fd])
+            except OSError:
+                continue
+            for key in counts:
+                _add_count(self._parked_counts, key, -1)
+                _add_count(handle.counts, key, 1)
+            return True
+        return False
+
+    def _release_counts(self, counts: list[tuple[str, Hashable]]) -> None:
+        """A session ended in the master: its counts go, in every worker too."""
+        for name, key in counts:
+            _add_count(self._parked_counts, (name, key), -1)
+            self.broadcast({"t": "count", "n": name, "k": key, "d": -1}, None)
 
     async def _ask(self, handle: _Handle, message: Message, timeout: float) -> Message | None:
         self._request_ids += 1
@@ -1211,6 +1356,7 @@ class WorkerPool:
     async def stop(self, grace: float) -> None:
         """Stop every worker gracefully: ``grace`` seconds for sessions, then SIGKILL."""
         self._stopping = True
+        self.hibernated.stop()
         self.broadcast({"t": "stop", "grace": grace}, None)
         if self.workers or self._retiring:
             self._all_gone.clear()

@@ -23,8 +23,9 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+from array import array
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from roost.imap.commands import SYSTEM_FLAGS
 from roost.imap.response import (
@@ -164,6 +165,111 @@ class SelectedMailbox:
         self._flag_updates: dict[int, None] = {}
         self._recent_announced = len(self._recent or ())
         self._keywords_changed = False
+
+    # --- moving to another process ----------------------------------------------------------
+
+    def hibernation_state(self) -> tuple[object, ...] | None:
+        """The client's view, for a session moving to the master
+        (:mod:`roost.daemon.hibernation`): what the client was told, not the messages
+        (the store has those): the name and mode, UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ,
+        the UIDs and their MODSEQs (``array('q')`` bytes, UIDs as differences), the
+        ``\\Recent`` UIDs, the keywords announced, the saved search and the last
+        RECENT count. None while updates are pending (they go out first)."""
+        if (
+            self._expunged
+            or self._flag_updates
+            or self._keywords_changed
+            or len(self) != self.client_count
+        ):
+            return None
+        uids = self.uids
+        infos = self.infos
+        steps = array("q", uids)
+        for index in range(len(steps) - 1, 0, -1):
+            steps[index] -= steps[index - 1]
+        return (
+            self.name,
+            self.readonly,
+            self.uid_validity,
+            self.uid_next,
+            self.highest_modseq,
+            steps.tobytes(),
+            array("q", (infos[uid].modseq for uid in uids)).tobytes(),
+            sorted(self.recent),
+            list(self.keywords),
+            self.saved,
+            self._recent_announced,
+        )
+
+    @classmethod
+    def from_hibernation(
+        cls,
+        state: tuple[Any, ...],
+        mailbox: MailboxProtocol,
+        messages: Sequence[MessageInfo],
+        recent: Iterable[int],
+    ) -> tuple[SelectedMailbox, Changes]:
+        """The view :meth:`hibernation_state` described, on ``mailbox`` (opened again,
+        its ``messages`` and ``recent`` now), and the changes since (what the next
+        :meth:`apply` reports): messages added, expunged, and changed (another
+        MODSEQ). A message gone keeps a stand-in entry until its EXPUNGE is sent."""
+        (name, readonly, uid_validity, uid_next, highest_modseq, steps, modseqs, *rest) = state
+        was_recent, keywords, saved, recent_announced = rest
+        if mailbox.uid_validity != uid_validity:
+            changes = Changes(uid_validity_changed=True)
+            empty = cls(
+                name,
+                mailbox,
+                readonly=readonly,
+                messages=(),
+                recent=(),
+                keywords=keywords,
+                uid_validity=uid_validity,
+                uid_next=uid_next,
+                highest_modseq=highest_modseq,
+            )
+            return empty, changes
+        uids = array("q")
+        uids.frombytes(steps)
+        for index in range(1, len(uids)):
+            uids[index] += uids[index - 1]
+        old_modseqs = array("q")
+        old_modseqs.frombytes(modseqs)
+        fresh = {info.uid: info for info in messages}
+        view: list[MessageInfo] = []
+        flags: list[FlagUpdate] = []
+        directory = str(mailbox.directory)
+        for uid, modseq in zip(uids, old_modseqs, strict=True):
+            info = fresh.get(uid)
+            if info is None:
+                info = MessageInfo(uid, frozenset(), 0, 0, 0.0, 0.0, modseq, "", "", directory)
+            elif info.modseq != modseq:
+                flags.append(FlagUpdate(uid, info.flags, info.modseq))
+                info = dataclasses.replace(info, modseq=modseq)
+            view.append(info)
+        selected = cls(
+            name,
+            mailbox,
+            readonly=readonly,
+            messages=view,
+            recent=was_recent,
+            keywords=keywords,
+            uid_validity=uid_validity,
+            uid_next=uid_next,
+            highest_modseq=highest_modseq,
+        )
+        selected.saved = saved
+        selected._recent_announced = recent_announced
+        known = set(uids)
+        added = tuple(info for info in messages if info.uid not in known)
+        now_recent = set(recent)
+        changes = Changes(
+            added=added,
+            expunged=tuple(uid for uid in uids if uid not in fresh),
+            flags=tuple(flags),
+            recent=tuple(info.uid for info in added if info.uid in now_recent),
+        )
+        return selected, changes
 
     # --- packing -------------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ so delivery and IMAP always agree: ``maildir:`` locations are served; ``mbox:`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
+import socket
 from functools import partial
 from typing import Final
 
@@ -115,6 +117,7 @@ def session_config(settings: Settings, service: str) -> SessionConfig:
         id_log=frozenset(word.lower() for word in view.string("imap_id_log").split()),
         logout_format=view.string("imap_logout_format"),
         special_use=special_use,
+        hibernate_timeout=float(view.seconds("imap_hibernate_timeout")),
     )
 
 
@@ -154,6 +157,7 @@ class IMAPService(StoreService[Shared, Registry]):
         super().__init__(
             context, IMAP_SERVICES, Registry(), STORE_THREADS, thread_name="imap-store"
         )
+        self._adopting: set[asyncio.Task[None]] = set()
         self._build(context)
 
     def _build(self, context: Context) -> None:
@@ -171,9 +175,35 @@ class IMAPService(StoreService[Shared, Registry]):
                 executor=self._executor,
                 ip_connection_limit=view.integer("imap_client_connection_count_limit"),
                 handoff=handoff_for(context.settings),
+                hibernation=context.hibernation if service == "imap" else None,
             )
         self._context = context
         self._shared = shared
+        if context.hibernation is not None:
+            context.hibernation.on_wake = self.adopt
+
+    def adopt(self, header: dict[str, object], blob: bytes, fd: int) -> None:
+        """Serve a session the master woke (:mod:`roost.daemon.hibernation`): ``fd`` is
+        its socket's descriptor (owned from now on), ``blob`` its packed state."""
+        sock = socket.socket(fileno=fd)
+        try:
+            session = IMAPSession.adopted(self._shared["imap"], header, blob)
+        except Exception:
+            sock.close()
+            raise
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._connect(loop, session, sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, session: IMAPSession, sock: socket.socket
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: session, sock)
+        except Exception:
+            log.exception("adopting a hibernated session failed")
+            sock.close()
 
     def _session(self, service: str) -> IMAPSession:
         return IMAPSession(self._shared[service])

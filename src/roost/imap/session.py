@@ -37,13 +37,16 @@ import dataclasses
 import datetime
 import functools
 import logging
+import os
+import pickle
 import re
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 from roost.auth.login import (
     UserIPCounts,
@@ -66,6 +69,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
+from roost.daemon.hibernation import DEFAULT_LOGOUT_FORMAT, maildir_stamps
 from roost.daemon.mailsession import MailSession, ResumedLogin
 from roost.imap.commands import (
     SEEN,
@@ -201,6 +205,7 @@ from roost.store import StoreMode as StoreFlagMode
 
 if TYPE_CHECKING:
     from roost.daemon.handoff import HandOff
+    from roost.daemon.hibernation import HibernationLink
 
 __all__ = [
     "HANDLERS",
@@ -280,6 +285,8 @@ class SessionConfig:
         logout_format: Dovecot's ``imap_logout_format``.
         special_use: mailboxes created at login: name -> special-use attribute.
         mechanisms: SASL mechanisms offered.
+        hibernate_timeout: seconds in IDLE before the session moves to the master
+            (Dovecot ``imap_hibernate_timeout``; 0: never).
     """
 
     service: str = "imap"
@@ -297,6 +304,7 @@ class SessionConfig:
     logout_format: str = "in=%i out=%o"
     special_use: Mapping[str, str] = field(default_factory=dict)
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    hibernate_timeout: float = 0.0
 
     @property
     def implicit_tls(self) -> bool:
@@ -370,6 +378,9 @@ class Shared:
             (``mail_process_per_user``, :mod:`roost.daemon.handoff`); None: served here.
         alarms: the deadlines of the hibernated sessions (:mod:`roost.imap.hibernate`).
         heap_trim: trims the C heap once sessions have hibernated or ended.
+        hibernation: the worker's link to the master, where sessions idle in IDLE for
+            ``config.hibernate_timeout`` move (:mod:`roost.daemon.hibernation`); None in
+            the master, with one process, or for ``imaps``.
     """
 
     config: SessionConfig
@@ -383,6 +394,7 @@ class Shared:
     handoff: HandOff | None = None
     alarms: Alarms = field(default_factory=Alarms)
     heap_trim: HeapTrim = field(default_factory=HeapTrim)
+    hibernation: HibernationLink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +471,19 @@ class _Hibernated(Exception):
     """The session hibernates: its task ends without ending the session."""
 
 
+#: The layout of a hibernated session's packed state (:meth:`IMAPSession._move_out`).
+_STATE_VERSION: Final = 1
+#: The fields of a :class:`User`, in the order the packed state holds them (``extra``
+#: and ``backend`` last).
+_USER_FIELDS: Final = tuple(
+    sorted(dataclasses.fields(User), key=lambda f: f.name in ("extra", "backend"))
+)
+
+#: Seconds before a session that could not move to the master tries again (a change of
+#: its Maildir within the file system's timestamp granularity, output pending...).
+_MOVE_RETRY: Final = 1.0
+
+
 class _Bad(Exception):
     """The command is invalid in a way the grammar cannot see: ``tag BAD text``."""
 
@@ -481,6 +506,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
     """
 
     __slots__ = (
+        "_adopt",
         "_alarm_at",
         "_auth_disallowed",
         "_bad_commands",
@@ -490,6 +516,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         "_drained",
         "_hibernated",
         "_idle_tag",
+        "_move_at",
+        "_moved",
         "_next_check",
         "_next_notify",
         "_out",
@@ -545,6 +573,11 @@ class IMAPSession(MailSession[Shared, Resumed]):
         # The deadline of this session's latest entry in shared.alarms (0.0: none).
         self._alarm_at = 0.0
         self._counted = False
+        # In IDLE: when the session moves to the master (0.0: never; roost.daemon.hibernation).
+        self._move_at = 0.0
+        self._moved = False  # moved to the master: this object is done with
+        # A session the master woke into this worker: (state, header) until connection_made.
+        self._adopt: tuple[dict[str, Any], dict[str, object]] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -552,6 +585,16 @@ class IMAPSession(MailSession[Shared, Resumed]):
         super().connection_made(transport)
         assert self.transport is not None and self._loop is not None
         registry = self.shared.registry
+        if self._adopt is not None:  # woken in the master: its counts come with it
+            if self._userip is not None:
+                self._userip = (self._userip[0], self.remote_ip)
+            registry.sessions.add(self)
+            _move_count(registry.per_ip, self.remote_ip, 1)
+            self._counted = True
+            if self._userip is not None:
+                _move_count(registry.per_user_ip, self._userip, 1)
+            self._task = self._loop.create_task(self._run(adopting=True))
+            return
         count = registry.add(self, self.remote_ip)
         self._counted = True
         limit = self.shared.ip_connection_limit
@@ -576,6 +619,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._moved:
+            return
         self._lost = True
         self._wake()
         self._resume()
@@ -589,6 +634,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
     def _wake(self) -> None:
         """Resolve what :meth:`_wait_input` awaits (input, EOF, a stop, a change), or
         start the task of a hibernated session."""
+        if self._moved:
+            return
         if self._hibernated:
             self._hibernated = False
             assert self._loop is not None
@@ -603,12 +650,14 @@ class IMAPSession(MailSession[Shared, Resumed]):
         this session's (the poll or the keepalive is due)."""
         if when == self._alarm_at:
             self._alarm_at = 0.0
-        if self._idle_tag is None:
-            due = self._quiet_until
-        else:
-            due = min(self._next_check, self._next_notify)
+        due = self._quiet_until if self._idle_tag is None else self._idle_due()
         if self._hibernated and when == due:
             self._wake()
+
+    def _idle_due(self) -> float:
+        """In IDLE: the next deadline (the poll, the keepalive, the move to the master)."""
+        due = min(self._next_check, self._next_notify)
+        return min(due, self._move_at) if self._move_at else due
 
     def _alarm_pending(self, when: float) -> bool:
         """Whether the entry for ``when`` in shared.alarms is this session's latest."""
@@ -784,8 +833,10 @@ class IMAPSession(MailSession[Shared, Resumed]):
         config = self.config
         while True:
             await self._suspend_selected()
+            if hibernate and self._move_at and time.monotonic() + SLACK >= self._move_at:
+                await self._move_out()
             if hibernate:
-                self._hibernate_if_quiet(min(self._next_notify, self._next_check))
+                self._hibernate_if_quiet(self._idle_due())
             wait = max(0.0, min(self._next_notify, self._next_check) - time.monotonic())
             if await self._wait_input(wait, changed=self.selected is not None):
                 if not self._incoming:
@@ -800,6 +851,200 @@ class IMAPSession(MailSession[Shared, Resumed]):
                 self._queue(UntaggedResponse("OK", "Still here"))
                 self._next_notify = now + config.idle_notify_interval
             await self._flush()
+
+    # --- hibernation in the master (roost.daemon.hibernation) --------------------------------
+
+    def _may_move(self) -> bool:
+        """Whether this session could ever move to the master: a worker's plaintext
+        session of its own (TLS state cannot move; neither a session handed to a process
+        of its own, nor that process's session)."""
+        return (
+            self.shared.hibernation is not None
+            and self.config.hibernate_timeout > 0
+            and not self.tls
+            and self._proxy is None
+            and self._resumed is None
+        )
+
+    async def _move_out(self) -> None:
+        """Move to the master (Dovecot ``imap_hibernate_timeout``), when nothing is
+        buffered either way; raises :class:`_Hibernated` once the master holds the
+        socket (this object is then done with), else returns and tries again later.
+
+        The Maildir's stamps are taken before a last sync: a change after them shows in
+        the master's poll. A directory changed less than a second ago (within the file
+        system's timestamp granularity of a later change) postpones the move.
+        """
+        link = self.shared.hibernation
+        self._move_at = time.monotonic() + _MOVE_RETRY
+        selected, transport = self.selected, self.transport
+        if link is None or selected is None or transport is None or not self._may_move():
+            self._move_at = 0.0
+            return
+        if not self._quiet() or transport.get_write_buffer_size():
+            return
+        key = os.path.realpath(selected.mailbox.directory)
+        stamps = maildir_stamps(key)
+        wall = time.time_ns()
+        if any(0 <= wall - stamp < 1_000_000_000 for stamp in stamps[:3]):
+            return
+        await self._sync_selected(allow_expunge=True)
+        if self._out:
+            await self._flush()  # the updates go out now; the move waits
+            return
+        conn = self.conn
+        parked = conn.park()
+        view = selected.hibernation_state()
+        if view is None or parked is None:
+            return
+        await self._suspend_selected()  # the view read above unpacked it
+        if not self._quiet() or transport.get_write_buffer_size():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None or self.user is None or self.selected is not selected:
+            self._move_at = 0.0
+            return
+        now = time.monotonic()
+        user = self.user
+        state = (
+            _STATE_VERSION,
+            self.config.service,
+            (*(getattr(user, f.name) for f in _USER_FIELDS[:-2]), dict(user.extra), user.backend),
+            tuple(sorted(self.enabled)),
+            (parked[0].value, *parked[1:]),
+            view,
+            dataclasses.astuple(self.stats),
+            self._bad_commands,
+            (self._bytes_in, self._bytes_out, self._login_in, self._login_out),
+            (self._auth_method, self._auth_login, self._auth_attempts),
+            self.session_id,
+            self.started,
+            self._userip is not None,
+        )
+        blob = zlib.compress(pickle.dumps(state, pickle.HIGHEST_PROTOCOL), 9)
+        registry = self.shared.registry
+        counts: list[list[object]] = []
+        if self._counted:
+            counts.append([_table_name(registry.per_ip), self.remote_ip])
+        if self._userip is not None:
+            counts.append([_table_name(registry.per_user_ip), list(self._userip)])
+        values: dict[str, int] = dataclasses.asdict(self.stats)
+        values["input"] = self._bytes_in - self._login_in
+        values["output"] = self._bytes_out - self._login_out
+        values = {name: value for name, value in values.items() if value}
+        header: dict[str, object] = {
+            "key": key,
+            "stamps": stamps,
+            "notify_in": max(0.0, self._next_notify - now),
+            "notify": self.config.idle_notify_interval,
+            "check": self.config.idle_check_interval,
+            "counts": counts,
+            "prefix": self._prefix,
+            "values": values,
+        }
+        if self.config.logout_format != DEFAULT_LOGOUT_FORMAT:
+            header["format"] = self.config.logout_format
+        transport.pause_reading()
+        if not await link.hand_over(header, blob, sock.fileno()):
+            if not self._lost:
+                transport.resume_reading()
+            self._move_at = time.monotonic() + self.config.hibernate_timeout
+            return
+        # The master holds the connection: forget it here, without a log line.
+        self._moved = True
+        registry.sessions.discard(self)
+        if self._counted:
+            _move_count(registry.per_ip, self.remote_ip, -1)
+            self._counted = False
+        if self._userip is not None:
+            _move_count(registry.per_user_ip, self._userip, -1)
+            self._userip = None
+        self.selected = None
+        self._close_later(selected.mailbox)
+        self._alarm_at = 0.0
+        transport.abort()  # this process's descriptor only
+        self.shared.heap_trim.soon()
+        log_imap.debug("%s: hibernated into the master", self._prefix)
+        raise _Hibernated
+
+    def _quiet(self) -> bool:
+        """Nothing to read, write or handle (the conditions of a move)."""
+        return not (
+            self._incoming
+            or self._eof
+            or self._lost
+            or self._stopping
+            or self._changed
+            or self._out
+            or self._writing_paused
+            or self._idle_tag is None
+        )
+
+    @classmethod
+    def adopted(cls, shared: Shared, header: dict[str, object], blob: bytes) -> IMAPSession:
+        """A session the master woke into this worker (``header`` and the packed state
+        ``blob`` of :meth:`_move_out`); the caller connects it to the socket, and its
+        task reopens the store and the mailbox and syncs (:meth:`_readopt`)."""
+        state: tuple[Any, ...] = pickle.loads(zlib.decompress(blob))
+        if state[0] != _STATE_VERSION:
+            raise ValueError(f"hibernated state version {state[0]!r}")
+        (_, _, user, enabled, parked, view, stats, bad, io, auth, session_id, started, counted) = (
+            state
+        )
+        session = cls(shared)
+        session.user = User(**dict(zip((f.name for f in _USER_FIELDS), user, strict=True)))
+        session.enabled = frozenset(enabled)
+        session._conn = None
+        session._parked = (State(parked[0]), *parked[1:])
+        session.stats = _Stats(*stats)
+        session._bad_commands = bad
+        bytes_in, bytes_out, login_in, login_out = io
+        session._bytes_in, session._login_in, session._login_out = bytes_in, login_in, login_out
+        session._bytes_out = bytes_out + int(header.get("out", 0))  # type: ignore[call-overload]
+        session._auth_method, session._auth_login, session._auth_attempts = auth
+        session.session_id = session_id
+        session.started = started
+        if counted:
+            session._userip = (session.user.login.lower(), "")  # the address: connection_made
+        session._idle_tag = parked[3]
+        session._adopt = (view, header)
+        return session
+
+    async def _readopt(self) -> None:
+        """Open the store and the selected mailbox again and queue what changed since
+        the move (the master's unwritten keepalive first)."""
+        assert self._adopt is not None and self.user is not None
+        view_state, header = self._adopt
+        self._adopt = None
+        pending = str(header.get("pending", "")).encode("latin-1")
+        if pending:
+            self._queue(pending)
+        try:
+            self.mail = await self._call(self.shared.open_store, self.user)
+            view, changes, keywords = await self._call_in_thread(
+                _reopen, self.mail, view_state, self._changed_callback()
+            )
+        except (StoreUnavailable, StoreError) as error:
+            log_imap.warning("%s: reopening after hibernation failed: %s", self._prefix, error)
+            raise _Disconnect("Mailbox unavailable", "Mailbox unavailable.") from None
+        self.selected = view
+        if changes.uid_validity_changed:
+            raise _Disconnect("Mailbox UIDVALIDITY changed", "Mailbox UIDVALIDITY changed.")
+        mailbox = view.mailbox
+        view.apply(
+            changes,
+            uid_next=mailbox.uid_next,
+            highest_modseq=mailbox.highest_modseq,
+            keywords=keywords,
+        )
+        self._queue_all(view.take_updates(self.mode, allow_expunge=True))
+        now = time.monotonic()
+        config = self.config
+        self._next_check = now + config.idle_check_interval
+        self._next_notify = now + config.idle_notify_interval
+        if self._may_move():
+            self._move_at = now + config.hibernate_timeout
+        log_imap.debug("%s: woken from the master (%s)", self._prefix, header.get("why", "?"))
 
     def _input_taken(self) -> bytes:
         self._quiet_until = 0.0
@@ -932,13 +1177,16 @@ class IMAPSession(MailSession[Shared, Resumed]):
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def _run(self, *, resuming: bool = False) -> None:
-        """The session's task; ``resuming``: a new task after hibernation."""
+    async def _run(self, *, resuming: bool = False, adopting: bool = False) -> None:
+        """The session's task; ``resuming``: a new task after hibernation; ``adopting``:
+        the master woke the session into this process."""
         reason = "Connection closed"
         try:
             resumed = self._resumed
             if resuming:
                 pass
+            elif adopting:
+                await self._readopt()
             elif resumed is None:
                 # No local: _run's frame lives as long as the session.
                 self._queue(
@@ -1626,6 +1874,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
         now = time.monotonic()
         self._next_notify = now + self.config.idle_notify_interval
         self._next_check = now + self.config.idle_check_interval
+        self._move_at = now + self.config.hibernate_timeout if self._may_move() else 0.0
 
     async def get_quota_root(self, command: GetQuotaRoot) -> TaggedResponse:
         """GETQUOTAROOT (RFC 9208 §4.3): one root, ``User quota``, for all mailboxes."""
@@ -2056,6 +2305,37 @@ def _suspend(selected: SelectedMailbox) -> None:
     """Suspend the store mailbox, then pack the session's view (sharing the store's pack)."""
     selected.mailbox.suspend()
     selected.pack()
+
+
+def _reopen(
+    store: UserStore, view: tuple[Any, ...], callback: Callable[[object], None]
+) -> tuple[SelectedMailbox, Changes, list[str]]:
+    """Open a hibernated session's mailbox again (in another process, maybe): the
+    client's view (:meth:`SelectedMailbox.hibernation_state`) and what changed since."""
+    name, readonly = view[0], view[1]
+    mailbox = store.open(name, readonly=readonly)
+    try:
+        mailbox.watch(callback)
+        selected, changes = SelectedMailbox.from_hibernation(
+            view, mailbox, mailbox.messages(), mailbox.recent
+        )
+        return selected, changes, mailbox.keywords()
+    except BaseException:
+        mailbox.close()
+        raise
+
+
+def _table_name(table: object) -> str:
+    """The shared name of a registry count table (``imap.per_ip``)."""
+    return str(getattr(table, "name", ""))
+
+
+def _move_count(table: object, key: object, delta: int) -> None:
+    """Move a count between this process's share and the others' (a shared table:
+    :meth:`roost.daemon.shared.SharedCounts.move`); a plain dict is not shared."""
+    move = getattr(table, "move", None)
+    if move is not None:
+        move(key, delta)
 
 
 def _sync(mailbox: MailboxProtocol) -> tuple[Changes, int, int, list[str] | None]:
