@@ -229,8 +229,6 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
             self.session_id = resumed.session_id
             self._auth_method, self._auth_login = resumed.method, resumed.login
 
-    # --- what the protocol's session defines ------------------------------------------------
-
     def _send(self, transport: asyncio.BaseTransport, data: bytes) -> None:
         """Write ``data`` to the client: over TLS in pieces of :data:`TLS_WRITE_SIZE`
         (:func:`write_in_pieces`), else in one write."""
@@ -238,6 +236,8 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
             write_in_pieces(transport, data, TLS_WRITE_SIZE)
         else:
             cast(asyncio.WriteTransport, transport).write(data)
+
+    # --- what the protocol's session defines ------------------------------------------------
 
     def _wake(self) -> None:
         """Resolve what the session's task waits for (input, EOF, a stop...)."""
