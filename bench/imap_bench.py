@@ -11,7 +11,10 @@ mailbox):
   per type, logins per second, server CPU per command.
 - ``idle``: memory of ``--idle-connections`` (1,000) connections, each its own user (a
   10-message INBOX), logged in, INBOX SELECTed, in IDLE: PSS summed over every server
-  process (``/proc/PID/smaps_rollup``), before and with the connections.
+  process (``/proc/PID/smaps_rollup``), before and with the connections. ``--tls
+  implicit`` connects to the imaps port instead, ``--tls starttls`` sends STARTTLS first
+  (both servers with a self-signed certificate; the workload is then named
+  ``idle-N-implicit`` or ``idle-N-starttls``).
 - ``big``: one INBOX of ``--big-messages`` (100,000) messages written straight into
   ``cur/`` (names with ``,S=`` and ``,W=``, a third unseen): a first session's SELECT and
   FETCH 1:* (FLAGS) (cold: the server builds its index), then ``--warm`` (3) new sessions
@@ -133,6 +136,31 @@ def raise_nofile() -> int:
 # --- servers ------------------------------------------------------------------------------------
 
 #: dovecot.conf additions: INBOX and the special-use mailboxes, as Debian ships them
+#: Dovecot with TLS (``--tls``): STARTTLS on its IMAP port and implicit TLS on ``port``,
+#: the certificate of :func:`dovecot_certificate` (these lines override ``ssl = no``)
+DOVECOT_TLS = """\
+ssl = yes
+ssl_cert = <{d}/dovecot-tls/cert.pem
+ssl_key = <{d}/dovecot-tls/key.pem
+service imap-login {{
+  inet_listener imaps_bench {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
+}}
+"""
+
+
+def dovecot_certificate(base: Path) -> None:
+    """A self-signed certificate and key for Dovecot under ``base/dovecot-tls`` (once)."""
+    from roost.tls import generate_selfsigned
+
+    directory = base / "dovecot-tls"
+    if not (directory / "cert.pem").exists():
+        generate_selfsigned("localhost", directory / "cert.pem", directory / "key.pem")
+
+
 DOVECOT_NAMESPACE = """\
 namespace inbox {
   inbox = yes
@@ -210,15 +238,27 @@ def replace_workers(server: common.MailboxServer, timeout: float = 60.0) -> None
 
 
 def make_server(
-    kind: str, base: Path, label: str, users: Sequence[str], *, fsync: str = "always"
+    kind: str,
+    base: Path,
+    label: str,
+    users: Sequence[str],
+    *,
+    fsync: str = "always",
+    tls_port: int | None = None,
 ) -> common.MailboxServer:
-    """roost or Dovecot serving IMAP to ``users``; ``fsync``: Dovecot's ``mail_fsync``."""
+    """roost or Dovecot serving IMAP to ``users``; ``fsync``: Dovecot's ``mail_fsync``;
+    ``tls_port``: TLS as well (STARTTLS on the IMAP port, implicit TLS on this one), with
+    a self-signed certificate."""
     roost = "mail_max_userip_connections = 2000\nimap_client_connection_count_limit = 0\n"
     # Explicit, so that runs of bases without the parameter are told apart in the output.
     roost += f"imap_hibernate_timeout = {HIBERNATE_TIMEOUT[0]}\n"
     if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
         roost += f"worker_processes = {processes}\n"
     dovecot = f"mail_fsync = {fsync}\nmail_max_userip_connections = 2000\n{DOVECOT_NAMESPACE}"
+    if tls_port is not None:  # roost makes its certificate at start (tls_selfsigned_auto)
+        others = [s for s in common.ROOST_SERVICES if s not in ("imap", "imaps")]
+        roost += f"imaps_service_port = {tls_port}\nmaster_service_disable = {', '.join(others)}\n"
+        dovecot += DOVECOT_TLS.format(port=tls_port, d=base)
     return common.make_mailbox_server(
         kind,
         base,
@@ -323,12 +363,13 @@ def run_mixed(
 
 @contextlib.contextmanager
 def idle_server(
-    kind: str, base: Path, count: int, *, fsync: str = "always"
+    kind: str, base: Path, count: int, *, fsync: str = "always", tls_port: int | None = None
 ) -> Iterator[common.MailboxServer]:
     """The ``idle`` workload's server, started: ``count`` users ``idle1``... with 10
-    messages each in INBOX; stopped and removed on the way out."""
+    messages each in INBOX; stopped and removed on the way out. ``tls_port``: see
+    :func:`make_server`."""
     users = [f"idle{i}" for i in range(1, count + 1)]
-    server = make_server(kind, base, "idle", users, fsync=fsync)
+    server = make_server(kind, base, "idle", users, fsync=fsync, tls_port=tls_port)
     try:
         server.setup()
         for user in users:
@@ -343,7 +384,12 @@ def idle_server(
 
 def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Run:
     count = args.idle_connections
-    with idle_server(kind, base, count, fsync=args.dovecot_fsync) as server:
+    tls_port = None if args.tls == "none" else common.free_port()
+    if tls_port is not None and kind == "dovecot":
+        dovecot_certificate(base)
+    with idle_server(kind, base, count, fsync=args.dovecot_fsync, tls_port=tls_port) as server:
+        port = tls_port if args.tls == "implicit" and tls_port is not None else server.port
+        tls = None if args.tls == "none" else imap_load.client_tls_context()
         time.sleep(1.0)
         before = server.memory()
         split_before = split_memory(server)
@@ -354,7 +400,13 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
 
         async def measure() -> tuple[imap_load.IdleSessions, common.Memory]:
             sessions = await imap_load.open_idle_sessions(
-                "127.0.0.1", server.port, server.logins(), count, concurrency=args.idle_concurrency
+                "127.0.0.1",
+                port,
+                server.logins(),
+                count,
+                concurrency=args.idle_concurrency,
+                tls=tls,
+                starttls=args.tls == "starttls",
             )
             await asyncio.sleep(args.idle_settle)
             memory = server.memory()
@@ -394,7 +446,7 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
                 values[f"{stage}_{name}_kib"] = kib
         return Run(
             server=kind,
-            workload=f"idle-{count}",
+            workload=f"idle-{count}" + ("" if args.tls == "none" else f"-{args.tls}"),
             round=round_,
             seconds=sessions.seconds,
             load_before=load_before,
@@ -746,6 +798,12 @@ def main() -> None:
         action="store_true",
         help="idle: after --idle-wait, replace every roost worker (SIGTERM) when the"
         " sessions are in the master, and read the memory again",
+    )
+    parser.add_argument(
+        "--tls",
+        default="none",
+        choices=("none", "implicit", "starttls"),
+        help="idle: connect over TLS (implicit: the imaps port; starttls: STARTTLS on imap)",
     )
     parser.add_argument("--big-messages", type=int, default=100_000)
     parser.add_argument("--warm", type=int, default=3, help="big: warm sessions timed")

@@ -42,6 +42,7 @@ import contextlib
 import json
 import random
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -113,14 +114,29 @@ class Client:
         self.exists = 0
         self.capabilities = b""
 
-    async def connect(self, host: str, port: int, source: str | None = None) -> bytes:
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        source: str | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        starttls: bool = False,
+    ) -> bytes:
+        """Connect and read the greeting; with ``tls``, over TLS: implicit (port 993's
+        way), or after STARTTLS when ``starttls``."""
         local = (source, 0) if source else None
+        implicit = tls if not starttls else None
         self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=local, limit=1 << 20), self.timeout
+            asyncio.open_connection(host, port, local_addr=local, limit=1 << 20, ssl=implicit),
+            self.timeout,
         )
         greeting = await asyncio.wait_for(self._logical_line(), self.timeout)
         if not greeting.startswith(b"* OK"):
             raise ImapError(f"greeting {greeting[:200]!r}")
+        if starttls and tls is not None:
+            await self.command(b"STARTTLS")
+            await asyncio.wait_for(self.writer.start_tls(tls), self.timeout)
         return greeting
 
     async def _fill(self) -> None:
@@ -565,6 +581,15 @@ async def fill(
         await client.logout()
 
 
+def client_tls_context() -> ssl.SSLContext:
+    """A client context for the benchmark's servers on loopback: their certificates are
+    self-signed, so none is verified (never use this beyond 127.0.0.1)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 @dataclass
 class IdleSessions:
     """Connections logged in, with INBOX selected, in IDLE."""
@@ -595,9 +620,12 @@ async def open_idle_sessions(
     concurrency: int = 20,
     sources: Sequence[str] = (),
     timeout: float = 120.0,
+    tls: ssl.SSLContext | None = None,
+    starttls: bool = False,
 ) -> IdleSessions:
     """Open ``count`` connections (login ``i % len(logins)``, source address ``i %
-    len(sources)`` when given), each LOGIN, SELECT INBOX, IDLE; ``concurrency`` at a time."""
+    len(sources)`` when given), each LOGIN, SELECT INBOX, IDLE; ``concurrency`` at a time;
+    ``tls`` and ``starttls`` as for :meth:`Client.connect`."""
     gate = asyncio.Semaphore(concurrency)
     opened: list[tuple[Client, bytes]] = []
     errors: list[str] = []
@@ -609,7 +637,7 @@ async def open_idle_sessions(
         async with gate:
             client = Client(timeout)
             try:
-                await client.connect(host, port, source)
+                await client.connect(host, port, source, tls=tls, starttls=starttls)
                 await client.login(user, password)
                 await client.select("INBOX")
                 opened.append((client, await client.idle()))
@@ -713,6 +741,7 @@ __all__ = [
     "LoadConfig",
     "LoadResult",
     "SelectTiming",
+    "client_tls_context",
     "fill",
     "make_message",
     "open_idle_sessions",

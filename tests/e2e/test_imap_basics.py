@@ -154,6 +154,32 @@ def test_imaps_implicit_tls_and_authenticate_plain_with_initial_response(
     wait_log(imap_instance, rf"Login: user=<{re.escape(user[0])}>, method=PLAIN, .*, TLS, ")
 
 
+def test_big_responses_over_tls_arrive_whole_and_in_order(
+    imap_instance: Instance, user: tuple[str, str]
+) -> None:
+    # Over TLS the session writes in pieces of TLS_WRITE_SIZE (views of one buffer):
+    # every octet must arrive once, in order, on 993 and after STARTTLS on 143.
+    messages = [
+        b"Subject: big %d\r\n\r\n" % number
+        + b"".join(b"%07d line of message %d\r\n" % (line, number) for line in range(9000))
+        for number in range(3)
+    ]  # about 250 KB each: a FETCH batch of many TLS_WRITE_SIZE pieces
+    client = connect_tls(imap_instance, *user)
+    for message in messages:
+        _ok(client.append("INBOX", None, None, message))
+    client.select("INBOX", readonly=True)
+    data = _ok(client.fetch("1:3", "(BODY.PEEK[])"))
+    assert [part[1] for part in data if isinstance(part, tuple)] == messages
+    client.logout()
+    plain = imaplib.IMAP4("127.0.0.1", imap_instance.ports["imap"], timeout=30)
+    plain.starttls(client_tls())
+    plain.login(*user)
+    plain.select("INBOX", readonly=True)
+    data = _ok(plain.fetch("2", "(BODY.PEEK[])"))
+    assert data[0][1] == messages[1]  # type: ignore[index]
+    plain.logout()
+
+
 def test_authenticate_login_mechanism_with_challenges(
     imap_instance: Instance, user: tuple[str, str]
 ) -> None:

@@ -161,6 +161,50 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
+#: glibc's mallopt(3) parameters: the size from which malloc maps memory of its own, and
+#: the free memory at the top of the heap above which free() gives it back.
+_M_MMAP_THRESHOLD: Final = -3
+_M_TRIM_THRESHOLD: Final = -1
+#: The daemon's fixed mmap threshold (bytes): glibc's initial value, no longer allowed to
+#: rise. By default glibc raises the threshold to the size of each mapped block freed
+#: (up to 32 MiB), after which blocks that size come from the heap instead: with TLS,
+#: the event loop's 256 KiB read buffer of each connection (uvloop's ``SSLProtocol``)
+#: then often lands on heap pages that earlier use had made resident, about 24 KiB
+#: more per idle TLS connection on average (docs/performance.md, "IMAP idle memory over
+#: TLS, session 9"). A mapped block's untouched pages cost nothing and its pages go back
+#: to the kernel when it is freed. The trim threshold, which glibc raises along with it
+#: (to twice the mmap threshold: megabytes of free but resident pages at the top of the
+#: heap, which the next blocks are carved from), is fixed at its initial value too.
+MMAP_THRESHOLD: Final = 128 * 1024
+TRIM_THRESHOLD: Final = 128 * 1024
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes (``MALLOC_MMAP_THRESHOLD_``) and
+    its trim threshold at ``trim`` bytes (``MALLOC_TRIM_THRESHOLD_``), inherited by forked
+    children: blocks of ``threshold`` bytes or more are mapped, not carved from the heap,
+    free memory above ``trim`` bytes at the top of the heap goes back to the kernel, and
+    neither threshold rises as mapped blocks are freed.
+
+    Call at start, before the workers are forked. Returns False where there is no glibc
+    ``mallopt`` (another C library) or when the environment already sets a threshold:
+    nothing changes then.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (
+        os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        or os.environ.get("MALLOC_TRIM_THRESHOLD_")
+        or "mmap_threshold" in tunables
+        or "trim_threshold" in tunables
+    ):  # the administrator's choice wins
+        return False
+    try:
+        mallopt = libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+
+
 def tls_services(settings: Settings) -> list[str]:
     """Return the services whose listeners need a TLS context."""
     return sorted({listener.service for listener in service_listeners(settings)})
@@ -228,6 +272,7 @@ class Daemon:
         try:
             self.worker_processes = worker_count(self.settings)
             limit_malloc_arenas()
+            fix_mmap_threshold()
             raise_file_limit()
             prepare_directories(self.settings)
             ensure_certificate(self.settings)

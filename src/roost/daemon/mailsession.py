@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol, TypeVar, cast
 
 from roost.auth.login import UserIPCounts, log_disconnected, login_fields
 from roost.auth.throttle import Throttle
@@ -41,13 +41,47 @@ from roost.auth.users import User
 if TYPE_CHECKING:
     from roost.daemon.handoff import HandOff, HandOffFailed, Proxy
 
-__all__ = ["MailSession", "ResumedLogin", "ServiceConfig", "SessionShared", "plain_ip"]
+__all__ = [
+    "TLS_WRITE_SIZE",
+    "MailSession",
+    "ResumedLogin",
+    "ServiceConfig",
+    "SessionShared",
+    "plain_ip",
+    "write_in_pieces",
+]
+
+#: The most handed to a TLS transport in one write (bytes): one TLS record's worth
+#: (RFC 8446 §5.1, 2^14 octets of plaintext). The event loop's TLS layer encrypts a
+#: write whole into the connection's outgoing memory BIO, and OpenSSL's memory BIO never
+#: gives back what it grew to: without pieces a session keeps a buffer the size of its
+#: largest response (a FETCH batch: megabytes) for the rest of its life, idle or not
+#: (docs/performance.md, "IMAP idle memory over TLS, session 9").
+TLS_WRITE_SIZE: Final = 16 * 1024
 
 
 def plain_ip(address: str) -> str:
     """``::ffff:192.0.2.1`` as ``192.0.2.1`` (an IPv4-mapped IPv6 address, RFC 4291
     §2.5.5.2); other addresses as they are."""
     return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
+def write_in_pieces(transport: asyncio.BaseTransport, data: bytes, size: int) -> None:
+    """Write ``data`` to ``transport`` in pieces of at most ``size`` bytes (views, not
+    copies), in order; in one write when it is no longer than that.
+
+    Args:
+        transport: a writable transport (``asyncio.WriteTransport``).
+        data: what to send.
+        size: the most per write, in bytes; at least 1 (:data:`TLS_WRITE_SIZE` for TLS).
+    """
+    write = cast(asyncio.WriteTransport, transport).write
+    if len(data) <= size:
+        write(data)
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        write(view[start : start + size])
 
 
 class ServiceConfig(Protocol):
@@ -194,6 +228,14 @@ class MailSession(asyncio.Protocol, Generic[SharedT, ResumedT]):
             self.remote_ip, self.local_ip = resumed.remote_ip, resumed.local_ip
             self.session_id = resumed.session_id
             self._auth_method, self._auth_login = resumed.method, resumed.login
+
+    def _send(self, transport: asyncio.BaseTransport, data: bytes) -> None:
+        """Write ``data`` to the client: over TLS in pieces of :data:`TLS_WRITE_SIZE`
+        (:func:`write_in_pieces`), else in one write."""
+        if self.tls:
+            write_in_pieces(transport, data, TLS_WRITE_SIZE)
+        else:
+            cast(asyncio.WriteTransport, transport).write(data)
 
     # --- what the protocol's session defines ------------------------------------------------
 

@@ -756,7 +756,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
             data = b"".join(self._out)
             self._out.clear()
             self._bytes_out += len(data)
-            transport.write(data)
+            self._send(transport, data)
         else:
             self._out.clear()
         if self._writing_paused and not self._lost:

@@ -412,7 +412,7 @@ class POP3Session(MailSession[Shared, Resumed]):
             transport = self.transport
             if transport is not None and not self._lost:
                 self._bytes_out += len(data)
-                transport.write(data)
+                self._send(transport, data)
 
     async def _flush(self) -> None:
         """Write what is queued; wait while the client does not read (flow control)."""
