@@ -39,10 +39,27 @@ JSON lines). Worker to master:
 * ``bus {p}``: a mailbox changed (IMAP IDLE): the master forwards it to the other workers
   that watch ``p`` and publishes it to its own subscribers; the master's own deliveries go
   to every worker that watches the mailbox;
-* ``status {id, services}``, ``reloaded {id, ok}``: answers.
+* ``status {id, services}``, ``reloaded {id, ok}``: answers;
+* ``idle {s}``: the worker has served a connection and then had none for ``s`` seconds,
+  at least ``max_idle``; ``busy`` and ``retiring {s}`` answer ``retire`` (see below).
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
-``status {id}``, ``reload {id}``, ``stop {grace}``. When the master dies, the fork server and
+``status {id}``, ``reload {id}``, ``stop {grace}``, ``retire``.
+
+``max_idle`` (Postfix's parameter: "the maximum amount of time that an idle Postfix daemon
+process waits for an incoming connection before terminating voluntarily", master(5)),
+for a pool that keeps ``worker_processes`` workers: a worker that has had no client
+connection for ``max_idle`` seconds is replaced by a new fork, so that what its sessions
+dirtied (copied pages of the image, heap) goes back to the system. The worker says
+``idle``; the master answers ``retire`` only when no other replacement is under way and
+every worker is ready; the worker, in that same callback, checks that it still has no
+client connection and accepted none since (else ``busy``), closes its listening sockets
+and says ``retiring``; the master forks the replacement at once (as for a reload that
+replaces the workers) and lets the next worker retire only once it is ready. The
+connections that arrive meanwhile wait in the shared accept queues for the other
+workers; one the retiring worker had just accepted is served to its end before it
+exits. Its exit is not a death: nothing is logged but an info line, and there is no
+restart pause. When the master dies, the fork server and
 the workers are killed at once (``PR_SET_PDEATHSIG`` with SIGKILL; a worker also exits when
 its channel ends without a ``stop``): a worker must not go on committing messages while a
 restarted master recovers the queue.
