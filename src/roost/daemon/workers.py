@@ -1283,7 +1283,12 @@ class WorkerPool:
         max_idle): ask it to retire, unless a replacement is under way already or the
         pool is not whole and ready (then it asks again at its next check). One worker at
         a time, and the next only once the replacement is ready: the other workers keep
-        accepting all along (with ``worker_processes = 2``, one always does)."""
+        accepting all along (with ``worker_processes = 2``, one always does).
+
+        Work the master gives a worker itself (not through the listening sockets) must
+        go to a handle in :attr:`workers` other than the one asked to retire and not yet
+        answered: the worker's answer would not see it.
+        """
         if (
             self._stopping
             or self._starting
@@ -1388,7 +1393,7 @@ class WorkerPool:
         """Replace every worker by a new one (forked with what the fork server has now);
         the old ones stop accepting at once and let their sessions finish for ``grace``
         seconds. Used when a reload changes the listening addresses."""
-        self._recycle = None
+        self._recycle = self._recycled = None  # every worker is replaced now
         for handle in list(self.workers.values()):
             handle.retiring = True
             self._retiring.add(handle)
