@@ -160,8 +160,8 @@ class ListeningService(Generic[SharedT]):
         """Listeners and open sessions."""
         return {
             "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
+            "accepted": self.accepted,  # since this process started
             "sessions": self._session_count(),
-            "accepted": self.accepted,
         }
 
 
