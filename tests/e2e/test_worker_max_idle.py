@@ -38,11 +38,13 @@ def replacements(instance: Instance) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(c)) for a, b, c in REPLACED.findall(instance.daemon.log_text())]
 
 
-def wait_replaced(instance: Instance, pid: int) -> int:
-    """Wait (bounded) until worker ``pid`` is replaced; return the new worker's pid."""
+def wait_replaced(instance: Instance, pid: int, *, exited: bool = True) -> int:
+    """Wait (bounded) until worker ``pid`` is replaced (and, if ``exited``, gone); return
+    the new worker's pid."""
     wait_for(lambda: any(old == pid for _, old, _ in replacements(instance)), f"{pid} replaced")
     (new,) = [n for _, old, n in replacements(instance) if old == pid]
-    wait_for(lambda: not alive(pid), f"{pid} exited")
+    if exited:
+        wait_for(lambda: not alive(pid), f"{pid} exited")
     wait_for(lambda: new in worker_pids(instance), f"{new} listed")
     return new
 
@@ -195,3 +197,27 @@ def test_imap_login_stays_possible(instance: Instance) -> None:
         with imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30) as again:
             again.login("alice", PASSWORD)
             assert again.select("INBOX")[0] == "OK"
+
+
+def test_a_tls_handshake_under_way_when_its_worker_retires_still_completes(
+    instance: Instance,
+) -> None:
+    """A connection to imaps whose client has not sent its ClientHello is no session yet:
+    its worker retires (no client connection), but waits for the handshake before it
+    exits, and the session is served to its end (on the old code: never replaced)."""
+    pids = worker_pids(instance)
+    raw = socket.create_connection(("127.0.0.1", instance.ports["imaps"]), 30)
+    served = serving_pid(raw, pids)
+    wait_replaced(instance, served, exited=False)
+    assert alive(served)  # not accepting any more, but not gone
+    with client_tls().wrap_socket(raw) as tls, tls.makefile("rb") as lines:
+        assert lines.readline().startswith(b"* OK")
+        tls.sendall(f'a LOGIN alice@virtual.test "{PASSWORD}"\r\n'.encode())
+        assert lines.readline().startswith(b"a OK")
+        tls.sendall(b"b LOGOUT\r\n")
+        assert lines.readline().startswith(b"* BYE")
+        assert lines.readline().startswith(b"b OK")
+    # it exits once no handshake it took can still be under way: 60 s after the accept
+    # (the handshake timeout), since a failed handshake leaves no session to wait for
+    wait_for(lambda: not alive(served), f"{served} exited", timeout=120)
+    assert_no_death_logged(instance)
