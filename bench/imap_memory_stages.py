@@ -3,7 +3,10 @@
 Starts the ``idle`` workload's roost instance (``bench/imap_bench.py``: the same users,
 10-message INBOXes and settings), then reads every process's ``/proc/PID/smaps_rollup``
 after start, with 10 IDLE sessions (the workers' first logins), after those end, and
-with ``--connections`` (1,000) IDLE sessions (LOGIN, SELECT INBOX, IDLE). With
+with ``--connections`` (1,000) IDLE sessions (LOGIN, SELECT INBOX, IDLE), and, with
+``--max-idle SECONDS`` (main.cf ``max_idle``), once those have ended and twice that
+time and 10 s more have passed (a worker with no client for ``max_idle`` is replaced by
+a new one: the workers are back to their figures after start). With
 ``--pages`` (as root) it also classifies each worker's private pages of writable
 mappings against the fork server's (``/proc/PID/pagemap`` and ``/proc/PID/mem``):
 
@@ -13,12 +16,13 @@ mappings against the fork server's (``/proc/PID/pagemap`` and ``/proc/PID/mem``)
   down);
 - ``new``: no page at that address in the fork server: memory the worker allocated.
 
-Used for docs/performance.md, "IMAP memory: base and first use, session 5". Run under the
-bench lock::
+Used for docs/performance.md, "IMAP memory: base and first use, session 5" and "Worker
+replacement after max_idle, session 9". Run under the bench lock::
 
     flock /tmp/roost-bench.lock .venv/bin/python bench/imap_memory_stages.py --pages
     flock /tmp/roost-bench.lock .venv/bin/python bench/imap_memory_stages.py \\
         --roost-src /var/tmp/base/src
+    flock /tmp/roost-bench.lock .venv/bin/python bench/imap_memory_stages.py --max-idle 5
 
 ``ROOST_WORKER_PROCESSES`` sets ``worker_processes`` as for ``bench/imap_bench.py``.
 """
@@ -32,8 +36,10 @@ import shutil
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import common
+import imap_bench
 import imap_load
 from imap_bench import idle_server, raise_nofile
 
@@ -152,14 +158,37 @@ def report(stage: str, root: int, pages: bool) -> None:
     print(f"  total (MiB) {shown}", flush=True)
 
 
+def set_max_idle(seconds: int) -> None:
+    """Have ``idle_server`` write ``max_idle = SECONDS`` into roost's main.cf (a roost
+    without the parameter warns and ignores it: the base of a comparison)."""
+    make_server = imap_bench.make_server
+
+    def make(*args: Any, **kwargs: Any) -> common.MailboxServer:
+        server = make_server(*args, **kwargs)
+        server.settings += f"max_idle = {seconds}s\n"
+        return server
+
+    imap_bench.make_server = make
+
+
+def replacements(server: common.MailboxServer) -> int:
+    """How many max_idle replacements the daemon logged."""
+    log = server.directory / "maillog"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count(": replaced by pid ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--pages", action="store_true", help="classify the workers' pages")
     parser.add_argument("--roost-src", type=Path, help="run the roost package in this directory")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--max-idle", type=int, help="main.cf max_idle (s); one more stage")
     args = parser.parse_args()
     raise_nofile()
+    if args.max_idle is not None:
+        set_max_idle(args.max_idle)
     base = common.mailbox_bench_base(args.dir, "imap-memory-", live=True)
     if args.roost_src is not None:
         common.use_roost_source(base, snapshot=False, source=args.roost_src)
@@ -189,6 +218,14 @@ def main() -> None:
                     print(f"errors: {len(many.errors)}, e.g. {many.errors[0]}")
                 report(f"{args.connections} IDLE", root, args.pages)
                 await many.close()
+                if args.max_idle is not None:
+                    await asyncio.sleep(2 * args.max_idle + 10)
+                    report(
+                        f"{args.connections} ended, {2 * args.max_idle + 10}s later"
+                        f" ({replacements(server)} replacements logged)",
+                        root,
+                        args.pages,
+                    )
 
             imap_load.event_loop_run(stages())
     finally:

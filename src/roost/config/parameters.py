@@ -327,6 +327,16 @@ _TABLE: Final[list[Parameter]] = [
         section="daemon",
     ),
     Parameter(
+        "max_idle",
+        T,
+        "100s",
+        "Postfix: how long a worker process that has served a connection waits with no"
+        " client connection before it is replaced by a new one (its memory goes back to"
+        " the system; one at a time, the pool keeps worker_processes); 0: never. Nothing"
+        " happens with worker_processes = 1.",
+        section="daemon",
+    ),
+    Parameter(
         "shutdown_grace_time",
         T,
         "30s",

@@ -63,6 +63,13 @@ class ListeningService(Generic[SharedT]):
         ]
         self._servers: list[asyncio.AbstractServer] = []
         self._shared: dict[str, SharedT] = {}
+        #: Connections accepted since the start (a session was made for each).
+        self.accepted = 0
+        #: When the last connection was accepted (``time.monotonic()``; 0.0: none yet).
+        self.last_accept = 0.0
+        #: When the last connection on an implicit-TLS listener was accepted: its session
+        #: counts only from the end of its TLS handshake (:meth:`connections`).
+        self.last_tls_accept = 0.0
 
     def _build(self, context: Context) -> None:
         """Build ``_shared`` (and set ``_context``) from ``context``; raises ConfigError."""
@@ -79,6 +86,26 @@ class ListeningService(Generic[SharedT]):
     def _session_count(self) -> int:
         """The open sessions, for ``roost status``."""
         raise NotImplementedError
+
+    def connections(self) -> int:
+        """The client connections this service now serves: its open sessions.
+
+        A connection on an implicit-TLS listener (smtps, imaps, pop3s) becomes a session
+        when its TLS handshake ends; until then only :attr:`last_tls_accept` tells of it.
+        """
+        return self._session_count()
+
+    def _accepting(self, service: str, implicit: bool) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of ``service``'s listeners: a new session, counted."""
+
+        def accept() -> asyncio.Protocol:
+            self.accepted += 1
+            self.last_accept = now = time.monotonic()
+            if implicit:
+                self.last_tls_accept = now
+            return self._session(service)
+
+        return accept
 
     @property
     def listeners(self) -> list[Listener]:
@@ -99,7 +126,9 @@ class ListeningService(Generic[SharedT]):
             service = listener.service
             implicit = partial(self._current_tls, service) if self._implicit_tls(service) else None
             server = await open_server(
-                listener, partial(self._session, service), implicit_tls=implicit
+                listener,
+                self._accepting(service, implicit is not None),
+                implicit_tls=implicit,
             )
             self._servers.append(server)
             self.log.info("%s: listening on %s", service, listener)
@@ -107,6 +136,14 @@ class ListeningService(Generic[SharedT]):
     async def reload(self, context: Context) -> None:
         """Adopt new settings for new connections."""
         self._build(context)
+
+    def stop_accepting(self) -> None:
+        """Close this process's listening sockets (established sessions go on).
+
+        The sockets stay open in the other worker processes: connections in the accept
+        queue are taken by them (docs/architecture.md, "Process model and privileges").
+        """
+        self._stop_accepting()
 
     def _stop_accepting(self) -> None:
         """Close the listening sockets (established sessions go on)."""
@@ -123,6 +160,7 @@ class ListeningService(Generic[SharedT]):
         """Listeners and open sessions."""
         return {
             "listeners": [f"{listener.service} {listener}" for listener in self._listeners],
+            "accepted": self.accepted,  # since this process started
             "sessions": self._session_count(),
         }
 

@@ -39,14 +39,33 @@ JSON lines). Worker to master:
 * ``bus {p}``: a mailbox changed (IMAP IDLE): the master forwards it to the other workers
   that watch ``p`` and publishes it to its own subscribers; the master's own deliveries go
   to every worker that watches the mailbox;
-* ``status {id, services}``, ``reloaded {id, ok}``: answers.
+* ``status {id, services}``, ``reloaded {id, ok}``: answers;
+* ``idle {s}``: the worker has served a connection and then had none for ``s`` seconds,
+  at least ``max_idle``; ``busy`` and ``retiring {s}`` answer ``retire`` (see below).
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
-``status {id}``, ``reload {id}``, ``stop {grace}``. Beside the channel, a second socket pair per
-worker (``SOCK_SEQPACKET``) carries IMAP sessions idle in IDLE to the master and back,
-one packet and one descriptor per session (``imap_hibernate_timeout``,
+``status {id}``, ``reload {id}``, ``stop {grace}``, ``retire``. Beside the channel, a
+second socket pair per worker (``SOCK_SEQPACKET``) carries IMAP sessions idle in IDLE to
+the master and back, one packet and one descriptor per session (``imap_hibernate_timeout``,
 :mod:`roost.daemon.hibernation`); the master keeps those sessions and their connection
-counts while no worker has them. When the master dies, the fork server and
+counts while no worker has them.
+
+``max_idle`` (Postfix's parameter: "the maximum amount of time that an idle Postfix daemon
+process waits for an incoming connection before terminating voluntarily", master(5)),
+for a pool that keeps ``worker_processes`` workers: a worker that has had no client
+connection for ``max_idle`` seconds is replaced by a new fork, so that what its sessions
+dirtied (copied pages of the image, heap) goes back to the system. The worker says
+``idle``; the master answers ``retire`` only when no other replacement is under way and
+every worker is ready; the worker, in that same callback, checks that it still has no
+client connection and accepted none since (else ``busy``), closes its listening sockets
+and says ``retiring``; the master forks the replacement at once (as for a reload that
+replaces the workers) and lets the next worker retire only once it is ready. The
+connections that arrive meanwhile wait in the shared accept queues for the other
+workers; one the retiring worker had just accepted is served to its end before it
+exits. Its exit is not a death: nothing is logged but an info line, and there is no
+restart pause. A session handed to the master is no longer the worker's client, and the
+master hands sessions back only to a worker it has not asked to retire. When the master
+dies, the fork server and
 the workers are killed at once (``PR_SET_PDEATHSIG`` with SIGKILL; a worker also exits when
 its channel ends without a ``stop``): a worker must not go on committing messages while a
 restarted master recovers the queue.
@@ -86,6 +105,7 @@ from roost.daemon.hibernation import RECV_SIZE, HibernatedSessions, HibernationL
 from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.logsetup import start_log_writer, stop_log_writer
 from roost.daemon.service import Context, Service
+from roost.daemon.serving import ListeningService
 from roost.daemon.shared import SharedCounts, decode_key, share_registry
 from roost.daemon.tlscontexts import TLSContexts
 from roost.queue.spool import Spool
@@ -112,6 +132,14 @@ _PR_SET_PDEATHSIG: Final = 1
 #: A worker that dies younger than this many seconds is restarted after a pause.
 _YOUNG: Final = 5.0
 _RESTART_PAUSE: Final = 1.0
+
+#: How long a worker that stopped accepting to be replaced (``max_idle``) lets
+#: connections it accepted just before become sessions (seconds; many loop passes).
+_SETTLE: Final = 0.05
+#: A connection to an implicit-TLS listener (smtps, imaps, pop3s) becomes a session only
+#: at the end of its TLS handshake, which the event loop gives this long at most
+#: (seconds: asyncio's and uvloop's ``ssl_handshake_timeout`` default, which roost keeps).
+_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
 #: How long the master gathers mailbox change notices before relaying them to the
@@ -678,6 +706,11 @@ class Worker:
         self._grace = float(settings.seconds("shutdown_grace_time"))
         self._channel = Channel(sock, self._message, on_close=self._master_gone)
         self._stopping = False
+        self._max_idle = float(settings.seconds("max_idle"))
+        self._idle_since: float | None = None  # when the idle watch first saw no client
+        self._idle_accepted = 0  # connections accepted when it did
+        self._retiring = False
+        self._reconfigured = asyncio.Event()
         self.mesh = Mesh(
             settings.path_of("data_directory"), index, worker_count(settings), self._message
         )
@@ -748,10 +781,103 @@ class Worker:
             await self._shutdown(0)
             return 1
         channel.send({"t": "ready", "pid": os.getpid()})
+        idle_watch = loop.create_task(self._watch_idle())
         await self._stop.wait()
         self._stopping = True
+        idle_watch.cancel()
         await self._shutdown(self._grace)
         return 0
+
+    # --- max_idle: a worker with no client connection is replaced --------------------------
+
+    def _listening(self) -> list[ListeningService[object]]:
+        return [s for s in self.services if isinstance(s, ListeningService)]
+
+    def _clients(self) -> int:
+        """The client connections this worker serves now (the one place that says).
+
+        Every listening service's open sessions: SMTP, submission, IMAP, POP3 (a session
+        handed over to a mail process of its user counts until its proxy ends). A
+        connection whose implicit-TLS handshake is still going on is not a session yet
+        (see :meth:`_drain`).
+        """
+        return sum(service.connections() for service in self._listening())
+
+    def _accepted(self) -> int:
+        """Connections accepted since this worker started, on every listener."""
+        return sum(service.accepted for service in self._listening())
+
+    def _idle_for(self, now: float) -> float | None:
+        """Seconds this worker has had no client connection, as the idle watch saw it
+        last (None: it has a client, accepted one since, or never served one)."""
+        if self._idle_since is None or self._clients() or self._accepted() != self._idle_accepted:
+            return None
+        return now - self._idle_since
+
+    async def _watch_idle(self) -> None:
+        """Postfix's ``max_idle`` (master(5), the daemons' idle timer) for a pool of
+        workers: a worker that has served a connection and then had none for ``max_idle``
+        seconds tells the master (``idle {s}``), every check, until the master answers
+        ``retire`` (:meth:`_retire`). A worker that never served stays: its replacement
+        would be the same.
+
+        The check runs every quarter of ``max_idle`` (0.25 to 5 seconds): a worker asks
+        between ``max_idle`` and that much later after its last connection ended. With
+        ``max_idle = 0`` nothing runs until a reload sets it.
+        """
+        while True:
+            if self._max_idle <= 0:
+                self._reconfigured.clear()
+                await self._reconfigured.wait()
+                continue
+            await asyncio.sleep(min(5.0, max(0.25, self._max_idle / 4)))
+            if self._retiring:
+                return
+            accepted = self._accepted()
+            if not accepted or self._clients() or accepted != self._idle_accepted:
+                self._idle_since = None
+                self._idle_accepted = accepted
+                continue
+            now = time.monotonic()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= self._max_idle:
+                self._channel.send({"t": "idle", "s": round(now - self._idle_since, 1)})
+
+    def _retire(self) -> None:
+        """The master's ``retire``: if this worker still has no client connection and
+        accepted none since it said it was idle, it stops accepting at once (in this
+        same callback: no connection can come in between), says ``retiring`` (the
+        master forks its replacement) and exits once what it accepted is served
+        (:meth:`_drain`). Otherwise it says ``busy`` and serves on. The connections
+        waiting in the shared accept queues are taken by the other workers.
+        """
+        if self._retiring or self._stop.is_set():
+            return
+        idle = self._idle_for(time.monotonic())
+        if idle is None or idle < self._max_idle or self._max_idle <= 0:
+            self._channel.send({"t": "busy"})
+            return
+        self._retiring = True
+        for service in self._listening():
+            service.stop_accepting()
+        self._channel.send({"t": "retiring", "s": round(idle, 1)})
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Exit once no connection this worker accepted is left: one accepted just before
+        it stopped accepting becomes a session within a few loop passes (:data:`_SETTLE`),
+        one on an implicit-TLS listener at the end of its handshake (at most
+        :data:`_HANDSHAKE_TIMEOUT` seconds after it was accepted); every session ends
+        as it would have (no ``* BYE``, no 421)."""
+        await asyncio.sleep(_SETTLE)
+        while True:
+            handshake = max((s.last_tls_accept for s in self._listening()), default=0.0)
+            in_handshake = handshake and time.monotonic() - handshake < _HANDSHAKE_TIMEOUT
+            if not self._clients() and not in_handshake:
+                break
+            await asyncio.sleep(0.1)
+        self._stop.set()
 
     def _master_gone(self) -> None:
         if not self._stopping and not self._stop.is_set():
@@ -814,6 +940,8 @@ class Worker:
             self._channel.send({"t": "status", "id": message["id"], "services": services})
         elif kind == "reload":
             asyncio.get_running_loop().create_task(self._reload(message["id"]))
+        elif kind == "retire":
+            self._retire()
         elif kind == "stop":
             self._grace = float(message.get("grace", self._grace))  # type: ignore[arg-type]
             self._stop.set()
@@ -843,6 +971,8 @@ class Worker:
             return
         self.settings = settings
         self._grace = float(settings.seconds("shutdown_grace_time"))
+        self._max_idle = float(settings.seconds("max_idle"))
+        self._reconfigured.set()
         for service in self.services:
             await service.reload(context)
         self._channel.send({"t": "reloaded", "id": request, "ok": True})
@@ -918,6 +1048,11 @@ class WorkerPool:
         self._starting = False
         self._failed_start = False
         self._retiring: set[_Handle] = set()
+        #: max_idle: the worker asked to retire (its answer pending), and the index whose
+        #: replacement is not ready yet with the old pid and its idle seconds; one
+        #: replacement at a time (see :meth:`_idle`).
+        self._recycle: _Handle | None = None
+        self._recycled: tuple[int, int, float] | None = None
         self._watchers: dict[str, set[_Handle]] = {}  # mailbox key -> workers watching it
         #: Change notices: received ``from_workers`` and ``from_master`` (the master's own
         #: publishes, deliveries mostly, after gathering), ``relayed`` (lines sent to
@@ -1057,6 +1192,8 @@ class WorkerPool:
 
     def _gone(self, handle: _Handle) -> None:
         """A worker's channel closed: it exited. Take back its counts; replace it."""
+        if self._recycle is handle:
+            self._recycle = None  # it died before it answered: replaced as a death
         if self.workers.get(handle.index) is handle:
             del self.workers[handle.index]
         if handle.hibernation is not None:
@@ -1183,10 +1320,67 @@ class WorkerPool:
         elif kind == "ready":
             handle.ready.set()
             worker_log.debug("worker %d ready, pid %s", handle.index, message.get("pid"))
+            if self._recycled is not None and self._recycled[0] == handle.index:
+                _, old, idle = self._recycled
+                self._recycled = None
+                log.info(
+                    "worker %d pid %d idle for %.0fs: replaced by pid %d",
+                    handle.index,
+                    old,
+                    idle,
+                    handle.pid,
+                )
+        elif kind == "idle":
+            self._idle(handle)
+        elif kind == "busy":
+            if self._recycle is handle:
+                self._recycle = None
+        elif kind == "retiring":
+            self._retired(handle, float(message.get("s", 0.0)))  # type: ignore[arg-type]
         elif kind in ("status", "reloaded"):
             future = self._requests.pop(int(message["id"]), None)  # type: ignore[call-overload]
             if future is not None and not future.done():
                 future.set_result(message)
+
+    def _idle(self, handle: _Handle) -> None:
+        """A worker has had no client connection for ``max_idle`` seconds (Postfix's
+        max_idle): ask it to retire, unless a replacement is under way already or the
+        pool is not whole and ready (then it asks again at its next check). One worker at
+        a time, and the next only once the replacement is ready: the other workers keep
+        accepting all along (with ``worker_processes = 2``, one always does).
+
+        Work the master gives a worker itself (not through the listening sockets) must
+        go to a handle in :attr:`workers` other than the one asked to retire and not yet
+        answered: the worker's answer would not see it.
+        """
+        if (
+            self._stopping
+            or self._starting
+            or self._recycle is not None
+            or self._recycled is not None
+            or self.workers.get(handle.index) is not handle
+            or len(self.workers) < self.count
+            or not all(h.ready.is_set() for h in self.workers.values())
+        ):
+            return
+        self._recycle = handle
+        handle.channel.send({"t": "retire"})
+
+    def _retired(self, handle: _Handle, idle: float) -> None:
+        """The worker stopped accepting to be replaced: fork its replacement now (its
+        sessions, if any came in at the last moment, finish in it; its exit is not a
+        death: nothing is logged, no pause)."""
+        if self._recycle is handle:
+            self._recycle = None
+        if self.workers.get(handle.index) is not handle:
+            return  # retiring already (a reload replaces every worker)
+        handle.retiring = True
+        self._retiring.add(handle)
+        del self.workers[handle.index]
+        if self._stopping:
+            return
+        self._recycled = (handle.index, handle.pid, idle)
+        self._spawn(handle.index)
 
     def _account_anvil(self, handle: _Handle, event: list[object]) -> None:
         kind, name, address, at = event
@@ -1346,6 +1540,7 @@ class WorkerPool:
         """Replace every worker by a new one (forked with what the fork server has now);
         the old ones stop accepting at once and let their sessions finish for ``grace``
         seconds. Used when a reload changes the listening addresses."""
+        self._recycle = self._recycled = None  # every worker is replaced now
         for handle in list(self.workers.values()):
             handle.retiring = True
             self._retiring.add(handle)
@@ -1358,6 +1553,8 @@ class WorkerPool:
         self._stopping = True
         self.hibernated.stop()
         self.broadcast({"t": "stop", "grace": grace}, None)
+        for handle in self._retiring:  # a max_idle retirement may still serve a session
+            handle.channel.send({"t": "stop", "grace": grace})
         if self.workers or self._retiring:
             self._all_gone.clear()
             with contextlib.suppress(TimeoutError):
