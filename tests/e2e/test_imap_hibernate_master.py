@@ -267,3 +267,43 @@ def test_stop_says_bye_to_the_sessions_in_the_master(tmp_path: Path) -> None:
         raw.close()
     finally:
         running.daemon.stop()
+
+
+def test_the_worker_a_session_left_is_replaced_and_the_session_wakes_in_another(
+    tmp_path: Path,
+) -> None:
+    """``imap_hibernate_timeout`` and ``max_idle`` together (what 1,000 IDLE connections
+    in little memory rely on): the session moves to the master, the worker it left has no
+    client and is replaced by a new fork, and a delivery wakes the session into a worker
+    that never had it; it goes on there."""
+    from tests.e2e.test_worker_max_idle import wait_replaced
+    from tests.e2e.test_workers import serving_pid, worker_pids
+
+    running = start_imap_instance(tmp_path / "roost", SETTINGS + "max_idle = 1s\n")
+    try:
+        user = add_user(running)
+        deliver(running, user[0], "one")
+        raw = RawClient(running)
+        served = serving_pid(raw.sock, worker_pids(running))  # before it can move
+        assert raw.command("l", f'LOGIN "{user[0]}" "{user[1]}"')[-1].startswith(b"l OK")
+        assert raw.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
+        raw.send(b"i IDLE\r\n")
+        assert raw.line() == b"+ idling\r\n"
+        raw.sock.settimeout(20)
+        moved(running, 0)
+        # The worker the session left has no client now: it is replaced by a new fork.
+        new = wait_replaced(running, served)
+        assert served not in worker_pids(running) and new in worker_pids(running)
+        assert counter(running, "sessions") == 1
+        deliver(running, user[0], "two")
+        assert raw.line() == b"* 2 EXISTS\r\n"
+        assert raw.line() == b"* 2 RECENT\r\n"
+        raw.send(b"DONE\r\n")
+        assert raw.line() == b"i OK Idle completed.\r\n"
+        reply = raw.command("f", "FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert reply[-1].startswith(b"f OK") and b"two" in b"".join(reply), reply
+        assert raw.command("o", "LOGOUT")[-1].startswith(b"o OK")
+        raw.close()
+        assert "killed by signal" not in running.log()
+    finally:
+        running.daemon.stop()

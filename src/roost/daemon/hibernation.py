@@ -215,6 +215,12 @@ class HibernationLink:
             return False
         return bool(await future)
 
+    def poll(self) -> None:
+        """Handle what the master has sent and this worker has not read yet (answers
+        and woken sessions), as the loop's reader would."""
+        if self._loop is not None:
+            self._readable()
+
     def _readable(self) -> None:
         while True:
             try:

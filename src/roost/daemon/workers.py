@@ -854,6 +854,10 @@ class Worker:
         """
         if self._retiring or self._stop.is_set():
             return
+        if self.hibernation is not None:
+            # A session the master woke into this worker before it asked may still be
+            # in the hibernation socket: take it first (it makes this worker busy).
+            self.hibernation.poll()
         idle = self._idle_for(time.monotonic())
         if idle is None or idle < self._max_idle or self._max_idle <= 0:
             self._channel.send({"t": "busy"})
@@ -1477,7 +1481,10 @@ class WorkerPool:
         candidates = [
             h
             for h in self.workers.values()
-            if h.hibernation is not None and h.ready.is_set() and not h.retiring
+            if h.hibernation is not None
+            and h.ready.is_set()
+            and not h.retiring
+            and h is not self._recycle  # asked to retire (max_idle), not answered yet
         ]
         for handle in sorted(candidates, key=self._load):
             assert handle.hibernation is not None

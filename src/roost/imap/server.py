@@ -191,6 +191,7 @@ class IMAPService(StoreService[Shared, Registry]):
         except Exception:
             sock.close()
             raise
+        self.accepted += 1  # a connection this worker serves (max_idle's watch)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._connect(loop, session, sock))
         self._adopting.add(task)
@@ -207,6 +208,10 @@ class IMAPService(StoreService[Shared, Registry]):
 
     def _session(self, service: str) -> IMAPSession:
         return IMAPSession(self._shared[service])
+
+    def connections(self) -> int:
+        """The open sessions, and the woken ones still being connected (:meth:`adopt`)."""
+        return super().connections() + len(self._adopting)
 
     def _implicit_tls(self, service: str) -> bool:
         return service == "imaps"
