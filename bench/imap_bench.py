@@ -62,7 +62,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -181,9 +180,10 @@ namespace inbox {
 """
 
 
-#: ``imap_hibernate_timeout`` of the roost servers (``--hibernate-timeout``; one element,
-#: set by main()). A base without the parameter ignores it (unknown parameters warn).
-HIBERNATE_TIMEOUT = ["30s"]
+#: roost's ``imap_hibernate_timeout`` and ``max_idle`` (``--hibernate-timeout``,
+#: ``--max-idle``; set by main(), the defaults roost's). A base without a parameter
+#: ignores it (unknown parameters warn).
+IDLE_SETTINGS = {"imap_hibernate_timeout": "30s", "max_idle": "100s"}
 
 
 def split_memory(server: common.MailboxServer) -> dict[str, float]:
@@ -221,22 +221,6 @@ def roost_status(server: common.MailboxServer) -> dict[str, Any]:
         return {}
 
 
-def replace_workers(server: common.MailboxServer, timeout: float = 60.0) -> None:
-    """SIGTERM every roost worker (each stops gracefully and the master forks a new one)
-    and wait until the new ones serve."""
-    workers = roost_status(server).get("workers", [])
-    old = {int(worker["pid"]) for worker in workers}
-    for pid in old:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = {int(worker["pid"]) for worker in roost_status(server).get("workers", [])}
-        if len(now) == len(old) and not now & old:
-            return
-        time.sleep(0.2)
-
-
 def make_server(
     kind: str,
     base: Path,
@@ -251,7 +235,7 @@ def make_server(
     a self-signed certificate."""
     roost = "mail_max_userip_connections = 2000\nimap_client_connection_count_limit = 0\n"
     # Explicit, so that runs of bases without the parameter are told apart in the output.
-    roost += f"imap_hibernate_timeout = {HIBERNATE_TIMEOUT[0]}\n"
+    roost += "".join(f"{name} = {value}\n" for name, value in IDLE_SETTINGS.items())
     if processes := os.environ.get("ROOST_WORKER_PROCESSES"):  # 1 vs N (docs/performance)
         roost += f"worker_processes = {processes}\n"
     dovecot = f"mail_fsync = {fsync}\nmail_max_userip_connections = 2000\n{DOVECOT_NAMESPACE}"
@@ -397,6 +381,7 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
         cpu_before = server.cpu_seconds()
 
         split: dict[str, dict[str, float]] = {"before": split_before}
+        waited: dict[str, float] = {}  # after --idle-wait: PSS (MiB), sessions in the master
 
         async def measure() -> tuple[imap_load.IdleSessions, common.Memory]:
             sessions = await imap_load.open_idle_sessions(
@@ -414,17 +399,9 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
             if args.idle_wait > 0:  # e.g. past imap_hibernate_timeout
                 await asyncio.sleep(args.idle_wait)
                 split["waited"] = split_memory(server)
-                split["waited_total"] = {"pss": server.memory().pss_kib}
+                waited["pss_mib_waited"] = server.memory().pss_mib
                 parked = roost_status(server).get("hibernated", {})
-                split["hibernated"] = {"sessions": float(parked.get("sessions", 0))}
-                if args.idle_recycle and parked.get("sessions"):
-                    # What the recycle of idle workers (branch recycle) would give: every
-                    # worker replaced by a fresh fork, the sessions staying in the master.
-                    await asyncio.to_thread(replace_workers, server)
-                    await asyncio.sleep(3.0)
-                    split["recycled"] = split_memory(server)
-                    parked = roost_status(server).get("hibernated", {})
-                    split["hibernated_after"] = {"sessions": float(parked.get("sessions", 0))}
+                waited["hibernated"] = float(parked.get("sessions", 0))
             await sessions.close()
             return sessions, memory
 
@@ -444,6 +421,7 @@ def run_idle(kind: str, round_: int, args: argparse.Namespace, base: Path) -> Ru
         for stage, parts in split.items():
             for name, kib in parts.items():
                 values[f"{stage}_{name}_kib"] = kib
+        values.update(waited)
         return Run(
             server=kind,
             workload=f"idle-{count}" + ("" if args.tls == "none" else f"-{args.tls}"),
@@ -663,14 +641,14 @@ def idle_split_table(runs: Sequence[Run]) -> str:
     """The master's and the other processes' PSS (anonymous PSS) in MiB: before the
     connections, right after their set-up and after ``--idle-wait``."""
     lines = [
-        f"imap_hibernate_timeout = {HIBERNATE_TIMEOUT[0]} (roost)",
+        ", ".join(f"{name} = {value}" for name, value in IDLE_SETTINGS.items()) + " (roost)",
         "",
         "| load | server | runs | stage | master PSS (anon) MiB | others PSS (anon) MiB "
         "| total PSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for workload, _, name, own in groups(runs):
-        for stage in ("before", "setup", "waited", "recycled"):
+        for stage in ("before", "setup", "waited"):
             if f"{stage}_master_pss_kib" not in own[0].values:
                 continue
 
@@ -688,17 +666,23 @@ def idle_split_table(runs: Sequence[Run]) -> str:
 
 
 def idle_table(runs: Sequence[Run]) -> str:
+    """PSS with the connections set up; with ``--idle-wait``, also after that wait (the
+    sessions in IDLE moved to roost's master, idle workers replaced: ``max_idle``)."""
     lines = [
         "| load | server | runs | connections | PSS MiB total (before) | KiB/connection | "
+        "PSS MiB after --idle-wait (sessions in the master) | "
         "RSS MiB | processes | setup s | ratio PSS roost/dovecot |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for workload, mine, name, own in groups(runs):
         ratio = ratio_cell(mine, "pss_mib") if name == "roost" else ""
+        waited = "-"
+        if all("pss_mib_waited" in run.values for run in own):
+            waited = f"{cell(own, 'pss_mib_waited', 1)} ({cell(own, 'hibernated').split()[0]})"
         lines.append(
             f"| {workload} | {name} | {len(own)} | {cell(own, 'connections')} | "
             f"{cell(own, 'pss_mib', 1)} ({cell(own, 'pss_mib_before', 1).split()[0]}) | "
-            f"{cell(own, 'kib_per_connection')} | {cell(own, 'rss_mib')} | "
+            f"{cell(own, 'kib_per_connection')} | {waited} | {cell(own, 'rss_mib')} | "
             f"{cell(own, 'processes')} | {cell(own, 'setup_seconds', 1)} | {ratio} |"
         )
     return "\n".join(lines)
@@ -793,12 +777,7 @@ def main() -> None:
         help="idle: seconds after the first reading before a second one (hibernation)",
     )
     parser.add_argument("--hibernate-timeout", default="30s", help="roost's imap_hibernate_timeout")
-    parser.add_argument(
-        "--idle-recycle",
-        action="store_true",
-        help="idle: after --idle-wait, replace every roost worker (SIGTERM) when the"
-        " sessions are in the master, and read the memory again",
-    )
+    parser.add_argument("--max-idle", default="100s", help="roost's max_idle")
     parser.add_argument(
         "--tls",
         default="none",
@@ -816,7 +795,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=Path, help="py-spy roost once per mixed load")
     args = parser.parse_args()
-    HIBERNATE_TIMEOUT[0] = args.hibernate_timeout
+    IDLE_SETTINGS.update(imap_hibernate_timeout=args.hibernate_timeout, max_idle=args.max_idle)
     if args.quick:
         args.rounds = min(args.rounds, 1)
         args.seconds = min(args.seconds, 4.0)
