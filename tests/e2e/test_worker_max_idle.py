@@ -1,9 +1,11 @@
 """``max_idle``: a worker that has served and then had no client connection for
-``max_idle`` seconds is replaced by a new one (Postfix's max_idle, for a pool of workers).
+``max_idle`` seconds goes (Postfix's max_idle, for a pool of workers): replaced by a new
+one while another worker has had a client, else the pool shrinks (never below one worker)
+until a client comes, which brings it back to ``worker_processes``.
 
 Which worker serves a connection is read from the kernel's socket tables (as in
 test_workers.py); the workers' pids from ``roost status``; a replacement from the master's
-log line (``worker N pid P idle for Ss: replaced by pid Q``).
+log lines (``worker N pid P idle for Ss: replaced by pid Q`` or ``...: exited, ...``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.e2e.test_workers import alive, imap_in, serving_pid, status, wait_for
 
 TWO = "worker_processes = 2\ndisable_plaintext_auth = no\n"
 REPLACED = re.compile(r"worker (\d+) pid (\d+) idle for \d+s: replaced by pid (\d+)")
+EXITED = re.compile(r"worker (\d+) pid (\d+) idle for \d+s: exited, (\d+) of (\d+) workers left")
 
 
 @pytest.fixture
@@ -36,6 +39,30 @@ def instance(tmp_path: Path) -> Iterator[Instance]:
 def replacements(instance: Instance) -> list[tuple[int, int, int]]:
     """(index, old pid, new pid) of every replacement the master logged."""
     return [(int(a), int(b), int(c)) for a, b, c in REPLACED.findall(instance.daemon.log_text())]
+
+
+def exits(instance: Instance) -> list[tuple[int, int]]:
+    """(index, pid) of every worker the pool gave up while all were idle (logged)."""
+    return [(int(a), int(b)) for a, b, _, _ in EXITED.findall(instance.daemon.log_text())]
+
+
+def wait_gone(instance: Instance, pid: int, *, exited: bool = True) -> str:
+    """Wait (bounded) until the master logged that worker ``pid`` went, replaced or given
+    up (and, if ``exited``, until it is gone); return ``replaced`` or ``exited``."""
+
+    def how() -> str | None:
+        if any(old == pid for _, old, _ in replacements(instance)):
+            return "replaced"
+        if any(old == pid for _, old in exits(instance)):
+            return "exited"
+        return None
+
+    wait_for(lambda: how() is not None, f"{pid} gone")
+    if exited:
+        wait_for(lambda: not alive(pid), f"{pid} exited")
+    result = how()
+    assert result is not None
+    return result
 
 
 def wait_replaced(instance: Instance, pid: int, *, exited: bool = True) -> int:
@@ -81,27 +108,38 @@ def assert_no_death_logged(instance: Instance) -> None:
     assert "died" not in log
 
 
-def test_a_worker_is_replaced_after_an_imap_session_ends(instance: Instance) -> None:
+def assert_the_pool_grows_back(instance: Instance) -> None:
+    """One worker left: a client brings the pool back to worker_processes at once."""
+    assert len(worker_pids(instance)) == 1
+    assert greeting(instance, "imap").startswith(b"* OK")
+    wait_for(lambda: len(worker_pids(instance)) == 2, "two workers again")
+    assert "started again, a worker has clients" in instance.daemon.log_text()
+
+
+def test_a_worker_leaves_the_pool_after_an_imap_session_ends(instance: Instance) -> None:
+    """The other worker never had a client: the one that served goes without a
+    replacement (the pool shrinks), and the next client brings the pool back."""
     pids = worker_pids(instance)
     client, served = imap_in(instance, None, pids)
     client.login("alice", PASSWORD)
     client.select("INBOX")
     client.logout()
-    new = wait_replaced(instance, served)
-    assert new not in pids
-    assert sorted(worker_pids(instance)) == sorted([p for p in pids if p != served] + [new])
+    assert wait_gone(instance, served) == "exited"
+    assert worker_pids(instance) == [p for p in pids if p != served]
+    assert replacements(instance) == []
+    assert_the_pool_grows_back(instance)
     assert_every_listener_serves(instance)
     assert_no_death_logged(instance)
 
 
-def test_a_worker_is_replaced_after_an_smtp_session_ends(instance: Instance) -> None:
+def test_a_worker_leaves_the_pool_after_an_smtp_session_ends(instance: Instance) -> None:
     pids = worker_pids(instance)
     with instance.smtp() as client:
         served = serving_pid(client.sock, pids)
         client.sendmail("bob@example.org", ["alice@virtual.test"], b"Subject: x\r\n\r\nhi\r\n")
-    new = wait_replaced(instance, served)
-    assert new in worker_pids(instance)
+    assert wait_gone(instance, served) == "exited"
     assert len(instance.wait_delivered("alice", 1)) == 1
+    assert_the_pool_grows_back(instance)
     assert_every_listener_serves(instance)
     assert_no_death_logged(instance)
 
@@ -126,21 +164,24 @@ def test_a_worker_with_an_open_idle_session_is_not_replaced(instance: Instance) 
     client.send(b"DONE\r\n")
     assert client.readline().startswith(f"{tag} OK".encode())
     client.logout()
-    wait_replaced(instance, busy)  # once the session is gone, it goes too
+    # once the session is gone it goes too, and the pool shrinks: the other worker is
+    # the fresh replacement, without a client yet
+    assert wait_gone(instance, busy) == "exited"
     assert_no_death_logged(instance)
 
 
-def test_a_worker_that_never_served_is_not_replaced(instance: Instance) -> None:
+def test_a_worker_that_never_served_stays(instance: Instance) -> None:
     pids = worker_pids(instance)
     client, served = imap_in(instance, None, pids)
     client.logout()
-    new = wait_replaced(instance, served)
+    assert wait_gone(instance, served) == "exited"
     (untouched,) = [p for p in pids if p != served]
-    # neither the worker that never served nor the fresh replacement is replaced: a
-    # replacement would be the same. Several checks of max_idle pass meanwhile.
+    # the worker that never served is neither replaced nor given up (the pool keeps one
+    # worker; a replacement would be the same). Several checks of max_idle pass.
     time.sleep(5)
-    assert [(old, n) for _, old, n in replacements(instance)] == [(served, new)]
-    assert sorted(worker_pids(instance)) == sorted([untouched, new])
+    assert replacements(instance) == []
+    assert [pid for _, pid in exits(instance)] == [served]
+    assert worker_pids(instance) == [untouched]
 
 
 def test_max_idle_0_never_replaces_until_a_reload_sets_it(tmp_path: Path) -> None:
@@ -156,9 +197,18 @@ def test_max_idle_0_never_replaces_until_a_reload_sets_it(tmp_path: Path) -> Non
         main_cf = instance.directory / "main.cf"
         main_cf.write_text(main_cf.read_text().replace("max_idle = 0\n", "max_idle = 1s\n"))
         assert roost_cli(main_cf, "reload").returncode == 0
-        for pid in pids:  # both served: both are replaced, one after the other
-            wait_replaced(instance, pid)
-        assert not set(worker_pids(instance)) & set(pids)
+        # Both served and both are idle: the first to retire leaves the pool (one
+        # worker left), the last is replaced (the pool never goes below one).
+        wait_for(lambda: len(exits(instance)) == 1 and len(replacements(instance)) == 1, "both")
+        [(_, gone)] = exits(instance)
+        [(_, replaced, new)] = replacements(instance)
+        assert {gone, replaced} == set(pids)
+        wait_for(lambda: worker_pids(instance) == [new], "one worker left")
+        # A client brings the pool back to worker_processes at once.
+        assert greeting(instance, "imap").startswith(b"* OK")
+        wait_for(lambda: len(worker_pids(instance)) == 2, "two workers again")
+        assert "started again, a worker has clients" in instance.daemon.log_text()
+        assert_every_listener_serves(instance)
         assert_no_death_logged(instance)
     finally:
         instance.daemon.stop()
@@ -172,19 +222,18 @@ def test_connections_during_replacements_all_get_their_greeting(instance: Instan
     services = ["smtp", "imap", "pop3", "imaps"]
     made = 0
     deadline = time.monotonic() + 120
-    while len(replacements(instance)) < 4 and time.monotonic() < deadline:
+    while len(replacements(instance)) + len(exits(instance)) < 4 and time.monotonic() < deadline:
         for _ in range(rng.randrange(5, 30)):
             service = rng.choice(services)
             line = greeting(instance, service)
             assert line.startswith((b"220 ", b"* OK", b"+OK")), (service, line)
             made += 1
         time.sleep(rng.uniform(0.9, 1.8))
-    assert len(replacements(instance)) >= 4
+    assert len(replacements(instance)) + len(exits(instance)) >= 4
     assert made > 0
     assert_every_listener_serves(instance)
     assert_no_death_logged(instance)
-    answer = status(instance)
-    assert len(answer["workers"]) == 2  # type: ignore[arg-type]
+    wait_for(lambda: len(status(instance)["workers"]) == 2, "two workers")  # type: ignore[arg-type]
 
 
 def test_imap_login_stays_possible(instance: Instance) -> None:
@@ -192,7 +241,7 @@ def test_imap_login_stays_possible(instance: Instance) -> None:
     pids = worker_pids(instance)
     client, served = imap_in(instance, None, pids)
     client.logout()
-    wait_replaced(instance, served)
+    wait_gone(instance, served)
     for _ in range(4):
         with imaplib.IMAP4("127.0.0.1", instance.ports["imap"], timeout=30) as again:
             again.login("alice", PASSWORD)
@@ -208,7 +257,7 @@ def test_a_tls_handshake_under_way_when_its_worker_retires_still_completes(
     pids = worker_pids(instance)
     raw = socket.create_connection(("127.0.0.1", instance.ports["imaps"]), 30)
     served = serving_pid(raw, pids)
-    wait_replaced(instance, served, exited=False)
+    wait_gone(instance, served, exited=False)
     assert alive(served)  # not accepting any more, but not gone
     with client_tls().wrap_socket(raw) as tls, tls.makefile("rb") as lines:
         assert lines.readline().startswith(b"* OK")

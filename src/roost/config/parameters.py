@@ -331,8 +331,9 @@ _TABLE: Final[list[Parameter]] = [
         T,
         "100s",
         "Postfix: how long a worker process that has served a connection waits with no"
-        " client connection before it is replaced by a new one (its memory goes back to"
-        " the system; one at a time, the pool keeps worker_processes); 0: never. Nothing"
+        " client connection before it goes (its memory goes back to the system; one at a"
+        " time): replaced by a new one while another worker has clients, else the pool"
+        " shrinks, never below one, until a worker has a client again; 0: never. Nothing"
         " happens with worker_processes = 1.",
         section="daemon",
     ),

@@ -70,6 +70,8 @@ class ListeningService(Generic[SharedT]):
         #: When the last connection on an implicit-TLS listener was accepted: its session
         #: counts only from the end of its TLS handshake (:meth:`connections`).
         self.last_tls_accept = 0.0
+        #: Called at each accepted connection (a worker tells the master it is in use).
+        self.on_accept: Callable[[], None] | None = None
 
     def _build(self, context: Context) -> None:
         """Build ``_shared`` (and set ``_context``) from ``context``; raises ConfigError."""
@@ -99,13 +101,19 @@ class ListeningService(Generic[SharedT]):
         """The protocol factory of ``service``'s listeners: a new session, counted."""
 
         def accept() -> asyncio.Protocol:
-            self.accepted += 1
-            self.last_accept = now = time.monotonic()
+            self.count_accept()
             if implicit:
-                self.last_tls_accept = now
+                self.last_tls_accept = self.last_accept
             return self._session(service)
 
         return accept
+
+    def count_accept(self) -> None:
+        """Count a connection this service now serves (accepted, or handed to it)."""
+        self.accepted += 1
+        self.last_accept = time.monotonic()
+        if self.on_accept is not None:
+            self.on_accept()
 
     @property
     def listeners(self) -> list[Listener]:

@@ -41,7 +41,8 @@ JSON lines). Worker to master:
   to every worker that watches the mailbox;
 * ``status {id, services}``, ``reloaded {id, ok}``: answers;
 * ``idle {s}``: the worker has served a connection and then had none for ``s`` seconds,
-  at least ``max_idle``; ``busy`` and ``retiring {s}`` answer ``retire`` (see below).
+  at least ``max_idle``; ``busy`` and ``retiring {s}`` answer ``retire`` (see below);
+* ``active``: the worker's first connection since it started or said ``idle``.
 
 Master to worker: the forwarded shared state, ``sync`` (a snapshot for a new worker),
 ``status {id}``, ``reload {id}``, ``stop {grace}``, ``retire``. Beside the channel, a
@@ -52,9 +53,12 @@ counts while no worker has them.
 
 ``max_idle`` (Postfix's parameter: "the maximum amount of time that an idle Postfix daemon
 process waits for an incoming connection before terminating voluntarily", master(5)),
-for a pool that keeps ``worker_processes`` workers: a worker that has had no client
-connection for ``max_idle`` seconds is replaced by a new fork, so that what its sessions
-dirtied (copied pages of the image, heap) goes back to the system. The worker says
+for a pool of up to ``worker_processes`` workers: a worker that has had no client
+connection for ``max_idle`` seconds goes, so that what its sessions dirtied (copied
+pages of the image, heap) goes back to the system: replaced by a new fork while another
+worker is busy (said ``active`` and not ``idle`` since), else not replaced, never the last
+one, until a worker says ``active`` again (then the master forks the missing ones: as
+Postfix's master starts daemons on demand). The worker says
 ``idle``; the master answers ``retire`` only when no other replacement is under way and
 every worker is ready; the worker, in that same callback, checks that it still has no
 client connection and accepted none since (else ``busy``), closes its listening sockets
@@ -709,6 +713,9 @@ class Worker:
         self._max_idle = float(settings.seconds("max_idle"))
         self._idle_since: float | None = None  # when the idle watch first saw no client
         self._idle_accepted = 0  # connections accepted when it did
+        #: What the master believes: no client since this worker started or said ``idle``
+        #: (the first connection after that says ``active``: :meth:`_in_use`).
+        self._master_sees_idle = True
         self._retiring = False
         self._reconfigured = asyncio.Event()
         self.mesh = Mesh(
@@ -774,6 +781,8 @@ class Worker:
             if self.hibernation is not None:
                 self.hibernation.start()
             DEFAULT_BUS.set_watch_hook(watch)  # before any session can subscribe
+            for listening in self._listening():
+                listening.on_accept = self._in_use
             for service in self.services:
                 await service.start()
         except (OSError, TLSError, ConfigError) as exc:
@@ -788,7 +797,7 @@ class Worker:
         await self._shutdown(self._grace)
         return 0
 
-    # --- max_idle: a worker with no client connection is replaced --------------------------
+    # --- max_idle: a worker with no client connection goes --------------------------------
 
     def _listening(self) -> list[ListeningService[object]]:
         return [s for s in self.services if isinstance(s, ListeningService)]
@@ -842,7 +851,16 @@ class Worker:
             if self._idle_since is None:
                 self._idle_since = now
             elif now - self._idle_since >= self._max_idle:
+                self._master_sees_idle = True
                 self._channel.send({"t": "idle", "s": round(now - self._idle_since, 1)})
+
+    def _in_use(self) -> None:
+        """A connection came (accepted, or a session woken from the master): the first
+        since this worker started or said ``idle`` tells the master (``active``), which
+        then brings the pool back to ``worker_processes`` if it had shrunk."""
+        if self._master_sees_idle:
+            self._master_sees_idle = False
+            self._channel.send({"t": "active"})
 
     def _retire(self) -> None:
         """The master's ``retire``: if this worker still has no client connection and
@@ -1014,6 +1032,8 @@ class _Handle:
     watching: set[str] = field(default_factory=set)  # mailbox keys (``sub``)
     retiring: bool = False
     hibernation: socket.socket | None = None  # the master's end of the hibernation pair
+    #: It has had a client since it started or last said ``idle`` (it said ``active``).
+    busy: bool = False
 
 
 class WorkerPool:
@@ -1057,6 +1077,8 @@ class WorkerPool:
         #: replacement at a time (see :meth:`_idle`).
         self._recycle: _Handle | None = None
         self._recycled: tuple[int, int, float] | None = None
+        #: Indexes of the workers the pool gave up while every worker was idle.
+        self._vacant: set[int] = set()
         self._watchers: dict[str, set[_Handle]] = {}  # mailbox key -> workers watching it
         #: Change notices: received ``from_workers`` and ``from_master`` (the master's own
         #: publishes, deliveries mostly, after gathering), ``relayed`` (lines sent to
@@ -1335,7 +1357,11 @@ class WorkerPool:
                     handle.pid,
                 )
         elif kind == "idle":
+            handle.busy = False
             self._idle(handle)
+        elif kind == "active":
+            handle.busy = True
+            self._grow()
         elif kind == "busy":
             if self._recycle is handle:
                 self._recycle = None
@@ -1363,7 +1389,7 @@ class WorkerPool:
             or self._recycle is not None
             or self._recycled is not None
             or self.workers.get(handle.index) is not handle
-            or len(self.workers) < self.count
+            or len(self.workers) + len(self._vacant) < self.count
             or not all(h.ready.is_set() for h in self.workers.values())
         ):
             return
@@ -1383,8 +1409,32 @@ class WorkerPool:
         del self.workers[handle.index]
         if self._stopping:
             return
+        if self.workers and not any(h.busy for h in self.workers.values()):
+            # No other worker has had a client since it started or was idle for
+            # max_idle: the pool shrinks (as Postfix's idle daemons exit, and its master
+            # starts one again when a client comes: _grow).
+            self._vacant.add(handle.index)
+            log.info(
+                "worker %d pid %d idle for %.0fs: exited, %d of %d workers left",
+                handle.index,
+                handle.pid,
+                idle,
+                len(self.workers),
+                self.count,
+            )
+            return
         self._recycled = (handle.index, handle.pid, idle)
         self._spawn(handle.index)
+
+    def _grow(self) -> None:
+        """A worker has a client again: fork the workers the pool gave up when all were
+        idle (:meth:`_retired`), back to ``worker_processes``."""
+        if self._stopping or not self._vacant:
+            return
+        for index in sorted(self._vacant):
+            log.info("worker %d: started again, a worker has clients", index)
+            self._spawn(index)
+        self._vacant.clear()
 
     def _account_anvil(self, handle: _Handle, event: list[object]) -> None:
         kind, name, address, at = event

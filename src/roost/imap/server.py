@@ -191,7 +191,7 @@ class IMAPService(StoreService[Shared, Registry]):
         except Exception:
             sock.close()
             raise
-        self.accepted += 1  # a connection this worker serves (max_idle's watch)
+        self.count_accept()  # a connection this worker serves (max_idle's watch)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._connect(loop, session, sock))
         self._adopting.add(task)
