@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from roost.daemon.control import request
+from tests.e2e.daemon import roost_cli
 from tests.e2e.instance import Instance
 from tests.e2e.test_imap_helpers import (
     RawClient,
@@ -91,6 +92,8 @@ def test_delivery_wakes_a_session_in_the_master_and_it_goes_on(instance: Instanc
     raw = idle(instance, user)
     moved(instance, taken)
     assert counter(instance, "sessions") == 1
+    shown = roost_cli(instance.directory / "main.cf", "status")
+    assert "  hibernated: {'sessions': 1, " in shown.stdout, shown.stdout
     changes = counter(instance, "change")
     deliver(instance, user[0], "two")
     assert raw.line() == b"* 2 EXISTS\r\n"

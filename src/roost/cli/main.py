@@ -207,6 +207,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(services, dict):
         for name, info in services.items():
             print(f"  {name}: {info}")
+    hibernated = answer.get("hibernated")
+    if isinstance(hibernated, dict):  # IMAP sessions idle in IDLE in the master
+        print(f"  hibernated: {hibernated}")
     workers = answer.get("workers")
     if isinstance(workers, list):
         for worker in workers:
