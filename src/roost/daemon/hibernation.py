@@ -66,11 +66,16 @@ import zlib
 from collections.abc import Callable, Hashable, Iterable
 from typing import Final
 
+from roost.config.parameters import PARAMETERS
+
 __all__ = [
     "MAX_PACKET",
     "RECV_SIZE",
     "HibernatedSessions",
     "HibernationLink",
+    "decode_packet",
+    "encode_packet",
+    "header_counts",
     "maildir_stamps",
 ]
 
@@ -87,24 +92,8 @@ RECV_SIZE: Final = 64 * 1024
 _RETRY: Final = 0.2
 #: Dovecot's default ``imap_logout_format`` (the parameter table's): a worker leaves
 #: it out of the header.
-DEFAULT_LOGOUT_FORMAT: Final = (
-    "in=%i out=%o deleted=%{deleted} expunged=%{expunged} trashed=%{trashed}"
-    " hdr_count=%{fetch_hdr_count} hdr_bytes=%{fetch_hdr_bytes}"
-    " body_count=%{fetch_body_count} body_bytes=%{fetch_body_bytes}"
-)
-#: The logout line's values (a worker sends those that are not 0).
-_LOGOUT_VALUES: Final = (
-    "input",
-    "output",
-    "deleted",
-    "expunged",
-    "trashed",
-    "fetch_hdr_count",
-    "fetch_hdr_bytes",
-    "fetch_body_count",
-    "fetch_body_bytes",
-)
-#: Dovecot's shutdown reply, as a worker sends it.
+DEFAULT_LOGOUT_FORMAT: Final = str(PARAMETERS["imap_logout_format"].default)
+#: Dovecot's shutdown reply, sent by a worker's session and by the master.
 BYE_SHUTDOWN: Final = b"* BYE Server shutting down.\r\n"
 KEEPALIVE: Final = b"* OK Still here\r\n"
 
@@ -133,11 +122,19 @@ def maildir_stamps(directory: str) -> list[int]:
     return stamps
 
 
-def _encode(kind: bytes, header: dict[str, object], blob: bytes) -> bytes:
+def encode_packet(kind: bytes, header: dict[str, object], blob: bytes = b"") -> bytes:
+    """One packet of the hibernation socket pair: ``kind`` (``H`` a session to the
+    master, ``A`` the master's answer, ``W`` a woken session to a worker), the JSON
+    ``header``, a newline, the session's packed ``blob``."""
     return kind + json.dumps(header, separators=(",", ":")).encode() + b"\n" + blob
 
 
-def _decode(data: bytes) -> tuple[bytes, dict[str, object], bytes]:
+def decode_packet(data: bytes) -> tuple[bytes, dict[str, object], bytes]:
+    """``(kind, header, blob)`` of a packet of :func:`encode_packet`.
+
+    Raises:
+        ValueError: the header is not a JSON object.
+    """
     head, _, blob = data[1:].partition(b"\n")
     header = json.loads(head)
     if not isinstance(header, dict):
@@ -203,7 +200,7 @@ class HibernationLink:
         if self._loop is None:
             return False
         request = next(self._ids)
-        packet = _encode(b"H", {**header, "id": request}, blob)
+        packet = encode_packet(b"H", {**header, "id": request}, blob)
         if len(packet) > MAX_PACKET:
             return False
         future = self._loop.create_future()
@@ -233,7 +230,7 @@ class HibernationLink:
                 self.close()
                 return
             try:
-                kind, header, blob = _decode(data)
+                kind, header, blob = decode_packet(data)
             except ValueError:
                 log.error("hibernation: a bad packet from the master")
                 _close(fds)
@@ -451,8 +448,8 @@ class HibernatedSessions:
         header["pending"] = pending.decode("latin-1")
         header["why"] = why
         blob = parked.blob
-        packet = _encode(b"W", header, blob)
-        counts = _counts(header)
+        packet = encode_packet(b"W", header, blob)
+        counts = header_counts(header)
         if self._send(packet, fd, counts):
             os.close(fd)
             self.counters["woken"] += 1
@@ -530,7 +527,7 @@ class HibernatedSessions:
             os.close(fd)
             self.counters["ended"] += 1
             header = parked.cold()
-            self._release(_counts(header))
+            self._release(header_counts(header))
             _log_end(
                 header, int(_number(header.get("out", 0))) + parked.out, "Server shutting down"
             )
@@ -548,17 +545,19 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _counts(header: dict[str, object]) -> list[CountKey]:
+def header_counts(header: dict[str, object]) -> list[CountKey]:
+    """The connection counts a session's header says it holds (``(table, key)``)."""
     from roost.daemon.shared import decode_key
 
     return [(str(name), decode_key(key)) for name, key in header.get("counts", [])]  # type: ignore[attr-defined]
 
 
 def _log_end(header: dict[str, object], out: int, reason: str) -> None:
-    """The session's ``imap(user): Disconnected: <reason> in=... out=...`` line."""
-    from roost.imap.session import format_logout
+    """The session's ``imap(user): Disconnected: <reason> in=... out=...`` line (the
+    header's ``values`` are those a worker counted that are not 0)."""
+    from roost.imap.session import LOGOUT_VARIABLES, format_logout
 
-    values = dict.fromkeys(_LOGOUT_VALUES, 0)
+    values = dict.fromkeys(LOGOUT_VARIABLES, 0)
     values.update({str(k): int(v) for k, v in dict(header.get("values", {})).items()})  # type: ignore[call-overload]
     values["output"] += out
     line = format_logout(str(header.get("format", DEFAULT_LOGOUT_FORMAT)), values)

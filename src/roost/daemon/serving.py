@@ -65,10 +65,9 @@ class ListeningService(Generic[SharedT]):
         self._shared: dict[str, SharedT] = {}
         #: Connections accepted since the start (a session was made for each).
         self.accepted = 0
-        #: When the last connection was accepted (``time.monotonic()``; 0.0: none yet).
-        self.last_accept = 0.0
-        #: When the last connection on an implicit-TLS listener was accepted: its session
-        #: counts only from the end of its TLS handshake (:meth:`connections`).
+        #: When the last connection on an implicit-TLS listener was accepted
+        #: (``time.monotonic()``; 0.0: none yet): its session counts only from the end of
+        #: its TLS handshake (:meth:`connections`).
         self.last_tls_accept = 0.0
         #: Called at each accepted connection (a worker tells the master it is in use).
         self.on_accept: Callable[[], None] | None = None
@@ -103,7 +102,7 @@ class ListeningService(Generic[SharedT]):
         def accept() -> asyncio.Protocol:
             self.count_accept()
             if implicit:
-                self.last_tls_accept = self.last_accept
+                self.last_tls_accept = time.monotonic()
             return self._session(service)
 
         return accept
@@ -111,7 +110,6 @@ class ListeningService(Generic[SharedT]):
     def count_accept(self) -> None:
         """Count a connection this service now serves (accepted, or handed to it)."""
         self.accepted += 1
-        self.last_accept = time.monotonic()
         if self.on_accept is not None:
             self.on_accept()
 

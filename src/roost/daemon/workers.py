@@ -105,7 +105,14 @@ from roost.auth.throttle import Throttle, ThrottleEvent
 from roost.config import ConfigError, Settings, load_settings
 from roost.daemon.channel import Channel, Message, commit_line
 from roost.daemon.compose import WORKER_FACTORIES, build_services
-from roost.daemon.hibernation import RECV_SIZE, HibernatedSessions, HibernationLink
+from roost.daemon.hibernation import (
+    RECV_SIZE,
+    HibernatedSessions,
+    HibernationLink,
+    decode_packet,
+    encode_packet,
+    header_counts,
+)
 from roost.daemon.listeners import BOUND, Listener, service_listeners
 from roost.daemon.logsetup import start_log_writer, stop_log_writer
 from roost.daemon.service import Context, Service
@@ -1340,9 +1347,7 @@ class WorkerPool:
             self._account_anvil(handle, list(message["e"]))  # type: ignore[call-overload]
         elif kind == "count":
             key = (str(message["n"]), decode_key(message["k"]))
-            handle.counts[key] = handle.counts.get(key, 0) + int(message["d"])  # type: ignore[call-overload]
-            if not handle.counts[key]:
-                del handle.counts[key]
+            _add_count(handle.counts, key, int(message["d"]))  # type: ignore[call-overload]
         elif kind == "ready":
             handle.ready.set()
             worker_log.debug("worker %d ready, pid %s", handle.index, message.get("pid"))
@@ -1492,10 +1497,9 @@ class WorkerPool:
             self._take_hibernated(handle, data, fds)
 
     def _take_hibernated(self, handle: _Handle, data: bytes, fds: list[int]) -> None:
-        raw, _, blob = data.partition(b"\n")
         try:
-            header = json.loads(raw[1:])
-            if data[:1] != b"H" or not fds or not isinstance(header, dict):
+            kind, header, blob = decode_packet(data)
+            if kind != b"H" or not fds:
                 raise ValueError("not a hibernation request")
             ok = self.hibernated.take(header, blob, fds[0])
         except (ValueError, KeyError, TypeError) as exc:
@@ -1504,14 +1508,13 @@ class WorkerPool:
                 os.close(fd)
             return
         if ok:
-            for name, key in header.get("counts", []):
-                count_key = (str(name), decode_key(key))
+            for count_key in header_counts(header):
                 _add_count(handle.counts, count_key, -1)
                 _add_count(self._parked_counts, count_key, 1)
         else:
             os.close(fds[0])
         if handle.hibernation is not None:
-            answer = b"A" + json.dumps({"id": header.get("id"), "ok": ok}).encode() + b"\n"
+            answer = encode_packet(b"A", {"id": header.get("id"), "ok": ok})
             with contextlib.suppress(OSError):
                 handle.hibernation.send(answer)
 

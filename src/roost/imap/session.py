@@ -69,7 +69,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import User, UserDatabase
-from roost.daemon.hibernation import DEFAULT_LOGOUT_FORMAT, maildir_stamps
+from roost.daemon.hibernation import BYE_SHUTDOWN, DEFAULT_LOGOUT_FORMAT, maildir_stamps
 from roost.daemon.mailsession import MailSession, ResumedLogin
 from roost.imap.commands import (
     SEEN,
@@ -209,6 +209,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HANDLERS",
+    "LOGOUT_VARIABLES",
     "IMAPSession",
     "Registry",
     "Resumed",
@@ -429,6 +430,9 @@ class _Stats:
     fetch_body_bytes: int = 0
 
 
+#: The variables of ``imap_logout_format`` a session counts (:func:`format_logout`).
+LOGOUT_VARIABLES: Final = ("input", "output", *(f.name for f in dataclasses.fields(_Stats)))
+
 _FORMAT_VARIABLE: Final = re.compile(r"%(?:\{([a-z_]+)\}|([a-zA-Z%]))")
 
 
@@ -533,7 +537,7 @@ class IMAPSession(MailSession[Shared, Resumed]):
     )
 
     protocol = "imap"
-    _abort_reply = b"* BYE Server shutting down.\r\n"
+    _abort_reply = BYE_SHUTDOWN
     _read_high_water = _READ_HIGH_WATER
     _log = log_imap
     _log_login = log_login
