@@ -971,18 +971,22 @@ class IMAPSession(MailSession[Shared, Resumed]):
         log_imap.debug("%s: hibernated into the master", self._prefix)
         raise _Hibernated
 
-    def _quiet(self) -> bool:
-        """Nothing to read, write or handle (the conditions of a move)."""
-        return not (
+    def _pending(self) -> bool:
+        """Input, EOF, a lost connection or a stop to handle, or output queued or held back
+        by a full transport buffer: what keeps a session in its task (no hibernation,
+        no move to the master)."""
+        return bool(
             self._incoming
             or self._eof
             or self._lost
             or self._stopping
-            or self._changed
             or self._out
             or self._writing_paused
-            or self._idle_tag is None
         )
+
+    def _quiet(self) -> bool:
+        """In IDLE with nothing to read, write or handle (the conditions of a move)."""
+        return not (self._pending() or self._changed or self._idle_tag is None)
 
     @classmethod
     def adopted(cls, shared: Shared, header: dict[str, object], blob: bytes) -> IMAPSession:
@@ -1066,13 +1070,8 @@ class IMAPSession(MailSession[Shared, Resumed]):
         :mod:`roost.daemon.handoff`).
         """
         if (
-            self._incoming
-            or self._eof
-            or self._lost
-            or self._stopping
+            self._pending()
             or (self._changed and self._idle_tag is not None)
-            or self._out
-            or self._writing_paused
             or self._proxy is not None
             or self._resumed is not None
             or self._loop is None
