@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 from pathlib import Path
@@ -26,6 +27,12 @@ def test_start_reload_and_stop_with_systemd_notifications(tmp_path: Path) -> Non
         status = roost_cli(config, "status")
         assert status.returncode == 0, status.stderr
         assert f"pid {daemon.process.pid}" in status.stdout
+        shown = roost_cli(config, "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        answer = json.loads(shown.stdout)
+        assert answer["pid"] == daemon.process.pid
+        assert answer["services"]["smtpd"]["sessions"] == 0
+        assert [w["index"] for w in answer["workers"]] == list(range(len(answer["workers"])))
 
         daemon.signal(signal.SIGHUP)
         daemon.notify.wait_for("RELOADING=1")

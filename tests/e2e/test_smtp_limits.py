@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import resource
 import select
 import smtplib
@@ -97,8 +98,9 @@ def wait_until_idle(instance: Instance, timeout: float = 15.0) -> None:
     """Wait until the daemon has no SMTP session left (earlier tests' connections)."""
     deadline = time.monotonic() + timeout
     while True:
-        status = roost_cli(instance.directory / "main.cf", "status")
-        if "'sessions': 0}" in status.stdout:
+        status = roost_cli(instance.directory / "main.cf", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        if json.loads(status.stdout)["services"]["smtpd"]["sessions"] == 0:
             return
         assert time.monotonic() < deadline, status.stdout + status.stderr
         time.sleep(0.2)

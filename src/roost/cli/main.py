@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
@@ -199,8 +200,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show whether the daemon runs, and what it serves."""
+    """Show whether the daemon runs, and what it serves (``--json``: the daemon's whole
+    answer as one JSON object, for scripts and monitoring)."""
     answer = _control(args, "status")
+    if args.json:
+        print(json.dumps(answer, sort_keys=True))
+        return 0
     print(f"roost: running, pid {answer.get('pid')}, version {answer.get('version')}")
     print(f"  configuration {answer.get('config')}, up {answer.get('uptime')}s")
     services = answer.get("services")
@@ -400,11 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n  roost reload\n  roost -c ./var/etc reload\n",
     )
     add("stop", cmd_stop, "stop the daemon gracefully and wait for it", "examples:\n  roost stop\n")
-    add(
+    status = add(
         "status",
         cmd_status,
         "show whether the daemon runs and what it serves",
-        "examples:\n  roost status\n",
+        "examples:\n  roost status\n  roost status --json\n",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="the daemon's answer as one JSON object"
     )
 
     tls = add(
