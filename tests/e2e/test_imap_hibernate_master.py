@@ -93,7 +93,7 @@ def test_delivery_wakes_a_session_in_the_master_and_it_goes_on(instance: Instanc
     moved(instance, taken)
     assert counter(instance, "sessions") == 1
     shown = roost_cli(instance.directory / "main.cf", "status")
-    assert "  hibernated: {'sessions': 1, " in shown.stdout, shown.stdout
+    assert "  hibernated: sessions 1, " in shown.stdout, shown.stdout
     changes = counter(instance, "change")
     deliver(instance, user[0], "two")
     assert raw.line() == b"* 2 EXISTS\r\n"

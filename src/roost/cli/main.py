@@ -211,10 +211,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     services = answer.get("services")
     if isinstance(services, dict):
         for name, info in services.items():
-            print(f"  {name}: {info}")
+            print(f"  {name}: {_status_line(info)}")
     hibernated = answer.get("hibernated")
     if isinstance(hibernated, dict):  # IMAP sessions idle in IDLE in the master
-        print(f"  hibernated: {hibernated}")
+        print(f"  hibernated: {_status_line(hibernated)}")
     workers = answer.get("workers")
     if isinstance(workers, list):
         for worker in workers:
@@ -224,6 +224,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f" up {worker.get('uptime')}s"
                 )
     return 0
+
+
+def _status_line(info: object) -> str:
+    """One service's status for a person: ``accepted 3, sessions 1; listeners: smtp
+    127.0.0.1:25, smtp [::1]:25`` (counts first, then each list); other values as they are."""
+    if not isinstance(info, dict):
+        return str(info)
+    counts = ", ".join(f"{k} {v}" for k, v in info.items() if not isinstance(v, list | dict))
+    lists = [
+        f"{k}: {', '.join(map(str, v)) or '-'}" for k, v in info.items() if isinstance(v, list)
+    ]
+    return "; ".join(part for part in (counts, *lists) if part)
 
 
 def cmd_tls(args: argparse.Namespace) -> int:
