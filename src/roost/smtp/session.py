@@ -59,7 +59,7 @@ from roost.auth.sasl import (
 )
 from roost.auth.throttle import Throttle
 from roost.auth.users import FailureReason, UserDatabase
-from roost.daemon.logsetup import log_info
+from roost.daemon.logsetup import log_info, log_infos
 from roost.delivery.router import Router
 from roost.queue.envelope import BodyType, Envelope, Notify, Recipient, Ret, WithProtocol
 from roost.queue.errors import SpoolError, SpoolErrorKind
@@ -1272,17 +1272,19 @@ class SMTPSession(SMTP):
             if self.sasl_username
             else ""
         )
-        log_info(self.log, f"{queue_id}: client={self.client}{sasl}")
         shown_id = (
             found_id.decode("utf-8", "replace")
             if found_id is not None
             else message_id(queue_id, self.config.hostname)
         )
-        log_info(_CLEANUP_LOG, f"{queue_id}: message-id={shown_id}")
-        log_info(
-            _QMGR_LOG,
-            f"{queue_id}: from=<{transaction.sender}>, size={writer.size:d}, "
-            f"nrcpt={len(transaction.recipients):d} (queue active)",
+        log_infos(
+            (self.log, f"{queue_id}: client={self.client}{sasl}"),
+            (_CLEANUP_LOG, f"{queue_id}: message-id={shown_id}"),
+            (
+                _QMGR_LOG,
+                f"{queue_id}: from=<{transaction.sender}>, size={writer.size:d}, "
+                f"nrcpt={len(transaction.recipients):d} (queue active)",
+            ),
         )
 
     # --- the rest ------------------------------------------------------------------------
@@ -1425,9 +1427,10 @@ def _logger(name: str) -> logging.Logger:
 # --- aiosmtpd's per-connection set-up, done once per class ------------------------------
 
 #: Per session class: the attributes aiosmtpd's ``SMTP.__init__`` sets on top of
-#: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them.
-#: Each entry: (name, how, value), ``how`` one of the ``_KEEP`` ... ``_REBIND`` below.
-_INIT_TEMPLATES: dict[type[SMTP], list[tuple[str, int, Any]]] = {}
+#: ``StreamReaderProtocol``'s, as a session made by the real ``__init__`` had them: those
+#: kept as they are (one ``dict.update`` per session), and the rest as entries (name,
+#: how, value), ``how`` one of the ``_METHOD`` ... ``_REBIND`` below.
+_INIT_TEMPLATES: dict[type[SMTP], tuple[dict[str, Any], list[tuple[str, int, Any]]]] = {}
 _KEEP, _METHOD, _METHODS, _RECORDS, _COPY, _REBIND = range(6)
 
 
@@ -1464,7 +1467,11 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
             loop=session.loop,
         )
         own = set(vars(session)) - set(vars(probe))
-        _INIT_TEMPLATES[cls] = [_template_entry(name, vars(session)[name]) for name in sorted(own)]
+        entries = [_template_entry(name, vars(session)[name]) for name in sorted(own)]
+        _INIT_TEMPLATES[cls] = (
+            {name: value for name, how, value in entries if how == _KEEP},
+            [entry for entry in entries if entry[1] != _KEEP],
+        )
         return
     loop = asyncio.get_event_loop()
     asyncio.StreamReaderProtocol.__init__(
@@ -1475,10 +1482,10 @@ def _init_aiosmtpd(session: SMTP, *, hostname: str, ident: str, timeout: float) 
     )
     attributes = vars(session)
     method_type = types.MethodType
-    for name, how, value in template:
-        if how == _KEEP:
-            attributes[name] = value
-        elif how == _METHOD:
+    kept, rest = template
+    attributes.update(kept)
+    for name, how, value in rest:
+        if how == _METHOD:
             attributes[name] = method_type(value, session)
         elif how == _METHODS:
             attributes[name] = {key: method_type(function, session) for key, function in value}
