@@ -1076,7 +1076,11 @@ class SMTPSession(SMTP):
             )
             await self.reply(decision.reply)
             return
-        transaction.recipients.append(Recipient(str(recipient), orcpt=orcpt, notify=notify))
+        transaction.recipients.append(
+            _plain_recipient(str(recipient))
+            if orcpt is None and notify is None
+            else Recipient(str(recipient), orcpt=orcpt, notify=notify)
+        )
         await self.reply(reply.RCPT_OK, "RCPT")
 
     # --- DATA (RFC 5321 §4.1.1.4) ---------------------------------------------------------
@@ -1376,6 +1380,16 @@ def _parse_path(
         strict=strict,
         enforce_length_limits=enforce_length_limits,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_recipient(address: str) -> Recipient:
+    """``Recipient(address)``, remembered for the last up to 1,024 addresses: a recipient
+    is immutable (a frozen dataclass) and, without ORCPT and NOTIFY, depends only on its
+    address, so the same local recipients share one instead of building and checking a
+    new one per message. A bad address raises every time (``lru_cache`` keeps no
+    errors)."""
+    return Recipient(address)
 
 
 def _bad_value(parameter: str) -> Reply:
