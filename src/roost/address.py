@@ -751,6 +751,13 @@ def parse_mailbox(
 def _unquoted_index(text: str, start: int, stops: str) -> int:
     """The index of the first of ``stops`` in ``text`` from ``start`` that is outside a
     quoted string (where ``\\`` escapes the next character); ``len(text)`` if none is."""
+    if text.find('"', start) < 0:  # no quoted string (the usual path): the first stop
+        found = len(text)
+        for stop in stops:
+            index = text.find(stop, start, found)
+            if index >= 0:
+                found = index
+        return found
     in_quote = False
     i = start
     while i < len(text):
