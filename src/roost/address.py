@@ -423,6 +423,9 @@ class Address:
     source_route: tuple[str, ...] = field(default=(), compare=False)
     _ascii_domain: str = field(init=False, repr=False, compare=False)
     _domain_key: str = field(init=False, repr=False, compare=False)
+    #: ``str(self)``, made on first use ("" until then): a parsed path is remembered and
+    #: used again (the SMTP session's memo), and its text is wanted several times a message
+    _text: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_characters(self.local_part, utf8=True)
@@ -513,7 +516,11 @@ class Address:
         return f"{local}@{domain}" if domain else local
 
     def __str__(self) -> str:
-        return self.format()
+        text = self._text
+        if not text:
+            text = self.format()
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 ReversePath: TypeAlias = Address | NullPath
@@ -744,6 +751,13 @@ def parse_mailbox(
 def _unquoted_index(text: str, start: int, stops: str) -> int:
     """The index of the first of ``stops`` in ``text`` from ``start`` that is outside a
     quoted string (where ``\\`` escapes the next character); ``len(text)`` if none is."""
+    if text.find('"', start) < 0:  # no quoted string (the usual path): the first stop
+        found = len(text)
+        for stop in stops:
+            index = text.find(stop, start, found)
+            if index >= 0:
+                found = index
+        return found
     in_quote = False
     i = start
     while i < len(text):

@@ -416,6 +416,44 @@ def test_log_info_takes_the_usual_way_when_others_would_see_the_record(
     assert [r.getMessage() for r in caplog.records] == ["unconfigured"]
 
 
+def test_log_infos_writes_the_lines_in_order_as_log_info(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    logsetup.log_infos(
+        (logging.getLogger("roost.smtpd"), "4F2AB0C1D: client=x[1.2.3.4]"),
+        (logging.getLogger("roost.cleanup"), "4F2AB0C1D: message-id=<a@b>"),
+        (logging.getLogger("roost.qmgr"), "4F2AB0C1D: from=<a@b>, size=1, nrcpt=1"),
+    )
+    logsetup.log_infos()  # nothing
+    assert [(m["program"], int(m["pid"]), m["message"]) for m in parsed(maillog)] == [
+        ("roost/smtpd", PID, "4F2AB0C1D: client=x[1.2.3.4]"),
+        ("roost/cleanup", PID, "4F2AB0C1D: message-id=<a@b>"),
+        ("roost/qmgr", PID, "4F2AB0C1D: from=<a@b>, size=1, nrcpt=1"),
+    ]
+
+
+def test_log_infos_takes_the_usual_way_for_a_logger_others_would_see(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    setup_logging(to_syslog=False, maillog_file=maillog)
+    cleanup = logging.getLogger("roost.cleanup")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    cleanup.addHandler(keep)  # the second line's logger: not the first's checks
+    try:
+        logsetup.log_infos(
+            (logging.getLogger("roost.smtpd"), "one"), (cleanup, "two"), (cleanup, "three")
+        )
+    finally:
+        cleanup.removeHandler(keep)
+    assert seen == ["two", "three"]
+    assert [m["message"] for m in parsed(maillog)] == ["one", "two", "three"]
+
+
 def test_control_characters_become_question_marks_and_the_rest_stays(tmp_path: Path) -> None:
     maillog = tmp_path / "maillog"
     setup_logging(to_syslog=False, maillog_file=maillog)

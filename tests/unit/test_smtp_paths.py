@@ -3,10 +3,13 @@ same answers as roost.address.parse_path, errors every time, a bounded table."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from roost.address import NULL_PATH, AddressError, parse_path
-from roost.smtp.session import _parse_path
+from roost.queue.envelope import EnvelopeError, Recipient
+from roost.smtp.session import _parse_path, _plain_recipient
 
 FLAGS = [
     {"allow_null": True, "smtputf8": False, "strict": False, "enforce_length_limits": False},
@@ -69,3 +72,22 @@ def test_bad_paths_are_not_remembered_and_the_table_stays_bounded() -> None:
         _parse_path(f"<user{n}@example.com>", **FLAGS[1])
     assert 0 < _parse_path.cache_info().currsize <= maxsize
     assert str(_parse_path("<user5@example.com>", **FLAGS[1])) == "user5@example.com"
+
+
+def test_a_remembered_address_gives_its_text_every_time() -> None:
+    for text in ("<user@example.com>", '<"john doe"@example.com>', "<postmaster>"):
+        address = _parse_path(text, **FLAGS[1])
+        fresh = parse_path(text, allow_null=False)
+        assert str(address) == str(address) == fresh.format() == str(fresh)
+    changed = dataclasses.replace(parse_path("<a@example.com>", allow_null=False), local_part="b")
+    assert str(changed) == "b@example.com"  # not the text of the address it was made from
+
+
+def test_plain_recipients_are_shared_and_equal_to_new_ones() -> None:
+    first = _plain_recipient("user@example.com")
+    assert first is _plain_recipient("user@example.com")
+    assert first == Recipient("user@example.com")
+    assert first.orcpt is None and first.notify is None
+    for _ in range(2):  # a bad address raises every time
+        with pytest.raises(EnvelopeError):
+            _plain_recipient("bad\r\naddress")

@@ -41,6 +41,7 @@ __all__ = [
     "close_logging",
     "flush_logs",
     "log_info",
+    "log_infos",
     "program_name",
     "reopen_logs",
     "setup_logging",
@@ -461,22 +462,62 @@ def log_info(logger: logging.Logger, message: str) -> None:
         message: the whole line's message; ``%`` in it is kept, as ``logger.info``
             keeps it without arguments.
     """
+    log_queue = _direct_queue(logger)
+    if log_queue is None:
+        logger.info(message)
+        return
+    log_queue.put_nowait(_info_record(logger, message, time.time()))
+
+
+def log_infos(*lines: tuple[logging.Logger, str]) -> None:
+    """:func:`log_info` for each (logger, message) of ``lines``, in order: the same
+    records (their times taken once), with the checks that do not depend on the logger
+    made once for the call."""
+    if not lines:
+        return
+    log_queue = _direct_queue(lines[0][0])
+    if log_queue is None or not all(_plain(logger) for logger, _ in lines[1:]):
+        for logger, message in lines:
+            log_info(logger, message)
+        return
+    created = time.time()
+    for logger, message in lines:
+        log_queue.put_nowait(_info_record(logger, message, created))
+
+
+def _direct_queue(logger: logging.Logger) -> queue.SimpleQueue[logging.LogRecord] | None:
+    """The writer thread's queue when :func:`log_info` may queue ``logger``'s info
+    records itself (see there), else None."""
     fast = _fast
     if (
         fast is None
-        or logger.parent is not fast[1]
-        or logger.handlers
-        or logger.filters
-        or not logger.propagate
         or len(fast[1].handlers) != 1
         or fast[1].handlers[0] is not fast[2]
         or fast[2].filters
         or fast[2].level > logging.INFO
         or logging.getLogRecordFactory() is not logging.LogRecord
-        or not logger.isEnabledFor(logging.INFO)
+        or not _plain(logger)
     ):
-        logger.info(message)
-        return
+        return None
+    return fast[0]
+
+
+def _plain(logger: logging.Logger) -> bool:
+    """Whether ``logger``'s info records go to ``roost``'s handlers and nowhere else
+    (:func:`_direct_queue`'s checks of the logger itself)."""
+    fast = _fast
+    return (
+        fast is not None
+        and logger.parent is fast[1]
+        and not logger.handlers
+        and not logger.filters
+        and logger.propagate
+        and logger.isEnabledFor(logging.INFO)
+    )
+
+
+def _info_record(logger: logging.Logger, message: str, created: float) -> logging.LogRecord:
+    """The record ``logger.info(message)`` would queue at ``created`` (``time.time()``)."""
     attributes = _info_records.get(logger.name)
     if attributes is None:
         attributes = _info_records[logger.name] = vars(
@@ -496,12 +537,12 @@ def log_info(logger: logging.Logger, message: str) -> None:
     record = logging.LogRecord.__new__(logging.LogRecord)
     fields = record.__dict__
     fields.update(attributes)
-    created = time.time()  # as LogRecord.__init__ sets the three times
+    # as LogRecord.__init__ sets the three times
     fields["msg"] = message
     fields["created"] = created
     fields["msecs"] = int((created - int(created)) * 1000) + 0.0
     fields["relativeCreated"] = (created - _START_TIME) * 1000
-    fast[0].put_nowait(record)
+    return record
 
 
 #: logging's start time, from which records count ``relativeCreated``.

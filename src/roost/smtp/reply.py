@@ -7,7 +7,7 @@ Texts follow Postfix's smtpd so log habits and client expectations carry over. A
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["Reply", "multiline", "parse_reply", "with_enhanced_code"]
@@ -21,11 +21,24 @@ class Reply:
         code: the three-digit reply code (RFC 5321 §4.2).
         enhanced: the RFC 3463 status code such as ``"5.7.1"``.
         text: the human-readable rest of the line.
+        wire: the reply as sent, ``str(reply)`` and CRLF in UTF-8 (client bytes kept as
+            surrogates in ``text`` go back as they came), made once with the reply: a
+            constant reply is not formatted and encoded again for every session. Empty
+            when the text cannot be encoded so (sending the reply raises, as before).
     """
 
     code: int
     enhanced: str
     text: str
+    wire: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        line = f"{self.code} {self.enhanced} {self.text}\r\n"
+        try:
+            wire = line.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            wire = b""
+        object.__setattr__(self, "wire", wire)
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
@@ -93,6 +106,8 @@ MAIL_OK = Reply(250, "2.1.0", "Ok")
 RCPT_OK = Reply(250, "2.1.5", "Ok")
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+#: :data:`START_DATA` as sent.
+START_DATA_WIRE: Final = b"354 End data with <CR><LF>.<CR><LF>\r\n"
 VRFY_CANNOT = Reply(252, "2.0.0", "{address}")
 VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
 EXPN_DISABLED = Reply(502, "5.5.1", "EXPN command is disabled")
