@@ -531,9 +531,11 @@ def deliver_maildir_batch(
     """Deliver several messages into Maildir INBOXes, their fsyncs grouped.
 
     Each message gets what :func:`deliver_maildir` does for it (same file names, headers,
-    sizes, ``maildirsize`` update, errors), in three phases instead of one after the
-    other: every message is written into ``tmp/`` and its write-back started; then each is
-    fsynced and renamed into ``new/``; then each ``new/`` directory is fsynced once (the
+    sizes, ``maildirsize`` update, errors), in phases instead of one after the other:
+    every message is written into ``tmp/`` and its write-back started; then each is
+    fsynced; then each is renamed into ``new/`` (all fsyncs before the first rename: on
+    ext4 without a journal a new file's fsync writes ``tmp/`` too, once for the batch
+    this way); then each ``new/`` directory is fsynced once (the
     :class:`DirectorySync` group commit) for all of its messages. A message counts as
     delivered only after that last fsync, as with :func:`deliver_maildir`. One thread
     makes the whole batch durable, so a batch costs one thread hand-off where one call
@@ -571,15 +573,35 @@ def deliver_maildir_batch(
         for item in written:
             _discard(item.fd, item.tmp_path, None)
         raise
-    renamed: dict[str, list[tuple[_Written, str]]] = {}
+    # every file fsynced before any is renamed: on ext4 without a journal the fsync of a
+    # file new in tmp/ writes tmp/ as well (its new entry); renamed out between two fsyncs,
+    # each would write tmp/ again. Each file is still fsynced before its rename.
+    synced: list[_Written] = []
     for position, item in enumerate(written):
-        final: str | None = None
         try:
             try:
                 os.fsync(item.fd)
             finally:
                 fd, item.fd = item.fd, -1
                 os.close(fd)
+        except BaseException as exc:
+            _discard(-1, item.tmp_path, None)
+            if isinstance(exc, FileNotFoundError):
+                _known_maildirs.discard(item.known)
+            if not isinstance(exc, Exception):
+                for rest in written[position + 1 :]:
+                    _discard(rest.fd, rest.tmp_path, None)
+                for earlier in synced:
+                    _discard(-1, earlier.tmp_path, None)
+                raise
+            action = f"cannot deliver to maildir {deliveries[item.index].maildir}"
+            results[item.index] = _as_delivery_error(exc, action)
+            continue
+        synced.append(item)
+    renamed: dict[str, list[tuple[_Written, str]]] = {}
+    for position, item in enumerate(synced):
+        final: str | None = None
+        try:
             converter = item.converter
             new = item.directory + "/new"
             final = f"{new}/{item.base},S={converter.size},W={converter.size + converter.newlines}"
@@ -589,8 +611,8 @@ def deliver_maildir_batch(
             if isinstance(exc, FileNotFoundError):
                 _known_maildirs.discard(item.known)
             if not isinstance(exc, Exception):
-                for rest in written[position + 1 :]:
-                    _discard(rest.fd, rest.tmp_path, None)
+                for rest in synced[position + 1 :]:
+                    _discard(-1, rest.tmp_path, None)
                 for done in renamed.values():
                     for _item, moved in done:
                         _discard(-1, None, moved)
