@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -189,6 +190,7 @@ class QueueManager:
         self._to_remove: dict[str, QueueName] = {}
         self._removing: dict[str, QueueName] = {}
         self._no_envelope_file: set[str] = set()  # of _to_remove: no ID.env to look for
+        self._remove_files: dict[str, int] = {}  # of _to_remove: queue files open already
         self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
         self._remover: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -410,29 +412,39 @@ class QueueManager:
             self._active.discard(queue_id)
 
     async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> None:
-        envelope, content = self._read_message_now(queue_id, queue, fresh)
-        if envelope is None:
-            try:
-                envelope = await self.spool.load_envelope(queue_id, queue)
-            except SpoolError as exc:
-                log.warning("%s: cannot take up the message: %s", queue_id, exc)
+        envelope, content, fd = self._read_message_now(queue_id, queue, fresh)
+        # fd: a just-committed message's queue file, kept open for the common case's
+        # removal (which then closes it instead of opening the file again); closed here on
+        # every other way out
+        try:
+            if envelope is None:
+                try:
+                    envelope = await self.spool.load_envelope(queue_id, queue)
+                except SpoolError as exc:
+                    log.warning("%s: cannot take up the message: %s", queue_id, exc)
+                    return
+            started = self.clock()
+            due = [
+                (index, recipient)
+                for index, recipient in enumerate(envelope.recipients)
+                if not recipient.is_final
+                and (force or recipient.next_try is None or recipient.next_try <= started)
+            ]
+            results = await self._deliver(queue_id, queue, envelope, due, content)
+            if len(due) == len(envelope.recipients) and self._all_sent(
+                queue_id, envelope, results, started
+            ):
+                # every recipient delivered in one go, none asking for a success DSN:
+                # nothing to expire, notify or warn about, and no envelope to write before
+                # the removal
+                no_envelope_file = fresh and queue is QueueName.INCOMING
+                removed = self._remove(queue_id, queue, no_envelope_file, fd)
+                fd = None  # the removal's now
+                await asyncio.shield(removed)
                 return
-        started = self.clock()
-        due = [
-            (index, recipient)
-            for index, recipient in enumerate(envelope.recipients)
-            if not recipient.is_final
-            and (force or recipient.next_try is None or recipient.next_try <= started)
-        ]
-        results = await self._deliver(queue_id, queue, envelope, due, content)
-        if len(due) == len(envelope.recipients) and self._all_sent(
-            queue_id, envelope, results, started
-        ):
-            # every recipient delivered in one go, none asking for a success DSN: nothing
-            # to expire, notify or warn about, and no envelope to write before the removal
-            no_envelope_file = fresh and queue is QueueName.INCOMING
-            await asyncio.shield(self._remove(queue_id, queue, no_envelope_file))
-            return
+        finally:
+            if fd is not None:
+                os.close(fd)
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, queue, envelope, results)
@@ -460,35 +472,54 @@ class QueueManager:
 
     def _read_message_now(
         self, queue_id: str, queue: QueueName, fresh: bool = False
-    ) -> tuple[Envelope | None, bytes | None]:
+    ) -> tuple[Envelope | None, bytes | None, int | None]:
         """Read a just-committed message in the event loop: a page-cache read costs less
         than a thread hand-off. The content too when the queue file is small
         (:data:`CONTENT_IN_MEMORY`), so that its delivery does not open the file again.
-        (None, None) on any trouble (missing, corrupt): the caller then asks the spool,
-        which reports and quarantines. ``fresh``: just committed, no ``ID.env`` to look for."""
+        (None, None, None) on any trouble (missing, corrupt): the caller then asks the
+        spool, which reports and quarantines.
+
+        ``fresh``: just committed, so no ``ID.env`` to look for; the file is then read in
+        two system calls and returned open (the third item, the caller's to close or to
+        hand to :meth:`_remove`), since in the common case it is recycled right after
+        the delivery (:meth:`QueueDirectory.read_new_message`)."""
+        directory = self.spool.directory
+        fd: int | None = None
         try:
-            found = self.spool.directory.read_message_data(
-                queue, queue_id, CONTENT_IN_MEMORY, envelope_file=not fresh
-            )
-            if found is None:
-                return None, None
-            data, content = found
+            if fresh:
+                opened = directory.read_new_message(queue, queue_id, CONTENT_IN_MEMORY)
+                if opened is None:
+                    return None, None, None
+                data, content, fd = opened
+            else:
+                found = directory.read_message_data(queue, queue_id, CONTENT_IN_MEMORY)
+                if found is None:
+                    return None, None, None
+                data, content = found
             envelope = Envelope.from_json(data)
         except (OSError, ValueError):  # EnvelopeError is a ValueError
-            return None, None
-        if envelope.queue_id != queue_id:
-            return None, None
-        return envelope, content
+            envelope = None
+        if envelope is None or envelope.queue_id != queue_id:
+            if fd is not None:
+                os.close(fd)
+            return None, None, None
+        return envelope, content, fd
 
     def _remove(
-        self, queue_id: str, queue: QueueName, no_envelope_file: bool = False
+        self,
+        queue_id: str,
+        queue: QueueName,
+        no_envelope_file: bool = False,
+        fd: int | None = None,
     ) -> asyncio.Future[None]:
         """Remove a finished message soon, with others in one thread hand-off.
 
         Not durable (no directory fsync, as Postfix): a crash may bring the message back,
         and it is then delivered again; every delivery is durable before this.
         ``no_envelope_file``: the message has no ``ID.env`` (just committed, its envelope
-        never rewritten), so none is looked for.
+        never rewritten), so none is looked for. ``fd``: the queue file, open for reading
+        and writing (:meth:`_read_message_now`): the removal recycles it through this
+        descriptor and closes it.
 
         Returns:
             A future done when the batch holding the message has been removed. The
@@ -498,6 +529,8 @@ class QueueManager:
         self._to_remove[queue_id] = queue
         if no_envelope_file:
             self._no_envelope_file.add(queue_id)
+        if fd is not None:
+            self._remove_files[queue_id] = fd
         if self._to_remove_done is None:
             self._to_remove_done = asyncio.get_running_loop().create_future()
         if self._remover is None or self._remover.done():
@@ -510,9 +543,10 @@ class QueueManager:
             done, self._to_remove_done = self._to_remove_done, None
             batch = list(self._removing.items())
             fresh, self._no_envelope_file = self._no_envelope_file, set()
+            files, self._remove_files = self._remove_files, {}
             try:
                 errors: list[SpoolError | None] = await self.spool.remove_many(
-                    batch, no_envelope_file=fresh
+                    batch, no_envelope_file=fresh, open_files=files
                 )
             except Exception as exc:  # the spool is closing, or a bug
                 log.error("cannot remove delivered messages: %s", exc)
