@@ -77,8 +77,12 @@ async def _in_thread(function: Callable[..., _T], /, *args: object) -> _T:
 BATCH_LIMIT: Final = 32
 #: Batches of virtual deliveries written at the same time, each by one delivery thread.
 #: Under load the deliveries ready together share a thread hand-off, a loop wake-up and
-#: the fsync of ``new/``; a lone delivery starts a batch of its own at once.
-BATCH_RUNNERS: Final = 4
+#: the fsync of ``new/``; a lone delivery starts a batch of its own at once. Two, not
+#: more: every system call of a delivery thread hands the interpreter's lock over, and
+#: threads creating files in the same ``tmp/`` wait for its directory lock, so more
+#: threads cost CPU without writing more (docs/performance.md, session 10); two keep an
+#: fsync's wait from stopping all deliveries.
+BATCH_RUNNERS: Final = 2
 #: While a batch is being written, the deliveries ready meanwhile start another only once
 #: this many wait (else they wait for a runner to finish, and go as one larger batch): a
 #: steady stream of mail then shares each hand-off among several messages instead of
