@@ -45,7 +45,7 @@ from roost.delivery.errors import DeliveryError
 from roost.delivery.forward import find_forward, forward_paths, read_include
 from roost.delivery.headers import delivered_to_addresses, delivery_headers
 from roost.delivery.mailbox import Account, LocalConfig, Mailbox, resolve_mailbox
-from roost.delivery.maildir import MaildirDelivery, deliver_maildir, deliver_maildir_batch
+from roost.delivery.maildir import MaildirDelivery, deliver_maildir, deliver_maildir_files
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
 from roost.delivery.router import Destination, Router, parse_recipient
@@ -315,8 +315,10 @@ class LocalTransport:
         deliveries: list[MaildirDelivery] = []
         opened: list[BinaryIO] = []  # queue files of messages not read into memory
         config = self.config
-        # the batch's recipients are mostly the same few: one lookup each per batch
+        # the batch's recipients are mostly the same few: one lookup each per batch, and
+        # the headers written before each message once per sender, target and ORCPT
         found: dict[tuple[str, str], tuple[AddressTarget, Mailbox] | None] = {}
+        prepends: dict[tuple[str, tuple[str, str], str | None], bytes] = {}
         try:
             for position, item in enumerate(items):
                 try:
@@ -331,7 +333,13 @@ class LocalTransport:
                         )
                         continue
                     target, mailbox = simple
-                    prepend = _delivery_prepend(item.job, target, item.original)
+                    header_key = (item.job.envelope.envelope_sender, key, item.original)
+                    cached = prepends.get(header_key)
+                    if cached is None:
+                        cached = prepends[header_key] = _delivery_prepend(
+                            item.job, target, item.original
+                        )
+                    prepend = cached
                     message: MessageSource
                     if item.job.content is not None:
                         message = item.job.content
@@ -354,7 +362,7 @@ class LocalTransport:
                         hostname=config.hostname,
                     )
                 )
-            written = deliver_maildir_batch(deliveries) if deliveries else []
+            written = deliver_maildir_files(deliveries) if deliveries else []
         finally:
             for handle in opened:
                 handle.close()
@@ -366,14 +374,7 @@ class LocalTransport:
             if maildir not in notified:  # IMAP IDLE and POP3 learn at once
                 notified.add(maildir)
                 notify_delivery(maildir)
-            outcomes[position] = RecipientResult(
-                items[position].index,
-                Outcome.SENT,
-                "2.0.0",
-                "delivered to maildir",
-                "virtual",
-                agent="virtual",
-            )
+            outcomes[position] = _virtual_sent(items[position].index)
         return [
             outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes
         ]
@@ -735,6 +736,23 @@ def _orcpt_address(recipient: Recipient) -> str | None:
         return None
     kind, _, address = recipient.orcpt.partition(";")
     return address if kind.lower() == "rfc822" and address else None
+
+
+#: The result of a delivered virtual recipient, by its index in the envelope: the same
+#: for every message (frozen, so shared), made once.
+_VIRTUAL_SENT: dict[int, RecipientResult] = {}
+
+
+def _virtual_sent(index: int) -> RecipientResult:
+    """``RecipientResult`` of a virtual recipient delivered into a Maildir."""
+    result = _VIRTUAL_SENT.get(index)
+    if result is None:
+        result = RecipientResult(
+            index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual", agent="virtual"
+        )
+        if index < 64:  # the usual few first recipients
+            _VIRTUAL_SENT[index] = result
+    return result
 
 
 def _unknown(index: int, user: str, relay: str) -> RecipientResult:

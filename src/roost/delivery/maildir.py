@@ -46,6 +46,7 @@ __all__ = [
     "MaildirDelivery",
     "deliver_maildir",
     "deliver_maildir_batch",
+    "deliver_maildir_files",
     "ensure_maildir",
     "maildir_usage",
     "unique_name",
@@ -528,6 +529,16 @@ def _as_delivery_error(exc: Exception, action: str) -> Exception:
 def deliver_maildir_batch(
     deliveries: Sequence[MaildirDelivery], *, directory_sync: DirectorySync = DIRECTORY_SYNC
 ) -> list[Path | Exception]:
+    """:func:`deliver_maildir_files` with each new file's path as a :class:`Path`."""
+    return [
+        Path(result) if isinstance(result, str) else result
+        for result in deliver_maildir_files(deliveries, directory_sync=directory_sync)
+    ]
+
+
+def deliver_maildir_files(
+    deliveries: Sequence[MaildirDelivery], *, directory_sync: DirectorySync = DIRECTORY_SYNC
+) -> list[str | Exception]:
     """Deliver several messages into Maildir INBOXes, their fsyncs grouped.
 
     Each message gets what :func:`deliver_maildir` does for it (same file names, headers,
@@ -551,24 +562,26 @@ def deliver_maildir_batch(
         directory_sync: the group commit that fsyncs ``new/``.
 
     Returns:
-        One result per message, in order: the new file's path in ``new/``, or the
-        exception :func:`deliver_maildir` would have raised for it (``DeliveryError``,
+        One result per message, in order: the new file's path in ``new/`` (a string: no
+        ``Path`` made per message), or the exception :func:`deliver_maildir` would have
+        raised for it (``DeliveryError``,
         ``QuotaExceeded``, or what reading the message raised). A failed message leaves
         nothing in ``tmp/`` or ``new/``; the others are unaffected, except that a failed
         fsync of ``new/`` fails every message renamed into it.
     """
-    results: list[Path | Exception | None] = [None] * len(deliveries)
+    results: list[str | Exception | None] = [None] * len(deliveries)
     written: list[_Written] = []
     try:
         for index, delivery in enumerate(deliveries):
             if delivery.quota_bytes > 0:
-                results[index] = _deliver_one(delivery, directory_sync)
+                one = _deliver_one(delivery, directory_sync)
+                results[index] = str(one) if isinstance(one, Path) else one
                 continue
             item = _start_one(index, delivery, directory_sync)
             if isinstance(item, _Written):
                 written.append(item)
             else:
-                results[index] = item
+                results[index] = str(item) if isinstance(item, Path) else item
     except BaseException:
         for item in written:
             _discard(item.fd, item.tmp_path, None)
@@ -641,7 +654,7 @@ def deliver_maildir_batch(
         sizes: dict[str, list[int]] = {}
         for item, final in items:
             sizes.setdefault(item.known, []).append(item.converter.size)
-            results[item.index] = Path(final)
+            results[item.index] = final
         for known, added in sizes.items():
             _update_maildirsize(known, *added)
     return [

@@ -28,6 +28,7 @@ from the null sender (:mod:`roost.queue.bounce`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -177,12 +178,14 @@ class QueueManager:
         self.bounce_size_limit = bounce_size_limit
         self.clock = clock
         # (queue ID, where it is, just committed: see committed())
-        self._ready: asyncio.Queue[tuple[str, QueueName, bool]] = asyncio.Queue()
+        # waiting for a free delivery slot: (queue ID, where it is, just committed)
+        self._ready: collections.deque[tuple[str, QueueName, bool]] = collections.deque()
+        self._free = concurrency  # delivery slots free
+        self._running = False  # taking up messages (between start() and stop())
         self._queued: set[str] = set()
         self._forced: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timer_queues: dict[str, QueueName] = {}  # where each timed message waits
-        self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()  # the active queue: messages being delivered now
         # delivered messages waiting for their (batched, non-durable) removal, and the
@@ -193,7 +196,6 @@ class QueueManager:
         self._remove_files: dict[str, int] = {}  # of _to_remove: queue files open already
         self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
         self._remover: asyncio.Task[None] | None = None
-        self._runner: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
@@ -208,7 +210,8 @@ class QueueManager:
         for queue_id in await self.spool.scan(QueueName.INCOMING):
             self._enqueue(queue_id, QueueName.INCOMING)
         await self._scan_deferred()
-        self._runner = asyncio.create_task(self._run(), name="qmgr")
+        self._running = True
+        self._launch_ready()
         self._scanner = asyncio.create_task(self._scan_loop(), name="qmgr-scan")
 
     async def reconfigure(
@@ -221,11 +224,11 @@ class QueueManager:
         """Stop taking up mail; let deliveries in progress finish (up to ``grace``)."""
         self._stopping = True
         self.spool.set_on_commit(None)
-        for task in (self._runner, self._scanner):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._running = False  # nothing more starts
+        if self._scanner is not None:
+            self._scanner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scanner
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -240,7 +243,7 @@ class QueueManager:
         """Counters for ``roost status``."""
         return {
             "active": len(self._tasks),
-            "waiting": self._ready.qsize(),
+            "waiting": len(self._ready),
             "scheduled": len(self._timers),
             "delivered": self.delivered,
             "deferred": self.deferred,
@@ -299,9 +302,12 @@ class QueueManager:
         if queue_id in self._queued or queue_id in self._to_remove or queue_id in self._removing:
             return  # being delivered, or delivered and about to be removed
         self._queued.add(queue_id)
-        self._ready.put_nowait((queue_id, queue, fresh))
         if force:
             self._forced.add(queue_id)
+        if self._running and self._free > 0 and not self._ready:
+            self._launch(queue_id, queue, fresh)  # the common case: a slot is free
+        else:
+            self._ready.append((queue_id, queue, fresh))
 
     def _schedule(self, queue_id: str, when: float, queue: QueueName = QueueName.DEFERRED) -> None:
         old = self._timers.pop(queue_id, None)
@@ -370,13 +376,17 @@ class QueueManager:
             with contextlib.suppress(SpoolError):
                 unclaimed = await self._scan_incoming(unclaimed)
 
-    async def _run(self) -> None:
-        while True:
-            queue_id, queue, fresh = await self._ready.get()
-            await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(queue_id, queue, fresh))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _launch(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
+        """Deliver one message in a task of its own, in a free slot (taken here)."""
+        self._free -= 1
+        task = asyncio.create_task(self._guarded(queue_id, queue, fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _launch_ready(self) -> None:
+        """Start what waits, in arrival order, while slots are free."""
+        while self._running and self._free > 0 and self._ready:
+            self._launch(*self._ready.popleft())
 
     async def _guarded(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
         try:
@@ -386,7 +396,9 @@ class QueueManager:
         finally:
             self._forced.discard(queue_id)
             self._queued.discard(queue_id)
-            self._slots.release()
+            self._free += 1
+            if self._ready:
+                self._launch_ready()
 
     # --- one message ------------------------------------------------------------------
 
