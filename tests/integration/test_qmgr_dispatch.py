@@ -78,3 +78,51 @@ async def test_at_most_concurrency_messages_are_delivered_at_once_the_rest_in_or
         assert manager.delivered == 5 and await spool.scan(QueueName.INCOMING) == []
         assert manager.status()["waiting"] == 0
         await manager.stop(1)
+
+
+async def test_a_delivered_message_keeps_its_slot_until_its_removal(tmp_path: Path) -> None:
+    """The messages delivered but still on disk (delivered again after a crash) are never
+    more than the concurrency: a delivered message's slot is free only once it is removed."""
+    async with Spool(tmp_path / "queue") as spool:
+        transport = HoldingTransport()
+        transport.release.set()
+        router = Router(mydestination=(), virtual_domains=("virtual.test",))
+        manager = QueueManager(
+            spool,
+            router,
+            {Destination.VIRTUAL: transport},
+            RetryPolicy(),
+            hostname="mx.example.test",
+            concurrency=1,
+        )
+        removals = asyncio.Event()
+        real_remove_many = spool.remove_many
+
+        async def held_remove_many(*args, **kwargs):  # type: ignore[no-untyped-def]
+            await removals.wait()
+            return await real_remove_many(*args, **kwargs)
+
+        spool.remove_many = held_remove_many  # type: ignore[method-assign]
+        await manager.start()
+        envelope = Envelope(
+            envelope_sender="bob@example.org",
+            recipients=(Recipient("alice@virtual.test"),),
+            arrival_time=time.time(),
+            protocol=WithProtocol.ESMTP,
+        )
+        ids = [await spool.enqueue(envelope, b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(2)]
+        for _ in range(1000):  # until the first is delivered (no time limit is asserted)
+            if manager.delivered == 1:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # a few loop passes more: the second must not start
+            await asyncio.sleep(0)
+        assert transport.order == ids[:1] and manager.status()["waiting"] == 1
+        assert ids[0] in manager.active_ids()
+        removals.set()
+        for _ in range(1000):
+            if manager.delivered == 2 and not await spool.scan(QueueName.INCOMING):
+                break
+            await asyncio.sleep(0.01)
+        assert transport.order == ids and await spool.scan(QueueName.INCOMING) == []
+        await manager.stop(1)

@@ -194,7 +194,7 @@ class QueueManager:
         self._removing: dict[str, QueueName] = {}
         self._no_envelope_file: set[str] = set()  # of _to_remove: no ID.env to look for
         self._remove_files: dict[str, int] = {}  # of _to_remove: queue files open already
-        self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
+        self._remove_slots = 0  # of _to_remove: delivery slots their removal frees
         self._remover: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -389,22 +389,26 @@ class QueueManager:
             self._launch(*self._ready.popleft())
 
     async def _guarded(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
+        handed_on = False  # the slot went to the message's removal, which frees it
         try:
-            await self.process(queue_id, queue, force=queue_id in self._forced, fresh=fresh)
+            handed_on = await self.process(
+                queue_id, queue, force=queue_id in self._forced, fresh=fresh
+            )
         except Exception:
             log.exception("%s: unexpected error; the message stays queued", queue_id)
         finally:
             self._forced.discard(queue_id)
             self._queued.discard(queue_id)
-            self._free += 1
-            if self._ready:
-                self._launch_ready()
+            if not handed_on:
+                self._free += 1
+                if self._ready:
+                    self._launch_ready()
 
     # --- one message ------------------------------------------------------------------
 
     async def process(
         self, queue_id: str, queue: QueueName, *, force: bool = False, fresh: bool = False
-    ) -> None:
+    ) -> bool:
         """Deliver what is due of one message, then remove, defer or bounce it.
 
         The message stays where it is on disk while it is delivered; it is in
@@ -416,14 +420,18 @@ class QueueManager:
                 version left there).
             force: try every deferred recipient now (queue flush).
             fresh: the message was just committed (:meth:`committed`): no ``ID.env``.
+
+        Returns:
+            True when the message is done and queued for removal (:meth:`_remove`), which
+            then frees the delivery slot; False when the slot is free again now.
         """
         self._active.add(queue_id)
         try:
-            await self._process(queue_id, queue, force=force, fresh=fresh)
+            return await self._process(queue_id, queue, force=force, fresh=fresh)
         finally:
             self._active.discard(queue_id)
 
-    async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> None:
+    async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> bool:
         envelope, content, fd = self._read_message_now(queue_id, queue, fresh)
         # fd: a just-committed message's queue file, kept open for the common case's
         # removal (which then closes it instead of opening the file again); closed here on
@@ -434,7 +442,7 @@ class QueueManager:
                     envelope = await self.spool.load_envelope(queue_id, queue)
                 except SpoolError as exc:
                     log.warning("%s: cannot take up the message: %s", queue_id, exc)
-                    return
+                    return False
             started = self.clock()
             due = [
                 (index, recipient)
@@ -450,10 +458,9 @@ class QueueManager:
                 # nothing to expire, notify or warn about, and no envelope to write before
                 # the removal
                 no_envelope_file = fresh and queue is QueueName.INCOMING
-                removed = self._remove(queue_id, queue, no_envelope_file, fd)
-                fd = None  # the removal's now
-                await asyncio.shield(removed)
-                return
+                self._remove(queue_id, queue, no_envelope_file, fd, slot=True)
+                fd = None  # the removal's now, and so is the delivery slot
+                return True
         finally:
             if fd is not None:
                 os.close(fd)
@@ -463,8 +470,8 @@ class QueueManager:
         envelope = await self._delay_warning(queue_id, queue, envelope)
         try:
             if envelope.is_done:
-                await asyncio.shield(self._remove(queue_id, queue))
-                return
+                self._remove(queue_id, queue, slot=True)
+                return True
             if queue is QueueName.DEFERRED:
                 await self.spool.update_envelope(queue_id, envelope, queue)
             else:
@@ -478,9 +485,10 @@ class QueueManager:
             if not self._stopping:
                 retry_at = self.clock() + self.retry.minimal_backoff
                 self._schedule(queue_id, retry_at, queue)
-            return
+            return False
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
+        return False
 
     def _read_message_now(
         self, queue_id: str, queue: QueueName, fresh: bool = False
@@ -523,7 +531,9 @@ class QueueManager:
         queue: QueueName,
         no_envelope_file: bool = False,
         fd: int | None = None,
-    ) -> asyncio.Future[None]:
+        *,
+        slot: bool = False,
+    ) -> None:
         """Remove a finished message soon, with others in one thread hand-off.
 
         Not durable (no directory fsync, as Postfix): a crash may bring the message back,
@@ -533,26 +543,25 @@ class QueueManager:
         and writing (:meth:`_read_message_now`): the removal recycles it through this
         descriptor and closes it.
 
-        Returns:
-            A future done when the batch holding the message has been removed. The
-            delivery keeps its slot until then, so the messages delivered but still on disk
-            (delivered again after a crash) are never more than the concurrency.
+        ``slot``: the message's delivery slot is handed to the removal, which frees it
+        once the batch holding the message has been removed (the delivery's task ends at
+        once, without waiting for it). So the messages delivered but still on disk
+        (delivered again after a crash) are never more than the concurrency.
         """
         self._to_remove[queue_id] = queue
         if no_envelope_file:
             self._no_envelope_file.add(queue_id)
         if fd is not None:
             self._remove_files[queue_id] = fd
-        if self._to_remove_done is None:
-            self._to_remove_done = asyncio.get_running_loop().create_future()
+        if slot:
+            self._remove_slots += 1
         if self._remover is None or self._remover.done():
             self._remover = asyncio.create_task(self._remove_loop(), name="qmgr-remove")
-        return self._to_remove_done
 
     async def _remove_loop(self) -> None:
         while self._to_remove:
             self._removing, self._to_remove = self._to_remove, {}
-            done, self._to_remove_done = self._to_remove_done, None
+            slots, self._remove_slots = self._remove_slots, 0
             batch = list(self._removing.items())
             fresh, self._no_envelope_file = self._no_envelope_file, set()
             files, self._remove_files = self._remove_files, {}
@@ -564,14 +573,15 @@ class QueueManager:
                 log.error("cannot remove delivered messages: %s", exc)
                 errors = [SpoolError(str(exc), SpoolErrorKind.LOCAL_ERROR)] * len(batch)
             finally:
-                if done is not None and not done.done():
-                    done.set_result(None)
+                self._removing = {}
+                self._free += slots  # the delivery slots these messages kept
+                if self._ready:
+                    self._launch_ready()
             for (queue_id, _), error in zip(batch, errors, strict=True):
                 if error is None:
                     log_info(log, f"{queue_id}: removed")
                 else:  # e.g. deleted by the administrator meanwhile
                     log.warning("%s: cannot remove the queue file: %s", queue_id, error)
-            self._removing = {}
 
     async def _deliver(
         self,
