@@ -4,6 +4,7 @@ in arrival order (queue/manager.py); a real spool in tmp_path, a transport that 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -126,3 +127,35 @@ async def test_a_delivered_message_keeps_its_slot_until_its_removal(tmp_path: Pa
             await asyncio.sleep(0.01)
         assert transport.order == ids and await spool.scan(QueueName.INCOMING) == []
         await manager.stop(1)
+
+
+async def test_a_fresh_message_not_opened_for_writing_is_read_the_usual_way(
+    tmp_path: Path,
+) -> None:
+    """The loop's read of a just-committed message opens the queue file for reading and
+    writing (kept for its removal); when that fails it reads it as before, in the loop,
+    instead of falling back to the spool's threaded read."""
+    async with Spool(tmp_path / "queue") as spool:
+        envelope = Envelope(
+            envelope_sender="bob@example.org",
+            recipients=(Recipient("alice@virtual.test"),),
+            arrival_time=time.time(),
+            protocol=WithProtocol.ESMTP,
+        )
+        content = b"Subject: read\r\n\r\nx\r\n"
+        queue_id = await spool.enqueue(envelope, content)
+        manager = QueueManager(
+            spool,
+            Router(mydestination=(), virtual_domains=("virtual.test",)),
+            {},
+            RetryPolicy(),
+            hostname="mx.example.test",
+        )
+        read, data, fd = manager._read_message_now(queue_id, QueueName.INCOMING, fresh=True)
+        assert read is not None and read.queue_id == queue_id and data == content
+        assert fd is not None
+        os.close(fd)
+        spool.directory.read_new_message = lambda *args: None  # type: ignore[method-assign]
+        read, data, fd = manager._read_message_now(queue_id, QueueName.INCOMING, fresh=True)
+        assert read is not None and read.queue_id == queue_id and data == content
+        assert fd is None

@@ -506,13 +506,15 @@ class QueueManager:
         directory = self.spool.directory
         fd: int | None = None
         try:
-            if fresh:
-                opened = directory.read_new_message(queue, queue_id, CONTENT_IN_MEMORY)
-                if opened is None:
-                    return None, None, None
+            opened = (
+                directory.read_new_message(queue, queue_id, CONTENT_IN_MEMORY) if fresh else None
+            )
+            if opened is not None:
                 data, content, fd = opened
-            else:
-                found = directory.read_message_data(queue, queue_id, CONTENT_IN_MEMORY)
+            else:  # not fresh, or not readable so (e.g. not writable): the usual read
+                found = directory.read_message_data(
+                    queue, queue_id, CONTENT_IN_MEMORY, envelope_file=not fresh
+                )
                 if found is None:
                     return None, None, None
                 data, content = found
