@@ -81,13 +81,13 @@ def test_deliveries_ready_together_share_batches(
 ) -> None:
     transport = make_transport(tmp_path)
     sizes: list[int] = []
-    real_batch = maildir_module.deliver_maildir_batch
+    real_batch = maildir_module.deliver_maildir_files
 
     def counting(deliveries, **options):  # type: ignore[no-untyped-def]
         sizes.append(len(deliveries))
         return real_batch(deliveries, **options)
 
-    monkeypatch.setattr("roost.delivery.local.deliver_maildir_batch", counting)
+    monkeypatch.setattr("roost.delivery.local.deliver_maildir_files", counting)
     jobs = [job(n, "alice@virtual.test") for n in range(40)]
     results = asyncio.run(deliver_all(transport, jobs))
     assert [r.status for rs in results for r in rs] == [Outcome.SENT] * 40
@@ -114,7 +114,7 @@ def test_a_lone_delivery_starts_at_once_and_later_ones_gather(
     transport = make_transport(tmp_path)
     sizes: list[int] = []
     gate = threading.Event()
-    real_batch = maildir_module.deliver_maildir_batch
+    real_batch = maildir_module.deliver_maildir_files
 
     def held(deliveries, **options):  # type: ignore[no-untyped-def]
         sizes.append(len(deliveries))
@@ -122,7 +122,7 @@ def test_a_lone_delivery_starts_at_once_and_later_ones_gather(
             gate.wait(30)  # the first batch is still being written
         return real_batch(deliveries, **options)
 
-    monkeypatch.setattr("roost.delivery.local.deliver_maildir_batch", held)
+    monkeypatch.setattr("roost.delivery.local.deliver_maildir_files", held)
 
     async def until(condition: object) -> None:
         deadline = time.monotonic() + 30

@@ -474,3 +474,71 @@ def test_a_message_in_memory_is_written_as_the_same_message_read_from_a_file(
     assert from_memory.read_bytes() == from_file.read_bytes() == expected
     # the S= and W= sizes in the names agree too
     assert from_memory.name.split(",", 1)[1] == from_file.name.split(",", 1)[1]
+
+
+def test_a_batch_fsyncs_every_file_before_its_first_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message file is fsynced before it is renamed into new/ (the Maildir rule), and
+    the batch fsyncs them all before the first rename: on ext4 without a journal the fsync
+    of a file new in tmp/ writes tmp/ too, so renames in between would make each fsync
+    write tmp/ again."""
+    maildir = tmp_path / "Maildir"
+    calls: list[tuple[str, object]] = []
+    names: dict[int, str] = {}
+    real_open, real_fsync, real_rename = os.open, os.fsync, os.rename
+
+    def recording_open(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if str(path).startswith(str(maildir / "tmp")):
+            names[fd] = str(path)
+        return fd
+
+    def recording_fsync(fd: int) -> None:
+        if fd in names:  # a message file (not a directory the Maildir's creation syncs)
+            calls.append(("fsync", names[fd]))
+        real_fsync(fd)
+
+    def recording_rename(source: str, target: str) -> None:
+        calls.append(("rename", source))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", recording_rename)
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE, hostname="h") for _ in range(4)],
+        directory_sync=DirectorySync(CountingFsync()),
+    )
+    assert all(isinstance(result, Path) for result in results)
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["fsync"] * 4 + ["rename"] * 4
+    fsynced = [name for kind, name in calls if kind == "fsync"]
+    renamed = [name for kind, name in calls if kind == "rename"]
+    assert fsynced == renamed and len(set(renamed)) == 4
+    assert entries(maildir / "tmp") == [] and len(entries(maildir / "new")) == 4
+
+
+def test_a_failed_file_fsync_in_a_batch_fails_that_message_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    maildir = tmp_path / "Maildir"
+    real_fsync = os.fsync
+    files: list[int] = []
+
+    def second_fails(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # a message file, not a directory
+            files.append(fd)
+            if len(files) == 2:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", second_fails)
+    results = deliver_maildir_batch(
+        [MaildirDelivery(maildir, MESSAGE) for _ in range(3)],
+        directory_sync=DirectorySync(CountingFsync()),
+    )
+    assert isinstance(results[0], Path) and isinstance(results[2], Path)
+    assert isinstance(results[1], DeliveryError) and results[1].temporary
+    assert entries(maildir / "tmp") == []
+    assert entries(maildir / "new") == sorted([results[0].name, results[2].name])

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -545,6 +546,46 @@ async def test_read_message_data_gives_envelope_and_small_content_in_one_read(
     assert directory.read_message_data(
         QueueName.INCOMING, queue_id, 1 << 20, envelope_file=False
     ) == (envelope_data, MESSAGE)
+
+
+async def test_read_new_message_reads_what_read_message_data_reads_and_keeps_the_file_open(
+    spool: Spool, tmp_path: Path
+) -> None:
+    """The queue manager's read of a just-committed message: the same envelope and content
+    as read_message_data(envelope_file=False), with the queue file left open for reading
+    and writing (for its removal), whether the file is within the limit or not."""
+    directory = spool.directory
+    for message in (MESSAGE, MESSAGE * 5000):
+        queue_id = await spool.enqueue(make_envelope(), message)
+        path = tmp_path / "queue" / "incoming" / queue_id
+        for limit in (1 << 20, 10, path.stat().st_size, path.stat().st_size - 1):
+            expected = directory.read_message_data(
+                QueueName.INCOMING, queue_id, limit, envelope_file=False
+            )
+            found = directory.read_new_message(QueueName.INCOMING, queue_id, limit)
+            assert found is not None and expected is not None
+            data, content, fd = found
+            try:
+                assert (data, content) == expected
+                assert os.fstat(fd).st_ino == path.stat().st_ino
+                assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+            finally:
+                os.close(fd)
+    assert directory.read_new_message(QueueName.DEFERRED, queue_id, 1 << 20) is None
+
+
+async def test_read_new_message_ignores_an_uncommitted_queue_file_and_closes_it(
+    spool: Spool, tmp_path: Path
+) -> None:
+    queue_id = "4Wk3nB0h2Fz1x"
+    path = tmp_path / "queue" / "incoming" / queue_id
+    assert spool.directory.read_new_message(QueueName.INCOMING, queue_id, 10) is None  # none
+    before = len(os.listdir("/proc/self/fd"))  # the directory's descriptor is open by now
+    for content in (MESSAGE, b"x", b"y" * 100_000):  # no trailer; too short; large, none
+        path.write_bytes(content)
+        assert spool.directory.read_new_message(QueueName.INCOMING, queue_id, 1 << 20) is None
+        assert spool.directory.read_new_message(QueueName.INCOMING, queue_id, 10) is None
+    assert len(os.listdir("/proc/self/fd")) == before  # nothing left open
 
 
 async def test_read_message_data_ignores_an_uncommitted_queue_file(

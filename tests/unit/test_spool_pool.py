@@ -151,6 +151,55 @@ def test_remove_many_does_what_remove_without_fsync_does_for_each_message(queue:
         assert queue_files(queue) == [f"incoming/{told}.env"]  # not looked for, as told
 
 
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_remove_many_recycles_through_the_descriptors_given_and_closes_them(
+    queue: Path,
+) -> None:
+    """``open_files`` (the queue manager's descriptors from read_new_message): the same
+    outcome as without them (recycled while the pool has room, else unlinked; a missing
+    message NOT_FOUND), the file recycled being the one open, and every descriptor closed,
+    also when a malformed queue ID makes the call refuse everything."""
+    with QueueDirectory(queue, pool_limit=1) as directory:
+        ids = [commit(directory, QueueName.INCOMING) for _ in range(3)]
+        missing = QueueIdGenerator()()
+        opened = {}
+        for queue_id in ids:
+            found = directory.read_new_message(QueueName.INCOMING, queue_id, 1 << 20)
+            assert found is not None
+            opened[queue_id] = found[2]
+        inodes = {queue_id: os.fstat(fd).st_ino for queue_id, fd in opened.items()}
+        with pytest.raises(ValueError):
+            directory.remove_many([("../x", QueueName.INCOMING)], open_files=dict(opened))
+        assert not any(is_open(fd) for fd in opened.values())
+        assert len(queue_files(queue)) == 3  # nothing removed
+        opened = {}
+        for queue_id in ids:
+            found = directory.read_new_message(QueueName.INCOMING, queue_id, 1 << 20)
+            assert found is not None
+            opened[queue_id] = found[2]
+        stray = os.open(queue / "incoming" / ids[0], os.O_RDONLY)  # for a missing message
+        errors = directory.remove_many(
+            [(queue_id, QueueName.INCOMING) for queue_id in [*ids, missing]],
+            no_envelope_file=set(ids),
+            open_files={**opened, missing: stray},
+        )
+        assert errors[:3] == [None, None, None]
+        assert errors[3] is not None and errors[3].kind is SpoolErrorKind.NOT_FOUND
+        assert not any(is_open(fd) for fd in [*opened.values(), stray])
+        assert queue_files(queue) == []
+        # the pool (room for one) got the first file, emptied; the others were unlinked
+        assert {name: (info.st_ino, info.st_size) for name, info in pool(queue).items()} == {
+            ids[0]: (inodes[ids[0]], 0)
+        }
+
+
 def test_take_renames_a_pooled_file_to_the_new_queue_id_locked(queue: Path) -> None:
     with QueueDirectory(queue) as directory:
         old = commit(directory, QueueName.INCOMING)
@@ -385,3 +434,16 @@ async def test_a_message_without_a_spare_takes_a_pooled_file_too(queue: Path) ->
         second = await spool.enqueue(make_envelope(), MESSAGE)  # the pool is empty: a create
         assert (queue / "incoming" / second).stat().st_ino != inode
         assert await spool.scan(QueueName.INCOMING) == [queue_id, second]
+
+
+async def test_a_closed_spool_refuses_a_removal_and_closes_its_descriptors(queue: Path) -> None:
+    with QueueDirectory(queue) as directory:
+        queue_id = commit(directory, QueueName.INCOMING)
+    spool = Spool(queue)
+    await spool.start()
+    found = spool.directory.read_new_message(QueueName.INCOMING, queue_id, 1 << 20)
+    assert found is not None
+    await spool.close()
+    with pytest.raises(RuntimeError):
+        await spool.remove_many([(queue_id, QueueName.INCOMING)], open_files={queue_id: found[2]})
+    assert not is_open(found[2])

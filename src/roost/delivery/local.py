@@ -45,7 +45,7 @@ from roost.delivery.errors import DeliveryError
 from roost.delivery.forward import find_forward, forward_paths, read_include
 from roost.delivery.headers import delivered_to_addresses, delivery_headers
 from roost.delivery.mailbox import Account, LocalConfig, Mailbox, resolve_mailbox
-from roost.delivery.maildir import MaildirDelivery, deliver_maildir, deliver_maildir_batch
+from roost.delivery.maildir import MaildirDelivery, deliver_maildir, deliver_maildir_files
 from roost.delivery.mbox import deliver_mbox
 from roost.delivery.privileged import SystemDelivery
 from roost.delivery.router import Destination, Router, parse_recipient
@@ -77,8 +77,12 @@ async def _in_thread(function: Callable[..., _T], /, *args: object) -> _T:
 BATCH_LIMIT: Final = 32
 #: Batches of virtual deliveries written at the same time, each by one delivery thread.
 #: Under load the deliveries ready together share a thread hand-off, a loop wake-up and
-#: the fsync of ``new/``; a lone delivery starts a batch of its own at once.
-BATCH_RUNNERS: Final = 4
+#: the fsync of ``new/``; a lone delivery starts a batch of its own at once. Two, not
+#: more: every system call of a delivery thread hands the interpreter's lock over, and
+#: threads creating files in the same ``tmp/`` wait for its directory lock, so more
+#: threads cost CPU without writing more (docs/performance.md, session 10); two keep an
+#: fsync's wait from stopping all deliveries.
+BATCH_RUNNERS: Final = 2
 #: While a batch is being written, the deliveries ready meanwhile start another only once
 #: this many wait (else they wait for a runner to finish, and go as one larger batch): a
 #: steady stream of mail then shares each hand-off among several messages instead of
@@ -311,8 +315,10 @@ class LocalTransport:
         deliveries: list[MaildirDelivery] = []
         opened: list[BinaryIO] = []  # queue files of messages not read into memory
         config = self.config
-        # the batch's recipients are mostly the same few: one lookup each per batch
+        # the batch's recipients are mostly the same few: one lookup each per batch, and
+        # the headers written before each message once per sender, target and ORCPT
         found: dict[tuple[str, str], tuple[AddressTarget, Mailbox] | None] = {}
+        prepends: dict[tuple[str, tuple[str, str], str | None], bytes] = {}
         try:
             for position, item in enumerate(items):
                 try:
@@ -327,7 +333,13 @@ class LocalTransport:
                         )
                         continue
                     target, mailbox = simple
-                    prepend = _delivery_prepend(item.job, target, item.original)
+                    header_key = (item.job.envelope.envelope_sender, key, item.original)
+                    cached = prepends.get(header_key)
+                    if cached is None:
+                        cached = prepends[header_key] = _delivery_prepend(
+                            item.job, target, item.original
+                        )
+                    prepend = cached
                     message: MessageSource
                     if item.job.content is not None:
                         message = item.job.content
@@ -350,7 +362,7 @@ class LocalTransport:
                         hostname=config.hostname,
                     )
                 )
-            written = deliver_maildir_batch(deliveries) if deliveries else []
+            written = deliver_maildir_files(deliveries) if deliveries else []
         finally:
             for handle in opened:
                 handle.close()
@@ -362,14 +374,7 @@ class LocalTransport:
             if maildir not in notified:  # IMAP IDLE and POP3 learn at once
                 notified.add(maildir)
                 notify_delivery(maildir)
-            outcomes[position] = RecipientResult(
-                items[position].index,
-                Outcome.SENT,
-                "2.0.0",
-                "delivered to maildir",
-                "virtual",
-                agent="virtual",
-            )
+            outcomes[position] = _virtual_sent(items[position].index)
         return [
             outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes
         ]
@@ -731,6 +736,23 @@ def _orcpt_address(recipient: Recipient) -> str | None:
         return None
     kind, _, address = recipient.orcpt.partition(";")
     return address if kind.lower() == "rfc822" and address else None
+
+
+#: The result of a delivered virtual recipient, by its index in the envelope: the same
+#: for every message (frozen, so shared), made once.
+_VIRTUAL_SENT: dict[int, RecipientResult] = {}
+
+
+def _virtual_sent(index: int) -> RecipientResult:
+    """``RecipientResult`` of a virtual recipient delivered into a Maildir."""
+    result = _VIRTUAL_SENT.get(index)
+    if result is None:
+        result = RecipientResult(
+            index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual", agent="virtual"
+        )
+        if index < 64:  # the usual few first recipients
+            _VIRTUAL_SENT[index] = result
+    return result
 
 
 def _unknown(index: int, user: str, relay: str) -> RecipientResult:

@@ -46,6 +46,7 @@ __all__ = [
     "MaildirDelivery",
     "deliver_maildir",
     "deliver_maildir_batch",
+    "deliver_maildir_files",
     "ensure_maildir",
     "maildir_usage",
     "unique_name",
@@ -528,12 +529,24 @@ def _as_delivery_error(exc: Exception, action: str) -> Exception:
 def deliver_maildir_batch(
     deliveries: Sequence[MaildirDelivery], *, directory_sync: DirectorySync = DIRECTORY_SYNC
 ) -> list[Path | Exception]:
+    """:func:`deliver_maildir_files` with each new file's path as a :class:`Path`."""
+    return [
+        Path(result) if isinstance(result, str) else result
+        for result in deliver_maildir_files(deliveries, directory_sync=directory_sync)
+    ]
+
+
+def deliver_maildir_files(
+    deliveries: Sequence[MaildirDelivery], *, directory_sync: DirectorySync = DIRECTORY_SYNC
+) -> list[str | Exception]:
     """Deliver several messages into Maildir INBOXes, their fsyncs grouped.
 
     Each message gets what :func:`deliver_maildir` does for it (same file names, headers,
-    sizes, ``maildirsize`` update, errors), in three phases instead of one after the
-    other: every message is written into ``tmp/`` and its write-back started; then each is
-    fsynced and renamed into ``new/``; then each ``new/`` directory is fsynced once (the
+    sizes, ``maildirsize`` update, errors), in phases instead of one after the other:
+    every message is written into ``tmp/`` and its write-back started; then each is
+    fsynced; then each is renamed into ``new/`` (all fsyncs before the first rename: on
+    ext4 without a journal a new file's fsync writes ``tmp/`` too, once for the batch
+    this way); then each ``new/`` directory is fsynced once (the
     :class:`DirectorySync` group commit) for all of its messages. A message counts as
     delivered only after that last fsync, as with :func:`deliver_maildir`. One thread
     makes the whole batch durable, so a batch costs one thread hand-off where one call
@@ -549,37 +562,59 @@ def deliver_maildir_batch(
         directory_sync: the group commit that fsyncs ``new/``.
 
     Returns:
-        One result per message, in order: the new file's path in ``new/``, or the
-        exception :func:`deliver_maildir` would have raised for it (``DeliveryError``,
+        One result per message, in order: the new file's path in ``new/`` (a string: no
+        ``Path`` made per message), or the exception :func:`deliver_maildir` would have
+        raised for it (``DeliveryError``,
         ``QuotaExceeded``, or what reading the message raised). A failed message leaves
         nothing in ``tmp/`` or ``new/``; the others are unaffected, except that a failed
         fsync of ``new/`` fails every message renamed into it.
     """
-    results: list[Path | Exception | None] = [None] * len(deliveries)
+    results: list[str | Exception | None] = [None] * len(deliveries)
     written: list[_Written] = []
     try:
         for index, delivery in enumerate(deliveries):
             if delivery.quota_bytes > 0:
-                results[index] = _deliver_one(delivery, directory_sync)
+                one = _deliver_one(delivery, directory_sync)
+                results[index] = str(one) if isinstance(one, Path) else one
                 continue
             item = _start_one(index, delivery, directory_sync)
             if isinstance(item, _Written):
                 written.append(item)
             else:
-                results[index] = item
+                results[index] = str(item) if isinstance(item, Path) else item
     except BaseException:
         for item in written:
             _discard(item.fd, item.tmp_path, None)
         raise
-    renamed: dict[str, list[tuple[_Written, str]]] = {}
+    # every file fsynced before any is renamed: on ext4 without a journal the fsync of a
+    # file new in tmp/ writes tmp/ as well (its new entry); renamed out between two fsyncs,
+    # each would write tmp/ again. Each file is still fsynced before its rename.
+    synced: list[_Written] = []
     for position, item in enumerate(written):
-        final: str | None = None
         try:
             try:
                 os.fsync(item.fd)
             finally:
                 fd, item.fd = item.fd, -1
                 os.close(fd)
+        except BaseException as exc:
+            _discard(-1, item.tmp_path, None)
+            if isinstance(exc, FileNotFoundError):
+                _known_maildirs.discard(item.known)
+            if not isinstance(exc, Exception):
+                for rest in written[position + 1 :]:
+                    _discard(rest.fd, rest.tmp_path, None)
+                for earlier in synced:
+                    _discard(-1, earlier.tmp_path, None)
+                raise
+            action = f"cannot deliver to maildir {deliveries[item.index].maildir}"
+            results[item.index] = _as_delivery_error(exc, action)
+            continue
+        synced.append(item)
+    renamed: dict[str, list[tuple[_Written, str]]] = {}
+    for position, item in enumerate(synced):
+        final: str | None = None
+        try:
             converter = item.converter
             new = item.directory + "/new"
             final = f"{new}/{item.base},S={converter.size},W={converter.size + converter.newlines}"
@@ -589,8 +624,8 @@ def deliver_maildir_batch(
             if isinstance(exc, FileNotFoundError):
                 _known_maildirs.discard(item.known)
             if not isinstance(exc, Exception):
-                for rest in written[position + 1 :]:
-                    _discard(rest.fd, rest.tmp_path, None)
+                for rest in synced[position + 1 :]:
+                    _discard(-1, rest.tmp_path, None)
                 for done in renamed.values():
                     for _item, moved in done:
                         _discard(-1, None, moved)
@@ -619,7 +654,7 @@ def deliver_maildir_batch(
         sizes: dict[str, list[int]] = {}
         for item, final in items:
             sizes.setdefault(item.known, []).append(item.converter.size)
-            results[item.index] = Path(final)
+            results[item.index] = final
         for known, added in sizes.items():
             _update_maildirsize(known, *added)
     return [

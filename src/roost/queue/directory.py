@@ -41,7 +41,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
@@ -841,7 +841,7 @@ class QueueDirectory:
 
     # -- the pool of recycled queue files -------------------------------------------------
 
-    def _recycle_at(self, source: int, pool: int, queue_id: str) -> bool:
+    def _recycle_at(self, source: int, pool: int, queue_id: str, fd: int | None = None) -> bool:
         """Remove the queue file ``queue_id`` of the queue whose directory descriptor is
         ``source`` by moving it into the pool (descriptor ``pool``, known to have room),
         emptied (:meth:`remove_many`).
@@ -855,6 +855,11 @@ class QueueDirectory:
         an empty file in the queue or a non-empty one in the pool, both deleted by
         :meth:`recover`. The caller unlinks ``ID.env``.
 
+        ``fd``: the file already open for writing (:meth:`read_new_message`), which saves
+        an ``open``; this call closes it either way. It must be the file named
+        ``queue_id`` in ``source`` (queue IDs are unique, and ``roost queue`` leaves the
+        messages of the active queue alone).
+
         Returns:
             True when the file is gone from the queue (pooled); False when it is still
             there and the caller should unlink it: someone holds the file's lock, or the
@@ -863,12 +868,13 @@ class QueueDirectory:
         Raises:
             FileNotFoundError: there is no such file.
         """
-        try:
-            fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            return False  # e.g. not writable: the unlink may still work
+        if fd is None:
+            try:
+                fd = os.open(queue_id, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=source)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                return False  # e.g. not writable: the unlink may still work
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1345,7 +1351,11 @@ class QueueDirectory:
         self._run_one(_RemoveJob(queue, queue_id))
 
     def remove_many(
-        self, messages: Sequence[tuple[str, QueueName]], *, no_envelope_file: Set[str] = frozenset()
+        self,
+        messages: Sequence[tuple[str, QueueName]],
+        *,
+        no_envelope_file: Set[str] = frozenset(),
+        open_files: Mapping[str, int] | None = None,
     ) -> list[SpoolError | None]:
         """:meth:`remove` with ``durable=False`` for each message, in order: the queue
         manager's removal of delivered mail (a crash may bring a message back, whole).
@@ -1359,6 +1369,10 @@ class QueueDirectory:
             messages: (queue ID, queue) pairs.
             no_envelope_file: queue IDs known to have no ``ID.env`` (committed under a new
                 queue ID, the envelope never rewritten): none is looked for.
+            open_files: descriptors of some of the queue files, open for reading and
+                writing (:meth:`read_new_message`), by queue ID: the recycling uses them
+                instead of opening the files again. Each is closed by this call, whatever
+                happens (also when it raises).
 
         Returns:
             Per message, in order: None when removed, else the :class:`SpoolError`
@@ -1367,6 +1381,20 @@ class QueueDirectory:
         Raises:
             ValueError: a queue ID is malformed (nothing was removed).
         """
+        files = dict(open_files) if open_files else {}
+        try:
+            return self._remove_many(messages, no_envelope_file, files)
+        finally:
+            for fd in files.values():  # those not handed on (a bad queue ID, a bug)
+                _close_quietly(fd)
+
+    def _remove_many(
+        self,
+        messages: Sequence[tuple[str, QueueName]],
+        no_envelope_file: Set[str],
+        files: dict[str, int],
+    ) -> list[SpoolError | None]:
+        """:meth:`remove_many`; takes (and closes) the descriptors it uses out of ``files``."""
         for queue_id, _ in messages:
             _check_queue_id(queue_id)
         pool: int | None = None
@@ -1380,11 +1408,14 @@ class QueueDirectory:
                 source = sources.get(queue)
                 if source is None:
                     source = sources[queue] = self._dir_fd(queue)
-                if not (
-                    pool is not None
-                    and self._pool_has_room()
-                    and self._recycle_at(source, pool, queue_id)
-                ):
+                fd = files.pop(queue_id, None) if files else None
+                if pool is not None and self._pool_has_room():
+                    recycled = self._recycle_at(source, pool, queue_id, fd)
+                else:
+                    if fd is not None:
+                        os.close(fd)
+                    recycled = False
+                if not recycled:
                     os.unlink(queue_id, dir_fd=source)
                 if queue_id not in no_envelope_file:
                     envelope = queue_id + ENVELOPE_SUFFIX
@@ -1536,6 +1567,64 @@ class QueueDirectory:
             return os.pread(fd, layout.envelope_length, start), None
         finally:
             os.close(fd)
+
+    def read_new_message(
+        self, queue: QueueName, queue_id: str, content_limit: int
+    ) -> tuple[bytes, bytes | None, int] | None:
+        """:meth:`read_message_data` with ``envelope_file=False`` for a message just
+        committed, in two system calls, the file left open for its removal.
+
+        The queue file is opened for reading and writing and read from its start with one
+        ``pread`` of ``content_limit + 1`` bytes: fewer mean the whole file (no ``fstat``),
+        else its trailer is read as :meth:`read_message_data` does. The descriptor is
+        returned open, for :meth:`remove_many` (``open_files``) to recycle the file
+        without opening it again; the caller closes it otherwise. For the queue manager's
+        read in the event loop (a page-cache read), where each system call may hand the
+        interpreter's lock to another thread and back.
+
+        Returns:
+            (envelope JSON, content or None when the file is larger than
+            ``content_limit``, descriptor); None when there is no committed message (or
+            the file cannot be opened for writing: :meth:`read_message_data` then).
+
+        Raises:
+            EnvelopeError: the queue file has no envelope (field ``file``).
+            OSError: reading failed.
+        """
+        _check_queue_id(queue_id)
+        directory = self._dir_fd(queue)
+        try:
+            fd = os.open(queue_id, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=directory)
+        except OSError:
+            return None
+        try:
+            data: bytes | None = os.pread(fd, content_limit + 1, 0)
+            assert data is not None
+            size = len(data)
+            if size > content_limit:
+                size = os.fstat(fd).st_size
+                data = None
+                if size < TRAILER_LENGTH:
+                    raise _NotCommitted
+                layout = parse_trailer(os.pread(fd, TRAILER_LENGTH, size - TRAILER_LENGTH), size)
+            elif size < TRAILER_LENGTH:
+                raise _NotCommitted
+            else:
+                layout = parse_trailer(data[size - TRAILER_LENGTH :], size)
+            if layout is None:
+                raise _NotCommitted
+            if layout.envelope_length == 0:
+                raise EnvelopeError("file", "the queue file has no envelope and no ID.env")
+            start = layout.content_length
+            if data is not None:
+                return data[start : start + layout.envelope_length], data[:start], fd
+            return os.pread(fd, layout.envelope_length, start), None, fd
+        except _NotCommitted:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
 
     def load_envelope(self, queue_id: str, queue: QueueName) -> Envelope:
         """Read and validate a message's envelope (``ID.env`` if present, else the one in
@@ -1890,6 +1979,10 @@ class QueueDirectory:
 def encode_envelope(envelope: Envelope) -> bytes:
     """Return the envelope file's bytes: the JSON object in UTF-8 and a newline."""
     return envelope.to_json().encode("utf-8") + b"\n"
+
+
+class _NotCommitted(Exception):
+    """:meth:`QueueDirectory.read_new_message`: the file has no valid trailer (yet)."""
 
 
 def _exists(path: str, dir_fd: int | None = None) -> bool:

@@ -28,10 +28,12 @@ from the null sender (:mod:`roost.queue.bounce`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,12 +178,14 @@ class QueueManager:
         self.bounce_size_limit = bounce_size_limit
         self.clock = clock
         # (queue ID, where it is, just committed: see committed())
-        self._ready: asyncio.Queue[tuple[str, QueueName, bool]] = asyncio.Queue()
+        # waiting for a free delivery slot: (queue ID, where it is, just committed)
+        self._ready: collections.deque[tuple[str, QueueName, bool]] = collections.deque()
+        self._free = concurrency  # delivery slots free
+        self._running = False  # taking up messages (between start() and stop())
         self._queued: set[str] = set()
         self._forced: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timer_queues: dict[str, QueueName] = {}  # where each timed message waits
-        self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()  # the active queue: messages being delivered now
         # delivered messages waiting for their (batched, non-durable) removal, and the
@@ -189,9 +193,9 @@ class QueueManager:
         self._to_remove: dict[str, QueueName] = {}
         self._removing: dict[str, QueueName] = {}
         self._no_envelope_file: set[str] = set()  # of _to_remove: no ID.env to look for
-        self._to_remove_done: asyncio.Future[None] | None = None  # of the waiting batch
+        self._remove_files: dict[str, int] = {}  # of _to_remove: queue files open already
+        self._remove_slots = 0  # of _to_remove: delivery slots their removal frees
         self._remover: asyncio.Task[None] | None = None
-        self._runner: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
@@ -206,7 +210,8 @@ class QueueManager:
         for queue_id in await self.spool.scan(QueueName.INCOMING):
             self._enqueue(queue_id, QueueName.INCOMING)
         await self._scan_deferred()
-        self._runner = asyncio.create_task(self._run(), name="qmgr")
+        self._running = True
+        self._launch_ready()
         self._scanner = asyncio.create_task(self._scan_loop(), name="qmgr-scan")
 
     async def reconfigure(
@@ -219,11 +224,11 @@ class QueueManager:
         """Stop taking up mail; let deliveries in progress finish (up to ``grace``)."""
         self._stopping = True
         self.spool.set_on_commit(None)
-        for task in (self._runner, self._scanner):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._running = False  # nothing more starts
+        if self._scanner is not None:
+            self._scanner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scanner
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -238,7 +243,7 @@ class QueueManager:
         """Counters for ``roost status``."""
         return {
             "active": len(self._tasks),
-            "waiting": self._ready.qsize(),
+            "waiting": len(self._ready),
             "scheduled": len(self._timers),
             "delivered": self.delivered,
             "deferred": self.deferred,
@@ -297,9 +302,12 @@ class QueueManager:
         if queue_id in self._queued or queue_id in self._to_remove or queue_id in self._removing:
             return  # being delivered, or delivered and about to be removed
         self._queued.add(queue_id)
-        self._ready.put_nowait((queue_id, queue, fresh))
         if force:
             self._forced.add(queue_id)
+        if self._running and self._free > 0 and not self._ready:
+            self._launch(queue_id, queue, fresh)  # the common case: a slot is free
+        else:
+            self._ready.append((queue_id, queue, fresh))
 
     def _schedule(self, queue_id: str, when: float, queue: QueueName = QueueName.DEFERRED) -> None:
         old = self._timers.pop(queue_id, None)
@@ -368,29 +376,39 @@ class QueueManager:
             with contextlib.suppress(SpoolError):
                 unclaimed = await self._scan_incoming(unclaimed)
 
-    async def _run(self) -> None:
-        while True:
-            queue_id, queue, fresh = await self._ready.get()
-            await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(queue_id, queue, fresh))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _launch(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
+        """Deliver one message in a task of its own, in a free slot (taken here)."""
+        self._free -= 1
+        task = asyncio.create_task(self._guarded(queue_id, queue, fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _launch_ready(self) -> None:
+        """Start what waits, in arrival order, while slots are free."""
+        while self._running and self._free > 0 and self._ready:
+            self._launch(*self._ready.popleft())
 
     async def _guarded(self, queue_id: str, queue: QueueName, fresh: bool) -> None:
+        handed_on = False  # the slot went to the message's removal, which frees it
         try:
-            await self.process(queue_id, queue, force=queue_id in self._forced, fresh=fresh)
+            handed_on = await self.process(
+                queue_id, queue, force=queue_id in self._forced, fresh=fresh
+            )
         except Exception:
             log.exception("%s: unexpected error; the message stays queued", queue_id)
         finally:
             self._forced.discard(queue_id)
             self._queued.discard(queue_id)
-            self._slots.release()
+            if not handed_on:
+                self._free += 1
+                if self._ready:
+                    self._launch_ready()
 
     # --- one message ------------------------------------------------------------------
 
     async def process(
         self, queue_id: str, queue: QueueName, *, force: bool = False, fresh: bool = False
-    ) -> None:
+    ) -> bool:
         """Deliver what is due of one message, then remove, defer or bounce it.
 
         The message stays where it is on disk while it is delivered; it is in
@@ -402,45 +420,58 @@ class QueueManager:
                 version left there).
             force: try every deferred recipient now (queue flush).
             fresh: the message was just committed (:meth:`committed`): no ``ID.env``.
+
+        Returns:
+            True when the message is done and queued for removal (:meth:`_remove`), which
+            then frees the delivery slot; False when the slot is free again now.
         """
         self._active.add(queue_id)
         try:
-            await self._process(queue_id, queue, force=force, fresh=fresh)
+            return await self._process(queue_id, queue, force=force, fresh=fresh)
         finally:
             self._active.discard(queue_id)
 
-    async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> None:
-        envelope, content = self._read_message_now(queue_id, queue, fresh)
-        if envelope is None:
-            try:
-                envelope = await self.spool.load_envelope(queue_id, queue)
-            except SpoolError as exc:
-                log.warning("%s: cannot take up the message: %s", queue_id, exc)
-                return
-        started = self.clock()
-        due = [
-            (index, recipient)
-            for index, recipient in enumerate(envelope.recipients)
-            if not recipient.is_final
-            and (force or recipient.next_try is None or recipient.next_try <= started)
-        ]
-        results = await self._deliver(queue_id, queue, envelope, due, content)
-        if len(due) == len(envelope.recipients) and self._all_sent(
-            queue_id, envelope, results, started
-        ):
-            # every recipient delivered in one go, none asking for a success DSN: nothing
-            # to expire, notify or warn about, and no envelope to write before the removal
-            no_envelope_file = fresh and queue is QueueName.INCOMING
-            await asyncio.shield(self._remove(queue_id, queue, no_envelope_file))
-            return
+    async def _process(self, queue_id: str, queue: QueueName, *, force: bool, fresh: bool) -> bool:
+        envelope, content, fd = self._read_message_now(queue_id, queue, fresh)
+        # fd: a just-committed message's queue file, kept open for the common case's
+        # removal (which then closes it instead of opening the file again); closed here on
+        # every other way out
+        try:
+            if envelope is None:
+                try:
+                    envelope = await self.spool.load_envelope(queue_id, queue)
+                except SpoolError as exc:
+                    log.warning("%s: cannot take up the message: %s", queue_id, exc)
+                    return False
+            started = self.clock()
+            due = [
+                (index, recipient)
+                for index, recipient in enumerate(envelope.recipients)
+                if not recipient.is_final
+                and (force or recipient.next_try is None or recipient.next_try <= started)
+            ]
+            results = await self._deliver(queue_id, queue, envelope, due, content)
+            if len(due) == len(envelope.recipients) and self._all_sent(
+                queue_id, envelope, results, started
+            ):
+                # every recipient delivered in one go, none asking for a success DSN:
+                # nothing to expire, notify or warn about, and no envelope to write before
+                # the removal
+                no_envelope_file = fresh and queue is QueueName.INCOMING
+                self._remove(queue_id, queue, no_envelope_file, fd, slot=True)
+                fd = None  # the removal's now, and so is the delivery slot
+                return True
+        finally:
+            if fd is not None:
+                os.close(fd)
         envelope = self._apply(queue_id, envelope, results, started)
         envelope = self._expire(queue_id, envelope)
         await self._notifications(queue_id, queue, envelope, results)
         envelope = await self._delay_warning(queue_id, queue, envelope)
         try:
             if envelope.is_done:
-                await asyncio.shield(self._remove(queue_id, queue))
-                return
+                self._remove(queue_id, queue, slot=True)
+                return True
             if queue is QueueName.DEFERRED:
                 await self.spool.update_envelope(queue_id, envelope, queue)
             else:
@@ -454,78 +485,105 @@ class QueueManager:
             if not self._stopping:
                 retry_at = self.clock() + self.retry.minimal_backoff
                 self._schedule(queue_id, retry_at, queue)
-            return
+            return False
         if not self._stopping:
             self._schedule(queue_id, _next_try(envelope))
+        return False
 
     def _read_message_now(
         self, queue_id: str, queue: QueueName, fresh: bool = False
-    ) -> tuple[Envelope | None, bytes | None]:
+    ) -> tuple[Envelope | None, bytes | None, int | None]:
         """Read a just-committed message in the event loop: a page-cache read costs less
         than a thread hand-off. The content too when the queue file is small
         (:data:`CONTENT_IN_MEMORY`), so that its delivery does not open the file again.
-        (None, None) on any trouble (missing, corrupt): the caller then asks the spool,
-        which reports and quarantines. ``fresh``: just committed, no ``ID.env`` to look for."""
+        (None, None, None) on any trouble (missing, corrupt): the caller then asks the
+        spool, which reports and quarantines.
+
+        ``fresh``: just committed, so no ``ID.env`` to look for; the file is then read in
+        two system calls and returned open (the third item, the caller's to close or to
+        hand to :meth:`_remove`), since in the common case it is recycled right after
+        the delivery (:meth:`QueueDirectory.read_new_message`)."""
+        directory = self.spool.directory
+        fd: int | None = None
         try:
-            found = self.spool.directory.read_message_data(
-                queue, queue_id, CONTENT_IN_MEMORY, envelope_file=not fresh
+            opened = (
+                directory.read_new_message(queue, queue_id, CONTENT_IN_MEMORY) if fresh else None
             )
-            if found is None:
-                return None, None
-            data, content = found
+            if opened is not None:
+                data, content, fd = opened
+            else:  # not fresh, or not readable so (e.g. not writable): the usual read
+                found = directory.read_message_data(
+                    queue, queue_id, CONTENT_IN_MEMORY, envelope_file=not fresh
+                )
+                if found is None:
+                    return None, None, None
+                data, content = found
             envelope = Envelope.from_json(data)
         except (OSError, ValueError):  # EnvelopeError is a ValueError
-            return None, None
-        if envelope.queue_id != queue_id:
-            return None, None
-        return envelope, content
+            envelope = None
+        if envelope is None or envelope.queue_id != queue_id:
+            if fd is not None:
+                os.close(fd)
+            return None, None, None
+        return envelope, content, fd
 
     def _remove(
-        self, queue_id: str, queue: QueueName, no_envelope_file: bool = False
-    ) -> asyncio.Future[None]:
+        self,
+        queue_id: str,
+        queue: QueueName,
+        no_envelope_file: bool = False,
+        fd: int | None = None,
+        *,
+        slot: bool = False,
+    ) -> None:
         """Remove a finished message soon, with others in one thread hand-off.
 
         Not durable (no directory fsync, as Postfix): a crash may bring the message back,
         and it is then delivered again; every delivery is durable before this.
         ``no_envelope_file``: the message has no ``ID.env`` (just committed, its envelope
-        never rewritten), so none is looked for.
+        never rewritten), so none is looked for. ``fd``: the queue file, open for reading
+        and writing (:meth:`_read_message_now`): the removal recycles it through this
+        descriptor and closes it.
 
-        Returns:
-            A future done when the batch holding the message has been removed. The
-            delivery keeps its slot until then, so the messages delivered but still on disk
-            (delivered again after a crash) are never more than the concurrency.
+        ``slot``: the message's delivery slot is handed to the removal, which frees it
+        once the batch holding the message has been removed (the delivery's task ends at
+        once, without waiting for it). So the messages delivered but still on disk
+        (delivered again after a crash) are never more than the concurrency.
         """
         self._to_remove[queue_id] = queue
         if no_envelope_file:
             self._no_envelope_file.add(queue_id)
-        if self._to_remove_done is None:
-            self._to_remove_done = asyncio.get_running_loop().create_future()
+        if fd is not None:
+            self._remove_files[queue_id] = fd
+        if slot:
+            self._remove_slots += 1
         if self._remover is None or self._remover.done():
             self._remover = asyncio.create_task(self._remove_loop(), name="qmgr-remove")
-        return self._to_remove_done
 
     async def _remove_loop(self) -> None:
         while self._to_remove:
             self._removing, self._to_remove = self._to_remove, {}
-            done, self._to_remove_done = self._to_remove_done, None
+            slots, self._remove_slots = self._remove_slots, 0
             batch = list(self._removing.items())
             fresh, self._no_envelope_file = self._no_envelope_file, set()
+            files, self._remove_files = self._remove_files, {}
             try:
                 errors: list[SpoolError | None] = await self.spool.remove_many(
-                    batch, no_envelope_file=fresh
+                    batch, no_envelope_file=fresh, open_files=files
                 )
             except Exception as exc:  # the spool is closing, or a bug
                 log.error("cannot remove delivered messages: %s", exc)
                 errors = [SpoolError(str(exc), SpoolErrorKind.LOCAL_ERROR)] * len(batch)
             finally:
-                if done is not None and not done.done():
-                    done.set_result(None)
+                self._removing = {}
+                self._free += slots  # the delivery slots these messages kept
+                if self._ready:
+                    self._launch_ready()
             for (queue_id, _), error in zip(batch, errors, strict=True):
                 if error is None:
                     log_info(log, f"{queue_id}: removed")
                 else:  # e.g. deleted by the administrator meanwhile
                     log.warning("%s: cannot remove the queue file: %s", queue_id, error)
-            self._removing = {}
 
     async def _deliver(
         self,

@@ -28,7 +28,7 @@ import queue as queue_module
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from types import TracebackType
 from typing import Any, BinaryIO, Final, TypeAlias, TypeVar
 
@@ -381,7 +381,11 @@ class Spool:
             )
 
     async def remove_many(
-        self, messages: Sequence[tuple[str, QueueName]], *, no_envelope_file: Set[str] = frozenset()
+        self,
+        messages: Sequence[tuple[str, QueueName]],
+        *,
+        no_envelope_file: Set[str] = frozenset(),
+        open_files: Mapping[str, int] | None = None,
     ) -> list[SpoolError | None]:
         """Remove several messages without a directory fsync, in one thread hand-off.
 
@@ -393,6 +397,9 @@ class Spool:
             messages: (queue ID, queue) pairs.
             no_envelope_file: queue IDs known to have no ``ID.env`` (committed under a new
                 queue ID, envelope never updated): none is looked for, a system call less.
+            open_files: descriptors of queue files open for reading and writing, by queue
+                ID (:meth:`QueueDirectory.read_new_message`), used instead of opening
+                them again; all are closed by this call, whatever happens.
 
         Returns:
             Per message, in order: None when removed, else the :class:`SpoolError`
@@ -401,14 +408,29 @@ class Spool:
         Raises:
             ValueError: a queue ID is malformed (nothing was removed).
         """
-        batch = [
-            (queue_id, queue if isinstance(queue, QueueName) else QueueName(queue))
-            for queue_id, queue in messages
-        ]
-        # QueueDirectory.remove_many checks every queue ID before it removes anything
-        return await self._in_thread(
-            functools.partial(self.directory.remove_many, batch, no_envelope_file=no_envelope_file)
-        )
+        try:
+            batch = [
+                (queue_id, queue if isinstance(queue, QueueName) else QueueName(queue))
+                for queue_id, queue in messages
+            ]
+            # QueueDirectory.remove_many checks every queue ID before it removes anything,
+            # and closes the descriptors whatever happens once it runs
+            self._check_open()
+            done = asyncio.get_running_loop().run_in_executor(
+                self._io,
+                functools.partial(
+                    self.directory.remove_many,
+                    batch,
+                    no_envelope_file=no_envelope_file,
+                    open_files=open_files,
+                ),
+            )
+        except BaseException:  # never handed on: close them here
+            for fd in (open_files or {}).values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        return await done
 
     async def recover(self, *, orphan_age: float = 0.0) -> RecoveryReport:
         """Clean up after a crash; call once at start-up, before the queue manager runs.
