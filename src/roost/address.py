@@ -758,6 +758,11 @@ def _unquoted_index(text: str, start: int, stops: str) -> int:
             if index >= 0:
                 found = index
         return found
+    return _unquoted_scan(text, start, stops)
+
+
+def _unquoted_scan(text: str, start: int, stops: str) -> int:
+    """:func:`_unquoted_index` character by character (for a text with a quoted string)."""
     in_quote = False
     i = start
     while i < len(text):

@@ -41,27 +41,37 @@ class HoldingTransport:
         ]
 
 
+def make_manager(
+    spool: Spool, transport: HoldingTransport | None = None, concurrency: int = 2
+) -> QueueManager:
+    """A queue manager for ``virtual.test`` delivering through ``transport``."""
+    return QueueManager(
+        spool,
+        Router(mydestination=(), virtual_domains=("virtual.test",)),
+        {Destination.VIRTUAL: transport} if transport is not None else {},
+        RetryPolicy(),
+        hostname="mx.example.test",
+        concurrency=concurrency,
+    )
+
+
+def to_alice() -> Envelope:
+    return Envelope(
+        envelope_sender="bob@example.org",
+        recipients=(Recipient("alice@virtual.test"),),
+        arrival_time=time.time(),
+        protocol=WithProtocol.ESMTP,
+    )
+
+
 async def test_at_most_concurrency_messages_are_delivered_at_once_the_rest_in_order(
     tmp_path: Path,
 ) -> None:
     async with Spool(tmp_path / "queue") as spool:
         transport = HoldingTransport()
-        router = Router(mydestination=(), virtual_domains=("virtual.test",))
-        manager = QueueManager(
-            spool,
-            router,
-            {Destination.VIRTUAL: transport},
-            RetryPolicy(),
-            hostname="mx.example.test",
-            concurrency=2,
-        )
+        manager = make_manager(spool, transport, concurrency=2)
         await manager.start()
-        envelope = Envelope(
-            envelope_sender="bob@example.org",
-            recipients=(Recipient("alice@virtual.test"),),
-            arrival_time=time.time(),
-            protocol=WithProtocol.ESMTP,
-        )
+        envelope = to_alice()
         # enqueue() commits and announces each (the spool's on_commit: manager.committed)
         ids = [await spool.enqueue(envelope, b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(5)]
         for _ in range(1000):  # until both have started (no time limit is asserted)
@@ -87,15 +97,7 @@ async def test_a_delivered_message_keeps_its_slot_until_its_removal(tmp_path: Pa
     async with Spool(tmp_path / "queue") as spool:
         transport = HoldingTransport()
         transport.release.set()
-        router = Router(mydestination=(), virtual_domains=("virtual.test",))
-        manager = QueueManager(
-            spool,
-            router,
-            {Destination.VIRTUAL: transport},
-            RetryPolicy(),
-            hostname="mx.example.test",
-            concurrency=1,
-        )
+        manager = make_manager(spool, transport, concurrency=1)
         removals = asyncio.Event()
         real_remove_many = spool.remove_many
 
@@ -105,12 +107,7 @@ async def test_a_delivered_message_keeps_its_slot_until_its_removal(tmp_path: Pa
 
         spool.remove_many = held_remove_many  # type: ignore[method-assign]
         await manager.start()
-        envelope = Envelope(
-            envelope_sender="bob@example.org",
-            recipients=(Recipient("alice@virtual.test"),),
-            arrival_time=time.time(),
-            protocol=WithProtocol.ESMTP,
-        )
+        envelope = to_alice()
         ids = [await spool.enqueue(envelope, b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(2)]
         for _ in range(1000):  # until the first is delivered (no time limit is asserted)
             if manager.delivered == 1:
@@ -136,21 +133,10 @@ async def test_a_fresh_message_not_opened_for_writing_is_read_the_usual_way(
     writing (kept for its removal); when that fails it reads it as before, in the loop,
     instead of falling back to the spool's threaded read."""
     async with Spool(tmp_path / "queue") as spool:
-        envelope = Envelope(
-            envelope_sender="bob@example.org",
-            recipients=(Recipient("alice@virtual.test"),),
-            arrival_time=time.time(),
-            protocol=WithProtocol.ESMTP,
-        )
+        envelope = to_alice()
         content = b"Subject: read\r\n\r\nx\r\n"
         queue_id = await spool.enqueue(envelope, content)
-        manager = QueueManager(
-            spool,
-            Router(mydestination=(), virtual_domains=("virtual.test",)),
-            {},
-            RetryPolicy(),
-            hostname="mx.example.test",
-        )
+        manager = make_manager(spool)
         read, data, fd = manager._read_message_now(queue_id, QueueName.INCOMING, fresh=True)
         assert read is not None and read.queue_id == queue_id and data == content
         assert fd is not None

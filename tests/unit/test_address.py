@@ -860,32 +860,13 @@ def test_headers_accept_generated_emails(addr: str) -> None:
     assert addresses_from_headers([f"Someone <{addr}>"]) == [Address(local_part, domain)]
 
 
-def _unquoted_index_char_by_char(text: str, start: int, stops: str) -> int:
-    """The scan _unquoted_index makes when the text has a quoted string."""
-    in_quote = False
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if in_quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif ch in stops:
-            return i
-        i += 1
-    return len(text)
-
-
 def test_unquoted_index_without_quotes_finds_what_the_scan_finds() -> None:
-    from roost.address import _unquoted_index
+    from roost.address import _unquoted_index, _unquoted_scan
 
     chooser = random.Random(5321)
     for _ in range(20_000):
         text = "".join(chooser.choice('ab"\\> \t@<,:') for _ in range(chooser.randint(0, 12)))
         start = chooser.randint(0, len(text))
         for stops in (">", " \t", ",:"):
-            expected = _unquoted_index_char_by_char(text, start, stops)
+            expected = _unquoted_scan(text, start, stops)
             assert _unquoted_index(text, start, stops) == expected, (text, start, stops)
