@@ -107,7 +107,7 @@ RCPT_OK = Reply(250, "2.1.5", "Ok")
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 #: :data:`START_DATA` as sent.
-START_DATA_WIRE: Final = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+START_DATA_WIRE: Final = f"{START_DATA}\r\n".encode()
 VRFY_CANNOT = Reply(252, "2.0.0", "{address}")
 VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
 EXPN_DISABLED = Reply(502, "5.5.1", "EXPN command is disabled")

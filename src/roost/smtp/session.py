@@ -88,10 +88,9 @@ _JUNK_COMMANDS: Final = frozenset({"NOOP", "VRFY", "RSET", "ETRN", "HELP"})
 _PROTOCOLS: Final[dict[str, WithProtocol]] = {member.value: member for member in WithProtocol}
 #: A C0 control character or DEL (not allowed in a HELO/EHLO name).
 _CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f]")
-#: EHLO's reply text by what it depends on (see SMTPSession._greet).
-_EHLO_REPLIES: dict[tuple[str, int, bool, bool, tuple[str, ...], bool], str] = {}
 
 
+@functools.lru_cache(maxsize=64)  # a few per service and TLS state
 def _ehlo_reply(
     hostname: str,
     size_limit: int,
@@ -100,7 +99,8 @@ def _ehlo_reply(
     mechanisms: tuple[str, ...],
     smtputf8: bool,
 ) -> str:
-    """The EHLO reply: the host name and the extensions offered (RFC 5321 §4.1.1.1)."""
+    """The EHLO reply: the host name and the extensions offered (RFC 5321 §4.1.1.1),
+    remembered by what it depends on."""
     lines = [hostname, "PIPELINING", f"SIZE {size_limit}"]
     if not disable_vrfy:
         lines.append("VRFY")
@@ -290,11 +290,7 @@ class SMTPSession(SMTP):
         run the command loop."""
         if self.config.peername_lookup and self.client_address != "unknown":
             self.client_name = await client_name(self.client_address)
-        greeting = f"220 {self.hostname} {self.__ident__}"
-        if greeting in reply.AIOSMTPD_REPLIES or not self._write_now(
-            greeting.encode("utf-8", "surrogateescape") + b"\r\n"
-        ):
-            await self.push(greeting)
+        await self._push_line(f"220 {self.hostname} {self.__ident__}")
         # after the greeting, off the client's path (still the session's first line)
         log_info(self.log, f"connect from {self.client}")
         await self._command_loop()
@@ -320,7 +316,6 @@ class SMTPSession(SMTP):
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         line_limit: int = reader._limit  # type: ignore[attr-defined]
         methods = _command_table(type(self))
-        loop_time = self.loop.time
         # until the transport closes: after QUIT (or a 421) the loop ends here, at once,
         # rather than wait for more input until connection_lost() cancels it (an exception
         # through the loop per connection); nothing could be answered on a closing
@@ -387,14 +382,7 @@ class SMTPSession(SMTP):
                 if method is None:
                     await self.push(f'500 Error: command "{command}" not recognized')
                     continue
-                # a valid command moves the idle deadline (as in aiosmtpd): here, while
-                # the timer would fire no later, only the deadline (_reset_timeout)
-                deadline = loop_time() + self._timeout_duration
-                handle = self._timeout_handle
-                if handle is not None and self._armed_for <= deadline and not handle.cancelled():
-                    self._deadline = deadline
-                else:
-                    self._reset_timeout()
+                self._reset_timeout()  # a valid command (as in aiosmtpd)
                 await method(self, arg)
             except (asyncio.CancelledError, ConnectionResetError):
                 self._writer.close()  # the connection went away, maybe during DATA
@@ -618,11 +606,16 @@ class SMTPSession(SMTP):
         above the high-water mark), closing, or the connection lost (then it raises), so
         it is only awaited in those cases.
         """
-        writer = self._writer
-        transport = writer._transport  # type: ignore[attr-defined]
-        transport.write(text.encode("utf-8", "surrogateescape") + b"\r\n")  # writer.write
-        if self._paused or self._connection_lost or transport.is_closing():
-            await writer.drain()
+        if self._write_line(text.encode("utf-8", "surrogateescape") + b"\r\n"):
+            await self._writer.drain()
+
+    def _write_line(self, data: bytes) -> bool:
+        """Write ``data`` (a line, CRLF included) as ``StreamWriter.write`` does; return
+        whether ``drain()`` is owed: the transport paused, closing, or the connection
+        lost (:meth:`_send`)."""
+        transport = self._writer._transport  # type: ignore[attr-defined]
+        transport.write(data)
+        return bool(self._paused or self._connection_lost or transport.is_closing())
 
     def _write_now(self, data: bytes) -> bool:
         """Write a 2xx/3xx reply line (``data``, CRLF included) at once when
@@ -709,8 +702,7 @@ class SMTPSession(SMTP):
         await self._greet("EHLO", hostname)
 
     async def _greet(self, command: str, hostname: str | None) -> None:
-        counts = self.commands  # self._count(command), inline: a call less per command
-        counts[command] = counts.get(command, 0) + 1
+        self._count(command)
         if hostname and "\x00" in hostname:
             await self.reply(reply.NUL_IN_COMMAND)
             return
@@ -733,7 +725,7 @@ class SMTPSession(SMTP):
             "RCPT": self.command_size_limit + 140,
         }
         config = self.config
-        key = (
+        text = _ehlo_reply(
             self.hostname,
             config.message_size_limit,
             config.disable_vrfy,
@@ -741,12 +733,6 @@ class SMTPSession(SMTP):
             self._mechanisms(),
             config.smtputf8,
         )
-        text = _EHLO_REPLIES.get(key)
-        if text is None:
-            text = _ehlo_reply(*key)
-            if len(_EHLO_REPLIES) >= 64:  # a few per service and TLS state, unless reloaded
-                _EHLO_REPLIES.clear()
-            _EHLO_REPLIES[key] = text
         await self._reply_line(text, command)
 
     async def _reply_line(self, text: str, command: str) -> None:
@@ -754,6 +740,11 @@ class SMTPSession(SMTP):
         (HELO's and EHLO's): counted, then written at once when :meth:`_write_now` can."""
         counts = self.commands_ok
         counts[command] = counts.get(command, 0) + 1
+        await self._push_line(text)
+
+    async def _push_line(self, text: str) -> None:
+        """:meth:`push` for a 2xx text of our own (the greeting, HELO's and EHLO's
+        replies), written at once when :meth:`_write_now` can."""
         if text in reply.AIOSMTPD_REPLIES or not self._write_now(
             text.encode("utf-8", "surrogateescape") + b"\r\n"
         ):
@@ -911,8 +902,7 @@ class SMTPSession(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         """Start a mail transaction."""
-        counts = self.commands  # self._count("MAIL"), inline: a call less per command
-        counts["MAIL"] = counts.get("MAIL", 0) + 1
+        self._count("MAIL")
         config = self.config
         if self.helo is None and (config.helo_required or self.tls_info is not None):
             await self.reply(reply.NEED_HELO)
@@ -1001,8 +991,7 @@ class SMTPSession(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         """Add a recipient after the policy accepts it."""
-        counts = self.commands  # self._count("RCPT"), inline: a call less per command
-        counts["RCPT"] = counts.get("RCPT", 0) + 1
+        self._count("RCPT")
         transaction = self.transaction
         if transaction is None:
             await self.reply(reply.NEED_MAIL)
@@ -1093,8 +1082,7 @@ class SMTPSession(SMTP):
 
     async def smtp_DATA(self, arg: str | None) -> None:
         """Receive the message into the spool; answer 250 only once it is durable."""
-        counts = self.commands  # self._count("DATA"), inline: a call less per command
-        counts["DATA"] = counts.get("DATA", 0) + 1
+        self._count("DATA")
         transaction = self.transaction
         if arg:
             await self.reply(Reply(501, "5.5.4", "Syntax: DATA"))
@@ -1128,11 +1116,8 @@ class SMTPSession(SMTP):
                 self._queued = None
 
     async def _receive(self, transaction: _Transaction, writer: MessageWriter) -> Reply:
-        out = self._writer._transport  # type: ignore[attr-defined]
-        if self._paused or self._connection_lost or out.is_closing():
-            await self._send(reply.START_DATA)
-        else:  # what _send would do
-            out.write(reply.START_DATA_WIRE)
+        if self._write_line(reply.START_DATA_WIRE):
+            await self._writer.drain()
         decoder = DataDecoder(normalize_bare_lf=self.config.normalize_bare_lf)
         header = bytearray()
         in_header = True
@@ -1318,8 +1303,7 @@ class SMTPSession(SMTP):
 
     async def smtp_QUIT(self, arg: str | None) -> None:
         """Say goodbye and close (RFC 5321 §4.1.1.10)."""
-        counts = self.commands  # self._count("QUIT"), inline: a call less per command
-        counts["QUIT"] = counts.get("QUIT", 0) + 1
+        self._count("QUIT")
         if arg:
             await self.reply(Reply(501, "5.5.4", "Syntax: QUIT"))
             return
