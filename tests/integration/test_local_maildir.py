@@ -19,7 +19,7 @@ from roost.delivery.maildir import (
     DirectorySync,
     MaildirDelivery,
     deliver_maildir,
-    deliver_maildir_batch,
+    deliver_maildir_files,
     maildir_usage,
     unique_name,
 )
@@ -32,6 +32,17 @@ IS_ROOT = os.geteuid() == 0
 
 def entries(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
+
+
+def deliver_maildir_batch(
+    deliveries: list[MaildirDelivery], **options: DirectorySync
+) -> list[Path | Exception]:
+    """``deliver_maildir_files`` with the new files' paths as ``Path``s, as these tests
+    read them."""
+    return [
+        Path(result) if isinstance(result, str) else result
+        for result in deliver_maildir_files(deliveries, **options)
+    ]
 
 
 def test_delivery_creates_the_maildir_and_names_the_file(tmp_path: Path) -> None:

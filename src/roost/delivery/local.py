@@ -305,7 +305,7 @@ class LocalTransport:
         """Deliver a batch of virtual recipients (blocking); one outcome per item.
 
         A recipient whose mail goes to a Maildir INBOX written by this process joins one
-        :func:`deliver_maildir_batch`; any other (unknown user, mbox, a folder, the
+        :func:`deliver_maildir_files`; any other (unknown user, mbox, a folder, the
         privileged helper's rights) is delivered alone by :meth:`_virtual_sync`, as
         before. An outcome is the result, or the exception its delivery raised
         (``DeliveryError`` for a deferral or bounce).
@@ -738,21 +738,13 @@ def _orcpt_address(recipient: Recipient) -> str | None:
     return address if kind.lower() == "rfc822" and address else None
 
 
-#: The result of a delivered virtual recipient, by its index in the envelope: the same
-#: for every message (frozen, so shared), made once.
-_VIRTUAL_SENT: dict[int, RecipientResult] = {}
-
-
+@functools.lru_cache(maxsize=64)  # the usual few first recipients
 def _virtual_sent(index: int) -> RecipientResult:
-    """``RecipientResult`` of a virtual recipient delivered into a Maildir."""
-    result = _VIRTUAL_SENT.get(index)
-    if result is None:
-        result = RecipientResult(
-            index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual", agent="virtual"
-        )
-        if index < 64:  # the usual few first recipients
-            _VIRTUAL_SENT[index] = result
-    return result
+    """``RecipientResult`` of a virtual recipient delivered into a Maildir, by its index
+    in the envelope: the same for every message (frozen, so shared), made once."""
+    return RecipientResult(
+        index, Outcome.SENT, "2.0.0", "delivered to maildir", "virtual", agent="virtual"
+    )
 
 
 def _unknown(index: int, user: str, relay: str) -> RecipientResult:

@@ -45,7 +45,6 @@ __all__ = [
     "DirectorySync",
     "MaildirDelivery",
     "deliver_maildir",
-    "deliver_maildir_batch",
     "deliver_maildir_files",
     "ensure_maildir",
     "maildir_usage",
@@ -439,7 +438,7 @@ def deliver_maildir(
 
 @dataclass(frozen=True, slots=True)
 class MaildirDelivery:
-    """One message for :func:`deliver_maildir_batch`: the arguments of
+    """One message for :func:`deliver_maildir_files`: the arguments of
     :func:`deliver_maildir` that a delivery into a Maildir's INBOX takes."""
 
     maildir: Path
@@ -524,16 +523,6 @@ def _as_delivery_error(exc: Exception, action: str) -> Exception:
         error.__cause__ = exc
         return error
     return exc
-
-
-def deliver_maildir_batch(
-    deliveries: Sequence[MaildirDelivery], *, directory_sync: DirectorySync = DIRECTORY_SYNC
-) -> list[Path | Exception]:
-    """:func:`deliver_maildir_files` with each new file's path as a :class:`Path`."""
-    return [
-        Path(result) if isinstance(result, str) else result
-        for result in deliver_maildir_files(deliveries, directory_sync=directory_sync)
-    ]
 
 
 def deliver_maildir_files(
